@@ -1,0 +1,38 @@
+# kanformer developer commands. `make test` and `make demo` set up the environment first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is installed first and pinned to the CPU wheel so that a CPU machine never pulls a CUDA build;
+# users on GPUs install kanformer into an environment that already has the torch they want.
+TORCH_SPEC ?= torch==2.13.0
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+
+.PHONY: setup test test-all demo bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(OFFLINE) $(PY) -m pytest -q -m "not gpu"
+
+test-all: setup
+	$(OFFLINE) $(PY) -m pytest -q
+
+demo: setup
+	$(OFFLINE) $(PY) -m evals.toy_fit
+	$(OFFLINE) $(PY) -m evals.bench_ffn
+
+bench: setup
+	$(OFFLINE) $(PY) -m evals.bench_ffn
+
+lint: setup
+	$(PY) -m ruff check kanformer tests evals
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

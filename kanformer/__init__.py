@@ -1,0 +1,21 @@
+"""kanformer: Kolmogorov-Arnold-Network feed-forward blocks for transformers, measured against matched MLPs."""
+
+from .budget import ffn_flops, ffn_params, match_hidden
+from .layers import (
+    FFN,
+    KAN,
+    KANFFN,
+    KANLinear,
+    create_ffn,
+    list_bases,
+    list_ffns,
+    register_basis,
+    register_ffn,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FFN", "KAN", "KANFFN", "KANLinear", "create_ffn", "ffn_flops", "ffn_params", "list_bases", "list_ffns",
+    "match_hidden", "register_basis", "register_ffn",
+]

@@ -1,0 +1,48 @@
+"""Fourier basis (FourierKAN, Xu et al. 2024): ``cos(k x)`` and ``sin(k x)`` for k = 1..K.
+
+Legend: N tokens, I inputs, K = ``num_frequencies``; B = 2K features per input.
+
+Out-of-range rule: the features are periodic and bounded, so every input maps to a finite value with a finite
+gradient; nothing is zeroed (the constant term is the layer's bias).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .kan import KANFFN, Basis, register_basis
+from .registry import check_positive_int, register_ffn
+
+
+@register_basis("fourier")
+class FourierBasis(Basis):
+    default_base = False
+
+    def __init__(self, in_features: int, *, num_frequencies: int = 4) -> None:
+        super().__init__(in_features)
+        self.num_frequencies = check_positive_int("num_frequencies", num_frequencies)
+        self.register_buffer("frequencies", torch.arange(1, num_frequencies + 1, dtype=torch.float32),
+                             persistent=False)  # (K,)
+
+    @classmethod
+    def n_basis_for(cls, *, num_frequencies: int, **_: Any) -> int:
+        return 2 * num_frequencies
+
+    @classmethod
+    def flops_per_element(cls, *, num_frequencies: int, **_: Any) -> int:
+        return 3 * num_frequencies  # k*x, cos, sin per frequency
+
+    @property
+    def n_basis(self) -> int:
+        return 2 * self.num_frequencies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kx = x.unsqueeze(-1) * self.frequencies.to(x.dtype)  # (N, I, K)
+        return torch.cat([torch.cos(kx), torch.sin(kx)], dim=-1)  # (N, I, 2K)
+
+
+@register_ffn("fourier")
+class FourierFFN(KANFFN):
+    basis_cls = FourierBasis

@@ -1,0 +1,75 @@
+"""Jacobi polynomial basis P_n^(alpha, beta) (JacobiKAN), by the three-term recurrence.
+
+Legend: N tokens, I inputs, D = ``degree``; B = D + 1 polynomials per input.
+
+With ``t = tanh(x)``, ``P_0 = 1``, ``P_1 = ((alpha - beta) + (alpha + beta + 2) t) / 2`` and, for n >= 2
+(Abramowitz & Stegun 22.7.1, Szego 1975 eq. 4.5.1), ``P_n = (A_n t + B_n) P_{n-1} - C_n P_{n-2}`` with
+``c = 2n + alpha + beta`` and
+``A_n = (c - 1) c (c - 2) / d``, ``B_n = (c - 1)(alpha^2 - beta^2) / d``,
+``C_n = 2 (n + alpha - 1)(n + beta - 1) c / d``, ``d = 2 n (n + alpha + beta)(c - 2)``.
+alpha = beta = -1/2 gives Chebyshev (up to scale), alpha = beta = 0 Legendre.
+
+Out-of-range rule: tanh squashes every input into (-1, 1), the polynomials' natural domain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .kan import KANFFN, Basis, register_basis
+from .registry import check_positive_int, register_ffn
+
+
+def jacobi_recurrence(degree: int, alpha: float, beta: float) -> list[tuple[float, float, float]]:
+    """(A_n, B_n, C_n) for n = 2..degree."""
+    coeffs = []
+    for n in range(2, degree + 1):
+        c = 2 * n + alpha + beta
+        d = 2 * n * (n + alpha + beta) * (c - 2)
+        coeffs.append(((c - 1) * c * (c - 2) / d, (c - 1) * (alpha**2 - beta**2) / d,
+                       2 * (n + alpha - 1) * (n + beta - 1) * c / d))
+    return coeffs
+
+
+@register_basis("jacobi")
+class JacobiBasis(Basis):
+    default_base = False
+
+    def __init__(self, in_features: int, *, degree: int = 4, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__(in_features)
+        self.degree = check_positive_int("degree", degree, minimum=0)
+        for name, v in (("alpha", alpha), ("beta", beta)):
+            if not (isinstance(v, int | float) and v > -1):
+                raise ValueError(f"{name} must be a number > -1, got {v!r}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self._recurrence = jacobi_recurrence(degree, self.alpha, self.beta)
+
+    @classmethod
+    def n_basis_for(cls, *, degree: int, **_: Any) -> int:
+        return degree + 1
+
+    @classmethod
+    def flops_per_element(cls, *, degree: int, **_: Any) -> int:
+        # tanh; P_1: 1 mul + 1 add; each n >= 2: (A t + B) P_{n-1} - C P_{n-2}: 3 mul, 1 add, 1 sub
+        return 1 + (2 if degree >= 1 else 0) + 5 * max(degree - 1, 0)
+
+    @property
+    def n_basis(self) -> int:
+        return self.degree + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(x)  # (N, I)
+        a, b = self.alpha, self.beta
+        polys = [torch.ones_like(t)]
+        if self.degree >= 1:
+            polys.append(0.5 * (a - b) + 0.5 * (a + b + 2) * t)
+        for A, B, C in self._recurrence:
+            polys.append((A * t + B) * polys[-1] - C * polys[-2])
+        return torch.stack(polys, dim=-1)  # (N, I, D+1)
+
+
+@register_ffn("jacobi")
+class JacobiFFN(KANFFN):
+    basis_cls = JacobiBasis

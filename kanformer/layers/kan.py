@@ -1,0 +1,345 @@
+"""The KAN layer shared by every basis: learnable univariate functions on edges, sums on nodes.
+
+Legend: N tokens, I = in_features, O = out_features, B = basis functions per input (``n_basis``).
+
+Each edge function is ``phi_oi(x_i) = sum_b coef[o, i, b] * f_b(x_i)`` (plus, where enabled, a base branch
+``w_oi * silu(x_i)`` as in Liu et al. 2024). As in efficient-kan, the basis is evaluated once per input element
+and the whole layer is then ONE matmul over I*B features::
+
+    y = flatten(f(x)) @ coef.reshape(O, I*B).T  [+ silu(x) @ base_weight.T]  [+ bias]
+
+Adding a basis means one file with a :class:`Basis` subclass (``@register_basis``) and a :class:`KANFFN`
+subclass (``@register_ffn``); nothing here changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .flops import SILU_FLOPS, linear_flops
+from .registry import FFN, check_last_dim, check_positive_int
+
+_BASES: dict[str, type[Basis]] = {}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class Basis(nn.Module):
+    """Evaluates ``n_basis`` univariate functions of each input feature: ``(N, I) -> (N, I, B)``.
+
+    Subclasses declare their options as keyword-only ``__init__`` arguments with defaults (the single source of
+    defaults: the class methods below bind against that signature) and implement ``n_basis_for``,
+    ``flops_per_element`` and, if they own parameters, ``params_for``.
+    """
+
+    name: ClassVar[str] = "?"
+    # Whether a KAN layer built on this basis gets the SiLU base branch unless told otherwise.
+    default_base: ClassVar[bool] = False
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+
+    @classmethod
+    def accepted_kwargs(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    @classmethod
+    def resolve_kwargs(cls, **kw: Any) -> dict[str, Any]:
+        """``kw`` completed with the defaults of ``__init__``."""
+        bound = inspect.signature(cls.__init__).bind(None, 1, **kw)
+        bound.apply_defaults()
+        return {k: v for k, v in bound.arguments.items() if k not in ("self", "in_features")}
+
+    @classmethod
+    def count_basis(cls, **kw: Any) -> int:
+        return cls.n_basis_for(**cls.resolve_kwargs(**kw))
+
+    @classmethod
+    def count_params(cls, in_features: int, **kw: Any) -> int:
+        return cls.params_for(in_features, **cls.resolve_kwargs(**kw))
+
+    @classmethod
+    def count_flops(cls, in_features: int, **kw: Any) -> int:
+        return in_features * cls.flops_per_element(**cls.resolve_kwargs(**kw))
+
+    # -- to implement -------------------------------------------------------------------------------------------
+    @classmethod
+    def n_basis_for(cls, **kw: Any) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def flops_per_element(cls, **kw: Any) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def params_for(cls, in_features: int, **kw: Any) -> int:
+        return 0
+
+    @property
+    def n_basis(self) -> int:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        pass
+
+    # -- adaptive grids (only bases with a grid implement these) ------------------------------------------------
+    def fit_grid_to(self, x: torch.Tensor, **kw: Any) -> None:
+        raise ValueError(f"basis {self.name!r} has no adaptive grid; update_grid supports: {_grid_bases()}")
+
+    def set_grid_size(self, grid_size: int) -> None:
+        raise ValueError(f"basis {self.name!r} has no adaptive grid; extend_grid supports: {_grid_bases()}")
+
+    def grid_samples(self, grid_size: int | None = None) -> torch.Tensor:
+        """Points ``(M, I)`` covering each feature's grid, enough to refit coefficients on ``grid_size``."""
+        raise ValueError(f"basis {self.name!r} has no adaptive grid; extend_grid supports: {_grid_bases()}")
+
+
+def _grid_bases() -> str:
+    return ", ".join(n for n, c in sorted(_BASES.items()) if c.fit_grid_to is not Basis.fit_grid_to)
+
+
+def register_basis(name: str) -> Callable[[type[Basis]], type[Basis]]:
+    def decorator(cls: type[Basis]) -> type[Basis]:
+        if name in _BASES and _BASES[name] is not cls:
+            raise ValueError(f"basis {name!r} is already registered to {_BASES[name].__qualname__}")
+        cls.name = name
+        _BASES[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_bases() -> list[str]:
+    return sorted(_BASES)
+
+
+def get_basis_class(basis: str | type[Basis]) -> type[Basis]:
+    if isinstance(basis, type) and issubclass(basis, Basis):
+        return basis
+    if not isinstance(basis, str) or basis not in _BASES:
+        raise ValueError(f"Unknown basis {basis!r}. Available: {', '.join(list_bases())}")
+    return _BASES[basis]
+
+
+class KANLinear(nn.Module):
+    """One KAN layer ``(..., I) -> (..., O)`` on any registered basis.
+
+    Args:
+        base: add the SiLU base branch (Liu et al. 2024). ``None`` takes the basis' default.
+        bias: add an output bias.
+        init_scale: std of the coefficients is ``init_scale / sqrt(I * B)``.
+        **basis_kw: options of the basis (e.g. ``grid_size``, ``degree``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        basis: str | type[Basis] = "bspline",
+        *,
+        base: bool | None = None,
+        bias: bool = True,
+        init_scale: float = 1.0,
+        **basis_kw: Any,
+    ) -> None:
+        super().__init__()
+        basis_cls = get_basis_class(basis)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        if not (isinstance(init_scale, int | float) and init_scale >= 0):
+            raise ValueError(f"init_scale must be a number >= 0, got {init_scale!r}")
+        self.init_scale = float(init_scale)
+        self.basis = basis_cls(in_features, **basis_kw)
+        self.use_base = basis_cls.default_base if base is None else bool(base)
+        self.coef = nn.Parameter(torch.empty(out_features, in_features, self.basis.n_basis))
+        self.base_weight = nn.Parameter(torch.empty(out_features, in_features)) if self.use_base else None
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    # -- analytic costs -----------------------------------------------------------------------------------------
+    @staticmethod
+    def count_params(in_features: int, out_features: int, basis: str | type[Basis], *,
+                     base: bool | None = None, bias: bool = True, init_scale: float = 1.0, **basis_kw: Any) -> int:
+        cls = get_basis_class(basis)
+        use_base = cls.default_base if base is None else base
+        n = out_features * in_features * cls.count_basis(**basis_kw)
+        n += out_features * in_features if use_base else 0
+        n += out_features if bias else 0
+        return n + cls.count_params(in_features, **basis_kw)
+
+    @staticmethod
+    def count_flops(in_features: int, out_features: int, basis: str | type[Basis], *,
+                    base: bool | None = None, bias: bool = True, init_scale: float = 1.0,
+                    **basis_kw: Any) -> dict[str, int]:
+        cls = get_basis_class(basis)
+        use_base = cls.default_base if base is None else base
+        matmul = linear_flops(in_features * cls.count_basis(**basis_kw), out_features)
+        elementwise = cls.count_flops(in_features, **basis_kw)
+        if use_base:
+            matmul += linear_flops(in_features, out_features)
+            elementwise += SILU_FLOPS * in_features + out_features  # silu(x), then add the two branches
+        elementwise += out_features if bias else 0
+        return {"matmul": matmul, "elementwise": elementwise}
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        self.basis.reset_parameters()
+        std = self.init_scale / math.sqrt(self.in_features * self.basis.n_basis)
+        nn.init.normal_(self.coef, mean=0.0, std=std)
+        if self.base_weight is not None:
+            nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5))  # as nn.Linear
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def features(self, x2: torch.Tensor) -> torch.Tensor:
+        """Basis values of a flat input ``(N, I) -> (N, I, B)``; low-precision inputs are evaluated in fp32."""
+        xc = x2.float() if x2.dtype in _LOW_PRECISION else x2
+        return self.basis(xc).to(x2.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_last_dim(x, self.in_features, type(self).__name__)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (N, I)
+        feats = rearrange(self.features(x2), "n i b -> n (i b)")  # (N, I*B)
+        y = F.linear(feats, rearrange(self.coef, "o i b -> o (i b)"), self.bias)  # (N, O)
+        if self.base_weight is not None:
+            y = y + F.linear(F.silu(x2), self.base_weight)
+        return y.reshape(*lead, self.out_features)
+
+    def edge_values(self, x2: torch.Tensor) -> torch.Tensor:
+        """Basis part of every edge function at flat inputs: ``(N, I) -> (N, I, O)`` (for plots and refits)."""
+        return torch.einsum("nib,oib->nio", self.features(x2), self.coef)
+
+    # -- grid changes that preserve the function ----------------------------------------------------------------
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, **kw: Any) -> None:
+        """Move the basis grid to the data ``x`` (e.g. quantiles) and refit coefficients to keep the function."""
+        check_last_dim(x, self.in_features, type(self).__name__)
+        x2 = x.reshape(-1, self.in_features).float()
+        self._refit(x2, lambda: self.basis.fit_grid_to(x2, **kw))
+
+    @torch.no_grad()
+    def extend_grid(self, grid_size: int) -> None:
+        """Change the number of grid intervals (usually finer), refitting coefficients to keep the function.
+
+        The coefficient tensor changes shape: rebuild the optimizer afterwards.
+        """
+        samples = self.basis.grid_samples(grid_size)
+        self._refit(samples, lambda: self.basis.set_grid_size(grid_size))
+
+    def _refit(self, x2: torch.Tensor, change_basis: Callable[[], None]) -> None:
+        """Least-squares refit (fp32, per input feature) of the coefficients after ``change_basis``."""
+        dtype = self.coef.dtype
+        # Per-edge target values under the old basis, one input chunk at a time to bound memory.
+        chunk = max(1, (1 << 24) // max(1, x2.shape[0] * self.out_features))
+        old_feats = self.basis(x2).float()  # (N, I, B_old)
+        change_basis()
+        new_feats = self.basis(x2).float()  # (N, I, B_new)
+        coef_old = self.coef.float()
+        solution = []
+        for start in range(0, self.in_features, chunk):
+            sl = slice(start, start + chunk)
+            target = torch.einsum("nib,oib->ino", old_feats[:, sl], coef_old[:, sl])  # (i, N, O)
+            design = rearrange(new_feats[:, sl], "n i b -> i n b")  # (i, N, B)
+            solution.append(_ridge_lstsq(design, target))  # (i, B, O)
+        coef = rearrange(torch.cat(solution), "i b o -> o i b").to(dtype)
+        self.coef = nn.Parameter(coef.contiguous(), requires_grad=self.coef.requires_grad)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, basis={self.basis.name!r}, "
+                f"n_basis={self.basis.n_basis}, base={self.use_base}, bias={self.bias is not None}")
+
+
+def _ridge_lstsq(design: torch.Tensor, target: torch.Tensor, ridge: float = 1e-7) -> torch.Tensor:
+    """Batched least squares in fp32, made full-rank by a tiny ridge (stacked as extra rows) so that the same
+    solver works on CPU and CUDA even when a basis function sees no data. ``(i, N, B), (i, N, O) -> (i, B, O)``."""
+    n_i, _, n_b = design.shape
+    scale = design.pow(2).mean(dim=(1, 2), keepdim=True).clamp_min(1e-12).sqrt()  # (i, 1, 1)
+    eye = torch.eye(n_b, device=design.device, dtype=design.dtype).expand(n_i, n_b, n_b)
+    design_aug = torch.cat([design, math.sqrt(ridge) * scale * eye], dim=1)
+    target_aug = torch.cat([target, target.new_zeros(n_i, n_b, target.shape[2])], dim=1)
+    return torch.linalg.lstsq(design_aug, target_aug).solution
+
+
+class KANFFN(FFN):
+    """A KAN feed-forward block: two KAN layers ``d_model -> hidden -> d_model`` on ``basis_cls``."""
+
+    basis_cls: ClassVar[type[Basis]]
+
+    def __init__(self, d_model: int, hidden: int, *, base: bool | None = None, bias: bool = True,
+                 init_scale: float = 1.0, **basis_kw: Any) -> None:
+        super().__init__(d_model, hidden, base=base, bias=bias, init_scale=init_scale, **basis_kw)
+        layer_kw = dict(base=base, bias=bias, init_scale=init_scale, **basis_kw)
+        self.fc1 = KANLinear(d_model, hidden, self.basis_cls, **layer_kw)
+        self.fc2 = KANLinear(hidden, d_model, self.basis_cls, **layer_kw)
+
+    @classmethod
+    def accepted_kwargs(cls) -> list[str]:
+        return ["base", "bias", "init_scale", *cls.basis_cls.accepted_kwargs()]
+
+    @classmethod
+    def count_params(cls, d_model: int, hidden: int, **kw: Any) -> int:
+        return (KANLinear.count_params(d_model, hidden, cls.basis_cls, **kw)
+                + KANLinear.count_params(hidden, d_model, cls.basis_cls, **kw))
+
+    @classmethod
+    def count_flops(cls, d_model: int, hidden: int, **kw: Any) -> dict[str, int]:
+        a = KANLinear.count_flops(d_model, hidden, cls.basis_cls, **kw)
+        b = KANLinear.count_flops(hidden, d_model, cls.basis_cls, **kw)
+        return {k: a[k] + b[k] for k in a}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_last_dim(x, self.d_model, f"FFN {self.name!r}")
+        return self.fc2(self.fc1(x))
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, **kw: Any) -> None:
+        """Fit both layers' grids to the activations that ``x`` produces (grid bases only)."""
+        self.fc1.update_grid(x, **kw)
+        self.fc2.update_grid(self.fc1(x), **kw)
+
+    @torch.no_grad()
+    def extend_grid(self, grid_size: int) -> None:
+        self.fc1.extend_grid(grid_size)
+        self.fc2.extend_grid(grid_size)
+        self.ffn_kwargs["grid_size"] = grid_size
+
+
+class KAN(nn.Module):
+    """A stack of KAN layers, e.g. ``KAN([2, 5, 1], basis="bspline", grid_size=5)`` (the KAN paper's nets)."""
+
+    def __init__(self, widths: Sequence[int], basis: str | type[Basis] = "bspline", **layer_kw: Any) -> None:
+        super().__init__()
+        widths = list(widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths needs at least an input and an output width, got {widths!r}")
+        self.widths = [check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        self.layers = nn.ModuleList(
+            KANLinear(a, b, basis, **layer_kw) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, **kw: Any) -> None:
+        for layer in self.layers:
+            layer.update_grid(x, **kw)
+            x = layer(x)
+
+    @torch.no_grad()
+    def extend_grid(self, grid_size: int) -> None:
+        for layer in self.layers:
+            layer.extend_grid(grid_size)

@@ -1,0 +1,71 @@
+"""Gaussian radial basis (FastKAN, Li 2024, "Kolmogorov-Arnold Networks are Radial Basis Function Networks").
+
+Legend: N tokens, I inputs, G = ``num_grids`` centres.
+
+``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres evenly spaced over ``grid_range`` and width h equal to
+their spacing. FastKAN shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
+
+Out-of-range rule: the input is layer-normalised per token before the Gaussians (FastKAN's LayerNorm), so the
+centres see unit-scale features; the SiLU base branch (on by default) sees the raw input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bspline import _check_grid_range
+from .flops import LAYERNORM_FLOPS
+from .kan import KANFFN, Basis, register_basis
+from .registry import check_positive_int, register_ffn
+
+
+@register_basis("rbf")
+class RBFBasis(Basis):
+    default_base = True
+
+    def __init__(self, in_features: int, *, num_grids: int = 8, grid_range: Sequence[float] = (-2.0, 2.0),
+                 layernorm: bool = True) -> None:
+        super().__init__(in_features)
+        self.num_grids = check_positive_int("num_grids", num_grids)
+        lo, hi = _check_grid_range(grid_range)
+        self.register_buffer("centers", torch.linspace(lo, hi, num_grids))  # (G,)
+        self.inv_width = (num_grids - 1) / (hi - lo) if num_grids > 1 else 1.0 / (hi - lo)
+        self.norm = nn.LayerNorm(in_features) if layernorm else None
+
+    @classmethod
+    def n_basis_for(cls, *, num_grids: int, **_: Any) -> int:
+        return num_grids
+
+    @classmethod
+    def flops_per_element(cls, *, num_grids: int, layernorm: bool, **_: Any) -> int:
+        # per centre: subtract, scale, square, negate, exp = 5
+        return (LAYERNORM_FLOPS if layernorm else 0) + 5 * num_grids
+
+    @classmethod
+    def params_for(cls, in_features: int, *, layernorm: bool, **_: Any) -> int:
+        return 2 * in_features if layernorm else 0
+
+    @property
+    def n_basis(self) -> int:
+        return self.num_grids
+
+    def reset_parameters(self) -> None:
+        if self.norm is not None:
+            self.norm.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            w, b = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
+            x = F.layer_norm(x, (self.in_features,), w, b, self.norm.eps)  # (N, I)
+        u = (x.unsqueeze(-1) - self.centers.to(x.dtype)) * self.inv_width  # (N, I, G)
+        return torch.exp(-u.square())
+
+
+@register_ffn("rbf")
+class RBFFFN(KANFFN):
+    basis_cls = RBFBasis

@@ -1,0 +1,91 @@
+"""Wavelet basis (Wav-KAN, Bozorgasl & Chen 2024): Mexican hat, Morlet or derivative-of-Gaussian wavelets.
+
+Legend: N tokens, I inputs, W = ``num_wavelets`` per input.
+
+``f_w(x_i) = psi((x_i - t_iw) / s_iw)`` with a learnable translation t and scale s (kept positive as exp of a
+learnable log-scale) for each input and wavelet. Wav-KAN gives every *edge* its own (t, s), which forces an
+(N, O, I) tensor; here (t, s) belong to the input feature and the output mixes W wavelets per input through
+the coefficient matmul, so the layer keeps the one-matmul form of every other basis (a family of W learnable
+wavelets per input instead of one per edge).
+
+Mother wavelets (u = (x - t) / s):
+  mexican_hat  (1 - u^2) exp(-u^2 / 2)       (Ricker; normalisation absorbed by the coefficients)
+  morlet       cos(5 u) exp(-u^2 / 2)         (real Morlet, omega_0 = 5)
+  dog          -u exp(-u^2 / 2)               (first derivative of a Gaussian)
+
+Out-of-range rule: wavelets decay away from their translations, so far inputs are carried by the SiLU base
+branch (on by default, as in Wav-KAN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bspline import _check_grid_range
+from .kan import KANFFN, Basis, register_basis
+from .registry import check_positive_int, register_ffn
+
+# FLOPs per wavelet: u = (x - t) * exp(-log s) (2; the exp is per feature, not per token), u^2 (1),
+# exp(-u^2/2) (2), then the wavelet's own factor.
+_WAVELET_FLOPS = {"mexican_hat": 5 + 2, "morlet": 5 + 3, "dog": 5 + 2}
+
+
+@register_basis("wavelet")
+class WaveletBasis(Basis):
+    default_base = True
+
+    def __init__(self, in_features: int, *, num_wavelets: int = 8, wavelet: str = "mexican_hat",
+                 grid_range: Sequence[float] = (-2.0, 2.0)) -> None:
+        super().__init__(in_features)
+        self.num_wavelets = check_positive_int("num_wavelets", num_wavelets)
+        if wavelet not in _WAVELET_FLOPS:
+            raise ValueError(f"Unknown wavelet {wavelet!r}. Available: {', '.join(sorted(_WAVELET_FLOPS))}")
+        self.wavelet = wavelet
+        self.grid_range = _check_grid_range(grid_range)
+        self.translation = nn.Parameter(torch.empty(in_features, num_wavelets))  # (I, W)
+        self.log_scale = nn.Parameter(torch.empty(in_features, num_wavelets))  # (I, W)
+        self.reset_parameters()
+
+    @classmethod
+    def n_basis_for(cls, *, num_wavelets: int, **_: Any) -> int:
+        return num_wavelets
+
+    @classmethod
+    def flops_per_element(cls, *, num_wavelets: int, wavelet: str, **_: Any) -> int:
+        return num_wavelets * _WAVELET_FLOPS[wavelet]
+
+    @classmethod
+    def params_for(cls, in_features: int, *, num_wavelets: int, **_: Any) -> int:
+        return 2 * in_features * num_wavelets
+
+    @property
+    def n_basis(self) -> int:
+        return self.num_wavelets
+
+    def reset_parameters(self) -> None:
+        lo, hi = self.grid_range
+        w = self.num_wavelets
+        with torch.no_grad():
+            self.translation.copy_(torch.linspace(lo, hi, w) if w > 1 else torch.full((1,), (lo + hi) / 2))
+            self.log_scale.fill_(math.log((hi - lo) / max(w - 1, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inv_scale = torch.exp(-self.log_scale).to(x.dtype)  # (I, W)
+        u = (x.unsqueeze(-1) - self.translation.to(x.dtype)) * inv_scale  # (N, I, W)
+        u2 = u.square()
+        gauss = torch.exp(-0.5 * u2)
+        if self.wavelet == "mexican_hat":
+            return (1 - u2) * gauss
+        if self.wavelet == "morlet":
+            return torch.cos(5 * u) * gauss
+        return -u * gauss  # dog
+
+
+@register_ffn("wavelet")
+class WaveletFFN(KANFFN):
+    basis_cls = WaveletBasis
