@@ -229,12 +229,18 @@ class KANLinear(nn.Module):
         self._refit(x2, lambda: self.basis.fit_grid_to(x2, **kw))
 
     @torch.no_grad()
-    def extend_grid(self, grid_size: int) -> None:
+    def extend_grid(self, grid_size: int, x: torch.Tensor | None = None) -> None:
         """Change the number of grid intervals (usually finer), refitting coefficients to keep the function.
 
-        The coefficient tensor changes shape: rebuild the optimizer afterwards.
+        The function is preserved on ``x`` when given (the data the layer sees), else on points spread over the
+        grid range. Knots keep their current (possibly data-adapted) spacing; doubling the grid size nests the old
+        knots, so the refit is exact there. The coefficient tensor changes shape: rebuild the optimizer afterwards.
         """
-        samples = self.basis.grid_samples(grid_size)
+        if x is None:
+            samples = self.basis.grid_samples(grid_size)
+        else:
+            check_last_dim(x, self.in_features, type(self).__name__)
+            samples = x.reshape(-1, self.in_features).float()
         self._refit(samples, lambda: self.basis.set_grid_size(grid_size))
 
     def _refit(self, x2: torch.Tensor, change_basis: Callable[[], None]) -> None:
@@ -309,9 +315,11 @@ class KANFFN(FFN):
         self.fc2.update_grid(self.fc1(x), **kw)
 
     @torch.no_grad()
-    def extend_grid(self, grid_size: int) -> None:
-        self.fc1.extend_grid(grid_size)
-        self.fc2.extend_grid(grid_size)
+    def extend_grid(self, grid_size: int, x: torch.Tensor | None = None) -> None:
+        """Refine both layers' grids; with ``x``, the function is preserved on the activations it produces."""
+        hidden = None if x is None else self.fc1(x)
+        self.fc1.extend_grid(grid_size, x)
+        self.fc2.extend_grid(grid_size, hidden)
         self.ffn_kwargs["grid_size"] = grid_size
 
 
@@ -340,6 +348,9 @@ class KAN(nn.Module):
             x = layer(x)
 
     @torch.no_grad()
-    def extend_grid(self, grid_size: int) -> None:
+    def extend_grid(self, grid_size: int, x: torch.Tensor | None = None) -> None:
+        """Refine every layer's grid; with ``x``, the function is preserved on the data (see KANLinear)."""
         for layer in self.layers:
-            layer.extend_grid(grid_size)
+            nxt = None if x is None else layer(x)
+            layer.extend_grid(grid_size, x)
+            x = nxt

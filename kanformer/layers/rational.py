@@ -32,6 +32,7 @@ _INIT_TARGETS = {
     "silu": lambda x: F.silu(x),
 }
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_IDENTITY_DEN = 0.1  # weight of the x^2 term in the exact identity initialisation (see rational_init)
 
 
 def polyval(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +64,12 @@ def rational_init(target: str, num_degree: int, den_degree: int) -> tuple[tuple[
     """
     if target not in _INIT_TARGETS:
         raise ValueError(f"Unknown rational init {target!r}. Available: {', '.join(sorted(_INIT_TARGETS))}")
+    if target == "identity" and num_degree >= 3 and den_degree >= 2:
+        # x = (x + eps x^3) / (1 + |eps x^2|) exactly. The plain identity (b = 0) would freeze the denominator:
+        # d|S|/dS = sign(S) = 0 at S = 0, so b would never receive a gradient.
+        eps = _IDENTITY_DEN
+        a = [0.0, 1.0, 0.0, eps] + [0.0] * (num_degree - 3)
+        return tuple(a), tuple([0.0, eps] + [0.0] * (den_degree - 2))
     x = torch.linspace(-3, 3, 2001, dtype=torch.float64)
     f = _INIT_TARGETS[target](x)
     powers = torch.stack([x**j for j in range(num_degree + 1)], dim=1)  # (X, m+1)
