@@ -34,7 +34,8 @@ def test_non_positive_widths(name, arg, d, h):
         ("rational", {"groups": 0}, "groups must be an integer >= 1"),
         ("rational", {"groups": 32}, "groups must be <= the width"),
         ("bspline", {"grid": 5}, "unknown argument\\(s\\) grid. Accepted: base, bias, grid_range, grid_size"),
-        ("mlp", {"grid_size": 5}, "FFN 'mlp' got unknown argument\\(s\\) grid_size. Accepted: bias"),
+        ("mlp", {"grid_size": 5}, "FFN 'mlp' got unknown argument\\(s\\) grid_size. Accepted: activation, bias"),
+        ("mlp", {"activation": "tanh"}, "Unknown activation 'tanh'. Available: gelu, gelu_tanh, relu, silu"),
     ],
 )
 def test_bad_ffn_options(name, kw, msg):

@@ -1,10 +1,23 @@
-"""The FFN registry and every registered block (importing this package registers them all)."""
+"""The FFN registry and every registered block (importing this package registers them all).
 
-from . import baselines, bspline, chebyshev, fourier, jacobi, rational, rbf, wavelet  # noqa: F401  (register)
+Imports are explicit ``from .module import name`` lines: checkpoints carry this file (as ``kan_layers.py``) and its
+siblings as self-contained modeling code, and transformers copies exactly the files named this way.
+"""
+
+from .baselines import MLP, SwiGLU
+from .bspline import BSplineBasis, BSplineFFN
+from .chebyshev import ChebyshevBasis, ChebyshevFFN
+from .fourier import FourierBasis, FourierFFN
+from .jacobi import JacobiBasis, JacobiFFN
 from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, register_basis
+from .rational import GroupRational, RationalFFN
+from .rbf import RBFBasis, RBFFFN
 from .registry import FFN, create_ffn, get_ffn_class, list_ffns, register_ffn
+from .wavelet import WaveletBasis, WaveletFFN
 
 __all__ = [
-    "FFN", "KAN", "KANFFN", "Basis", "KANLinear", "create_ffn", "get_basis_class", "get_ffn_class",
+    "FFN", "KAN", "KANFFN", "MLP", "Basis", "BSplineBasis", "BSplineFFN", "ChebyshevBasis", "ChebyshevFFN",
+    "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "RBFBasis", "RBFFFN",
+    "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class", "get_ffn_class",
     "list_bases", "list_ffns", "register_basis", "register_ffn",
 ]

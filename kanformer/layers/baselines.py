@@ -2,7 +2,8 @@
 
 Legend: N tokens, d = ``d_model``, h = ``hidden``.
 
-* ``mlp``: GPT-2's feed-forward block, Linear(d, h) -> GELU (tanh approximation, "gelu_new") -> Linear(h, d).
+* ``mlp``: GPT-2's feed-forward block, Linear(d, h) -> GELU (tanh approximation, "gelu_new") -> Linear(h, d);
+  ``activation`` also takes the exact ``gelu`` (BERT, ViT), ``silu`` or ``relu``.
 * ``swiglu``: the gated SiLU block of PaLM / Llama (Shazeer 2020, "GLU Variants Improve Transformer"),
   down(silu(gate(x)) * up(x)); no biases by default, as in Llama.
 """
@@ -15,14 +16,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flops import GELU_FLOPS, SILU_FLOPS, linear_flops
+from .flops import ACTIVATION_FLOPS, SILU_FLOPS, linear_flops
 from .registry import FFN, check_last_dim, register_ffn
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+_ACTIVATIONS = {
+    "gelu_tanh": _gelu_tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
 
 
 @register_ffn("mlp")
 class MLP(FFN):
-    def __init__(self, d_model: int, hidden: int, *, bias: bool = True) -> None:
-        super().__init__(d_model, hidden, bias=bias)
+    def __init__(self, d_model: int, hidden: int, *, bias: bool = True, activation: str = "gelu_tanh") -> None:
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}. Available: {', '.join(sorted(_ACTIVATIONS))}")
+        super().__init__(d_model, hidden, bias=bias, activation=activation)
+        self.activation = activation
         self.fc1 = nn.Linear(d_model, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, d_model, bias=bias)
 
@@ -31,13 +47,14 @@ class MLP(FFN):
         return 2 * d_model * hidden + (hidden + d_model if bias else 0)
 
     @classmethod
-    def count_flops(cls, d_model: int, hidden: int, *, bias: bool = True, **_: Any) -> dict[str, int]:
+    def count_flops(cls, d_model: int, hidden: int, *, bias: bool = True, activation: str = "gelu_tanh",
+                    **_: Any) -> dict[str, int]:
         return {"matmul": linear_flops(d_model, hidden) + linear_flops(hidden, d_model),
-                "elementwise": GELU_FLOPS * hidden + (hidden + d_model if bias else 0)}
+                "elementwise": ACTIVATION_FLOPS[activation] * hidden + (hidden + d_model if bias else 0)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, "FFN 'mlp'")
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(_ACTIVATIONS[self.activation](self.fc1(x)))
 
 
 @register_ffn("swiglu")

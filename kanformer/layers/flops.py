@@ -22,11 +22,15 @@ FLOPS_PER_MAC = 2
 # GELU, tanh approximation (GPT-2's "gelu_new"): 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3)))
 #   x^3 (2 mul), *0.044715 (1), +x (1), *sqrt(2/pi) (1), tanh (1), +1 (1), *x (1), *0.5 (1)  = 9
 GELU_FLOPS = 9
+# GELU, exact: 0.5*x*(1 + erf(x/sqrt(2))): scale (1), erf (1), +1 (1), *x (1), *0.5 (1)  = 5
+GELU_ERF_FLOPS = 5
 # SiLU: x * sigmoid(x) = x / (1 + exp(-x)): neg (1), exp (1), +1 (1), div (1)  = 4
 SILU_FLOPS = 4
 # LayerNorm per element: mean (1 add), centre (1 sub), square (1 mul), variance (1 add), normalise (1 mul by
 # the per-row rsqrt; the rsqrt itself is per row, not per element), affine (1 mul + 1 add)  = 6
 LAYERNORM_FLOPS = 6
+# The activations a GELU-MLP baseline may use (names as in kanformer; see baselines.MLP).
+ACTIVATION_FLOPS = {"gelu_tanh": GELU_FLOPS, "gelu": GELU_ERF_FLOPS, "silu": SILU_FLOPS, "relu": 1}
 
 
 def linear_flops(in_features: int, out_features: int) -> int:

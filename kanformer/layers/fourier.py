@@ -23,8 +23,7 @@ class FourierBasis(Basis):
     def __init__(self, in_features: int, *, num_frequencies: int = 4) -> None:
         super().__init__(in_features)
         self.num_frequencies = check_positive_int("num_frequencies", num_frequencies)
-        self.register_buffer("frequencies", torch.arange(1, num_frequencies + 1, dtype=torch.float32),
-                             persistent=False)  # (K,)
+        self.register_buffer("frequencies", torch.arange(1, num_frequencies + 1, dtype=torch.float32))  # (K,)
 
     @classmethod
     def n_basis_for(cls, *, num_frequencies: int, **_: Any) -> int:

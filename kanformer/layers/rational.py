@@ -70,7 +70,7 @@ def rational_init(target: str, num_degree: int, den_degree: int) -> tuple[tuple[
         eps = _IDENTITY_DEN
         a = [0.0, 1.0, 0.0, eps] + [0.0] * (num_degree - 3)
         return tuple(a), tuple([0.0, eps] + [0.0] * (den_degree - 2))
-    x = torch.linspace(-3, 3, 2001, dtype=torch.float64)
+    x = torch.linspace(-3, 3, 2001, dtype=torch.float64, device="cpu")  # on CPU even under a meta-device context
     f = _INIT_TARGETS[target](x)
     powers = torch.stack([x**j for j in range(num_degree + 1)], dim=1)  # (X, m+1)
     den_powers = torch.stack([-f * x**j for j in range(1, den_degree + 1)], dim=1)  # (X, n)
@@ -109,7 +109,8 @@ class GroupRational(nn.Module):
         self.numerator = nn.Parameter(torch.empty(groups, num_degree + 1))  # (G, m+1)
         self.denominator = nn.Parameter(torch.empty(groups, den_degree))  # (G, n)
         group_index = torch.arange(width) * groups // width  # (C,), contiguous nearly equal runs
-        self.register_buffer("group_index", group_index, persistent=False)
+        # persistent: checkpoint loaders may build modules on the meta device and fill only what the file holds
+        self.register_buffer("group_index", group_index)
         self.reset_parameters()
 
     @staticmethod
@@ -120,8 +121,8 @@ class GroupRational(nn.Module):
     def reset_parameters(self) -> None:
         a, b = rational_init(self.init, self.num_degree, self.den_degree)
         with torch.no_grad():
-            self.numerator.copy_(torch.tensor(a).expand(self.groups, -1))
-            self.denominator.copy_(torch.tensor(b).reshape(1, -1).expand(self.groups, -1))
+            self.numerator.copy_(torch.tensor(a, device=self.numerator.device).expand(self.groups, -1))
+            self.denominator.copy_(torch.tensor(b, device=self.numerator.device).reshape(1, -1).expand(self.groups, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.width, type(self).__name__)
