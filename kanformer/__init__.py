@@ -12,10 +12,27 @@ from .layers import (
     register_basis,
     register_ffn,
 )
+from .models import (  # importing registers the KAN classes with the transformers Auto classes
+    KanBertConfig,
+    KanBertForMaskedLM,
+    KanBertModel,
+    KanGPT2Config,
+    KanGPT2LMHeadModel,
+    KanGPT2Model,
+    KanLlamaConfig,
+    KanLlamaForCausalLM,
+    KanLlamaModel,
+    KanViTConfig,
+    KanViTForImageClassification,
+    KanViTModel,
+)
+from .surgery import KanifyReport, kanify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FFN", "KAN", "KANFFN", "KANLinear", "create_ffn", "ffn_flops", "ffn_params", "list_bases", "list_ffns",
-    "match_hidden", "register_basis", "register_ffn",
+    "FFN", "KAN", "KANFFN", "KANLinear", "KanBertConfig", "KanBertForMaskedLM", "KanBertModel", "KanGPT2Config",
+    "KanGPT2LMHeadModel", "KanGPT2Model", "KanLlamaConfig", "KanLlamaForCausalLM", "KanLlamaModel", "KanViTConfig",
+    "KanViTForImageClassification", "KanViTModel", "KanifyReport", "create_ffn", "ffn_flops", "ffn_params", "kanify",
+    "list_bases", "list_ffns", "match_hidden", "register_basis", "register_ffn",
 ]

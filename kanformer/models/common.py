@@ -1,0 +1,201 @@
+"""What every KAN model class shares: the KAN spec in the config, per-architecture adapters that know where the
+FFN lives, building the FFNs in ``__init__`` (so ``from_pretrained`` restores them), loud loading, and portable
+checkpoints.
+
+This file and its siblings travel inside every saved checkpoint (``save_pretrained`` copies them), so they import
+only torch, transformers and each other (relative imports), never ``kanformer`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .kan_layers import FFN, Basis, GroupRational, KANLinear, create_ffn
+
+SPEC_KEYS = ("ffn", "hidden", "ffn_kwargs", "layers")
+
+# Hugging Face activation names -> the `activation` of kanformer's `mlp` FFN.
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                  "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+
+
+def mlp_activation(hf_name: Any) -> str:
+    if hf_name not in HF_ACTIVATIONS:
+        raise ValueError(f"Activation {hf_name!r} has no 'mlp' FFN equivalent. Supported: "
+                         f"{', '.join(sorted(HF_ACTIVATIONS))}")
+    return HF_ACTIVATIONS[hf_name]
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, recursively: the spec must equal its own JSON round trip."""
+    return json.loads(json.dumps(value))
+
+
+def normalize_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a KAN spec ``{"ffn", "hidden", "ffn_kwargs", "layers"}`` and make it JSON-stable."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) - set(SPEC_KEYS) or not {"ffn", "hidden", "layers"} <= set(spec):
+        raise ValueError(f"KAN spec must be a dict with keys {', '.join(SPEC_KEYS)} (ffn_kwargs optional), "
+                         f"got {spec!r}")
+    layers = spec["layers"]
+    if not isinstance(layers, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in layers):
+        raise ValueError(f"KAN spec 'layers' must be a list of block indices >= 0, got {layers!r}")
+    return _jsonable({"ffn": spec["ffn"], "hidden": spec["hidden"], "ffn_kwargs": dict(spec.get("ffn_kwargs") or {}),
+                      "layers": sorted(set(layers))})
+
+
+class KanConfigMixin:
+    """Adds ``kan`` (the spec) to a transformers config. ``kan=None`` is the unmodified architecture."""
+
+    def _set_kan(self, kan: dict[str, Any] | None) -> None:
+        self.kan = normalize_spec(kan)
+
+
+class ResidualDropoutFFN(nn.Module):
+    """An FFN followed by the dropout its host block applied inside the replaced MLP (GPT-2)."""
+
+    def __init__(self, ffn: FFN, dropout: float) -> None:
+        super().__init__()
+        self.ffn = ffn
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.ffn(x))
+
+
+class Adapter:
+    """Where one architecture keeps its FFNs, and how to swap them. One subclass per model family."""
+
+    model_type: ClassVar[str]
+    native_ffn: ClassVar[str]  # the registered FFN equivalent to the stock MLP ("mlp" or "swiglu")
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def d_model(self, config: Any) -> int:
+        return config.hidden_size
+
+    def native_hidden(self, config: Any) -> int:
+        return config.intermediate_size
+
+    def native_kwargs(self, config: Any) -> dict[str, Any]:
+        """Options of ``native_ffn`` that reproduce the stock MLP exactly."""
+        raise NotImplementedError
+
+    def native_state(self, block: nn.Module) -> dict[str, torch.Tensor]:
+        """The stock MLP's weights in the layout of ``native_ffn``'s state dict."""
+        raise NotImplementedError
+
+    def install(self, block: nn.Module, ffn: FFN, config: Any) -> list[str]:
+        """Put ``ffn`` in the block, deleting the stock MLP; return the replaced modules' names within the block."""
+        raise NotImplementedError
+
+    def replaced_count(self, model: nn.Module) -> int:
+        return sum(isinstance(m, FFN) for m in model.modules())
+
+
+def apply_kan_spec(model: nn.Module, adapter: Adapter, spec: dict[str, Any] | None) -> list[str]:
+    """Build the spec's FFN in every listed block of ``model``. Returns the qualified names replaced."""
+    if spec is None:
+        return []
+    blocks = adapter.blocks(model)
+    bad = [i for i in spec["layers"] if i >= len(blocks)]
+    if bad:
+        raise ValueError(f"KAN spec lists layers {bad}, but the model has {len(blocks)} blocks (0..{len(blocks) - 1})")
+    prefix = _module_name(model, blocks)
+    replaced = []
+    for i in spec["layers"]:
+        ffn = create_ffn(spec["ffn"], adapter.d_model(model.config), spec["hidden"], **spec["ffn_kwargs"])
+        replaced += [f"{prefix}.{i}.{name}" for name in adapter.install(blocks[i], ffn, model.config)]
+    return replaced
+
+
+def _module_name(model: nn.Module, target: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    raise AssertionError("block list not found in model")
+
+
+class KanModelMixin:
+    """Mixed into every KAN model class, before the transformers class it extends."""
+
+    kan_adapter: ClassVar[Adapter]
+    kan_auto_map: ClassVar[dict[str, str]]
+
+    def _build_kan(self) -> None:
+        """Call at the end of ``__init__``: builds the FFNs the config asks for, then transformers' post_init."""
+        apply_kan_spec(self, self.kan_adapter, self.config.kan)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # KAN modules initialise themselves when built; loading fills them from the checkpoint or raises. Leaving
+        # them alone here also keeps host-model name rules (GPT-2's `c_proj.weight`) off KAN parameters.
+        if isinstance(module, KANLinear | Basis | GroupRational):
+            return
+        super()._init_weights(module)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """transformers' save_pretrained (safetensors), plus the modeling code, so that
+        ``from_pretrained(dir, trust_remote_code=True)`` works where kanformer is not installed."""
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("kanformer checkpoints are safetensors only; drop safe_serialization=False")
+        self.config.auto_map = dict(self.kan_auto_map)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_portable_code(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' from_pretrained, but a checkpoint whose tensors do not fit the KAN config is an error,
+        never a silently re-initialised layer."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = []
+        for key in ("missing_keys", "unexpected_keys"):
+            names = sorted(info.get(key) or [])
+            if names:
+                problems.append(f"{key.replace('_', ' ')}: {', '.join(names)}")
+        for entry in info.get("mismatched_keys") or []:
+            name, ckpt_shape, model_shape = entry
+            problems.append(f"tensor {name}: checkpoint shape {tuple(ckpt_shape)}, model shape {tuple(model_shape)}")
+        if problems:
+            raise ValueError(f"Checkpoint does not fit its KAN config ({cls.__name__}):\n  " + "\n  ".join(problems))
+        return (model, info) if want_info else model
+
+
+# -- portable checkpoints ------------------------------------------------------------------------------------------
+_LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
+                "rational", "baselines")
+_MODEL_FILES = ("common", "gpt2", "vit", "bert", "llama")
+
+
+def _package_source(name: str) -> str:
+    """Source of a flat module as it stands in a checkpoint, read from the kanformer package or, when this code
+    itself runs from a checkpoint, from the files beside it."""
+    here = Path(__file__).resolve().parent
+    if (here / "registry.py").exists():  # running from a checkpoint's copy: already flat
+        return (here / f"{name}.py").read_text(encoding="utf-8")
+    if name == "kan_layers":  # in the package, kan_layers.py only re-exports kanformer.layers
+        return (here.parent / "layers" / "__init__.py").read_text(encoding="utf-8")
+    folder = here.parent / "layers" if name in _LAYER_FILES else here
+    return (folder / f"{name}.py").read_text(encoding="utf-8")
+
+
+def write_portable_code(save_directory: str | os.PathLike) -> None:
+    """Copy the self-contained modeling code (layers + model classes, flat, relative imports only) next to the
+    weights. Each file is written under a temporary name, then renamed, so an interrupted save leaves no half file."""
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*_LAYER_FILES, "kan_layers", *_MODEL_FILES):
+        tmp = out / f".{name}.py.tmp"
+        tmp.write_text(_package_source(name), encoding="utf-8")
+        os.replace(tmp, out / f"{name}.py")
