@@ -139,7 +139,8 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['ffn']} | {r['hidden']} | {r['params']:,} | {r['flops_per_token'] / 1e6:.2f} | "
-            f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | {r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
+            f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | "
+            f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
             f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |")
     return "\n".join(lines)
 

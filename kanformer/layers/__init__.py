@@ -11,7 +11,7 @@ from .fourier import FourierBasis, FourierFFN
 from .jacobi import JacobiBasis, JacobiFFN
 from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, register_basis
 from .rational import GroupRational, RationalFFN
-from .rbf import RBFBasis, RBFFFN
+from .rbf import RBFFFN, RBFBasis
 from .registry import FFN, create_ffn, get_ffn_class, list_ffns, register_ffn
 from .wavelet import WaveletBasis, WaveletFFN
 
