@@ -174,3 +174,19 @@ def test_hidden_states_and_attentions_still_recorded_after_kanify(arch):
     kanify(model, "chebyshev", hidden=8)
     out = model(**batch, output_hidden_states=True)
     assert out.hidden_states is not None and len(out.hidden_states) == 4
+
+
+@pytest.mark.parametrize("basis", ["bspline", "wavelet", "rational"])
+def test_base_model_init_uses_kan_rules(basis):
+    """In a base model class the blocks are initialised through the mixin's _init_weights: KAN modules get their
+    own reset_parameters, not transformers' normal(0.02)."""
+    config = kanformer.KanBertConfig(num_hidden_layers=1, hidden_size=64, num_attention_heads=2, intermediate_size=128,
+                                     vocab_size=50, kan={"ffn": basis, "hidden": 32, "layers": [0]})
+    model = kanformer.KanBertModel(config)
+    ffn = model.encoder.layer[0].intermediate
+    if basis == "rational":
+        x = torch.linspace(-3, 3, 101)[:, None].expand(-1, 64)
+        torch.testing.assert_close(ffn.act1(x), x)  # identity init survived
+    else:
+        fc1 = ffn.fc1
+        assert abs(fc1.coef.std().item() * (64 * fc1.basis.n_basis) ** 0.5 - 1) < 0.1

@@ -136,9 +136,14 @@ class KanModelMixin:
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        # KAN modules initialise themselves when built; loading fills them from the checkpoint or raises. Leaving
-        # them alone here also keeps host-model name rules (GPT-2's `c_proj.weight`) off KAN parameters.
+        # KAN modules use their own initialisation (reset_parameters), never the host model's rules (normal(0.02),
+        # GPT-2's scaled `c_proj.weight`); tensors already loaded from a checkpoint are left alone. Blocks inside a
+        # nested base model (e.g. `transformer` of an LM head) are visited by that model's own `_init_weights`,
+        # which matches no KAN module type and so keeps the initialisation they got when built.
         if isinstance(module, KANLinear | Basis | GroupRational):
+            own = list(module.parameters(recurse=False))
+            if own and not all(getattr(p, "_is_hf_initialized", False) for p in own):
+                module.reset_parameters()
             return
         super()._init_weights(module)
 
