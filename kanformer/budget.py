@@ -65,3 +65,29 @@ def match_hidden(name: str, d_model: int, target: str = "params", reference: FFN
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if cost(mid) < goal else (lo, mid)
     return lo if goal - cost(lo) <= cost(hi) - goal else hi
+
+
+def model_flops_per_token(model: Any, seq_len: int) -> int:
+    """Forward FLOPs per token of a whole transformer under the convention above.
+
+    Dense projections outside FFNs (attention, heads, patch embedding; embedding lookups are free) count 2 per
+    weight; each registered FFN counts its own ``flops_per_token()`` (basis evaluation included); attention scores and
+    the weighted sum count ``4 * n_layer * d * seq_len`` (PaLM, Chowdhery et al. 2022, App. B, without the causal
+    halving). A stock MLP left in a block counts as dense projections.
+    """
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    dense, ffn = 0, 0
+    inside_ffn: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, FFN):
+            ffn += module.flops_per_token()
+            inside_ffn.update(id(m) for m in module.modules())
+    for module in model.modules():
+        if id(module) not in inside_ffn and isinstance(module, nn.Linear | Conv1D | nn.Conv2d):
+            dense += 2 * module.weight.numel()
+    config = model.config
+    n_layer = getattr(config, "num_hidden_layers", None) or config.n_layer
+    d = getattr(config, "hidden_size", None) or config.n_embd
+    return dense + ffn + 4 * n_layer * d * seq_len

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# One tokenised-data cache for the whole session (tests build the same small corpora many times).
+os.environ.setdefault("KANFORMER_CACHE", tempfile.mkdtemp(prefix="kanformer-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

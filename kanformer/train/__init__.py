@@ -1,0 +1,12 @@
+"""Training: an accelerate loop with exact resume, atomic checkpoints and metrics.jsonl as the source of truth."""
+
+from .model_factory import build_model
+from .optim import lr_at, param_groups
+from .trainer import NonFiniteError, Trainer
+
+__all__ = ["NonFiniteError", "Trainer", "build_model", "lr_at", "param_groups", "train"]
+
+
+def train(cfg, *, resume=None, stop_at=None):
+    """Run ``cfg`` (a RunConfig) to completion or until stopped; returns a summary dict."""
+    return Trainer(cfg, resume=resume).fit(stop_at=stop_at)

@@ -1,0 +1,387 @@
+"""The training loop: one CPU to many GPUs or machines through accelerate.
+
+Data order is a pure function of (seed, step): the global batch of step s, micro-step m is positions
+``[(s * accum + m) * B * W, ...)`` of an endless sequence of seeded per-epoch permutations, and rank r takes its B
+of them. So every arm of a comparison sees the same data in the same order, and a resumed run continues exactly
+where it stopped (no data-loader state to save).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..budget import model_flops_per_token
+from ..config import RunConfig, save_config
+from ..models import ADAPTERS
+from . import checkpoint as ckpt
+from .model_factory import build_model
+from .optim import build_optimizer, lr_at
+
+logger = get_logger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def _versions() -> dict[str, Any]:
+    import accelerate
+    import datasets
+    import transformers
+
+    from .. import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    return {"kanformer": __version__, "git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__, "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, resume: str | None = None) -> None:
+        self.cfg = cfg
+        if resume not in (None, "auto") and not (Path(resume) / ckpt.STATE_FILE).is_file():
+            raise FileNotFoundError(f"--resume {resume!r}: not 'auto' and not a checkpoint directory holding "
+                                    f"{ckpt.STATE_FILE}")
+        self.run_dir = cfg.run_dir
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume auto to continue it, "
+                                  f"or choose another name / out_dir")
+        use_wandb = cfg.log.wandb != "disabled"
+        if use_wandb:
+            os.environ["WANDB_MODE"] = cfg.log.wandb
+        t = cfg.train
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),  # plain Accelerator() on a GPU-less host ignores torchrun's ranks
+            mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+            log_with="wandb" if use_wandb else None, project_dir=str(self.run_dir))
+        set_seed(t.seed)
+        self.is_text = cfg.model.arch == "gpt2"
+        self._load_data()
+        self.model, self.kanify_report = build_model(
+            cfg, vocab_size=len(self.tokenizer) if self.is_text else None,
+            eos_token_id=self.tokenizer.eos_token_id if self.is_text else None,
+            labels=None if self.is_text else self.images.labels,
+            channels=1 if self.is_text else self.images.channels)
+        if t.grad_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.seq_len = cfg.model.block_size if self.is_text else (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
+        self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
+        self.optimizer = build_optimizer(self.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
+                                         decay_kan_coefficients=t.decay_kan_coefficients)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if t.compile == "model":
+            self.model = torch.compile(self.model)
+        elif t.compile == "regional":
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            for block in ADAPTERS[unwrapped.config.model_type.removeprefix("kan_")].blocks(unwrapped):
+                block.compile()
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.wandb_id: str | None = None
+        self._stop_requested = False
+        self._perm_cache: dict[int, torch.Tensor] = {}
+        self.resumed_from = self._maybe_resume(resume)
+        if self.accelerator.is_main_process:
+            self._write_run_files()
+        if use_wandb:
+            self._init_wandb()
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        from ..data import build_lm_data, load_images
+
+        with self.accelerator.main_process_first():  # the main process fills the cache, the others read it
+            if self.is_text:
+                self.lm = build_lm_data(self.cfg.data, self.cfg.model.block_size)
+                self.tokenizer, self.n_train = self.lm.tokenizer, len(self.lm.train)
+            else:
+                self.images = load_images(self.cfg.data, self.cfg.model.image_size)
+                self.n_train = len(self.images.train_y)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm_cache:
+            self._perm_cache = {epoch: torch.randperm(self.n_train, generator=torch.Generator().manual_seed(
+                self.cfg.train.seed * 1_000_003 + epoch))}
+        return self._perm_cache[epoch]
+
+    def batch_indices(self, step: int, micro: int) -> torch.Tensor:
+        """Training-set indices of this rank's micro-batch: a pure function of (seed, step, micro, rank)."""
+        b = self.cfg.train.batch_size
+        start = ((step * self.cfg.train.grad_accum + micro) * self.world + self.rank) * b
+        positions = torch.arange(start, start + b)
+        out = torch.empty(b, dtype=torch.long)
+        for epoch in positions.div(self.n_train, rounding_mode="floor").unique().tolist():
+            sel = positions.div(self.n_train, rounding_mode="floor") == epoch
+            out[sel] = self._permutation(epoch)[positions[sel] % self.n_train]
+        return out
+
+    def _batch(self, idx: torch.Tensor, train: bool, step: int = 0) -> dict[str, torch.Tensor]:
+        device = self.accelerator.device
+        if self.is_text:
+            x = (self.lm.train if train else self.lm.val)[idx].to(device)
+            return {"input_ids": x, "labels": x}
+        x = (self.images.train_x if train else self.images.val_x)[idx]
+        if train and self.cfg.data.augment:
+            from ..data import augment
+
+            x = augment(x, torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step * 131 + self.rank))
+        y = (self.images.train_y if train else self.images.val_y)[idx]
+        return {"pixel_values": x.to(device), "labels": y.to(device)}
+
+    def tokens_per_step(self) -> int:
+        t = self.cfg.train
+        per_sample = self.seq_len if self.is_text else self.seq_len  # ViT: patches + [CLS]
+        return t.batch_size * t.grad_accum * self.world * per_sample
+
+    # -- run files, trackers, checkpoints --------------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        info = {**_versions(), "world_size": self.world, "device": str(self.accelerator.device),
+                "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters())}
+        if self.kanify_report is not None:
+            info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
+        (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
+
+    def _init_wandb(self) -> None:
+        import wandb
+
+        self.wandb_id = self.wandb_id or wandb.util.generate_id()
+        log = self.cfg.log
+        self.accelerator.init_trackers(log.project, config=self.cfg.to_dict(), init_kwargs={"wandb": {
+            "name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
+            "id": self.wandb_id, "resume": "allow"}})
+        if self.accelerator.is_main_process:
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            run.define_metric("flops")
+            run.define_metric("*", step_metric="flops")
+
+    def _maybe_resume(self, resume: str | None) -> Path | None:
+        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else (Path(resume) if resume else None)
+        if path is None:
+            if self.accelerator.is_main_process and self.run_dir.exists():
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            return None
+        self.accelerator.load_state(str(path))
+        state = ckpt.read_state(path)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
+        self.accelerator.step = self.step * self.cfg.train.grad_accum
+        if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.exists():
+                keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+                metrics.write_text("".join(f"{ln}\n" for ln in keep))
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+        return path
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        tmp = ckpt.temp_dir(self.ckpt_root, self.step)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.finalize(self.ckpt_root, self.step, {
+                "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
+                "skipped_steps": self.skipped_steps, "wandb_id": self.wandb_id, "world_size": self.world,
+                "data_position": self.step * self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world,
+            }, self.cfg.train.keep_last)
+        acc.wait_for_everyone()
+
+    @property
+    def flops_seen(self) -> int:
+        return 3 * self.flops_per_token * self.tokens_seen  # training = forward + backward (2x forward)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.wandb_id is not None:
+            self.accelerator.log({k: v for k, v in record.items() if k not in ("type",)}, step=self.step)
+
+    # -- non-finite diagnosis -----------------------------------------------------------------------------------
+    def _first_nonfinite_module(self, batch: dict[str, torch.Tensor]) -> str:
+        found: list[str] = []
+        model = self.accelerator.unwrap_model(self.model)
+        hooks = []
+        for name, module in model.named_modules():
+            def hook(mod, args, out, name=name):
+                tensors = [out] if torch.is_tensor(out) else [t for t in getattr(out, "values", lambda: out)()
+                                                                  if torch.is_tensor(t)] if isinstance(out, dict) else [
+                    t for t in (out if isinstance(out, tuple | list) else []) if torch.is_tensor(t)]
+                if not found and any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+                    found.append(name or "<model>")
+            hooks.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                model(**batch)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found[0] if found else "<none: non-finite only in the loss>"
+
+    def _nonfinite(self, what: str, where: str) -> None:
+        msg = f"step {self.step}: non-finite {what}; first at {where}"
+        if self.cfg.train.nonfinite == "stop":
+            raise NonFiniteError(msg + " (train.nonfinite=stop; the last good checkpoint is untouched)")
+        self.skipped_steps += 1
+        logger.warning(msg + " -> step skipped (train.nonfinite=skip)", main_process_only=True)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted mean NLL over a fixed slice of the validation set (accuracy too for images)."""
+        model, acc = self.model, self.accelerator
+        model.eval()
+        n_val = len(self.lm.val) if self.is_text else len(self.images.val_y)
+        n = min(n_val, self.cfg.train.eval_batches * self.cfg.train.batch_size * self.world)
+        mine = torch.arange(self.rank, n, self.world)
+        sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # nll sum, count, correct
+        for chunk in mine.split(self.cfg.train.batch_size):
+            batch = self._batch(chunk, train=False)
+            out = model(**batch)
+            if self.is_text:
+                count = batch["labels"][:, 1:].numel()
+                sums += torch.tensor([out.loss.double().item() * count, count, 0.0], device=acc.device,
+                                     dtype=torch.float64)
+            else:
+                count = len(chunk)
+                correct = (out.logits.argmax(-1) == batch["labels"]).sum().item()
+                sums += torch.tensor([out.loss.double().item() * count, count, correct], device=acc.device,
+                                     dtype=torch.float64)
+        sums = acc.reduce(sums, reduction="sum")
+        model.train()
+        nll = (sums[0] / sums[1]).item()
+        result = {"val_loss": nll}
+        if self.is_text:
+            result["val_ppl"] = math.exp(min(nll, 700.0))
+        else:
+            result["val_acc"] = (sums[2] / sums[1]).item()
+        return result
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        self.accelerator.print(f"signal {signum}: saving a checkpoint after this step, then stopping")
+
+    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``train.max_steps`` (or stop early at ``stop_at`` / on SIGINT or SIGTERM, after a checkpoint)."""
+        t, acc = self.cfg.train, self.accelerator
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.model.train()
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.cfg.name,
+                   dynamic_ncols=True)
+        last = {"loss": float("nan")}
+        t0, tokens0 = time.perf_counter(), self.tokens_seen
+        try:
+            while self.step < t.max_steps:
+                lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
+                           min_lr_ratio=t.min_lr_ratio)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum, ok = 0.0, True
+                for micro in range(t.grad_accum):
+                    batch = self._batch(self.batch_indices(self.step, micro), train=True, step=self.step)
+                    with acc.accumulate(self.model):
+                        loss = self.model(**batch).loss
+                        if not torch.isfinite(loss):
+                            ok = False
+                            self._nonfinite("loss", self._first_nonfinite_module(batch))
+                            break
+                        acc.backward(loss)
+                        loss_sum += loss.detach().float().item()
+                grad_norm = float("nan")
+                if ok:
+                    params = [p for p in self.model.parameters() if p.grad is not None]
+                    norm = (acc.clip_grad_norm_(params, t.grad_clip) if t.grad_clip > 0
+                            else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+                    grad_norm = float(norm)
+                    if not math.isfinite(grad_norm):
+                        ok = False
+                        bad = next(n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                                   if p.grad is not None and not torch.isfinite(p.grad).all())
+                        self._nonfinite("gradient", bad)
+                if ok:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step()
+                loss_value = loss_sum / t.grad_accum if ok else float("nan")
+                if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
+                    mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
+                    elapsed = time.perf_counter() - t0
+                    last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                            "tokens": self.tokens_seen, "flops": self.flops_seen,
+                            "tokens_per_s": (self.tokens_seen - tokens0) / max(elapsed, 1e-9),
+                            "skipped_steps": self.skipped_steps}
+                    self._log(last)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if self.step % t.eval_every == 0 or self.step == t.max_steps:
+                    self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
+                               **self.evaluate()})
+                bar.update(1)
+                stop = torch.tensor(float(self._stop_requested or self.step == stop_at), device=acc.device)
+                stop = acc.reduce(stop, reduction="sum").item() > 0
+                if self.step % t.save_every == 0 or self.step == t.max_steps or stop:
+                    self.save_checkpoint()
+                if stop:
+                    acc.print(f"stopped at step {self.step}; continue with --resume auto")
+                    break
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        finished = self.step >= t.max_steps
+        if finished:
+            self.export()
+        if self.wandb_id is not None:
+            acc.end_training()
+        return {"step": self.step, "finished": finished, **last}
+
+    def export(self) -> Path:
+        """The final model, loadable with ``from_pretrained``, with its tokenizer or image processor."""
+        out = self.run_dir / "final"
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model = getattr(model, "_orig_mod", model)
+            model.save_pretrained(out, state_dict=acc.get_state_dict(self.model))
+            if self.is_text:
+                self.tokenizer.save_pretrained(out)
+            else:
+                from transformers import ViTImageProcessor
+
+                size = self.cfg.model.image_size
+                ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * self.images.channels,
+                                  image_std=[self.images.std] * self.images.channels, do_rescale=True,
+                                  do_convert_rgb=self.images.channels == 3).save_pretrained(out)
+        acc.wait_for_everyone()
+        return out

@@ -1,0 +1,63 @@
+"""Typed configs: YAML + presets + dotted overrides; unknown keys and wrong types name the key."""
+
+import pytest
+
+from kanformer.config import PRESETS, load_config, parse_override, save_config
+
+
+def test_preset_yaml_and_overrides_resolve_in_order(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("preset: debug\nname: exp\nffn:\n  name: bspline\n  kwargs: {grid_size: 8}\ntrain:\n  lr: 0.002\n")
+    cfg = load_config(path, overrides=["train.lr=3e-4", "--ffn.kwargs.grid_size=4", "model.n_layer=3"])
+    assert cfg.name == "exp" and cfg.ffn.name == "bspline"
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.ffn.kwargs == {"grid_size": 4}
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == PRESETS["debug"]["model"]["n_embd"]
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg
+
+
+def test_override_parsing():
+    assert parse_override("train.lr=3e-4") == {"train": {"lr": 3e-4}}
+    assert parse_override("ffn.layers=[0, 2]") == {"ffn": {"layers": [0, 2]}}
+    assert parse_override("ffn.match=null") == {"ffn": {"match": None}}
+    with pytest.raises(ValueError, match="must look like section.key=value"):
+        parse_override("train.lr")
+
+
+@pytest.mark.parametrize("override,error,msg", [
+    (["train.lrr=1"], ValueError, r"Unknown config key 'train.lrr'. Known keys here: .*lr"),
+    (["optimizer.lr=1"], ValueError, r"Unknown config key 'optimizer'"),
+    (["train.max_steps=ten"], TypeError, r"train.max_steps must be int, got 'ten'"),
+    (["train.max_steps=1.5"], TypeError, r"train.max_steps must be int"),
+    (["train.grad_clip=yes"], TypeError, r"train.grad_clip must be float"),
+    (["train.max_steps=0"], ValueError, r"train.max_steps must be >= 1"),
+    (["train.mixed_precision=fp8"], ValueError, r"train.mixed_precision must be one of no, bf16, fp16"),
+    (["model.arch=t5"], ValueError, r"model.arch must be one of gpt2, vit"),
+    (["ffn.name=splines"], ValueError, r"ffn.name must be one of bspline, chebyshev"),
+    (["ffn.hidden=8"], ValueError, r"ffn.match and ffn.hidden exclude each other"),
+    (["model.n_embd=30", "model.n_head=4"], ValueError, r"model.n_embd \(30\) must be divisible by model.n_head"),
+    (["log.wandb=maybe"], ValueError, r"log.wandb must be one of offline, online, disabled"),
+    (["ffn.layers=zero"], TypeError, r"ffn.layers must be a list"),
+])
+def test_bad_values_name_the_key(override, error, msg):
+    with pytest.raises(error, match=msg):
+        load_config(preset="debug", overrides=override)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="Unknown preset 'tiny'. Available: debug, debug_vit"):
+        load_config(preset="tiny")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_configs_load():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    files = [p for p in root.glob("*.yaml")]
+    assert files
+    for path in files:
+        load_config(path)

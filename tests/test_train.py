@@ -1,0 +1,180 @@
+"""The trainer on the debug presets: learning, exact resume, atomic checkpoints, non-finite steps, export."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+import transformers
+
+from kanformer.config import load_config
+from kanformer.train import NonFiniteError, Trainer, train
+from kanformer.train import checkpoint as ckpt
+
+
+def _cfg(tmp_path, preset="debug", name="run", **over):
+    overrides = [f"out_dir={tmp_path}", f"name={name}", "log.wandb=disabled"] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(preset=preset, overrides=overrides)
+
+
+def _records(run_dir, kind="train"):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+@pytest.mark.parametrize("preset,ffn", [("debug", "mlp"), ("debug", "bspline"), ("debug_vit", "chebyshev")])
+def test_loss_goes_down(tmp_path, preset, ffn):
+    cfg = _cfg(tmp_path, preset, **{"ffn.name": ffn})
+    result = train(cfg)
+    assert result["finished"] and result["step"] == cfg.train.max_steps
+    losses = [r["loss"] for r in _records(cfg.run_dir)]
+    assert losses[-1] < losses[0] - 0.1, losses
+    evals = _records(cfg.run_dir, "eval")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.05
+    assert (cfg.run_dir / "config.yaml").exists()
+    info = json.loads((cfg.run_dir / "versions.json").read_text())
+    assert info["git_sha"] and info["torch"] == torch.__version__ and info["kanify"]["ffn"] == ffn
+
+
+def test_exact_resume(tmp_path):
+    over = {"ffn.name": "bspline", "model.dropout": 0.1, "train.max_steps": 12, "train.log_every": 1,
+            "train.save_every": 100}
+    straight = _cfg(tmp_path, name="straight", **over)
+    train(straight)
+    part = _cfg(tmp_path, name="parts", **over)
+    first = train(part, stop_at=6)
+    assert first == {**first, "step": 6, "finished": False}
+    train(part, resume="auto")
+    a = [r["loss"] for r in _records(straight.run_dir)]
+    b = [r["loss"] for r in _records(part.run_dir)]
+    assert len(a) == len(b) == 12
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=0, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    over = {"train.max_steps": 6, "train.log_every": 1, "train.eval_every": 100, "train.save_every": 100}
+    full = _cfg(tmp_path, name="full", **over, **{"train.batch_size": 8})
+    accum = _cfg(tmp_path, name="accum", **over, **{"train.batch_size": 4, "train.grad_accum": 2})
+    train(full)
+    train(accum)
+    a = torch.tensor([r["loss"] for r in _records(full.run_dir)])
+    b = torch.tensor([r["loss"] for r in _records(accum.run_dir)])
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_half_written_checkpoint_never_replaces_the_last_good_one(tmp_path, monkeypatch):
+    over = {"train.max_steps": 12, "train.save_every": 4, "train.log_every": 1}
+    reference = _cfg(tmp_path, name="ref", **over)
+    train(reference)
+    cfg = _cfg(tmp_path, name="crash", **over)
+    real_finalize = ckpt.finalize
+
+    def crash_at_step_8(root, step, state, keep_last):
+        if step == 8:  # the process dies after save_state wrote the files, before the checkpoint was complete
+            raise KeyboardInterrupt("killed while saving")
+        return real_finalize(root, step, state, keep_last)
+
+    monkeypatch.setattr(ckpt, "finalize", crash_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(ckpt, "finalize", real_finalize)
+    root = cfg.run_dir / "checkpoints"
+    assert [p.name for p in ckpt.checkpoint_dirs(root)] == ["step_00000004"]
+    assert (root / ".tmp_step_00000008").exists()  # the debris is there, and ignored
+    with pytest.raises(FileExistsError, match="--resume auto"):
+        Trainer(cfg)
+    train(cfg, resume="auto")
+    assert [p.name for p in ckpt.checkpoint_dirs(root)] == ["step_00000008", "step_00000012"]  # keep_last 2
+    assert not (root / ".tmp_step_00000008").exists()
+    a = [r["loss"] for r in _records(reference.run_dir)]
+    b = [r["loss"] for r in _records(cfg.run_dir)]
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=0, atol=1e-6)
+
+
+def test_sigterm_saves_and_stops_cleanly(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.max_steps": 20, "train.save_every": 100})
+    trainer = Trainer(cfg)
+    calls = {"n": 0}
+
+    def send_sigterm(module, args, out):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.model.transformer.h[0].register_forward_hook(send_sigterm)
+    result = trainer.fit()
+    assert not result["finished"] and 5 <= result["step"] < 20
+    assert ckpt.latest_checkpoint(cfg.run_dir / "checkpoints").name == f"step_{result['step']:08d}"
+    assert train(cfg, resume="auto")["finished"]
+
+
+def _inject_nan(trainer, at_call):
+    """NaN out of one FFN layer in one training forward and in the diagnostic forward the trainer runs after it."""
+    calls = {"n": 0}
+
+    def hook(module, args, out):
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] in (at_call, at_call + 1) else out
+
+    trainer.model.transformer.h[1].mlp.ffn.fc1.register_forward_hook(hook)
+
+
+def test_nonfinite_loss_is_skipped_and_named(tmp_path, caplog):
+    cfg = _cfg(tmp_path, **{"ffn.name": "chebyshev", "train.max_steps": 8, "train.log_every": 1})
+    trainer = Trainer(cfg)
+    _inject_nan(trainer, at_call=3)
+    with caplog.at_level("WARNING"):
+        result = trainer.fit()
+    assert result["finished"] and trainer.skipped_steps == 1
+    assert "non-finite loss; first at transformer.h.1.mlp.ffn.fc1" in caplog.text
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_nonfinite_stop_leaves_the_last_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.max_steps": 10, "train.save_every": 2, "train.nonfinite": "stop"})
+    trainer = Trainer(cfg)
+    _inject_nan(trainer, at_call=5)
+    with pytest.raises(NonFiniteError, match=r"step 4: non-finite loss; first at transformer\.h\.1\.mlp\.ffn\.fc1"):
+        trainer.fit()
+    root = cfg.run_dir / "checkpoints"
+    assert [p.name for p in ckpt.checkpoint_dirs(root)] == ["step_00000002", "step_00000004"]
+    assert ckpt.read_state(root / "step_00000004")["step"] == 4
+
+
+def test_export_loads_with_from_pretrained_and_generates(tmp_path):
+    cfg = _cfg(tmp_path, **{"ffn.name": "rational", "train.max_steps": 4})
+    train(cfg)
+    final = cfg.run_dir / "final"
+    model = transformers.AutoModelForCausalLM.from_pretrained(final)
+    tok = transformers.AutoTokenizer.from_pretrained(final)
+    assert type(model).__name__ == "KanGPT2LMHeadModel" and model.config.kan["ffn"] == "rational"
+    ids = tok("The import statement", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 5
+
+
+def test_finetune_from_a_saved_checkpoint(tmp_path):
+    base = _cfg(tmp_path, name="base", **{"ffn.name": "fourier", "train.max_steps": 4})
+    train(base)
+    final = base.run_dir / "final"
+    cfg = _cfg(tmp_path, name="ft", **{"model.init_from": str(final), "data.tokenizer": str(final),
+                                       "train.max_steps": 4})
+    trainer = Trainer(cfg)
+    assert trainer.kanify_report is None  # already a KAN model: trained as it is
+    assert trainer.fit()["finished"]
+    too_long = _cfg(tmp_path, name="ft2", **{"model.init_from": str(final), "model.block_size": 64})
+    with pytest.raises(ValueError, match="model.block_size=64 exceeds the checkpoint's 32 positions"):
+        Trainer(too_long)
+
+
+def test_vit_export_holds_an_image_processor(tmp_path):
+    cfg = _cfg(tmp_path, "debug_vit", **{"ffn.name": "rbf", "train.max_steps": 3})
+    train(cfg)
+    final = cfg.run_dir / "final"
+    processor = transformers.AutoImageProcessor.from_pretrained(final)
+    model = transformers.AutoModelForImageClassification.from_pretrained(final)
+    image = (torch.rand(1, 8, 8) * 255).byte().numpy()  # one grey channel, channels first
+    batch = processor(images=image, input_data_format="channels_first", return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 1, 8, 8)
+    assert model(**batch).logits.shape == (1, 10)
