@@ -379,9 +379,9 @@ class Trainer:
             else:
                 from transformers import ViTImageProcessor
 
-                size = self.cfg.model.image_size
-                ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * self.images.channels,
-                                  image_std=[self.images.std] * self.images.channels, do_rescale=True,
-                                  do_convert_rgb=self.images.channels == 3).save_pretrained(out)
+                size, ch = self.cfg.model.image_size, self.images.channels
+                ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * ch,
+                                  image_std=[self.images.std] * ch, do_rescale=True,
+                                  do_convert_rgb=ch == 3).save_pretrained(out)
         acc.wait_for_everyone()
         return out
