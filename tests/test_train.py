@@ -178,3 +178,13 @@ def test_vit_export_holds_an_image_processor(tmp_path):
     batch = processor(images=image, input_data_format="channels_first", return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 1, 8, 8)
     assert model(**batch).logits.shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_written_and_resumed_under_the_same_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # restored after the test; the trainer sets it from log.wandb
+    cfg = _cfg(tmp_path, **{"log.wandb": "offline", "train.max_steps": 6, "train.save_every": 3})
+    train(cfg, stop_at=3)
+    train(cfg, resume="auto")
+    runs = sorted((cfg.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -167,9 +168,7 @@ class Trainer:
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
 
     def _init_wandb(self) -> None:
-        import wandb
-
-        self.wandb_id = self.wandb_id or wandb.util.generate_id()
+        self.wandb_id = self.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run continues it
         log = self.cfg.log
         self.accelerator.init_trackers(log.project, config=self.cfg.to_dict(), init_kwargs={"wandb": {
             "name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
