@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
 from ..models import ADAPTERS
+from ..provenance import versions
 from . import checkpoint as ckpt
 from .model_factory import build_model
 from .optim import build_optimizer, lr_at
@@ -38,24 +37,6 @@ logger = get_logger(__name__)
 
 class NonFiniteError(RuntimeError):
     pass
-
-
-def _versions() -> dict[str, Any]:
-    import accelerate
-    import datasets
-    import transformers
-
-    from .. import __version__
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        sha = "unknown"
-    return {"kanformer": __version__, "git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-            "datasets": datasets.__version__, "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 class Trainer:
@@ -101,6 +82,7 @@ class Trainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
         self.wandb_id: str | None = None
         self._stop_requested = False
         self._perm_cache: dict[int, torch.Tensor] = {}
@@ -161,7 +143,7 @@ class Trainer:
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
-        info = {**_versions(), "world_size": self.world, "device": str(self.accelerator.device),
+        info = {**versions(), "world_size": self.world, "device": str(self.accelerator.device),
                 "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters())}
         if self.kanify_report is not None:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
@@ -188,6 +170,7 @@ class Trainer:
         state = ckpt.read_state(path)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
+        self.wall_s = state.get("wall_s", 0.0)
         self.accelerator.step = self.step * self.cfg.train.grad_accum
         if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
             metrics = self.run_dir / "metrics.jsonl"
@@ -210,6 +193,7 @@ class Trainer:
             ckpt.finalize(self.ckpt_root, self.step, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
                 "skipped_steps": self.skipped_steps, "wandb_id": self.wandb_id, "world_size": self.world,
+                "wall_s": self.wall_s,
                 "data_position": self.step * self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world,
             }, self.cfg.train.keep_last)
         acc.wait_for_everyone()
@@ -298,9 +282,10 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.cfg.name,
                    dynamic_ncols=True)
         last = {"loss": float("nan")}
-        t0, tokens0 = time.perf_counter(), self.tokens_seen
+        wall0, tokens0 = self.wall_s, self.tokens_seen
         try:
             while self.step < t.max_steps:
+                step_start = time.perf_counter()
                 lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
                            min_lr_ratio=t.min_lr_ratio)
                 for group in self.optimizer.param_groups:
@@ -332,19 +317,20 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step()
+                self.wall_s += time.perf_counter() - step_start
                 loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
                     mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
-                    elapsed = time.perf_counter() - t0
+                    elapsed = self.wall_s - wall0
                     last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                            "tokens": self.tokens_seen, "flops": self.flops_seen,
+                            "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s,
                             "tokens_per_s": (self.tokens_seen - tokens0) / max(elapsed, 1e-9),
                             "skipped_steps": self.skipped_steps}
                     self._log(last)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if self.step % t.eval_every == 0 or self.step == t.max_steps:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
-                               **self.evaluate()})
+                               "wall_s": self.wall_s, **self.evaluate()})
                 bar.update(1)
                 stop = torch.tensor(float(self._stop_requested or self.step == stop_at), device=acc.device)
                 stop = acc.reduce(stop, reduction="sum").item() > 0
@@ -369,10 +355,13 @@ class Trainer:
         out = self.run_dir / "final"
         acc = self.accelerator
         acc.wait_for_everyone()
+        # every rank takes part in gathering a sharded (FSDP / DeepSpeed) state dict; torch.compile's wrapper adds
+        # an `_orig_mod.` prefix that the saved model must not carry
+        state = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(self.model).items()}
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model = getattr(model, "_orig_mod", model)
-            model.save_pretrained(out, state_dict=acc.get_state_dict(self.model))
+            model.save_pretrained(out, state_dict=state)
             if self.is_text:
                 self.tokenizer.save_pretrained(out)
             else:

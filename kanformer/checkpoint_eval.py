@@ -1,0 +1,101 @@
+"""Evaluate a saved checkpoint against its run's validation data: quality, speed, memory, cost -> results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .budget import model_flops_per_token
+from .config import RunConfig, load_config
+from .evaluation import (
+    bits_per_byte,
+    classification_metrics,
+    lm_nll,
+    measure_inference,
+    measure_training,
+    param_counts,
+    peak_flops,
+    perplexity,
+)
+from .provenance import versions
+
+
+def find_run_config(checkpoint: Path) -> Path:
+    for candidate in (checkpoint / "run_config.yaml", checkpoint.parent / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"No run config for {checkpoint} (looked for run_config.yaml in it and config.yaml next "
+                            f"to it): pass the run's config explicitly")
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *, tokens: int = 65536,
+                        context: int | None = None, stride: int | None = None, throughput_steps: int = 5,
+                        peak_tflops: float | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of the model saved in ``checkpoint`` on the validation split its run config defines.
+
+    Args:
+        tokens: validation token budget for perplexity (the same for every arm of a comparison).
+        context / stride: sliding-window evaluation (defaults: the run's block size, half of it).
+    """
+    from .data import build_lm_data, load_images
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a saved model (no config.json)")
+    cfg = cfg or load_config(find_run_config(checkpoint))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = cfg.model.arch == "gpt2"
+    auto = transformers.AutoModelForCausalLM if text else transformers.AutoModelForImageClassification
+    model = auto.from_pretrained(checkpoint).to(device)
+    metrics: dict[str, Any] = {}
+    bsz = cfg.train.batch_size
+    gen = torch.Generator().manual_seed(0)
+    if text:
+        data = build_lm_data(cfg.data, cfg.model.block_size)
+        context = context or cfg.model.block_size
+        if context > model.config.n_positions:
+            raise ValueError(f"context={context} exceeds the model's {model.config.n_positions} positions")
+        stride = stride or max(1, context // 2)
+        stream = data.val.flatten()[: tokens + 1]
+        total, n = lm_nll(model, stream, context=context, stride=stride)
+        n_bytes = len(data.tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
+        metrics.update(val_nll=total / n, val_ppl=perplexity(total, n), val_bpb=bits_per_byte(total, n_bytes),
+                       val_tokens=n, val_bytes=n_bytes)
+        seq = cfg.model.block_size
+        blocks = data.val
+
+        def batch() -> dict[str, torch.Tensor]:
+            x = blocks[torch.randint(0, len(blocks), (bsz,), generator=gen)].to(device)
+            return {"input_ids": x, "labels": x}
+
+        metrics.update(measure_inference(model, vocab_size=len(data.tokenizer), batch_size=4,
+                                         prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
+                                         pad_token_id=data.tokenizer.eos_token_id))
+    else:
+        images = load_images(cfg.data, cfg.model.image_size)
+        metrics.update(classification_metrics(model, images.val_x, images.val_y))
+        seq = (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
+
+        def batch() -> dict[str, torch.Tensor]:
+            i = torch.randint(0, len(images.val_y), (bsz,), generator=gen)
+            return {"pixel_values": images.val_x[i].to(device), "labels": images.val_y[i].to(device)}
+
+    metrics.update(measure_training(model, batch, bsz * seq, steps=throughput_steps))
+    metrics.update(param_counts(model))
+    metrics["flops_per_token"] = model_flops_per_token(model, seq)
+    peak = peak_flops(device, peak_tflops * 1e12 if peak_tflops else None)
+    metrics["mfu"] = 3 * metrics["flops_per_token"] * metrics["train_tokens_per_s"] / peak if peak else None
+    metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"checkpoint": str(checkpoint), "metrics": metrics,
+              "eval": {"tokens": tokens, "context": context, "stride": stride, "throughput_steps": throughput_steps},
+              "config": cfg.to_dict(), "versions": versions()}
+    out = Path(out) if out else checkpoint / "results.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, out)
+    return result

@@ -1,0 +1,47 @@
+"""The ``kanformer`` command: ``kanformer eval <checkpoint>`` and ``kanformer compare --config <yaml>``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="kanformer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a saved checkpoint -> results.json")
+    ev.add_argument("checkpoint", help="a directory written by save_pretrained (e.g. runs/<name>/final)")
+    ev.add_argument("--config", help="the run's config.yaml (default: next to the checkpoint)")
+    ev.add_argument("--tokens", type=int, default=65536, help="validation token budget for perplexity")
+    ev.add_argument("--context", type=int, help="sliding-window context (default: the run's block size)")
+    ev.add_argument("--stride", type=int, help="sliding-window stride (default: context / 2)")
+    ev.add_argument("--throughput-steps", type=int, default=5)
+    ev.add_argument("--peak-tflops", type=float, help="accelerator peak for MFU (default: known GPUs)")
+    ev.add_argument("--out", help="results file (default: <checkpoint>/results.json)")
+
+    cmp_ = sub.add_parser("compare", help="train and evaluate KAN arms against matched baselines")
+    cmp_.add_argument("--config", required=True, help="configs/compare/*.yaml")
+    cmp_.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    cmp_.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seeds=[0] base.train.max_steps=50")
+
+    args = p.parse_args(argv)
+    if args.command == "eval":
+        from .checkpoint_eval import evaluate_checkpoint
+        from .config import load_config
+
+        cfg = load_config(args.config) if args.config else None
+        result = evaluate_checkpoint(args.checkpoint, cfg, tokens=args.tokens, context=args.context,
+                                     stride=args.stride, throughput_steps=args.throughput_steps,
+                                     peak_tflops=args.peak_tflops, out=args.out)
+        print(json.dumps(result["metrics"], indent=2))
+    else:
+        from .compare import load_compare_config, markdown_table, run_compare
+
+        summary = run_compare(load_compare_config(args.config, args.overrides), report_only=args.report_only)
+        print(markdown_table(summary))
+        print("\n".join(f"plot: {p}" for p in summary.get("plots", [])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Compute-matched comparisons: KAN arms against GELU-MLP and SwiGLU baselines derived to match them.
+
+    kanformer compare --config configs/compare/readme_cpu.yaml
+
+Every arm trains from the same base run config (same data order, token budget, schedule) for every seed, is
+evaluated on the same validation token budget, and lands in ``<out_dir>/<name>/``: ``comparison.md``,
+``comparison.json`` and PNG plots. Finished (arm, seed) runs are skipped when the command is run again, and an
+interrupted run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .budget import ffn_flops, ffn_params, match_hidden
+from .config import PRESETS, RunConfig, _build, _merge
+
+BASELINE_MATCHES = ("params", "flops", "time")
+# The activation each host architecture's stock MLP uses (GPT-2 "gelu_new", ViT "gelu").
+STOCK_MLP_KWARGS = {"gpt2": {"activation": "gelu_tanh"}, "vit": {"activation": "gelu"}}
+
+
+@dataclass
+class ArmSpec:
+    name: str
+    ffn: dict[str, Any] = field(default_factory=dict)  # FFNConfig fields: name, match, hidden, layers, kwargs
+
+
+@dataclass
+class BaselineSpec:
+    ffns: list[str] = field(default_factory=lambda: ["mlp", "swiglu"])
+    match: list[str] = field(default_factory=lambda: ["params", "flops"])
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.match if m not in BASELINE_MATCHES]
+        if bad:
+            raise ValueError(f"baselines.match {bad} unknown. Allowed: {', '.join(BASELINE_MATCHES)}")
+
+
+@dataclass
+class EvalSpec:
+    tokens: int = 65536
+    context: int | None = None
+    stride: int | None = None
+    throughput_steps: int = 5
+
+
+@dataclass
+class CompareConfig:
+    name: str = "comparison"
+    out_dir: str = "runs/compare"
+    base: dict[str, Any] = field(default_factory=dict)  # a run config (may name a preset); `ffn` comes from arms
+    arms: list[ArmSpec] = field(default_factory=list)
+    baselines: BaselineSpec = field(default_factory=BaselineSpec)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, "arms[]") for a in self.arms]
+        if not self.arms:
+            raise ValueError("compare config needs at least one arm under `arms:`")
+        if not self.seeds:
+            raise ValueError("compare config needs at least one seed")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
+    from .config import parse_override
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    return _build(CompareConfig, data, "")
+
+
+def base_run_config(cfg: CompareConfig, **extra: Any) -> RunConfig:
+    base = dict(cfg.base)
+    preset = base.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r} in base. Available: {', '.join(sorted(PRESETS))}")
+    return _build(RunConfig, _merge(_merge(PRESETS.get(preset, {}), base), extra), "")
+
+
+# -- planning ---------------------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    name: str
+    role: str  # "kan" or "baseline"
+    ffn: dict[str, Any]
+    matched_to: str | None = None  # arm (or "stock MLP") this one is matched to
+    match: str | None = None
+    ffn_params: int = 0
+    ffn_flops: int = 0
+    hidden: int = 0
+    also_matches: list[str] = field(default_factory=list)  # KAN arms this baseline also matches (deduplicated)
+
+
+def _resolve_hidden(ffn: dict[str, Any], d_model: int, stock: dict[str, Any]) -> int:
+    kw = {**stock, **ffn.get("kwargs", {})} if ffn["name"] == "mlp" else ffn.get("kwargs", {})
+    if ffn.get("hidden"):
+        return ffn["hidden"]
+    reference = ffn_params("mlp", d_model, 4 * d_model, **stock) if ffn.get("match", "params") == "params" else \
+        ffn_flops("mlp", d_model, 4 * d_model, **stock)
+    return match_hidden(ffn["name"], d_model, target=ffn.get("match", "params"), reference=reference, **kw)
+
+
+def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
+    """KAN arms as given, then baselines matched by params (to the stock MLP, which every KAN arm is matched to by
+    default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``)."""
+    base = base_run_config(cfg)
+    d, stock = base.model.n_embd, STOCK_MLP_KWARGS[base.model.arch]
+    arms = []
+    for spec in cfg.arms:
+        ffn = {"match": "params", **spec.ffn}
+        if ffn.get("hidden") is not None:
+            ffn["match"] = None
+        h = _resolve_hidden(ffn, d, stock)
+        kw = ffn.get("kwargs", {})
+        arms.append(Arm(spec.name, "kan", ffn, "stock MLP", ffn["match"], ffn_params(ffn["name"], d, h, **kw),
+                        ffn_flops(ffn["name"], d, h, **kw), h))
+    kan_arms = list(arms)
+    for target in cfg.baselines.match:
+        for base_ffn in cfg.baselines.ffns:
+            kw = dict(stock) if base_ffn == "mlp" else {}
+            if target == "params":
+                ffn = {"name": base_ffn, "match": "params", "kwargs": kw}
+                h = _resolve_hidden(ffn, d, stock)
+                arms.append(Arm(f"{base_ffn}@params", "baseline", ffn, "stock MLP", "params",
+                                ffn_params(base_ffn, d, h, **kw), ffn_flops(base_ffn, d, h, **kw), h))
+                continue
+            for kan in kan_arms:
+                if target == "flops":
+                    h = match_hidden(base_ffn, d, target="flops", reference=kan.ffn_flops, **kw)
+                else:
+                    h = _match_time(base_ffn, kw, step_time(kan.ffn), step_time, d)
+                same = next((a for a in arms if a.role == "baseline" and a.ffn["name"] == base_ffn and a.hidden == h),
+                            None)
+                if same is not None:  # e.g. the FLOPs-matched width equals the parameter-matched one: train it once
+                    same.also_matches.append(kan.name)
+                    continue
+                ffn = {"name": base_ffn, "match": None, "hidden": h, "kwargs": kw}
+                arms.append(Arm(f"{base_ffn}@{target}={kan.name}", "baseline", ffn, kan.name, target,
+                                ffn_params(base_ffn, d, h, **kw), ffn_flops(base_ffn, d, h, **kw), h))
+    return arms
+
+
+def _match_time(name: str, kw: dict[str, Any], target_s: float, step_time, d: int) -> int:
+    """Bisection on the width whose measured training step takes ``target_s`` (time grows with width)."""
+    lo, hi = 1, 4 * d
+    while step_time({"name": name, "match": None, "hidden": hi, "kwargs": kw}) < target_s and hi < 64 * d:
+        lo, hi = hi, hi * 2
+    for _ in range(8):
+        if hi - lo <= max(1, d // 32):
+            break
+        mid = (lo + hi) // 2
+        t = step_time({"name": name, "match": None, "hidden": mid, "kwargs": kw})
+        lo, hi = (mid, hi) if t < target_s else (lo, mid)
+    return hi
+
+
+# -- running ----------------------------------------------------------------------------------------------------
+def arm_run_config(cfg: CompareConfig, arm: Arm, seed: int) -> RunConfig:
+    log = {"group": cfg.name, "tags": [arm.role, arm.ffn["name"], f"seed{seed}"]}
+    return base_run_config(cfg, name=f"{_slug(arm.name)}-s{seed}", out_dir=str(cfg.root / "runs"),
+                           ffn=arm.ffn, train={"seed": seed}, log=log)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> dict[str, Any]:
+    from .checkpoint_eval import evaluate_checkpoint
+    from .train import train
+
+    step_time = _step_timer(cfg) if "time" in cfg.baselines.match else None
+    arms = plan_arms(cfg, step_time=step_time)
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    log(f"comparison {cfg.name}: {len(arms)} arms x {len(cfg.seeds)} seed(s) -> {cfg.root}")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for arm in arms:
+        for seed in cfg.seeds:
+            run_cfg = arm_run_config(cfg, arm, seed)
+            path = run_cfg.run_dir / "results.json"
+            if not path.exists():
+                if report_only:
+                    continue
+                log(f"-- {arm.name} seed {seed}: training ({run_cfg.run_dir})")
+                if not train(run_cfg, resume="auto")["finished"]:
+                    raise RuntimeError(f"{arm.name} seed {seed} stopped before the end; rerun to resume it")
+                e = cfg.eval
+                evaluate_checkpoint(run_cfg.run_dir / "final", run_cfg, tokens=e.tokens, context=e.context,
+                                    stride=e.stride, throughput_steps=e.throughput_steps, out=path)
+            else:
+                log(f"-- {arm.name} seed {seed}: done, skipped")
+            results.setdefault(arm.name, []).append({"seed": seed, "run_dir": str(run_cfg.run_dir),
+                                                     **json.loads(path.read_text())["metrics"]})
+    summary = summarise(cfg, arms, results)
+    write_outputs(cfg, summary)
+    return summary
+
+
+def _step_timer(cfg: CompareConfig):
+    """Measured seconds of one training step of the base model with a given FFN (for time-matched baselines)."""
+    import torch
+
+    from .evaluation import measure_training
+    from .train.model_factory import build_model
+
+    base = base_run_config(cfg)
+    vocab = base.data.vocab_size
+    cache: dict[str, float] = {}
+
+    def step_time(ffn: dict[str, Any]) -> float:
+        key = json.dumps(ffn, sort_keys=True)
+        if key not in cache:
+            run_cfg = base_run_config(cfg, ffn=ffn)
+            model, _ = build_model(run_cfg, vocab_size=vocab, eos_token_id=0, labels=[str(i) for i in range(10)])
+            b, t = run_cfg.train.batch_size, run_cfg.model.block_size
+            if run_cfg.model.arch == "gpt2":
+                x = torch.randint(0, vocab, (b, t))
+                batch = {"input_ids": x, "labels": x}
+            else:
+                s = run_cfg.model.image_size
+                batch = {"pixel_values": torch.randn(b, 1, s, s), "labels": torch.zeros(b, dtype=torch.long)}
+            cache[key] = measure_training(model, lambda: batch, b * t, steps=3, warmup=1)["train_step_s"]
+        return cache[key]
+
+    return step_time
+
+
+# -- summarising ------------------------------------------------------------------------------------------------
+def welch_t_test(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's unequal-variance t-test; None with fewer than two values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return 0.0 if statistics.mean(a) != statistics.mean(b) else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+METRICS = ("val_ppl", "val_bpb", "val_nll", "val_loss", "val_acc", "train_tokens_per_s", "generate_tokens_per_s",
+           "prefill_tokens_per_s", "peak_rss_bytes", "peak_rss_growth_bytes", "peak_allocated_bytes", "mfu",
+           "ffn_fwd_fraction", "ffn_bwd_fraction")
+
+
+def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    quality = "val_nll" if any("val_nll" in r for rs in results.values() for r in rs) else "val_loss"
+    rows = []
+    for arm in arms:
+        runs = results.get(arm.name, [])
+        row: dict[str, Any] = {"arm": arm.name, "role": arm.role, "ffn": arm.ffn["name"], "hidden": arm.hidden,
+                               "match": arm.match, "matched_to": arm.matched_to, "also_matches": arm.also_matches,
+                               "ffn_params": arm.ffn_params,
+                               "ffn_flops_per_token": arm.ffn_flops, "seeds": [r["seed"] for r in runs],
+                               "run_dirs": [r["run_dir"] for r in runs]}
+        if runs:
+            row["params"] = runs[0]["params"]
+            row["flops_per_token"] = runs[0]["flops_per_token"]
+        for key in METRICS:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if values:
+                row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1
+                            else 0.0, "values": values}
+        rows.append(row)
+    by_name = {r["arm"]: r for r in rows}
+    for row in rows:
+        if row["role"] != "kan" or quality not in row:
+            continue
+        row["p_values"] = {}
+        for other in rows:
+            matches = other["matched_to"] in ("stock MLP", row["arm"]) or row["arm"] in other["also_matches"]
+            if other["role"] == "baseline" and matches and quality in other:
+                row["p_values"][other["arm"]] = welch_t_test(row[quality]["values"], by_name[other["arm"]][quality]
+                                                             ["values"])
+    return {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows,
+            "base": base_run_config(cfg).to_dict(), "eval": vars(cfg.eval)}
+
+
+def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+    if key not in row:
+        return "-"
+    m, s = row[key]["mean"] * scale, row[key]["std"] * scale
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(row[key]["values"]) > 1 else f"{m:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    text = summary["quality_metric"] == "val_nll"
+    q_head = "val ppl | val bits/byte" if text else "val loss | val acc"
+    lines = [f"| arm | FFN (hidden) | matched | params | FFN params | MFLOPs/token | {q_head} | train tok/s | "
+             f"gen tok/s | step mem MB | p-values (Welch, {summary['quality_metric']}) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary["arms"]:
+        quality = (f"{_fmt(r, 'val_ppl')} | {_fmt(r, 'val_bpb', digits=3)}" if text else
+                   f"{_fmt(r, 'val_loss', digits=3)} | {_fmt(r, 'val_acc', digits=3)}")
+        mem = "peak_allocated_bytes" if "peak_allocated_bytes" in r else "peak_rss_growth_bytes"
+        pv = ", ".join(f"{k}: {v:.3g}" for k, v in r.get("p_values", {}).items() if v is not None) or "-"
+        matched = f"{r['match']} -> {r['matched_to']}" if r["match"] else "-"
+        if r["also_matches"]:
+            matched += f" (= flops -> {', '.join(r['also_matches'])})"
+        lines.append(
+            f"| {r['arm']} | {r['ffn']} ({r['hidden']}) | {matched} | {r.get('params', 0):,} | {r['ffn_params']:,} | "
+            f"{r.get('flops_per_token', 0) / 1e6:.2f} | {quality} | {_fmt(r, 'train_tokens_per_s', digits=0)} | "
+            f"{_fmt(r, 'generate_tokens_per_s', digits=0)} | {_fmt(r, mem, 1 / 2**20, 0)} | {pv} |")
+    return "\n".join(lines)
+
+
+def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
+    from .plots import comparison_plots
+
+    root = cfg.root
+    table = markdown_table(summary)
+    n = len(summary["seeds"])
+    header = (f"# {cfg.name}\n\n{len(summary['arms'])} arms, {n} seed(s) each ({', '.join(map(str, cfg.seeds))}); "
+              f"mean ± std over seeds. Same data order, token budget and schedule for every arm; quality on "
+              f"{cfg.eval.tokens} validation tokens. FLOPs: forward per token (kanformer.layers.flops). Step memory: "
+              f"peak allocated on CUDA, growth of the resident set during training steps on CPU.\n\n")
+    (root / "comparison.md").write_text(header + table + "\n")
+    (root / "comparison.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    summary["plots"] = comparison_plots(summary, root)
+    _wandb_summary(cfg, summary)
+
+
+def _json_default(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+def _wandb_summary(cfg: CompareConfig, summary: dict[str, Any]) -> None:
+    mode = summary["base"]["log"]["wandb"]
+    if mode == "disabled":
+        return
+    import wandb
+
+    columns = ["arm", "ffn", "hidden", "params", "flops_per_token", summary["quality_metric"], "train_tokens_per_s"]
+    data = [[r["arm"], r["ffn"], r["hidden"], r.get("params"), r.get("flops_per_token"),
+             r.get(summary["quality_metric"], {}).get("mean"), r.get("train_tokens_per_s", {}).get("mean")]
+            for r in summary["arms"]]
+    run = wandb.init(project=summary["base"]["log"]["project"], group=cfg.name, name=f"{cfg.name}-summary",
+                     job_type="summary", dir=str(cfg.root), mode=mode, reinit="finish_previous")
+    run.log({"comparison": wandb.Table(columns=columns, data=data)})
+    run.finish()

@@ -1,0 +1,63 @@
+"""Comparison plots: validation quality against tokens, FLOPs and wall-clock, and final quality against throughput."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _eval_curves(run_dir: str) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "eval"]
+
+
+def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "val_loss"
+    written = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for x_key, label, fname in (("tokens", "training tokens", "loss_vs_tokens.png"),
+                                ("flops", "training FLOPs (3 x forward)", "loss_vs_flops.png"),
+                                ("wall_s", "training wall-clock (s)", "loss_vs_time.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for i, row in enumerate(summary["arms"]):
+            style = "-" if row["role"] == "kan" else "--"
+            for j, run_dir in enumerate(row["run_dirs"]):
+                curve = _eval_curves(run_dir)
+                if curve:
+                    ax.plot([r[x_key] for r in curve], [r[metric] for r in curve], style, color=colors[i % 10],
+                            alpha=0.9 if j == 0 else 0.4, label=row["arm"] if j == 0 else None)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats)")
+        if x_key == "flops":
+            ax.set_xscale("log")
+        ax.set_title(f"{summary['name']}: validation loss vs {label}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(str(out / fname))
+
+    quality = "val_ppl" if summary["quality_metric"] == "val_nll" else "val_acc"
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, row in enumerate(summary["arms"]):
+        if quality in row and "train_tokens_per_s" in row:
+            ax.errorbar(row["train_tokens_per_s"]["mean"], row[quality]["mean"], xerr=row["train_tokens_per_s"]["std"],
+                        yerr=row[quality]["std"], fmt="o" if row["role"] == "kan" else "s", color=colors[i % 10],
+                        label=row["arm"], capsize=3)
+    ax.set_xlabel("training throughput (tokens/s)")
+    ax.set_ylabel("validation perplexity" if quality == "val_ppl" else "validation accuracy")
+    ax.set_title(f"{summary['name']}: quality vs speed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "quality_vs_throughput.png", dpi=110)
+    plt.close(fig)
+    written.append(str(out / "quality_vs_throughput.png"))
+    return written

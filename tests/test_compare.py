@@ -1,0 +1,93 @@
+"""Compute-matched comparisons: baselines within 1% of their targets, outputs written, finished arms skipped."""
+
+import json
+
+import pytest
+
+from kanformer import compare
+from kanformer.budget import ffn_flops, ffn_params
+from kanformer.compare import load_compare_config, plan_arms, run_compare, welch_t_test
+
+
+def _config(tmp_path, **extra):
+    text = f"""
+name: tiny
+out_dir: {tmp_path}
+base:
+  preset: debug
+  train: {{max_steps: 4, eval_every: 2, save_every: 4, log_every: 1}}
+  log: {{wandb: disabled}}
+arms:
+  - {{name: bspline, ffn: {{name: bspline, kwargs: {{grid_size: 4}}}}}}
+baselines: {{ffns: [mlp, swiglu], match: [params, flops]}}
+seeds: [0]
+eval: {{tokens: 1024, throughput_steps: 1}}
+"""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return load_compare_config(path, [f"{k}={v}" for k, v in extra.items()])
+
+
+@pytest.mark.parametrize("kan", ["bspline", "chebyshev", "rational", "rbf", "wavelet"])
+def test_matched_baselines_within_one_percent(tmp_path, kan):
+    cfg = _config(tmp_path)
+    cfg.arms[0].ffn = {"name": kan}
+    cfg.base["model"] = {"n_embd": 128, "n_head": 4}
+    arms = plan_arms(cfg)
+    kan_arm = arms[0]
+    stock = ffn_params("mlp", 128, 512, activation="gelu_tanh")
+    assert abs(kan_arm.ffn_params - stock) / stock < 0.01
+    for arm in arms[1:]:
+        if arm.match == "params":
+            assert abs(arm.ffn_params - stock) / stock < 0.01, arm
+        elif arm.match == "flops":
+            assert abs(arm.ffn_flops - kan_arm.ffn_flops) / kan_arm.ffn_flops < 0.01, arm
+            assert arm.ffn_flops == ffn_flops(arm.ffn["name"], 128, arm.hidden, **arm.ffn["kwargs"])
+    names = [a.name for a in arms]
+    assert "mlp@params" in names and "swiglu@params" in names and len(set(names)) == len(names)
+
+
+def test_tiny_compare_writes_outputs_and_skips_finished_arms(tmp_path, monkeypatch):
+    cfg = _config(tmp_path)
+    summary = run_compare(cfg, log=lambda *_: None)
+    root = tmp_path / "tiny"
+    table = (root / "comparison.md").read_text()
+    assert "| bspline | bspline (" in table and "mlp@params" in table and "swiglu@flops=bspline" in table
+    data = json.loads((root / "comparison.json").read_text())
+    assert [a["arm"] for a in data["arms"]] == [a["arm"] for a in summary["arms"]]
+    for name in ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_time.png", "quality_vs_throughput.png"):
+        assert (root / name).stat().st_size > 1000
+    arm = data["arms"][0]
+    assert arm["val_ppl"]["mean"] > 1 and len(arm["seeds"]) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished arm was trained again")
+
+    monkeypatch.setattr("kanformer.train.train", no_training)
+    logs = []
+    again = run_compare(cfg, log=logs.append)
+    assert sum("done, skipped" in line for line in logs) == len(again["arms"])
+    assert again["arms"][0]["val_ppl"] == summary["arms"][0]["val_ppl"]
+
+
+def test_welch_t_test():
+    assert welch_t_test([1.0], [2.0]) is None
+    p = welch_t_test([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    assert p < 0.001
+    assert welch_t_test([1.0, 1.2, 0.8], [1.0, 1.2, 0.8]) == pytest.approx(1.0)
+
+
+def test_compare_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"baselines.match \['speed'\] unknown. Allowed: params, flops, time"):
+        _config(tmp_path, **{"baselines.match": "[speed]"})
+    with pytest.raises(ValueError, match="Unknown config key 'arms_'"):
+        load_compare_config(_write(tmp_path, "arms_: []"))
+    with pytest.raises(ValueError, match="at least one arm"):
+        load_compare_config(_write(tmp_path, "name: x"))
+    assert compare.BASELINE_MATCHES == ("params", "flops", "time")
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path

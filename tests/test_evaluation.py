@@ -1,0 +1,109 @@
+"""Metrics: perplexity is exp(token-weighted mean NLL), bits per byte follows from NLL and bytes, sliding windows
+score every token once; checkpoint evaluation writes results.json."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
+
+from kanformer.config import load_config
+from kanformer.evaluation import bits_per_byte, lm_nll, nll_sum, param_counts, perplexity, sliding_windows
+
+
+class Uniform(nn.Module):
+    """A language model whose every prediction is the uniform distribution."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.dummy = vocab, nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids):
+        return CausalLMOutput(logits=torch.zeros(*input_ids.shape, self.vocab) + self.dummy)
+
+
+class Bigram(nn.Module):
+    """Fixed random next-token table: the NLL of each token depends only on its predecessor."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(vocab, vocab))
+
+    def forward(self, input_ids):
+        return CausalLMOutput(logits=self.table[input_ids])
+
+
+def test_uniform_model_has_perplexity_equal_to_the_vocabulary():
+    tokens = torch.randint(0, 50, (1000,))
+    total, n = lm_nll(Uniform(50), tokens, context=64, stride=32)
+    assert n == 999
+    assert perplexity(total, n) == pytest.approx(50, rel=1e-6)
+
+
+def test_bits_per_byte_consistent_with_nll():
+    total, n_tokens, n_bytes = 1234.5, 600, 2400
+    assert bits_per_byte(total, n_bytes) == pytest.approx(total / math.log(2) / n_bytes)
+    # one byte per token and a uniform byte model: 8 bits per byte
+    assert bits_per_byte(n_tokens * math.log(256), n_tokens) == pytest.approx(8.0)
+
+
+def test_token_weighted_mean_with_unequal_batch_lengths():
+    model = Bigram(20)
+    seqs = [torch.randint(0, 20, (n,)) for n in (5, 17, 9)]
+    total = count = 0
+    for s in seqs:  # batches of different lengths
+        t, c = nll_sum(model(s[None]).logits, s[None])
+        total, count = total + t, count + c
+    per_token = torch.cat([-torch.log_softmax(model.table[s[:-1]], -1).gather(1, s[1:, None]).squeeze(1)
+                           for s in seqs])
+    assert count == len(per_token) == 4 + 16 + 8
+    assert total / count == pytest.approx(per_token.mean().item(), rel=1e-5)  # not the mean of batch means
+    batch_means = [(nll_sum(model(s[None]).logits, s[None])[0] / (len(s) - 1)) for s in seqs]
+    assert abs(sum(batch_means) / 3 - total / count) > 1e-3
+
+
+@pytest.mark.parametrize("n,context,stride", [(100, 16, 8), (100, 16, 16), (37, 50, 10), (64, 16, 5)])
+def test_sliding_windows_score_every_token_once(n, context, stride):
+    scored = []
+    for begin, end, n_new in sliding_windows(n, context, stride):
+        assert end - begin <= context
+        scored.extend(range(end - n_new, end))
+    assert sorted(scored) == list(range(1, n))  # the first token has no context and is never scored
+    bigram = Bigram(30)
+    tokens = torch.randint(0, 30, (n,))
+    total, count = lm_nll(bigram, tokens, context=context, stride=stride)
+    full, full_count = nll_sum(bigram(tokens[None]).logits, tokens[None])
+    assert count == full_count and total == pytest.approx(full, rel=1e-5)  # a bigram needs no more context
+
+
+def test_param_counts_exclude_embeddings_and_count_tied_heads_once():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=20))
+    counts = param_counts(model)
+    assert counts["params"] == sum(p.numel() for p in model.parameters())
+    assert counts["non_embedding_params"] == counts["params"] - 50 * 16 - 20 * 16
+
+
+def test_checkpoint_evaluation_writes_results(tmp_path):
+    from kanformer.checkpoint_eval import evaluate_checkpoint
+    from kanformer.cli import main
+    from kanformer.train import train
+
+    cfg = load_config(preset="debug", overrides=[f"out_dir={tmp_path}", "name=e", "train.max_steps=3",
+                                                 "ffn.name=chebyshev"])
+    train(cfg)
+    main(["eval", str(cfg.run_dir / "final"), "--tokens", "2048", "--throughput-steps", "2"])
+    result = json.loads((cfg.run_dir / "final" / "results.json").read_text())
+    m = result["metrics"]
+    assert m["val_tokens"] == 2048 and m["val_ppl"] == pytest.approx(math.exp(m["val_nll"]))
+    assert m["val_bpb"] == pytest.approx(m["val_nll"] * m["val_tokens"] / math.log(2) / m["val_bytes"])
+    assert m["train_tokens_per_s"] > 0 and m["generate_tokens_per_s"] > 0 and m["prefill_tokens_per_s"] > 0
+    assert 0 < m["ffn_fwd_fraction"] < 1 and 0 < m["ffn_bwd_fraction"] < 1
+    assert m["peak_rss_bytes"] > 0 and m["mfu"] is None  # no declared peak on CPU
+    assert m["ffn_params"] > 0 and m["flops_per_token"] > 0
+    assert result["versions"]["git_sha"] and result["config"]["ffn"]["name"] == "chebyshev"
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
+        evaluate_checkpoint(tmp_path)
