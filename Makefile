@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 # users on GPUs install kanformer into an environment that already has the torch they want.
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+# the demo logs to wandb offline (its config says so): no account, nothing leaves the machine
+DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup setup-data test test-all demo bench lint clean
+.PHONY: setup setup-data test test-all demo toy bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -32,9 +34,12 @@ test: setup
 test-all: setup
 	$(OFFLINE) $(PY) -m pytest -q
 
+# The main job: B-spline, Chebyshev and GR-KAN GPT-2s against GELU-MLP and SwiGLU at matched parameters.
 demo: setup
+	$(DEMO_ENV) $(VENV)/bin/kanformer compare --config configs/compare/readme_cpu.yaml
+
+toy: setup
 	$(OFFLINE) $(PY) -m evals.toy_fit
-	$(OFFLINE) $(PY) -m evals.bench_ffn
 
 bench: setup
 	$(OFFLINE) $(PY) -m evals.bench_ffn

@@ -255,8 +255,8 @@ def welch_t_test(a: list[float], b: list[float]) -> float | None:
 
 
 METRICS = ("val_ppl", "val_bpb", "val_nll", "val_loss", "val_acc", "train_tokens_per_s", "generate_tokens_per_s",
-           "prefill_tokens_per_s", "peak_rss_bytes", "peak_rss_growth_bytes", "peak_allocated_bytes", "mfu",
-           "ffn_fwd_fraction", "ffn_bwd_fraction")
+           "prefill_tokens_per_s", "peak_rss_bytes", "peak_rss_growth_bytes", "peak_allocated_bytes",
+           "activation_bytes", "mfu", "ffn_fwd_fraction", "ffn_bwd_fraction")
 
 
 def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -303,12 +303,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
     text = summary["quality_metric"] == "val_nll"
     q_head = "val ppl | val bits/byte" if text else "val loss | val acc"
     lines = [f"| arm | FFN (hidden) | matched | params | FFN params | MFLOPs/token | {q_head} | train tok/s | "
-             f"gen tok/s | step mem MB | p-values (Welch, {summary['quality_metric']}) |",
+             f"gen tok/s | activations MB | p-values (Welch, {summary['quality_metric']}) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in summary["arms"]:
         quality = (f"{_fmt(r, 'val_ppl')} | {_fmt(r, 'val_bpb', digits=3)}" if text else
                    f"{_fmt(r, 'val_loss', digits=3)} | {_fmt(r, 'val_acc', digits=3)}")
-        mem = "peak_allocated_bytes" if "peak_allocated_bytes" in r else "peak_rss_growth_bytes"
         pv = ", ".join(f"{k}: {v:.3g}" for k, v in r.get("p_values", {}).items() if v is not None) or "-"
         matched = f"{r['match']} -> {r['matched_to']}" if r["match"] else "-"
         if r["also_matches"]:
@@ -316,7 +315,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {r['arm']} | {r['ffn']} ({r['hidden']}) | {matched} | {r.get('params', 0):,} | {r['ffn_params']:,} | "
             f"{r.get('flops_per_token', 0) / 1e6:.2f} | {quality} | {_fmt(r, 'train_tokens_per_s', digits=0)} | "
-            f"{_fmt(r, 'generate_tokens_per_s', digits=0)} | {_fmt(r, mem, 1 / 2**20, 0)} | {pv} |")
+            f"{_fmt(r, 'generate_tokens_per_s', digits=0)} | {_fmt(r, 'activation_bytes', 1 / 2**20, 1)} | {pv} |")
     return "\n".join(lines)
 
 
@@ -328,8 +327,9 @@ def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
     n = len(summary["seeds"])
     header = (f"# {cfg.name}\n\n{len(summary['arms'])} arms, {n} seed(s) each ({', '.join(map(str, cfg.seeds))}); "
               f"mean ± std over seeds. Same data order, token budget and schedule for every arm; quality on "
-              f"{cfg.eval.tokens} validation tokens. FLOPs: forward per token (kanformer.layers.flops). Step memory: "
-              f"peak allocated on CUDA, growth of the resident set during training steps on CPU.\n\n")
+              f"{cfg.eval.tokens} validation tokens. FLOPs: forward per token (kanformer.layers.flops). Activations: "
+              f"bytes autograd saves for backward in one training step (peak memory per device in comparison.json)."
+              f"\n\n")
     (root / "comparison.md").write_text(header + table + "\n")
     (root / "comparison.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     summary["plots"] = comparison_plots(summary, root)

@@ -194,6 +194,7 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
     _sync(device)
     elapsed = time.perf_counter() - t0
     memory = memory_stats(device)
+    memory["activation_bytes"] = saved_activation_bytes(model, **make_batch())
     timer = _FFNTimer(model, device)
     try:  # a separate pass: the hooks' synchronisation must not slow the timed steps
         t1 = time.perf_counter()
@@ -243,6 +244,23 @@ def _proc_status_kib(field: str) -> int | None:
             return int(next(line for line in f if line.startswith(field + ":")).split()[1])
     except (OSError, StopIteration):
         return None
+
+
+def saved_activation_bytes(module: nn.Module, *args: Any, **kwargs: Any) -> int:
+    """Bytes of the distinct storages autograd keeps for backward during ``module(*args, **kwargs)``, parameters
+    excluded: the activation memory of a training step, measured the same way on every device."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*args, **kwargs)
+    return sum(seen.values())
 
 
 def reset_peak_memory(device: torch.device) -> None:
