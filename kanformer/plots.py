@@ -61,3 +61,62 @@ def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
     written.append(str(out / "quality_vs_throughput.png"))
     return written
+
+
+def scaling_plots(summary: dict[str, Any], fits: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """Loss vs FLOPs / params / wall-clock with each arm's fitted law, and IsoFLOP curves in isoflop mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    points = summary["points"]
+    written = []
+    for x_key, fit_key, label, fname in (("flops", "vs_flops", "training FLOPs", "loss_vs_flops.png"),
+                                         ("params", "vs_params", "non-embedding parameters", "loss_vs_params.png"),
+                                         ("wall_s", "vs_wall", "training wall-clock (s)", "loss_vs_wallclock.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for i, arm in enumerate(fits):
+            pts = [p for p in points if p["arm"] == arm and p.get(x_key)]
+            if not pts:
+                continue
+            xs = np.array([p[x_key] for p in pts], dtype=float)
+            ax.scatter(xs, [p["loss"] for p in pts], color=colors[i % 10], s=18)
+            law = fits[arm].get(fit_key)
+            if law is not None:
+                grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+                ax.plot(grid, law(grid), color=colors[i % 10],
+                        label=f"{arm}: alpha={law.alpha:.3f}")
+            else:
+                ax.plot([], [], color=colors[i % 10], label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("final validation loss (nats)")
+        ax.set_title(f"{summary['name']}: loss vs {label}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(str(out / fname))
+    if summary["mode"] == "isoflop":
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        budgets = sorted({p["budget"] for p in points if p["budget"] is not None})
+        for i, arm in enumerate(fits):
+            for j, budget in enumerate(budgets):
+                pts = sorted((p for p in points if p["arm"] == arm and p["budget"] == budget),
+                             key=lambda p: p["params"])
+                if pts:
+                    ax.plot([p["params"] for p in pts], [p["loss"] for p in pts], "o-", color=colors[i % 10],
+                            alpha=0.4 + 0.6 * (j + 1) / len(budgets), label=f"{arm} C={budget:.2g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("non-embedding parameters")
+        ax.set_ylabel("final validation loss (nats)")
+        ax.set_title(f"{summary['name']}: IsoFLOP curves")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "isoflop.png", dpi=110)
+        plt.close(fig)
+        written.append(str(out / "isoflop.png"))
+    return written

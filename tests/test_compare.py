@@ -91,3 +91,31 @@ def _write(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     return path
+
+
+def test_time_matched_baseline_is_planned_from_measured_steps(tmp_path):
+    cfg = _config(tmp_path, **{"baselines.match": "[time]", "baselines.ffns": "[mlp]"})
+    timer = compare._step_timer(cfg)
+    arms = plan_arms(cfg, step_time=timer)
+    (baseline,) = [a for a in arms if a.role == "baseline"]
+    assert baseline.name == "mlp@time=bspline" and baseline.hidden >= 1
+    # the matched width's step takes about as long as the KAN arm's (loose: shared machines are noisy)
+    kan_s, mlp_s = timer(arms[0].ffn), timer(baseline.ffn)
+    assert 0.3 < mlp_s / kan_s < 3
+
+
+def test_tiny_vit_compare(tmp_path):
+    path = tmp_path / "vit.yaml"
+    path.write_text(f"""
+name: vit
+out_dir: {tmp_path}
+base: {{preset: debug_vit, train: {{max_steps: 3, eval_every: 3, save_every: 3}}, log: {{wandb: disabled}}}}
+arms: [{{name: rbf, ffn: {{name: rbf}}}}]
+baselines: {{ffns: [mlp], match: [params]}}
+seeds: [0]
+eval: {{throughput_steps: 1}}
+""")
+    summary = run_compare(load_compare_config(path), log=lambda *_: None)
+    assert summary["quality_metric"] == "val_loss"
+    assert 0 <= summary["arms"][0]["val_acc"]["mean"] <= 1
+    assert "| rbf | rbf (" in (tmp_path / "vit" / "comparison.md").read_text()

@@ -185,6 +185,9 @@ def test_wandb_offline_run_is_written_and_resumed_under_the_same_id(tmp_path, mo
     monkeypatch.setenv("WANDB_MODE", "offline")  # restored after the test; the trainer sets it from log.wandb
     cfg = _cfg(tmp_path, **{"log.wandb": "offline", "train.max_steps": 6, "train.save_every": 3})
     train(cfg, stop_at=3)
+    root = cfg.run_dir / "checkpoints"
+    first_id = ckpt.read_state(root / "step_00000003")["wandb_id"]
     train(cfg, resume="auto")
-    runs = sorted((cfg.run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+    assert ckpt.read_state(root / "step_00000006")["wandb_id"] == first_id
+    runs = list((cfg.run_dir / "wandb").glob(f"offline-run-*-{first_id}"))
+    assert runs, "no offline wandb run written"
