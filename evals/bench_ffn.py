@@ -14,21 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from typing import Any
 
 import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
-from kanformer.evaluation import saved_activation_bytes
+from kanformer.evaluation import median_time, saved_activation_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_one(name: str, d_model: int, tokens: int, *, device: torch.device, dtype: torch.dtype,
@@ -52,18 +45,8 @@ def bench_one(name: str, d_model: int, tokens: int, *, device: torch.device, dty
         with torch.no_grad(), ctx():
             ffn(x)
 
-    timings = {}
-    for label, fn in (("fwd_bwd", step), ("fwd", forward)):
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples.append(time.perf_counter() - t0)
-        timings[label] = statistics.median(samples)
+    timings = {label: median_time(fn, device, warmup=warmup, repeats=repeats)
+               for label, fn in (("fwd_bwd", step), ("fwd", forward))}
 
     with ctx():
         act = saved_activation_bytes(ffn, x)

@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .budget import ffn_flops, ffn_params, match_hidden
-from .config import PRESETS, RunConfig, _build, _merge
+from .config import RunConfig, _build, load_yaml_config, run_config_from
 
 BASELINE_MATCHES = ("params", "flops", "time")
 # The activation each host architecture's stock MLP uses (GPT-2 "gelu_new", ViT "gelu").
@@ -78,20 +76,11 @@ class CompareConfig:
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
-    from .config import parse_override
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    for text in overrides or []:
-        data = _merge(data, parse_override(text))
-    return _build(CompareConfig, data, "")
+    return load_yaml_config(CompareConfig, path, overrides)
 
 
 def base_run_config(cfg: CompareConfig, **extra: Any) -> RunConfig:
-    base = dict(cfg.base)
-    preset = base.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r} in base. Available: {', '.join(sorted(PRESETS))}")
-    return _build(RunConfig, _merge(_merge(PRESETS.get(preset, {}), base), extra), "")
+    return run_config_from(cfg.base, **extra)
 
 
 # -- planning ---------------------------------------------------------------------------------------------------

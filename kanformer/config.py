@@ -296,5 +296,25 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None,
     return _build(RunConfig, merged, "")
 
 
+def load_yaml_config(cls: type, path: str | Path, overrides: list[str] | None = None) -> Any:
+    """A YAML file plus dotted overrides, built into the dataclass ``cls`` (compare and sweep configs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Config file {str(p)!r} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    return _build(cls, data, "")
+
+
+def run_config_from(base: dict[str, Any], **extra: Any) -> RunConfig:
+    """A RunConfig from a plain ``base`` mapping (which may name a ``preset``) with ``extra`` merged on top."""
+    base = dict(base)
+    preset = base.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r} in base. Available: {', '.join(sorted(PRESETS))}")
+    return _build(RunConfig, _merge(_merge(PRESETS.get(preset, {}), base), extra), "")
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -45,6 +45,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_time(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, repeats: int = 3) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones, CUDA synchronised."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+    return sorted(samples)[len(samples) // 2]
+
+
 # -- quality ----------------------------------------------------------------------------------------------------
 def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """Summed next-token NLL and the number of scored tokens; ``labels`` of -100 are not scored.
@@ -217,16 +231,7 @@ def measure_inference(model: nn.Module, *, vocab_size: int, batch_size: int, pro
     ids = torch.randint(0, vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
 
     def timed(fn: Callable[[], Any]) -> float:
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples.append(time.perf_counter() - t0)
-        return sorted(samples)[len(samples) // 2]
+        return median_time(fn, device, warmup=warmup, repeats=repeats)
 
     prefill = timed(lambda: model(input_ids=ids))
     gen = timed(lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from .compare import ArmSpec, EvalSpec, _slug
-from .config import PRESETS, RunConfig, _build, _merge, parse_override, save_config
+from .config import RunConfig, _build, load_yaml_config, run_config_from, save_config
 
 MODES = ("tokens_per_param", "isoflop")
 
@@ -59,10 +59,7 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    for text in overrides or []:
-        data = _merge(data, parse_override(text))
-    return _build(SweepConfig, data, "")
+    return load_yaml_config(SweepConfig, path, overrides)
 
 
 @dataclass
@@ -105,10 +102,7 @@ def plan_sweep(cfg: SweepConfig) -> list[SweepRun]:
         for i, size in enumerate(cfg.sizes):
             for budget in (cfg.budgets if cfg.mode == "isoflop" else [None]):
                 for seed in cfg.seeds:
-                    base = dict(cfg.base)
-                    preset = base.pop("preset", None)
-                    data = _merge(_merge(PRESETS.get(preset, {}), base), {"model": size, "ffn": arm.ffn})
-                    probe = _build(RunConfig, data, "")
+                    probe = run_config_from(cfg.base, model=size, ffn=arm.ffn)
                     params, fpt = _measure(probe)
                     tokens = (cfg.tokens_per_param * params if budget is None else budget / (3 * fpt))
                     t = probe.train
@@ -120,8 +114,8 @@ def plan_sweep(cfg: SweepConfig) -> list[SweepRun]:
                              "eval_every": max(1, steps // 5), "save_every": max(1, steps // 4)}
                     run = SweepRun(arm.name, i, seed, budget, params, fpt, steps * per_step, steps, probe)
                     log = {"group": cfg.name, "tags": [arm.name, f"size{i}", f"seed{seed}"]}
-                    run.config = _build(RunConfig, _merge(data, {"name": run.name, "out_dir": str(cfg.root / "runs"),
-                                                                 "train": train, "log": log}), "")
+                    run.config = run_config_from(cfg.base, model=size, ffn=arm.ffn, name=run.name,
+                                                 out_dir=str(cfg.root / "runs"), train=train, log=log)
                     runs.append(run)
     return runs
 
@@ -255,8 +249,7 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 
 def _wandb_table(cfg: SweepConfig, summary: dict[str, Any]) -> None:
-    base = _build(RunConfig, _merge(PRESETS.get(cfg.base.get("preset"), {}),
-                                    {k: v for k, v in cfg.base.items() if k != "preset"}), "")
+    base = run_config_from(cfg.base)
     if base.log.wandb == "disabled":
         return
     import wandb

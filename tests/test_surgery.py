@@ -108,9 +108,9 @@ def test_selection_and_type_errors():
     with pytest.raises(ValueError, match="give either match= or hidden=, not both"):
         kanify(build("gpt2"), "bspline", match="params", hidden=8)
     model = build("gpt2")
-    kanify(model, "bspline", hidden=8)
-    with pytest.raises(ValueError, match="already KAN-ified"):
-        kanify(model, "bspline")
+    kanify(model, "bspline", hidden=8, layers=[0, 1])
+    with pytest.raises(ValueError, match=r"holds 'bspline' FFNs in blocks \[0, 1\]; a KAN config holds one FFN kind"):
+        kanify(model, "chebyshev", layers=[1, 2])
 
 
 def test_failed_kanify_changes_nothing():
@@ -190,3 +190,13 @@ def test_base_model_init_uses_kan_rules(basis):
     else:
         fc1 = ffn.fc1
         assert abs(fc1.coef.std().item() * (64 * fc1.basis.n_basis) ** 0.5 - 1) < 0.1
+
+
+def test_a_kan_model_can_be_converted_again():
+    model, batch = build("gpt2"), inputs("gpt2")
+    kanify(model, "mlp", hidden=48)
+    report = kanify(model, "rbf", hidden=12, layers=[0, 1, 2])
+    assert type(model).__name__ == "KanGPT2LMHeadModel" and model.config.kan["ffn"] == "rbf"
+    assert report.ffn_params_before == 3 * kanformer.ffn_params("mlp", 32, 48, activation="gelu_tanh")
+    assert all(m.name == "rbf" for m in model.modules() if isinstance(m, FFN))
+    assert torch.isfinite(output(model, batch)).all()

@@ -262,6 +262,32 @@ class KANLinear(nn.Module):
         coef = rearrange(coef, "i b o -> o i b").to(self.coef.dtype).contiguous()
         self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
 
+    @torch.no_grad()
+    def fit_least_squares(self, x: torch.Tensor, target: torch.Tensor, ridge: float = 1e-6) -> float:
+        """Set coefficients, base weights and bias to the least-squares fit of ``target`` ``(N, O)`` from ``x``
+        ``(N, I)`` (the layer is linear in them once the basis is fixed); returns the relative residual."""
+        x2 = x.reshape(-1, self.in_features).float()
+        cols = [rearrange(self.features(x2).float(), "n i b -> n (i b)")]  # (N, I*B)
+        if self.base_weight is not None:
+            cols.append(F.silu(x2))
+        if self.bias is not None:
+            cols.append(torch.ones(len(x2), 1, device=x2.device))
+        design = torch.cat(cols, dim=1).double()  # (N, P)
+        y = target.reshape(len(x2), -1).double()
+        gram = design.T @ design
+        gram += ridge * gram.diagonal().mean().clamp_min(1e-30) * torch.eye(len(gram), dtype=gram.dtype,
+                                                                            device=gram.device)
+        sol = torch.linalg.solve(gram, design.T @ y)  # (P, O)
+        n_coef = self.in_features * self.basis.n_basis
+        self.coef.copy_(rearrange(sol[:n_coef], "(i b) o -> o i b", i=self.in_features).to(self.coef.dtype))
+        rest = sol[n_coef:]
+        if self.base_weight is not None:
+            self.base_weight.copy_(rest[: self.in_features].T.to(self.base_weight.dtype))
+            rest = rest[self.in_features:]
+        if self.bias is not None:
+            self.bias.copy_(rest[0].to(self.bias.dtype))
+        return ((design @ sol - y).norm() / y.norm().clamp_min(1e-30)).item()
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, basis={self.basis.name!r}, "
                 f"n_basis={self.basis.n_basis}, base={self.use_base}, bias={self.bias is not None}")

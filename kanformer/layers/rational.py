@@ -29,6 +29,7 @@ from .registry import FFN, check_last_dim, check_positive_int, register_ffn
 _INIT_TARGETS = {
     "identity": lambda x: x,
     "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": lambda x: F.silu(x),
 }
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

@@ -27,6 +27,9 @@ class BertAdapter(Adapter):
         fc1, fc2 = block.intermediate.dense, block.output.dense
         return {"fc1.weight": fc1.weight, "fc1.bias": fc1.bias, "fc2.weight": fc2.weight, "fc2.bias": fc2.bias}
 
+    def ffn_site(self, block: nn.Module) -> nn.Module:
+        return block.intermediate
+
     def install(self, block: nn.Module, ffn: FFN, config: Any) -> list[str]:
         block.intermediate = ffn
         block.output.dense = nn.Identity()

@@ -97,6 +97,14 @@ class Adapter:
         """Put ``ffn`` in the block, deleting the stock MLP; return the replaced modules' names within the block."""
         raise NotImplementedError
 
+    def ffn_site(self, block: nn.Module) -> nn.Module:
+        """The module whose input is the FFN's input, before and after replacement (for collecting activations)."""
+        return block.mlp
+
+    def current_ffn(self, block: nn.Module) -> FFN | None:
+        """The registered FFN a block holds (after an earlier kanify), or None for the stock MLP."""
+        return next((m for m in self.ffn_site(block).modules() if isinstance(m, FFN)), None)
+
     def replaced_count(self, model: nn.Module) -> int:
         return sum(isinstance(m, FFN) for m in model.modules())
 

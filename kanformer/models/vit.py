@@ -33,6 +33,9 @@ class ViTAdapter(Adapter):
             fc1, fc2 = block.intermediate.dense, block.output.dense
         return {"fc1.weight": fc1.weight, "fc1.bias": fc1.bias, "fc2.weight": fc2.weight, "fc2.bias": fc2.bias}
 
+    def ffn_site(self, block: nn.Module) -> nn.Module:
+        return block.mlp if hasattr(block, "mlp") else block.intermediate
+
     def install(self, block: nn.Module, ffn: FFN, config: Any) -> list[str]:
         if hasattr(block, "mlp"):
             block.mlp = ffn
