@@ -1,4 +1,5 @@
-"""The ``kanformer`` command: ``kanformer eval <checkpoint>`` and ``kanformer compare --config <yaml>``."""
+"""The ``kanformer`` command: ``kanformer eval <checkpoint>``, ``kanformer compare --config <yaml>`` and
+``kanformer kanify <checkpoint> --ffn <name> --out <dir>``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,36 @@ def main(argv: list[str] | None = None) -> None:
     cmp_.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
     cmp_.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seeds=[0] base.train.max_steps=50")
 
+    kz = sub.add_parser("kanify", help="KAN-ify a saved checkpoint (fitted start), report quality, save it")
+    kz.add_argument("checkpoint")
+    kz.add_argument("--out", required=True, help="directory for the KAN checkpoint and kanify_report.json")
+    kz.add_argument("--ffn", default="bspline")
+    kz.add_argument("--match", default="params", choices=["params", "flops", "none"])
+    kz.add_argument("--hidden", type=int)
+    kz.add_argument("--layers", type=lambda t: [int(i) for i in t.split(",")], help="e.g. 0,1,2 (default: all)")
+    kz.add_argument("--init", default="fit", choices=["fit", "random"])
+    kz.add_argument("--config", help="the run config naming the data (default: next to the checkpoint)")
+    kz.add_argument("--text", default="pydoc", help="text for encoders without a run config (e.g. BERT)")
+    kz.add_argument("--fit-steps", type=int, default=200)
+    kz.add_argument("--fit-tokens", type=int, default=8192)
+    kz.add_argument("--kw", nargs="*", default=[], help="FFN options as key=value, e.g. grid_size=8")
+
     args = p.parse_args(argv)
+    if args.command == "kanify":
+        import yaml
+
+        from .kanify_checkpoint import kanify_checkpoint
+
+        kw = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.kw)}
+        match = None if args.match == "none" or args.hidden else args.match
+        result = kanify_checkpoint(args.checkpoint, args.out, args.ffn, match=match, hidden=args.hidden,
+                                   layers=args.layers, init=args.init, config=args.config, text=args.text,
+                                   fit_steps=args.fit_steps, fit_tokens=args.fit_tokens, **kw)
+        print(json.dumps({k: result[k] for k in ("before", "after")}, indent=2))
+        for f in result["kanify"]["fit"]:
+            print(f"layer {f['layer']}: {f['method']}, relative error {f['rel_err_start']:.4f} -> "
+                  f"{f['rel_err_fit']:.4f}")
+        return
     if args.command == "eval":
         from .checkpoint_eval import evaluate_checkpoint
         from .config import load_config

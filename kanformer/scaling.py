@@ -4,8 +4,9 @@
   least squares in the parametrisation ``L = E + exp(a - alpha * ln X)`` for conditioning, with ``0 <= E < min L``.
 * Bootstrap: resample the points with replacement, refit, report the 2.5 / 97.5 percentiles.
 * IsoFLOP: at each compute budget, a parabola of loss in ln N; its vertex is the compute-optimal size.
-* Compute multiplier of arm a over arm b at loss L: ``C_a(L) / C_b(L)`` with ``C(L) = ((L - E) / A)^(-1/alpha)``:
-  "a needs x times b's FLOPs to reach L".
+* Compute multiplier of arm a over arm b at loss L: ``C_a(L) / C_b(L)``: "a needs x times b's FLOPs to reach L".
+  ``C(L)`` is read off each arm's measured frontier (best loss so far against compute, interpolated in log C), not
+  off the fitted law, whose inverse is ill-conditioned near its asymptote E with a handful of points.
 """
 
 from __future__ import annotations
@@ -99,8 +100,31 @@ def isoflop_minimum(params: list[float], losses: list[float]) -> dict[str, float
     return {"params": float(math.exp(v)), "loss": float(c0 + c1 * v + c2 * v * v), "curvature": float(c2)}
 
 
+def compute_to_reach(xs: list[float], losses: list[float], loss: float) -> float:
+    """Compute at which the measured frontier (running minimum of loss over increasing x) first reaches ``loss``,
+    interpolated linearly in log x; inf if it never does."""
+    pts = sorted(zip(xs, losses, strict=True))
+    best = math.inf
+    prev: tuple[float, float] | None = None
+    for x, y in pts:
+        y = min(y, best)
+        if y <= loss:
+            if prev is None or prev[1] == y:
+                return x
+            t = (prev[1] - loss) / (prev[1] - y)
+            return math.exp(math.log(prev[0]) + t * (math.log(x) - math.log(prev[0])))
+        best, prev = y, (x, y)
+    return math.inf
+
+
+def frontier_multiplier(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]], loss: float) -> float:
+    """How many times arm b's compute arm a needs to reach ``loss``, from the measured frontiers ``(x, loss)``."""
+    ca, cb = compute_to_reach(*a, loss), compute_to_reach(*b, loss)
+    return ca / cb if math.isfinite(cb) and cb > 0 else math.nan
+
+
 def compute_multiplier(a: PowerLaw, b: PowerLaw, loss: float) -> float:
-    """How many times arm b's compute arm a needs to reach ``loss`` (inf if a never reaches it)."""
+    """How many times arm b's compute arm a needs to reach ``loss`` by the fitted laws (inf if a never does)."""
     ca, cb = a.inverse(loss), b.inverse(loss)
     if not (math.isfinite(cb) and cb > 0):
         return math.nan

@@ -179,7 +179,7 @@ def _collect(cfg: SweepConfig, runs: list[SweepRun]) -> list[dict[str, Any]]:
 
 def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, Any]:
     """Fit, tabulate and plot the finished runs: scaling.md, scaling.json and PNGs under the sweep directory."""
-    from .scaling import compute_multiplier, fit_power_law, isoflop_minimum
+    from .scaling import fit_power_law, frontier_multiplier, isoflop_minimum
 
     runs = runs if runs is not None else plan_sweep(cfg)
     points = _collect(cfg, runs)
@@ -196,11 +196,14 @@ def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, An
         fits[arm] = entry
     reachable = [min(p["loss"] for p in points if p["arm"] == a) for a in arms if any(p["arm"] == a for p in points)]
     target = max(reachable) if reachable else None  # a loss every arm reached
+    def frontier(arm: str, x_key: str) -> tuple[list[float], list[float]]:
+        pts = [p for p in points if p["arm"] == arm and p.get(x_key)]
+        return [p[x_key] for p in pts], [p["loss"] for p in pts]
+
     for arm in arms:
-        ref, mine = fits.get(reference, {}), fits[arm]
-        for key, out in (("vs_flops", "compute_multiplier"), ("vs_wall", "time_multiplier")):
-            if target is not None and key in ref and key in mine:
-                mine[out] = compute_multiplier(mine[key], ref[key], target)
+        for x_key, out in (("flops", "compute_multiplier"), ("wall_s", "time_multiplier")):
+            if target is not None and frontier(arm, x_key)[0] and frontier(reference, x_key)[0]:
+                fits[arm][out] = frontier_multiplier(frontier(arm, x_key), frontier(reference, x_key), target)
     isoflop = {}
     if cfg.mode == "isoflop":
         for arm in arms:
@@ -228,7 +231,8 @@ def _ci(ci: Any) -> str:
 def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# {summary['name']}\n",
              f"L(C) = E + A C^-alpha fitted per arm on final validation loss (nats) against training FLOPs; 95% "
-             f"bootstrap intervals in brackets. Multipliers: FLOPs (or seconds) an arm needs to reach loss "
+             f"bootstrap intervals in brackets. Multipliers (from the measured frontiers, interpolated in log "
+             f"compute): FLOPs (or seconds) an arm needs to reach loss "
              f"{summary['target_loss'] if summary['target_loss'] is None else round(summary['target_loss'], 4)}, "
              f"relative to {summary['reference']}.\n",
              "| arm | runs | alpha (FLOPs) | E | A | alpha (params) | compute multiplier | wall-clock multiplier |",

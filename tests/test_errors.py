@@ -30,7 +30,7 @@ def test_non_positive_widths(name, arg, d, h):
         ("jacobi", {"alpha": -1.5}, "alpha must be a number > -1"),
         ("fourier", {"num_frequencies": 0}, "num_frequencies must be an integer >= 1"),
         ("wavelet", {"wavelet": "haar"}, "Unknown wavelet 'haar'. Available: dog, mexican_hat, morlet"),
-        ("rational", {"second_init": "relu"}, "Unknown rational init 'relu'. Available: gelu, identity, silu"),
+        ("rational", {"second_init": "relu"}, "Unknown rational init 'relu'. Available: gelu, gelu_tanh, identity, silu"),
         ("rational", {"groups": 0}, "groups must be an integer >= 1"),
         ("rational", {"groups": 32}, "groups must be <= the width"),
         ("bspline", {"grid": 5}, "unknown argument\\(s\\) grid. Accepted: base, bias, grid_range, grid_size"),

@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from kanformer.scaling import PowerLaw, compute_multiplier, fit_power_law, isoflop_minimum
+from kanformer.scaling import (
+    PowerLaw,
+    compute_multiplier,
+    compute_to_reach,
+    fit_power_law,
+    frontier_multiplier,
+    isoflop_minimum,
+)
 from kanformer.sweep import emit_commands, load_sweep_config, plan_sweep, run_sweep
 
 
@@ -28,6 +35,13 @@ def test_isoflop_minimum_and_compute_multiplier():
     assert best["params"] == pytest.approx(1e7, rel=1e-6) and best["loss"] == pytest.approx(3.0)
     slow, fast = PowerLaw(1.0, 10.0, 0.1), PowerLaw(1.0, 10.0 / 2**0.1, 0.1)  # fast reaches every loss at C/2
     assert compute_multiplier(slow, fast, 2.0) == pytest.approx(2.0)
+    # measured frontiers: b reaches 3.0 at C = 10, a at C = 40 (interpolated in log C between 20 and 80)
+    b = ([1.0, 10.0, 100.0], [4.0, 3.0, 2.5])
+    a = ([5.0, 20.0, 80.0, 160.0], [4.5, 3.5, 2.5, 2.9])
+    assert compute_to_reach(*b, 3.0) == pytest.approx(10.0)
+    assert compute_to_reach(*a, 3.0) == pytest.approx(40.0)
+    assert frontier_multiplier(a, b, 3.0) == pytest.approx(4.0)
+    assert math.isinf(compute_to_reach(*b, 1.0))
     with pytest.raises(ValueError, match="at least 3 points"):
         fit_power_law([1, 2], [3, 2])
 

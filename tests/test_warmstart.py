@@ -1,6 +1,7 @@
 """Warm start: fitted KAN FFNs reproduce the MLP they replace; fitted KAN-ification keeps a trained model's
 predictions; fitting holds one layer's activations at a time."""
 
+import json
 import weakref
 
 import pytest
@@ -90,3 +91,19 @@ def test_fit_needs_calibration():
         kanify(build("gpt2"), "bspline", init="fit")
     with pytest.raises(ValueError, match="init must be 'random' or 'fit'"):
         kanify(build("gpt2"), "bspline", init="pretrained")
+
+
+def test_kanify_checkpoint_reports_quality_and_saves_a_loadable_model(trained_gpt2, tmp_path):
+    import transformers
+
+    from kanformer.cli import main
+
+    out = tmp_path / "kan"
+    main(["kanify", str(trained_gpt2.run_dir / "final"), "--ffn", "rational", "--out", str(out), "--fit-steps", "20"])
+    result = json.loads((out / "kanify_report.json").read_text())
+    before, after = result["before"]["val_ppl"], result["after"]["val_ppl"]
+    assert abs(after / before - 1) < 0.05, (before, after)  # GR-KAN's mimetic start keeps the model
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.kan["ffn"] == "rational"
+    assert transformers.AutoTokenizer.from_pretrained(out).eos_token == "<|endoftext|>"
+    assert (out / "run_config.yaml").exists()

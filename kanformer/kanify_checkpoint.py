@@ -1,0 +1,107 @@
+"""KAN-ify a saved checkpoint with a fitted start, measure quality before and after, save the KAN checkpoint.
+
+Quality is the run's validation perplexity for a causal LM (its run config names the data), accuracy for a ViT, and
+for an encoder without a head (e.g. a pretrained BERT) the cosine similarity of mean-pooled sentence embeddings to
+the original model's on held-out text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .checkpoint_eval import find_run_config
+from .config import load_config
+from .evaluation import classification_metrics, lm_nll, perplexity
+from .surgery import kanify
+
+
+def _text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    return [dict(tokenizer(texts[i: i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(texts), batch_size)]
+
+
+@torch.no_grad()
+def _embeddings(model: Any, batches: list[dict]) -> torch.Tensor:
+    out = []
+    for b in batches:
+        h = model(**b).last_hidden_state
+        mask = b["attention_mask"][..., None].to(h.dtype)
+        out.append(torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def _chunks(docs: list[str], size: int = 400, per_doc: int = 5) -> list[str]:
+    return [d[i: i + size] for d in docs for i in range(0, min(len(d), size * per_doc), size) if d[i: i + size].strip()]
+
+
+def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, match: str | None = "params",
+                      hidden: int | None = None, layers: list[int] | None = None, init: str = "fit",
+                      config: str | Path | None = None, text: str = "pydoc", calibration_batches: int = 8,
+                      fit_steps: int = 200, fit_tokens: int = 8192, eval_tokens: int = 32768,
+                      **ffn_kwargs: Any) -> dict[str, Any]:
+    """Load ``checkpoint``, measure it, KAN-ify it (fitted by default), measure again, save to ``out``."""
+    from .data import build_lm_data, load_images, load_text
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    hf_config = transformers.AutoConfig.from_pretrained(checkpoint)
+    model_type = hf_config.model_type.removeprefix("kan_")
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "ffn": ffn, "init": init}
+    if model_type in ("gpt2", "llama"):
+        run_cfg = load_config(config or find_run_config(checkpoint))
+        model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        data = build_lm_data(run_cfg.data, run_cfg.model.block_size)
+        calibration = [{"input_ids": data.train[i * 16: (i + 1) * 16]} for i in range(calibration_batches)]
+        stream = data.val.flatten()[: eval_tokens + 1]
+        context = run_cfg.model.block_size
+
+        def quality(m: Any) -> dict[str, float]:
+            total, n = lm_nll(m, stream, context=context, stride=max(1, context // 2))
+            return {"val_ppl": perplexity(total, n)}
+
+    elif model_type == "vit":
+        run_cfg = load_config(config or find_run_config(checkpoint))
+        model = transformers.AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+        images = load_images(run_cfg.data, run_cfg.model.image_size)
+        calibration = [{"pixel_values": images.train_x[i * 64: (i + 1) * 64]} for i in range(calibration_batches)]
+
+        def quality(m: Any) -> dict[str, float]:
+            return classification_metrics(m, images.val_x, images.val_y)
+
+    elif model_type == "bert":
+        model = transformers.AutoModel.from_pretrained(checkpoint).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+        splits = load_text(text)
+        calibration = _text_batches(tokenizer, _chunks(splits.train)[: 32 * calibration_batches])
+        held = _text_batches(tokenizer, _chunks(splits.val)[:256])
+        reference = _embeddings(model, held)
+
+        def quality(m: Any) -> dict[str, float]:
+            sim = (_embeddings(m, held) * reference).sum(-1)
+            return {"embedding_cosine_mean": sim.mean().item(), "embedding_cosine_min": sim.min().item()}
+
+    else:
+        raise ValueError(f"Unsupported model_type {hf_config.model_type!r} for kanify_checkpoint. Supported: bert, "
+                         f"gpt2, llama, vit")
+    result["before"] = quality(model)
+    report = kanify(model, ffn, layers=layers, match=match, hidden=hidden, init=init, calibration=calibration,
+                    fit_steps=fit_steps, fit_tokens=fit_tokens, **ffn_kwargs)
+    model.eval()
+    result["after"] = quality(model)
+    result["kanify"] = {k: v for k, v in vars(report).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for path in checkpoint.iterdir():  # tokenizer or image processor files travel with the model
+        if path.is_file() and path.suffix in (".json", ".txt", ".model") and path.name not in (
+                "config.json", "generation_config.json", "results.json", "kanify_report.json") \
+                and not path.name.startswith("model"):
+            shutil.copyfile(path, out / path.name)
+    if model_type != "bert":  # the data the quality was measured on: kanformer eval / finetuning find it here
+        shutil.copyfile(config or find_run_config(checkpoint), out / "run_config.yaml")
+    (out / "kanify_report.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
