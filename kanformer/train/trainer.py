@@ -136,8 +136,7 @@ class Trainer:
 
     def tokens_per_step(self) -> int:
         t = self.cfg.train
-        per_sample = self.seq_len if self.is_text else self.seq_len  # ViT: patches + [CLS]
-        return t.batch_size * t.grad_accum * self.world * per_sample
+        return t.batch_size * t.grad_accum * self.world * self.seq_len  # ViT: a token per patch, plus [CLS]
 
     # -- run files, trackers, checkpoints --------------------------------------------------------------------------
     def _write_run_files(self) -> None:
@@ -211,17 +210,22 @@ class Trainer:
 
     # -- non-finite diagnosis -----------------------------------------------------------------------------------
     def _first_nonfinite_module(self, batch: dict[str, torch.Tensor]) -> str:
+        """Re-run the forward with hooks and name the first module (in execution order) with a non-finite output;
+        a deterministic fault reproduces, which is what makes the name worth having."""
         found: list[str] = []
         model = self.accelerator.unwrap_model(self.model)
-        hooks = []
-        for name, module in model.named_modules():
-            def hook(mod, args, out, name=name):
-                tensors = [out] if torch.is_tensor(out) else [t for t in getattr(out, "values", lambda: out)()
-                                                                  if torch.is_tensor(t)] if isinstance(out, dict) else [
-                    t for t in (out if isinstance(out, tuple | list) else []) if torch.is_tensor(t)]
-                if not found and any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+
+        def tensors(out: Any) -> list[torch.Tensor]:
+            items = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else [out]
+            return [t for t in items if torch.is_tensor(t) and t.is_floating_point()]
+
+        def hook(name: str):
+            def check(module: torch.nn.Module, args: Any, out: Any) -> None:
+                if not found and any(not torch.isfinite(t).all() for t in tensors(out)):
                     found.append(name or "<model>")
-            hooks.append(module.register_forward_hook(hook))
+            return check
+
+        hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
         try:
             with torch.no_grad():
                 model(**batch)
