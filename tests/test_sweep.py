@@ -120,3 +120,11 @@ def test_sweep_config_errors(tmp_path):
         _sweep_config(tmp_path, "chinchilla")
     with pytest.raises(ValueError, match="reference 'gelu' is not an arm"):
         _sweep_config(tmp_path, extra="reference: gelu")
+
+
+def test_tiny_isoflop_sweep_reports_parabola_minima(tmp_path):
+    cfg = _sweep_config(tmp_path, "isoflop", "budgets: [2.0e+10]\narms:\n  - {name: mlp, ffn: {name: mlp}}")
+    summary = run_sweep(cfg, log=lambda *_: None)
+    assert len(summary["points"]) == 3 and list(summary["isoflop"]) == ["mlp@2e+10"]
+    assert (tmp_path / "tiny" / "isoflop.png").stat().st_size > 500
+    assert "IsoFLOP budget" in (tmp_path / "tiny" / "scaling.md").read_text()
