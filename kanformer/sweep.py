@@ -100,10 +100,10 @@ def plan_sweep(cfg: SweepConfig) -> list[SweepRun]:
     runs = []
     for arm in cfg.arms:
         for i, size in enumerate(cfg.sizes):
+            probe = run_config_from(cfg.base, model=size, ffn=arm.ffn)
+            params, fpt = _measure(probe)  # once per (arm, size): budgets and seeds share the model shape
             for budget in (cfg.budgets if cfg.mode == "isoflop" else [None]):
                 for seed in cfg.seeds:
-                    probe = run_config_from(cfg.base, model=size, ffn=arm.ffn)
-                    params, fpt = _measure(probe)
                     tokens = (cfg.tokens_per_param * params if budget is None else budget / (3 * fpt))
                     t = probe.train
                     seq = probe.model.block_size if probe.model.arch == "gpt2" else \
