@@ -14,6 +14,20 @@ def _eval_curves(run_dir: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "eval"]
 
 
+def _save(fig: Any, ax: Any, path: Path, *, title: str, xlabel: str, ylabel: str, written: list[str]) -> None:
+    """Label, save and close one figure; record its path."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+
+
 def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -34,16 +48,10 @@ def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
                 if curve:
                     ax.plot([r[x_key] for r in curve], [r[metric] for r in curve], style, color=colors[i % 10],
                             alpha=0.9 if j == 0 else 0.4, label=row["arm"] if j == 0 else None)
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation loss (nats)")
         if x_key == "flops":
             ax.set_xscale("log")
-        ax.set_title(f"{summary['name']}: validation loss vs {label}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-        written.append(str(out / fname))
+        _save(fig, ax, out / fname, title=f"{summary['name']}: validation loss vs {label}", xlabel=label,
+              ylabel="validation loss (nats)", written=written)
 
     quality = "val_ppl" if summary["quality_metric"] == "val_nll" else "val_acc"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -52,14 +60,9 @@ def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
             ax.errorbar(row["train_tokens_per_s"]["mean"], row[quality]["mean"], xerr=row["train_tokens_per_s"]["std"],
                         yerr=row[quality]["std"], fmt="o" if row["role"] == "kan" else "s", color=colors[i % 10],
                         label=row["arm"], capsize=3)
-    ax.set_xlabel("training throughput (tokens/s)")
-    ax.set_ylabel("validation perplexity" if quality == "val_ppl" else "validation accuracy")
-    ax.set_title(f"{summary['name']}: quality vs speed")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "quality_vs_throughput.png", dpi=110)
-    plt.close(fig)
-    written.append(str(out / "quality_vs_throughput.png"))
+    _save(fig, ax, out / "quality_vs_throughput.png", title=f"{summary['name']}: quality vs speed",
+          xlabel="training throughput (tokens/s)",
+          ylabel="validation perplexity" if quality == "val_ppl" else "validation accuracy", written=written)
     return written
 
 
@@ -92,14 +95,8 @@ def scaling_plots(summary: dict[str, Any], fits: dict[str, dict[str, Any]], out:
             else:
                 ax.plot([], [], color=colors[i % 10], label=arm)
         ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("final validation loss (nats)")
-        ax.set_title(f"{summary['name']}: loss vs {label}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-        written.append(str(out / fname))
+        _save(fig, ax, out / fname, title=f"{summary['name']}: loss vs {label}", xlabel=label,
+              ylabel="final validation loss (nats)", written=written)
     if summary["mode"] == "isoflop":
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         budgets = sorted({p["budget"] for p in points if p["budget"] is not None})
@@ -111,12 +108,6 @@ def scaling_plots(summary: dict[str, Any], fits: dict[str, dict[str, Any]], out:
                     ax.plot([p["params"] for p in pts], [p["loss"] for p in pts], "o-", color=colors[i % 10],
                             alpha=0.4 + 0.6 * (j + 1) / len(budgets), label=f"{arm} C={budget:.2g}")
         ax.set_xscale("log")
-        ax.set_xlabel("non-embedding parameters")
-        ax.set_ylabel("final validation loss (nats)")
-        ax.set_title(f"{summary['name']}: IsoFLOP curves")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "isoflop.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out / "isoflop.png"))
+        _save(fig, ax, out / "isoflop.png", title=f"{summary['name']}: IsoFLOP curves",
+              xlabel="non-embedding parameters", ylabel="final validation loss (nats)", written=written)
     return written
