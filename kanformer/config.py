@@ -142,6 +142,48 @@ class TrainConfig:
 
 
 @dataclass
+class KanConfig:
+    """KAN-specific training: telemetry and B-spline grid management (see kanformer.telemetry, kanformer.grids)."""
+
+    telemetry_every: int = 0  # steps between per-layer KAN telemetry records in metrics.jsonl / wandb; 0 = off
+    telemetry_rows: int = 1024  # input rows per layer the statistics use
+    grid_update_every: int = 0  # steps between grid updates from data (KAN paper); 0 = never
+    grid_update_until: int | None = None  # last step that updates the grids (null = the whole run)
+    grid_rows: int = 4096  # input rows per layer and rank a grid update fits to (all ranks' rows are pooled)
+    grid_eps: float = 0.02  # blend of a uniform grid into the quantile grid (keeps knots distinct)
+    grid_extend: dict[str, Any] = field(default_factory=dict)  # {step: new grid_size}, e.g. {200: 10, 400: 20}
+
+    def __post_init__(self) -> None:
+        for name in ("telemetry_every", "grid_update_every"):
+            _positive(f"kan.{name}", getattr(self, name), 0)
+        for name in ("telemetry_rows", "grid_rows"):
+            _positive(f"kan.{name}", getattr(self, name))
+        if self.grid_update_until is not None:
+            _positive("kan.grid_update_until", self.grid_update_until)
+        if not 0 <= self.grid_eps <= 1:
+            raise ValueError(f"kan.grid_eps must be in [0, 1], got {self.grid_eps!r}")
+        extend = {}
+        for step, size in self.grid_extend.items():
+            try:
+                step_i = int(step)
+            except (TypeError, ValueError):
+                step_i = None
+            if step_i is None or step_i < 1 or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"kan.grid_extend maps steps >= 1 to grid sizes >= 1, e.g. {{200: 10}}; "
+                                 f"got {step!r}: {size!r}")
+            extend[step_i] = size
+        self.grid_extend = dict(sorted(extend.items()))
+
+    def extensions_until(self, step: int) -> list[tuple[int, int]]:
+        """(step, grid_size) of every scheduled extension at or before ``step``."""
+        return [(s, g) for s, g in self.grid_extend.items() if s <= step]
+
+    @property
+    def manages_grids(self) -> bool:
+        return bool(self.grid_update_every or self.grid_extend)
+
+
+@dataclass
 class LogConfig:
     wandb: str = "offline"  # offline (no account needed) | online | disabled
     project: str = "kanformer"
@@ -160,6 +202,7 @@ class RunConfig:
     ffn: FFNConfig = field(default_factory=FFNConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    kan: KanConfig = field(default_factory=KanConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property

@@ -16,7 +16,7 @@ def build(name, d=D, **kw):
 
 
 def test_registry_holds_every_documented_ffn():
-    expected = {"mlp", "swiglu", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational"}
+    expected = {"mlp", "swiglu", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"}
     assert expected <= set(FFNS)
 
 

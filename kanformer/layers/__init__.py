@@ -10,6 +10,7 @@ from .chebyshev import ChebyshevBasis, ChebyshevFFN
 from .fourier import FourierBasis, FourierFFN
 from .jacobi import JacobiBasis, JacobiFFN
 from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, register_basis
+from .multkan import MultKANFFN
 from .rational import GroupRational, RationalFFN
 from .rbf import RBFFFN, RBFBasis
 from .registry import FFN, create_ffn, get_ffn_class, list_ffns, register_ffn
@@ -17,7 +18,7 @@ from .wavelet import WaveletBasis, WaveletFFN
 
 __all__ = [
     "FFN", "KAN", "KANFFN", "MLP", "Basis", "BSplineBasis", "BSplineFFN", "ChebyshevBasis", "ChebyshevFFN",
-    "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "RBFBasis", "RBFFFN",
-    "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class", "get_ffn_class",
+    "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "MultKANFFN",
+    "RBFBasis", "RBFFFN", "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class", "get_ffn_class",
     "list_bases", "list_ffns", "register_basis", "register_ffn",
 ]

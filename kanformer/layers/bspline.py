@@ -81,6 +81,10 @@ class BSplineBasis(Basis):
             bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, I, G+2k-p)
         return bases  # (N, I, G+k)
 
+    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
+        interior = self.interior_knots().to(x.dtype)
+        return (x < interior[:, 0]) | (x > interior[:, -1])  # (N, I): only the base branch sees these inputs
+
     # -- grid adaptation ----------------------------------------------------------------------------------------
     def interior_knots(self) -> torch.Tensor:
         k = self.spline_order

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .kan import KANFFN, Basis, register_basis
+from .kan import KANFFN, TANH_SATURATION, Basis, register_basis
 from .registry import check_positive_int, register_ffn
 
 
@@ -58,6 +58,9 @@ class JacobiBasis(Basis):
     @property
     def n_basis(self) -> int:
         return self.degree + 1
+
+    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(x)  # (N, I)

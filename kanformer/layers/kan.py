@@ -30,6 +30,7 @@ from .registry import FFN, check_last_dim, check_positive_int
 _BASES: dict[str, type[Basis]] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _RIDGE = 1e-8  # relative ridge of the grid refit (see KANLinear._refit)
+TANH_SATURATION = 3.0  # |x| beyond which tanh(x) is within 0.5% of +-1 (telemetry of tanh-squashed bases)
 
 
 class Basis(nn.Module):
@@ -103,6 +104,15 @@ class Basis(nn.Module):
         """Points ``(M, I)`` covering each feature's grid, enough to refit coefficients on ``grid_size``."""
         raise ValueError(f"basis {self.name!r} has no adaptive grid; extend_grid supports: {_grid_bases()}")
 
+    @property
+    def has_grid(self) -> bool:
+        return type(self).fit_grid_to is not Basis.fit_grid_to
+
+    def out_of_range(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Which inputs ``(N, I)`` fall outside the basis' grid or natural range (bool), or None where the basis
+        has no such range (periodic or unbounded bases). For telemetry."""
+        return None
+
 
 def _grid_bases() -> str:
     return ", ".join(n for n, c in sorted(_BASES.items()) if c.fit_grid_to is not Basis.fit_grid_to)
@@ -129,6 +139,25 @@ def get_basis_class(basis: str | type[Basis]) -> type[Basis]:
     if not isinstance(basis, str) or basis not in _BASES:
         raise ValueError(f"Unknown basis {basis!r}. Available: {', '.join(list_bases())}")
     return _BASES[basis]
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    return hasattr(p, "full_tensor")  # a DTensor (FSDP2 / tensor parallel)
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, also when ``p`` is sharded (every rank must call this together)."""
+    return p.full_tensor() if _is_sharded(p) else p.detach()
+
+
+def _assign(p: torch.Tensor, value: torch.Tensor) -> None:
+    """Write the whole tensor ``value`` into ``p`` in place; a sharded ``p`` keeps only its own shard."""
+    if _is_sharded(p):
+        from torch.distributed.tensor import distribute_tensor
+
+        p.to_local().copy_(distribute_tensor(value, p.device_mesh, p.placements).to_local())
+    else:
+        p.copy_(value)
 
 
 class KANLinear(nn.Module):
@@ -255,12 +284,18 @@ class KANLinear(nn.Module):
         new = rearrange(self.basis(x2), "n i b -> i n b").double()  # (I, N, B_new)
         gram = new.transpose(1, 2) @ new  # (I, B_new, B_new)
         cross = new.transpose(1, 2) @ old  # (I, B_new, B_old)
-        rhs = cross @ rearrange(self.coef.double(), "o i b -> i b o")  # (I, B_new, O)
+        rhs = cross @ rearrange(_full(self.coef).double(), "o i b -> i b o")  # (I, B_new, O)
         diag = gram.diagonal(dim1=1, dim2=2)  # (I, B_new)
         gram = gram + torch.diag_embed(_RIDGE * diag.mean(dim=1, keepdim=True).clamp_min(1e-30).expand_as(diag))
         coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # (I, B_new, O)
         coef = rearrange(coef, "i b o -> o i b").to(self.coef.dtype).contiguous()
-        self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
+        if coef.shape == self.coef.shape:  # in place: optimizers and sharding wrappers keep their parameter
+            _assign(self.coef, coef)
+        else:
+            if _is_sharded(self.coef):
+                raise ValueError("extend_grid changes the coefficient shape, which a sharded (FSDP) parameter "
+                                 "cannot do in place; extend before sharding, or use DDP")
+            self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
 
     @torch.no_grad()
     def fit_least_squares(self, x: torch.Tensor, target: torch.Tensor, ridge: float = 1e-6) -> float:

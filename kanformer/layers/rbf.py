@@ -58,6 +58,14 @@ class RBFBasis(Basis):
         if self.norm is not None:
             self.norm.reset_parameters()
 
+    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised inputs more than one centre spacing beyond the outer centres (every RBF is < e^-1 there)."""
+        if self.norm is not None:
+            x = F.layer_norm(x, (self.in_features,), self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype),
+                             self.norm.eps)
+        spacing = 1.0 / self.inv_width
+        return (x < self.centers[0] - spacing) | (x > self.centers[-1] + spacing)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             w, b = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)

@@ -189,7 +189,7 @@ class KanModelMixin:
 
 # -- portable checkpoints ------------------------------------------------------------------------------------------
 _LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
-                "rational", "baselines")
+                "rational", "baselines", "multkan")
 _MODEL_FILES = ("common", "gpt2", "vit", "bert", "llama")
 
 

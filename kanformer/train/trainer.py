@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 
 from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
+from ..grids import extend_grids, grid_layers, union_rows, update_grids
 from ..models import ADAPTERS
 from ..provenance import versions
+from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from . import checkpoint as ckpt
 from .model_factory import build_model
 from .optim import build_optimizer, lr_at
@@ -68,17 +70,14 @@ class Trainer:
             channels=1 if self.is_text else self.images.channels)
         if t.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self._check_kan_config()
+        resume_path = self._resume_path(resume)
+        if resume_path is not None:  # grids extended before that checkpoint: rebuild their shapes to load it
+            for _, size in cfg.kan.extensions_until(ckpt.read_state(resume_path)["step"]):
+                extend_grids(self.model, size)
         self.seq_len = cfg.model.block_size if self.is_text else (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
-        self.optimizer = build_optimizer(self.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
-                                         decay_kan_coefficients=t.decay_kan_coefficients)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if t.compile == "model":
-            self.model = torch.compile(self.model)
-        elif t.compile == "regional":
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            for block in ADAPTERS[unwrapped.config.model_type.removeprefix("kan_")].blocks(unwrapped):
-                block.compile()
+        self._prepare(self.model)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
@@ -86,7 +85,7 @@ class Trainer:
         self.wandb_id: str | None = None
         self._stop_requested = False
         self._perm_cache: dict[int, torch.Tensor] = {}
-        self.resumed_from = self._maybe_resume(resume)
+        self.resumed_from = self._maybe_resume(resume_path)
         if self.accelerator.is_main_process:
             self._write_run_files()
         if use_wandb:
@@ -159,8 +158,29 @@ class Trainer:
             run.define_metric("flops")
             run.define_metric("*", step_metric="flops")
 
-    def _maybe_resume(self, resume: str | None) -> Path | None:
-        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else (Path(resume) if resume else None)
+    def _prepare(self, model: torch.nn.Module, old_optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Optimizer, accelerate wrappers and compilation for ``model``; moment estimates of parameters that
+        ``old_optimizer`` already tracked carry over (parameters replaced by a grid extension start fresh)."""
+        t = self.cfg.train
+        self.optimizer = build_optimizer(model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
+                                         decay_kan_coefficients=t.decay_kan_coefficients)
+        if old_optimizer is not None:
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p in old_optimizer.state:
+                        self.optimizer.state[p] = old_optimizer.state[p]
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if t.compile == "model":
+            self.model = torch.compile(self.model)
+        elif t.compile == "regional":
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            for block in ADAPTERS[unwrapped.config.model_type.removeprefix("kan_")].blocks(unwrapped):
+                block.compile()
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        return ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else (Path(resume) if resume else None)
+
+    def _maybe_resume(self, path: Path | None) -> Path | None:
         if path is None:
             if self.accelerator.is_main_process and self.run_dir.exists():
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -240,6 +260,66 @@ class Trainer:
             raise NonFiniteError(msg + " (train.nonfinite=stop; the last good checkpoint is untouched)")
         self.skipped_steps += 1
         logger.warning(msg + " -> step skipped (train.nonfinite=skip)", main_process_only=True)
+
+    # -- KAN telemetry and grid management ------------------------------------------------------------------------
+    def _check_kan_config(self) -> None:
+        k = self.cfg.kan
+        if k.telemetry_every and not kan_modules(self.model):
+            raise ValueError(f"kan.telemetry_every is set, but ffn.name={self.cfg.ffn.name!r} has no KAN layers")
+        if not k.manages_grids:
+            return
+        if not grid_layers(self.model):
+            raise ValueError(f"kan.grid_update_every / kan.grid_extend need B-spline grids (ffn.name=bspline, or "
+                             f"multkan with basis=bspline); ffn.name={self.cfg.ffn.name!r} has none")
+        kind = str(self.accelerator.distributed_type)
+        fsdp2 = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2 if "FSDP" in kind else False
+        if "DEEPSPEED" in kind or ("FSDP" in kind and not fsdp2):
+            raise ValueError(f"grid management runs single-process, under DDP and under FSDP2 (updates only); "
+                             f"this run uses {kind}")
+        if fsdp2 and k.grid_extend:
+            raise ValueError("kan.grid_extend changes coefficient shapes, which FSDP2 shards cannot; "
+                             "extend under DDP, or only update grids (kan.grid_update_every)")
+
+    def _kan_maintenance(self) -> None:
+        """After step ``self.step``: telemetry, grid update or extension, on the batch the next step trains on."""
+        k, s = self.cfg.kan, self.step
+        telemetry = bool(k.telemetry_every) and s % k.telemetry_every == 0
+        extend = k.grid_extend.get(s)
+        update = (bool(k.grid_update_every) and s % k.grid_update_every == 0
+                  and (k.grid_update_until is None or s <= k.grid_update_until) and s < self.cfg.train.max_steps)
+        if not (telemetry or extend or update):
+            return
+        model = unwrap(self.model)
+        modules = kan_modules(model) if telemetry else grid_layers(model)
+        rows_wanted = max(k.telemetry_rows if telemetry else 1, k.grid_rows if (extend or update) else 1)
+        batch = self._batch(self.batch_indices(s, 0), train=True, step=s)
+        was_training = model.training
+        model.eval()  # no dropout: the recorded inputs are the function the grid must fit
+        with torch.no_grad(), InputRecorder(modules, max_rows=rows_wanted, seed=self.cfg.train.seed + s) as rec:
+            rec.mask(batch.get("attention_mask"))
+            model(**{key: v for key, v in batch.items() if key != "labels"})
+        model.train(was_training)
+        rows = rec.rows()
+        if telemetry:
+            start = time.perf_counter()
+            stats = layer_telemetry(modules, {n: r[: k.telemetry_rows] for n, r in rows.items()})
+            self._log({"type": "kan", "step": s, "flops": self.flops_seen,
+                       "telemetry_s": time.perf_counter() - start, **stats})
+        if extend or update:
+            names = sorted(grid_layers(model))
+            pooled = union_rows({n: r for n, r in rows.items() if n in names}, names)
+            if extend:
+                extend_grids(model, extend, pooled)
+                old = getattr(self.optimizer, "optimizer", self.optimizer)
+                step = self.accelerator.step
+                self.accelerator.free_memory()  # forget the old wrappers; the reshaped model is prepared anew
+                self.accelerator.step = step
+                self._prepare(model, old)
+            else:
+                update_grids(model, pooled, grid_eps=k.grid_eps)
+            self._log({"type": "grid", "step": s, "event": "extend" if extend else "update",
+                       "grid_size": extend or next(iter(grid_layers(model).values())).basis.grid_size,
+                       "layers": len(names)})
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -321,6 +401,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step()
+                self._kan_maintenance()  # telemetry and grid work count as training time
                 self.wall_s += time.perf_counter() - step_start
                 loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
