@@ -19,6 +19,6 @@ from .wavelet import WaveletBasis, WaveletFFN
 __all__ = [
     "FFN", "KAN", "KANFFN", "MLP", "Basis", "BSplineBasis", "BSplineFFN", "ChebyshevBasis", "ChebyshevFFN",
     "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "MultKANFFN",
-    "RBFBasis", "RBFFFN", "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class", "get_ffn_class",
-    "list_bases", "list_ffns", "register_basis", "register_ffn",
+    "RBFBasis", "RBFFFN", "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class",
+    "get_ffn_class", "list_bases", "list_ffns", "register_basis", "register_ffn",
 ]
