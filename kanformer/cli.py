@@ -1,5 +1,6 @@
-"""The ``kanformer`` command: ``kanformer eval <checkpoint>``, ``kanformer compare --config <yaml>`` and
-``kanformer kanify <checkpoint> --ffn <name> --out <dir>``."""
+"""The ``kanformer`` command: ``kanformer eval <checkpoint>``, ``kanformer compare --config <yaml>``,
+``kanformer kanify <checkpoint> --ffn <name> --out <dir>``, ``kanformer inspect <checkpoint>`` and
+``kanformer prune <checkpoint> --out <dir> --units 0.05``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,47 @@ def main(argv: list[str] | None = None) -> None:
     kz.add_argument("--fit-tokens", type=int, default=8192)
     kz.add_argument("--kw", nargs="*", default=[], help="FFN options as key=value, e.g. grid_size=8")
 
+    ins = sub.add_parser("inspect", help="rank KAN edges and units by activity, plot edge functions, summary.json")
+    ins.add_argument("checkpoint")
+    ins.add_argument("--out", help="output directory (default: <checkpoint>/inspect)")
+    ins.add_argument("--top-k", type=int, default=9, help="edge functions plotted per layer")
+    ins.add_argument("--batches", type=int, default=4, help="calibration batches of real inputs")
+    ins.add_argument("--config", help="the run config naming the data (default: next to the checkpoint)")
+    ins.add_argument("--text", default="pydoc", help="text for encoders without a run config (e.g. BERT)")
+
+    pr = sub.add_parser("prune", help="prune KAN units / edges by activity, report the quality change, save")
+    pr.add_argument("checkpoint")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--units", type=float, help="remove hidden units scoring below this fraction of the layer's best")
+    pr.add_argument("--edges", type=float, help="zero edges below this fraction of the layer's most active edge")
+    pr.add_argument("--batches", type=int, default=8)
+    pr.add_argument("--config")
+    pr.add_argument("--text", default="pydoc")
+
     args = p.parse_args(argv)
+    if args.command == "inspect":
+        from .interpret.report import inspect_checkpoint
+
+        summary = inspect_checkpoint(args.checkpoint, args.out, config=args.config, text=args.text,
+                                     batches=args.batches, top_k=args.top_k)
+        for name, layer in summary["layers"].items():
+            extra = (f"activity mean {layer['activity_mean']:.3g} max {layer['activity_max']:.3g}, "
+                     f"{100 * layer['edges_below_1pct_of_max']:.1f}% of edges < 1% of max"
+                     if layer["kind"] == "kan" else f"{layer['groups']} rational groups")
+            print(f"{name}: {extra}  [{layer['plot']}]")
+        for name, units in summary["units"].items():
+            share = 100 * units["units_below_5pct_of_max"]
+            print(f"{name}: {units['hidden']} units, {share:.1f}% below 5% of the best")
+        return
+    if args.command == "prune":
+        from .interpret.report import prune_checkpoint
+
+        result = prune_checkpoint(args.checkpoint, args.out, unit_threshold=args.units, edge_threshold=args.edges,
+                                  config=args.config, text=args.text, batches=args.batches)
+        rep = result["prune"]
+        print(json.dumps({"before": result["before"], "after": result["after"], "params_before": rep["params_before"],
+                          "params_removed": rep["params_removed"], "params_zeroed": rep["params_zeroed"]}, indent=2))
+        return
     if args.command == "kanify":
         import yaml
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +42,32 @@ def _chunks(docs: list[str], size: int = 400, per_doc: int = 5) -> list[str]:
     return [d[i: i + size] for d in docs for i in range(0, min(len(d), size * per_doc), size) if d[i: i + size].strip()]
 
 
-def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, match: str | None = "params",
-                      hidden: int | None = None, layers: list[int] | None = None, init: str = "fit",
-                      config: str | Path | None = None, text: str = "pydoc", calibration_batches: int = 8,
-                      fit_steps: int = 200, fit_tokens: int = 8192, eval_tokens: int = 32768,
-                      **ffn_kwargs: Any) -> dict[str, Any]:
-    """Load ``checkpoint``, measure it, KAN-ify it (fitted by default), measure again, save to ``out``."""
+@dataclass
+class Probe:
+    """A saved model with the data to look at it: calibration batches (model inputs) and a quality measure."""
+
+    model: Any
+    model_type: str
+    calibration: list[dict[str, torch.Tensor]]
+    quality: Callable[[Any], dict[str, float]]
+    run_config: Path | None  # the run config naming the data (None for an encoder measured on `text`)
+
+
+def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text: str = "pydoc",
+               calibration_batches: int = 8, eval_tokens: int = 32768) -> Probe:
+    """Load ``checkpoint`` for analysis: perplexity on its run's validation data for a causal LM, accuracy for a
+    ViT, and for an encoder without a run config the cosine similarity of sentence embeddings to its own."""
     from .data import build_lm_data, load_images, load_text
 
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a saved model (no config.json)")
     hf_config = transformers.AutoConfig.from_pretrained(checkpoint)
     model_type = hf_config.model_type.removeprefix("kan_")
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "ffn": ffn, "init": init}
+    run_path = None
     if model_type in ("gpt2", "llama"):
-        run_cfg = load_config(config or find_run_config(checkpoint))
+        run_path = Path(config or find_run_config(checkpoint))
+        run_cfg = load_config(run_path)
         model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
         data = build_lm_data(run_cfg.data, run_cfg.model.block_size)
         calibration = [{"input_ids": data.train[i * 16: (i + 1) * 16]} for i in range(calibration_batches)]
@@ -65,7 +79,8 @@ def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, matc
             return {"val_ppl": perplexity(total, n)}
 
     elif model_type == "vit":
-        run_cfg = load_config(config or find_run_config(checkpoint))
+        run_path = Path(config or find_run_config(checkpoint))
+        run_cfg = load_config(run_path)
         model = transformers.AutoModelForImageClassification.from_pretrained(checkpoint).eval()
         images = load_images(run_cfg.data, run_cfg.model.image_size)
         calibration = [{"pixel_values": images.train_x[i * 64: (i + 1) * 64]} for i in range(calibration_batches)]
@@ -86,8 +101,32 @@ def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, matc
             return {"embedding_cosine_mean": sim.mean().item(), "embedding_cosine_min": sim.min().item()}
 
     else:
-        raise ValueError(f"Unsupported model_type {hf_config.model_type!r} for kanify_checkpoint. Supported: bert, "
-                         f"gpt2, llama, vit")
+        raise ValueError(f"Unsupported model_type {hf_config.model_type!r}. Supported: bert, gpt2, llama, vit")
+    return Probe(model, model_type, calibration, quality, run_path)
+
+
+def copy_side_files(checkpoint: Path, out: Path, run_config: Path | None) -> None:
+    """Tokenizer or image processor files, and the run config, travel with a derived checkpoint."""
+    for path in checkpoint.iterdir():
+        if path.is_file() and path.suffix in (".json", ".txt", ".model") and path.name not in (
+                "config.json", "generation_config.json", "results.json", "kanify_report.json", "prune_report.json") \
+                and not path.name.startswith("model"):
+            shutil.copyfile(path, out / path.name)
+    if run_config is not None:  # the data quality was measured on: kanformer eval / finetuning find it here
+        shutil.copyfile(run_config, out / "run_config.yaml")
+
+
+def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, match: str | None = "params",
+                      hidden: int | None = None, layers: list[int] | None = None, init: str = "fit",
+                      config: str | Path | None = None, text: str = "pydoc", calibration_batches: int = 8,
+                      fit_steps: int = 200, fit_tokens: int = 8192, eval_tokens: int = 32768,
+                      **ffn_kwargs: Any) -> dict[str, Any]:
+    """Load ``checkpoint``, measure it, KAN-ify it (fitted by default), measure again, save to ``out``."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    probe = load_probe(checkpoint, config=config, text=text, calibration_batches=calibration_batches,
+                       eval_tokens=eval_tokens)
+    model, quality, calibration = probe.model, probe.quality, probe.calibration
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "ffn": ffn, "init": init}
     result["before"] = quality(model)
     report = kanify(model, ffn, layers=layers, match=match, hidden=hidden, init=init, calibration=calibration,
                     fit_steps=fit_steps, fit_tokens=fit_tokens, **ffn_kwargs)
@@ -96,12 +135,6 @@ def kanify_checkpoint(checkpoint: str | Path, out: str | Path, ffn: str, *, matc
     result["kanify"] = {k: v for k, v in vars(report).items()}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    for path in checkpoint.iterdir():  # tokenizer or image processor files travel with the model
-        if path.is_file() and path.suffix in (".json", ".txt", ".model") and path.name not in (
-                "config.json", "generation_config.json", "results.json", "kanify_report.json") \
-                and not path.name.startswith("model"):
-            shutil.copyfile(path, out / path.name)
-    if model_type != "bert":  # the data the quality was measured on: kanformer eval / finetuning find it here
-        shutil.copyfile(config or find_run_config(checkpoint), out / "run_config.yaml")
+    copy_side_files(checkpoint, out, probe.run_config)
     (out / "kanify_report.json").write_text(json.dumps(result, indent=2, default=str))
     return result

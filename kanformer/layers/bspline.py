@@ -44,6 +44,7 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
 
 @register_basis("bspline")
 class BSplineBasis(Basis):
+    per_input = ("grid",)
     default_base = True
 
     def __init__(self, in_features: int, *, grid_size: int = 5, spline_order: int = 3,

@@ -44,6 +44,8 @@ class Basis(nn.Module):
     name: ClassVar[str] = "?"
     # Whether a KAN layer built on this basis gets the SiLU base branch unless told otherwise.
     default_base: ClassVar[bool] = False
+    # Parameters / buffers whose first axis is the input feature (sliced when inputs are pruned).
+    per_input: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
@@ -103,6 +105,13 @@ class Basis(nn.Module):
     def grid_samples(self, grid_size: int | None = None) -> torch.Tensor:
         """Points ``(M, I)`` covering each feature's grid, enough to refit coefficients on ``grid_size``."""
         raise ValueError(f"basis {self.name!r} has no adaptive grid; extend_grid supports: {_grid_bases()}")
+
+    def select_inputs(self, keep: torch.Tensor) -> None:
+        """Keep only the input features ``keep`` (indices), e.g. after pruning the units that fed the others."""
+        for attr in self.per_input:
+            value = getattr(self, attr)[keep].clone()
+            setattr(self, attr, nn.Parameter(value) if isinstance(getattr(self, attr), nn.Parameter) else value)
+        self.in_features = len(keep)
 
     @property
     def has_grid(self) -> bool:

@@ -58,6 +58,12 @@ class RBFBasis(Basis):
         if self.norm is not None:
             self.norm.reset_parameters()
 
+    def select_inputs(self, keep: torch.Tensor) -> None:
+        if self.norm is not None:
+            raise ValueError("rbf normalises each token across all its inputs (LayerNorm), so dropping inputs "
+                             "changes the others; prune edges instead, or build with layernorm=False")
+        self.in_features = len(keep)
+
     def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised inputs more than one centre spacing beyond the outer centres (every RBF is < e^-1 there)."""
         if self.norm is not None:

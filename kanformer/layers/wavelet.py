@@ -37,6 +37,7 @@ _WAVELET_FLOPS = {"mexican_hat": 5 + 2, "morlet": 5 + 3, "dog": 5 + 2}
 
 @register_basis("wavelet")
 class WaveletBasis(Basis):
+    per_input = ("translation", "log_scale")
     default_base = True
 
     def __init__(self, in_features: int, *, num_wavelets: int = 8, wavelet: str = "mexican_hat",

@@ -47,8 +47,20 @@ def normalize_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     layers = spec["layers"]
     if not isinstance(layers, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in layers):
         raise ValueError(f"KAN spec 'layers' must be a list of block indices >= 0, got {layers!r}")
-    return _jsonable({"ffn": spec["ffn"], "hidden": spec["hidden"], "ffn_kwargs": dict(spec.get("ffn_kwargs") or {}),
+    hidden = spec["hidden"]
+    if isinstance(hidden, list | tuple):  # one width per listed block (e.g. after pruning units)
+        if len(hidden) != len(layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"KAN spec 'hidden' as a list needs one width per layer {list(layers)}, got {hidden!r}")
+        pairs = sorted(zip(layers, hidden, strict=True))
+        layers, hidden = [i for i, _ in pairs], [h for _, h in pairs]
+    return _jsonable({"ffn": spec["ffn"], "hidden": hidden, "ffn_kwargs": dict(spec.get("ffn_kwargs") or {}),
                       "layers": sorted(set(layers))})
+
+
+def spec_hidden(spec: dict[str, Any], layer: int) -> int:
+    """The hidden width the spec gives block ``layer``."""
+    hidden = spec["hidden"]
+    return hidden[spec["layers"].index(layer)] if isinstance(hidden, list) else hidden
 
 
 class KanConfigMixin:
@@ -120,7 +132,7 @@ def apply_kan_spec(model: nn.Module, adapter: Adapter, spec: dict[str, Any] | No
     prefix = _module_name(model, blocks)
     replaced = []
     for i in spec["layers"]:
-        ffn = create_ffn(spec["ffn"], adapter.d_model(model.config), spec["hidden"], **spec["ffn_kwargs"])
+        ffn = create_ffn(spec["ffn"], adapter.d_model(model.config), spec_hidden(spec, i), **spec["ffn_kwargs"])
         replaced += [f"{prefix}.{i}.{name}" for name in adapter.install(blocks[i], ffn, model.config)]
     return replaced
 

@@ -1,0 +1,185 @@
+"""``kanformer inspect`` and ``kanformer prune``: a saved KAN checkpoint looked at on real inputs.
+
+inspect -> ``<out>/summary.json`` and one PNG per KAN layer: its most active edge functions drawn over the range
+their inputs cover, with the input distribution underneath (GR-KAN: each group's rational function).
+prune   -> the pruned checkpoint (loadable with ``from_pretrained``) and ``prune_report.json`` with the parameters
+removed and the quality before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..layers import KANFFN, GroupRational, KANLinear
+from ..telemetry import InputRecorder, kan_modules
+from .activity import edge_activity, edge_function, unit_scores
+from .prune import prune_model
+
+
+def _safe(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _plot_edges(layer: KANLinear, x2: torch.Tensor, edges: list[tuple[int, int, float]], title: str,
+                path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(edges))
+    rows = -(-len(edges) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (o, i, act) in zip(axes.flat, edges, strict=False):
+        xi = x2[:, i]
+        lo, hi = torch.quantile(xi, 0.005).item(), torch.quantile(xi, 0.995).item()
+        pad = 0.1 * (hi - lo + 1e-6)
+        grid = torch.linspace(lo - pad, hi + pad, 200)
+        probe = torch.zeros(len(grid), layer.in_features)
+        probe[:, i] = grid
+        with torch.no_grad():
+            phi = edge_function(layer, probe)[:, i, o]
+        hist = ax.twinx()
+        hist.hist(xi.numpy(), bins=50, color="0.85", density=True)
+        hist.set_yticks([])
+        ax.set_zorder(hist.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(grid.numpy(), phi.numpy(), color="C0")
+        ax.set_title(f"in {i} -> out {o}  (activity {act:.3g})", fontsize=9)
+        ax.set_xlabel(f"x_{i}")
+    for ax in list(axes.flat)[len(edges):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_rational(act: GroupRational, x2: torch.Tensor, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, act.groups)
+    rows = -(-act.groups // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 2.8 * rows), squeeze=False)
+    for g, ax in enumerate(axes.flat[: act.groups]):
+        xs = x2[:, act.group_index == g].flatten()
+        lo, hi = torch.quantile(xs, 0.005).item(), torch.quantile(xs, 0.995).item()
+        grid = torch.linspace(lo - 0.5, hi + 0.5, 200)
+        channel = int((act.group_index == g).nonzero()[0])
+        probe = torch.zeros(len(grid), act.width)
+        probe[:, channel] = grid
+        with torch.no_grad():
+            y = act(probe)[:, channel]
+        hist = ax.twinx()
+        hist.hist(xs.numpy(), bins=50, color="0.85", density=True)
+        hist.set_yticks([])
+        ax.set_zorder(hist.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(grid.numpy(), y.numpy(), color="C1")
+        ax.set_title(f"group {g}", fontsize=9)
+    for ax in list(axes.flat)[act.groups:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _record(model: nn.Module, calibration: list[dict[str, torch.Tensor]], modules: dict[str, nn.Module],
+            max_rows: int) -> dict[str, torch.Tensor]:
+    with torch.no_grad(), InputRecorder(modules, max_rows=max_rows) as rec:
+        for batch in calibration:
+            rec.mask(batch.get("attention_mask"))
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    return rec.rows()
+
+
+def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], out: str | Path, *, top_k: int = 9,
+                  max_rows: int = 2048) -> dict[str, Any]:
+    """Rank every KAN layer's edges (and every KAN FFN's hidden units) by activity on ``calibration`` batches,
+    plot the top ``top_k`` edge functions per layer, write ``summary.json`` under ``out``; returns the summary."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k!r}")
+    modules = kan_modules(model)
+    if not modules:
+        raise ValueError("the model has no KAN layers to inspect (it holds the stock MLP or a baseline FFN)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    rows = _record(model, calibration, modules, max_rows)
+    summary: dict[str, Any] = {"rows_per_layer": {n: len(r) for n, r in rows.items()}, "layers": {}, "units": {}}
+    activity: dict[str, torch.Tensor] = {}
+    for name, module in tqdm(modules.items(), desc="inspect", leave=False):
+        x2 = rows[name]
+        png = out / f"{_safe(name)}.png"
+        if isinstance(module, KANLinear):
+            act = edge_activity(module, x2)  # (O, I)
+            activity[name] = act
+            flat = act.flatten()
+            order = flat.argsort(descending=True)[:top_k]
+            top = [(int(k) // module.in_features, int(k) % module.in_features, float(flat[k])) for k in order]
+            _plot_edges(module, x2, top, f"{name}: top {len(top)} of {flat.numel()} edges ({module.basis.name})", png)
+            qs = torch.quantile(flat.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+            summary["layers"][name] = {
+                "kind": "kan", "basis": module.basis.name, "in": module.in_features, "out": module.out_features,
+                "activity_mean": flat.mean().item(), "activity_max": flat.max().item(),
+                "activity_p10_p50_p90": qs,
+                "edges_below_1pct_of_max": (flat < 0.01 * flat.max()).float().mean().item(),
+                "top_edges": [{"out": o, "in": i, "activity": a} for o, i, a in top], "plot": png.name}
+        else:
+            _plot_rational(module, x2, f"{name}: {module.groups} rational groups", png)
+            summary["layers"][name] = {"kind": "group_rational", "groups": module.groups, "width": module.width,
+                                       "input_abs_mean": x2.abs().mean().item(), "plot": png.name}
+    for name, ffn in ((n, m) for n, m in model.named_modules() if isinstance(m, KANFFN)):
+        scores = unit_scores(activity[f"{name}.fc1"], activity[f"{name}.fc2"])
+        ranked = scores.argsort(descending=True)
+        summary["units"][name] = {
+            "hidden": ffn.hidden, "score_max": scores.max().item(), "score_median": scores.median().item(),
+            "units_below_5pct_of_max": (scores < 0.05 * scores.max()).float().mean().item(),
+            "top_units": [{"unit": int(j), "score": float(scores[j])} for j in ranked[:top_k]],
+            "bottom_units": [{"unit": int(j), "score": float(scores[j])} for j in ranked.flip(0)[:top_k]]}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def inspect_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, config: str | Path | None = None,
+                       text: str = "pydoc", batches: int = 4, top_k: int = 9) -> dict[str, Any]:
+    from ..kanify_checkpoint import load_probe
+
+    checkpoint = Path(checkpoint)
+    probe = load_probe(checkpoint, config=config, text=text, calibration_batches=batches, eval_tokens=1)
+    summary = inspect_model(probe.model, probe.calibration, out or checkpoint / "inspect", top_k=top_k)
+    return {"checkpoint": str(checkpoint), **summary}
+
+
+def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, unit_threshold: float | None = None,
+                     edge_threshold: float | None = None, config: str | Path | None = None, text: str = "pydoc",
+                     batches: int = 8, eval_tokens: int = 32768) -> dict[str, Any]:
+    """Prune a saved KAN checkpoint by activity, measure quality before and after, save the pruned model."""
+    from ..kanify_checkpoint import copy_side_files, load_probe
+
+    if unit_threshold is None and edge_threshold is None:
+        raise ValueError("give unit_threshold and/or edge_threshold (fractions of each layer's largest score)")
+    checkpoint, out = Path(checkpoint), Path(out)
+    probe = load_probe(checkpoint, config=config, text=text, calibration_batches=batches, eval_tokens=eval_tokens)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "before": probe.quality(probe.model)}
+    report = prune_model(probe.model, probe.calibration, unit_threshold=unit_threshold, edge_threshold=edge_threshold)
+    result["after"] = probe.quality(probe.model)
+    result["prune"] = report.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    probe.model.save_pretrained(out)
+    copy_side_files(checkpoint, out, probe.run_config)
+    (out / "prune_report.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
