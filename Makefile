@@ -39,7 +39,7 @@ demo: setup
 	$(DEMO_ENV) $(VENV)/bin/kanformer compare --config configs/compare/readme_cpu.yaml
 
 toy: setup
-	$(OFFLINE) $(PY) -m evals.toy_fit
+	$(OFFLINE) $(PY) -m evals.toy_kan
 
 bench: setup
 	$(OFFLINE) $(PY) -m evals.bench_ffn

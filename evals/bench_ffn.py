@@ -20,6 +20,7 @@ import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation import median_time, saved_activation_bytes
+from kanformer.layers.lean import set_kernel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,6 +101,7 @@ def _machine(device: torch.device) -> str:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
+            f"KAN path {result.get('kernel', 'auto')}, "
             f"widths matched by {result['match']} to the GELU MLP (4*d), median of {result['repeats']}")
     lines = [head, "",
              "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | fwd ms | x MLP | saved act. MB | x MLP |",
@@ -124,12 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ffns", nargs="*", help=f"subset of: {', '.join(list_ffns())} (default: all)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--kernel", choices=["auto", "lean", "reference"], default="auto",
+                   help="KAN layer path (auto: the memory-lean path in eager mode)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    set_kernel(args.kernel)
     result = run(args)
+    result["kernel"] = args.kernel
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -118,6 +118,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: str = "none"  # none | model | regional (each transformer block)
+    kernel: str = "auto"  # KAN layer path: auto (lean in eager, reference under compile) | lean | reference
     grad_checkpointing: bool = False
     eval_every: int = 50
     eval_batches: int = 8
@@ -138,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("train.compile", self.compile, COMPILE)
+        from .layers.lean import KERNELS
+
+        _choice("train.kernel", self.kernel, KERNELS)
         _choice("train.nonfinite", self.nonfinite, NONFINITE)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .budget import ffn_flops, ffn_params, match_hidden
 from .layers import create_ffn, get_ffn_class
 from .models import ADAPTERS, KAN_CLASSES, normalize_spec
+from .models.common import name_loss_type
 from .warmstart import collect_ffn_inputs, default_kwargs_for_fit, fit_ffn, native_ffn
 
 LayerSelector = None | Sequence[int] | Callable[[int, str], bool]
@@ -183,6 +184,7 @@ def _adopt_class(model: nn.Module, kan_cls: type) -> None:
     one thing by class at construction: the outputs each model class can record (``output_hidden_states``), so the
     new class gets the entry its constructor would have made."""
     model.__class__ = kan_cls
+    name_loss_type(model)
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:  # older transformers: no such registry

@@ -3,7 +3,7 @@ error falls as the grid is extended 3 -> 5 -> 10."""
 
 import pytest
 
-from kanformer.toy import grid_refinement
+from kanformer.toy import grid_refinement, symbolic_recovery
 
 
 def test_grid_extension_lowers_test_error():
@@ -17,3 +17,14 @@ def test_grid_extension_lowers_test_error():
 def test_grid_refinement_rejects_bad_grids():
     with pytest.raises(ValueError, match="grids must be a non-empty list of sizes >= 1"):
         grid_refinement(grids=(3, 0))
+
+
+@pytest.mark.slow
+def test_symbolic_recovery_of_the_paper_formula():
+    """Sparsify, prune [2, 5, 1] -> [2, 1, 1], snap: sin(pi x) and y^2 into exp, as in the KAN paper."""
+    rec = symbolic_recovery()
+    assert rec.widths_after == [2, 1, 1]
+    names = [[f.name for f in row] for layer in rec.fits for row in layer]
+    assert names == [["sin", "x^2"], ["exp"]]
+    assert all(f.r2 > 0.99 for layer in rec.fits for row in layer for f in row)
+    assert rec.rmse_formula < 1e-2, rec.formula

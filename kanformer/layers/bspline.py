@@ -126,6 +126,68 @@ class BSplineBasis(Basis):
         return lo + (hi - lo) * u  # (M, I)
 
 
+    # -- lean path (layers/lean.py) ---------------------------------------------------------------------------------
+    # On a uniform knot vector (per input: start t_0, step h) only k+1 splines are non-zero at x: with s = (x - t_0)/h,
+    # interval m = floor(s) and t = s - m they follow de Boor's local triangle (The NURBS Book, A2.2), whose knot
+    # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. Adapted
+    # (non-uniform) grids use the reference recursion, differentiated by autograd in the backward.
+    def _uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.spline_order < 1:
+            return None
+        steps = self.grid[:, 1:] - self.grid[:, :-1]  # (I, G+2k)
+        if not torch.allclose(steps, steps[:, :1].expand_as(steps), rtol=1e-5, atol=0):
+            return None
+        return self.grid[:, 0], steps.mean(dim=1)  # (I,), (I,)
+
+    def _local(self, x: torch.Tensor, t0: torch.Tensor, h: torch.Tensor, order: int
+               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        s = (x - t0.to(x.dtype)) / h.to(x.dtype)  # (N, I)
+        m = torch.floor(s)
+        t = s - m
+        values = [torch.ones_like(x)]
+        for j in range(1, order + 1):
+            saved = torch.zeros_like(x)
+            nxt = []
+            for r in range(j):
+                temp = values[r] / j
+                nxt.append(saved + (r + 1 - t) * temp)
+                saved = (t + (j - r - 1)) * temp
+            nxt.append(saved)
+            values = nxt
+        return s, m, values  # values[r]: spline m-order+r of that order
+
+    def _slots(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature index of the k+1 local splines (N, k+1, I), clamped, and whether each is a real basis."""
+        k = self.spline_order
+        idx = m.unsqueeze(1) + torch.arange(-k, 1, device=m.device, dtype=m.dtype)[:, None]  # (N, k+1, I)
+        inside = (m >= 0) & (m < self.grid_size + 2 * k)  # x within the extended grid (NaN: outside)
+        ok = inside.unsqueeze(1) & (idx >= 0) & (idx < self.n_basis)
+        return idx.clamp(0, self.n_basis - 1).long(), ok
+
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        uniform = self._uniform()
+        if uniform is None:
+            return self(x).transpose(1, 2)  # (N, B, I)
+        _, m, values = self._local(x, *uniform, self.spline_order)
+        idx, ok = self._slots(m)
+        out = x.new_zeros(x.shape[0], self.n_basis, x.shape[1])  # (N, B, I)
+        return out.scatter_add_(1, idx, torch.stack(values, dim=1) * ok)
+
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        uniform = self._uniform()
+        if uniform is None:
+            return None
+        t0, h = uniform
+        k = self.spline_order
+        _, m, lower = self._local(x, t0, h, k - 1)  # order k-1: splines m-k+1..m
+        idx, ok = self._slots(m)
+        zero = torch.zeros_like(x)
+        # d/dx B_{i,k} = (B_{i,k-1} - B_{i+1,k-1}) / h on a uniform grid
+        deriv = torch.stack([(lower[r - 1] if r >= 1 else zero) - (lower[r] if r < k else zero)
+                             for r in range(k + 1)], dim=1)  # (N, k+1, I)
+        return (g.gather(1, idx) * deriv * ok).sum(1) / h.to(x.dtype)
+
+
 @register_ffn("bspline")
 class BSplineFFN(KANFFN):
     """B-spline KAN FFN. Grid: ``update_grid(x)`` (fit to data quantiles), ``extend_grid(G)`` (refine)."""

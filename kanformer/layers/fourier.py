@@ -42,6 +42,25 @@ class FourierBasis(Basis):
         return torch.cat([torch.cos(kx), torch.sin(kx)], dim=-1)  # (N, I, 2K)
 
 
+    # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.num_frequencies
+        out = x.new_empty(x.shape[0], 2 * k, x.shape[1])  # (N, 2K, I): cosines, then sines
+        for j, f in enumerate(self.frequencies.tolist()):
+            fx = x * f
+            torch.cos(fx, out=out[:, j])
+            torch.sin(fx, out=out[:, k + j])
+        return out
+
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        k = self.num_frequencies
+        acc = torch.zeros_like(x)
+        for j, f in enumerate(self.frequencies.tolist()):
+            fx = x * f
+            acc += f * (g[:, k + j] * torch.cos(fx) - g[:, j] * torch.sin(fx))
+        return acc
+
+
 @register_ffn("fourier")
 class FourierFFN(KANFFN):
     basis_cls = FourierBasis

@@ -73,6 +73,37 @@ class JacobiBasis(Basis):
         return torch.stack(polys, dim=-1)  # (N, I, D+1)
 
 
+    # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(x)  # (N, I)
+        a, b = self.alpha, self.beta
+        out = x.new_empty(x.shape[0], self.degree + 1, x.shape[1])  # (N, D+1, I)
+        out[:, 0] = 1
+        if self.degree >= 1:
+            out[:, 1] = 0.5 * (a - b) + 0.5 * (a + b + 2) * t
+        for n, (A, B, C) in enumerate(self._recurrence, start=2):
+            out[:, n] = (A * t + B) * out[:, n - 1] - C * out[:, n - 2]
+        return out
+
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """sum_n g_n P_n'(t) (1 - t^2), differentiating the recurrence: P_n' = A P_{n-1} + (A t + B) P_{n-1}'
+        - C P_{n-2}'."""
+        t = torch.tanh(x)
+        a, b = self.alpha, self.beta
+        acc = torch.zeros_like(x)
+        if self.degree == 0:
+            return acc
+        p_prev, p_cur = torch.ones_like(x), 0.5 * (a - b) + 0.5 * (a + b + 2) * t
+        d_prev, d_cur = torch.zeros_like(x), torch.full_like(x, 0.5 * (a + b + 2))
+        acc += g[:, 1] * d_cur
+        for n, (A, B, C) in enumerate(self._recurrence, start=2):
+            d_new = A * p_cur + (A * t + B) * d_cur - C * d_prev
+            p_prev, p_cur = p_cur, (A * t + B) * p_cur - C * p_prev
+            d_prev, d_cur = d_cur, d_new
+            acc.addcmul_(g[:, n], d_new)
+        return acc * (1 - t * t)
+
+
 @register_ffn("jacobi")
 class JacobiFFN(KANFFN):
     basis_cls = JacobiBasis

@@ -25,6 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from .flops import SILU_FLOPS, linear_flops
+from .lean import lean_kan_linear, use_lean
 from .registry import FFN, check_last_dim, check_positive_int
 
 _BASES: dict[str, type[Basis]] = {}
@@ -249,6 +250,9 @@ class KANLinear(nn.Module):
         check_last_dim(x, self.in_features, type(self).__name__)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (N, I)
+        if use_lean(hasattr(self.basis, "lean_features")):
+            return lean_kan_linear(x2, self.coef, self.base_weight, self.bias, self.basis).reshape(
+                *lead, self.out_features)
         feats = rearrange(self.features(x2), "n i b -> n (i b)")  # (N, I*B)
         y = F.linear(feats, rearrange(self.coef, "o i b -> o (i b)"), self.bias)  # (N, O)
         if self.base_weight is not None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .flops import linear_flops
+from .lean import lean_rational_linear, use_lean
 from .registry import FFN, check_last_dim, check_positive_int, register_ffn
 
 _INIT_TARGETS = {
@@ -173,6 +174,9 @@ class RationalFFN(FFN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
+        if use_lean():  # act -> linear fused twice, each saving only its input (layers/lean.py)
+            h = lean_rational_linear(x.reshape(-1, self.d_model), self.act1, self.fc1)
+            return lean_rational_linear(h, self.act2, self.fc2).reshape(x.shape)
         return self.fc2(self.act2(self.fc1(self.act1(x))))
 
 

@@ -80,6 +80,28 @@ class RBFBasis(Basis):
         return torch.exp(-u.square())
 
 
+    # -- lean path (layers/lean.py): LayerNorm under autograd, then (N, B, I) Gaussians -----------------------------
+    def lean_pre(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return x
+        return F.layer_norm(x, (self.in_features,), self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype),
+                            self.norm.eps)
+
+    def lean_features(self, u: torch.Tensor) -> torch.Tensor:
+        out = u.new_empty(u.shape[0], self.num_grids, u.shape[1])  # (N, G, I)
+        for j, c in enumerate(self.centers.tolist()):
+            d = (u - c) * self.inv_width
+            torch.exp(-(d * d), out=out[:, j])
+        return out
+
+    def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros_like(u)
+        for j, c in enumerate(self.centers.tolist()):
+            d = (u - c) * self.inv_width
+            acc += g[:, j] * torch.exp(-(d * d)) * d
+        return acc * (-2 * self.inv_width)
+
+
 @register_ffn("rbf")
 class RBFFFN(KANFFN):
     basis_cls = RBFBasis

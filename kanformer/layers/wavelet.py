@@ -87,6 +87,14 @@ class WaveletBasis(Basis):
         return -u * gauss  # dog
 
 
+    # -- lean path (layers/lean.py): recomputed in the backward, differentiated by autograd there ------------------
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).transpose(1, 2)  # (N, W, I)
+
+    def lean_params(self) -> tuple[torch.Tensor, ...]:
+        return (self.translation, self.log_scale)
+
+
 @register_ffn("wavelet")
 class WaveletFFN(KANFFN):
     basis_cls = WaveletBasis

@@ -154,6 +154,15 @@ class KanModelMixin:
         """Call at the end of ``__init__``: builds the FFNs the config asks for, then transformers' post_init."""
         apply_kan_spec(self, self.kan_adapter, self.config.kan)
         self.post_init()
+        name_loss_type(self)
+
+
+def name_loss_type(model: nn.Module) -> None:
+    """transformers derives ``loss_type`` from the class name, which a causal-LM head named ``...LMHeadModel``
+    does not give; the fallback then logs a warning inside ``forward``, a graph break under ``torch.compile``.
+    A model with an ``lm_head`` names its (causal LM) loss explicitly."""
+    if getattr(model, "loss_type", "") is None and hasattr(model, "lm_head") and not hasattr(model, "cls"):
+        model.loss_type = "ForCausalLM"
 
     def _init_weights(self, module: nn.Module) -> None:
         # KAN modules use their own initialisation (reset_parameters), never the host model's rules (normal(0.02),
@@ -201,7 +210,7 @@ class KanModelMixin:
 
 # -- portable checkpoints ------------------------------------------------------------------------------------------
 _LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
-                "rational", "baselines", "multkan")
+                "rational", "baselines", "multkan", "lean")
 _MODEL_FILES = ("common", "gpt2", "vit", "bert", "llama")
 
 

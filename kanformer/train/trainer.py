@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
 from ..grids import extend_grids, grid_layers, union_rows, update_grids
+from ..layers.lean import set_kernel
 from ..models import ADAPTERS
 from ..provenance import versions
 from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
@@ -61,6 +62,7 @@ class Trainer:
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with="wandb" if use_wandb else None, project_dir=str(self.run_dir))
         set_seed(t.seed)
+        set_kernel(t.kernel)
         self.is_text = cfg.model.arch == "gpt2"
         self._load_data()
         self.model, self.kanify_report = build_model(

@@ -1,0 +1,167 @@
+"""The memory-lean path (layers/lean.py) against the reference definitions: outputs and every gradient, on random
+and far-out-of-range inputs, fp64 / fp32 / bf16 autocast; gradchecks; no saved (tokens x in x n_basis) tensor;
+dispatch switches; torch.compile(fullgraph=True) of a KAN GPT-2."""
+
+import pytest
+import torch
+
+from kanformer import KANLinear, create_ffn, kanify
+from kanformer.layers.lean import get_kernel, kernel, set_kernel
+from tests.tiny_models import build
+
+LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"]
+D, H = 12, 10
+
+
+def _inputs(dtype, n=48):
+    x = torch.randn(n, D, dtype=dtype) * 1.5
+    x[0, :3] = 40.0  # far outside every grid / natural range
+    x[1, 3:6] = -40.0
+    x[2, 6:9] = 2.0  # exactly on a knot of the default B-spline grid
+    return x
+
+
+def _run(ffn, x, mode, autocast=False):
+    x = x.clone().requires_grad_(True)
+    ffn.zero_grad()
+    with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = ffn(x)
+    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    return y.detach().float(), x.grad.float(), {n: p.grad.float().clone() for n, p in ffn.named_parameters()}
+
+
+def _close(a, b, rtol, atol):
+    (ya, gxa, gpa), (yb, gxb, gpb) = a, b
+    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gxa, gxb, rtol=rtol, atol=atol)
+    assert gpa.keys() == gpb.keys()
+    for name in gpa:
+        torch.testing.assert_close(gpa[name], gpb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", LEAN_FFNS)
+def test_lean_equals_reference_fp64(name):
+    # B-spline knots exactly representable (grid step 1), so the uniform fast path is exact to fp64 rounding
+    kw = {"grid_size": 4, "grid_range": (-2.0, 2.0)} if name in ("bspline", "multkan") else {}
+    ffn = create_ffn(name, D, H, **kw).double()
+    x = _inputs(torch.float64)
+    _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", LEAN_FFNS)
+def test_lean_equals_reference_fp32(name):
+    ffn = create_ffn(name, D, H)
+    x = _inputs(torch.float32)
+    _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", LEAN_FFNS)
+def test_lean_equals_reference_under_bf16_autocast(name):
+    ffn = create_ffn(name, D, H)
+    x = _inputs(torch.float32)
+    lean, ref = _run(ffn, x, "lean", autocast=True), _run(ffn, x, "reference", autocast=True)
+    for a, b in zip([lean[0], lean[1], *lean[2].values()], [ref[0], ref[1], *ref[2].values()], strict=True):
+        assert ((a - b).norm() / b.norm().clamp_min(1e-6)).item() < 2e-2
+
+
+def test_adapted_bspline_grid_takes_the_general_lean_path():
+    layer = KANLinear(D, D, grid_size=5).double()
+    layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
+    assert layer.basis._uniform() is None
+    x = _inputs(torch.float64)
+    _close(_run(layer, x, "lean"), _run(layer, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("basis", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])
+@pytest.mark.parametrize("mode", ["reference", "lean"])
+def test_gradcheck_float64(basis, mode):
+    kw = {"grid_size": 4, "grid_range": (-2.0, 2.0)} if basis == "bspline" else {}
+    layer = KANLinear(3, 2, basis, **kw).double()
+    x = (torch.randn(6, 3, dtype=torch.float64) * 1.3).requires_grad_(True)
+    params = tuple(layer.parameters())
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(layer, dict(zip(
+                [n for n, _ in layer.named_parameters()], ps, strict=True))), kernel(mode):
+            return layer(x)
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["reference", "lean"])
+def test_gradcheck_rational_float64(mode):
+    ffn = create_ffn("rational", 4, 6, groups=2).double()
+    x = torch.randn(5, 4, dtype=torch.float64).requires_grad_(True)
+    names = [n for n, _ in ffn.named_parameters()]
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(ffn, dict(zip(names, ps, strict=True))), kernel(mode):
+            return ffn(x)
+
+    assert torch.autograd.gradcheck(f, (x, *ffn.parameters()), eps=1e-6, atol=1e-5)
+
+
+def _saved_numels(module, x):
+    """Sizes of the tensors autograd saves for backward, parameters (and buffers) excluded."""
+    own = {t.data_ptr() for t in (*module.parameters(), *module.buffers())}
+    sizes = []
+
+    def pack(t):
+        if t.data_ptr() not in own:
+            sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])
+def test_lean_path_saves_no_expanded_basis_tensor(name):
+    n, i, o = 256, 16, 4
+    layer = KANLinear(i, o, name)
+    b = layer.basis.n_basis
+    x = torch.randn(n, i, requires_grad=True)
+    with kernel("reference"):
+        assert max(_saved_numels(layer, x)) >= n * i * b  # the reference does save it: the check can fail
+    with kernel("lean"):
+        sizes = _saved_numels(layer, x)
+    assert max(sizes) < n * i * b and max(sizes) <= max(n * i, o * i * b), sizes
+
+
+def test_lean_rational_saves_only_the_inputs():
+    n = 256
+    ffn = create_ffn("rational", 16, 64)
+    x = torch.randn(n, 16, requires_grad=True)
+    with kernel("lean"):
+        acts = _saved_numels(ffn, x)
+    assert sorted(acts) == [n * 16, n * 64]  # the two activations' inputs, nothing else
+    with kernel("reference"):
+        assert sum(_saved_numels(ffn, x)) > 3 * n * 64
+
+
+def test_kernel_switches_and_errors():
+    assert get_kernel() == "auto"
+    with kernel("reference"):
+        assert get_kernel() == "reference"
+    assert get_kernel() == "auto"
+    with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, reference"):
+        set_kernel("fast")
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_kan_gpt2_matches_eager():
+    model = build("gpt2")
+    kanify(model, "bspline", hidden=24)
+    ids = torch.randint(0, 97, (2, 16))
+    ref = model(input_ids=ids, labels=ids)
+    ref.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: any graph break is an error
+    out = compiled(input_ids=ids, labels=ids)
+    out.loss.backward()
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-5)
