@@ -145,8 +145,17 @@ def test_kernel_switches_and_errors():
     with kernel("reference"):
         assert get_kernel() == "reference"
     assert get_kernel() == "auto"
-    with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, reference"):
+    with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, fused, reference"):
         set_kernel("fast")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["chebyshev", "rational"])
+def test_fused_kernels_equal_reference(name):
+    """The fused mode compiles the lean path's elementwise work (inductor: C++ here, Triton on GPU)."""
+    ffn = create_ffn(name, D, H)
+    x = _inputs(torch.float32)
+    _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

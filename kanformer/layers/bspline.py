@@ -12,9 +12,11 @@ Out-of-range rule: B splines vanish outside the grid, so such inputs are carried
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -40,6 +42,27 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
     left = interior[:, :1] - step * ramp.flip(0)
     right = interior[:, -1:] + step * ramp
     return torch.cat([left, interior, right], dim=1)
+
+
+@functools.cache
+def _local_polynomials(order: int, derivative: bool = False) -> torch.Tensor:
+    """Coefficients ``(order+1, P)`` (lowest power first) of the order+1 uniform B-splines non-zero in an interval, as
+    polynomials of the local coordinate t in [0, 1): de Boor's triangle with knot differences in units of h, run on
+    polynomials. ``derivative``: their derivatives d/dt (P = order, or 1 for order 0)."""
+    P = np.polynomial.polynomial
+    values = [np.array([1.0])]
+    for j in range(1, order + 1):
+        saved, nxt = np.array([0.0]), []
+        for r in range(j):
+            temp = values[r] / j
+            nxt.append(P.polyadd(saved, P.polymul([r + 1, -1.0], temp)))  # (r + 1 - t) * temp
+            saved = P.polymul([j - r - 1, 1.0], temp)  # (t + j - r - 1) * temp
+        nxt.append(saved)
+        values = nxt
+    if derivative:
+        values = [P.polyder(v) if len(v) > 1 else np.array([0.0]) for v in values]
+    width = max(len(v) for v in values)
+    return torch.tensor(np.stack([np.pad(v, (0, width - len(v))) for v in values]), dtype=torch.float64)
 
 
 @register_basis("bspline")
@@ -139,53 +162,55 @@ class BSplineBasis(Basis):
             return None
         return self.grid[:, 0], steps.mean(dim=1)  # (I,), (I,)
 
-    def _local(self, x: torch.Tensor, t0: torch.Tensor, h: torch.Tensor, order: int
-               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _interval(self, x: torch.Tensor, t0: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+        """Interval index m (0 where outside the extended grid), local coordinate t, and the inside mask."""
         s = (x - t0.to(x.dtype)) / h.to(x.dtype)  # (N, I)
         m = torch.floor(s)
-        t = s - m
-        values = [torch.ones_like(x)]
-        for j in range(1, order + 1):
-            saved = torch.zeros_like(x)
-            nxt = []
-            for r in range(j):
-                temp = values[r] / j
-                nxt.append(saved + (r + 1 - t) * temp)
-                saved = (t + (j - r - 1)) * temp
-            nxt.append(saved)
-            values = nxt
-        return s, m, values  # values[r]: spline m-order+r of that order
+        inside = (m >= 0) & (m < self.grid_size + 2 * self.spline_order)  # NaN: outside
+        m = torch.where(inside, m, torch.zeros_like(m))
+        return m, s - m, inside
 
-    def _slots(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature index of the k+1 local splines (N, k+1, I), clamped, and whether each is a real basis."""
-        k = self.spline_order
-        idx = m.unsqueeze(1) + torch.arange(-k, 1, device=m.device, dtype=m.dtype)[:, None]  # (N, k+1, I)
-        inside = (m >= 0) & (m < self.grid_size + 2 * k)  # x within the extended grid (NaN: outside)
-        ok = inside.unsqueeze(1) & (idx >= 0) & (idx < self.n_basis)
-        return idx.clamp(0, self.n_basis - 1).long(), ok
+    def _local_values(self, t: torch.Tensor, order: int, derivative: bool = False) -> torch.Tensor:
+        """The order+1 splines non-zero in an interval (value r is spline m - order + r) at local coordinate t,
+        ``(order+1, N, I)``: fixed polynomials of t (``_local_polynomials``), so one small matmul with the powers of
+        t; with ``derivative`` their derivatives d/dt (divide by h for d/dx)."""
+        coef = _local_polynomials(order, derivative).to(device=t.device, dtype=t.dtype)  # (order+1, P)
+        powers = t.new_empty(coef.shape[1], *t.shape)  # (P, N, I): 1, t, t^2, ...
+        powers[0] = 1
+        for p in range(1, coef.shape[1]):
+            torch.mul(powers[p - 1], t, out=powers[p])
+        return (coef @ powers.view(coef.shape[1], -1)).view(coef.shape[0], *t.shape)
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()
         if uniform is None:
             return self(x).transpose(1, 2)  # (N, B, I)
-        _, m, values = self._local(x, *uniform, self.spline_order)
-        idx, ok = self._slots(m)
-        out = x.new_zeros(x.shape[0], self.n_basis, x.shape[1])  # (N, B, I)
-        return out.scatter_add_(1, idx, torch.stack(values, dim=1) * ok)
+        k, b = self.spline_order, self.n_basis
+        m, t, inside = self._interval(x, *uniform)
+        values = self._local_values(t, k)  # (k+1, N, I)
+        self._mask_partial(values, m, inside)
+        idx = (m.long().unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, b - 1)
+        # masked (zero) values land on clamped duplicate slots, hence an add (N, k+1, I) -> (N, B, I)
+        return x.new_zeros(x.shape[0], b, x.shape[1]).scatter_add_(1, idx, values.transpose(0, 1))
+
+    def _mask_partial(self, values: torch.Tensor, m: torch.Tensor, inside: torch.Tensor) -> None:
+        """Zero local value r unless spline m - k + r is one of the B real bases and x lies inside the grid."""
+        k, b = self.spline_order, self.n_basis
+        for r in range(k + 1):
+            values[r].mul_(inside & (m >= k - r) & (m < b + k - r))
 
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         uniform = self._uniform()
         if uniform is None:
             return None
         t0, h = uniform
-        k = self.spline_order
-        _, m, lower = self._local(x, t0, h, k - 1)  # order k-1: splines m-k+1..m
-        idx, ok = self._slots(m)
-        zero = torch.zeros_like(x)
-        # d/dx B_{i,k} = (B_{i,k-1} - B_{i+1,k-1}) / h on a uniform grid
-        deriv = torch.stack([(lower[r - 1] if r >= 1 else zero) - (lower[r] if r < k else zero)
-                             for r in range(k + 1)], dim=1)  # (N, k+1, I)
-        return (g.gather(1, idx) * deriv * ok).sum(1) / h.to(x.dtype)
+        k, b = self.spline_order, self.n_basis
+        m, t, inside = self._interval(x, t0, h)
+        deriv = self._local_values(t, k, derivative=True)  # (k+1, N, I)
+        self._mask_partial(deriv, m, inside)
+        idx = (m.long().unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, b - 1)
+        return (g.gather(1, idx) * deriv.transpose(0, 1)).sum(1) / h.to(x.dtype)
 
 
 @register_ffn("bspline")

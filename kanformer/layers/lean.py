@@ -16,9 +16,11 @@ to decline). Without an analytic derivative the recomputed basis is differentiat
 (still lean: nothing was saved for it).
 Bases with a differentiable pre-transform (RBF's LayerNorm) apply it outside, under ordinary autograd.
 
-Dispatch (``KANLinear.forward``): ``set_kernel("auto" | "lean" | "reference")`` or the ``KANFORMER_KERNEL``
-environment variable. ``auto`` takes the lean path in eager mode and the reference path under ``torch.compile``,
-whose own fusion and recomputation (min-cut rematerialisation) then apply; ``reference`` forces the definition.
+Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "reference")``
+or the ``KANFORMER_KERNEL`` environment variable. ``auto`` takes the lean path in eager mode and the reference path
+under ``torch.compile``, whose own fusion and recomputation (min-cut rematerialisation) then apply; ``fused`` is
+the lean path with each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on
+CPU, Triton on GPU; seconds of compilation per process, once per basis kind); ``reference`` forces the definition.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("auto", "lean", "reference")
+KERNELS = ("auto", "lean", "fused", "reference")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _mode = [os.environ.get("KANFORMER_KERNEL", "auto")]
 
@@ -66,7 +68,7 @@ def use_lean(available: bool = True) -> bool:
     mode = get_kernel()
     if mode == "reference" or not available:
         return False
-    if mode == "lean":
+    if mode in ("lean", "fused"):
         return True
     return not torch.compiler.is_compiling()
 
@@ -82,10 +84,23 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+_COMPILED: dict[str, Any] = {}
+
+
+def _kernel_fn(fn: Any) -> Any:
+    """``fn`` itself, or in the fused mode its torch.compile'd version (one fused loop: C++ on CPU, Triton on GPU;
+    compiled once per process, token count dynamic)."""
+    if get_kernel() != "fused":
+        return fn
+    if fn.__qualname__ not in _COMPILED:
+        _COMPILED[fn.__qualname__] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn.__qualname__]
+
+
 def _features(basis: Any, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(N, I*B) basis values in ``dtype``; low-precision inputs are evaluated in fp32 (as the reference does)."""
     uc = u.float() if u.dtype in _LOW_PRECISION else u
-    return basis.lean_features(uc).reshape(len(u), -1).to(dtype)  # (N, B*I)
+    return _kernel_fn(type(basis).lean_features)(basis, uc).reshape(len(u), -1).to(dtype)  # (N, B*I)
 
 
 def _basis_major(coef: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -132,7 +147,7 @@ class LeanKANFunction(torch.autograd.Function):
             g_params: tuple[torch.Tensor | None, ...] = (None,) * len(params)
             g_u = None
             if hasattr(basis, "lean_input_grad") and not params:
-                g_u = basis.lean_input_grad(uc, g_feats.to(uc.dtype))  # (N, I), or None: not for these inputs
+                g_u = _kernel_fn(type(basis).lean_input_grad)(basis, uc, g_feats.to(uc.dtype))  # None: declined
             if g_u is None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
                 with torch.enable_grad():
                     ur = uc.detach().requires_grad_(True)
@@ -177,10 +192,41 @@ def _rational_parts(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[
     return p, z, z.abs().add_(1)
 
 
+def rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R(x) = P(x) / Q(x) with per-channel coefficients (elementwise; compiled in the fused mode)."""
+    p, _, q = _rational_parts(x, a, b)
+    return p.div_(q)
+
+
+def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From dL/dR (N, C): R(x) (recomputed), dL/dx, and the per-channel coefficient gradients dL/da (C, m+1),
+    dL/db (C, n), reduced over tokens without a (N, C, degree) tensor of powers (compiled in the fused mode)."""
+    m, n = a.shape[1] - 1, b.shape[1]
+    p, z, q = _rational_parts(x, a, b)
+    r = p / q
+    gq = g_r / q  # dL/dR / Q
+    share = r * torch.sign(z) * gq  # dL/dR * R/Q * sign(z): the denominator's share
+    # dR/dx = P'/Q - (R/Q) sign(z) z'
+    g_x = gq * _horner(a[:, 1:] * torch.arange(1, m + 1, device=a.device, dtype=a.dtype), x) if m else 0 * x
+    if n:
+        g_x = g_x - share * _horner(b * torch.arange(1, n + 1, device=b.device, dtype=b.dtype), x)
+    g_a, g_b = [gq.sum(0)], []
+    power = x
+    for j in range(1, max(m, n) + 1):
+        if j <= m:
+            g_a.append((gq * power).sum(0))
+        if j <= n:
+            g_b.append(-(share * power).sum(0))
+        if j < max(m, n):
+            power = power * x
+    g_b_t = torch.stack(g_b, dim=1) if g_b else x.new_zeros(x.shape[1], 0)
+    return r, g_x, torch.stack(g_a, dim=1), g_b_t
+
+
 class LeanRationalLinearFunction(torch.autograd.Function):
     """``y = R(x) @ W^T + bias`` with the group-rational R of layers/rational.py, saving only ``x``: R(x) is
-    recomputed in the backward, and the coefficient gradients are reduced over tokens per channel, then per group
-    (no (N, C, degree) tensor of powers)."""
+    recomputed in the backward, and the coefficient gradients are reduced over tokens per channel, then per group."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, num: torch.Tensor, den: torch.Tensor, group_index: torch.Tensor,
@@ -188,9 +234,8 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
-            p, _, q = _rational_parts(xc, num[group_index].to(xc.dtype), den[group_index].to(xc.dtype))
-            r = p.div_(q).to(dtype)  # (N, C)
-            w = weight.to(dtype)
+            r = _kernel_fn(rational_values)(xc, num[group_index].to(xc.dtype), den[group_index].to(xc.dtype))
+            r, w = r.to(dtype), weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias = dtype, bias is not None
         ctx.save_for_backward(x, num, den, group_index, weight)
@@ -204,30 +249,10 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
             a, b = num[group_index].to(xc.dtype), den[group_index].to(xc.dtype)  # (C, m+1), (C, n)
-            p, z, q = _rational_parts(xc, a, b)
-            r = p / q  # (N, C)
+            g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
+            r, g_x, g_a, g_b = _kernel_fn(rational_backward)(xc, g_r, a, b)
             g_w = (gy.T @ r.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
-            gq = (gy @ weight.to(dtype)).to(xc.dtype).div_(q)  # dL/dR / Q  (N, C)
-            m, n = a.shape[1] - 1, b.shape[1]
-            # dR/dx = P'/Q - (P/Q^2) sign(z) z'
-            dp = _horner(a[:, 1:] * torch.arange(1, m + 1, device=a.device, dtype=a.dtype), xc) if m else None
-            sgn_r = r.mul_(torch.sign(z)).mul_(gq)  # dL/dR * R/Q * sign(z): the denominator's share  (N, C)
-            g_x = gq * dp if dp is not None else torch.zeros_like(xc)
-            if n:
-                dz = _horner(b * torch.arange(1, n + 1, device=b.device, dtype=b.dtype), xc)
-                g_x.sub_(sgn_r * dz)
-            g_a = xc.new_empty(xc.shape[1], m + 1)
-            g_b = xc.new_empty(xc.shape[1], n)
-            g_a[:, 0] = gq.sum(0)
-            power = xc
-            for j in range(1, max(m, n) + 1):
-                if j <= m:
-                    g_a[:, j] = (gq * power).sum(0)
-                if j <= n:
-                    g_b[:, j - 1] = -(sgn_r * power).sum(0)
-                if j < max(m, n):
-                    power = power * xc
             g_num = torch.zeros_like(num, dtype=g_a.dtype).index_add_(0, group_index, g_a).to(num.dtype)
             g_den = torch.zeros_like(den, dtype=g_b.dtype).index_add_(0, group_index, g_b).to(den.dtype)
         return g_x.to(x.dtype), g_num, g_den, None, g_w, g_bias
