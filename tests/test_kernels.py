@@ -174,3 +174,20 @@ def test_compile_fullgraph_kan_gpt2_matches_eager():
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
+    """`python -m evals.bench_model --gpu` can only run on CUDA; its every step is exercised here, small, on CPU."""
+    import argparse
+
+    from evals.bench_model import all_checks
+
+    args = argparse.Namespace(warmup=1, arms=None)
+    out = all_checks(args, torch.device("cpu"), {"d_model": 16, "tokens": 64},
+                     {"n_layer": 1, "d_model": 32, "n_head": 2, "seq": 16, "batch": 2, "vocab": 64},
+                     repeats=1, steps=1)
+    assert all(r["ok"] for r in out["correctness"]), [r for r in out["correctness"] if not r["ok"]]
+    assert set(out["ffn"]) == {"reference", "lean", "fused"} and set(out["model"]) == {"lean", "fused"}
+    assert len(out["targets"]) == 8 and all(isinstance(t["met"], bool) for t in out["targets"].values())
+    assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1

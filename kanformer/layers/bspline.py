@@ -12,7 +12,6 @@ Out-of-range rule: B splines vanish outside the grid, so such inputs are carried
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,11 +43,20 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([left, interior, right], dim=1)
 
 
-@functools.cache
+_POLYNOMIALS: dict[tuple[int, bool], torch.Tensor] = {}
+
+
 def _local_polynomials(order: int, derivative: bool = False) -> torch.Tensor:
     """Coefficients ``(order+1, P)`` (lowest power first) of the order+1 uniform B-splines non-zero in an interval, as
     polynomials of the local coordinate t in [0, 1): de Boor's triangle with knot differences in units of h, run on
     polynomials. ``derivative``: their derivatives d/dt (P = order, or 1 for order 0)."""
+    key = (order, derivative)
+    if key not in _POLYNOMIALS:  # a plain dict, not functools.cache: torch.compile traces through it silently
+        _POLYNOMIALS[key] = _polynomials(order, derivative)
+    return _POLYNOMIALS[key]
+
+
+def _polynomials(order: int, derivative: bool) -> torch.Tensor:
     P = np.polynomial.polynomial
     values = [np.array([1.0])]
     for j in range(1, order + 1):
