@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ffns", nargs="*", help=f"subset of: {', '.join(list_ffns())} (default: all)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--kernel", choices=["auto", "lean", "fused", "reference"], default="auto",
+    p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
                    help="KAN layer path (auto: the memory-lean path in eager mode)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)

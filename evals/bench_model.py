@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--kernel", choices=["auto", "lean", "fused", "reference"], default="auto")
+    p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     p.add_argument("--json", help="also write the results to this JSON file")

@@ -118,7 +118,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: str = "none"  # none | model | regional (each transformer block)
-    kernel: str = "auto"  # KAN layer path: auto (lean in eager, reference under compile) | lean | fused | reference
+    kernel: str = "auto"  # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/lean.py)
     grad_checkpointing: bool = False
     eval_every: int = 50
     eval_batches: int = 8

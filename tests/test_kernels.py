@@ -145,7 +145,7 @@ def test_kernel_switches_and_errors():
     with kernel("reference"):
         assert get_kernel() == "reference"
     assert get_kernel() == "auto"
-    with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, fused, reference"):
+    with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, fused, triton, reference"):
         set_kernel("fast")
 
 
@@ -191,3 +191,68 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert set(out["ffn"]) == {"reference", "lean", "fused"} and set(out["model"]) == {"lean", "fused"}
     assert len(out["targets"]) == 8 and all(isinstance(t["met"], bool) for t in out["targets"].values())
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
+
+
+_TRITON_SCRIPT = r"""
+import torch
+from kanformer import create_ffn, KANLinear
+from kanformer.layers import triton_kan
+from kanformer.layers.lean import kernel
+assert triton_kan.available(torch.zeros(1))
+torch.manual_seed(0)
+ffn = create_ffn("bspline", 20, 12, grid_size=5)
+x = torch.randn(70, 20) * 1.5
+x[0, :4] = 40.0; x[1, 4:8] = -40.0; x[2, 8:10] = 2.0
+def run(mode, autocast=False):
+    xr = x.clone().requires_grad_(True); ffn.zero_grad()
+    with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = ffn(xr)
+    (y.float() * torch.linspace(-1, 1, 20)).sum().backward()
+    return [y.detach().float(), xr.grad.float(), *(p.grad.float().clone() for p in ffn.parameters())]
+for autocast, tol in ((False, 1e-4), (True, 2e-2)):
+    t, r = run("triton", autocast), run("reference", autocast)
+    err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(t, r))
+    assert err < tol, (autocast, err)
+    print("ok", autocast, err)
+# nothing of size tokens x in x n_basis is saved for backward
+layer = KANLinear(16, 4, grid_size=5)
+xx = torch.randn(256, 16, requires_grad=True)
+own = {t.data_ptr() for t in layer.parameters()}
+sizes = []
+def pack(t):
+    if t.data_ptr() not in own:
+        sizes.append(t.numel())
+    return t
+with kernel("triton"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    layer(xx)
+assert max(sizes) < 256 * 16 * layer.basis.n_basis, sizes
+# the op is a torch.library op: torch.compile traces through it without a graph break
+t0, inv_h, k = layer.basis.triton_params()
+coef_t = layer.coef.detach().permute(2, 1, 0).contiguous()
+f = torch.compile(lambda a: triton_kan.bspline_kan(a, coef_t, t0, inv_h, k) * 2, fullgraph=True)
+torch.testing.assert_close(f(xx.detach()), 2 * triton_kan.bspline_kan(xx.detach(), coef_t, t0, inv_h, k))
+print("compiled ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_kernels_equal_reference_in_the_interpreter():
+    """The fused Triton B-spline kernels, run by Triton's CPU interpreter (TRITON_INTERPRET=1) on small shapes."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is not installed (pip install triton); the kernels are optional")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("ok") == 3, proc.stdout
+
+
+def test_forcing_triton_without_it_is_a_clear_error(monkeypatch):
+    from kanformer.layers import triton_kan
+
+    monkeypatch.setattr(triton_kan, "available", lambda x: False)
+    with kernel("triton"), pytest.raises(ValueError, match="kernel 'triton' needs Triton and a CUDA tensor"):
+        create_ffn("bspline", 8, 4)(torch.randn(3, 8))

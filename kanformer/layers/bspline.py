@@ -190,6 +190,11 @@ class BSplineBasis(Basis):
             torch.mul(powers[p - 1], t, out=powers[p])
         return (coef @ powers.view(coef.shape[1], -1)).view(coef.shape[0], *t.shape)
 
+    def triton_params(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """(t0, 1/h, k) for the fused Triton kernels (layers/triton_kan.py), or None on a non-uniform grid."""
+        uniform = self._uniform()
+        return None if uniform is None else (uniform[0], 1.0 / uniform[1], self.spline_order)
+
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()
         if uniform is None:

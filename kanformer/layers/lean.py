@@ -33,7 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("auto", "lean", "fused", "reference")
+from . import triton_kan
+
+KERNELS = ("auto", "lean", "fused", "triton", "reference")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _mode = [os.environ.get("KANFORMER_KERNEL", "auto")]
 
@@ -68,7 +70,7 @@ def use_lean(available: bool = True) -> bool:
     mode = get_kernel()
     if mode == "reference" or not available:
         return False
-    if mode in ("lean", "fused"):
+    if mode in ("lean", "fused", "triton"):
         return True
     return not torch.compiler.is_compiling()
 
@@ -167,9 +169,35 @@ class LeanKANFunction(torch.autograd.Function):
         return (g_u, g_x, g_coef, g_base, g_bias, None, *g_params)
 
 
+def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
+                       basis: Any) -> torch.Tensor | None:
+    """The fused Triton kernels (layers/triton_kan.py) where they apply: a basis that offers them (B-spline on a
+    uniform grid) and a device they run on (CUDA, or the CPU interpreter). None otherwise."""
+    mode = get_kernel()
+    if mode not in ("auto", "triton") or not hasattr(basis, "triton_params") or not triton_kan.available(x):
+        if mode == "triton" and not (triton_kan.available(x) or torch.compiler.is_compiling()):
+            raise ValueError("kernel 'triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 on CPU); "
+                             "use auto, lean, fused or reference")
+        return None
+    params = basis.triton_params()
+    if params is None:  # e.g. a data-adapted (non-uniform) grid: the lean path serves
+        return None
+    dtype = _compute_dtype(x)
+    coef_t = coef.to(dtype).permute(2, 1, 0)  # (B, I, O)
+    y = triton_kan.bspline_kan(x.to(dtype), coef_t, *params).to(dtype)
+    if bias is not None:
+        y = y + bias.to(dtype)
+    if base is not None:
+        y = y + F.linear(F.silu(x.to(dtype)), base.to(dtype))
+    return y
+
+
 def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
                     basis: Any) -> torch.Tensor:
-    """The lean path of ``KANLinear`` on flat inputs ``(N, I)``."""
+    """The fast paths of ``KANLinear`` on flat inputs ``(N, I)``: Triton kernels where they apply, else lean."""
+    y = _triton_kan_linear(x, coef, base, bias, basis)
+    if y is not None:
+        return y
     u = basis.lean_pre(x) if hasattr(basis, "lean_pre") else x
     params = tuple(basis.lean_params()) if hasattr(basis, "lean_params") else ()
     return LeanKANFunction.apply(u, x, coef, base, bias, basis, *params)

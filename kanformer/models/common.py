@@ -210,7 +210,8 @@ def name_loss_type(model: nn.Module) -> None:
 
 # -- portable checkpoints ------------------------------------------------------------------------------------------
 _LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
-                "rational", "baselines", "multkan", "lean")
+                "rational", "baselines", "multkan", "lean",
+                "triton_kan")
 _MODEL_FILES = ("common", "gpt2", "vit", "bert", "llama")
 
 
