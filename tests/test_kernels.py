@@ -200,7 +200,6 @@ from kanformer.layers import triton_kan
 from kanformer.layers.lean import kernel
 assert triton_kan.available(torch.zeros(1))
 torch.manual_seed(0)
-ffn = create_ffn("bspline", 20, 12, grid_size=5)
 x = torch.randn(70, 20) * 1.5
 x[0, :4] = 40.0; x[1, 4:8] = -40.0; x[2, 8:10] = 2.0
 def run(mode, autocast=False):
@@ -209,11 +208,13 @@ def run(mode, autocast=False):
         y = ffn(xr)
     (y.float() * torch.linspace(-1, 1, 20)).sum().backward()
     return [y.detach().float(), xr.grad.float(), *(p.grad.float().clone() for p in ffn.parameters())]
-for autocast, tol in ((False, 1e-4), (True, 2e-2)):
-    t, r = run("triton", autocast), run("reference", autocast)
-    err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(t, r))
-    assert err < tol, (autocast, err)
-    print("ok", autocast, err)
+for name, kw in (("bspline", {"grid_size": 5}), ("rational", {"groups": 3})):
+    ffn = create_ffn(name, 20, 12, **kw)
+    for autocast, tol in ((False, 1e-4), (True, 2e-2)):
+        t, r = run("triton", autocast), run("reference", autocast)
+        err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(t, r))
+        assert err < tol, (name, autocast, err)
+        print("ok", name, autocast, err)
 # nothing of size tokens x in x n_basis is saved for backward
 layer = KANLinear(16, 4, grid_size=5)
 xx = torch.randn(256, 16, requires_grad=True)
@@ -237,7 +238,8 @@ print("compiled ok")
 
 @pytest.mark.slow
 def test_triton_kernels_equal_reference_in_the_interpreter():
-    """The fused Triton B-spline kernels, run by Triton's CPU interpreter (TRITON_INTERPRET=1) on small shapes."""
+    """The fused Triton kernels (B-spline KAN, GR-KAN rational), run by Triton's CPU interpreter (TRITON_INTERPRET=1)
+    on small shapes: outputs and every gradient against the reference, saved tensors, compile-through."""
     import os
     import subprocess
     import sys
@@ -247,7 +249,7 @@ def test_triton_kernels_equal_reference_in_the_interpreter():
     proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("ok") == 3, proc.stdout
+    assert proc.stdout.count("ok") == 5, proc.stdout
 
 
 def test_forcing_triton_without_it_is_a_clear_error(monkeypatch):

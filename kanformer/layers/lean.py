@@ -89,10 +89,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 _COMPILED: dict[str, Any] = {}
 
 
-def _kernel_fn(fn: Any) -> Any:
-    """``fn`` itself, or in the fused mode its torch.compile'd version (one fused loop: C++ on CPU, Triton on GPU;
-    compiled once per process, token count dynamic)."""
-    if get_kernel() != "fused":
+_TRITON = {"rational_values": "rational_forward", "rational_backward": "rational_backward"}
+
+
+def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
+    """``fn`` itself; its hand-written Triton kernel (layers/triton_kan.py) where one exists and runs on ``x``
+    (kernels auto / triton); or in the fused mode its torch.compile'd version (one fused loop: C++ on CPU, Triton on
+    GPU; compiled once per process, token count dynamic)."""
+    mode = get_kernel()
+    if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_kan.available(x):
+        return getattr(triton_kan, _TRITON[fn.__name__])
+    if mode != "fused":
         return fn
     if fn.__qualname__ not in _COMPILED:
         _COMPILED[fn.__qualname__] = torch.compile(fn, dynamic=True)
@@ -262,7 +269,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
-            r = _kernel_fn(rational_values)(xc, num[group_index].to(xc.dtype), den[group_index].to(xc.dtype))
+            r = _kernel_fn(rational_values, x)(xc, num[group_index].to(xc.dtype), den[group_index].to(xc.dtype))
             r, w = r.to(dtype), weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias = dtype, bias is not None
@@ -278,7 +285,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
             a, b = num[group_index].to(xc.dtype), den[group_index].to(xc.dtype)  # (C, m+1), (C, n)
             g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
-            r, g_x, g_a, g_b = _kernel_fn(rational_backward)(xc, g_r, a, b)
+            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x)(xc, g_r, a, b)
             g_w = (gy.T @ r.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
             g_num = torch.zeros_like(num, dtype=g_a.dtype).index_add_(0, group_index, g_a).to(num.dtype)

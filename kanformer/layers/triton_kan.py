@@ -1,4 +1,5 @@
-"""Fused Triton kernels of the B-spline KAN layer (uniform knots), registered with ``torch.library``.
+"""Fused Triton kernels, registered with ``torch.library``: the B-spline KAN layer (uniform knots) and GR-KAN's
+group-rational activation.
 
 Legend: N tokens, I inputs, O outputs, B = G + k basis functions per input, t0 / h the first knot and the knot step
 of each input's (uniform) grid.
@@ -11,6 +12,11 @@ So a tile of basis values is computed in registers from a tile of x, never store
     backward  dC[b, i, o] = sum_n N_k(s[n, i] - b) gy[n, o]                 one program per (b, i, o) tile,
                                                                             reduced over n in the program: no atomics
               dx[n, i]   = sum_b N_k'(s[n, i] - b) / h * (gy @ C[b]^T)[n, i]  N_k' = N_{k-1}(u) - N_{k-1}(u - 1)
+
+GR-KAN (``rational_forward`` / ``rational_backward``): R(x) = P(x) / (1 + |x S(x)|) per channel, one pass each way;
+the backward writes dL/dx and R(x), and each (row block, channel block) program reduces its rows' coefficient
+gradients into its own slot of a (row blocks, C, m+1+n) buffer, summed afterwards: no per-element atomics (KAT's
+kernel adds every element's contribution atomically).
 
 Inputs may be bf16 (loaded and evaluated in fp32); products accumulate in fp32. ``<module>::bspline_kan`` is a
 ``torch.library`` custom op with a fake (meta) implementation and an autograd formula, so ``torch.compile`` traces
@@ -144,6 +150,68 @@ if triton is not None:
             acc += g * (_cardinal(u, K - 1) - _cardinal(u - 1.0, K - 1))
         tl.store(gx_ptr + rn[:, None] * n_in + ri[None, :], acc * inv_h[None, :], mask=mn[:, None] & mi[None, :])
 
+    @triton.jit
+    def _rational_parts(x, a_ptr, b_ptr, rc, mc, M: tl.constexpr, ND: tl.constexpr):
+        """P(x), z = x S(x) and Q = 1 + |z| for a (rows, channels) tile; coefficients per channel."""
+        p = tl.load(a_ptr + rc * (M + 1) + M, mask=mc, other=0.0)[None, :] + tl.zeros_like(x)
+        for jj in tl.static_range(M):
+            p = p * x + tl.load(a_ptr + rc * (M + 1) + (M - 1 - jj), mask=mc, other=0.0)[None, :]
+        z = tl.zeros_like(x)
+        if ND > 0:
+            sx = tl.load(b_ptr + rc * ND + (ND - 1), mask=mc, other=0.0)[None, :] + tl.zeros_like(x)
+            for jj in tl.static_range(ND - 1):
+                sx = sx * x + tl.load(b_ptr + rc * ND + (ND - 2 - jj), mask=mc, other=0.0)[None, :]
+            z = sx * x
+        return p, z, 1.0 + tl.abs(z)
+
+    @triton.jit
+    def _rational_fwd_kernel(x_ptr, a_ptr, b_ptr, r_ptr, n_tok, n_ch, M: tl.constexpr, ND: tl.constexpr,
+                             BN: tl.constexpr, BC: tl.constexpr):
+        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        rc = tl.program_id(1) * BC + tl.arange(0, BC)
+        mc = rc < n_ch
+        mask = (rn[:, None] < n_tok) & mc[None, :]
+        x = tl.load(x_ptr + rn[:, None] * n_ch + rc[None, :], mask=mask, other=0.0).to(tl.float32)
+        p, z, q = _rational_parts(x, a_ptr, b_ptr, rc, mc, M, ND)
+        tl.store(r_ptr + rn[:, None] * n_ch + rc[None, :], p / q, mask=mask)
+
+    @triton.jit
+    def _rational_bwd_kernel(x_ptr, g_ptr, a_ptr, b_ptr, r_ptr, gx_ptr, part_ptr, n_tok, n_ch, M: tl.constexpr,
+                             ND: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+        pn = tl.program_id(0)
+        rn = pn * BN + tl.arange(0, BN)
+        rc = tl.program_id(1) * BC + tl.arange(0, BC)
+        mc = rc < n_ch
+        mask = (rn[:, None] < n_tok) & mc[None, :]
+        offs = rn[:, None] * n_ch + rc[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p, z, q = _rational_parts(x, a_ptr, b_ptr, rc, mc, M, ND)
+        r = p / q
+        gq = g / q
+        share = r * tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0)) * gq
+        dp = tl.zeros_like(x)  # P'(x) by Horner on j a_j
+        for jj in tl.static_range(M):
+            j = M - jj
+            dp = dp * x + j * tl.load(a_ptr + rc * (M + 1) + j, mask=mc, other=0.0)[None, :]
+        dz = tl.zeros_like(x)  # z'(x) = sum_j j b_j x^(j-1)
+        for jj in tl.static_range(ND):
+            j = ND - jj
+            dz = dz * x + j * tl.load(b_ptr + rc * ND + (j - 1), mask=mc, other=0.0)[None, :]
+        tl.store(gx_ptr + offs, gq * dp - share * dz, mask=mask)
+        tl.store(r_ptr + offs, r, mask=mask)
+        # this program's share of the coefficient gradients: its own slot, no atomics
+        slot = part_ptr + pn * n_ch * (M + 1 + ND) + rc * (M + 1 + ND)
+        power = tl.full(x.shape, 1.0, tl.float32)
+        for j in tl.static_range(M + 1):
+            tl.store(slot + j, tl.sum(tl.where(mask, gq * power, 0.0), axis=0), mask=mc)
+            if j < ND:
+                tl.store(slot + M + 1 + j, -tl.sum(tl.where(mask, share * power * x, 0.0), axis=0), mask=mc)
+            power = power * x
+        for j in tl.static_range(M + 1, ND):  # a denominator of higher degree than the numerator
+            tl.store(slot + M + 1 + j, -tl.sum(tl.where(mask, share * power * x, 0.0), axis=0), mask=mc)
+            power = power * x
+
 
 def _grid(n: int, block: int) -> int:
     return math.ceil(n / block)
@@ -202,3 +270,48 @@ def _backward(ctx, gy: torch.Tensor):
 
 
 bspline_kan.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- GR-KAN ---------------------------------------------------------------------------------------------------------
+BLOCK_ROWS, BLOCK_CH = 64, 64
+
+
+@torch.library.custom_op(f"{_NS}::rational_forward", mutates_args=())
+def rational_forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R(x) (N, C) fp32 with per-channel numerator ``a`` (C, m+1) and denominator ``b`` (C, n) coefficients."""
+    n, c = x.shape
+    r = torch.empty(n, c, device=x.device, dtype=torch.float32)
+    _rational_fwd_kernel[(_grid(n, BLOCK_ROWS), _grid(c, BLOCK_CH))](
+        x.contiguous(), a.float().contiguous(), b.float().contiguous(), r, n, c, M=a.shape[1] - 1, ND=b.shape[1],
+        BN=BLOCK_ROWS, BC=BLOCK_CH)
+    return r
+
+
+@rational_forward.register_fake
+def _(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::rational_backward", mutates_args=())
+def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R(x), dL/dx, dL/da (C, m+1), dL/db (C, n)) from dL/dR, as ``lean.rational_backward``."""
+    n, c = x.shape
+    m1, nd = a.shape[1], b.shape[1]
+    blocks = _grid(n, BLOCK_ROWS)
+    r = torch.empty(n, c, device=x.device, dtype=torch.float32)
+    g_x = torch.empty_like(r)
+    partial = torch.empty(blocks, c, m1 + nd, device=x.device, dtype=torch.float32)
+    _rational_bwd_kernel[(blocks, _grid(c, BLOCK_CH))](
+        x.contiguous(), g_r.contiguous(), a.float().contiguous(), b.float().contiguous(), r, g_x, partial, n, c,
+        M=m1 - 1, ND=nd, BN=BLOCK_ROWS, BC=BLOCK_CH)
+    sums = partial.sum(0)  # (C, m+1+n): the per-block partial sums, reduced in a fixed order
+    return r, g_x, sums[:, :m1].contiguous(), sums[:, m1:].contiguous()
+
+
+@rational_backward.register_fake
+def _(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    f = torch.float32
+    return (x.new_empty(x.shape, dtype=f), x.new_empty(x.shape, dtype=f), a.new_empty(a.shape, dtype=f),
+            b.new_empty(b.shape, dtype=f))
