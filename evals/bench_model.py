@@ -7,9 +7,9 @@ same code path); the step is forward + backward + AdamW. Ratios are against the 
     python -m evals.bench_model                                  # CPU: 4 layers, d_model 384, 4 x 256 tokens
     python -m evals.bench_model --gpu --json evals/out/gpu.json  # every GPU check in one go (see below)
 
-``--gpu`` runs, on CUDA: the lean/fused paths against the reference (outputs and gradients) on random and
-out-of-range inputs; the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; and this
-benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16); it writes one JSON.
+``--gpu`` runs, on CUDA: the lean / fused / Triton paths against the reference (outputs and gradients) on random
+and out-of-range inputs; the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
+benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path; the targets evaluated; one JSON.
 """
 
 from __future__ import annotations
@@ -149,14 +149,17 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict."""
     from evals import bench_ffn
+    from kanformer.layers import triton_kan
 
     out: dict[str, Any] = {"machine": _machine(device), "torch": torch.__version__}
+    fast = ("lean", "fused", *(("triton",) if triton_kan.available(torch.zeros(1, device=device)) else ()))
+    out["kernels"] = list(fast)
     start = time.perf_counter()
-    out["correctness"] = check_fast_paths(device)
+    out["correctness"] = check_fast_paths(device, fast)
     print(f"correctness: {sum(r['ok'] for r in out['correctness'])}/{len(out['correctness'])} within tolerance",
           flush=True)
     out["ffn"] = {}
-    for mode in ("reference", "lean", "fused"):
+    for mode in ("reference", *fast):
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
                                 warmup=2, repeats=repeats, **ffn_shape)
         with kernel(mode):
@@ -165,14 +168,14 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         print(bench_ffn.format_table(res), flush=True)
         out["ffn"][mode] = res
     out["model"] = {}
-    for mode in ("lean", "fused"):
+    for mode in fast:
         ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
                                    "steps": steps, "arms": ["mlp", "swiglu", *GPU_TARGETS]})
         res = run_model_bench(ns)
         print(format_table(res), flush=True)
         out["model"][mode] = res
     targets = {}
-    for mode in ("lean", "fused"):
+    for mode in fast:
         rows = {r["ffn"]: r for r in out["ffn"][mode]["rows"]}
         model_rows = {r["ffn"]: r for r in out["model"][mode]["rows"]}
         for name in GPU_TARGETS:
