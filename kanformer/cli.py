@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ins.add_argument("--batches", type=int, default=4, help="calibration batches of real inputs")
     ins.add_argument("--config", help="the run config naming the data (default: next to the checkpoint)")
     ins.add_argument("--text", default="pydoc", help="text for encoders without a run config (e.g. BERT)")
+    ins.add_argument("--symbolic", action="store_true", help="snap each plotted edge to an elementary function (R^2)")
 
     pr = sub.add_parser("prune", help="prune KAN units / edges by activity, report the quality change, save")
     pr.add_argument("checkpoint")
@@ -63,12 +64,16 @@ def main(argv: list[str] | None = None) -> None:
         from .interpret.report import inspect_checkpoint
 
         summary = inspect_checkpoint(args.checkpoint, args.out, config=args.config, text=args.text,
-                                     batches=args.batches, top_k=args.top_k)
+                                     batches=args.batches, top_k=args.top_k, symbolic=args.symbolic)
         for name, layer in summary["layers"].items():
             extra = (f"activity mean {layer['activity_mean']:.3g} max {layer['activity_max']:.3g}, "
                      f"{100 * layer['edges_below_1pct_of_max']:.1f}% of edges < 1% of max"
                      if layer["kind"] == "kan" else f"{layer['groups']} rational groups")
             print(f"{name}: {extra}  [{layer['plot']}]")
+            for e in layer.get("top_edges", []):
+                if "symbolic" in e:
+                    sym = e["symbolic"]
+                    print(f"    in {e['in']} -> out {e['out']}: {sym['best']} (R^2 {sym['r2']:.4f})")
         for name, units in summary["units"].items():
             share = 100 * units["units_below_5pct_of_max"]
             print(f"{name}: {units['hidden']} units, {share:.1f}% below 5% of the best")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .layers import GroupRational, KANLinear
+from .layers.lean import kernel
 
 KAN_MODULE_TYPES = (KANLinear, GroupRational)
 
@@ -39,7 +40,7 @@ class InputRecorder:
     """Records, per module, up to ``max_rows`` input rows ``(n, in)`` of the forward passes run inside it.
 
     Rows are a seeded random subsample of the tokens; ``mask(attention_mask)`` before a forward keeps only real
-    tokens (padding never reaches a grid or a statistic)."""
+    tokens (padding never reaches a grid or a statistic). Forwards inside run the reference KAN path."""
 
     def __init__(self, modules: dict[str, nn.Module], *, max_rows: int = 4096, seed: int = 0) -> None:
         if max_rows < 1:
@@ -70,9 +71,13 @@ class InputRecorder:
 
     def __enter__(self) -> InputRecorder:
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
+        # the reference path calls every submodule (the fused GR-KAN path skips the activations' own forward)
+        self._kernel = kernel("reference")
+        self._kernel.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._kernel.__exit__(*exc)
         for h in self._handles:
             h.remove()
         self._handles = []

@@ -12,7 +12,7 @@ from kanformer import KAN, KANLinear, create_ffn, kanify
 from kanformer.cli import main
 from kanformer.config import load_config
 from kanformer.interpret import drop_units, edge_activity, fit_symbolic, kan_formula, prune_model, snap_kan
-from kanformer.interpret.symbolic import SymbolicFit
+from kanformer.interpret.symbolic import SymbolicFit, _score
 from kanformer.train import train
 from tests.tiny_models import build
 
@@ -118,7 +118,7 @@ def test_inspect_and_prune_commands_on_a_trained_checkpoint(tmp_path, ffn, capsy
                                                  "train.max_steps=10", "log.wandb=disabled"])
     train(cfg)
     final = cfg.run_dir / "final"
-    main(["inspect", str(final), "--top-k", "4", "--batches", "2"])
+    main(["inspect", str(final), "--top-k", "4", "--batches", "2", *(["--symbolic"] if ffn == "bspline" else [])])
     summary = json.loads((final / "inspect" / "summary.json").read_text())
     assert len(summary["layers"]) == 4  # two blocks, two KAN layers (or rational activations) each
     for layer in summary["layers"].values():
@@ -129,6 +129,11 @@ def test_inspect_and_prune_commands_on_a_trained_checkpoint(tmp_path, ffn, capsy
         return
     top = next(iter(summary["layers"].values()))["top_edges"]
     assert [t["activity"] for t in top] == sorted((t["activity"] for t in top), reverse=True)
+    for t in top:  # each plotted edge snapped, best first by the documented rule (R^2 digits less complexity)
+        sym = t["symbolic"]
+        best = _score(SymbolicFit(sym["best"], 0, 0, 0, 0, sym["r2"]), 1e-6)
+        assert best >= _score(SymbolicFit(sym["runner_up"], 0, 0, 0, 0, sym["runner_up_r2"]), 1e-6)
+        assert -1 <= sym["r2"] <= 1
     assert len(summary["units"]) == 2
     # threshold 1: only each layer's best unit stays
     main(["prune", str(final), "--out", str(tmp_path / "p"), "--units", "1.0", "--edges", "0.05"])

@@ -21,6 +21,7 @@ from ..layers import KANFFN, GroupRational, KANLinear
 from ..telemetry import InputRecorder, kan_modules
 from .activity import edge_activity, edge_function, unit_scores
 from .prune import prune_model
+from .symbolic import fit_symbolic
 
 
 def _safe(name: str) -> str:
@@ -104,10 +105,23 @@ def _record(model: nn.Module, calibration: list[dict[str, torch.Tensor]], module
     return rec.rows()
 
 
+def _snap(layer: KANLinear, x2: torch.Tensor, o: int, i: int, rows: int = 512) -> dict[str, Any]:
+    """Best symbolic fit of edge (o, i) on (a subsample of) its real inputs, with the runner-up."""
+    xs = x2[torch.linspace(0, len(x2) - 1, min(rows, len(x2))).long(), i]
+    probe = torch.zeros(len(xs), layer.in_features)
+    probe[:, i] = xs
+    with torch.no_grad():
+        phi = edge_function(layer, probe)[:, i, o]
+    fits = fit_symbolic(xs, phi)
+    return {"best": fits[0].name, "r2": fits[0].r2, "params": [fits[0].a, fits[0].b, fits[0].c, fits[0].d],
+            "runner_up": fits[1].name, "runner_up_r2": fits[1].r2}
+
+
 def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], out: str | Path, *, top_k: int = 9,
-                  max_rows: int = 2048) -> dict[str, Any]:
+                  max_rows: int = 2048, symbolic: bool = False) -> dict[str, Any]:
     """Rank every KAN layer's edges (and every KAN FFN's hidden units) by activity on ``calibration`` batches,
-    plot the top ``top_k`` edge functions per layer, write ``summary.json`` under ``out``; returns the summary."""
+    plot the top ``top_k`` edge functions per layer, write ``summary.json`` under ``out``; returns the summary.
+    ``symbolic``: also snap each top edge to its best elementary function (``fit_symbolic``), with R^2."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k!r}")
     modules = kan_modules(model)
@@ -135,7 +149,9 @@ def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], 
                 "activity_mean": flat.mean().item(), "activity_max": flat.max().item(),
                 "activity_p10_p50_p90": qs,
                 "edges_below_1pct_of_max": (flat < 0.01 * flat.max()).float().mean().item(),
-                "top_edges": [{"out": o, "in": i, "activity": a} for o, i, a in top], "plot": png.name}
+                "top_edges": [{"out": o, "in": i, "activity": a, **({"symbolic": _snap(module, x2, o, i)}
+                                                                      if symbolic else {})} for o, i, a in top],
+                "plot": png.name}
         else:
             _plot_rational(module, x2, f"{name}: {module.groups} rational groups", png)
             summary["layers"][name] = {"kind": "group_rational", "groups": module.groups, "width": module.width,
@@ -155,12 +171,14 @@ def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], 
 
 
 def inspect_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, config: str | Path | None = None,
-                       text: str = "pydoc", batches: int = 4, top_k: int = 9) -> dict[str, Any]:
+                       text: str = "pydoc", batches: int = 4, top_k: int = 9, symbolic: bool = False
+                       ) -> dict[str, Any]:
     from ..kanify_checkpoint import load_probe
 
     checkpoint = Path(checkpoint)
     probe = load_probe(checkpoint, config=config, text=text, calibration_batches=batches, eval_tokens=1)
-    summary = inspect_model(probe.model, probe.calibration, out or checkpoint / "inspect", top_k=top_k)
+    summary = inspect_model(probe.model, probe.calibration, out or checkpoint / "inspect", top_k=top_k,
+                            symbolic=symbolic)
     return {"checkpoint": str(checkpoint), **summary}
 
 

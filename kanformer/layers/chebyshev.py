@@ -52,29 +52,30 @@ class ChebyshevBasis(Basis):
     # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(x)  # (N, I)
+        t2 = 2 * t
         out = x.new_empty(x.shape[0], self.degree + 1, x.shape[1])  # (N, D+1, I)
         out[:, 0] = 1
         if self.degree >= 1:
             out[:, 1] = t
         for d in range(2, self.degree + 1):
-            torch.sub(2 * t * out[:, d - 1], out[:, d - 2], out=out[:, d])
+            torch.mul(t2, out[:, d - 1], out=out[:, d])
+            out[:, d].sub_(out[:, d - 2])
         return out
 
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """sum_d g_d T_d'(t) (1 - t^2), with T_d' = 2 T_{d-1} + 2 t T_{d-1}' - T_{d-2}' (T_0' = 0, T_1' = 1)."""
+        """sum_d g_d T_d'(t) (1 - t^2), with T_d' = d U_{d-1} (Chebyshev polynomials of the second kind:
+        U_0 = 1, U_1 = 2t, U_d = 2t U_{d-1} - U_{d-2})."""
         t = torch.tanh(x)
-        acc = torch.zeros_like(x)
         if self.degree == 0:
-            return acc
-        t_prev, t_cur = torch.ones_like(x), t  # T_{d-2}, T_{d-1}
-        d_prev, d_cur = torch.zeros_like(x), torch.ones_like(x)  # T_{d-2}', T_{d-1}'
-        acc += g[:, 1]
+            return torch.zeros_like(x)
+        t2 = 2 * t
+        acc = g[:, 1].clone()  # T_1' = U_0 = 1
+        u_prev, u_cur = torch.ones_like(x), t2  # U_{d-2}, U_{d-1} for d = 2
         for d in range(2, self.degree + 1):
-            d_new = 2 * t_cur + 2 * t * d_cur - d_prev
-            t_prev, t_cur = t_cur, 2 * t * t_cur - t_prev
-            d_prev, d_cur = d_cur, d_new
-            acc.addcmul_(g[:, d], d_new)
-        return acc * (1 - t * t)
+            acc.add_(g[:, d] * u_cur, alpha=d)
+            if d < self.degree:
+                u_prev, u_cur = u_cur, (t2 * u_cur).sub_(u_prev)
+        return acc.mul_(1 - t * t)
 
 
 @register_ffn("chebyshev")

@@ -130,7 +130,7 @@ class LeanKANFunction(torch.autograd.Function):
             w = _basis_major(coef, dtype)  # (O, B*I)
             y = feats @ w.T if bias is None else torch.addmm(bias.to(dtype), feats, w.T)  # (N, O)
             if base is not None:
-                y = y.addmm_(F.silu(x.to(dtype)), base.to(dtype).T)
+                y = torch.addmm(y, F.silu(x.to(dtype)), base.to(dtype).T)
         ctx.basis, ctx.dtype, ctx.has_base, ctx.has_bias = basis, dtype, base is not None, bias is not None
         ctx.same = x is u
         ctx.save_for_backward(u, torch.empty(0) if ctx.same else x, coef, base if base is not None else torch.empty(0),

@@ -156,14 +156,6 @@ class KanModelMixin:
         self.post_init()
         name_loss_type(self)
 
-
-def name_loss_type(model: nn.Module) -> None:
-    """transformers derives ``loss_type`` from the class name, which a causal-LM head named ``...LMHeadModel``
-    does not give; the fallback then logs a warning inside ``forward``, a graph break under ``torch.compile``.
-    A model with an ``lm_head`` names its (causal LM) loss explicitly."""
-    if getattr(model, "loss_type", "") is None and hasattr(model, "lm_head") and not hasattr(model, "cls"):
-        model.loss_type = "ForCausalLM"
-
     def _init_weights(self, module: nn.Module) -> None:
         # KAN modules use their own initialisation (reset_parameters), never the host model's rules (normal(0.02),
         # GPT-2's scaled `c_proj.weight`); tensors already loaded from a checkpoint are left alone. Blocks inside a
@@ -206,6 +198,14 @@ def name_loss_type(model: nn.Module) -> None:
         if problems:
             raise ValueError(f"Checkpoint does not fit its KAN config ({cls.__name__}):\n  " + "\n  ".join(problems))
         return (model, info) if want_info else model
+
+
+def name_loss_type(model: nn.Module) -> None:
+    """transformers derives ``loss_type`` from the class name, which a causal-LM head named ``...LMHeadModel``
+    does not give; the fallback then logs a warning inside ``forward``, a graph break under ``torch.compile``.
+    A model with an ``lm_head`` names its (causal LM) loss explicitly."""
+    if getattr(model, "loss_type", "") is None and hasattr(model, "lm_head") and not hasattr(model, "cls"):
+        model.loss_type = "ForCausalLM"
 
 
 # -- portable checkpoints ------------------------------------------------------------------------------------------
