@@ -152,7 +152,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     from kanformer.layers import triton_kan
 
     out: dict[str, Any] = {"machine": _machine(device), "torch": torch.__version__}
-    fast = ("lean", "fused", *(("triton",) if triton_kan.available(torch.zeros(1, device=device)) else ()))
+    fast = ("lean", "fused", *(("triton",) if triton_kan.triton_available(torch.zeros(1, device=device)) else ()))
     out["kernels"] = list(fast)
     start = time.perf_counter()
     out["correctness"] = check_fast_paths(device, fast)

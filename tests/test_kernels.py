@@ -198,7 +198,7 @@ import torch
 from kanformer import create_ffn, KANLinear
 from kanformer.layers import triton_kan
 from kanformer.layers.lean import kernel
-assert triton_kan.available(torch.zeros(1))
+assert triton_kan.triton_available(torch.zeros(1))
 torch.manual_seed(0)
 x = torch.randn(70, 20) * 1.5
 x[0, :4] = 40.0; x[1, 4:8] = -40.0; x[2, 8:10] = 2.0
@@ -253,8 +253,8 @@ def test_triton_kernels_equal_reference_in_the_interpreter():
 
 
 def test_forcing_triton_without_it_is_a_clear_error(monkeypatch):
-    from kanformer.layers import triton_kan
+    from kanformer.layers import lean
 
-    monkeypatch.setattr(triton_kan, "available", lambda x: False)
+    monkeypatch.setattr(lean, "triton_available", lambda x: False)
     with kernel("triton"), pytest.raises(ValueError, match="kernel 'triton' needs Triton and a CUDA tensor"):
         create_ffn("bspline", 8, 4)(torch.randn(3, 8))

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange
 
@@ -57,20 +56,30 @@ def _local_polynomials(order: int, derivative: bool = False) -> torch.Tensor:
 
 
 def _polynomials(order: int, derivative: bool) -> torch.Tensor:
-    P = np.polynomial.polynomial
-    values = [np.array([1.0])]
+    def add(p: list[float], q: list[float]) -> list[float]:
+        n = max(len(p), len(q))
+        return [(p[i] if i < len(p) else 0.0) + (q[i] if i < len(q) else 0.0) for i in range(n)]
+
+    def mul(p: list[float], q: list[float]) -> list[float]:
+        out = [0.0] * (len(p) + len(q) - 1)
+        for i, a in enumerate(p):
+            for j, b in enumerate(q):
+                out[i + j] += a * b
+        return out
+
+    values = [[1.0]]  # polynomials in t, lowest power first
     for j in range(1, order + 1):
-        saved, nxt = np.array([0.0]), []
+        saved, nxt = [0.0], []
         for r in range(j):
-            temp = values[r] / j
-            nxt.append(P.polyadd(saved, P.polymul([r + 1, -1.0], temp)))  # (r + 1 - t) * temp
-            saved = P.polymul([j - r - 1, 1.0], temp)  # (t + j - r - 1) * temp
+            temp = [c / j for c in values[r]]
+            nxt.append(add(saved, mul([r + 1.0, -1.0], temp)))  # (r + 1 - t) * temp
+            saved = mul([j - r - 1.0, 1.0], temp)  # (t + j - r - 1) * temp
         nxt.append(saved)
         values = nxt
     if derivative:
-        values = [P.polyder(v) if len(v) > 1 else np.array([0.0]) for v in values]
+        values = [[i * c for i, c in enumerate(v)][1:] or [0.0] for v in values]
     width = max(len(v) for v in values)
-    return torch.tensor(np.stack([np.pad(v, (0, width - len(v))) for v in values]), dtype=torch.float64)
+    return torch.tensor([v + [0.0] * (width - len(v)) for v in values], dtype=torch.float64)
 
 
 @register_basis("bspline")

@@ -33,7 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import triton_kan
+from .triton_kan import bspline_kan, triton_available
+from .triton_kan import rational_backward as triton_rational_backward
+from .triton_kan import rational_forward as triton_rational_forward
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -89,7 +91,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 _COMPILED: dict[str, Any] = {}
 
 
-_TRITON = {"rational_values": "rational_forward", "rational_backward": "rational_backward"}
+_TRITON: dict[str, Any] = {}  # filled below, once the pure functions exist
 
 
 def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
@@ -97,8 +99,8 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
     (kernels auto / triton); or in the fused mode its torch.compile'd version (one fused loop: C++ on CPU, Triton on
     GPU; compiled once per process, token count dynamic)."""
     mode = get_kernel()
-    if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_kan.available(x):
-        return getattr(triton_kan, _TRITON[fn.__name__])
+    if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
+        return _TRITON[fn.__name__]
     if mode != "fused":
         return fn
     if fn.__qualname__ not in _COMPILED:
@@ -181,8 +183,8 @@ def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor |
     """The fused Triton kernels (layers/triton_kan.py) where they apply: a basis that offers them (B-spline on a
     uniform grid) and a device they run on (CUDA, or the CPU interpreter). None otherwise."""
     mode = get_kernel()
-    if mode not in ("auto", "triton") or not hasattr(basis, "triton_params") or not triton_kan.available(x):
-        if mode == "triton" and not (triton_kan.available(x) or torch.compiler.is_compiling()):
+    if mode not in ("auto", "triton") or not hasattr(basis, "triton_params") or not triton_available(x):
+        if mode == "triton" and not (triton_available(x) or torch.compiler.is_compiling()):
             raise ValueError("kernel 'triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 on CPU); "
                              "use auto, lean, fused or reference")
         return None
@@ -191,7 +193,7 @@ def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor |
         return None
     dtype = _compute_dtype(x)
     coef_t = coef.to(dtype).permute(2, 1, 0)  # (B, I, O)
-    y = triton_kan.bspline_kan(x.to(dtype), coef_t, *params).to(dtype)
+    y = bspline_kan(x.to(dtype), coef_t, *params).to(dtype)
     if bias is not None:
         y = y + bias.to(dtype)
     if base is not None:
@@ -257,6 +259,9 @@ def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: to
             power = power * x
     g_b_t = torch.stack(g_b, dim=1) if g_b else x.new_zeros(x.shape[1], 0)
     return r, g_x, torch.stack(g_a, dim=1), g_b_t
+
+
+_TRITON.update(rational_values=triton_rational_forward, rational_backward=triton_rational_backward)
 
 
 class LeanRationalLinearFunction(torch.autograd.Function):

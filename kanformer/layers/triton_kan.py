@@ -43,7 +43,7 @@ BLOCK_N, BLOCK_I, BLOCK_O = 32, 32, 32
 _NS = re.sub(r"\W", "_", __name__)
 
 
-def available(x: torch.Tensor) -> bool:
+def triton_available(x: torch.Tensor) -> bool:
     """Whether the Triton kernels can run on ``x``: CUDA with Triton, or Triton's CPU interpreter."""
     if triton is None:
         return False
