@@ -86,22 +86,22 @@ class JacobiBasis(Basis):
         return out
 
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """sum_n g_n P_n'(t) (1 - t^2), differentiating the recurrence: P_n' = A P_{n-1} + (A t + B) P_{n-1}'
-        - C P_{n-2}'."""
+        """sum_n g_n P_n'(t) (1 - t^2), with d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1) (DLMF 18.9.15), the
+        latter by its own three-term recurrence."""
         t = torch.tanh(x)
-        a, b = self.alpha, self.beta
-        acc = torch.zeros_like(x)
         if self.degree == 0:
-            return acc
-        p_prev, p_cur = torch.ones_like(x), 0.5 * (a - b) + 0.5 * (a + b + 2) * t
-        d_prev, d_cur = torch.zeros_like(x), torch.full_like(x, 0.5 * (a + b + 2))
-        acc += g[:, 1] * d_cur
-        for n, (A, B, C) in enumerate(self._recurrence, start=2):
-            d_new = A * p_cur + (A * t + B) * d_cur - C * d_prev
-            p_prev, p_cur = p_cur, (A * t + B) * p_cur - C * p_prev
-            d_prev, d_cur = d_cur, d_new
-            acc.addcmul_(g[:, n], d_new)
-        return acc * (1 - t * t)
+            return torch.zeros_like(x)
+        a, b = self.alpha + 1, self.beta + 1
+        scale = [(n + self.alpha + self.beta + 1) / 2 for n in range(self.degree + 1)]
+        acc = g[:, 1] * scale[1]  # P_1' = (a + b + 2)/2 = scale[1] * Q_0
+        q_prev, q_cur = torch.ones_like(x), 0.5 * (a - b) + 0.5 * (a + b + 2) * t  # Q_0, Q_1 of (a+1, b+1)
+        recurrence = jacobi_recurrence(self.degree - 1, a, b)
+        for n in range(2, self.degree + 1):
+            acc.add_(g[:, n] * q_cur, alpha=scale[n])
+            if n - 2 < len(recurrence):
+                A, B, C = recurrence[n - 2]
+                q_prev, q_cur = q_cur, (A * t + B).mul_(q_cur).sub_(q_prev, alpha=C)
+        return acc.mul_(1 - t * t)
 
 
 @register_ffn("jacobi")
