@@ -16,8 +16,9 @@ to decline). Without an analytic derivative the recomputed basis is differentiat
 (still lean: nothing was saved for it).
 Bases with a differentiable pre-transform (RBF's LayerNorm) apply it outside, under ordinary autograd.
 
-Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "reference")``
-or the ``KANFORMER_KERNEL`` environment variable. ``auto`` takes the lean path in eager mode and the reference path
+Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
+"reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``auto`` takes the Triton kernels where they apply
+(CUDA), else the lean path, when autograd records (training); the reference path without autograd (inference) and
 under ``torch.compile``, whose own fusion and recomputation (min-cut rematerialisation) then apply; ``fused`` is
 the lean path with each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on
 CPU, Triton on GPU; seconds of compilation per process, once per basis kind); ``reference`` forces the definition.
@@ -74,7 +75,9 @@ def use_lean(available: bool = True) -> bool:
         return False
     if mode in ("lean", "fused", "triton"):
         return True
-    return not torch.compiler.is_compiling()
+    # auto: the lean path exists to keep activations out of memory, so it serves training; without autograd
+    # (evaluation, generation) nothing is saved anyway and the reference forward has less overhead per call
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
