@@ -18,7 +18,8 @@ the backward writes dL/dx and R(x), and each (row block, channel block) program 
 gradients into its own slot of a (row blocks, C, m+1+n) buffer, summed afterwards: no per-element atomics (KAT's
 kernel adds every element's contribution atomically).
 
-Inputs may be bf16 (loaded and evaluated in fp32); products accumulate in fp32. ``<module>::bspline_kan`` is a
+Inputs may be bf16 (loaded and evaluated in fp32); tile products run on TF32 tensor cores for bf16 layers (exact fp32
+for fp32 layers) and accumulate in fp32. ``<module>::bspline_kan`` is a
 ``torch.library`` custom op with a fake (meta) implementation and an autograd formula, so ``torch.compile`` traces
 through it as one node. On a CPU, the kernels run under ``TRITON_INTERPRET=1`` (how the tests check them).
 """
@@ -81,8 +82,18 @@ if triton is not None:
         return r
 
     @triton.jit
+    def _dot(a, b, LOWP: tl.constexpr):
+        """Tile product accumulated in fp32. Layers running in bf16/fp16 multiply on TF32 tensor cores (more mantissa
+        than their own inputs carry; the basis values are computed in fp32 and never rounded to bf16); fp32 layers
+        get exact fp32 products."""
+        if LOWP:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+    @triton.jit
     def _fwd_kernel(x_ptr, t0_ptr, inv_h_ptr, c_ptr, y_ptr, n_tok, n_in, n_out,
-                    NB: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
+                    NB: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr,
+                    LOWP: tl.constexpr):
         pn, po = tl.program_id(0), tl.program_id(1)
         rn = pn * BN + tl.arange(0, BN)
         ro = po * BO + tl.arange(0, BO)
@@ -99,12 +110,12 @@ if triton is not None:
                 c = tl.load(c_ptr + b * n_in * n_out + ri[:, None] * n_out + ro[None, :],
                             mask=mi[:, None] & (ro[None, :] < n_out),
                             other=0.0)
-                acc += tl.dot(f, c.to(tl.float32))
+                acc += _dot(f, c, LOWP)
         tl.store(y_ptr + rn[:, None] * n_out + ro[None, :], acc, mask=(rn[:, None] < n_tok) & (ro[None, :] < n_out))
 
     @triton.jit
     def _grad_coef_kernel(x_ptr, t0_ptr, inv_h_ptr, gy_ptr, gc_ptr, n_tok, n_in, n_out,
-                          K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
+                          K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr, LOWP: tl.constexpr):
         pi, po, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         ri = pi * BI + tl.arange(0, BI)
         ro = po * BO + tl.arange(0, BO)
@@ -120,13 +131,14 @@ if triton is not None:
             f = tl.where(mn[:, None], f, 0.0)
             gy = tl.load(gy_ptr + rn[:, None] * n_out + ro[None, :], mask=mn[:, None] & (ro[None, :] < n_out),
                          other=0.0)
-            acc += tl.dot(tl.trans(f), gy.to(tl.float32))
+            acc += _dot(tl.trans(f), gy, LOWP)
         tl.store(gc_ptr + b * n_in * n_out + ri[:, None] * n_out + ro[None, :], acc,
                  mask=mi[:, None] & (ro[None, :] < n_out))
 
     @triton.jit
     def _grad_x_kernel(x_ptr, t0_ptr, inv_h_ptr, c_ptr, gy_ptr, gx_ptr, n_tok, n_in, n_out,
-                       NB: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
+                       NB: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr,
+                       LOWP: tl.constexpr):
         pn, pi = tl.program_id(0), tl.program_id(1)
         rn = pn * BN + tl.arange(0, BN)
         ri = pi * BI + tl.arange(0, BI)
@@ -145,7 +157,7 @@ if triton is not None:
                 c = tl.load(c_ptr + b * n_in * n_out + ri[None, :] * n_out + ro[:, None],
                             mask=mo[:, None] & mi[None, :],
                             other=0.0)  # C[b]^T tile (BO, BI)
-                g += tl.dot(gy.to(tl.float32), c.to(tl.float32))
+                g += _dot(gy, c, LOWP)
             u = s - b
             acc += g * (_cardinal(u, K - 1) - _cardinal(u - 1.0, K - 1))
         tl.store(gx_ptr + rn[:, None] * n_in + ri[None, :], acc * inv_h[None, :], mask=mn[:, None] & mi[None, :])
@@ -217,6 +229,10 @@ def _grid(n: int, block: int) -> int:
     return math.ceil(n / block)
 
 
+def _low_precision(*tensors: torch.Tensor) -> bool:
+    return any(t.dtype in (torch.bfloat16, torch.float16) for t in tensors)
+
+
 @torch.library.custom_op(f"{_NS}::bspline_kan", mutates_args=())
 def bspline_kan(x: torch.Tensor, coef_t: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor, order: int
                 ) -> torch.Tensor:
@@ -226,7 +242,7 @@ def bspline_kan(x: torch.Tensor, coef_t: torch.Tensor, t0: torch.Tensor, inv_h: 
     y = torch.empty(n, o, device=x.device, dtype=torch.float32)
     _fwd_kernel[(_grid(n, BLOCK_N), _grid(o, BLOCK_O))](
         x.contiguous(), t0.float().contiguous(), inv_h.float().contiguous(), coef_t.contiguous(), y, n, i, o,
-        NB=nb, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O)
+        NB=nb, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O, LOWP=_low_precision(x, coef_t))
     return y
 
 
@@ -244,10 +260,12 @@ def bspline_kan_backward(gy: torch.Tensor, x: torch.Tensor, coef_t: torch.Tensor
     t0, inv_h = t0.float().contiguous(), inv_h.float().contiguous()
     g_coef = torch.empty(nb, i, o, device=x.device, dtype=torch.float32)
     _grad_coef_kernel[(_grid(i, BLOCK_I), _grid(o, BLOCK_O), nb)](
-        x, t0, inv_h, gy, g_coef, n, i, o, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O)
+        x, t0, inv_h, gy, g_coef, n, i, o, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O,
+        LOWP=_low_precision(x, coef_t))
     g_x = torch.empty(n, i, device=x.device, dtype=torch.float32)
     _grad_x_kernel[(_grid(n, BLOCK_N), _grid(i, BLOCK_I))](
-        x, t0, inv_h, coef_t, gy, g_x, n, i, o, NB=nb, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O)
+        x, t0, inv_h, coef_t, gy, g_x, n, i, o, NB=nb, K=order, BN=BLOCK_N, BI=BLOCK_I, BO=BLOCK_O,
+        LOWP=_low_precision(x, coef_t))
     return g_x, g_coef
 
 
