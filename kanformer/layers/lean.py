@@ -50,7 +50,7 @@ def _check(mode: str) -> str:
 
 
 def set_kernel(mode: str) -> None:
-    """Choose the KAN layer path for this process: auto (default), lean or reference."""
+    """Choose the KAN layer path for this process: one of ``KERNELS`` (auto is the default)."""
     _mode[0] = _check(mode)
 
 
@@ -91,10 +91,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-_COMPILED: dict[str, Any] = {}
-
-
-_TRITON: dict[str, Any] = {}  # filled below, once the pure functions exist
+_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by qualified name
+_TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
 
 
 def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
@@ -112,7 +110,7 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
 
 
 def _features(basis: Any, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, I*B) basis values in ``dtype``; low-precision inputs are evaluated in fp32 (as the reference does)."""
+    """(N, B*I) basis values in ``dtype``; low-precision inputs are evaluated in fp32 (as the reference does)."""
     uc = u.float() if u.dtype in _LOW_PRECISION else u
     return _kernel_fn(type(basis).lean_features)(basis, uc).reshape(len(u), -1).to(dtype)  # (N, B*I)
 
