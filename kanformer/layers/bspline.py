@@ -171,13 +171,20 @@ class BSplineBasis(Basis):
     # interval m = floor(s) and t = s - m they follow de Boor's local triangle (The NURBS Book, A2.2), whose knot
     # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. Adapted
     # (non-uniform) grids use the reference recursion, differentiated by autograd in the backward.
+    @torch.compiler.disable
     def _uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.spline_order < 1:
-            return None
-        steps = self.grid[:, 1:] - self.grid[:, :-1]  # (I, G+2k)
-        if not torch.allclose(steps, steps[:, :1].expand_as(steps), rtol=1e-5, atol=0):
-            return None
-        return self.grid[:, 0], steps.mean(dim=1)  # (I,), (I,)
+        """(t0, h) per input when every knot step is equal, else None. Cached per grid tensor and version: the check
+        reads a value back from the device, which must not happen on every forward."""
+        cache = getattr(self, "_uniform_cache", None)
+        if cache is not None and cache[0] is self.grid and cache[1] == self.grid._version:
+            return cache[2]
+        result = None
+        if self.spline_order >= 1:
+            steps = self.grid[:, 1:] - self.grid[:, :-1]  # (I, G+2k)
+            if torch.allclose(steps, steps[:, :1].expand_as(steps), rtol=1e-5, atol=0):
+                result = (self.grid[:, 0].clone(), steps.mean(dim=1))  # (I,), (I,)
+        self._uniform_cache = (self.grid, self.grid._version, result)  # holds the grid: its identity stays unique
+        return result
 
     def _interval(self, x: torch.Tensor, t0: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                                       torch.Tensor]:
