@@ -87,12 +87,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
-        "machine": _machine(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": machine(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "rows": rows,
     }
 
 
-def _machine(device: torch.device) -> str:
+def machine(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count: what a benchmark table names as its machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any
 
 import torch
 
+from evals.bench_ffn import machine
 from kanformer import kanify
 from kanformer.evaluation import measure_training
 from kanformer.layers.lean import kernel
@@ -74,15 +74,9 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
         r["activation_ratio"] = r["activation_bytes"] / ref["activation_bytes"]
         if r.get(peak_key) and ref.get(peak_key):
             r["peak_ratio"] = r[peak_key] / ref[peak_key]
-    return {"benchmark": "model", "device": str(device), "machine": _machine(device), "torch": torch.__version__,
+    return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
             "seq": args.seq, "batch": args.batch, "steps": args.steps, "peak_key": peak_key, "rows": rows}
-
-
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -151,7 +145,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     from evals import bench_ffn
     from kanformer.layers import triton_kan
 
-    out: dict[str, Any] = {"machine": _machine(device), "torch": torch.__version__}
+    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__}
     fast = ("lean", "fused", *(("triton",) if triton_kan.triton_available(torch.zeros(1, device=device)) else ()))
     out["kernels"] = list(fast)
     start = time.perf_counter()

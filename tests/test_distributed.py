@@ -3,27 +3,20 @@ match one process with the same global batch; FSDP2 (fully_shard) shards a KAN b
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kanformer import create_ffn
 from kanformer.config import load_config
 from kanformer.train import train
+from tests.gloo import free_port, gloo_group
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run_dir):
@@ -36,7 +29,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     common = ["log.wandb=disabled", "train.max_steps=8", "train.log_every=1", "train.save_every=100",
               "ffn.name=chebyshev", f"out_dir={tmp_path}"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+              str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(free_port()),
               str(ROOT / "tests/dist_worker.py"), str(tmp_path), *common, "name=two", "train.batch_size=4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -54,9 +47,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
 def _fsdp_worker(rank, world, port, result_dir):
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         torch.manual_seed(0)
         ffn = create_ffn("bspline", 16, 12, grid_size=4)
         before = {n: p.detach().clone() for n, p in ffn.named_parameters()}
@@ -75,13 +66,11 @@ def _fsdp_worker(rank, world, port, result_dir):
         changed = all(not torch.equal(full[n], before[n]) for n in before)
         torch.save({"sharded": sharded, "changed": changed, "loss": loss.item(), "full": full},
                    f"{result_dir}/fsdp{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_fsdp2_shards_and_trains_a_kan_block(tmp_path):
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"fsdp{r}.pt") for r in (0, 1))
     assert r0["sharded"] and r1["sharded"] and r0["changed"] and r1["changed"]
     assert r0["loss"] != r1["loss"]  # different data per rank ...

@@ -2,12 +2,9 @@
 and extensions inside a model, scheduled grid work in the trainer with exact resume, telemetry records."""
 
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kanformer import create_ffn, kanify
@@ -15,13 +12,8 @@ from kanformer.config import load_config
 from kanformer.grids import extend_grids, grid_layers, union_rows, update_grids
 from kanformer.telemetry import InputRecorder, kan_modules, layer_telemetry
 from kanformer.train import train
+from tests.gloo import free_port, gloo_group
 from tests.tiny_models import build
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_data(rank):
@@ -32,9 +24,7 @@ def _rank_data(rank):
 def _grid_worker(rank, world, port, out):
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         results = {}
         for sharded in (False, True):
             torch.manual_seed(0)
@@ -48,13 +38,11 @@ def _grid_worker(rank, world, port, out):
             coef = layer.coef.full_tensor() if sharded else layer.coef.detach()
             results[sharded] = {"grid": layer.basis.grid.clone(), "coef": coef.clone(), "rows": len(rows["fc1"])}
         torch.save(results, f"{out}/grid{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_process_grid_update_is_identical_and_equals_the_union(tmp_path):
-    mp.spawn(_grid_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_grid_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"grid{r}.pt") for r in (0, 1))
     torch.manual_seed(0)
     single = create_ffn("bspline", 6, 5, grid_size=4)

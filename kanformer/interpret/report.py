@@ -28,72 +28,75 @@ def _safe(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _plot_edges(layer: KANLinear, x2: torch.Tensor, edges: list[tuple[int, int, float]], title: str,
-                path: Path) -> None:
+def _curve_over_inputs(ax, inputs: torch.Tensor, grid: torch.Tensor, values: torch.Tensor, color: str) -> None:
+    """A function's curve with the histogram of the inputs it sees drawn underneath (on its own hidden y-axis)."""
+    hist = ax.twinx()
+    hist.hist(inputs.numpy(), bins=50, color="0.85", density=True)
+    hist.set_yticks([])
+    ax.set_zorder(hist.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.plot(grid.numpy(), values.numpy(), color=color)
+
+
+def _panels(n: int, max_cols: int, width: float, height: float) -> tuple[Any, list[Any]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(3, len(edges))
-    rows = -(-len(edges) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (o, i, act) in zip(axes.flat, edges, strict=False):
-        xi = x2[:, i]
-        lo, hi = torch.quantile(xi, 0.005).item(), torch.quantile(xi, 0.995).item()
-        pad = 0.1 * (hi - lo + 1e-6)
-        grid = torch.linspace(lo - pad, hi + pad, 200)
-        probe = torch.zeros(len(grid), layer.in_features)
-        probe[:, i] = grid
-        with torch.no_grad():
-            phi = edge_function(layer, probe)[:, i, o]
-        hist = ax.twinx()
-        hist.hist(xi.numpy(), bins=50, color="0.85", density=True)
-        hist.set_yticks([])
-        ax.set_zorder(hist.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        ax.plot(grid.numpy(), phi.numpy(), color="C0")
-        ax.set_title(f"in {i} -> out {o}  (activity {act:.3g})", fontsize=9)
-        ax.set_xlabel(f"x_{i}")
-    for ax in list(axes.flat)[len(edges):]:
+    cols = min(max_cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
+def _finish(fig: Any, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _input_range(xs: torch.Tensor, *, rel: float = 0.0, absolute: float = 0.0) -> torch.Tensor:
+    """200 points over the central 99% of ``xs``, widened on each side by ``rel`` of that span plus ``absolute``."""
+    lo, hi = torch.quantile(xs, 0.005).item(), torch.quantile(xs, 0.995).item()
+    pad = rel * (hi - lo + 1e-6) + absolute
+    return torch.linspace(lo - pad, hi + pad, 200)
+
+
+def _plot_edges(layer: KANLinear, x2: torch.Tensor, edges: list[tuple[int, int, float]], title: str,
+                path: Path) -> None:
+    fig, axes = _panels(len(edges), 3, 4, 3)
+    for ax, (o, i, act) in zip(axes, edges, strict=True):
+        xi = x2[:, i]
+        grid = _input_range(xi, rel=0.1)
+        probe = torch.zeros(len(grid), layer.in_features)
+        probe[:, i] = grid
+        with torch.no_grad():
+            phi = edge_function(layer, probe)[:, i, o]
+        _curve_over_inputs(ax, xi, grid, phi, "C0")
+        ax.set_title(f"in {i} -> out {o}  (activity {act:.3g})", fontsize=9)
+        ax.set_xlabel(f"x_{i}")
+    _finish(fig, title, path)
+
+
 def _plot_rational(act: GroupRational, x2: torch.Tensor, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, act.groups)
-    rows = -(-act.groups // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 2.8 * rows), squeeze=False)
-    for g, ax in enumerate(axes.flat[: act.groups]):
+    fig, axes = _panels(act.groups, 4, 3.5, 2.8)
+    for g, ax in enumerate(axes):
         xs = x2[:, act.group_index == g].flatten()
-        lo, hi = torch.quantile(xs, 0.005).item(), torch.quantile(xs, 0.995).item()
-        grid = torch.linspace(lo - 0.5, hi + 0.5, 200)
+        grid = _input_range(xs, absolute=0.5)
         channel = int((act.group_index == g).nonzero()[0])
         probe = torch.zeros(len(grid), act.width)
         probe[:, channel] = grid
         with torch.no_grad():
             y = act(probe)[:, channel]
-        hist = ax.twinx()
-        hist.hist(xs.numpy(), bins=50, color="0.85", density=True)
-        hist.set_yticks([])
-        ax.set_zorder(hist.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        ax.plot(grid.numpy(), y.numpy(), color="C1")
+        _curve_over_inputs(ax, xs, grid, y, "C1")
         ax.set_title(f"group {g}", fontsize=9)
-    for ax in list(axes.flat)[act.groups:]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, title, path)
 
 
 def _record(model: nn.Module, calibration: list[dict[str, torch.Tensor]], modules: dict[str, nn.Module],
