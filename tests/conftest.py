@@ -8,6 +8,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Tests build many small models, each its own configuration: compiling the fused helpers for every one (what the
+# default kernel "auto" does when training) would dominate the run. They run on the eager lean path; the fused and
+# auto paths have their own tests (tests/test_kernels.py).
+os.environ.setdefault("KANFORMER_KERNEL", "lean")
 # One tokenised-data cache for the whole session (tests build the same small corpora many times).
 os.environ.setdefault("KANFORMER_CACHE", tempfile.mkdtemp(prefix="kanformer-test-cache-"))
 

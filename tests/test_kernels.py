@@ -2,11 +2,16 @@
 and far-out-of-range inputs, fp64 / fp32 / bf16 autocast; gradchecks; no saved (tokens x in x n_basis) tensor;
 dispatch switches; torch.compile(fullgraph=True) of a KAN GPT-2."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from kanformer import KANLinear, create_ffn, kanify
-from kanformer.layers.lean import get_kernel, kernel, set_kernel
+from kanformer.layers import lean
+from kanformer.layers.lean import get_kernel, kernel, set_kernel, use_lean
 from tests.tiny_models import build
 
 LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"]
@@ -141,21 +146,84 @@ def test_lean_rational_saves_only_the_inputs():
 
 
 def test_kernel_switches_and_errors():
-    assert get_kernel() == "auto"
+    before = get_kernel()  # the test session runs on "lean" (tests/conftest.py)
     with kernel("reference"):
         assert get_kernel() == "reference"
-    assert get_kernel() == "auto"
+    assert get_kernel() == before
     with pytest.raises(ValueError, match="Unknown KAN kernel 'fast'. Available: auto, lean, fused, triton, reference"):
         set_kernel("fast")
 
 
+def test_default_kernel_is_auto():
+    env = {k: v for k, v in os.environ.items() if k != "KANFORMER_KERNEL"}
+    out = subprocess.run([sys.executable, "-c", "from kanformer.layers.lean import get_kernel; print(get_kernel())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "auto"
+
+
+@pytest.mark.parametrize("name,kw", [("bspline", {"spline_order": k}) for k in range(1, 6)]
+                         + [("bspline", {"grid_size": 3, "grid_range": (-1.0, 3.0)}), ("rbf", {}), ("fourier", {})])
+def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
+    """The compiler-friendly elementwise forms (``fused_features`` / ``fused_input_grad``), evaluated eagerly."""
+    basis = KANLinear(D, H, name, **kw).double().basis
+    x = _inputs(torch.float64, n=200)
+    x[3:] = torch.linspace(-5, 5, (len(x) - 3) * D, dtype=torch.float64).view(-1, D)  # every interval and beyond
+    state = basis.fused_state()
+    assert state is not None
+    g = torch.randn(len(x), basis.n_basis, D, dtype=torch.float64)
+    torch.testing.assert_close(basis.fused_features(x, *state), basis.lean_features(x), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(basis.fused_input_grad(x, g, *state), basis.lean_input_grad(x, g), rtol=1e-9,
+                               atol=1e-9)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["chebyshev", "rational"])
+@pytest.mark.parametrize("name", LEAN_FFNS)
 def test_fused_kernels_equal_reference(name):
     """The fused mode compiles the lean path's elementwise work (inductor: C++ here, Triton on GPU)."""
     ffn = create_ffn(name, D, H)
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bspline", "rational"])
+def test_fused_kernels_equal_reference_under_bf16_autocast(name):
+    ffn = create_ffn(name, D, H)
+    x = _inputs(torch.float32)
+    fused, ref = _run(ffn, x, "fused", autocast=True), _run(ffn, x, "reference", autocast=True)
+    for a, b in zip([fused[0], fused[1], *fused[2].values()], [ref[0], ref[1], *ref[2].values()], strict=True):
+        assert ((a - b).norm() / b.norm().clamp_min(1e-6)).item() < 2e-2
+
+
+@pytest.mark.slow
+def test_auto_compiles_the_helpers_for_training_and_falls_back_when_compiling_fails(monkeypatch):
+    ffn = create_ffn("bspline", D, H)
+    x = _inputs(torch.float32)
+    lean._COMPILED.clear()
+    with kernel("auto"):
+        auto = _run(ffn, x, "auto")
+    assert any(key.endswith("[BSplineBasis]") for key in lean._COMPILED), lean._COMPILED.keys()
+    _close(auto, _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+    with torch.no_grad(), kernel("auto"):  # inference takes the reference path: nothing to recompute
+        assert not use_lean(True)
+
+    def broken(fn, **_):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here")
+        return run
+
+    lean._COMPILED.clear()
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(lean, "_FUSED_FAILED", [])
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*continuing on the lean"):
+        fallback = _run(ffn, x, "auto")
+    _close(fallback, auto, rtol=1e-4, atol=1e-4)
+    assert lean._FUSED_FAILED and not lean._fused()
+    _run(ffn, x, "auto")  # no second attempt, no second warning
+    assert len(lean._FUSED_FAILED) == 1
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # the fused mode itself does not hide it
+        _run(ffn, x, "fused")
+    lean._COMPILED.clear()
 
 
 @pytest.mark.slow

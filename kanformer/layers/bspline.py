@@ -42,20 +42,21 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([left, interior, right], dim=1)
 
 
-_POLYNOMIALS: dict[tuple[int, bool], torch.Tensor] = {}
+_POLYNOMIALS: dict[tuple[int, bool], list[list[float]]] = {}
 
 
-def _local_polynomials(order: int, derivative: bool = False) -> torch.Tensor:
-    """Coefficients ``(order+1, P)`` (lowest power first) of the order+1 uniform B-splines non-zero in an interval, as
-    polynomials of the local coordinate t in [0, 1): de Boor's triangle with knot differences in units of h, run on
-    polynomials. ``derivative``: their derivatives d/dt (P = order, or 1 for order 0)."""
+def _local_polynomials(order: int, derivative: bool = False) -> list[list[float]]:
+    """Coefficients ``[order+1][P]`` (lowest power first; plain floats, constants to a compiler) of the order+1
+    uniform B-splines non-zero in an interval, as polynomials of the local coordinate t in [0, 1): de Boor's triangle
+    with knot differences in units of h, run on polynomials. ``derivative``: their derivatives d/dt (P = order, or 1
+    for order 0)."""
     key = (order, derivative)
     if key not in _POLYNOMIALS:  # a plain dict, not functools.cache: torch.compile traces through it silently
         _POLYNOMIALS[key] = _polynomials(order, derivative)
     return _POLYNOMIALS[key]
 
 
-def _polynomials(order: int, derivative: bool) -> torch.Tensor:
+def _polynomials(order: int, derivative: bool) -> list[list[float]]:
     def add(p: list[float], q: list[float]) -> list[float]:
         n = max(len(p), len(q))
         return [(p[i] if i < len(p) else 0.0) + (q[i] if i < len(q) else 0.0) for i in range(n)]
@@ -79,7 +80,42 @@ def _polynomials(order: int, derivative: bool) -> torch.Tensor:
     if derivative:
         values = [[i * c for i, c in enumerate(v)][1:] or [0.0] for v in values]
     width = max(len(v) for v in values)
-    return torch.tensor([v + [0.0] * (width - len(v)) for v in values], dtype=torch.float64)
+    return [v + [0.0] * (width - len(v)) for v in values]
+
+
+def _poly(coeffs: list[float], t: torch.Tensor) -> torch.Tensor:
+    """sum_p coeffs[p] t^p by Horner's rule, skipping zero terms (a compiler sees only the operations needed)."""
+    nonzero = [p for p, c in enumerate(coeffs) if c != 0]
+    if not nonzero:
+        return torch.zeros_like(t)
+    lo, hi = nonzero[0], nonzero[-1]
+    value = t * coeffs[hi] if hi > lo else torch.full_like(t, coeffs[hi])
+    for p in range(hi - 1, lo - 1, -1):
+        value = value + coeffs[p] if coeffs[p] != 0 else value
+        if p > lo:
+            value = value * t
+    for _ in range(lo):
+        value = value * t
+    return value
+
+
+def _cardinal(d: torch.Tensor, order: int, derivative: bool = False) -> torch.Tensor:
+    """The uniform (cardinal) B-spline of ``order`` with support [0, order+1), or its derivative, at ``d``, as one
+    elementwise expression: it is symmetric about (order+1)/2, so d is folded onto the left half and only
+    order//2 + 1 of its polynomial pieces (``_local_polynomials``: piece q is local value order - q) are evaluated."""
+    polys = _local_polynomials(order, derivative)
+    centre = (order + 1) / 2
+    e = d - centre
+    folded = centre - e.abs()  # <= centre; < 0 outside the support
+    pieces = order // 2 + 1
+    piece = torch.floor(folded).clamp(max=pieces - 1)
+    t = folded - piece
+    value = _poly(polys[order], t)
+    for q in range(1, pieces):
+        value = torch.where(piece == q, _poly(polys[order - q], t), value)
+    if derivative:  # the right half mirrors the left: M'(d) = -M'(order + 1 - d)
+        value = torch.where(e < 0, value, -value)
+    return torch.where(folded >= 0, value, 0.0)
 
 
 @register_basis("bspline")
@@ -199,7 +235,7 @@ class BSplineBasis(Basis):
         """The order+1 splines non-zero in an interval (value r is spline m - order + r) at local coordinate t,
         ``(order+1, N, I)``: fixed polynomials of t (``_local_polynomials``), so one small matmul with the powers of
         t; with ``derivative`` their derivatives d/dt (divide by h for d/dx)."""
-        coef = _local_polynomials(order, derivative).to(device=t.device, dtype=t.dtype)  # (order+1, P)
+        coef = torch.tensor(_local_polynomials(order, derivative), device=t.device, dtype=t.dtype)  # (order+1, P)
         powers = t.new_empty(coef.shape[1], *t.shape)  # (P, N, I): 1, t, t^2, ...
         powers[0] = 1
         for p in range(1, coef.shape[1]):
@@ -210,6 +246,30 @@ class BSplineBasis(Basis):
         """(t0, 1/h, k) for the fused Triton kernels (layers/triton_kan.py), or None on a non-uniform grid."""
         uniform = self._uniform()
         return None if uniform is None else (uniform[0], 1.0 / uniform[1], self.spline_order)
+
+    # The fused mode compiles elementwise forms instead: spline j at x is the cardinal B-spline at s - j, one
+    # expression per (token, basis, input) that a compiler turns into a single vectorised loop (no scatter).
+    def fused_state(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(t0, 1/h) per input for ``fused_features``; None on a non-uniform grid (the lean form serves)."""
+        uniform = self._uniform()
+        if uniform is None:
+            return None
+        for derivative in (False, True):  # filled here, not while compiling (a cache miss there forces a recompile)
+            _local_polynomials(self.spline_order, derivative)
+        return uniform[0], 1.0 / uniform[1]
+
+    def fused_features(self, x: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor) -> torch.Tensor:
+        s = (x - t0.to(x.dtype)) * inv_h.to(x.dtype)  # (N, I): position in units of h from the first knot
+        j = torch.arange(self.n_basis, device=x.device, dtype=x.dtype)
+        return _cardinal(s.unsqueeze(1) - j[:, None], self.spline_order)  # (N, B, I)
+
+    def fused_input_grad(self, x: torch.Tensor, g: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor
+                         ) -> torch.Tensor:
+        s = (x - t0.to(x.dtype)) * inv_h.to(x.dtype)
+        acc = torch.zeros_like(x)
+        for j in range(self.n_basis):  # a sum of (N, I) terms: one loop over (N, I), not a strided reduction
+            acc = acc + g[:, j] * _cardinal(s - j, self.spline_order, derivative=True)
+        return acc * inv_h.to(x.dtype)
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()

@@ -57,9 +57,8 @@ class ChebyshevBasis(Basis):
         out[:, 0] = 1
         if self.degree >= 1:
             out[:, 1] = t
-        for d in range(2, self.degree + 1):
-            torch.mul(t2, out[:, d - 1], out=out[:, d])
-            out[:, d].sub_(out[:, d - 2])
+        for d in range(2, self.degree + 1):  # slice assignment, not out= (which torch.compile cannot trace)
+            out[:, d] = t2 * out[:, d - 1] - out[:, d - 2]
         return out
 
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

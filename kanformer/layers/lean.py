@@ -17,17 +17,23 @@ to decline). Without an analytic derivative the recomputed basis is differentiat
 Bases with a differentiable pre-transform (RBF's LayerNorm) apply it outside, under ordinary autograd.
 
 Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
-"reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``auto`` takes the Triton kernels where they apply
-(CUDA), else the lean path, when autograd records (training); the reference path without autograd (inference) and
-under ``torch.compile``, whose own fusion and recomputation (min-cut rematerialisation) then apply; ``fused`` is
-the lean path with each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on
-CPU, Triton on GPU; seconds of compilation per process, once per basis kind); ``reference`` forces the definition.
+"reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
+GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on GPU; seconds of
+compilation per process and configuration); a basis may give compiler-friendly forms for it (``fused_state()`` and
+``fused_features(u, *state)`` / ``fused_input_grad(u, g, *state)``: broadcast expressions instead of scatters or
+host reads). ``auto`` (the default) takes, when autograd records (training), the hand-written Triton kernels where
+they apply (CUDA), else ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails;
+without autograd (inference) and under ``torch.compile`` it takes the reference path, whose fusion and
+recomputation (min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,31 +99,96 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 _COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by qualified name
 _TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
+_FUSED_FAILED: list[str] = []  # why compiling failed in this process (auto then stays on the lean path)
 
 
-def _kernel_fn(fn: Any, x: torch.Tensor | None = None) -> Any:
+def _fused() -> bool:
+    """Whether the elementwise helpers run compiled now: kernel ``fused``, or ``auto`` while compiling works here."""
+    mode = get_kernel()
+    return mode == "fused" or (mode == "auto" and not _FUSED_FAILED)
+
+
+def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     """``fn`` itself; its hand-written Triton kernel (layers/triton_kan.py) where one exists and runs on ``x``
-    (kernels auto / triton); or in the fused mode its torch.compile'd version (one fused loop: C++ on CPU, Triton on
-    GPU; compiled once per process, token count dynamic)."""
+    (kernels auto / triton); or, when ``_fused()``, its torch.compile'd version (one fused loop: C++ on CPU, Triton
+    on GPU; compiled once per process and configuration, token count dynamic). Under ``auto`` a compilation that
+    fails (no C++ compiler, say) is reported once and the process continues on the eager helpers.
+
+    ``tag`` (the basis class) gives each caller its own compiled copy: torch.compile keeps one cache per code object,
+    limited to a few configurations, which a process cycling through every basis would otherwise exhaust."""
     mode = get_kernel()
     if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
         return _TRITON[fn.__name__]
-    if mode != "fused":
+    if not _fused():
         return fn
-    if fn.__qualname__ not in _COMPILED:
-        _COMPILED[fn.__qualname__] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn.__qualname__]
+    key = f"{fn.__qualname__}[{tag}]"
+    if key not in _COMPILED:
+        code = fn.__code__.replace()  # a distinct code object, so a distinct compile cache
+        copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        _COMPILED[key] = torch.compile(copy, dynamic=True)
+    if mode == "fused":
+        return _COMPILED[key]
+    return functools.partial(_compiled_or_eager, fn, _COMPILED[key])
 
 
-def _features(basis: Any, u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, B*I) basis values in ``dtype``; low-precision inputs are evaluated in fp32 (as the reference does)."""
+def _compiled_or_eager(fn: Any, compiled: Any, *args: Any) -> Any:
+    try:
+        return compiled(*args)
+    except Exception as err:  # the eager helper decides whether this is the input's fault or the compiler's
+        result = fn(*args)  # raises the input's own error
+        _FUSED_FAILED.append(f"{type(err).__name__}: {err}".splitlines()[0])
+        warnings.warn(f"KAN kernel 'auto': compiling the fused helpers failed ({_FUSED_FAILED[0]}); continuing on "
+                      "the lean (eager) path. Set kernel 'lean' to skip the attempt.", RuntimeWarning, stacklevel=2)
+        return result
+
+
+def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
+              dtype: torch.dtype) -> torch.Tensor:
+    """(N, B, I) basis values in ``dtype``, with ``silu(x)`` appended as basis B when ``x`` is given (the SiLU base
+    branch, so one matmul serves both branches). ``state`` (not None): the basis' compiler-friendly elementwise form
+    ``fused_features(u, *state)``. Low-precision inputs are evaluated in fp32 (as the reference does)."""
     uc = u.float() if u.dtype in _LOW_PRECISION else u
-    return _kernel_fn(type(basis).lean_features)(basis, uc).reshape(len(u), -1).to(dtype)  # (N, B*I)
+    feats = basis.fused_features(uc, *state) if state is not None else basis.lean_features(uc)
+    if x is not None:
+        feats = torch.cat([feats, F.silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
+    return feats.to(dtype)
 
 
-def _basis_major(coef: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(O, I, B) -> (O, B*I), matching the (N, B, I) feature layout."""
-    return coef.to(dtype).permute(0, 2, 1).reshape(coef.shape[0], -1)
+def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
+    the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one); summed into the
+    first when ``same`` (u is x)."""
+    uc = u.float() if u.dtype in _LOW_PRECISION else u
+    g_basis = g[:, : basis.n_basis].to(uc.dtype)
+    g_u = None
+    if analytic and state is not None:
+        g_u = basis.fused_input_grad(uc, g_basis, *state)
+    elif analytic and hasattr(basis, "lean_input_grad"):
+        g_u = basis.lean_input_grad(uc, g_basis)  # None: declined
+    g_x = None
+    if x is not None:
+        xc = x.float() if x.dtype in _LOW_PRECISION else x
+        g_x = g[:, -1].to(xc.dtype) * _silu_grad(xc)
+        if same and g_u is not None:
+            g_u, g_x = g_u + g_x, None
+    return g_u, g_x
+
+
+def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """(O, I, B) [and the base weights (O, I)] -> (O, B[+1]) * I), matching the (N, B[+1], I) feature layout."""
+    w = coef.to(dtype).permute(0, 2, 1)  # (O, B, I)
+    if base is not None:
+        w = torch.cat([w, base.to(dtype).unsqueeze(1)], dim=1)
+    return w.reshape(coef.shape[0], -1)
+
+
+def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
+    """The arguments of the basis' elementwise form in the fused mode, None where it has none (or does not apply)."""
+    if not _fused() or not hasattr(basis, "fused_state"):
+        return None
+    return basis.fused_state()
 
 
 class LeanKANFunction(torch.autograd.Function):
@@ -126,15 +197,17 @@ class LeanKANFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
-                bias: torch.Tensor | None, basis: Any, *params: torch.Tensor) -> torch.Tensor:
+                bias: torch.Tensor | None, basis: Any, state: tuple[torch.Tensor, ...] | None,
+                *params: torch.Tensor) -> torch.Tensor:
         dtype = _compute_dtype(u)
+        xb = x if base is not None else None
         with torch.autocast(u.device.type, enabled=False):
-            feats = _features(basis, u, dtype)  # (N, B*I)
-            w = _basis_major(coef, dtype)  # (O, B*I)
+            features = _kernel_fn(_features, tag=type(basis).__name__)
+            feats = features(basis, u, xb, state, dtype).reshape(len(u), -1)  # (N, B[+1]*I)
+            w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
             y = feats @ w.T if bias is None else torch.addmm(bias.to(dtype), feats, w.T)  # (N, O)
-            if base is not None:
-                y = torch.addmm(y, F.silu(x.to(dtype)), base.to(dtype).T)
-        ctx.basis, ctx.dtype, ctx.has_base, ctx.has_bias = basis, dtype, base is not None, bias is not None
+        ctx.basis, ctx.dtype, ctx.state, ctx.has_base, ctx.has_bias = basis, dtype, state, base is not None, \
+            bias is not None
         ctx.same = x is u
         ctx.save_for_backward(u, torch.empty(0) if ctx.same else x, coef, base if base is not None else torch.empty(0),
                               *params)
@@ -144,39 +217,40 @@ class LeanKANFunction(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, x, coef, base, *params = ctx.saved_tensors
         x = u if ctx.same else x
-        basis, dtype = ctx.basis, ctx.dtype
+        basis, dtype, state = ctx.basis, ctx.dtype, ctx.state
+        base = base if ctx.has_base else None
+        xb = x if ctx.has_base else None
         n, i_in = u.shape
         o, _, b = coef.shape
         gy = gy.to(dtype)
         with torch.autocast(u.device.type, enabled=False):
-            feats = _features(basis, u, dtype)  # recomputed (N, B*I)
-            g_coef = None
-            if ctx.needs_input_grad[2]:
-                g_coef = (gy.T @ feats).reshape(o, b, i_in).permute(0, 2, 1).contiguous().to(coef.dtype)
-            del feats
-            g_feats = (gy @ _basis_major(coef, dtype)).reshape(n, b, i_in)  # (N, B, I)
-            uc = u.float() if u.dtype in _LOW_PRECISION else u
+            g_coef, g_base = None, None
+            if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+                features = _kernel_fn(_features, tag=type(basis).__name__)
+                feats = features(basis, u, xb, state, dtype).reshape(n, -1)  # recomputed
+                g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
+                del feats
+                if ctx.needs_input_grad[2]:
+                    g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
+                if base is not None and ctx.needs_input_grad[3]:
+                    g_base = g_w[:, b].to(base.dtype)
+            g_feats = (gy @ _basis_major(coef, base, dtype)).view(n, -1, i_in)  # (N, B[+1], I)
+            input_grads = _kernel_fn(_input_grads, tag=type(basis).__name__)
+            g_u, g_x = input_grads(basis, u, xb, g_feats, state, not params, ctx.same)
             g_params: tuple[torch.Tensor | None, ...] = (None,) * len(params)
-            g_u = None
-            if hasattr(basis, "lean_input_grad") and not params:
-                g_u = _kernel_fn(type(basis).lean_input_grad)(basis, uc, g_feats.to(uc.dtype))  # None: declined
             if g_u is None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
+                uc = u.float() if u.dtype in _LOW_PRECISION else u
                 with torch.enable_grad():
                     ur = uc.detach().requires_grad_(True)
                     values = basis.lean_features(ur)
-                    grads = torch.autograd.grad(values, [ur, *params], g_feats.to(values.dtype), allow_unused=True)
+                    grads = torch.autograd.grad(values, [ur, *params], g_feats[:, :b].to(values.dtype),
+                                                allow_unused=True)
                 g_u, g_params = grads[0], tuple(grads[1:])
-            g_base, g_x = None, None
-            if ctx.has_base:
-                xd = x.to(dtype)
-                if ctx.needs_input_grad[3]:
-                    g_base = (gy.T @ F.silu(xd)).to(base.dtype)
-                g_x = ((gy @ base.to(dtype)) * _silu_grad(xd)).to(x.dtype)
+                if ctx.same and g_x is not None:
+                    g_u, g_x = g_u + g_x, None
             g_bias = gy.sum(0).to(coef.dtype) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        g_u = g_u.to(u.dtype)
-        if ctx.same and g_x is not None:
-            g_u, g_x = g_u + g_x, None
-        return (g_u, g_x, g_coef, g_base, g_bias, None, *g_params)
+        return (g_u.to(u.dtype), None if g_x is None else g_x.to(x.dtype), g_coef, g_base, g_bias, None, None,
+                *g_params)
 
 
 def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
@@ -210,15 +284,17 @@ def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | No
         return y
     u = basis.lean_pre(x) if hasattr(basis, "lean_pre") else x
     params = tuple(basis.lean_params()) if hasattr(basis, "lean_params") else ()
-    return LeanKANFunction.apply(u, x, coef, base, bias, basis, *params)
+    return LeanKANFunction.apply(u, x, coef, base, bias, basis, _fused_state(basis), *params)
 
 
 # -- GR-KAN: rational activation fused with the linear layer after it --------------------------------------------
+# Coefficients are coefficient-major here, (J, C): power j of every channel is one contiguous row, so a compiled loop
+# over channels reads them with vector loads (the (C, J) layout makes those strided gathers: ~4x slower on CPU).
 def _horner(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_j coeffs[:, j] x^j with per-channel coefficients ``(C, J)`` on ``x`` ``(N, C)``."""
-    out = coeffs[:, -1].expand_as(x).clone()
-    for j in range(coeffs.shape[1] - 2, -1, -1):
-        out.mul_(x).add_(coeffs[:, j])
+    """sum_j coeffs[j] x^j with per-channel coefficients ``(J, C)`` on ``x`` ``(N, C)``."""
+    out = coeffs[-1].expand_as(x).clone()
+    for j in range(coeffs.shape[0] - 2, -1, -1):
+        out.mul_(x).add_(coeffs[j])
     return out
 
 
@@ -226,12 +302,13 @@ def _rational_parts(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[
                                                                                  torch.Tensor]:
     """P(x), z(x) = sum_j b_j x^j and Q = 1 + |z| (layers/rational.py's safe denominator)."""
     p = _horner(a, x)
-    z = _horner(b, x).mul_(x) if b.shape[1] else torch.zeros_like(x)
+    z = _horner(b, x).mul_(x) if b.shape[0] else torch.zeros_like(x)
     return p, z, z.abs().add_(1)
 
 
 def rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """R(x) = P(x) / Q(x) with per-channel coefficients (elementwise; compiled in the fused mode)."""
+    """R(x) = P(x) / Q(x) with per-channel coefficients a (m+1, C), b (n, C) (elementwise; compiled in the fused
+    mode)."""
     p, _, q = _rational_parts(x, a, b)
     return p.div_(q)
 
@@ -240,15 +317,15 @@ def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: to
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """From dL/dR (N, C): R(x) (recomputed), dL/dx, and the per-channel coefficient gradients dL/da (C, m+1),
     dL/db (C, n), reduced over tokens without a (N, C, degree) tensor of powers (compiled in the fused mode)."""
-    m, n = a.shape[1] - 1, b.shape[1]
+    m, n = a.shape[0] - 1, b.shape[0]
     p, z, q = _rational_parts(x, a, b)
     r = p / q
     gq = g_r / q  # dL/dR / Q
     share = r * torch.sign(z) * gq  # dL/dR * R/Q * sign(z): the denominator's share
     # dR/dx = P'/Q - (R/Q) sign(z) z'
-    g_x = gq * _horner(a[:, 1:] * torch.arange(1, m + 1, device=a.device, dtype=a.dtype), x) if m else 0 * x
+    g_x = gq * _horner(a[1:] * torch.arange(1, m + 1, device=a.device, dtype=a.dtype)[:, None], x) if m else 0 * x
     if n:
-        g_x = g_x - share * _horner(b * torch.arange(1, n + 1, device=b.device, dtype=b.dtype), x)
+        g_x = g_x - share * _horner(b * torch.arange(1, n + 1, device=b.device, dtype=b.dtype)[:, None], x)
     g_a, g_b = [gq.sum(0)], []
     power = x
     for j in range(1, max(m, n) + 1):
@@ -262,7 +339,22 @@ def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: to
     return r, g_x, torch.stack(g_a, dim=1), g_b_t
 
 
-_TRITON.update(rational_values=triton_rational_forward, rational_backward=triton_rational_backward)
+def _triton_rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return triton_rational_forward(x, a.T, b.T)  # the kernel reads (C, J) tables
+
+
+def _triton_rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return triton_rational_backward(x, g_r, a.T, b.T)
+
+
+_TRITON.update(rational_values=_triton_rational_values, rational_backward=_triton_rational_backward)
+
+
+def _channel_tables(num: torch.Tensor, den: torch.Tensor, group_index: torch.Tensor, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel coefficient tables from the per-group ones: (m+1, C) and (n, C), coefficient-major."""
+    return num.to(dtype).T[:, group_index].contiguous(), den.to(dtype).T[:, group_index].contiguous()
 
 
 class LeanRationalLinearFunction(torch.autograd.Function):
@@ -275,7 +367,8 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
-            r = _kernel_fn(rational_values, x)(xc, num[group_index].to(xc.dtype), den[group_index].to(xc.dtype))
+            a, b = _channel_tables(num, den, group_index, xc.dtype)
+            r = _kernel_fn(rational_values, x)(xc, a, b)
             r, w = r.to(dtype), weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias = dtype, bias is not None
@@ -289,7 +382,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.float() if x.dtype in _LOW_PRECISION else x
-            a, b = num[group_index].to(xc.dtype), den[group_index].to(xc.dtype)  # (C, m+1), (C, n)
+            a, b = _channel_tables(num, den, group_index, xc.dtype)
             g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
             r, g_x, g_a, g_b = _kernel_fn(rational_backward, x)(xc, g_r, a, b)
             g_w = (gy.T @ r.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[4] else None
