@@ -23,8 +23,9 @@ compilation per process and configuration); a basis may give compiler-friendly f
 ``fused_features(u, *state)`` / ``fused_input_grad(u, g, *state)``: broadcast expressions instead of scatters or
 host reads). ``auto`` (the default) takes, when autograd records (training), the hand-written Triton kernels where
 they apply (CUDA), else ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails;
-without autograd (inference) and under ``torch.compile`` it takes the reference path, whose fusion and
-recomputation (min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
+without autograd (inference) it takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom
+ops) takes the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does.
+``reference`` forces the definition.
 """
 
 from __future__ import annotations
@@ -79,11 +80,15 @@ def use_lean(available: bool = True) -> bool:
     mode = get_kernel()
     if mode == "reference" or not available:
         return False
-    if mode in ("lean", "fused", "triton"):
+    if mode == "triton":
+        return True  # custom ops: torch.compile traces through them
+    if torch.compiler.is_compiling():
+        return False  # the compiler fuses and rematerialises the reference itself (lean's helpers are eager code)
+    if mode in ("lean", "fused"):
         return True
     # auto: the lean path exists to keep activations out of memory, so it serves training; without autograd
     # (evaluation, generation) nothing is saved anyway and the reference forward has less overhead per call
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    return torch.is_grad_enabled()
 
 
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
@@ -191,6 +196,37 @@ def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
     return basis.fused_state()
 
 
+def _lean_forward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: torch.Tensor, base: torch.Tensor | None,
+                  bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype
+                  ) -> torch.Tensor:
+    """``y = F(u) @ W^T (+ bias)``: the whole layer, one compiled graph in the fused mode (features, weight layout and
+    the matmul; one call per layer, so the per-call overhead is paid once)."""
+    feats = _features(basis, u, x, state, dtype).reshape(len(u), -1)  # (N, B[+1]*I)
+    w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
+    return feats @ w.T if bias is None else torch.addmm(bias.to(dtype), feats, w.T)  # (N, O)
+
+
+def _lean_backward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: torch.Tensor, base: torch.Tensor | None,
+                   gy: torch.Tensor, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool,
+                   analytic: bool, same: bool) -> tuple[torch.Tensor | None, ...]:
+    """dL/dcoef, dL/dbase (when ``need_w``), dL/du, dL/dx (``_input_grads``) from dL/dy, the features recomputed; and
+    dL/dfeatures of the basis when it has no analytic derivative (dL/du is then None: the caller differentiates the
+    recomputed basis by autograd). One compiled graph in the fused mode."""
+    n, i_in = u.shape
+    o, _, b = coef.shape
+    w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
+    g_coef, g_base = None, None
+    if need_w:
+        feats = _features(basis, u, x, state, dtype).reshape(n, -1)  # recomputed (N, B[+1]*I)
+        g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
+        g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
+        if base is not None:
+            g_base = g_w[:, b].to(base.dtype)
+    g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
+    g_u, g_x = _input_grads(basis, u, x, g_feats, state, analytic, same)
+    return g_coef, g_base, g_u, g_x, g_feats[:, :b] if g_u is None else None
+
+
 class LeanKANFunction(torch.autograd.Function):
     """``y = F(u) @ coef^T (+ silu(x) @ base^T) (+ bias)``, saving ``u``, ``x`` and the weights only (``u`` is the
     basis input, ``x`` the layer input: the same tensor unless the basis transforms its input first)."""
@@ -200,12 +236,9 @@ class LeanKANFunction(torch.autograd.Function):
                 bias: torch.Tensor | None, basis: Any, state: tuple[torch.Tensor, ...] | None,
                 *params: torch.Tensor) -> torch.Tensor:
         dtype = _compute_dtype(u)
-        xb = x if base is not None else None
         with torch.autocast(u.device.type, enabled=False):
-            features = _kernel_fn(_features, tag=type(basis).__name__)
-            feats = features(basis, u, xb, state, dtype).reshape(len(u), -1)  # (N, B[+1]*I)
-            w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
-            y = feats @ w.T if bias is None else torch.addmm(bias.to(dtype), feats, w.T)  # (N, O)
+            forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
+            y = forward(basis, u, x if base is not None else None, coef, base, bias, state, dtype)
         ctx.basis, ctx.dtype, ctx.state, ctx.has_base, ctx.has_bias = basis, dtype, state, base is not None, \
             bias is not None
         ctx.same = x is u
@@ -217,40 +250,28 @@ class LeanKANFunction(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, x, coef, base, *params = ctx.saved_tensors
         x = u if ctx.same else x
-        basis, dtype, state = ctx.basis, ctx.dtype, ctx.state
+        basis = ctx.basis
         base = base if ctx.has_base else None
         xb = x if ctx.has_base else None
-        n, i_in = u.shape
-        o, _, b = coef.shape
-        gy = gy.to(dtype)
+        need_w = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
         with torch.autocast(u.device.type, enabled=False):
-            g_coef, g_base = None, None
-            if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-                features = _kernel_fn(_features, tag=type(basis).__name__)
-                feats = features(basis, u, xb, state, dtype).reshape(n, -1)  # recomputed
-                g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
-                del feats
-                if ctx.needs_input_grad[2]:
-                    g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
-                if base is not None and ctx.needs_input_grad[3]:
-                    g_base = g_w[:, b].to(base.dtype)
-            g_feats = (gy @ _basis_major(coef, base, dtype)).view(n, -1, i_in)  # (N, B[+1], I)
-            input_grads = _kernel_fn(_input_grads, tag=type(basis).__name__)
-            g_u, g_x = input_grads(basis, u, xb, g_feats, state, not params, ctx.same)
+            backward = _kernel_fn(_lean_backward, tag=type(basis).__name__)
+            g_coef, g_base, g_u, g_x, g_feats = backward(basis, u, xb, coef, base, gy.to(ctx.dtype), ctx.state,
+                                                         ctx.dtype, need_w, not params, ctx.same)
             g_params: tuple[torch.Tensor | None, ...] = (None,) * len(params)
             if g_u is None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
                 uc = u.float() if u.dtype in _LOW_PRECISION else u
                 with torch.enable_grad():
                     ur = uc.detach().requires_grad_(True)
                     values = basis.lean_features(ur)
-                    grads = torch.autograd.grad(values, [ur, *params], g_feats[:, :b].to(values.dtype),
-                                                allow_unused=True)
+                    grads = torch.autograd.grad(values, [ur, *params], g_feats.to(values.dtype), allow_unused=True)
                 g_u, g_params = grads[0], tuple(grads[1:])
                 if ctx.same and g_x is not None:
                     g_u, g_x = g_u + g_x, None
             g_bias = gy.sum(0).to(coef.dtype) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        return (g_u.to(u.dtype), None if g_x is None else g_x.to(x.dtype), g_coef, g_base, g_bias, None, None,
-                *g_params)
+        return (g_u.to(u.dtype), None if g_x is None else g_x.to(x.dtype),
+                g_coef if ctx.needs_input_grad[2] else None, g_base if ctx.needs_input_grad[3] else None, g_bias,
+                None, None, *g_params)
 
 
 def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
