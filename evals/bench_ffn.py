@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
-                   help="KAN layer path (auto: the memory-lean path in eager mode)")
+                   help="KAN layer path (auto, when training: Triton kernels where they apply, else "
+                   "the compiled lean path)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "repeats"):

@@ -7,7 +7,7 @@ same code path); the step is forward + backward + AdamW. Ratios are against the 
     python -m evals.bench_model                                  # CPU: 4 layers, d_model 384, 4 x 256 tokens
     python -m evals.bench_model --gpu --json evals/out/gpu.json  # every GPU check in one go (see below)
 
-``--gpu`` runs, on CUDA: the lean / fused / Triton paths against the reference (outputs and gradients) on random
+``--gpu`` runs, on CUDA: the auto / lean / fused / Triton paths against the reference (outputs and gradients) on random
 and out-of-range inputs; the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
 benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path; the targets evaluated; one JSON.
 """
@@ -139,14 +139,17 @@ def gpu_checks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
-               model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5) -> dict[str, Any]:
+               model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5,
+               modes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
-    (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict."""
+    (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
+    the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``)."""
     from evals import bench_ffn
     from kanformer.layers import triton_kan
 
     out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__}
-    fast = ("lean", "fused", *(("triton",) if triton_kan.triton_available(torch.zeros(1, device=device)) else ()))
+    triton = triton_kan.triton_available(torch.zeros(1, device=device))
+    fast = modes or ("auto", "lean", "fused", *(("triton",) if triton else ()))
     out["kernels"] = list(fast)
     start = time.perf_counter()
     out["correctness"] = check_fast_paths(device, fast)

@@ -118,7 +118,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: str = "none"  # none | model | regional (each transformer block)
-    kernel: str = "auto"  # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/lean.py)
+    # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/lean.py); unset: the process's
+    # (KANFORMER_KERNEL, else auto)
+    kernel: str | None = None
     grad_checkpointing: bool = False
     eval_every: int = 50
     eval_batches: int = 8
@@ -141,7 +143,8 @@ class TrainConfig:
         _choice("train.compile", self.compile, COMPILE)
         from .layers.lean import KERNELS
 
-        _choice("train.kernel", self.kernel, KERNELS)
+        if self.kernel is not None:
+            _choice("train.kernel", self.kernel, KERNELS)
         _choice("train.nonfinite", self.nonfinite, NONFINITE)
 
 

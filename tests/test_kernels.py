@@ -252,12 +252,13 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     from evals.bench_model import all_checks
 
     args = argparse.Namespace(warmup=1, arms=None)
+    # the lean path only: compiling the fused graphs of every FFN would take minutes here (tested on their own above)
     out = all_checks(args, torch.device("cpu"), {"d_model": 16, "tokens": 64},
                      {"n_layer": 1, "d_model": 32, "n_head": 2, "seq": 16, "batch": 2, "vocab": 64},
-                     repeats=1, steps=1)
+                     repeats=1, steps=1, modes=("lean",))
     assert all(r["ok"] for r in out["correctness"]), [r for r in out["correctness"] if not r["ok"]]
-    assert set(out["ffn"]) == {"reference", "lean", "fused"} and set(out["model"]) == {"lean", "fused"}
-    assert len(out["targets"]) == 8 and all(isinstance(t["met"], bool) for t in out["targets"].values())
+    assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
+    assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
 
 

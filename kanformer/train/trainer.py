@@ -62,7 +62,8 @@ class Trainer:
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with="wandb" if use_wandb else None, project_dir=str(self.run_dir))
         set_seed(t.seed)
-        set_kernel(t.kernel)
+        if t.kernel is not None:
+            set_kernel(t.kernel)
         self.is_text = cfg.model.arch == "gpt2"
         self._load_data()
         self.model, self.kanify_report = build_model(
