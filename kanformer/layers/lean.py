@@ -3,12 +3,14 @@ the backward pass, so no (tokens, in, n_basis) tensor lives between forward and 
 
 Legend: N tokens, I inputs, O outputs, B basis functions per input.
 
-    forward:  F = basis(x) (N, B*I);  y = F @ C^T + silu(x) @ W^T + bias           saves x (N, I) only
-    backward: F recomputed;  dC = gy^T F;  dF = gy @ C;  dx = sum_b dF * dF/dx  (+ base branch)
+    forward:  F = [basis(x), silu(x)] (N, (B+1)*I);  y = F @ [C, W]^T + bias          saves x (N, I) only
+    backward: F recomputed;  d[C, W] = gy^T F;  dF = gy @ [C, W];  dx = sum_b dF_b * f_b'(x)
 
 Here the features are laid out basis-major, (N, B, I): each basis function's values for all inputs form one
 contiguous row segment, so a basis is evaluated with whole-row vector operations instead of stride-B writes; the
-coefficients are permuted to match (O, I, B) -> (O, B*I), a small copy per call.
+SiLU base branch, where the layer has one, is appended as basis B, so one matmul serves both branches. The
+coefficients are permuted (and the base weights appended) to match: (O, I, B) -> (O, (B+1)*I), a small copy per
+call. In the fused mode the forward and the backward of a layer are one compiled graph each.
 
 A basis opts in by implementing ``lean_features(u) -> (N, B, I)`` (equal to its reference ``forward`` within dtype
 tolerance) and, for speed, ``lean_input_grad(u, g) -> (N, I)`` (the analytic ``sum_b g[:, b] * f_b'(u)``, or None
