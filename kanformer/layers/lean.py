@@ -104,7 +104,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by qualified name
+_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by "qualified name[basis class]"
 _TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
 _FUSED_FAILED: list[str] = []  # why compiling failed in this process (auto then stays on the lean path)
 
@@ -184,7 +184,7 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """(O, I, B) [and the base weights (O, I)] -> (O, B[+1]) * I), matching the (N, B[+1], I) feature layout."""
+    """(O, I, B) [and the base weights (O, I)] -> (O, (B[+1]) * I), matching the (N, B[+1], I) feature layout."""
     w = coef.to(dtype).permute(0, 2, 1)  # (O, B, I)
     if base is not None:
         w = torch.cat([w, base.to(dtype).unsqueeze(1)], dim=1)
