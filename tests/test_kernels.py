@@ -171,19 +171,28 @@ def test_default_kernel_is_auto():
                          + [("bspline", {"grid_size": 8, "grid_range": (-1.0, 3.0)}), ("rbf", {"layernorm": False}),
                             ("fourier", {})])
 def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
-    """The compiler-friendly elementwise forms (``fused_features`` / ``fused_input_grad``), evaluated eagerly, against
-    the lean features and autograd through the reference basis."""
+    """The compiler-friendly per-function form (``fused_term``: value and slope of basis j), evaluated eagerly, against
+    the lean features and autograd through the reference basis; and the fused backward's one pass (features and input
+    gradient together) against the same."""
     basis = KANLinear(D, H, name, **kw).double().basis
     x = _inputs(torch.float64, n=200)
     x[3:] = torch.linspace(-5, 5, (len(x) - 3) * D, dtype=torch.float64).view(-1, D)  # every interval and beyond
     state = basis.fused_state()
     assert state is not None
     g = torch.randn(len(x), basis.n_basis, D, dtype=torch.float64)
-    torch.testing.assert_close(basis.fused_features(x, *state), basis.lean_features(x), rtol=1e-9, atol=1e-12)
+    values, g_x = lean._terms(basis, x, state, g)
+    torch.testing.assert_close(torch.stack(values, dim=1), basis.lean_features(x), rtol=1e-9, atol=1e-12)
     xr = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(basis(xr).transpose(1, 2), xr, g)
     rows = slice(3, None) if kw.get("spline_order") == 1 else slice(None)  # the hat has no derivative on a knot (row 2)
-    torch.testing.assert_close(basis.fused_input_grad(x, g, *state)[rows], expected[rows], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g_x[rows], expected[rows], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lean.terms_input_grad(basis, x, g, *state), g_x)
+    g_feats = torch.cat([g, torch.randn(len(x), 1, D, dtype=torch.float64)], dim=1)  # with the SiLU branch's slot
+    g_u, g_base, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True, same=False, values=True)
+    torch.testing.assert_close(g_u, g_x)
+    (silu_grad,) = torch.autograd.grad(torch.nn.functional.silu(xr), xr, g_feats[:, -1])
+    torch.testing.assert_close(g_base, silu_grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.stack(kept, dim=1), basis.lean_features(x), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.slow

@@ -99,23 +99,26 @@ def _poly(coeffs: list[float], t: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _cardinal(d: torch.Tensor, order: int, derivative: bool = False) -> torch.Tensor:
-    """The uniform (cardinal) B-spline of ``order`` with support [0, order+1), or its derivative, at ``d``, as one
-    elementwise expression: it is symmetric about (order+1)/2, so d is folded onto the left half and only
-    order//2 + 1 of its polynomial pieces (``_local_polynomials``: piece q is local value order - q) are evaluated."""
-    polys = _local_polynomials(order, derivative)
+def _cardinal(d: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform (cardinal) B-spline of ``order`` with support [0, order+1) and its derivative at ``d``, as
+    elementwise expressions: it is symmetric about (order+1)/2, so d is folded onto the left half and only
+    order//2 + 1 of its polynomial pieces (``_local_polynomials``: piece q is local value order - q) are evaluated;
+    value and derivative share the fold and the piece."""
+    values, slopes = _local_polynomials(order), _local_polynomials(order, derivative=True)
     centre = (order + 1) / 2
     e = d - centre
     folded = centre - e.abs()  # <= centre; < 0 outside the support
     pieces = order // 2 + 1
     piece = torch.floor(folded).clamp(max=pieces - 1)
     t = folded - piece
-    value = _poly(polys[order], t)
+    value, slope = _poly(values[order], t), _poly(slopes[order], t)
     for q in range(1, pieces):
-        value = torch.where(piece == q, _poly(polys[order - q], t), value)
-    if derivative:  # the right half mirrors the left: M'(d) = -M'(order + 1 - d)
-        value = torch.where(e < 0, value, -value)
-    return torch.where(folded >= 0, value, 0.0)
+        at = piece == q
+        value = torch.where(at, _poly(values[order - q], t), value)
+        slope = torch.where(at, _poly(slopes[order - q], t), slope)
+    slope = torch.where(e < 0, slope, -slope)  # the right half mirrors the left: M'(d) = -M'(order + 1 - d)
+    inside = folded >= 0
+    return torch.where(inside, value, 0.0), torch.where(inside, slope, 0.0)
 
 
 @register_basis("bspline")
@@ -248,9 +251,10 @@ class BSplineBasis(Basis):
         return None if uniform is None else (uniform[0], 1.0 / uniform[1], self.spline_order)
 
     # The fused mode compiles elementwise forms instead: spline j at x is the cardinal B-spline at s - j, one
-    # expression per (token, basis, input) that a compiler turns into a single vectorised loop (no scatter).
+    # expression per (token, input) and spline, value and slope together, that a compiler turns into a single
+    # vectorised loop (no scatter).
     def fused_state(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(t0, 1/h) per input for ``fused_features``; None on a non-uniform grid (the lean form serves)."""
+        """(t0, 1/h) per input for ``fused_term``; None on a non-uniform grid (the lean form serves)."""
         uniform = self._uniform()
         if uniform is None:
             return None
@@ -258,18 +262,12 @@ class BSplineBasis(Basis):
             _local_polynomials(self.spline_order, derivative)
         return uniform[0], 1.0 / uniform[1]
 
-    def fused_features(self, x: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor) -> torch.Tensor:
-        s = (x - t0.to(x.dtype)) * inv_h.to(x.dtype)  # (N, I): position in units of h from the first knot
-        j = torch.arange(self.n_basis, device=x.device, dtype=x.dtype)
-        return _cardinal(s.unsqueeze(1) - j[:, None], self.spline_order)  # (N, B, I)
-
-    def fused_input_grad(self, x: torch.Tensor, g: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor
-                         ) -> torch.Tensor:
-        s = (x - t0.to(x.dtype)) * inv_h.to(x.dtype)
-        acc = torch.zeros_like(x)
-        for j in range(self.n_basis):  # a sum of (N, I) terms: one loop over (N, I), not a strided reduction
-            acc = acc + g[:, j] * _cardinal(s - j, self.spline_order, derivative=True)
-        return acc * inv_h.to(x.dtype)
+    def fused_term(self, x: torch.Tensor, j: int, t0: torch.Tensor, inv_h: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_h = inv_h.to(x.dtype)
+        s = (x - t0.to(x.dtype)) * inv_h  # (N, I): position in units of h from the first knot
+        value, slope = _cardinal(s - j, self.spline_order)
+        return value, slope * inv_h
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()

@@ -52,23 +52,26 @@ class FourierBasis(Basis):
             torch.sin(fx, out=out[:, k + j])
         return out
 
-    # fused mode: broadcast forms (no host read of the frequencies), fused by the compiler into one loop each
+    # fused mode (layers/lean.py): one expression per function, value and slope together (cosine j and sine K + j
+    # share their argument)
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def fused_features(self, x: torch.Tensor) -> torch.Tensor:
-        fx = x.unsqueeze(1) * self.frequencies.to(x.dtype)[:, None]  # (N, K, I)
-        return torch.cat([torch.cos(fx), torch.sin(fx)], dim=1)  # (N, 2K, I)
+    def fused_term(self, x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.num_frequencies
+        f = self.frequencies.to(x.dtype)[j % k]
+        fx = x * f
+        if j < k:
+            return torch.cos(fx), -f * torch.sin(fx)
+        return torch.sin(fx), f * torch.cos(fx)
 
-    def fused_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         k, freqs = self.num_frequencies, self.frequencies.to(x.dtype)
         acc = torch.zeros_like(x)
-        for j in range(k):  # a sum of (N, I) terms: one loop over (N, I), not a strided reduction
+        for j in range(k):  # a sum of (N, I) terms, each sine and cosine evaluated once
             fx = x * freqs[j]
             acc = acc + freqs[j] * (g[:, k + j] * torch.cos(fx) - g[:, j] * torch.sin(fx))
         return acc
-
-    lean_input_grad = fused_input_grad  # already a sum of (N, I) terms: eager-friendly as it stands
 
 
 @register_ffn("fourier")

@@ -21,11 +21,12 @@ Bases with a differentiable pre-transform (RBF's LayerNorm) apply it outside, un
 Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
 "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
 GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on GPU; seconds of
-compilation per process and configuration); a basis may give compiler-friendly forms for it (``fused_state()`` and
-``fused_features(u, *state)`` / ``fused_input_grad(u, g, *state)``: broadcast expressions instead of scatters or
-host reads). ``auto`` (the default) takes, when autograd records (training), the hand-written Triton kernels where
-they apply (CUDA), else ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails;
-without autograd (inference) it takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom
+compilation per process and configuration); a basis may give a compiler-friendly form for it (``fused_state()`` and
+``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, elementwise expressions instead of scatters or host reads), from
+which the backward evaluates each function once for both the recomputed features and the input gradient. ``auto``
+(the default) takes, when autograd records (training), the hand-written Triton kernels where they apply (CUDA), else
+``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails; without autograd
+(inference) it takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom
 ops) takes the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does.
 ``reference`` forces the definition.
 """
@@ -149,38 +150,68 @@ def _compiled_or_eager(fn: Any, compiled: Any, *args: Any) -> Any:
         return result
 
 
+def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torch.Tensor | None = None
+           ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The basis' per-function form (``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, each (N, I)): the values
+    f_j(u), and with ``g`` (N, B, I) also ``sum_j g_j f_j'(u)``. Written as one expression per function, so a compiler
+    evaluates each function once for its value and its slope, in one loop over (N, I) with the values stored as
+    they come (the backward's recomputed features and input gradient in one pass)."""
+    values, acc = [], None
+    for j in range(basis.n_basis):
+        value, slope = basis.fused_term(u, j, *state)
+        values.append(value)
+        if g is not None:
+            acc = g[:, j] * slope if acc is None else acc + g[:, j] * slope
+    return values, acc
+
+
+def terms_input_grad(basis: Any, u: torch.Tensor, g: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+    """``sum_j g[:, j] f_j'(u)`` from the basis' ``fused_term`` (a sum of (N, I) terms: eager-friendly too)."""
+    return _terms(basis, u, state, g)[1]
+
+
+def _low(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in _LOW_PRECISION else t  # bases evaluate low-precision inputs in fp32
+
+
 def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, values: list[torch.Tensor] | None = None) -> torch.Tensor:
     """(N, B, I) basis values in ``dtype``, with ``silu(x)`` appended as basis B when ``x`` is given (the SiLU base
-    branch, so one matmul serves both branches). ``state`` (not None): the basis' compiler-friendly elementwise form
-    ``fused_features(u, *state)``. Low-precision inputs are evaluated in fp32 (as the reference does)."""
-    uc = u.float() if u.dtype in _LOW_PRECISION else u
-    feats = basis.fused_features(uc, *state) if state is not None else basis.lean_features(uc)
+    branch, so one matmul serves both branches). ``state`` (not None): from the basis' per-function form
+    (``_terms``; ``values``: already evaluated). Low-precision inputs are evaluated in fp32 (as the reference does)."""
+    uc = _low(u)
+    if state is not None:
+        values = values if values is not None else _terms(basis, uc, state)[0]
+        if x is not None:
+            values = [*values, F.silu(x.to(uc.dtype))]
+        return torch.stack(values, dim=1).to(dtype)  # one write of each value into its slot
+    feats = basis.lean_features(uc)
     if x is not None:
         feats = torch.cat([feats, F.silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
     return feats.to(dtype)
 
 
 def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
-                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool, values: bool = False
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
     """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
     the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one); summed into the
-    first when ``same`` (u is x)."""
-    uc = u.float() if u.dtype in _LOW_PRECISION else u
+    first when ``same`` (u is x). With ``values`` and a per-function form (``state``), also the basis values of the
+    same pass (for ``_features``), else None."""
+    uc = _low(u)
     g_basis = g[:, : basis.n_basis].to(uc.dtype)
-    g_u = None
+    g_u, kept = None, None
     if analytic and state is not None:
-        g_u = basis.fused_input_grad(uc, g_basis, *state)
+        kept, g_u = _terms(basis, uc, state, g_basis)
     elif analytic and hasattr(basis, "lean_input_grad"):
         g_u = basis.lean_input_grad(uc, g_basis)  # None: declined
     g_x = None
     if x is not None:
-        xc = x.float() if x.dtype in _LOW_PRECISION else x
+        xc = _low(x)
         g_x = g[:, -1].to(xc.dtype) * _silu_grad(xc)
         if same and g_u is not None:
             g_u, g_x = g_u + g_x, None
-    return g_u, g_x
+    return g_u, g_x, kept if values else None
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -204,8 +235,11 @@ def _lean_forward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: tor
     """``y = F(u) @ W^T (+ bias)``: the whole layer, one compiled graph in the fused mode (features, weight layout and
     the matmul; one call per layer, so the per-call overhead is paid once)."""
     feats = _features(basis, u, x, state, dtype).reshape(len(u), -1)  # (N, B[+1]*I)
-    w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
-    return feats @ w.T if bias is None else torch.addmm(bias.to(dtype), feats, w.T)  # (N, O)
+    o = coef.shape[0]
+    pad = -o % 16  # a matmul-friendly output width: zero rows, sliced off (CPU BLAS: an odd width costs ~25 %)
+    w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)
+    y = feats @ w.T if bias is None else torch.addmm(F.pad(bias.to(dtype), (0, pad)), feats, w.T)  # (N, O + pad)
+    return y[:, :o].contiguous() if pad else y
 
 
 def _lean_backward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: torch.Tensor, base: torch.Tensor | None,
@@ -213,19 +247,20 @@ def _lean_backward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: to
                    analytic: bool, same: bool) -> tuple[torch.Tensor | None, ...]:
     """dL/dcoef, dL/dbase (when ``need_w``), dL/du, dL/dx (``_input_grads``) from dL/dy, the features recomputed; and
     dL/dfeatures of the basis when it has no analytic derivative (dL/du is then None: the caller differentiates the
-    recomputed basis by autograd). One compiled graph in the fused mode."""
+    recomputed basis by autograd). One compiled graph in the fused mode, where the input gradient comes first and
+    the recomputed features are the values of the same pass."""
     n, i_in = u.shape
     o, _, b = coef.shape
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
+    g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
+    g_u, g_x, values = _input_grads(basis, u, x, g_feats, state, analytic, same, values=need_w)
     g_coef, g_base = None, None
     if need_w:
-        feats = _features(basis, u, x, state, dtype).reshape(n, -1)  # recomputed (N, B[+1]*I)
+        feats = _features(basis, u, x, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
         g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
         g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
         if base is not None:
             g_base = g_w[:, b].to(base.dtype)
-    g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
-    g_u, g_x = _input_grads(basis, u, x, g_feats, state, analytic, same)
     return g_coef, g_base, g_u, g_x, g_feats[:, :b] if g_u is None else None
 
 
@@ -262,7 +297,7 @@ class LeanKANFunction(torch.autograd.Function):
                                                          ctx.dtype, need_w, not params, ctx.same)
             g_params: tuple[torch.Tensor | None, ...] = (None,) * len(params)
             if g_u is None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
-                uc = u.float() if u.dtype in _LOW_PRECISION else u
+                uc = _low(u)
                 with torch.enable_grad():
                     ur = uc.detach().requires_grad_(True)
                     values = basis.lean_features(ur)
@@ -389,7 +424,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
                 weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            xc = x.float() if x.dtype in _LOW_PRECISION else x
+            xc = _low(x)
             a, b = _channel_tables(num, den, group_index, xc.dtype)
             r = _kernel_fn(rational_values, x)(xc, a, b)
             r, w = r.to(dtype), weight.to(dtype)
@@ -404,7 +439,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = ctx.dtype
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            xc = x.float() if x.dtype in _LOW_PRECISION else x
+            xc = _low(x)
             a, b = _channel_tables(num, den, group_index, xc.dtype)
             g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
             r, g_x, g_a, g_b = _kernel_fn(rational_backward, x)(xc, g_r, a, b)

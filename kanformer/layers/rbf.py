@@ -21,6 +21,7 @@ from torch import nn
 from .bspline import _check_grid_range
 from .flops import LAYERNORM_FLOPS
 from .kan import KANFFN, Basis, register_basis
+from .lean import terms_input_grad
 from .registry import check_positive_int, register_ffn
 
 
@@ -94,23 +95,17 @@ class RBFBasis(Basis):
             torch.exp(-(d * d), out=out[:, j])
         return out
 
-    # fused mode: the same as broadcast expressions over (N, G, I), which a compiler fuses into one loop each
+    # fused mode (layers/lean.py): one expression per centre, value and slope together
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def fused_features(self, u: torch.Tensor) -> torch.Tensor:
-        d = (u.unsqueeze(1) - self.centers.to(u.dtype)[:, None]) * self.inv_width  # (N, G, I)
-        return torch.exp(-(d * d))
+    def fused_term(self, u: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d = (u - self.centers.to(u.dtype)[j]) * self.inv_width
+        value = torch.exp(-(d * d))
+        return value, value * d * (-2 * self.inv_width)
 
-    def fused_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        centers = self.centers.to(u.dtype)
-        acc = torch.zeros_like(u)
-        for j in range(self.num_grids):  # a sum of (N, I) terms: one loop over (N, I), not a strided reduction
-            d = (u - centers[j]) * self.inv_width
-            acc = acc + g[:, j] * torch.exp(-(d * d)) * d
-        return acc * (-2 * self.inv_width)
-
-    lean_input_grad = fused_input_grad  # already a sum of (N, I) terms: eager-friendly as it stands
+    def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return terms_input_grad(self, u, g)  # a sum of (N, I) terms: eager-friendly as it stands
 
 
 @register_ffn("rbf")
