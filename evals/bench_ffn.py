@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
+from kanformer.allocator import MALLOC_CHOICES
+from kanformer.allocator import configure as configure_malloc
 from kanformer.evaluation import median_time, saved_activation_bytes
 from kanformer.layers.lean import set_kernel
 
@@ -102,7 +104,7 @@ def machine(device: torch.device) -> str:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
-            f"KAN path {result.get('kernel', 'auto')}, "
+            f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result.get('malloc', 'system')}, "
             f"widths matched by {result['match']} to the GELU MLP (4*d), median of {result['repeats']}")
     lines = [head, "",
              "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | fwd ms | x MLP | saved act. MB | x MLP |",
@@ -130,14 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
                    help="KAN layer path (auto, when training: Triton kernels where they apply, else "
                    "the compiled lean path)")
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
+                   help="CPU allocator for both arms (kanformer/allocator.py): keep freed large blocks for reuse "
+                   "(default), or the system's default behaviour")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     set_kernel(args.kernel)
+    kept = configure_malloc(args.malloc)
     result = run(args)
-    result["kernel"] = args.kernel
+    result["kernel"], result["malloc"] = args.kernel, "keep" if kept else "system"
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

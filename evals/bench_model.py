@@ -24,6 +24,8 @@ import torch
 
 from evals.bench_ffn import machine
 from kanformer import kanify
+from kanformer.allocator import MALLOC_CHOICES
+from kanformer.allocator import configure as configure_malloc
 from kanformer.evaluation import measure_training
 from kanformer.layers.lean import kernel
 
@@ -82,7 +84,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
-            f"{result['kernel']}, parameters matched to the GELU MLP, {result['steps']} timed steps")
+            f"{result['kernel']}, CPU malloc {result.get('malloc', 'system')}, parameters matched to the GELU MLP, "
+            f"{result['steps']} timed steps")
     lines = [head, "", "| FFN | params | tokens/s | x MLP | activations MB | x MLP | peak MB | x MLP |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     key = result["peak_key"]
@@ -202,14 +205,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
+                   help="CPU allocator for both arms (kanformer/allocator.py): keep freed large blocks for reuse "
+                   "(default), or the system's default behaviour")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    kept = configure_malloc(args.malloc)
     if args.gpu:
         result = gpu_checks(args)
     else:
         start = time.perf_counter()
         result = run_model_bench(args)
         result["seconds"] = time.perf_counter() - start
+        result["malloc"] = "keep" if kept else "system"
         print(format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

@@ -121,6 +121,9 @@ class TrainConfig:
     # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/lean.py); unset: the process's
     # (KANFORMER_KERNEL, else auto)
     kernel: str | None = None
+    # CPU allocator (kanformer/allocator.py): keep | system. keep: glibc keeps freed large blocks for reuse, so each
+    # step's large transient tensors skip page faults (applies to the whole process)
+    cpu_malloc: str = "keep"
     grad_checkpointing: bool = False
     eval_every: int = 50
     eval_batches: int = 8
@@ -145,6 +148,9 @@ class TrainConfig:
 
         if self.kernel is not None:
             _choice("train.kernel", self.kernel, KERNELS)
+        from .allocator import MALLOC_CHOICES
+
+        _choice("train.cpu_malloc", self.cpu_malloc, MALLOC_CHOICES)
         _choice("train.nonfinite", self.nonfinite, NONFINITE)
 
 

@@ -3,7 +3,9 @@
 Legend: N tokens, I inputs, G = ``num_grids`` centres.
 
 ``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres evenly spaced over ``grid_range`` and width h equal to
-their spacing. FastKAN shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
+their spacing, cut to exactly zero more than sqrt(80) ~ 8.9 widths from the centre (below e^-80 ~ 1.8e-35: the
+tail would otherwise reach fp32's subnormal range, where CPU arithmetic is ~100x slower, and it carries nothing).
+FastKAN shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
 
 Out-of-range rule: the input is layer-normalised per token before the Gaussians (FastKAN's LayerNorm), so the
 centres see unit-scale features; the SiLU base branch (on by default) sees the raw input.
@@ -23,6 +25,14 @@ from .flops import LAYERNORM_FLOPS
 from .kan import KANFFN, Basis, register_basis
 from .lean import terms_input_grad
 from .registry import check_positive_int, register_ffn
+
+_CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
+
+
+def _square_cut(d: torch.Tensor) -> torch.Tensor:
+    """d^2, and +inf where the Gaussian is cut (exp(-inf) = 0, gradient 0)."""
+    d2 = d * d
+    return torch.where(d2 > _CUT, torch.inf, d2)
 
 
 @register_basis("rbf")
@@ -78,7 +88,7 @@ class RBFBasis(Basis):
             w, b = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
             x = F.layer_norm(x, (self.in_features,), w, b, self.norm.eps)  # (N, I)
         u = (x.unsqueeze(-1) - self.centers.to(x.dtype)) * self.inv_width  # (N, I, G)
-        return torch.exp(-u.square())
+        return torch.exp(-_square_cut(u))
 
 
     # -- lean path (layers/lean.py): LayerNorm under autograd, then (N, B, I) Gaussians -----------------------------
@@ -91,8 +101,7 @@ class RBFBasis(Basis):
     def lean_features(self, u: torch.Tensor) -> torch.Tensor:
         out = u.new_empty(u.shape[0], self.num_grids, u.shape[1])  # (N, G, I)
         for j, c in enumerate(self.centers.tolist()):
-            d = (u - c) * self.inv_width
-            torch.exp(-(d * d), out=out[:, j])
+            torch.exp(-_square_cut((u - c) * self.inv_width), out=out[:, j])
         return out
 
     # fused mode (layers/lean.py): one expression per centre, value and slope together
@@ -101,7 +110,7 @@ class RBFBasis(Basis):
 
     def fused_term(self, u: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         d = (u - self.centers.to(u.dtype)[j]) * self.inv_width
-        value = torch.exp(-(d * d))
+        value = torch.exp(-_square_cut(d))
         return value, value * d * (-2 * self.inv_width)
 
     def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

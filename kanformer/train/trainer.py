@@ -24,6 +24,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from ..allocator import configure as configure_malloc
 from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
 from ..grids import extend_grids, grid_layers, union_rows, update_grids
@@ -64,6 +65,7 @@ class Trainer:
         set_seed(t.seed)
         if t.kernel is not None:
             set_kernel(t.kernel)
+        configure_malloc(t.cpu_malloc)
         self.is_text = cfg.model.arch == "gpt2"
         self._load_data()
         self.model, self.kanify_report = build_model(
