@@ -20,5 +20,6 @@ def gloo_group(rank: int, world: int, port: int):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         yield
+        dist.barrier()  # every rank done communicating before any tears its group down (a race aborted one rank once)
     finally:
         dist.destroy_process_group()
