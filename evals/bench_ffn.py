@@ -101,6 +101,12 @@ def machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def add_malloc_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
+                   help="CPU allocator for every arm (kanformer/allocator.py): keep freed large blocks for reuse "
+                   "(default), or the system's default behaviour")
+
+
 def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
@@ -132,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
                    help="KAN layer path (auto, when training: Triton kernels where they apply, else "
                    "the compiled lean path)")
-    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
-                   help="CPU allocator for both arms (kanformer/allocator.py): keep freed large blocks for reuse "
-                   "(default), or the system's default behaviour")
+    add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "repeats"):

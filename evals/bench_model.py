@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from evals.bench_ffn import machine
+from evals.bench_ffn import add_malloc_argument, machine
 from kanformer import kanify
-from kanformer.allocator import MALLOC_CHOICES
 from kanformer.allocator import configure as configure_malloc
 from kanformer.evaluation import measure_training
 from kanformer.layers.lean import kernel
@@ -205,9 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
-    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
-                   help="CPU allocator for both arms (kanformer/allocator.py): keep freed large blocks for reuse "
-                   "(default), or the system's default behaviour")
+    add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     kept = configure_malloc(args.malloc)

@@ -188,7 +188,7 @@ def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     torch.testing.assert_close(g_x[rows], expected[rows], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(lean.terms_input_grad(basis, x, g, *state), g_x)
     g_feats = torch.cat([g, torch.randn(len(x), 1, D, dtype=torch.float64)], dim=1)  # with the SiLU branch's slot
-    g_u, g_base, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True, same=False, values=True)
+    g_u, g_base, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True, same=False)
     torch.testing.assert_close(g_u, g_x)
     (silu_grad,) = torch.autograd.grad(torch.nn.functional.silu(xr), xr, g_feats[:, -1])
     torch.testing.assert_close(g_base, silu_grad, rtol=1e-9, atol=1e-12)

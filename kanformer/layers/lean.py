@@ -192,12 +192,12 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
 
 
 def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
-                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool, values: bool = False
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
     """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
     the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one); summed into the
-    first when ``same`` (u is x). With ``values`` and a per-function form (``state``), also the basis values of the
-    same pass (for ``_features``), else None."""
+    first when ``same`` (u is x). Third, with a per-function form (``state``), the basis values of the same pass (for
+    ``_features``; a compiler drops them where unused), else None."""
     uc = _low(u)
     g_basis = g[:, : basis.n_basis].to(uc.dtype)
     g_u, kept = None, None
@@ -211,7 +211,7 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
         g_x = g[:, -1].to(xc.dtype) * _silu_grad(xc)
         if same and g_u is not None:
             g_u, g_x = g_u + g_x, None
-    return g_u, g_x, kept if values else None
+    return g_u, g_x, kept
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -255,7 +255,7 @@ def _lean_backward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: to
     o, _, b = coef.shape
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
     g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
-    g_u, g_x, values = _input_grads(basis, u, x, g_feats, state, analytic, same, values=need_w)
+    g_u, g_x, values = _input_grads(basis, u, x, g_feats, state, analytic, same)
     g_coef, g_base = None, None
     if need_w:
         feats = _features(basis, u, x, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
