@@ -12,6 +12,7 @@ import torch
 from kanformer import KANLinear, create_ffn, kanify
 from kanformer.layers import lean
 from kanformer.layers.lean import get_kernel, kernel, set_kernel, use_lean
+from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
 
 LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"]
@@ -139,6 +140,30 @@ def test_lean_path_saves_no_expanded_basis_tensor(name):
     assert max(sizes) < n * i * b and max(sizes) <= max(n * i, o * i * b), sizes
 
 
+def test_lean_rbf_recomputes_its_layernorm():
+    """RBF's LayerNorm runs inside the lean layer (recomputed in the backward): the layer saves its input only."""
+    n = 256
+    layer = KANLinear(16, 4, "rbf")
+    x = torch.randn(n, 16, requires_grad=True)
+    with kernel("lean"):
+        assert _saved_numels(layer, x) == [n * 16]
+    with kernel("reference"):
+        assert n * 16 * 2 <= sum(_saved_numels(layer, x))  # the reference saves the normalised input as well
+
+
+@pytest.mark.parametrize("mode", ["lean", "fused"])
+def test_lean_rbf_without_an_analytic_derivative_differentiates_through_the_layernorm(monkeypatch, mode):
+    """A basis that declines the analytic input gradient gets it by autograd through the recomputed pre-transform
+    and basis, LayerNorm parameters included."""
+    monkeypatch.setattr(RBFBasis, "lean_input_grad", lambda self, u, g: None)
+    monkeypatch.delattr(RBFBasis, "fused_state")  # the per-function form would give the derivative itself
+    # features autograd can differentiate (the eager ones write into slots with out=)
+    monkeypatch.setattr(RBFBasis, "lean_features", lambda self, u: torch.stack(lean._terms(self, u, ())[0], dim=1))
+    ffn = create_ffn("rbf", D, H).double()
+    x = _inputs(torch.float64)
+    _close(_run(ffn, x, mode), _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
 def test_lean_rational_saves_only_the_inputs():
     n = 256
     ffn = create_ffn("rational", 16, 64)
@@ -188,7 +213,7 @@ def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     torch.testing.assert_close(g_x[rows], expected[rows], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(lean.terms_input_grad(basis, x, g, *state), g_x)
     g_feats = torch.cat([g, torch.randn(len(x), 1, D, dtype=torch.float64)], dim=1)  # with the SiLU branch's slot
-    g_u, g_base, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True, same=False)
+    g_u, g_base, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True)
     torch.testing.assert_close(g_u, g_x)
     (silu_grad,) = torch.autograd.grad(torch.nn.functional.silu(xr), xr, g_feats[:, -1])
     torch.testing.assert_close(g_base, silu_grad, rtol=1e-9, atol=1e-12)

@@ -16,7 +16,9 @@ A basis opts in by implementing ``lean_features(u) -> (N, B, I)`` (equal to its 
 tolerance) and, for speed, ``lean_input_grad(u, g) -> (N, I)`` (the analytic ``sum_b g[:, b] * f_b'(u)``, or None
 to decline). Without an analytic derivative the recomputed basis is differentiated by autograd inside the backward
 (still lean: nothing was saved for it).
-Bases with a differentiable pre-transform (RBF's LayerNorm) apply it outside, under ordinary autograd.
+A basis with a pre-transform of its input (RBF's LayerNorm) gives it as ``lean_pre(x, *p) -> u`` with its parameters
+``lean_pre_params()`` and the analytic ``lean_pre_backward(x, g_u, *p) -> (g_x, *g_p)``: it runs inside the layer's
+forward and backward (recomputed there, in the same compiled graph), so u is not saved either.
 
 Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
 "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
@@ -192,12 +194,12 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
 
 
 def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
-                 state: tuple[torch.Tensor, ...] | None, analytic: bool, same: bool
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
     """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
-    the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one); summed into the
-    first when ``same`` (u is x). Third, with a per-function form (``state``), the basis values of the same pass (for
-    ``_features``; a compiler drops them where unused), else None."""
+    the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one). Third, with a
+    per-function form (``state``), the basis values of the same pass (for ``_features``; a compiler drops them where
+    unused), else None."""
     uc = _low(u)
     g_basis = g[:, : basis.n_basis].to(uc.dtype)
     g_u, kept = None, None
@@ -209,9 +211,12 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
     if x is not None:
         xc = _low(x)
         g_x = g[:, -1].to(xc.dtype) * _silu_grad(xc)
-        if same and g_u is not None:
-            g_u, g_x = g_u + g_x, None
     return g_u, g_x, kept
+
+
+def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """The basis input u: the layer input through the basis' pre-transform (``lean_pre``), or x itself."""
+    return x if pre is None else basis.lean_pre(_low(x), *pre)
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -229,12 +234,14 @@ def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
     return basis.fused_state()
 
 
-def _lean_forward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: torch.Tensor, base: torch.Tensor | None,
-                  bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype
-                  ) -> torch.Tensor:
-    """``y = F(u) @ W^T (+ bias)``: the whole layer, one compiled graph in the fused mode (features, weight layout and
-    the matmul; one call per layer, so the per-call overhead is paid once)."""
-    feats = _features(basis, u, x, state, dtype).reshape(len(u), -1)  # (N, B[+1]*I)
+def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
+                  bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
+                  pre: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input: the whole layer, one compiled graph in the fused
+    mode (pre-transform, features, weight layout and the matmul; one call per layer, so the per-call overhead is paid
+    once)."""
+    u = _pre(basis, x, pre)
+    feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(len(x), -1)  # (N, B[+1]*I)
     o = coef.shape[0]
     # a matmul-friendly output width: zero rows, sliced off. CPU BLAS (MKL) ran the parameter-matched width 171 ~25 %
     # slower than 176; widths that are multiples of 4 (Chebyshev's 308 against 320) measured no gain worth the copies
@@ -244,73 +251,84 @@ def _lean_forward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: tor
     return y[:, :o].contiguous() if pad else y
 
 
-def _lean_backward(basis: Any, u: torch.Tensor, x: torch.Tensor | None, coef: torch.Tensor, base: torch.Tensor | None,
-                   gy: torch.Tensor, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool,
-                   analytic: bool, same: bool) -> tuple[torch.Tensor | None, ...]:
-    """dL/dcoef, dL/dbase (when ``need_w``), dL/du, dL/dx (``_input_grads``) from dL/dy, the features recomputed; and
-    dL/dfeatures of the basis when it has no analytic derivative (dL/du is then None: the caller differentiates the
-    recomputed basis by autograd). One compiled graph in the fused mode, where the input gradient comes first and
-    the recomputed features are the values of the same pass."""
-    n, i_in = u.shape
+def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, gy: torch.Tensor,
+                   state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool, analytic: bool,
+                   pre: tuple[torch.Tensor, ...] | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
+                              tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """dL/dcoef, dL/dbase (when ``need_w``), dL/dx and dL/d(pre-transform parameters) from dL/dy, the pre-transform and
+    the features recomputed. Where the basis has no analytic derivative, dL/dx covers the base branch only (None
+    without one), and the last result is dL/dfeatures of the basis (the caller differentiates the recomputed basis by
+    autograd); else that is None. One compiled graph in the fused mode, where the input gradient comes first and the
+    recomputed features are the values of the same pass."""
+    n, i_in = x.shape
     o, _, b = coef.shape
+    u = _pre(basis, x, pre)
+    xb = x if base is not None else None
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
     g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
-    g_u, g_x, values = _input_grads(basis, u, x, g_feats, state, analytic, same)
+    g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic)
+    g_pre: tuple[torch.Tensor, ...] = ()
+    if g_u is not None:
+        if pre is not None:
+            g_u, *rest = basis.lean_pre_backward(_low(x), g_u, *pre)
+            g_pre = tuple(rest)
+        g_x = g_u if g_x is None else g_x + g_u
     g_coef, g_base = None, None
     if need_w:
-        feats = _features(basis, u, x, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
+        feats = _features(basis, u, xb, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
         g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
         g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
         if base is not None:
             g_base = g_w[:, b].to(base.dtype)
-    return g_coef, g_base, g_u, g_x, g_feats[:, :b] if g_u is None else None
+    return g_coef, g_base, g_x, g_pre, g_feats[:, :b] if g_u is None else None
 
 
 class LeanKANFunction(torch.autograd.Function):
-    """``y = F(u) @ coef^T (+ silu(x) @ base^T) (+ bias)``, saving ``u``, ``x`` and the weights only (``u`` is the
-    basis input, ``x`` the layer input: the same tensor unless the basis transforms its input first)."""
+    """``y = F(pre(x)) @ coef^T (+ silu(x) @ base^T) (+ bias)``, saving ``x`` and the weights only. ``params``: the
+    pre-transform's parameters first (``n_pre`` of them; ``n_pre`` None: the basis has no pre-transform), then the
+    basis' own (differentiated by autograd through the recomputed basis)."""
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
-                bias: torch.Tensor | None, basis: Any, state: tuple[torch.Tensor, ...] | None,
+    def forward(ctx: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
+                basis: Any, state: tuple[torch.Tensor, ...] | None, n_pre: int | None,
                 *params: torch.Tensor) -> torch.Tensor:
-        dtype = _compute_dtype(u)
-        with torch.autocast(u.device.type, enabled=False):
+        dtype = _compute_dtype(x)
+        pre = None if n_pre is None else params[:n_pre]
+        with torch.autocast(x.device.type, enabled=False):
             forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
-            y = forward(basis, u, x if base is not None else None, coef, base, bias, state, dtype)
-        ctx.basis, ctx.dtype, ctx.state, ctx.has_base, ctx.has_bias = basis, dtype, state, base is not None, \
-            bias is not None
-        ctx.same = x is u
-        ctx.save_for_backward(u, torch.empty(0) if ctx.same else x, coef, base if base is not None else torch.empty(0),
-                              *params)
+            y = forward(basis, x, coef, base, bias, state, dtype, pre)
+        ctx.basis, ctx.dtype, ctx.state, ctx.n_pre = basis, dtype, state, n_pre
+        ctx.has_base, ctx.has_bias = base is not None, bias is not None
+        ctx.save_for_backward(x, coef, base if base is not None else torch.empty(0), *params)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, x, coef, base, *params = ctx.saved_tensors
-        x = u if ctx.same else x
+        x, coef, base, *params = ctx.saved_tensors
         basis = ctx.basis
         base = base if ctx.has_base else None
-        xb = x if ctx.has_base else None
-        need_w = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        with torch.autocast(u.device.type, enabled=False):
+        n_pre = ctx.n_pre or 0
+        pre, own = (None if ctx.n_pre is None else tuple(params[:n_pre])), params[n_pre:]
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        with torch.autocast(x.device.type, enabled=False):
             backward = _kernel_fn(_lean_backward, tag=type(basis).__name__)
-            g_coef, g_base, g_u, g_x, g_feats = backward(basis, u, xb, coef, base, gy.to(ctx.dtype), ctx.state,
-                                                         ctx.dtype, need_w, not params, ctx.same)
-            g_params: tuple[torch.Tensor | None, ...] = (None,) * len(params)
-            if g_u is None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
-                uc = _low(u)
+            g_coef, g_base, g_x, g_pre, g_feats = backward(basis, x, coef, base, gy.to(ctx.dtype), ctx.state,
+                                                           ctx.dtype, need_w, not own, pre)
+            g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
+            if g_feats is not None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
                 with torch.enable_grad():
-                    ur = uc.detach().requires_grad_(True)
-                    values = basis.lean_features(ur)
-                    grads = torch.autograd.grad(values, [ur, *params], g_feats.to(values.dtype), allow_unused=True)
-                g_u, g_params = grads[0], tuple(grads[1:])
-                if ctx.same and g_x is not None:
-                    g_u, g_x = g_u + g_x, None
-            g_bias = gy.sum(0).to(coef.dtype) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        return (g_u.to(u.dtype), None if g_x is None else g_x.to(x.dtype),
-                g_coef if ctx.needs_input_grad[2] else None, g_base if ctx.needs_input_grad[3] else None, g_bias,
-                None, None, *g_params)
+                    xr = _low(x).detach().requires_grad_(True)
+                    pr = tuple(p.detach().requires_grad_(True) for p in pre) if pre is not None else None
+                    values = basis.lean_features(_pre(basis, xr, pr))
+                    grads = torch.autograd.grad(values, [xr, *(pr or ()), *own], g_feats.to(values.dtype),
+                                                allow_unused=True)
+                g_x = grads[0] if g_x is None else g_x + grads[0]
+                g_params = tuple(grads[1:])
+            g_bias = gy.sum(0).to(coef.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        g_params = tuple(None if g is None else g.to(p.dtype) for g, p in zip(g_params, params, strict=True))
+        return (g_x.to(x.dtype), g_coef if ctx.needs_input_grad[1] else None,
+                g_base if ctx.needs_input_grad[2] else None, g_bias, None, None, None, *g_params)
 
 
 def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
@@ -342,9 +360,10 @@ def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | No
     y = _triton_kan_linear(x, coef, base, bias, basis)
     if y is not None:
         return y
-    u = basis.lean_pre(x) if hasattr(basis, "lean_pre") else x
-    params = tuple(basis.lean_params()) if hasattr(basis, "lean_params") else ()
-    return LeanKANFunction.apply(u, x, coef, base, bias, basis, _fused_state(basis), *params)
+    pre = basis.lean_pre_params() if hasattr(basis, "lean_pre_params") else None
+    own = tuple(basis.lean_params()) if hasattr(basis, "lean_params") else ()
+    return LeanKANFunction.apply(x, coef, base, bias, basis, _fused_state(basis), None if pre is None else len(pre),
+                                 *(pre or ()), *own)
 
 
 # -- GR-KAN: rational activation fused with the linear layer after it --------------------------------------------

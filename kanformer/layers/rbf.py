@@ -91,12 +91,27 @@ class RBFBasis(Basis):
         return torch.exp(-_square_cut(u))
 
 
-    # -- lean path (layers/lean.py): LayerNorm under autograd, then (N, B, I) Gaussians -----------------------------
-    def lean_pre(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is None:
-            return x
-        return F.layer_norm(x, (self.in_features,), self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype),
-                            self.norm.eps)
+    # -- lean path (layers/lean.py): the LayerNorm as its pre-transform (recomputed in the backward), then (N, B, I)
+    # Gaussians
+    def lean_pre_params(self) -> tuple[torch.Tensor, ...] | None:
+        return None if self.norm is None else (self.norm.weight, self.norm.bias)
+
+    def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x - mean) / std per token and 1 / std (F.layer_norm's statistics: biased variance, eps inside)."""
+        mean = x.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + self.norm.eps)
+        return (x - mean) * rstd, rstd
+
+    def lean_pre(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self._normalise(x)[0] * weight.to(x.dtype) + bias.to(x.dtype)
+
+    def lean_pre_backward(self, x: torch.Tensor, g_u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dL/dx, dL/dweight, dL/dbias of the LayerNorm from dL/du (the standard analytic form)."""
+        x_hat, rstd = self._normalise(x)
+        g_hat = g_u * weight.to(x.dtype)
+        g_x = rstd * (g_hat - g_hat.mean(-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(-1, keepdim=True))
+        return g_x, (g_u * x_hat).sum(0), g_u.sum(0)
 
     def lean_features(self, u: torch.Tensor) -> torch.Tensor:
         out = u.new_empty(u.shape[0], self.num_grids, u.shape[1])  # (N, G, I)
