@@ -16,9 +16,11 @@ A basis opts in by implementing ``lean_features(u) -> (N, B, I)`` (equal to its 
 tolerance) and, for speed, ``lean_input_grad(u, g) -> (N, I)`` (the analytic ``sum_b g[:, b] * f_b'(u)``, or None
 to decline). Without an analytic derivative the recomputed basis is differentiated by autograd inside the backward
 (still lean: nothing was saved for it).
-A basis with a pre-transform of its input (RBF's LayerNorm) gives it as ``lean_pre(x, *p) -> u`` with its parameters
-``lean_pre_params()`` and the analytic ``lean_pre_backward(x, g_u, *p) -> (g_x, *g_p)``: it runs inside the layer's
-forward and backward (recomputed there, in the same compiled graph), so u is not saved either.
+A basis with a pre-transform of its input (RBF's LayerNorm) gives it as ``lean_pre(x, *p, stats=None) -> (u, stats)``
+with its parameters ``lean_pre_params()`` and the analytic ``lean_pre_backward(x, stats, g_u, *p) -> (g_x, *g_p)``:
+it runs inside the layer's forward and backward (recomputed there, in the same compiled graph), so u is not saved
+either; only its per-token ``stats`` (RBF: mean and 1 / std, 8 bytes a token) are, so the backward does not reduce
+over the inputs again.
 
 Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
 "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
@@ -214,9 +216,11 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
     return g_u, g_x, kept
 
 
-def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-    """The basis input u: the layer input through the basis' pre-transform (``lean_pre``), or x itself."""
-    return x if pre is None else basis.lean_pre(_low(x), *pre)
+def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None,
+         stats: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The basis input u: the layer input through the basis' pre-transform (``lean_pre``; ``stats``: its per-token
+    statistics from the forward), or x itself; and the statistics."""
+    return (x, ()) if pre is None else basis.lean_pre(_low(x), *pre, stats=stats)
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -236,11 +240,11 @@ def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
 
 def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
                   bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
-                  pre: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-    """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input: the whole layer, one compiled graph in the fused
-    mode (pre-transform, features, weight layout and the matmul; one call per layer, so the per-call overhead is paid
-    once)."""
-    u = _pre(basis, x, pre)
+                  pre: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input, and the pre-transform's statistics: the whole
+    layer, one compiled graph in the fused mode (pre-transform, features, weight layout and the matmul; one call per
+    layer, so the per-call overhead is paid once)."""
+    u, stats = _pre(basis, x, pre)
     feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(len(x), -1)  # (N, B[+1]*I)
     o = coef.shape[0]
     # a matmul-friendly output width: zero rows, sliced off. CPU BLAS (MKL) ran the parameter-matched width 171 ~25 %
@@ -248,12 +252,12 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
     pad = -o % 16 if o % 4 else 0
     w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)
     y = feats @ w.T if bias is None else torch.addmm(F.pad(bias.to(dtype), (0, pad)), feats, w.T)  # (N, O + pad)
-    return y[:, :o].contiguous() if pad else y
+    return (y[:, :o].contiguous() if pad else y), stats
 
 
 def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, gy: torch.Tensor,
                    state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool, analytic: bool,
-                   pre: tuple[torch.Tensor, ...] | None
+                   pre: tuple[torch.Tensor, ...] | None, stats: tuple[torch.Tensor, ...]
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
                               tuple[torch.Tensor, ...], torch.Tensor | None]:
     """dL/dcoef, dL/dbase (when ``need_w``), dL/dx and dL/d(pre-transform parameters) from dL/dy, the pre-transform and
@@ -263,7 +267,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     recomputed features are the values of the same pass."""
     n, i_in = x.shape
     o, _, b = coef.shape
-    u = _pre(basis, x, pre)
+    u, _ = _pre(basis, x, pre, stats)
     xb = x if base is not None else None
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
     g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
@@ -271,7 +275,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     g_pre: tuple[torch.Tensor, ...] = ()
     if g_u is not None:
         if pre is not None:
-            g_u, *rest = basis.lean_pre_backward(_low(x), g_u, *pre)
+            g_u, *rest = basis.lean_pre_backward(_low(x), stats, g_u, *pre)
             g_pre = tuple(rest)
         g_x = g_u if g_x is None else g_x + g_u
     g_coef, g_base = None, None
@@ -297,15 +301,16 @@ class LeanKANFunction(torch.autograd.Function):
         pre = None if n_pre is None else params[:n_pre]
         with torch.autocast(x.device.type, enabled=False):
             forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
-            y = forward(basis, x, coef, base, bias, state, dtype, pre)
-        ctx.basis, ctx.dtype, ctx.state, ctx.n_pre = basis, dtype, state, n_pre
+            y, stats = forward(basis, x, coef, base, bias, state, dtype, pre)
+        ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
         ctx.has_base, ctx.has_bias = base is not None, bias is not None
-        ctx.save_for_backward(x, coef, base if base is not None else torch.empty(0), *params)
+        ctx.save_for_backward(x, coef, base if base is not None else torch.empty(0), *stats, *params)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, coef, base, *params = ctx.saved_tensors
+        x, coef, base, *saved = ctx.saved_tensors
+        stats, params = tuple(saved[: ctx.n_stats]), saved[ctx.n_stats:]
         basis = ctx.basis
         base = base if ctx.has_base else None
         n_pre = ctx.n_pre or 0
@@ -314,13 +319,13 @@ class LeanKANFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             backward = _kernel_fn(_lean_backward, tag=type(basis).__name__)
             g_coef, g_base, g_x, g_pre, g_feats = backward(basis, x, coef, base, gy.to(ctx.dtype), ctx.state,
-                                                           ctx.dtype, need_w, not own, pre)
+                                                           ctx.dtype, need_w, not own, pre, stats)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
             if g_feats is not None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
                 with torch.enable_grad():
                     xr = _low(x).detach().requires_grad_(True)
                     pr = tuple(p.detach().requires_grad_(True) for p in pre) if pre is not None else None
-                    values = basis.lean_features(_pre(basis, xr, pr))
+                    values = basis.lean_features(_pre(basis, xr, pr)[0])
                     grads = torch.autograd.grad(values, [xr, *(pr or ()), *own], g_feats.to(values.dtype),
                                                 allow_unused=True)
                 g_x = grads[0] if g_x is None else g_x + grads[0]
