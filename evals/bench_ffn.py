@@ -1,9 +1,12 @@
 """Forward+backward time and activation memory of every registered FFN against the GELU MLP, in one process.
 
 Each FFN gets the hidden width that matches the MLP of width 4*d_model (by parameters, or FLOPs with
-``--match flops``). Timings: warm-up excluded, CUDA synchronised, median of ``--repeats``. Activation memory: the
-bytes of the distinct tensors autograd saves for backward (parameters excluded), measured with
-``torch.autograd.graph.saved_tensors_hooks`` on any device; on CUDA also the peak allocated above the baseline.
+``--match flops``). Timings: warm-up excluded, CUDA synchronised; the FFNs take turns, ``--rounds`` times, each turn
+the median of ``--repeats`` steps, so a machine that drifts (shared CPUs do, by 10-15 % within an hour) moves every
+FFN alike. A ratio is the median over the rounds of the FFN's time over the MLP's in the same round, with the lowest
+and highest round beside it. Activation memory: the bytes of the distinct tensors autograd saves for backward
+(parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks`` on any device; on CUDA also the
+peak allocated above the baseline.
 
     python -m evals.bench_ffn                          # d_model 384, 2048 tokens, fp32, CPU
     python -m evals.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --json out.json
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,43 +32,58 @@ from kanformer.layers.lean import set_kernel
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def bench_one(name: str, d_model: int, tokens: int, *, device: torch.device, dtype: torch.dtype,
-              autocast: bool, match: str, warmup: int, repeats: int) -> dict[str, Any]:
-    hidden = match_hidden(name, d_model, target=match)
-    param_dtype = torch.float32 if autocast else dtype
-    ffn = create_ffn(name, d_model, hidden).to(device=device, dtype=param_dtype)
-    x = torch.randn(tokens, d_model, device=device, dtype=param_dtype, requires_grad=True)
-    grad = torch.randn(tokens, d_model, device=device, dtype=dtype)
-    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if autocast else torch.enable_grad
+class Arm:
+    """One FFN of the benchmark: its module, inputs and timed steps (forward + backward; forward only)."""
 
-    def step() -> None:
-        with ctx():
-            y = ffn(x)
-        y.backward(grad.to(y.dtype))
-        x.grad = None
-        for p in ffn.parameters():
+    def __init__(self, name: str, d_model: int, tokens: int, *, device: torch.device, dtype: torch.dtype,
+                 autocast: bool, match: str) -> None:
+        self.name, self.device, self.hidden = name, device, match_hidden(name, d_model, target=match)
+        param_dtype = torch.float32 if autocast else dtype
+        self.ffn = create_ffn(name, d_model, self.hidden).to(device=device, dtype=param_dtype)
+        self.x = torch.randn(tokens, d_model, device=device, dtype=param_dtype, requires_grad=True)
+        self.grad = torch.randn(tokens, d_model, device=device, dtype=dtype)
+        self.ctx: Callable[[], Any] = (lambda: torch.autocast(device.type, dtype=dtype)) if autocast \
+            else torch.enable_grad
+        self.times: dict[str, list[float]] = {"fwd_bwd": [], "fwd": []}
+
+    def step(self) -> None:
+        with self.ctx():
+            y = self.ffn(self.x)
+        y.backward(self.grad.to(y.dtype))
+        self.x.grad = None
+        for p in self.ffn.parameters():
             p.grad = None
 
-    def forward() -> None:
-        with torch.no_grad(), ctx():
-            ffn(x)
+    def forward(self) -> None:
+        with torch.no_grad(), self.ctx():
+            self.ffn(self.x)
 
-    timings = {label: median_time(fn, device, warmup=warmup, repeats=repeats)
-               for label, fn in (("fwd_bwd", step), ("fwd", forward))}
+    def time(self, warmup: int, repeats: int) -> None:
+        """One turn: the median of ``repeats`` steps of each kind, after ``warmup`` untimed ones."""
+        for label, fn in (("fwd_bwd", self.step), ("fwd", self.forward)):
+            self.times[label].append(median_time(fn, self.device, warmup=warmup, repeats=repeats))
 
-    with ctx():
-        act = saved_activation_bytes(ffn, x)
-    row = {"ffn": name, "hidden": hidden, "params": ffn.num_params(), "flops_per_token": ffn.flops_per_token(),
-           "fwd_bwd_s": timings["fwd_bwd"], "fwd_s": timings["fwd"], "saved_activation_bytes": act}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        with ctx():
-            y = ffn(x)
-        row["cuda_peak_activation_bytes"] = torch.cuda.max_memory_allocated(device) - base
-        del y
-    return row
+    def row(self) -> dict[str, Any]:
+        with self.ctx():
+            act = saved_activation_bytes(self.ffn, self.x)
+        row = {"ffn": self.name, "hidden": self.hidden, "params": self.ffn.num_params(),
+               "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
+               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with self.ctx():
+                y = self.ffn(self.x)
+            row["cuda_peak_activation_bytes"] = torch.cuda.max_memory_allocated(self.device) - base
+            del y
+        return row
+
+
+def _ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios ``times[r] / ref[r]``."""
+    ratios = [t / r for t, r in zip(times, ref, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,22 +95,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"Unknown FFN(s) {', '.join(unknown)}. Available: {', '.join(list_ffns())}")
     names = ["mlp"] + [n for n in names if n != "mlp"]  # the reference runs first
     autocast = dtype != torch.float32 and not args.no_autocast
+    rounds = getattr(args, "rounds", 1)
     torch.manual_seed(0)
-    rows = []
-    for name in names:
-        rows.append(bench_one(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast,
-                              match=args.match, warmup=args.warmup, repeats=args.repeats))
-        print(f"  {name:<10} done", flush=True)
-    ref = rows[0]
-    for row in rows:
-        row["time_ratio"] = row["fwd_bwd_s"] / ref["fwd_bwd_s"]
-        row["fwd_time_ratio"] = row["fwd_s"] / ref["fwd_s"]
-        row["memory_ratio"] = row["saved_activation_bytes"] / ref["saved_activation_bytes"]
+    arms = [Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast, match=args.match)
+            for name in names]
+    for r in range(rounds):
+        for arm in arms:  # the first round warms each arm up (compilation included)
+            arm.time(args.warmup if r == 0 else 1, args.repeats)
+        print(f"  round {r + 1}/{rounds} done", flush=True)
+    rows = [arm.row() for arm in arms]
+    ref = arms[0]
+    for arm, row in zip(arms, rows, strict=True):
+        row["time_ratio"], row["time_ratio_low"], row["time_ratio_high"] = _ratios(arm.times["fwd_bwd"],
+                                                                                   ref.times["fwd_bwd"])
+        row["fwd_time_ratio"] = _ratios(arm.times["fwd"], ref.times["fwd"])[0]
+        row["memory_ratio"] = row["saved_activation_bytes"] / rows[0]["saved_activation_bytes"]
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
-        "machine": machine(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "rows": rows,
+        "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "rows": rows,
     }
 
 
@@ -111,14 +135,18 @@ def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
             f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result.get('malloc', 'system')}, "
-            f"widths matched by {result['match']} to the GELU MLP (4*d), median of {result['repeats']}")
+            f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
+            f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
+            f"round)")
     lines = [head, "",
-             "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | fwd ms | x MLP | saved act. MB | x MLP |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | saved act. MB "
+             "| x MLP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
+        spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
         lines.append(
             f"| {r['ffn']} | {r['hidden']} | {r['params']:,} | {r['flops_per_token'] / 1e6:.2f} | "
-            f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | "
+            f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | {spread} | "
             f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
             f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |")
     return "\n".join(lines)
@@ -134,14 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--match", choices=["params", "flops"], default="params")
     p.add_argument("--ffns", nargs="*", help=f"subset of: {', '.join(list_ffns())} (default: all)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5, help="turns each FFN takes, interleaved (default 5)")
+    p.add_argument("--repeats", type=int, default=4, help="timed steps per FFN and round (default 4)")
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
                    help="KAN layer path (auto, when training: Triton kernels where they apply, else "
                    "the compiled lean path)")
     add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    for flag in ("d_model", "tokens", "repeats"):
+    for flag in ("d_model", "tokens", "repeats", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     set_kernel(args.kernel)
