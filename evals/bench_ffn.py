@@ -2,11 +2,11 @@
 
 Each FFN gets the hidden width that matches the MLP of width 4*d_model (by parameters, or FLOPs with
 ``--match flops``). Timings: warm-up excluded, CUDA synchronised; the FFNs take turns, ``--rounds`` times, each turn
-the median of ``--repeats`` steps, so a machine that drifts (shared CPUs do, by 10-15 % within an hour) moves every
-FFN alike. A ratio is the median over the rounds of the FFN's time over the MLP's in the same round, with the lowest
-and highest round beside it. Activation memory: the bytes of the distinct tensors autograd saves for backward
-(parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks`` on any device; on CUDA also the
-peak allocated above the baseline.
+one untimed step and the median of ``--repeats`` timed ones, so a machine that drifts (shared CPUs do, by 10-15 %
+within an hour) moves every FFN alike. A ratio is the median over the rounds of the FFN's time over the MLP's in the
+same round, with the lowest and highest round beside it. Activation memory: the bytes of the distinct tensors
+autograd saves for backward (parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks`` on any
+device; on CUDA also the peak allocated above the baseline.
 
     python -m evals.bench_ffn                          # d_model 384, 2048 tokens, fp32, CPU
     python -m evals.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --json out.json
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arms = [Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast, match=args.match)
             for name in names]
     for r in range(rounds):
-        for arm in arms:  # the first round warms each arm up (compilation included)
+        for arm in arms:  # the first round warms each arm up (compilation included); later turns take one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
         print(f"  round {r + 1}/{rounds} done", flush=True)
     rows = [arm.row() for arm in arms]
