@@ -26,6 +26,7 @@ import torch
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.allocator import MALLOC_CHOICES
 from kanformer.allocator import configure as configure_malloc
+from kanformer.allocator import current as current_malloc
 from kanformer.evaluation import median_time, saved_activation_bytes
 from kanformer.layers.lean import set_kernel
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
         "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "rows": rows,
+        "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
     }
 
 
@@ -134,7 +135,7 @@ def add_malloc_argument(p: argparse.ArgumentParser) -> None:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
-            f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result.get('malloc', 'system')}, "
+            f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
             f"round)")
@@ -174,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     set_kernel(args.kernel)
-    kept = configure_malloc(args.malloc)
+    configure_malloc(args.malloc)
     result = run(args)
-    result["kernel"], result["malloc"] = args.kernel, "keep" if kept else "system"
+    result["kernel"] = args.kernel
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

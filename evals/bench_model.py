@@ -25,6 +25,7 @@ import torch
 from evals.bench_ffn import add_malloc_argument, machine
 from kanformer import kanify
 from kanformer.allocator import configure as configure_malloc
+from kanformer.allocator import current as current_malloc
 from kanformer.evaluation import measure_training
 from kanformer.layers.lean import kernel
 
@@ -77,13 +78,14 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
             r["peak_ratio"] = r[peak_key] / ref[peak_key]
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
-            "seq": args.seq, "batch": args.batch, "steps": args.steps, "peak_key": peak_key, "rows": rows}
+            "seq": args.seq, "batch": args.batch, "steps": args.steps, "peak_key": peak_key, "malloc": current_malloc(),
+            "rows": rows}
 
 
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
-            f"{result['kernel']}, CPU malloc {result.get('malloc', 'system')}, parameters matched to the GELU MLP, "
+            f"{result['kernel']}, CPU malloc {result['malloc']}, parameters matched to the GELU MLP, "
             f"{result['steps']} timed steps")
     lines = [head, "", "| FFN | params | tokens/s | x MLP | activations MB | x MLP | peak MB | x MLP |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -207,14 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    kept = configure_malloc(args.malloc)
+    configure_malloc(args.malloc)
     if args.gpu:
         result = gpu_checks(args)
     else:
         start = time.perf_counter()
         result = run_model_bench(args)
         result["seconds"] = time.perf_counter() - start
-        result["malloc"] = "keep" if kept else "system"
         print(format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

@@ -47,3 +47,8 @@ def configure(choice: str) -> bool:
     if choice not in MALLOC_CHOICES:
         raise ValueError(f"Unknown CPU malloc setting {choice!r}. Available: {', '.join(MALLOC_CHOICES)}")
     return keep_freed_memory() if choice == "keep" else bool(_state and _state[0])
+
+
+def current() -> str:
+    """The setting in effect in this process: ``keep`` once applied (glibc), else ``system``."""
+    return "keep" if _state and _state[0] else "system"

@@ -267,7 +267,8 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     recomputed features are the values of the same pass."""
     n, i_in = x.shape
     o, _, b = coef.shape
-    u, _ = _pre(basis, x, pre, stats)
+    xl = _low(x)  # the pre-transform and its backward evaluate low-precision inputs in fp32
+    u, _ = _pre(basis, xl, pre, stats)
     xb = x if base is not None else None
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
     g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
@@ -275,7 +276,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     g_pre: tuple[torch.Tensor, ...] = ()
     if g_u is not None:
         if pre is not None:
-            g_u, *rest = basis.lean_pre_backward(_low(x), stats, g_u, *pre)
+            g_u, *rest = basis.lean_pre_backward(xl, stats, g_u, *pre)
             g_pre = tuple(rest)
         g_x = g_u if g_x is None else g_x + g_u
     g_coef, g_base = None, None
