@@ -61,7 +61,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
         if context > model.config.n_positions:
             raise ValueError(f"context={context} exceeds the model's {model.config.n_positions} positions")
         stride = stride or max(1, context // 2)
-        stream = data.val.flatten()[: tokens + 1]
+        stream = data.val.tokens(0, tokens + 1)
         total, n = lm_nll(model, stream, context=context, stride=stride)
         n_bytes = len(data.tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
         metrics.update(val_nll=total / n, val_ppl=perplexity(total, n), val_bpb=bits_per_byte(total, n_bytes),

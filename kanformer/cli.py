@@ -1,4 +1,5 @@
-"""The ``kanformer`` command: ``kanformer eval <checkpoint>``, ``kanformer compare --config <yaml>``,
+"""The ``kanformer`` command: ``kanformer prepare <source> --out <dir>``, ``kanformer eval <checkpoint>``,
+``kanformer compare --config <yaml>``,
 ``kanformer kanify <checkpoint> --ffn <name> --out <dir>``, ``kanformer inspect <checkpoint>`` and
 ``kanformer prune <checkpoint> --out <dir> --units 0.05``."""
 
@@ -11,6 +12,16 @@ import json
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="kanformer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    pp = sub.add_parser("prepare", help="tokenize a text source into token shards on disk (resumable; a no-op when "
+                                        "done)")
+    pp.add_argument("items", nargs="*", metavar="source | data.key=value",
+                    help="the source (data.dataset: pydoc, shakespeare, files:<glob>, hf:<id>[:<config>]; default: "
+                         "the config's) and data options, e.g. data.tokenizer=gpt2 data.vocab_size=32768")
+    pp.add_argument("--config", help="a run config whose data section to prepare (what training will ask for)")
+    pp.add_argument("--out", help="directory of the shards (default: data.prepared_dir, else under the cache)")
+    pp.add_argument("--num-proc", type=int, help="tokenizer processes (default: every core)")
+    pp.add_argument("--verify", action="store_true", help="check every shard's size and SHA-256 afterwards")
 
     ev = sub.add_parser("eval", help="evaluate a saved checkpoint -> results.json")
     ev.add_argument("checkpoint", help="a directory written by save_pretrained (e.g. runs/<name>/final)")
@@ -59,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--config")
     pr.add_argument("--text", default="pydoc")
 
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)  # prepare's items may come after its options
+    if extra and args.command != "prepare":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "prepare":
+        prepare_command(args, args.items + extra, p)
+        return
     if args.command == "inspect":
         from .interpret.report import inspect_checkpoint
 
@@ -117,6 +133,33 @@ def main(argv: list[str] | None = None) -> None:
         summary = run_compare(load_compare_config(args.config, args.overrides), report_only=args.report_only)
         print(markdown_table(summary))
         print("\n".join(f"plot: {p}" for p in summary.get("plots", [])))
+
+
+def prepare_command(args: argparse.Namespace, items: list[str], parser: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from .config import load_config
+    from .data import TokenSplit, prepare, read_manifest
+
+    sources = [i for i in items if "=" not in i]
+    if len(sources) > 1 or any(i.startswith("-") for i in sources):
+        parser.error(f"prepare takes one source and data.key=value options, got {' '.join(sources)}")
+    data = load_config(args.config, overrides=[i for i in items if "=" in i]).data
+    changes = {"dataset": sources[0]} if sources else {}
+    if args.num_proc is not None:
+        changes["num_proc"] = args.num_proc
+    data = dataclasses.replace(data, **changes)
+    folder = prepare(data, out=args.out)
+    manifest = read_manifest(folder)
+    if args.verify:
+        for split in manifest["splits"]:
+            TokenSplit(folder, manifest, split).verify(checksums=True, progress=True)
+        print(f"{folder}: every shard's size and checksum verified")
+    print(f"{manifest['source']['dataset']} -> {folder} ({manifest['dtype']}, tokenizer {manifest['tokenizer']['kind']}"
+          f", {manifest['tokenizer']['vocab']:,} tokens)")
+    for split, s in manifest["splits"].items():
+        print(f"  {split}: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['bytes']:,} bytes of text, "
+              f"{len(s['shards'])} shard(s)")
 
 
 if __name__ == "__main__":

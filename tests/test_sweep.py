@@ -123,8 +123,8 @@ def test_sweep_config_errors(tmp_path):
 
 
 def test_tiny_isoflop_sweep_reports_parabola_minima(tmp_path):
-    cfg = _sweep_config(tmp_path, "isoflop", "budgets: [2.0e+10]\narms:\n  - {name: mlp, ffn: {name: mlp}}")
+    cfg = _sweep_config(tmp_path, "isoflop", "budgets: [1.2e+10]\narms:\n  - {name: mlp, ffn: {name: mlp}}")
     summary = run_sweep(cfg, log=lambda *_: None)
-    assert len(summary["points"]) == 3 and list(summary["isoflop"]) == ["mlp@2e+10"]
+    assert len(summary["points"]) == 3 and list(summary["isoflop"]) == ["mlp@1.2e+10"]
     assert (tmp_path / "tiny" / "isoflop.png").stat().st_size > 500
     assert "IsoFLOP budget" in (tmp_path / "tiny" / "scaling.md").read_text()

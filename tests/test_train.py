@@ -168,6 +168,23 @@ def test_finetune_from_a_saved_checkpoint(tmp_path):
         Trainer(too_long)
 
 
+def test_the_epoch_guard_stops_a_run_that_would_repeat_its_data(tmp_path):
+    import re
+
+    with pytest.raises(ValueError, match=r"train.max_steps=100000 x 8 sequences of 32 tokens = 25,600,000 tokens is "
+                                         r"[\d.]+ passes over the [\d,]+-token training split of 'pydoc' "
+                                         r"\(data.max_epochs=1\)\. .*lower train.max_steps to at most \d+") as err:
+        Trainer(_cfg(tmp_path, **{"train.max_steps": 100_000}))
+    most = int(re.search(r"at most (\d+)", str(err.value)).group(1))
+    Trainer(_cfg(tmp_path, name="at_most", **{"train.max_steps": most}))  # the suggested budget is allowed
+    with pytest.raises(ValueError, match="passes over"):
+        Trainer(_cfg(tmp_path, name="one_more", **{"train.max_steps": most + 1}))
+    Trainer(_cfg(tmp_path, name="allowed", **{"train.max_steps": 100_000, "data.max_epochs": "null"}))
+    with pytest.raises(ValueError, match=r"32 images = 32,000 examples is [\d.]+ passes over the 1,617-image training "
+                                         r"split of 'digits'"):
+        Trainer(_cfg(tmp_path, "debug_vit", name="vit", **{"train.max_steps": 1000}))
+
+
 def test_vit_export_holds_an_image_processor(tmp_path):
     cfg = _cfg(tmp_path, "debug_vit", **{"ffn.name": "rbf", "train.max_steps": 3})
     train(cfg)

@@ -1,9 +1,11 @@
 """The training loop: one CPU to many GPUs or machines through accelerate.
 
 Data order is a pure function of (seed, step): the global batch of step s, micro-step m is positions
-``[(s * accum + m) * B * W, ...)`` of an endless sequence of seeded per-epoch permutations, and rank r takes its B
-of them. So every arm of a comparison sees the same data in the same order, and a resumed run continues exactly
-where it stopped (no data-loader state to save).
+``[(s * accum + m) * B * W, ...)`` of an endless sequence of seeded per-epoch permutations (kanformer/data/order.py),
+and rank r takes its B of them, reading only those blocks from the memory-mapped token shards. So every arm of a
+comparison sees the same data in the same order, and a resumed run continues exactly where it stopped (no data-loader
+state to save). A streamed corpus (``data.streaming``) is read in order instead, each rank its own share of the
+documents (kanformer/data/stream.py); where each rank's stream stands is saved with the checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from ..allocator import configure as configure_malloc
 from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
+from ..data.order import example_indices, rank_positions
 from ..grids import extend_grids, grid_layers, union_rows, update_grids
 from ..layers.lean import set_kernel
 from ..models import ADAPTERS
@@ -67,7 +70,12 @@ class Trainer:
             set_kernel(t.kernel)
         configure_malloc(t.cpu_malloc)
         self.is_text = cfg.model.arch == "gpt2"
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
         self._load_data()
+        if self.stream is not None:
+            self.stream.shard(self.rank, self.world)
+        self._check_epochs()
         self.model, self.kanify_report = build_model(
             cfg, vocab_size=len(self.tokenizer) if self.is_text else None,
             eos_token_id=self.tokenizer.eos_token_id if self.is_text else None,
@@ -83,13 +91,11 @@ class Trainer:
         self.seq_len = cfg.model.block_size if self.is_text else (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self._prepare(self.model)
-        self.world = self.accelerator.num_processes
-        self.rank = self.accelerator.process_index
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
         self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
+        self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
         self._stop_requested = False
-        self._perm_cache: dict[int, torch.Tensor] = {}
         self.resumed_from = self._maybe_resume(resume_path)
         if self.accelerator.is_main_process:
             self._write_run_files()
@@ -98,32 +104,69 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
-        from ..data import build_lm_data, load_images
+        from ..data import StreamBlocks, build_lm_data, load_images
 
-        with self.accelerator.main_process_first():  # the main process fills the cache, the others read it
+        acc = self.accelerator
+        self.stream: StreamBlocks | None = None
+        with acc.main_process_first():  # the main process prepares the shards, the others then map them
             if self.is_text:
-                self.lm = build_lm_data(self.cfg.data, self.cfg.model.block_size)
-                self.tokenizer, self.n_train = self.lm.tokenizer, len(self.lm.train)
+                # one process per machine checks the shards' checksums; the others their sizes
+                self.lm = build_lm_data(self.cfg.data, self.cfg.model.block_size, verify=acc.is_local_main_process,
+                                        progress=acc.is_local_main_process)
+                self.tokenizer = self.lm.tokenizer
+                if isinstance(self.lm.train, StreamBlocks):
+                    self.stream, self.n_train = self.lm.train, None
+                else:
+                    self.n_train = len(self.lm.train)
             else:
                 self.images = load_images(self.cfg.data, self.cfg.model.image_size)
                 self.n_train = len(self.images.train_y)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: torch.randperm(self.n_train, generator=torch.Generator().manual_seed(
-                self.cfg.train.seed * 1_000_003 + epoch))}
-        return self._perm_cache[epoch]
+    def _check_epochs(self) -> None:
+        """Stop before training when the token budget would pass over the training data more than
+        ``data.max_epochs`` times: a fit to repeated data measures memorisation, not language modelling."""
+        limit, t = self.cfg.data.max_epochs, self.cfg.train
+        if limit is None or self.n_train is None:
+            return
+        per_step = t.batch_size * t.grad_accum * self.world
+        epochs = t.max_steps * per_step / self.n_train
+        if epochs <= limit:
+            return
+        if self.is_text:
+            unit, bs = "tokens", self.cfg.model.block_size
+            budget = (f"train.max_steps={t.max_steps} x {per_step} sequences of {bs} tokens "
+                      f"= {t.max_steps * per_step * bs:,} tokens")
+            size = f"the {self.n_train * bs:,}-token training split of {self.cfg.data.dataset!r}"
+        else:
+            unit = "examples"
+            budget = f"train.max_steps={t.max_steps} x {per_step} images = {t.max_steps * per_step:,} {unit}"
+            size = f"the {self.n_train:,}-image training split of {self.cfg.data.dataset!r}"
+        raise ValueError(f"{budget} is {epochs:.2f} passes over {size} (data.max_epochs={limit:g}). Train on a "
+                         f"larger corpus, lower train.max_steps to at most {int(limit * self.n_train // per_step)}, "
+                         f"or allow the repetition explicitly with data.max_epochs={math.ceil(epochs)} (null: no "
+                         f"limit, e.g. for finetuning)")
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """Training-set indices of this rank's micro-batch: a pure function of (seed, step, micro, rank)."""
-        b = self.cfg.train.batch_size
-        start = ((step * self.cfg.train.grad_accum + micro) * self.world + self.rank) * b
-        positions = torch.arange(start, start + b)
-        out = torch.empty(b, dtype=torch.long)
-        for epoch in positions.div(self.n_train, rounding_mode="floor").unique().tolist():
-            sel = positions.div(self.n_train, rounding_mode="floor") == epoch
-            out[sel] = self._permutation(epoch)[positions[sel] % self.n_train]
-        return out
+        t = self.cfg.train
+        positions = rank_positions(step, micro, rank=self.rank, world=self.world, batch_size=t.batch_size,
+                                   grad_accum=t.grad_accum)
+        return torch.from_numpy(example_indices(positions, self.n_train, t.seed))
+
+    def _stream_index(self, step: int, micro: int = 0) -> int:
+        """The first block of (step, micro) in this rank's share of a streamed corpus."""
+        return (step * self.cfg.train.grad_accum + micro) * self.cfg.train.batch_size
+
+    def _train_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """This rank's training micro-batch of (step, micro); the time it takes counts as data time."""
+        start = time.perf_counter()
+        if self.stream is not None:
+            x = self.stream.blocks(self._stream_index(step, micro), self.cfg.train.batch_size)
+            batch = {"input_ids": x.to(self.accelerator.device), "labels": x.to(self.accelerator.device)}
+        else:
+            batch = self._batch(self.batch_indices(step, micro), train=True, step=step)
+        self.data_s += time.perf_counter() - start
+        return batch
 
     def _batch(self, idx: torch.Tensor, train: bool, step: int = 0) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
@@ -148,6 +191,8 @@ class Trainer:
         save_config(self.cfg, self.run_dir / "config.yaml")
         info = {**versions(), "world_size": self.world, "device": str(self.accelerator.device),
                 "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters())}
+        if self.is_text:
+            info["data"] = self.lm.meta
         if self.kanify_report is not None:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
@@ -194,7 +239,14 @@ class Trainer:
         state = ckpt.read_state(path)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
-        self.wall_s = state.get("wall_s", 0.0)
+        self.wall_s, self.data_s = state.get("wall_s", 0.0), state.get("data_s", 0.0)
+        if self.stream is not None:
+            saved = state.get("stream") or {}
+            same_world = saved.get("world") == self.world
+            if not same_world:
+                logger.warning(f"{path} holds no stream position for {self.world} rank(s): each rank reads its share "
+                               f"from the start up to step {self.step} (slow, same blocks)", main_process_only=True)
+            self.stream.restore(self._stream_index(self.step), saved["positions"][self.rank] if same_world else None)
         self.accelerator.step = self.step * self.cfg.train.grad_accum
         if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
             metrics = self.run_dir / "metrics.jsonl"
@@ -212,13 +264,20 @@ class Trainer:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        stream = None
+        if self.stream is not None:  # where every rank's next block begins in its share of the source
+            from accelerate.utils import gather_object
+
+            stream = {"world": self.world,
+                      "positions": gather_object([list(self.stream.position(self._stream_index(self.step)))])}
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.finalize(self.ckpt_root, self.step, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
                 "skipped_steps": self.skipped_steps, "wandb_id": self.wandb_id, "world_size": self.world,
-                "wall_s": self.wall_s,
+                "wall_s": self.wall_s, "data_s": self.data_s,
                 "data_position": self.step * self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world,
+                "stream": stream,
             }, self.cfg.train.keep_last)
         acc.wait_for_everyone()
 
@@ -297,7 +356,7 @@ class Trainer:
         model = unwrap(self.model)
         modules = kan_modules(model) if telemetry else grid_layers(model)
         rows_wanted = max(k.telemetry_rows if telemetry else 1, k.grid_rows if (extend or update) else 1)
-        batch = self._batch(self.batch_indices(s, 0), train=True, step=s)
+        batch = self._train_batch(s, 0)
         was_training = model.training
         model.eval()  # no dropout: the recorded inputs are the function the grid must fit
         with torch.no_grad(), InputRecorder(modules, max_rows=rows_wanted, seed=self.cfg.train.seed + s) as rec:
@@ -359,6 +418,10 @@ class Trainer:
         return result
 
     # -- the loop -------------------------------------------------------------------------------------------------
+    def _stream_spent(self) -> bool:
+        limit = self.cfg.data.max_epochs
+        return self.stream is not None and limit is not None and self.stream.passes_begun > limit
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
         self.accelerator.print(f"signal {signum}: saving a checkpoint after this step, then stopping")
@@ -371,7 +434,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.cfg.name,
                    dynamic_ncols=True)
         last = {"loss": float("nan")}
-        wall0, tokens0 = self.wall_s, self.tokens_seen
+        wall0, tokens0, data0 = self.wall_s, self.tokens_seen, self.data_s
         try:
             while self.step < t.max_steps:
                 step_start = time.perf_counter()
@@ -381,7 +444,7 @@ class Trainer:
                     group["lr"] = lr
                 loss_sum, ok = 0.0, True
                 for micro in range(t.grad_accum):
-                    batch = self._batch(self.batch_indices(self.step, micro), train=True, step=self.step)
+                    batch = self._train_batch(self.step, micro)
                     with acc.accumulate(self.model):
                         loss = self.model(**batch).loss
                         if not torch.isfinite(loss):
@@ -415,6 +478,7 @@ class Trainer:
                     last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s,
                             "tokens_per_s": (self.tokens_seen - tokens0) / max(elapsed, 1e-9),
+                            "data_frac": (self.data_s - data0) / max(elapsed, 1e-9),  # batch fetching's share
                             "skipped_steps": self.skipped_steps}
                     self._log(last)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
@@ -422,8 +486,15 @@ class Trainer:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
                                "wall_s": self.wall_s, **self.evaluate()})
                 bar.update(1)
-                stop = torch.tensor(float(self._stop_requested or self.step == stop_at), device=acc.device)
-                stop = acc.reduce(stop, reduction="sum").item() > 0
+                flags = torch.tensor([float(self._stop_requested or self.step == stop_at), float(self._stream_spent())],
+                                     device=acc.device)
+                stop, spent = (acc.reduce(flags, reduction="sum") > 0).tolist()
+                if spent:
+                    raise ValueError(
+                        f"step {self.step}: the streamed corpus {self.cfg.data.dataset!r} ran out: a rank began pass "
+                        f"{self.stream.passes_begun} over its share of the documents (data.max_epochs="
+                        f"{self.cfg.data.max_epochs}). Lower train.max_steps, stream a larger corpus, or allow "
+                        f"more passes (data.max_epochs); the last checkpoint is untouched")
                 if self.step % t.save_every == 0 or self.step == t.max_steps or stop:
                     self.save_checkpoint()
                 if stop:
@@ -431,6 +502,8 @@ class Trainer:
                     break
         finally:
             bar.close()
+            if self.stream is not None:
+                self.stream.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         finished = self.step >= t.max_steps
