@@ -61,3 +61,25 @@ def test_shipped_configs_load():
     assert files
     for path in files:
         load_config(path)
+
+
+def test_every_shipped_config_loads_and_cpu_paths_need_no_hub():
+    import pathlib
+
+    from kanformer.compare import load_compare_config, plan_arms
+    from kanformer.sweep import load_sweep_config
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    runs = [load_config(p) for p in sorted(root.glob("*.yaml"))]
+    compares = [load_compare_config(p) for p in sorted((root / "compare").glob("*.yaml"))]
+    sweeps = [load_sweep_config(p) for p in sorted((root / "sweeps").glob("*.yaml"))]
+    assert len(runs) >= 6 and len(compares) >= 3 and len(sweeps) >= 2
+    assert all(plan_arms(c) for c in compares)
+    cpu = [load_config(preset=p).data for p in PRESETS] + [
+        load_compare_config(root / "compare/readme_cpu.yaml").base["data"],
+        load_sweep_config(root / "sweeps/cpu_ladder.yaml").base["data"]]
+    for data in cpu:  # the machines without hub access run these
+        name = data["dataset"] if isinstance(data, dict) else data.dataset
+        assert not name.startswith("hf:"), name
+    gpu = [r.data for r in runs if r.train.mixed_precision == "bf16"]
+    assert gpu and all(d.dataset.startswith("hf:") and d.max_epochs == 1 for d in gpu)
