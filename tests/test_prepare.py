@@ -202,6 +202,11 @@ def test_the_order_is_a_seeded_permutation_per_epoch():
             assert not np.array_equal(first, example_indices(np.arange(n), n, seed=4))
     assert np.array_equal(example_indices(np.array([5, 1003, 7]), 1000, 3),
                           example_indices(np.arange(2000), 1000, 3)[[5, 1003, 7]])
+    # small batches take Python integers, large ones numpy: the same arithmetic
+    positions = np.arange(123_456, 123_456 + 3000)
+    whole = example_indices(positions, 50_000, 9)  # numpy, across an epoch boundary
+    pieces = np.concatenate([example_indices(positions[i: i + 100], 50_000, 9) for i in range(0, 3000, 100)])
+    assert np.array_equal(whole, pieces)
 
 
 def test_damaged_shards_and_a_foreign_manifest_are_named(tmp_path, corpus):

@@ -1,59 +1,81 @@
 """Data order as a pure function of (seed, step): which examples (blocks of tokens, images) a rank trains on.
 
-The examples form an endless sequence of epochs, each a seeded permutation of ``range(n)``. The permutation is a
-Feistel network over the next power of four with cycle walking (a bijection computed per position): no table of n
-indices is ever built, so memory does not grow with the corpus, and any position can be looked up directly — which
-is what makes resuming exact and lets each rank compute only its own examples.
+The examples form an endless sequence of epochs, each a seeded permutation of ``range(n)``. The permutation is
+computed per position, never stored: rounds of an odd multiply-add and a xor-shift, each a bijection of the integers
+modulo the next power of two, keyed by a hash of (seed, epoch), with cycle walking back into ``[0, n)`` (the power of
+two is < 2n, so under two rounds of walking on average). No table of n indices is built, so memory does not grow
+with the corpus, and any position can be looked up directly, which is what makes resuming exact and lets each rank
+compute only its own examples. A micro-batch's indices take microseconds (Python integers for small batches, numpy
+for large ones: the same arithmetic, tested equal).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
 
 _ROUNDS = 4
+_SMALL = 256  # batches up to this size are mapped with Python integers (numpy's per-call cost dominates there)
 
 
-def _round_keys(seed: int, epoch: int) -> list[np.uint64]:
-    digest = hashlib.blake2b(f"kanformer-order:{seed}:{epoch}".encode(), digest_size=8 * _ROUNDS).digest()
-    return [np.uint64(int.from_bytes(digest[8 * i: 8 * i + 8], "little")) for i in range(_ROUNDS)]
+@functools.lru_cache(maxsize=256)
+def _keys(seed: int, epoch: int, bits: int) -> tuple[tuple[tuple[int, int], ...], int, int]:
+    """((odd multiplier, addend) per round, mask, shift) of epoch ``epoch``'s permutation of ``2**bits`` integers."""
+    digest = hashlib.blake2b(f"kanformer-order:{seed}:{epoch}".encode(), digest_size=16 * _ROUNDS).digest()
+    mask = (1 << bits) - 1
+    rounds = tuple((int.from_bytes(digest[16 * r: 16 * r + 8], "little") & mask | 1,
+                    int.from_bytes(digest[16 * r + 8: 16 * r + 16], "little") & mask) for r in range(_ROUNDS))
+    return rounds, mask, max(1, (bits + 1) // 2)
 
 
-def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
-    """splitmix64's finaliser of x ^ key (Steele et al. 2014): a well-mixed 64-bit hash."""
-    x = x ^ key
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _permute_int(i: int, n: int, keys: tuple) -> int:
+    rounds, mask, shift = keys
+    while True:
+        for mult, add in rounds:
+            i = (i * mult + add) & mask
+            i ^= i >> shift
+        if i < n:
+            return i
 
 
-def _feistel(x: np.ndarray, half: int, keys: list[np.uint64]) -> np.ndarray:
-    mask = np.uint64((1 << half) - 1)
-    left, right = x >> np.uint64(half), x & mask
-    for key in keys:
-        left, right = right, left ^ (_mix(right, key) & mask)
-    return (left << np.uint64(half)) | right
+def _permute_array(i: np.ndarray, n: int, keys: tuple) -> np.ndarray:
+    rounds, mask, shift = keys
+    y = i.astype(np.uint64)
+    todo = np.ones(len(y), dtype=bool)
+    with np.errstate(over="ignore"):
+        while todo.any():  # cycle walking: apply the permutation again to those outside [0, n)
+            x = y[todo]
+            for mult, add in rounds:  # (x * mult + add) mod 2**64, then mod 2**bits: the same as with Python ints
+                x = (x * np.uint64(mult) + np.uint64(add)) & np.uint64(mask)
+                x ^= x >> np.uint64(shift)
+            y[todo] = x
+            todo[todo] = x >= np.uint64(n)
+    return y.astype(np.int64)
 
 
 def permute(index: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
     """``index`` (values in ``[0, n)``) mapped through epoch ``epoch``'s permutation of ``range(n)``."""
-    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)  # the domain 4**half >= n
-    keys = _round_keys(seed, epoch)
-    with np.errstate(over="ignore"):
-        y = _feistel(np.asarray(index, dtype=np.uint64), half, keys)
-        out_of_range = y >= np.uint64(n)
-        while out_of_range.any():  # cycle walking: a permutation of the larger domain, restricted to [0, n)
-            y[out_of_range] = _feistel(y[out_of_range], half, keys)
-            out_of_range = y >= np.uint64(n)
-    return y.astype(np.int64)
+    keys = _keys(seed, epoch, max(1, (n - 1).bit_length()))
+    index = np.asarray(index, dtype=np.int64)
+    if len(index) <= _SMALL:
+        return np.array([_permute_int(int(i), n, keys) for i in index], dtype=np.int64)
+    return _permute_array(index, n, keys)
 
 
 def example_indices(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The example at each global position of the endless sequence of epochs (position // n is the epoch)."""
-    positions = np.asarray(positions, dtype=np.int64)
     if n < 1:
         raise ValueError(f"no examples to order (n={n})")
+    positions = np.asarray(positions, dtype=np.int64)
+    bits = max(1, (n - 1).bit_length())
+    if len(positions) <= _SMALL:
+        out = []
+        for p in positions.tolist():
+            epoch, i = divmod(p, n)
+            out.append(_permute_int(i, n, _keys(seed, epoch, bits)))
+        return np.array(out, dtype=np.int64)
     epochs, within = np.divmod(positions, n)
     out = np.empty_like(positions)
     for epoch in np.unique(epochs).tolist():

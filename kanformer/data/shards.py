@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -129,14 +130,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 class TokenSplit:
     """One split of a prepared corpus: its shards read as one sequence of tokens."""
 
-    REMAP_EVERY = 4096  # reads between re-opening the maps, so touched pages leave the process's resident set
+    REMAP_EVERY = 1024  # reads between re-opening the maps, so touched pages leave the process's resident set
 
     def __init__(self, folder: str | Path, manifest: dict[str, Any], split: str) -> None:
         self.folder, self.split = Path(folder), split
         self.dtype = np.dtype(DTYPES[manifest["dtype"]]).newbyteorder("<")
         self.shards = manifest["splits"][split]["shards"]
         self.starts = np.cumsum([0] + [s["tokens"] for s in self.shards]).tolist()
-        self._maps: dict[int, np.memmap] = {}
+        self._maps: dict[int, np.ndarray] = {}
         self._reads = 0
 
     def __len__(self) -> int:
@@ -159,19 +160,22 @@ class TokenSplit:
                 raise ValueError(f"Shard {path} is truncated or damaged: {size:,} bytes, the manifest says "
                                  f"{shard['tokens'] * self.dtype.itemsize:,}: {fix}")
             if checksums:
-                h = hashlib.sha256()
+                h, buffer = hashlib.sha256(), memoryview(bytearray(1 << 20))  # one small buffer, reused
                 with open(path, "rb") as f:
-                    for chunk in iter(lambda f=f: f.read(1 << 24), b""):
-                        h.update(chunk)
-                        bar.update(len(chunk))
+                    while n := f.readinto(buffer):
+                        h.update(buffer[:n])
+                        bar.update(n)
                 if h.hexdigest() != shard["sha256"]:
                     raise ValueError(f"Shard {path} fails its checksum (sha256 {h.hexdigest()[:16]}..., the manifest "
                                      f"says {shard['sha256'][:16]}...): {fix}")
         bar.close()
 
-    def _map(self, i: int) -> np.memmap:
+    def _map(self, i: int) -> np.ndarray:
         if i not in self._maps:
-            self._maps[i] = np.memmap(self.folder / self.shards[i]["file"], dtype=self.dtype, mode="r")
+            mapped = np.memmap(self.folder / self.shards[i]["file"], dtype=self.dtype, mode="r")
+            if hasattr(mmap, "MADV_RANDOM"):  # blocks are read at random: no read-ahead, no mapping of neighbours
+                mapped._mmap.madvise(mmap.MADV_RANDOM)
+            self._maps[i] = np.asarray(mapped)  # a plain array over the map (indexing np.memmap itself costs more)
         return self._maps[i]
 
     def _tick(self) -> None:
@@ -194,14 +198,16 @@ class TokenSplit:
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Rows of ``length`` tokens beginning at ``starts``: (len(starts), length)."""
+        if not len(starts):
+            return np.empty((0, length), self.dtype)
+        lo, hi = int(starts.min()), int(starts.max()) + length
+        if lo < 0 or hi > len(self):
+            raise IndexError(f"tokens [{lo}, {hi}) outside the {self.split} split's {len(self)}")
         self._tick()
-        shard = np.searchsorted(np.asarray(self.starts), starts, side="right") - 1
-        ends = np.asarray(self.starts)[shard + 1]
-        if len(starts) and (shard == shard[0]).all() and (starts + length <= ends).all():  # one shard: one gather
-            offsets = starts - self.starts[int(shard[0])]
-            return self._map(int(shard[0]))[offsets[:, None] + np.arange(length)]
-        return np.stack([self.read(int(s), int(s) + length) for s in starts]) if len(starts) else \
-            np.empty((0, length), self.dtype)
+        i = bisect.bisect_right(self.starts, lo) - 1
+        if hi <= self.starts[i + 1]:  # all rows in one shard (the usual case): one gather
+            return self._map(i)[(starts - self.starts[i])[:, None] + np.arange(length)]
+        return np.stack([self.read(int(s), int(s) + length) for s in starts])
 
 
 class TokenBlocks:
@@ -224,8 +230,6 @@ class TokenBlocks:
         if isinstance(idx, slice):
             idx = np.arange(len(self))[idx]
         idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"block indices out of range [0, {len(self)})")
         return torch.from_numpy(self.split.gather(idx * bs, bs).astype(np.int64))
 
     def tokens(self, start: int, stop: int) -> torch.Tensor:

@@ -35,7 +35,6 @@ class StreamBlocks:
         self.cfg, self.tokenizer_json, self.eos, self.block_size = cfg, str(tokenizer_json), eos_id, block_size
         self.rank, self.world, self.prefetch = rank, world, prefetch
         self.anchor: tuple[int, Position] = (0, (0, 0, 0))  # a block index whose start is known
-        self.passes_begun = 1  # passes over the rank's share that the blocks handed out so far reach into
         self._cache: dict[int, tuple[np.ndarray, Position]] = {}
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -159,13 +158,17 @@ class StreamBlocks:
                     self._cache[index] = (block, begins)
         return self._cache[k]
 
-    def blocks(self, start: int, count: int) -> torch.Tensor:
-        """Blocks ``[start, start + count)`` of this rank's share: (count, block_size) int64."""
+    def read(self, start: int, count: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Blocks ``[start, start + count)`` of this rank's share, (count, block_size) int64, and the pass over the
+        share (0, 1, ...) in which each begins."""
         rows = [self._fetch(k) for k in range(start, start + count)]
         for k in [k for k in self._cache if k < start]:
             del self._cache[k]
-        self.passes_begun = max([self.passes_begun] + [begins[0] + 1 for _, begins in rows])
-        return torch.from_numpy(np.stack([block for block, _ in rows]))
+        return torch.from_numpy(np.stack([block for block, _ in rows])), np.array([b[0] for _, b in rows])
+
+    def blocks(self, start: int, count: int) -> torch.Tensor:
+        """Blocks ``[start, start + count)`` of this rank's share: (count, block_size) int64."""
+        return self.read(start, count)[0]
 
     def position(self, index: int) -> Position:
         """Where block ``index`` of this rank's share begins (saved with checkpoints)."""

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -40,6 +41,7 @@ from .model_factory import build_model
 from .optim import build_optimizer, lr_at
 
 logger = get_logger(__name__)
+READ_AHEAD = 16  # training micro-batches read from the data at a time
 
 
 class NonFiniteError(RuntimeError):
@@ -96,6 +98,8 @@ class Trainer:
         self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
         self._stop_requested = False
+        self._ahead: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # training micro-batches read ahead
+        self.stream_passes = 1
         self.resumed_from = self._maybe_resume(resume_path)
         if self.accelerator.is_main_process:
             self._write_run_files()
@@ -157,19 +161,44 @@ class Trainer:
         """The first block of (step, micro) in this rank's share of a streamed corpus."""
         return (step * self.cfg.train.grad_accum + micro) * self.cfg.train.batch_size
 
-    def _train_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        """This rank's training micro-batch of (step, micro); the time it takes counts as data time."""
-        start = time.perf_counter()
+    def _read_ahead(self, step: int, micro: int) -> None:
+        """Read the micro-batch (step, micro) and the READ_AHEAD - 1 after it in one go, on the CPU: a read has a
+        fixed cost (index arithmetic, a gather from the map) that one micro-batch of a small model would feel."""
+        t = self.cfg.train
+        first = step * t.grad_accum + micro
+        last = max(first + 1, min(first + READ_AHEAD, t.max_steps * t.grad_accum))  # telemetry may look past the end
+        keys = [divmod(g, t.grad_accum) for g in range(first, last)]
         if self.stream is not None:
-            x = self.stream.blocks(self._stream_index(step, micro), self.cfg.train.batch_size)
-            batch = {"input_ids": x.to(self.accelerator.device), "labels": x.to(self.accelerator.device)}
-        else:
-            batch = self._batch(self.batch_indices(step, micro), train=True, step=step)
+            rows, passes = self.stream.read(self._stream_index(step, micro), len(keys) * t.batch_size)
+            self._passes = {key: int(p.max()) + 1 for key, p in zip(keys, np.split(passes, len(keys)), strict=True)}
+        elif self.is_text:  # rank_positions of every key at once: micro-batch g's run starts at (g * world + rank) * B
+            starts = (np.arange(first, first + len(keys)) * self.world + self.rank) * t.batch_size
+            positions = (starts[:, None] + np.arange(t.batch_size)).ravel()
+            rows = self.lm.train[example_indices(positions, self.n_train, t.seed)]
+        else:  # images live in memory: nothing to gain, and augmentation is per step
+            cpu = torch.device("cpu")
+            self._ahead = {(s, m): self._batch(self.batch_indices(s, m), True, s, cpu) for s, m in keys}
+            return
+        self._ahead = {key: {"input_ids": x, "labels": x} for key, x in zip(keys, rows.split(t.batch_size),
+                                                                              strict=True)}
+
+    def _train_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """This rank's training micro-batch of (step, micro) on the device: a pure function of the step, read
+        READ_AHEAD micro-batches at a time; the time it takes counts as data time."""
+        start = time.perf_counter()
+        if (step, micro) not in self._ahead:
+            self._read_ahead(step, micro)
+        if self.stream is not None:  # passes over this rank's share of the stream that training reached
+            self.stream_passes = max(self.stream_passes, self._passes[(step, micro)])
+        moved: dict[int, torch.Tensor] = {}  # input_ids and labels are one tensor: moved once
+        batch = {k: moved.setdefault(id(v), v.to(self.accelerator.device))
+                 for k, v in self._ahead[(step, micro)].items()}
         self.data_s += time.perf_counter() - start
         return batch
 
-    def _batch(self, idx: torch.Tensor, train: bool, step: int = 0) -> dict[str, torch.Tensor]:
-        device = self.accelerator.device
+    def _batch(self, idx: torch.Tensor, train: bool, step: int = 0,
+               device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        device = device or self.accelerator.device
         if self.is_text:
             x = (self.lm.train if train else self.lm.val)[idx].to(device)
             return {"input_ids": x, "labels": x}
@@ -420,7 +449,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------------------
     def _stream_spent(self) -> bool:
         limit = self.cfg.data.max_epochs
-        return self.stream is not None and limit is not None and self.stream.passes_begun > limit
+        return self.stream is not None and limit is not None and self.stream_passes > limit
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
@@ -492,8 +521,8 @@ class Trainer:
                 if spent:
                     raise ValueError(
                         f"step {self.step}: the streamed corpus {self.cfg.data.dataset!r} ran out: a rank began pass "
-                        f"{self.stream.passes_begun} over its share of the documents (data.max_epochs="
-                        f"{self.cfg.data.max_epochs}). Lower train.max_steps, stream a larger corpus, or allow "
+                        f"{self.stream_passes} over its share of the documents (data.max_epochs="
+                        f"{self.cfg.data.max_epochs:g}). Lower train.max_steps, stream a larger corpus, or allow "
                         f"more passes (data.max_epochs); the last checkpoint is untouched")
                 if self.step % t.save_every == 0 or self.step == t.max_steps or stop:
                     self.save_checkpoint()
