@@ -3,6 +3,7 @@ same with worker processes; every bad input a clear error that loses nothing alr
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from kanformer.config import DataConfig
 from kanformer.data import (
     TextSource,
+    TokenBlocks,
     TokenSplit,
     build_lm_data,
     example_indices,
@@ -76,9 +78,24 @@ def test_shards_are_deterministic_decode_back_and_a_rerun_is_a_no_op(tmp_path, c
         decoded = [tok.decode(d[:-1].tolist()) for d in split_documents(ids, tok.eos_token_id)]
         assert decoded == expected[split]
         assert ma["splits"][split]["bytes"] == sum(len(d.encode()) for d in expected[split])
+    # blocks read across shard boundaries, with positional reads and without (platforms lacking preadv)
+    split = TokenSplit(a, ma, "train")
+    flat = torch.from_numpy(split.read(0, len(split)).astype(np.int64))
+    blocks, order = TokenBlocks(split, 37), torch.randperm(len(split) // 37)
+    expected = flat[: len(blocks) * 37].view(-1, 37)[order]
+    assert torch.equal(blocks[order], expected)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delattr(os, "preadv")
+        assert torch.equal(TokenBlocks(TokenSplit(a, ma, "train"), 37)[order], expected)
     stamp = (a / "manifest.json").stat().st_mtime_ns
     assert prepare(cfg, out=a) == a and (a / "manifest.json").stat().st_mtime_ns == stamp
     assert not list(a.glob("*.tmp")) and not (a / "progress.json").exists()
+    # a prepared directory needs its source no more (prepared on one machine, trained on another)
+    moved = write_jsonl(tmp_path / "elsewhere.jsonl", documents(300))
+    elsewhere = _cfg(tmp_path, f"files:{moved}", shard_tokens=4000, prepared_dir=str(tmp_path / "c"))
+    prepare(elsewhere)
+    moved.unlink()
+    assert len(build_lm_data(elsewhere, block_size=16).train) > 0
 
 
 @pytest.mark.slow

@@ -98,11 +98,14 @@ def _locked(folder: Path):
 def prepare(cfg: DataConfig, *, out: str | Path | None = None, progress: bool = True, log=print) -> Path:
     """Tokenize ``cfg``'s source into token shards (resuming a partial preparation); returns the directory. A no-op
     on a directory that already holds the prepared corpus; an error on one that holds another."""
-    source = TextSource(cfg.dataset, text_field=cfg.text_field, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
+    source = None
+    if out is None and not cfg.prepared_dir:  # the cache's directory is keyed by the source's fingerprint
+        source = TextSource(cfg.dataset, text_field=cfg.text_field, cache_dir=cfg.cache_dir)
     folder = Path(out) if out is not None else default_dir(cfg, source)
-    if (folder / MANIFEST).is_file():
+    if (folder / MANIFEST).is_file():  # prepared: the source is not needed (it may live on another machine)
         check_request(folder, read_manifest(folder), cfg)
         return folder
+    source = TextSource(cfg.dataset, text_field=cfg.text_field, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder):
         if (folder / MANIFEST).is_file():  # another process finished it while this one waited
@@ -168,6 +171,9 @@ class _Preparation:
             if next((p for p in self._pieces() if p.split == "train"), None) is None:
                 raise ValueError(f"Dataset {self.cfg.dataset!r} holds no text (empty corpus)")
             t0 = time.perf_counter()
+            if trains_on_text(self.cfg.tokenizer):
+                self.log(f"prepare: learning a {self.cfg.vocab_size}-token {self.cfg.tokenizer} tokenizer from up to "
+                         f"{self.cfg.tokenizer_sample_bytes:,} bytes of training text ...")
             tok = build_tokenizer(self.cfg.tokenizer, self.cfg.vocab_size,
                                   self._sample() if trains_on_text(self.cfg.tokenizer) else None)
             tmp = self.folder / ".tokenizer.tmp"
@@ -175,9 +181,7 @@ class _Preparation:
             tok.save_pretrained(str(tmp))
             os.replace(tmp, path)
             if trains_on_text(self.cfg.tokenizer):
-                self.log(f"prepare: {self.cfg.tokenizer} tokenizer ({len(tok)} tokens) learnt from up to "
-                         f"{self.cfg.tokenizer_sample_bytes:,} bytes of training text in "
-                         f"{time.perf_counter() - t0:.1f} s")
+                self.log(f"prepare: tokenizer ({len(tok)} tokens) learnt in {time.perf_counter() - t0:.1f} s")
         return AutoTokenizer.from_pretrained(str(path))
 
     # -- the pass ------------------------------------------------------------------------------------------------------

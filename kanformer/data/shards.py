@@ -8,8 +8,13 @@ A prepared corpus is a directory::
     validation_000000.bin ...     an end-of-text id after every document; no header (the manifest describes them)
 
 A shard is written to a hidden temporary file, checksummed while written, and renamed into place only when complete;
-the manifest is written last, so a directory with a manifest is a complete corpus. Reading maps the shards
-(``np.memmap``): a process holds only the pages it touches, whatever the size of the corpus.
+the manifest is written last, so a directory with a manifest is a complete corpus.
+
+Reading copies just the requested tokens out of the files with positional reads (``preadv``) into arrays the reader
+owns, so a process' resident memory does not grow with the corpus, nor with how much of it a run has read. (Mapping
+the files with ``np.memmap`` does grow it: on Linux kernels that cache files in large folios, each block read at
+random maps up to a 2 MB folio into the process, measured at ~1.5 MB of mapped-file resident memory per block, 1 GB
+within seconds of training on a 500 M-token corpus. The pages belong to the shared page cache either way.)
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import mmap
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +135,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 class TokenSplit:
     """One split of a prepared corpus: its shards read as one sequence of tokens."""
 
-    REMAP_EVERY = 1024  # reads between re-opening the maps, so touched pages leave the process's resident set
+    OPEN_FILES = 64  # shard files kept open (least recently used closed first)
 
     def __init__(self, folder: str | Path, manifest: dict[str, Any], split: str) -> None:
         self.folder, self.split = Path(folder), split
         self.dtype = np.dtype(DTYPES[manifest["dtype"]]).newbyteorder("<")
         self.shards = manifest["splits"][split]["shards"]
         self.starts = np.cumsum([0] + [s["tokens"] for s in self.shards]).tolist()
-        self._maps: dict[int, np.ndarray] = {}
-        self._reads = 0
+        self._files: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -170,31 +174,45 @@ class TokenSplit:
                                      f"says {shard['sha256'][:16]}...): {fix}")
         bar.close()
 
-    def _map(self, i: int) -> np.ndarray:
-        if i not in self._maps:
-            mapped = np.memmap(self.folder / self.shards[i]["file"], dtype=self.dtype, mode="r")
-            if hasattr(mmap, "MADV_RANDOM"):  # blocks are read at random: no read-ahead, no mapping of neighbours
-                mapped._mmap.madvise(mmap.MADV_RANDOM)
-            self._maps[i] = np.asarray(mapped)  # a plain array over the map (indexing np.memmap itself costs more)
-        return self._maps[i]
+    def _file(self, i: int):
+        if i in self._files:
+            self._files.move_to_end(i)
+        else:
+            if len(self._files) >= self.OPEN_FILES:
+                self._files.popitem(last=False)[1].close()
+            self._files[i] = open(self.folder / self.shards[i]["file"], "rb", buffering=0)
+        return self._files[i]
 
-    def _tick(self) -> None:
-        self._reads += 1
-        if self._reads % self.REMAP_EVERY == 0:
-            self._maps.clear()
+    def _read_into(self, out: np.ndarray, i: int, start: int) -> None:
+        """Fill ``out`` with shard i's tokens from offset ``start`` (in tokens)."""
+        f, view = self._file(i), memoryview(out).cast("B")
+        if hasattr(os, "preadv"):
+            n = os.preadv(f.fileno(), [view], start * self.dtype.itemsize)
+        else:  # no positional reads on this platform
+            f.seek(start * self.dtype.itemsize)
+            n = f.readinto(view)
+        if n != len(view):
+            raise ValueError(f"Shard {self.folder / self.shards[i]['file']} is truncated or damaged: a read at token "
+                             f"{start} returned {n} of {len(view)} bytes; prepare the corpus again")
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].close()
+
+    def __del__(self) -> None:
+        self.close()
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` of the split (crossing shard boundaries as needed)."""
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"tokens [{start}, {stop}) outside the {self.split} split's {len(self)}")
-        self._tick()
-        parts = []
-        i = bisect.bisect_right(self.starts, start) - 1
+        out = np.empty(stop - start, dtype=self.dtype)
+        at, i = 0, bisect.bisect_right(self.starts, start) - 1
         while start < stop:
             end = min(stop, self.starts[i + 1])
-            parts.append(self._map(i)[start - self.starts[i]: end - self.starts[i]])
-            start, i = end, i + 1
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self._read_into(out[at: at + end - start], i, start - self.starts[i])
+            at, start, i = at + end - start, end, i + 1
+        return out
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Rows of ``length`` tokens beginning at ``starts``: (len(starts), length)."""
@@ -203,11 +221,27 @@ class TokenSplit:
         lo, hi = int(starts.min()), int(starts.max()) + length
         if lo < 0 or hi > len(self):
             raise IndexError(f"tokens [{lo}, {hi}) outside the {self.split} split's {len(self)}")
-        self._tick()
-        i = bisect.bisect_right(self.starts, lo) - 1
-        if hi <= self.starts[i + 1]:  # all rows in one shard (the usual case): one gather
-            return self._map(i)[(starts - self.starts[i])[:, None] + np.arange(length)]
-        return np.stack([self.read(int(s), int(s) + length) for s in starts])
+        out = np.empty((len(starts), length), dtype=self.dtype)
+        bounds = np.asarray(self.starts)
+        shard = np.searchsorted(bounds, starts, side="right") - 1
+        within = (starts + length <= bounds[shard + 1]).tolist()
+        if not hasattr(os, "preadv"):  # no positional reads on this platform: seek and read, row by row
+            for r, start in enumerate(starts.tolist()):
+                out[r] = self.read(start, start + length)
+            return out
+        # the hot loop of training: one positional read per row, straight into the output
+        view, size = memoryview(out).cast("B"), length * self.dtype.itemsize
+        offsets = ((starts - bounds[shard]) * self.dtype.itemsize).tolist()
+        fds: dict[int, int] = {}
+        for r, (i, offset, ok) in enumerate(zip(shard.tolist(), offsets, within, strict=True)):
+            if not ok:  # the row crosses into the next shard
+                out[r] = self.read(int(starts[r]), int(starts[r]) + length)
+                continue
+            fd = fds[i] if i in fds else fds.setdefault(i, self._file(i).fileno())
+            if os.preadv(fd, [view[r * size: (r + 1) * size]], offset) != size:
+                raise ValueError(f"Shard {self.folder / self.shards[i]['file']} is truncated or damaged: prepare "
+                                 f"the corpus again")
+        return out
 
 
 class TokenBlocks:
