@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     pp.add_argument("items", nargs="*", metavar="source | data.key=value",
                     help="the source (data.dataset: pydoc, shakespeare, files:<glob>, hf:<id>[:<config>]; default: "
                          "the config's) and data options, e.g. data.tokenizer=gpt2 data.vocab_size=32768")
-    pp.add_argument("--config", help="a run config whose data section to prepare (what training will ask for)")
+    pp.add_argument("--config", help="a run config whose data section to prepare (what training will ask for), or "
+                                      "a compare / sweep config (its base's)")
     pp.add_argument("--out", help="directory of the shards (default: data.prepared_dir, else under the cache)")
     pp.add_argument("--num-proc", type=int, help="tokenizer processes (default: every core)")
     pp.add_argument("--verify", action="store_true", help="check every shard's size and SHA-256 afterwards")
@@ -138,13 +139,23 @@ def main(argv: list[str] | None = None) -> None:
 def prepare_command(args: argparse.Namespace, items: list[str], parser: argparse.ArgumentParser) -> None:
     import dataclasses
 
-    from .config import load_config
+    import yaml
+
+    from .config import _merge, load_config, parse_override, run_config_from
     from .data import TokenSplit, prepare, read_manifest
 
     sources = [i for i in items if "=" not in i]
     if len(sources) > 1 or any(i.startswith("-") for i in sources):
         parser.error(f"prepare takes one source and data.key=value options, got {' '.join(sources)}")
-    data = load_config(args.config, overrides=[i for i in items if "=" in i]).data
+    overrides = [i for i in items if "=" in i]
+    raw = yaml.safe_load(open(args.config)) if args.config else None
+    if isinstance(raw, dict) and "base" in raw:  # a compare or sweep config: every run shares its base's data
+        extra: dict = {}
+        for text in overrides:
+            extra = _merge(extra, parse_override(text))
+        data = run_config_from(raw["base"], **extra).data
+    else:
+        data = load_config(args.config, overrides=overrides).data
     changes = {"dataset": sources[0]} if sources else {}
     if args.num_proc is not None:
         changes["num_proc"] = args.num_proc

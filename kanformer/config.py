@@ -105,6 +105,9 @@ class DataConfig:
     # Train from the source as it is read, without preparing training shards (corpora too large to prepare
     # first); validation is the first stream_val_tokens held-out tokens, prepared to shards.
     streaming: bool = False
+    # hf: sources are read with datasets' streaming while preparing too (no local Arrow copy: the shards are the
+    # only copy on disk; a resumed preparation reads the skipped part again). false: downloaded to the datasets cache.
+    hf_streaming: bool = False
     stream_val_tokens: int = 1_048_576
     # A run whose token budget would pass over the training data more than this many times stops before it starts
     # (null: no limit, e.g. finetuning or image classification).

@@ -78,13 +78,14 @@ def test_shards_are_deterministic_decode_back_and_a_rerun_is_a_no_op(tmp_path, c
         decoded = [tok.decode(d[:-1].tolist()) for d in split_documents(ids, tok.eos_token_id)]
         assert decoded == expected[split]
         assert ma["splits"][split]["bytes"] == sum(len(d.encode()) for d in expected[split])
-    # blocks read across shard boundaries, with positional reads and without (platforms lacking preadv)
+    # blocks read across shard boundaries, with positional reads and without (platforms lacking them)
     split = TokenSplit(a, ma, "train")
     flat = torch.from_numpy(split.read(0, len(split)).astype(np.int64))
     blocks, order = TokenBlocks(split, 37), torch.randperm(len(split) // 37)
     expected = flat[: len(blocks) * 37].view(-1, 37)[order]
     assert torch.equal(blocks[order], expected)
     with pytest.MonkeyPatch.context() as mp:
+        mp.delattr(os, "pread")
         mp.delattr(os, "preadv")
         assert torch.equal(TokenBlocks(TokenSplit(a, ma, "train"), 37)[order], expected)
     stamp = (a / "manifest.json").stat().st_mtime_ns
@@ -299,3 +300,9 @@ def test_prepare_command(tmp_path, corpus, capsys):
     assert "size and checksum verified" in capsys.readouterr().out
     with pytest.raises(ValueError, match="tokenizer: prepared with 'char', the run asks for 'bpe'"):
         main(["prepare", f"files:{corpus}", "--out", str(out)])
+    compare = tmp_path / "compare.yaml"  # a compare (or sweep) config: its base's data section
+    compare.write_text(f"name: c\nbase:\n  data: {{dataset: 'files:{corpus}', tokenizer: char}}\narms: []\n")
+    main(["prepare", "--config", str(compare), "--out", str(out)])
+    assert read_manifest(out) == manifest  # the same corpus: nothing to do
+    with pytest.raises(ValueError, match="vocab_size: prepared with None, the run asks for 300"):
+        main(["prepare", "--config", str(compare), "--out", str(out), "data.tokenizer=bpe", "data.vocab_size=300"])

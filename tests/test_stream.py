@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kanformer.config import DataConfig, load_config
-from kanformer.data import StreamBlocks, build_lm_data
+from kanformer.data import StreamBlocks, build_lm_data, read_manifest
 from kanformer.train import train
 from tests.corpora import documents, hf_directory, split_documents
 
@@ -48,6 +48,14 @@ def test_streaming_gives_the_prepared_tokens_and_each_rank_its_own_documents(tmp
         assert torch.equal(resumed.blocks(k - 3, 3), stream.blocks(k - 3, 3))
         stream.close()
         resumed.close()
+
+
+def test_preparing_a_hub_dataset_read_as_a_stream_gives_the_same_shards(tmp_path, dataset):
+    plain = build_lm_data(_cfg(tmp_path, dataset), block_size=32)
+    streamed = build_lm_data(_cfg(tmp_path, dataset, hf_streaming=True, prepared_dir=str(tmp_path / "s")), 32)
+    for split in ("train", "validation"):
+        a, b = (read_manifest(d.folder)["splits"][split] for d in (plain, streamed))
+        assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and a["tokens"] > 0
 
 
 def _run_cfg(tmp_path, dataset, name, **over):

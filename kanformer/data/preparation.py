@@ -105,7 +105,8 @@ def prepare(cfg: DataConfig, *, out: str | Path | None = None, progress: bool = 
     if (folder / MANIFEST).is_file():  # prepared: the source is not needed (it may live on another machine)
         check_request(folder, read_manifest(folder), cfg)
         return folder
-    source = TextSource(cfg.dataset, text_field=cfg.text_field, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
+    source = TextSource(cfg.dataset, text_field=cfg.text_field, streaming=cfg.streaming or cfg.hf_streaming,
+                        cache_dir=cfg.cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder):
         if (folder / MANIFEST).is_file():  # another process finished it while this one waited

@@ -10,7 +10,7 @@ A prepared corpus is a directory::
 A shard is written to a hidden temporary file, checksummed while written, and renamed into place only when complete;
 the manifest is written last, so a directory with a manifest is a complete corpus.
 
-Reading copies just the requested tokens out of the files with positional reads (``preadv``) into arrays the reader
+Reading copies just the requested tokens out of the files with positional reads (``pread``) into arrays the reader
 owns, so a process' resident memory does not grow with the corpus, nor with how much of it a run has read. (Mapping
 the files with ``np.memmap`` does grow it: on Linux kernels that cache files in large folios, each block read at
 random maps up to a 2 MB folio into the process, measured at ~1.5 MB of mapped-file resident memory per block, 1 GB
@@ -188,7 +188,7 @@ class TokenSplit:
         f, view = self._file(i), memoryview(out).cast("B")
         if hasattr(os, "preadv"):
             n = os.preadv(f.fileno(), [view], start * self.dtype.itemsize)
-        else:  # no positional reads on this platform
+        else:  # no vectored positional reads on this platform
             f.seek(start * self.dtype.itemsize)
             n = f.readinto(view)
         if n != len(view):
@@ -221,27 +221,27 @@ class TokenSplit:
         lo, hi = int(starts.min()), int(starts.max()) + length
         if lo < 0 or hi > len(self):
             raise IndexError(f"tokens [{lo}, {hi}) outside the {self.split} split's {len(self)}")
-        out = np.empty((len(starts), length), dtype=self.dtype)
         bounds = np.asarray(self.starts)
         shard = np.searchsorted(bounds, starts, side="right") - 1
         within = (starts + length <= bounds[shard + 1]).tolist()
-        if not hasattr(os, "preadv"):  # no positional reads on this platform: seek and read, row by row
-            for r, start in enumerate(starts.tolist()):
-                out[r] = self.read(start, start + length)
-            return out
-        # the hot loop of training: one positional read per row, straight into the output
-        view, size = memoryview(out).cast("B"), length * self.dtype.itemsize
+        if not hasattr(os, "pread"):  # no positional reads on this platform: seek and read, row by row
+            return np.stack([self.read(start, start + length) for start in starts.tolist()])
+        # the hot loop of training: one positional read per row, the rows joined once
+        size = length * self.dtype.itemsize
         offsets = ((starts - bounds[shard]) * self.dtype.itemsize).tolist()
         fds: dict[int, int] = {}
+        rows = []
         for r, (i, offset, ok) in enumerate(zip(shard.tolist(), offsets, within, strict=True)):
-            if not ok:  # the row crosses into the next shard
-                out[r] = self.read(int(starts[r]), int(starts[r]) + length)
-                continue
-            fd = fds[i] if i in fds else fds.setdefault(i, self._file(i).fileno())
-            if os.preadv(fd, [view[r * size: (r + 1) * size]], offset) != size:
-                raise ValueError(f"Shard {self.folder / self.shards[i]['file']} is truncated or damaged: prepare "
-                                 f"the corpus again")
-        return out
+            if ok:
+                fd = fds[i] if i in fds else fds.setdefault(i, self._file(i).fileno())
+                rows.append(os.pread(fd, size, offset))
+            else:  # the row crosses into the next shard
+                rows.append(self.read(int(starts[r]), int(starts[r]) + length).tobytes())
+        data = b"".join(rows)
+        if len(data) != len(starts) * size:
+            raise ValueError(f"A {self.split} shard in {self.folder} is truncated or damaged: a read came back "
+                             f"short; prepare the corpus again")
+        return np.frombuffer(data, dtype=self.dtype).reshape(len(starts), length)
 
 
 class TokenBlocks:

@@ -41,7 +41,8 @@ from .model_factory import build_model
 from .optim import build_optimizer, lr_at
 
 logger = get_logger(__name__)
-READ_AHEAD = 16  # training micro-batches read from the data at a time
+READ_AHEAD = 64  # training micro-batches read from the data at a time ...
+READ_AHEAD_TOKENS = 1 << 22  # ... at most this many tokens (32 MB of int64 ids)
 
 
 class NonFiniteError(RuntimeError):
@@ -162,11 +163,12 @@ class Trainer:
         return (step * self.cfg.train.grad_accum + micro) * self.cfg.train.batch_size
 
     def _read_ahead(self, step: int, micro: int) -> None:
-        """Read the micro-batch (step, micro) and the READ_AHEAD - 1 after it in one go, on the CPU: a read has a
-        fixed cost (index arithmetic, a gather from the map) that one micro-batch of a small model would feel."""
+        """Read the micro-batch (step, micro) and up to READ_AHEAD - 1 after it in one go, on the CPU: a read has a
+        fixed cost (Python calls, index arithmetic) that one micro-batch of a small model would feel."""
         t = self.cfg.train
         first = step * t.grad_accum + micro
-        last = max(first + 1, min(first + READ_AHEAD, t.max_steps * t.grad_accum))  # telemetry may look past the end
+        ahead = max(1, min(READ_AHEAD, READ_AHEAD_TOKENS // (t.batch_size * self.seq_len)))
+        last = max(first + 1, min(first + ahead, t.max_steps * t.grad_accum))  # telemetry may look past the end
         keys = [divmod(g, t.grad_accum) for g in range(first, last)]
         if self.stream is not None:
             rows, passes = self.stream.read(self._stream_index(step, micro), len(keys) * t.batch_size)
