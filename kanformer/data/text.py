@@ -1,6 +1,6 @@
-"""Language-model data for a run: its prepared token shards (prepared on first use), read as blocks by memory map,
-or for ``data.streaming`` the source itself with prepared validation shards. One path for every corpus, the
-built-in ones included."""
+"""Language-model data for a run: its token shards (prepared on first use), read as blocks with positional reads, or
+for ``data.streaming`` the source itself with prepared validation shards. One path for every corpus, the built-in
+ones included."""
 
 from __future__ import annotations
 

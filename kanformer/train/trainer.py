@@ -2,7 +2,7 @@
 
 Data order is a pure function of (seed, step): the global batch of step s, micro-step m is positions
 ``[(s * accum + m) * B * W, ...)`` of an endless sequence of seeded per-epoch permutations (kanformer/data/order.py),
-and rank r takes its B of them, reading only those blocks from the memory-mapped token shards. So every arm of a
+and rank r takes its B of them, reading only those blocks from the token shards on disk. So every arm of a
 comparison sees the same data in the same order, and a resumed run continues exactly where it stopped (no data-loader
 state to save). A streamed corpus (``data.streaming``) is read in order instead, each rank its own share of the
 documents (kanformer/data/stream.py); where each rank's stream stands is saved with the checkpoints.
@@ -100,7 +100,8 @@ class Trainer:
         self.wandb_id: str | None = None
         self._stop_requested = False
         self._ahead: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # training micro-batches read ahead
-        self.stream_passes = 1
+        self.stream_passes = 1  # passes over this rank's share of a streamed corpus that training has reached
+        self._passes: dict[tuple[int, int], int] = {}  # ... and that each micro-batch read ahead reaches
         self.resumed_from = self._maybe_resume(resume_path)
         if self.accelerator.is_main_process:
             self._write_run_files()
@@ -113,7 +114,7 @@ class Trainer:
 
         acc = self.accelerator
         self.stream: StreamBlocks | None = None
-        with acc.main_process_first():  # the main process prepares the shards, the others then map them
+        with acc.main_process_first():  # the main process prepares the shards, the others then read them
             if self.is_text:
                 # one process per machine checks the shards' checksums; the others their sizes
                 self.lm = build_lm_data(self.cfg.data, self.cfg.model.block_size, verify=acc.is_local_main_process,
@@ -190,7 +191,7 @@ class Trainer:
         start = time.perf_counter()
         if (step, micro) not in self._ahead:
             self._read_ahead(step, micro)
-        if self.stream is not None:  # passes over this rank's share of the stream that training reached
+        if self.stream is not None:
             self.stream_passes = max(self.stream_passes, self._passes[(step, micro)])
         moved: dict[int, torch.Tensor] = {}  # input_ids and labels are one tensor: moved once
         batch = {k: moved.setdefault(id(v), v.to(self.accelerator.device))
