@@ -8,7 +8,7 @@ import pytest
 
 from kanformer.config import DataConfig
 from kanformer.data import TextSource, build_tokenizer, load_images, route, sample_documents, sources
-from kanformer.data.sources import is_validation
+from kanformer.data.holdout import is_validation
 
 
 def _split_docs(spec, **kw):

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
+from .holdout import Piece, route
 from .shards import DTYPES, FORMAT, MANIFEST, SPLITS, ShardWriter, read_manifest, split_summary, token_dtype, write_json
-from .sources import Piece, TextSource, cache_root, route
+from .sources import TextSource, cache_root
 from .tokenizer import build_tokenizer, tokenizer_fingerprint, trains_on_text
 
 PROGRESS = "progress.json"

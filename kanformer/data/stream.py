@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .sources import TextSource, route
+from .holdout import route
+from .sources import TextSource
 
 Position = tuple[int, int, int]  # (pass, piece of the rank's share, token offset in the piece)
 ENCODE_BATCH_CHARS = 1 << 18
