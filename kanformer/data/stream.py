@@ -113,19 +113,23 @@ class StreamBlocks:
                                  f"{self.cfg.dataset!r}: the stream holds fewer training documents than ranks")
             pass_, piece, offset = pass_ + 1, 0, 0
 
+    def _offer(self, item: object) -> bool:
+        """Queue ``item`` unless the stream is being closed (then False: the producer stops)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _produce(self, index: int, position: Position) -> None:
         try:
             for item in self._blocks_from(index, position):
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._offer(item):
                     return
         except BaseException as e:  # handed to the consumer, which raises it
-            self._queue.put(e)
+            self._offer(e)
 
     def _start(self) -> None:
         self.close()
