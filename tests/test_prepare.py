@@ -159,7 +159,10 @@ def test_a_crash_between_shard_and_progress_and_a_full_disk_lose_nothing(tmp_pat
         prepare(cfg, out=tmp_path / "crash")
     monkeypatch.setattr(prepare_mod._Preparation, "_save_state", real_save)
     assert len(list((tmp_path / "crash").glob("train_*.bin"))) == 2  # one listed, one not
+    (tmp_path / "crash" / ".progress.json.tmp999").write_text("{")  # a crash's half-written files
+    (tmp_path / "crash" / ".tokenizer.tmp").mkdir()
     prepare(cfg, out=tmp_path / "crash")
+    assert not [p for p in (tmp_path / "crash").iterdir() if ".tmp" in p.name]
     assert _files(tmp_path / "crash") == _files(clean)
     # the disk fills during the third shard: a clear error, the complete shards stay, the rerun finishes
     real_append, calls = shards_mod.ShardWriter.append, []

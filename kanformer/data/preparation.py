@@ -142,7 +142,10 @@ class _Preparation:
             shutil.rmtree(self.folder / "tokenizer", ignore_errors=True)
         keep = {r["file"] for s in SPLITS for r in state[s]}
         for path in self.folder.iterdir():  # temporary files and shards the progress does not list: a crash's
-            if path.name.endswith(".tmp") or (path.suffix == ".bin" and path.name not in keep):
+            temporary = path.name.startswith(".") and ".tmp" in path.name
+            if temporary and path.is_dir():
+                shutil.rmtree(path)
+            elif temporary or (path.suffix == ".bin" and path.name not in keep):
                 path.unlink()
         return state
 
