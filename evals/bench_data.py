@@ -210,8 +210,7 @@ def fetch_vs_step(folder: Path, repeats: int = 640) -> dict[str, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def read(first: int, count: int) -> list[torch.Tensor]:
-        positions = np.concatenate([rank_positions(s, 0, rank=0, world=1, batch_size=t.batch_size, grad_accum=1)
-                                    for s in range(first, first + count)])
+        positions = rank_positions(first, 0, rank=0, world=1, batch_size=t.batch_size, grad_accum=1, count=count)
         return list(blocks[example_indices(positions, len(blocks), t.seed)].split(t.batch_size))
 
     times: dict[str, list[float]] = {"one": [], "ahead": [], "step": []}

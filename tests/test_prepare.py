@@ -210,6 +210,9 @@ def test_mmap_blocks_equal_the_in_memory_blocks_and_ranks_split_the_global_batch
             assert not set(ranks[0]) & set(ranks[1])  # disjoint ...
             assert np.array_equal(np.concatenate(ranks), one)  # ... and together the one-process global batch
             assert torch.equal(torch.cat([data.train[r] for r in ranks]), reference[one])
+    ahead = rank_positions(1, 1, rank=1, world=2, batch_size=4, grad_accum=2, count=3)  # what the trainer reads ahead
+    assert np.array_equal(ahead, np.concatenate([rank_positions(s, m, rank=1, world=2, batch_size=4, grad_accum=2)
+                                                 for s, m in ((1, 1), (2, 0), (2, 1))]))
 
 
 def test_the_order_is_a_seeded_permutation_per_epoch():

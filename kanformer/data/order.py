@@ -84,8 +84,11 @@ def example_indices(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def rank_positions(step: int, micro: int, *, rank: int, world: int, batch_size: int, grad_accum: int) -> np.ndarray:
+def rank_positions(step: int, micro: int, *, rank: int, world: int, batch_size: int, grad_accum: int,
+                   count: int = 1) -> np.ndarray:
     """Global positions of this rank's micro-batch: the global batch of (step, micro) is ``world * batch_size``
-    consecutive positions, rank r taking the r-th run of ``batch_size`` of them."""
-    start = ((step * grad_accum + micro) * world + rank) * batch_size
-    return np.arange(start, start + batch_size, dtype=np.int64)
+    consecutive positions, rank r taking the r-th run of ``batch_size`` of them. ``count``: this micro-batch and the
+    ``count - 1`` after it (in training order), concatenated."""
+    micro_batches = np.arange(step * grad_accum + micro, step * grad_accum + micro + count, dtype=np.int64)
+    starts = (micro_batches * world + rank) * batch_size
+    return (starts[:, None] + np.arange(batch_size)).ravel()

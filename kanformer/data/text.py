@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from .preparation import check_request, prepare
+from .preparation import prepare
 from .shards import TokenBlocks, TokenSplit, read_manifest
 from .stream import StreamBlocks
 
@@ -31,9 +31,8 @@ def build_lm_data(cfg: DataConfig, block_size: int, *, verify: bool = True, prog
     """
     from transformers import AutoTokenizer
 
-    folder = prepare(cfg, progress=progress)
+    folder = prepare(cfg, progress=progress)  # checks that a prepared corpus is the one cfg asks for
     manifest = read_manifest(folder)
-    check_request(folder, manifest, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     checksums = verify and cfg.verify_checksums
     val_split = TokenSplit(folder, manifest, "validation")

@@ -174,9 +174,9 @@ class Trainer:
         if self.stream is not None:
             rows, passes = self.stream.read(self._stream_index(step, micro), len(keys) * t.batch_size)
             self._passes = {key: int(p.max()) + 1 for key, p in zip(keys, np.split(passes, len(keys)), strict=True)}
-        elif self.is_text:  # rank_positions of every key at once: micro-batch g's run starts at (g * world + rank) * B
-            starts = (np.arange(first, first + len(keys)) * self.world + self.rank) * t.batch_size
-            positions = (starts[:, None] + np.arange(t.batch_size)).ravel()
+        elif self.is_text:
+            positions = rank_positions(step, micro, rank=self.rank, world=self.world, batch_size=t.batch_size,
+                                       grad_accum=t.grad_accum, count=len(keys))
             rows = self.lm.train[example_indices(positions, self.n_train, t.seed)]
         else:  # images live in memory: nothing to gain, and augmentation is per step
             cpu = torch.device("cpu")
