@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers.registry import FFN, check_ffn_kwargs, check_positive_int
+from .layers.registry import FFN, check_ffn_kwargs, check_positive_int, validate_ffn_options
 
 TARGETS = ("params", "flops")
+MAX_HIDDEN = 1 << 40  # bound of every width search
 
 
 def ffn_params(name: str, d_model: int, hidden: int, **kw: Any) -> int:
@@ -43,7 +44,7 @@ def match_hidden(name: str, d_model: int, target: str = "params", reference: FFN
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     check_positive_int("d_model", d_model)
-    check_ffn_kwargs(name, kw)
+    validate_ffn_options(name, d_model, 4 * d_model, kw)
     if reference is None:
         goal = _cost(target, "mlp", d_model, 4 * d_model, {})
     elif isinstance(reference, FFN):
@@ -60,6 +61,9 @@ def match_hidden(name: str, d_model: int, target: str = "params", reference: FFN
         )
     lo, hi = 1, 2
     while cost(hi) < goal:  # cost(lo) < goal <= cost(hi)
+        if hi >= MAX_HIDDEN:  # costs grow with the width, so only a goal beyond any sensible width gets here
+            raise ValueError(f"no width up to {MAX_HIDDEN:,} gives {name!r} at d_model={d_model} the target "
+                             f"{goal:,} {target} (cost at {hi:,}: {cost(hi):,})")
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2

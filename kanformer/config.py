@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
 def _positive(name: str, value: Any, minimum: float = 1) -> None:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _within(name: str, value: float, low: float, high: float, why: str = "") -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}]{why}, got {value!r}")
 
 
 @dataclass
@@ -158,14 +164,20 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     nonfinite: str = "skip"  # skip the step | stop the run (the last good checkpoint is never touched)
+    # skip mode has limits: the run stops (naming the reason) after this many skipped steps in a row / in all
+    max_consecutive_skipped: int = 5
+    max_skipped: int = 50
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every",
-                     "keep_last", "log_every"):
+                     "keep_last", "log_every", "max_consecutive_skipped", "max_skipped"):
             _positive(f"train.{name}", getattr(self, name))
         _positive("train.warmup_steps", self.warmup_steps, 0)
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if not 0 < self.lr <= 1:  # AdamW moves every weight by about lr per step: above 1 nothing is learnt
+            raise ValueError(f"train.lr must be in (0, 1], got {self.lr!r}")
+        _within("train.min_lr_ratio", self.min_lr_ratio, 0, 1, " (the cosine's floor as a fraction of train.lr)")
+        _positive("train.weight_decay", self.weight_decay, 0)
+        _positive("train.grad_clip", self.grad_clip, 0)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -248,6 +260,14 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
+    def __post_init__(self) -> None:
+        if not self.name or self.name in (".", "..") or "/" in self.name:
+            raise ValueError(f"name must be a non-empty directory name without '/', got {self.name!r}")
+        from .layers import validate_ffn_options
+
+        width = self.model.n_embd
+        validate_ffn_options(self.ffn.name, width, self.ffn.hidden or 4 * width, self.ffn.kwargs, prefix="ffn.kwargs")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -303,6 +323,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
     if hint in (int, float) and (isinstance(value, bool) or not isinstance(value, hint)):
         raise TypeError(f"{key} must be {hint.__name__}, got {value!r}")
     if hint in (str, bool) and not isinstance(value, hint):
@@ -315,6 +337,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise TypeError(f"{prefix or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{prefix or 'config'}: missing required key(s) {', '.join(missing)} "
+                         f"(keys here: {', '.join(fields)})")
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
@@ -400,3 +427,39 @@ def run_config_from(base: dict[str, Any], **extra: Any) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# Settings that change how fast or where a run goes, not what it learns: a finished run is reused across them.
+RUN_ENVIRONMENT = ("log", "data.num_proc", "data.verify_checksums", "train.cpu_malloc", "train.kernel",
+                   "train.compile")
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "",
+                       ignore: tuple[str, ...] = RUN_ENVIRONMENT) -> list[str]:
+    """Dotted keys whose values differ between two config mappings, as ``key: saved -> wanted`` lines."""
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        dotted = f"{prefix}{key}"
+        if dotted in ignore:
+            continue
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "kwargs":
+            out += config_differences(a, b, f"{dotted}.", ignore)
+        elif a != b:
+            out.append(f"{dotted}: {a!r} -> {b!r}")
+    return out
+
+
+def check_reusable(cfg: RunConfig) -> None:
+    """A run directory already holding a run of another config is an error naming the differences: resuming or
+    reusing it would report that run's numbers under this config."""
+    path = cfg.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    diff = config_differences(saved, wanted)
+    if diff:
+        raise ValueError(f"{cfg.run_dir} holds a run of another config ({len(diff)} difference(s), saved -> now):\n  "
+                         + "\n  ".join(diff[:20]) + "\nDelete or move that directory to rerun it, or use "
+                         "another name / out_dir")

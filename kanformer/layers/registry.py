@@ -127,6 +127,18 @@ def check_ffn_kwargs(name: str, kw: dict[str, Any]) -> type[FFN]:
     return cls
 
 
+def validate_ffn_options(name: str, d_model: int, hidden: int, kw: dict[str, Any], *, prefix: str = "options") -> None:
+    """Check FFN ``name``'s options by building it on the meta device (no memory, no compute): each constructor
+    validates its own options, and costs must not be computed from options it would reject (a negative degree makes
+    a negative cost, and a width search chasing it never ends)."""
+    check_ffn_kwargs(name, kw)
+    try:
+        with torch.device("meta"):
+            get_ffn_class(name)(d_model, hidden, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{prefix} of FFN {name!r} ({kw}): {e}") from None
+
+
 def create_ffn(name: str, d_model: int, hidden: int, **kw: Any) -> FFN:
     """Build the registered FFN ``name`` mapping ``(..., d_model) -> (..., d_model)`` through ``hidden``."""
     return check_ffn_kwargs(name, kw)(d_model, hidden, **kw)
