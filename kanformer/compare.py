@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget import ffn_flops, ffn_params, match_hidden
-from .config import RunConfig, _build, load_yaml_config, run_config_from
+from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
 
 BASELINE_MATCHES = ("params", "flops", "time")
 # The activation each host architecture's stock MLP uses (GPT-2 "gelu_new", ViT "gelu").
@@ -61,18 +61,33 @@ class CompareConfig:
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:
-        self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, "arms[]") for a in self.arms]
+        self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, f"arms[{i}]") for i, a in enumerate(self.arms)]
         if not self.arms:
             raise ValueError("compare config needs at least one arm under `arms:`")
         if not self.seeds:
             raise ValueError("compare config needs at least one seed")
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must be unique, got {names}")
+        check_arm_names([a.name for a in self.arms])
 
     @property
     def root(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+def check_arm_names(names: list[str]) -> None:
+    """Arm names must be unique as run-directory names too (``k.a`` and ``k_a`` are one directory), and ``@`` is
+    kept for the baselines a comparison derives (``mlp@params``, ``swiglu@flops=<arm>``)."""
+    derived = [n for n in names if "@" in n]
+    if derived:
+        raise ValueError(f"arm names may not contain '@', which names derived baselines (e.g. mlp@params): "
+                         f"got {derived}")
+    slugs: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arm names must be non-empty strings, got {name!r}")
+        other = slugs.setdefault(_slug(name), name)
+        if other != name or names.count(name) > 1:
+            raise ValueError(f"arm names {other!r} and {name!r} share the run directory name {_slug(name)!r}: "
+                             f"names must differ in letters, digits, '-' or '_'")
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
@@ -143,6 +158,10 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
                 ffn = {"name": base_ffn, "match": None, "hidden": h, "kwargs": kw}
                 arms.append(Arm(f"{base_ffn}@{target}={kan.name}", "baseline", ffn, kan.name, target,
                                 ffn_params(base_ffn, d, h, **kw), ffn_flops(base_ffn, d, h, **kw), h))
+    slugs = [_slug(a.name) for a in arms]
+    clash = sorted({a.name for a, s in zip(arms, slugs, strict=True) if slugs.count(s) > 1})
+    if clash:
+        raise ValueError(f"arms {clash} would share a run directory: rename the KAN arm(s)")
     return arms
 
 
@@ -183,6 +202,7 @@ def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> 
     for arm in arms:
         for seed in cfg.seeds:
             run_cfg = arm_run_config(cfg, arm, seed)
+            check_reusable(run_cfg)  # a directory of another config is never resumed or reported as this arm
             path = run_cfg.run_dir / "results.json"
             if not path.exists():
                 if report_only:

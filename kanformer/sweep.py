@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import yaml
 
-from .compare import ArmSpec, EvalSpec, _slug
-from .config import RunConfig, _build, load_yaml_config, run_config_from, save_config
+from .compare import ArmSpec, EvalSpec, _slug, check_arm_names
+from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from, save_config
 
 MODES = ("tokens_per_param", "isoflop")
 
@@ -41,7 +41,7 @@ class SweepConfig:
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:
-        self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, "arms[]") for a in self.arms]
+        self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, f"arms[{i}]") for i, a in enumerate(self.arms)]
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if len(self.arms) < 1 or len(self.sizes) < 3:
@@ -50,6 +50,7 @@ class SweepConfig:
         if self.mode == "isoflop" and not self.budgets:
             raise ValueError("mode isoflop needs budgets: [training FLOPs, ...]")
         names = [a.name for a in self.arms]
+        check_arm_names(names)
         if self.reference is not None and self.reference not in names:
             raise ValueError(f"reference {self.reference!r} is not an arm; arms: {', '.join(names)}")
 
@@ -127,6 +128,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> dict[str, Any]:
     runs = plan_sweep(cfg)
     log(f"sweep {cfg.name}: {len(runs)} runs -> {cfg.root}")
     for r in runs:
+        check_reusable(r.config)  # a directory of another config is never resumed or reported as this run
         path = r.config.run_dir / "results.json"
         if path.exists():
             log(f"-- {r.name}: done, skipped")
