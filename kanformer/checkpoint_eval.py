@@ -57,6 +57,15 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
     gen = torch.Generator().manual_seed(0)
     if text:
         data = build_lm_data(cfg.data, cfg.model.block_size)
+        own = (transformers.AutoTokenizer.from_pretrained(checkpoint)
+               if (checkpoint / "tokenizer.json").is_file() else None)
+        if (own.get_vocab() != data.tokenizer.get_vocab() if own is not None
+                else len(data.tokenizer) > model.config.vocab_size):
+            raise ValueError(f"{checkpoint} was trained with another tokenizer ({model.config.vocab_size} tokens) "
+                             f"than this config's data is tokenized with (data.dataset={cfg.data.dataset!r}, "
+                             f"data.tokenizer={cfg.data.tokenizer!r}, data.vocab_size={cfg.data.vocab_size}: "
+                             f"{len(data.tokenizer)} tokens): evaluate with the config of the run that trained it "
+                             f"(its run directory's config.yaml)")
         context = context or cfg.model.block_size
         if context > model.config.n_positions:
             raise ValueError(f"context={context} exceeds the model's {model.config.n_positions} positions")

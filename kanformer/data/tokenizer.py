@@ -38,7 +38,14 @@ def build_tokenizer(kind: str, vocab_size: int, sample: Iterable[str] | None = N
     if kind == "char":  # the 256 byte symbols and end-of-text: no merges
         return _byte_level(None, 257)
     if kind == "gpt2" or Path(kind).is_dir():
-        tok = AutoTokenizer.from_pretrained(kind)  # a directory needs tokenizer.json or vocab.json + merges.txt
+        folder = Path(kind)
+        if folder.is_dir() and not ((folder / "tokenizer.json").is_file() or
+                                    ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
+            held = sorted(p.name for p in folder.iterdir())[:10]
+            raise ValueError(f"data.tokenizer={kind!r} is a directory without a tokenizer: it needs tokenizer.json, "
+                             f"or vocab.json and merges.txt (what save_pretrained writes); it holds "
+                             f"{held or 'nothing'}. Other values: {', '.join(TOKENIZERS)}")
+        tok = AutoTokenizer.from_pretrained(kind)
         if len(tok) <= 256:
             raise ValueError(f"Tokenizer {kind!r} loaded with only {len(tok)} tokens: is its vocabulary missing?")
         if tok.eos_token is None:
