@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 
 def _eval_curves(run_dir: str) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "eval"]
+    from .train.metrics import read_metrics
+
+    return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if r.get("type") == "eval" and r.get("val_loss") is not None]
 
 
 def _save(fig: Any, ax: Any, path: Path, *, title: str, xlabel: str, ylabel: str, written: list[str]) -> None:

@@ -18,6 +18,9 @@ def main() -> None:
     p.add_argument("--config", help="experiment YAML (configs/*.yaml)")
     p.add_argument("--preset", help="named preset: debug, debug_vit")
     p.add_argument("--resume", help="'auto' (latest checkpoint of this run, if any) or a checkpoint directory")
+    p.add_argument("--adapt", action="store_true",
+                   help="resume even if world size, global batch, sequence length or data differ from the "
+                        "checkpoint's (each difference and what it changes is logged); without it such a resume stops")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args, unknown = p.parse_known_args()
     overrides = args.overrides + [u for u in unknown if "=" in u]
@@ -25,7 +28,7 @@ def main() -> None:
     if stray:
         p.error(f"unrecognised arguments {stray}; overrides look like train.lr=3e-4")
     cfg = load_config(args.config, preset=args.preset, overrides=overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, adapt=args.adapt)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ ones included."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,5 +55,8 @@ def build_lm_data(cfg: DataConfig, block_size: int, *, verify: bool = True, prog
     meta = {"fingerprint": manifest["source"]["fingerprint"], "dataset": cfg.dataset, "tokenizer": cfg.tokenizer,
             "vocab": len(tokenizer), "block_size": block_size, "train_tokens": train_tokens,
             "val_tokens": splits["validation"]["tokens"], "val_bytes": splits["validation"]["bytes"],
-            "dtype": manifest["dtype"], "prepared_dir": str(folder)}
+            "dtype": manifest["dtype"], "prepared_dir": str(folder),
+            # what identifies these tokens (a resumed run checks it): the request, the source and the tokenizer
+            "data_key": hashlib.sha256(json.dumps([manifest["request"], manifest["source"]["fingerprint"],
+                                                   manifest["tokenizer"]], sort_keys=True).encode()).hexdigest()[:16]}
     return LMData(train=train, val=val, tokenizer=tokenizer, meta=meta, folder=folder)

@@ -7,6 +7,6 @@ from .trainer import NonFiniteError, Trainer
 __all__ = ["NonFiniteError", "Trainer", "build_model", "lr_at", "param_groups", "train"]
 
 
-def train(cfg, *, resume=None, stop_at=None):
-    """Run ``cfg`` (a RunConfig) to completion or until stopped; returns a summary dict."""
+def train(cfg, *, resume=None, stop_at=None, adapt=False):
+    """Run ``cfg`` (a RunConfig) to completion or until stopped; returns a summary dict. ``adapt``: see Trainer."""
     return Trainer(cfg, resume=resume).fit(stop_at=stop_at)

@@ -10,6 +10,8 @@ documents (kanformer/data/stream.py); where each rank's stream stands is saved w
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -37,8 +39,10 @@ from ..models import ADAPTERS
 from ..provenance import versions
 from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from . import checkpoint as ckpt
+from .metrics import append_metrics, read_metrics, write_metrics
 from .model_factory import build_model
 from .optim import build_optimizer, lr_at
+from .runlock import RunLock
 
 logger = get_logger(__name__)
 READ_AHEAD = 64  # training micro-batches read from the data at a time ...
@@ -49,17 +53,28 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+# What must not change between a checkpoint and the run that resumes it (without --adapt), and what changes if it does.
+RESUME_INVARIANTS = {
+    "world_size": "each rank's random state (dropout, augmentation) cannot be carried over: the run no longer "
+                  "reproduces an uninterrupted one",
+    "global_batch": "the data order continues from the checkpoint's position with the new batch (no sequence seen "
+                    "twice or skipped), but the steps and the schedule no longer match the run's first part",
+    "seq_len": "sequences are cut anew: the data position is kept in sequences, not tokens",
+    "data_key": "training continues on other data (or another tokenizer's tokens) from the same position",
+}
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, resume: str | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, *, resume: str | None = None, adapt: bool = False) -> None:
+        """``resume``: None (a new run), ``"auto"`` (the newest verified checkpoint of this run, if any) or a
+        checkpoint directory. ``adapt``: resume even where world size, global batch, sequence length or data differ
+        from the checkpoint's, saying what that changes (without it such a resume is refused)."""
+        self.cfg, self.adapt = cfg, adapt
         if resume not in (None, "auto") and not (Path(resume) / ckpt.STATE_FILE).is_file():
             raise FileNotFoundError(f"--resume {resume!r}: not 'auto' and not a checkpoint directory holding "
                                     f"{ckpt.STATE_FILE}")
         self.run_dir = cfg.run_dir
         self.ckpt_root = self.run_dir / "checkpoints"
-        if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume auto to continue it, "
-                                  f"or choose another name / out_dir")
         use_wandb = cfg.log.wandb != "disabled"
         if use_wandb:
             os.environ["WANDB_MODE"] = cfg.log.wandb
@@ -68,6 +83,22 @@ class Trainer:
             cpu=not torch.cuda.is_available(),  # plain Accelerator() on a GPU-less host ignores torchrun's ranks
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with="wandb" if use_wandb else None, project_dir=str(self.run_dir))
+        self.lock = RunLock(self.run_dir)
+        if self.accelerator.is_main_process:  # one writer per run directory, for as long as the run trains
+            self.lock.acquire()
+            if self.lock.stale:
+                logger.warning(f"{self.lock.path}: {self.lock.stale}; taken over", main_process_only=True)
+        try:
+            self._setup(resume, use_wandb)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, resume: str | None, use_wandb: bool) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume auto to continue it, "
+                                  f"or choose another name / out_dir")
         set_seed(t.seed)
         if t.kernel is not None:
             set_kernel(t.kernel)
@@ -94,7 +125,9 @@ class Trainer:
         self.seq_len = cfg.model.block_size if self.is_text else (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self._prepare(self.model)
-        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.step, self.tokens_seen, self.skipped_steps, self.skipped_in_a_row = 0, 0, 0, 0
+        self.data_offset = 0  # position of step s's first sequence: s * global batch + data_offset (see --adapt)
+        self._signals = 0
         self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
         self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
@@ -157,7 +190,7 @@ class Trainer:
         t = self.cfg.train
         positions = rank_positions(step, micro, rank=self.rank, world=self.world, batch_size=t.batch_size,
                                    grad_accum=t.grad_accum)
-        return torch.from_numpy(example_indices(positions, self.n_train, t.seed))
+        return torch.from_numpy(example_indices(positions + self.data_offset, self.n_train, t.seed))
 
     def _stream_index(self, step: int, micro: int = 0) -> int:
         """The first block of (step, micro) in this rank's share of a streamed corpus."""
@@ -177,7 +210,7 @@ class Trainer:
         elif self.is_text:
             positions = rank_positions(step, micro, rank=self.rank, world=self.world, batch_size=t.batch_size,
                                        grad_accum=t.grad_accum, count=len(keys))
-            rows = self.lm.train[example_indices(positions, self.n_train, t.seed)]
+            rows = self.lm.train[example_indices(positions + self.data_offset, self.n_train, t.seed)]
         else:  # images live in memory: nothing to gain, and augmentation is per step
             cpu = torch.device("cpu")
             self._ahead = {(s, m): self._batch(self.batch_indices(s, m), True, s, cpu) for s, m in keys}
@@ -214,8 +247,22 @@ class Trainer:
         return {"pixel_values": x.to(device), "labels": y.to(device)}
 
     def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len  # ViT: a token per patch, plus [CLS]
+
+    @property
+    def global_batch(self) -> int:
         t = self.cfg.train
-        return t.batch_size * t.grad_accum * self.world * self.seq_len  # ViT: a token per patch, plus [CLS]
+        return t.batch_size * t.grad_accum * self.world
+
+    def _data_key(self) -> str:
+        """What identifies the training data: the prepared corpus (source, split, tokenizer) or the image set."""
+        if self.is_text:
+            what: Any = self.lm.meta["data_key"]
+        else:
+            d = self.cfg.data
+            what = [d.dataset, self.cfg.model.image_size, d.normalize, self.n_train, len(self.images.val_y),
+                    list(map(str, self.images.labels))]
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- run files, trackers, checkpoints --------------------------------------------------------------------------
     def _write_run_files(self) -> None:
@@ -260,17 +307,62 @@ class Trainer:
                 block.compile()
 
     def _resume_path(self, resume: str | None) -> Path | None:
-        return ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else (Path(resume) if resume else None)
+        """The checkpoint to resume: the main process checks files against their digests (``auto``: the newest
+        that verifies) and tells the other ranks."""
+        from accelerate.utils import broadcast_object_list
+
+        if resume is None:
+            return None
+        found: list[str | None] = [None]
+        if self.accelerator.is_main_process:
+            if resume == "auto":
+                path = ckpt.latest_verified(self.ckpt_root, lambda m: logger.warning(m, main_process_only=True))
+                if path is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+                    raise ValueError(f"no checkpoint under {self.ckpt_root} verifies (see the warnings above): "
+                                     f"nothing safe to resume from; move the directory away to start afresh")
+            else:
+                path = Path(resume)
+                problem = ckpt.verify(path)
+                if problem is not None:
+                    raise ValueError(f"--resume {resume}: {problem}")
+            found = [None if path is None else str(path)]
+        found = broadcast_object_list(found)
+        return None if found[0] is None else Path(found[0])
+
+    def _check_resume(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint from a run of another shape (or, with ``adapt``, say what continuing changes), and
+        any state that would not be restored."""
+        now = {"world_size": self.world, "global_batch": self.global_batch, "seq_len": self.seq_len,
+               "data_key": self._data_key()}
+        changed = {k: (state[k], v) for k, v in now.items() if state.get(k) is not None and state[k] != v}
+        rng = path / f"random_states_{self.rank}.pkl"
+        lost = [] if rng.is_file() else [f"rank {self.rank}'s random state ({rng.name} is missing): dropout and "
+                                         f"augmentation draw other numbers than the uninterrupted run"]
+        if not changed and not lost:
+            return
+        lines = [f"{k}: {old!r} in the checkpoint, {new!r} now ({RESUME_INVARIANTS[k]})"
+                 for k, (old, new) in changed.items()] + lost
+        if not self.adapt:
+            raise ValueError(f"{path} is from a run of another shape:\n  " + "\n  ".join(lines) +
+                             "\nResume with the same settings, or pass --adapt (Trainer(adapt=True)) to continue "
+                             "anyway with the consequences listed")
+        for line in lines:
+            logger.warning(f"resuming {path} with --adapt: {line}", main_process_only=False)
+        if "global_batch" in changed:  # the next sequence is the one after the checkpoint's last
+            self.data_offset = state["data_position"] - self.step * self.global_batch
 
     def _maybe_resume(self, path: Path | None) -> Path | None:
         if path is None:
             if self.accelerator.is_main_process and self.run_dir.exists():
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return None
-        self.accelerator.load_state(str(path))
         state = ckpt.read_state(path)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.data_offset = state.get("data_offset", 0)
+        self._check_resume(path, state)
+        self.accelerator.load_state(str(path))
         self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
+        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
         self.wall_s, self.data_s = state.get("wall_s", 0.0), state.get("data_s", 0.0)
         if self.stream is not None:
             saved = state.get("stream") or {}
@@ -279,22 +371,27 @@ class Trainer:
                 logger.warning(f"{path} holds no stream position for {self.world} rank(s): each rank reads its share "
                                f"from the start up to step {self.step} (slow, same blocks)", main_process_only=True)
             self.stream.restore(self._stream_index(self.step), saved["positions"][self.rank] if same_world else None)
-        self.accelerator.step = self.step * self.cfg.train.grad_accum
         if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
             metrics = self.run_dir / "metrics.jsonl"
-            if metrics.exists():
-                keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-                metrics.write_text("".join(f"{ln}\n" for ln in keep))
+            records = read_metrics(metrics, warn=lambda m: logger.warning(m, main_process_only=True))
+            write_metrics(metrics, [r for r in records if r["step"] <= self.step])
         self.accelerator.print(f"resumed from {path} at step {self.step}")
         return path
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
+        self._check_finite_weights("saving a checkpoint")
         tmp = ckpt.temp_dir(self.ckpt_root, self.step)
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
+        with _naming_write_errors(f"checkpoint {tmp}", tmp, self.ckpt_root):
+            self._save_checkpoint(tmp)
+        acc.wait_for_everyone()
+
+    def _save_checkpoint(self, tmp: Path) -> None:
+        acc = self.accelerator
         acc.save_state(str(tmp))
         stream = None
         if self.stream is not None:  # where every rank's next block begins in its share of the source
@@ -306,12 +403,13 @@ class Trainer:
         if acc.is_main_process:
             ckpt.finalize(self.ckpt_root, self.step, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
-                "skipped_steps": self.skipped_steps, "wandb_id": self.wandb_id, "world_size": self.world,
-                "wall_s": self.wall_s, "data_s": self.data_s,
-                "data_position": self.step * self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world,
+                "skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row,
+                "wandb_id": self.wandb_id, "wall_s": self.wall_s, "data_s": self.data_s,
+                "world_size": self.world, "global_batch": self.global_batch, "seq_len": self.seq_len,
+                "data_key": self._data_key(), "data_offset": self.data_offset,
+                "data_position": self.step * self.global_batch + self.data_offset,  # sequences (or images) consumed
                 "stream": stream,
             }, self.cfg.train.keep_last)
-        acc.wait_for_everyone()
 
     @property
     def flops_seen(self) -> int:
@@ -319,8 +417,7 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(self.run_dir / "metrics.jsonl", record)
         if self.wandb_id is not None:
             self.accelerator.log({k: v for k, v in record.items() if k not in ("type",)}, step=self.step)
 
@@ -350,12 +447,51 @@ class Trainer:
                 h.remove()
         return found[0] if found else "<none: non-finite only in the loss>"
 
-    def _nonfinite(self, what: str, where: str) -> None:
-        msg = f"step {self.step}: non-finite {what}; first at {where}"
-        if self.cfg.train.nonfinite == "stop":
+    def _nonfinite_ranks(self, value: torch.Tensor) -> list[int]:
+        """The ranks whose ``value`` is not finite, agreed by every rank (so all skip, or stop, together)."""
+        flags = torch.zeros(self.world, device=self.accelerator.device)
+        flags[self.rank] = float(not torch.isfinite(value).all())
+        if self.world > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        return [r for r, f in enumerate(flags.tolist()) if f > 0]
+
+    def _nonfinite_loss(self, ranks: list[int], batch: dict[str, torch.Tensor]) -> None:
+        """Every rank re-runs its forward to find the first module with a non-finite output (all of them, so a
+        sharded model's collectives stay matched), and every rank learns what each found."""
+        where = self._first_nonfinite_module(batch)
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            found = gather_object([where])
+            where = "; ".join(f"rank {r}: {found[r]}" for r in ranks)
+        self._nonfinite("loss", where, ranks)
+
+    def _nonfinite(self, what: str, where: str, ranks: list[int]) -> None:
+        """Skip the step (within train.max_*skipped) or stop, leaving the last good checkpoint untouched."""
+        t = self.cfg.train
+        on = f" on rank(s) {', '.join(map(str, ranks))}" if self.world > 1 else ""
+        msg = f"step {self.step}: non-finite {what}{on}; first at {where}"
+        if t.nonfinite == "stop":
             raise NonFiniteError(msg + " (train.nonfinite=stop; the last good checkpoint is untouched)")
         self.skipped_steps += 1
+        self.skipped_in_a_row += 1
         logger.warning(msg + " -> step skipped (train.nonfinite=skip)", main_process_only=True)
+        limit = next((f"{n} steps skipped {how} (train.{key}={n})" for n, how, key in (
+            (self.skipped_in_a_row, "in a row", "max_consecutive_skipped"),
+            (self.skipped_steps, "in all", "max_skipped")) if n >= getattr(t, key)), None)
+        if limit is not None:
+            raise NonFiniteError(f"{msg}: stopping, {limit}. Training is diverging (lower train.lr, raise "
+                                 f"train.warmup_steps, or check the data); the last good checkpoint is untouched")
+
+    def _check_finite_weights(self, doing: str) -> None:
+        """Refuse to save weights that are not finite (every rank checks its own shards; all agree)."""
+        model = self.accelerator.unwrap_model(self.model)
+        bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()), None)
+        ranks = self._nonfinite_ranks(torch.tensor(float("nan") if bad else 0.0))
+        if ranks:
+            where = f"parameter {bad}" if bad else f"a parameter on rank(s) {ranks}"
+            raise NonFiniteError(f"step {self.step}: {where} holds non-finite values; refused {doing} (the last "
+                                 f"good checkpoint is untouched: resume from it with a lower train.lr)")
 
     # -- KAN telemetry and grid management ------------------------------------------------------------------------
     def _check_kan_config(self) -> None:
@@ -455,12 +591,24 @@ class Trainer:
         return self.stream is not None and limit is not None and self.stream_passes > limit
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
-        self.accelerator.print(f"signal {signum}: saving a checkpoint after this step, then stopping")
+        """First SIGINT / SIGTERM: checkpoint after this step, then stop. Second: stop now, saving nothing (once
+        the native operation under way returns). Third: the default action, which ends the process at once."""
+        self._signals += 1
+        if self._signals == 1:
+            self._stop_requested = True
+            self.accelerator.print(f"signal {signum}: saving a checkpoint after this step, then stopping (signal "
+                                   f"again to stop without saving)")
+            return
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        raise KeyboardInterrupt(f"signal {signum} again: stopped without saving (the last checkpoint is untouched)")
 
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
         """Train to ``train.max_steps`` (or stop early at ``stop_at`` / on SIGINT or SIGTERM, after a checkpoint)."""
         t, acc = self.cfg.train, self.accelerator
+        if acc.is_main_process:
+            self.lock.acquire()  # released when the last fit returned: held again for this one
+        self._signals = 0
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.cfg.name,
@@ -474,14 +622,18 @@ class Trainer:
                            min_lr_ratio=t.min_lr_ratio)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                # accelerate's accumulation counter follows the step, so a step left early (a non-finite loss)
+                # cannot put its gradient sync and its optimizer step out of phase for the rest of the run
+                acc.step = self.step * t.grad_accum
                 loss_sum, ok = 0.0, True
                 for micro in range(t.grad_accum):
                     batch = self._train_batch(self.step, micro)
                     with acc.accumulate(self.model):
                         loss = self.model(**batch).loss
-                        if not torch.isfinite(loss):
+                        bad_ranks = self._nonfinite_ranks(loss.detach())
+                        if bad_ranks:  # every rank skips the rest of this step: no backward, no collective
                             ok = False
-                            self._nonfinite("loss", self._first_nonfinite_module(batch))
+                            self._nonfinite_loss(bad_ranks, batch)
                             break
                         acc.backward(loss)
                         loss_sum += loss.detach().float().item()
@@ -493,12 +645,15 @@ class Trainer:
                     grad_norm = float(norm)
                     if not math.isfinite(grad_norm):
                         ok = False
-                        bad = next(n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                                   if p.grad is not None and not torch.isfinite(p.grad).all())
-                        self._nonfinite("gradient", bad)
+                        bad = next((n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                                    if p.grad is not None and not torch.isfinite(p.grad).all()), "<another rank>")
+                        self._nonfinite("gradient", bad, list(range(self.world)))
                 if ok:
                     self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_in_a_row = 0
+                else:  # the optimizer's zero_grad is a no-op outside a sync step: clear the gradients directly
+                    self.model.zero_grad(set_to_none=True)
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step()
                 self._kan_maintenance()  # telemetry and grid work count as training time
@@ -532,39 +687,67 @@ class Trainer:
                 if stop:
                     acc.print(f"stopped at step {self.step}; continue with --resume auto")
                     break
+            finished = self.step >= t.max_steps
+            if finished:
+                self.export()
         finally:
             bar.close()
             if self.stream is not None:
                 self.stream.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        finished = self.step >= t.max_steps
-        if finished:
-            self.export()
+            self.lock.release()
         if self.wandb_id is not None:
             acc.end_training()
         return {"step": self.step, "finished": finished, **last}
 
     def export(self) -> Path:
-        """The final model, loadable with ``from_pretrained``, with its tokenizer or image processor."""
-        out = self.run_dir / "final"
+        """The final model, loadable with ``from_pretrained``, with its tokenizer or image processor: written to a
+        temporary directory and renamed into place, so ``final/`` is never half-written."""
+        final = self.run_dir / "final"
+        out = self.run_dir / ".tmp_final"
         acc = self.accelerator
+        self._check_finite_weights("exporting the final model")
         acc.wait_for_everyone()
         # every rank takes part in gathering a sharded (FSDP / DeepSpeed) state dict; torch.compile's wrapper adds
         # an `_orig_mod.` prefix that the saved model must not carry
         state = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(self.model).items()}
         if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            model = getattr(model, "_orig_mod", model)
-            model.save_pretrained(out, state_dict=state)
-            if self.is_text:
-                self.tokenizer.save_pretrained(out)
-            else:
-                from transformers import ViTImageProcessor
-
-                size, ch = self.cfg.model.image_size, self.images.channels
-                ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * ch,
-                                  image_std=[self.images.std] * ch, do_rescale=True,
-                                  do_convert_rgb=ch == 3).save_pretrained(out)
+            shutil.rmtree(out, ignore_errors=True)
+            with _naming_write_errors(f"the final model {final}", out, self.run_dir):
+                self._write_final(out, state)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(out, final)
         acc.wait_for_everyone()
-        return out
+        return final
+
+    def _write_final(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        model = getattr(model, "_orig_mod", model)
+        model.save_pretrained(out, state_dict=state)
+        if self.is_text:
+            self.tokenizer.save_pretrained(out)
+        else:
+            from transformers import ViTImageProcessor
+
+            size, ch = self.cfg.model.image_size, self.images.channels
+            ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * ch,
+                              image_std=[self.images.std] * ch, do_rescale=True,
+                              do_convert_rgb=ch == 3).save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _naming_write_errors(what: str, tmp: Path, root: Path):
+    """An error while writing ``what`` names it, the cause and the free space, and removes the partial copy: the
+    previous checkpoint (or export) is untouched. (A full disk surfaces from torch as ``basic_ios::clear``.)"""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            free = f"{shutil.disk_usage(root).free / 2**30:.2f} GiB free on that filesystem"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(f"could not write {what}: {type(e).__name__}: {e} ({free}). Nothing complete was replaced; "
+                      f"free space (or fix the cause) and continue with --resume auto") from e
