@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
         context / stride: sliding-window evaluation (defaults: the run's block size, half of it).
     """
     from .data import build_lm_data, load_images
+    from .train.metrics import dumps
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
@@ -105,6 +105,6 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
               "config": cfg.to_dict(), "versions": versions()}
     out = Path(out) if out else checkpoint / "results.json"
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.write_text(dumps(result, indent=2, default=str))
     os.replace(tmp, out)
     return result

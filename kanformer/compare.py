@@ -11,7 +11,6 @@ interrupted run resumes from its last checkpoint.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,6 +329,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
     from .plots import comparison_plots
+    from .train.metrics import dumps
 
     root = cfg.root
     table = markdown_table(summary)
@@ -340,13 +340,9 @@ def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
               f"bytes autograd saves for backward in one training step (peak memory per device in comparison.json)."
               f"\n\n")
     (root / "comparison.md").write_text(header + table + "\n")
-    (root / "comparison.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (root / "comparison.json").write_text(dumps(summary, indent=2, default=str))
     summary["plots"] = comparison_plots(summary, root)
     _wandb_summary(cfg, summary)
-
-
-def _json_default(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
 def _wandb_summary(cfg: CompareConfig, summary: dict[str, Any]) -> None:

@@ -182,6 +182,7 @@ def _collect(cfg: SweepConfig, runs: list[SweepRun]) -> list[dict[str, Any]]:
 def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, Any]:
     """Fit, tabulate and plot the finished runs: scaling.md, scaling.json and PNGs under the sweep directory."""
     from .scaling import fit_power_law, frontier_multiplier, isoflop_minimum
+    from .train.metrics import dumps
 
     runs = runs if runs is not None else plan_sweep(cfg)
     points = _collect(cfg, runs)
@@ -217,7 +218,7 @@ def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, An
                         for a, f in fits.items()},
                "isoflop": isoflop}
     cfg.root.mkdir(parents=True, exist_ok=True)
-    (cfg.root / "scaling.json").write_text(json.dumps(summary, indent=2, default=str))
+    (cfg.root / "scaling.json").write_text(dumps(summary, indent=2, default=str))
     (cfg.root / "scaling.md").write_text(_markdown(summary))
     from .plots import scaling_plots
 

@@ -415,3 +415,11 @@ def test_evaluating_with_another_tokenizer_is_named(tmp_path, reference):
     other = _cfg(tmp_path, **{"data.vocab_size": 300})
     with pytest.raises(ValueError, match=r"was trained with another tokenizer \(384 tokens\).*300 tokens"):
         evaluate_checkpoint(reference / "final", other, tokens=256, throughput_steps=1)
+
+
+def test_result_files_are_strict_json():
+    from kanformer.train.metrics import dumps
+
+    text = dumps({"loss": float("nan"), "rows": [float("inf"), 1.5], "nested": {"x": float("-inf")}})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"loss": None, "rows": [None, 1.5],
+                                                                         "nested": {"x": None}}

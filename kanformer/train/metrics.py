@@ -21,8 +21,9 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(_strict(record), allow_nan=False)
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (what every parser reads): non-finite numbers become null."""
+    return json.dumps(_strict(value), allow_nan=False, **kwargs)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
