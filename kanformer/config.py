@@ -436,9 +436,10 @@ RUN_ENVIRONMENT = ("log", "data.num_proc", "data.verify_checksums", "train.cpu_m
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "",
                        ignore: tuple[str, ...] = RUN_ENVIRONMENT) -> list[str]:
-    """Dotted keys whose values differ between two config mappings, as ``key: saved -> wanted`` lines."""
+    """Dotted keys whose values differ between two config mappings, as ``key: saved -> wanted`` lines. A key that
+    only one side has (a setting added or removed between versions of the kit) is not a difference."""
     out = []
-    for key in sorted(set(saved) | set(wanted)):
+    for key in sorted(set(saved) & set(wanted)):
         dotted = f"{prefix}{key}"
         if dotted in ignore:
             continue

@@ -367,6 +367,10 @@ def test_compare_refuses_a_derived_baseline_slug_clash_and_a_run_of_another_conf
     run.run_dir.mkdir(parents=True)
     save_config(run, run.run_dir / "config.yaml")
     check_reusable(run)  # the same config: reused
+    saved = (run.run_dir / "config.yaml").read_text()
+    assert "  max_skipped: 50\n" in saved
+    (run.run_dir / "config.yaml").write_text(saved.replace("  max_skipped: 50\n", ""))
+    check_reusable(run)  # ... also when it was saved before a setting existed
     check_reusable(_cfg(tmp_path, name="arm", **{"ffn.name": "chebyshev", "log.wandb": "offline"}))
     with pytest.raises(ValueError, match=r"holds a run of another config .*\n  ffn.name: 'chebyshev' -> 'rbf'"):
         check_reusable(_cfg(tmp_path, name="arm", **{"ffn.name": "rbf"}))
