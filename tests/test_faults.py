@@ -228,13 +228,15 @@ def test_resume_refuses_another_batch_or_world_size_unless_told_to_adapt(tmp_pat
         Trainer(cfg, resume="auto")
     state_file.write_text(json.dumps(state))
     with caplog.at_level("WARNING"):
-        trainer = Trainer(smaller, resume="auto", adapt=True)
+        assert train(smaller, resume="auto", adapt=True, stop_at=6)["step"] == 6
     assert "global_batch: 8 in the checkpoint, 4 now" in caplog.text
-    # the next sequences are the ones after the 4 x 8 already trained on, in the run's order
+    # the adapted shape is the run's own from now on, and the data order went on after the 4 x 8 sequences of the
+    # first part: steps 4 and 5 took sequences 32-39, step 6 takes 40-43 (positions in the run's order)
     from kanformer.data import example_indices
 
-    expected = example_indices(torch.arange(32, 36).numpy(), trainer.n_train, cfg.train.seed)
-    assert trainer.batch_indices(4, 0).tolist() == expected.tolist()
+    trainer = Trainer(smaller, resume="auto")
+    expected = example_indices(torch.arange(40, 44).numpy(), trainer.n_train, cfg.train.seed)
+    assert trainer.batch_indices(6, 0).tolist() == expected.tolist()
     assert trainer.fit()["finished"]
 
 

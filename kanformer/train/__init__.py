@@ -9,4 +9,4 @@ __all__ = ["NonFiniteError", "Trainer", "build_model", "lr_at", "param_groups", 
 
 def train(cfg, *, resume=None, stop_at=None, adapt=False):
     """Run ``cfg`` (a RunConfig) to completion or until stopped; returns a summary dict. ``adapt``: see Trainer."""
-    return Trainer(cfg, resume=resume).fit(stop_at=stop_at)
+    return Trainer(cfg, resume=resume, adapt=adapt).fit(stop_at=stop_at)
