@@ -9,7 +9,6 @@ passed over. The last ``keep_last`` complete checkpoints are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..data.sources import sha256_file
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -49,14 +50,6 @@ def temp_dir(root: Path, step: int) -> Path:
     return root / f".tmp_step_{step:08d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STATE_FILE)
 
@@ -74,7 +67,7 @@ def finalize(root: Path, step: int, state: dict[str, Any], keep_last: int) -> Pa
     rename the directory into place and prune old checkpoints."""
     tmp, final = temp_dir(root, step), root / f"step_{step:08d}"
     files = _files(tmp)
-    state = {**state, "files": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files}}
+    state = {**state, "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files}}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     for p in [*files, tmp / STATE_FILE, *sorted({p.parent for p in files} | {tmp})]:
         _fsync(p)
@@ -109,6 +102,6 @@ def verify(path: Path) -> str | None:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             return f"{name} does not match the SHA-256 recorded when it was saved (truncated or altered)"
     return None
