@@ -1,4 +1,5 @@
-"""The ``kanformer`` command: ``kanformer prepare <source> --out <dir>``, ``kanformer eval <checkpoint>``,
+"""The ``kanformer`` command: ``kanformer prepare <source> --out <dir>``, ``kanformer eval <checkpoint>... [--data
+<source>] [--tasks <names>]``,
 ``kanformer compare --config <yaml>``,
 ``kanformer kanify <checkpoint> --ffn <name> --out <dir>``, ``kanformer inspect <checkpoint>`` and
 ``kanformer prune <checkpoint> --out <dir> --units 0.05``."""
@@ -24,15 +25,29 @@ def main(argv: list[str] | None = None) -> None:
     pp.add_argument("--num-proc", type=int, help="tokenizer processes (default: every core)")
     pp.add_argument("--verify", action="store_true", help="check every shard's size and SHA-256 afterwards")
 
-    ev = sub.add_parser("eval", help="evaluate a saved checkpoint -> results.json")
-    ev.add_argument("checkpoint", help="a directory written by save_pretrained (e.g. runs/<name>/final)")
+    ev = sub.add_parser("eval", help="evaluate saved checkpoints (on their run's data, any dataset, or "
+                                     "lm-evaluation-harness tasks) -> results.json")
+    ev.add_argument("checkpoints", nargs="+", metavar="checkpoint",
+                    help="directories written by save_pretrained (e.g. runs/<name>/final)")
+    ev.add_argument("--data", action="append", default=[], metavar="SOURCE",
+                    help="score on this dataset with each checkpoint's own tokenizer (repeatable): pydoc, "
+                         "shakespeare, files:<glob>, hf:<id>[:<config>], a prepared token-shard directory, or an "
+                         "image dataset (digits, fashion_mnist, hf:<id>) for ViT checkpoints")
+    ev.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x],
+                    help="lm-evaluation-harness tasks, comma-separated (pip install 'kanformer[lmeval]')")
+    ev.add_argument("--include-path", help="a directory of local lm-evaluation-harness task YAMLs")
+    ev.add_argument("--limit", type=float, help="harness: documents per task (or a fraction)")
+    ev.add_argument("--split", default="auto", choices=["auto", "validation", "train", "all"],
+                    help="--data text: auto = the source's own validation split if it has one, else every document")
+    ev.add_argument("--text-field", default="text", help="--data: the field holding the text (json, parquet, hf)")
+    ev.add_argument("--table", help="directory for the comparison table of every checkpoint (eval_table.md/.json)")
     ev.add_argument("--config", help="the run's config.yaml (default: next to the checkpoint)")
-    ev.add_argument("--tokens", type=int, default=65536, help="validation token budget for perplexity")
-    ev.add_argument("--context", type=int, help="sliding-window context (default: the run's block size)")
+    ev.add_argument("--tokens", type=int, default=65536, help="token budget for perplexity")
+    ev.add_argument("--context", type=int, help="sliding-window context (default: the model's / run's block size)")
     ev.add_argument("--stride", type=int, help="sliding-window stride (default: context / 2)")
     ev.add_argument("--throughput-steps", type=int, default=5)
     ev.add_argument("--peak-tflops", type=float, help="accelerator peak for MFU (default: known GPUs)")
-    ev.add_argument("--out", help="results file (default: <checkpoint>/results.json)")
+    ev.add_argument("--out", help="results file of a run's own evaluation (default: <checkpoint>/results.json)")
 
     cmp_ = sub.add_parser("compare", help="train and evaluate KAN arms against matched baselines")
     cmp_.add_argument("--config", required=True, help="configs/compare/*.yaml")
@@ -120,20 +135,35 @@ def main(argv: list[str] | None = None) -> None:
                   f"{f['rel_err_fit']:.4f}")
         return
     if args.command == "eval":
-        from .checkpoint_eval import evaluate_checkpoint
-        from .config import load_config
-
-        cfg = load_config(args.config) if args.config else None
-        result = evaluate_checkpoint(args.checkpoint, cfg, tokens=args.tokens, context=args.context,
-                                     stride=args.stride, throughput_steps=args.throughput_steps,
-                                     peak_tflops=args.peak_tflops, out=args.out)
-        print(json.dumps(result["metrics"], indent=2))
+        eval_command(args, p)
     else:
         from .compare import load_compare_config, markdown_table, run_compare
 
         summary = run_compare(load_compare_config(args.config, args.overrides), report_only=args.report_only)
         print(markdown_table(summary))
         print("\n".join(f"plot: {p}" for p in summary.get("plots", [])))
+
+
+def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.data or args.tasks:  # any dataset / harness task, each checkpoint with its own tokenizer
+        from .dataset_eval import evaluate_data
+
+        table = evaluate_data(args.checkpoints, args.data, tokens=args.tokens, context=args.context,
+                              stride=args.stride, split=args.split, text_field=args.text_field, tasks=args.tasks,
+                              include_path=args.include_path, limit=args.limit, out=args.table)
+        print(table["markdown"])
+        return
+    if args.out and len(args.checkpoints) > 1:
+        parser.error("--out names one results file: evaluate one checkpoint at a time, or use --table")
+    from .checkpoint_eval import evaluate_checkpoint
+    from .config import load_config
+
+    cfg = load_config(args.config) if args.config else None
+    for checkpoint in args.checkpoints:  # on the data its run trained on (the run's config)
+        result = evaluate_checkpoint(checkpoint, cfg, tokens=args.tokens, context=args.context, stride=args.stride,
+                                     throughput_steps=args.throughput_steps, peak_tflops=args.peak_tflops,
+                                     out=args.out)
+        print(json.dumps({"checkpoint": checkpoint, **result["metrics"]}, indent=2))
 
 
 def prepare_command(args: argparse.Namespace, items: list[str], parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,19 @@ class EvalSpec:
     context: int | None = None
     stride: int | None = None
     throughput_steps: int = 5
+    # out-of-domain columns: every arm also scored on these text sources (same token budget, each arm's own
+    # tokenizer; kanformer.dataset_eval) and lm-evaluation-harness tasks (pip install 'kanformer[lmeval]')
+    extra_data: list[str] = field(default_factory=list)
+    extra_split: str = "auto"
+    tasks: list[str] = field(default_factory=list)
+    include_path: str | None = None  # local task YAMLs
+    task_limit: float | None = None  # documents per task (or a fraction)
+
+    def __post_init__(self) -> None:
+        from .dataset_eval import SPLITS
+
+        if self.extra_split not in SPLITS:
+            raise ValueError(f"eval.extra_split must be one of {', '.join(SPLITS)}, got {self.extra_split!r}")
 
 
 @dataclass
@@ -214,11 +227,40 @@ def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> 
                                     stride=e.stride, throughput_steps=e.throughput_steps, out=path)
             else:
                 log(f"-- {arm.name} seed {seed}: done, skipped")
+            if not report_only:
+                evaluate_extra(cfg.eval, run_cfg.run_dir / "final", path, log=log)
+            result = json.loads(path.read_text())
             results.setdefault(arm.name, []).append({"seed": seed, "run_dir": str(run_cfg.run_dir),
-                                                     **json.loads(path.read_text())["metrics"]})
+                                                     **result["metrics"], **extra_metrics(result)})
     summary = summarise(cfg, arms, results)
     write_outputs(cfg, summary)
     return summary
+
+
+def evaluate_extra(e: EvalSpec, final: Path, path: Path, *, log=print) -> None:
+    """Score ``final`` on the out-of-domain data and tasks its ``results.json`` (``path``) does not hold yet."""
+    result = json.loads(path.read_text())
+    data = [d for d in e.extra_data if d not in result.get("datasets", {})]
+    tasks = [t for t in e.tasks if t not in result.get("tasks", {})]
+    if not (data or tasks):
+        return
+    from .dataset_eval import evaluate_data
+    from .train.metrics import dumps
+
+    done = evaluate_data([final], data, tokens=e.tokens, context=e.context, stride=e.stride, split=e.extra_split,
+                         tasks=tasks, include_path=e.include_path, limit=e.task_limit, log=log)["rows"][0]
+    result.setdefault("datasets", {}).update(done["datasets"])
+    result.setdefault("tasks", {}).update(done["tasks"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(result, indent=2, default=str))
+    tmp.replace(path)
+
+
+def extra_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Flat out-of-domain metrics of one results.json: ``bpb@<source>`` and ``<task>:<metric>``."""
+    out = {f"bpb@{spec}": s["bpb"] for spec, s in result.get("datasets", {}).items() if "bpb" in s}
+    out.update({f"{task}:{m}": v for task, ms in result.get("tasks", {}).items() for m, v in ms.items()})
+    return out
 
 
 def _step_timer(cfg: CompareConfig):
@@ -269,6 +311,9 @@ METRICS = ("val_ppl", "val_bpb", "val_nll", "val_loss", "val_acc", "train_tokens
 
 def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     quality = "val_nll" if any("val_nll" in r for rs in results.values() for r in rs) else "val_loss"
+    wanted = [f"bpb@{d}" for d in cfg.eval.extra_data]
+    extra = [k for k in dict.fromkeys(k for rs in results.values() for r in rs for k in r if k not in METRICS)
+             if k in wanted or (":" in k and k.split(":")[0] in cfg.eval.tasks)]
     rows = []
     for arm in arms:
         runs = results.get(arm.name, [])
@@ -280,7 +325,7 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
         if runs:
             row["params"] = runs[0]["params"]
             row["flops_per_token"] = runs[0]["flops_per_token"]
-        for key in METRICS:
+        for key in (*METRICS, *extra):
             values = [r[key] for r in runs if r.get(key) is not None]
             if values:
                 row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1
@@ -296,7 +341,7 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
             if other["role"] == "baseline" and matches and quality in other:
                 row["p_values"][other["arm"]] = welch_t_test(row[quality]["values"], by_name[other["arm"]][quality]
                                                              ["values"])
-    return {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows,
+    return {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows, "extra_metrics": extra,
             "base": base_run_config(cfg).to_dict(), "eval": vars(cfg.eval)}
 
 
@@ -310,9 +355,11 @@ def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> 
 def markdown_table(summary: dict[str, Any]) -> str:
     text = summary["quality_metric"] == "val_nll"
     q_head = "val ppl | val bits/byte" if text else "val loss | val acc"
-    lines = [f"| arm | FFN (hidden) | matched | params | FFN params | MFLOPs/token | {q_head} | train tok/s | "
+    extra = summary.get("extra_metrics", [])
+    lines = [f"| arm | FFN (hidden) | matched | params | FFN params | MFLOPs/token | {q_head} | "
+             + "".join(f"{k.replace('bpb@', 'bits/byte on ')} | " for k in extra) + "train tok/s | "
              f"gen tok/s | activations MB | p-values (Welch, {summary['quality_metric']}) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---|"]
     for r in summary["arms"]:
         quality = (f"{_fmt(r, 'val_ppl')} | {_fmt(r, 'val_bpb', digits=3)}" if text else
                    f"{_fmt(r, 'val_loss', digits=3)} | {_fmt(r, 'val_acc', digits=3)}")
@@ -322,7 +369,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
             matched += f" (= flops -> {', '.join(r['also_matches'])})"
         lines.append(
             f"| {r['arm']} | {r['ffn']} ({r['hidden']}) | {matched} | {r.get('params', 0):,} | {r['ffn_params']:,} | "
-            f"{r.get('flops_per_token', 0) / 1e6:.2f} | {quality} | {_fmt(r, 'train_tokens_per_s', digits=0)} | "
+            f"{r.get('flops_per_token', 0) / 1e6:.2f} | {quality} | "
+            + "".join(f"{_fmt(r, k, digits=4)} | " for k in extra) + f"{_fmt(r, 'train_tokens_per_s', digits=0)} | "
             f"{_fmt(r, 'generate_tokens_per_s', digits=0)} | {_fmt(r, 'activation_bytes', 1 / 2**20, 1)} | {pv} |")
     return "\n".join(lines)
 
@@ -351,9 +399,11 @@ def _wandb_summary(cfg: CompareConfig, summary: dict[str, Any]) -> None:
         return
     import wandb
 
-    columns = ["arm", "ffn", "hidden", "params", "flops_per_token", summary["quality_metric"], "train_tokens_per_s"]
+    extra = summary.get("extra_metrics", [])
+    columns = ["arm", "ffn", "hidden", "params", "flops_per_token", summary["quality_metric"], "train_tokens_per_s",
+               *extra]
     data = [[r["arm"], r["ffn"], r["hidden"], r.get("params"), r.get("flops_per_token"),
-             r.get(summary["quality_metric"], {}).get("mean"), r.get("train_tokens_per_s", {}).get("mean")]
+             *(r.get(k, {}).get("mean") for k in (summary["quality_metric"], "train_tokens_per_s", *extra))]
             for r in summary["arms"]]
     run = wandb.init(project=summary["base"]["log"]["project"], group=cfg.name, name=f"{cfg.name}-summary",
                      job_type="summary", dir=str(cfg.root), mode=mode, reinit="finish_previous")

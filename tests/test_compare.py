@@ -65,9 +65,14 @@ def test_tiny_compare_writes_outputs_and_skips_finished_arms(tmp_path, monkeypat
 
     monkeypatch.setattr("kanformer.train.train", no_training)
     logs = []
+    cfg.eval.extra_data = ["files:" + str(tmp_path / "ood.txt")]  # an out-of-domain column, added afterwards
+    (tmp_path / "ood.txt").write_text("An out-of-domain document about the weather.\n" * 40)
     again = run_compare(cfg, log=logs.append)
     assert sum("done, skipped" in line for line in logs) == len(again["arms"])
     assert again["arms"][0]["val_ppl"] == summary["arms"][0]["val_ppl"]
+    key = f"bpb@files:{tmp_path / 'ood.txt'}"
+    assert again["extra_metrics"] == [key] and all(a[key]["mean"] > 0 for a in again["arms"])
+    assert f"bits/byte on files:{tmp_path / 'ood.txt'}" in (root / "comparison.md").read_text()
 
 
 def test_welch_t_test():
