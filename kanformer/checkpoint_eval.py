@@ -107,4 +107,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(dumps(result, indent=2, default=str))
     os.replace(tmp, out)
+    if hasattr(model, "kan_adapter") and out == checkpoint / "results.json":  # the model card shows the results
+        from .models.card import write_model_card
+
+        write_model_card(model, checkpoint)
     return result

@@ -270,6 +270,10 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
             log(f"-- {ckpt.path} on lm-evaluation-harness tasks {', '.join(tasks)}")
             task_scores = run_tasks(ckpt, tasks, include_path=include_path, limit=limit)
         _merge_results(ckpt.path / "results.json", scores, task_scores)
+        if hasattr(ckpt.model, "kan_adapter"):  # the model card shows the results
+            from .models.card import write_model_card
+
+            write_model_card(ckpt.model, ckpt.path)
         rows.append({"checkpoint": str(ckpt.path), "datasets": scores, "tasks": task_scores})
     table = {"rows": rows, "data": data, "tasks": tasks or [], "tokens": tokens, "split": split}
     table["markdown"] = markdown(table)

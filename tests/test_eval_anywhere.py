@@ -134,3 +134,29 @@ def test_prepared_shards_of_another_tokenizer_are_refused(trained, tmp_path):
     other = prepare(DataConfig(dataset="pydoc", vocab_size=300), out=tmp_path / "other", progress=False)
     with pytest.raises(ValueError, match="was tokenized with another tokenizer"):
         evaluate_data([gpt], [str(other)])
+
+
+def _front_matter(readme):
+    import yaml
+
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1]), text
+
+
+def test_saved_models_carry_a_model_card(trained, tmp_path):
+    gpt, vit, docs = trained
+    meta, text = _front_matter(gpt / "README.md")
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert {"kanformer", "kan", "gpt2", "ffn-mlp"} <= set(meta["tags"])
+    assert meta["license"] == "other" and "Python Software Foundation" in meta["license_name"]  # pydoc's license
+    model = transformers.AutoModelForCausalLM.from_pretrained(gpt)
+    assert f"| parameters | {sum(p.numel() for p in model.parameters()):,} |" in text
+    tokens = 10 * 8 * 32  # steps x batch x block size
+    assert f"- tokens: {tokens:,}" in text and "trust_remote_code=True" in text
+    evaluate_data([gpt], [f"files:{docs}"], tokens=1000)  # results arrive: the card shows them
+    bpb = json.loads((gpt / "results.json").read_text())["datasets"][f"files:{docs}"]["bpb"]
+    assert f"| files:{docs} | bpb | {bpb:.4g} |" in (gpt / "README.md").read_text()
+    meta, text = _front_matter(vit / "README.md")
+    assert meta["pipeline_tag"] == "image-classification" and meta["license"] == "cc-by-4.0"
+    assert "AutoModelForImageClassification" in text

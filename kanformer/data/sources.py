@@ -39,6 +39,25 @@ PIECE_CHARS = 1 << 20  # longer documents are handed on in pieces of about this 
 VAL_SPLIT_NAMES = ("validation", "valid", "test")
 
 
+# Licenses of the data sources whose license is known: (Hugging Face license id, its name), for model cards.
+DATA_LICENSES = {
+    "pydoc": ("other", "Python Software Foundation License (the Python documentation)"),
+    "shakespeare": ("other", "public domain (Project Gutenberg texts of the plays and poems)"),
+    "digits": ("cc-by-4.0", "CC BY 4.0 (UCI optical recognition of handwritten digits)"),
+    "fashion_mnist": ("mit", "MIT (Zalando Research)"),
+    "hf:HuggingFaceFW/fineweb-edu": ("odc-by", "ODC-By 1.0"),
+    "hf:HuggingFaceFW/fineweb": ("odc-by", "ODC-By 1.0"),
+}
+
+
+def data_license(spec: str) -> tuple[str, str] | None:
+    """The known license of a data source (``hf:`` ids matched without config and revision), else None."""
+    base = spec.split("@")[0]
+    if base.startswith("hf:"):
+        base = ":".join(base.split(":")[:2])
+    return DATA_LICENSES.get(base)
+
+
 def cache_root(cache_dir: str | None = None) -> Path:
     root = Path(cache_dir or os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer")
     root.mkdir(parents=True, exist_ok=True)

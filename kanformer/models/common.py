@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .card import write_model_card
 from .kan_layers import FFN, Basis, GroupRational, KANLinear, create_ffn
 
 SPEC_KEYS = ("ffn", "hidden", "ffn_kwargs", "layers")
@@ -177,6 +178,7 @@ class KanModelMixin:
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_portable_code(save_directory)
+            write_model_card(self, save_directory, getattr(self, "card_info", None))
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -212,7 +214,7 @@ def name_loss_type(model: nn.Module) -> None:
 _LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
                 "rational", "baselines", "multkan", "lean",
                 "triton_kan")
-_MODEL_FILES = ("common", "gpt2", "vit", "bert", "llama")
+_MODEL_FILES = ("common", "card", "gpt2", "vit", "bert", "llama")
 
 
 def _package_source(name: str) -> str:

@@ -411,6 +411,20 @@ class Trainer:
                 "stream": stream,
             }, self.cfg.train.keep_last)
 
+    def _card_info(self) -> dict[str, Any]:
+        from ..data.sources import data_license
+
+        cfg, t = self.cfg, self.cfg.train
+        training = {"dataset": cfg.data.dataset, **({"tokenizer": cfg.data.tokenizer} if self.is_text else {}),
+                    "tokens": self.tokens_seen, "steps": self.step, "global batch": self.global_batch,
+                    "sequence length": self.seq_len, "learning rate": t.lr, "seed": t.seed, "processes": self.world}
+        info: dict[str, Any] = {"name": cfg.name, "path": str(self.run_dir / "final"), "training": training,
+                                "flops_per_token": self.flops_per_token}
+        known = data_license(cfg.data.dataset)
+        if known is not None:
+            info["license"], info["license_name"] = known
+        return info
+
     @property
     def flops_seen(self) -> int:
         return 3 * self.flops_per_token * self.tokens_seen  # training = forward + backward (2x forward)
@@ -725,6 +739,7 @@ class Trainer:
     def _write_final(self, out: Path, state: dict[str, torch.Tensor]) -> None:
         model = self.accelerator.unwrap_model(self.model)
         model = getattr(model, "_orig_mod", model)
+        model.card_info = self._card_info()  # what the model card says beyond the model itself
         model.save_pretrained(out, state_dict=state)
         if self.is_text:
             self.tokenizer.save_pretrained(out)
