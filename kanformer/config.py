@@ -24,6 +24,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 COMPILE = ("none", "model", "regional")
 NONFINITE = ("skip", "stop")
 WANDB_MODES = ("offline", "online", "disabled")
+TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}  # tracker -> the module it needs
 MATCH = ("params", "flops")
 
 
@@ -236,6 +237,9 @@ class KanConfig:
 
 @dataclass
 class LogConfig:
+    # Where runs log besides metrics.jsonl: wandb | tensorboard (pip install 'kanformer[tensorboard]') | mlflow
+    # (pip install 'kanformer[mlflow]'; MLFLOW_TRACKING_URI, else ./mlruns)
+    trackers: list[str] = field(default_factory=lambda: ["wandb"])
     wandb: str = "offline"  # offline (no account needed) | online | disabled
     project: str = "kanformer"
     group: str | None = None
@@ -243,6 +247,19 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         _choice("log.wandb", self.wandb, WANDB_MODES)
+        for tracker in self.trackers:
+            _choice("log.trackers[]", tracker, TRACKERS)
+
+    def active_trackers(self) -> list[str]:
+        """The trackers a run logs to (wandb unless log.wandb=disabled), each checked to be installed."""
+        import importlib.util
+
+        active = [t for t in dict.fromkeys(self.trackers) if t != "wandb" or self.wandb != "disabled"]
+        for tracker in active:
+            if importlib.util.find_spec(TRACKERS[tracker]) is None:
+                raise ImportError(f"log.trackers names {tracker}, which is not installed: pip install "
+                                  f"'kanformer[{tracker}]' (or remove it from log.trackers)")
+        return active
 
 
 @dataclass

@@ -223,7 +223,7 @@ def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, An
     from .plots import scaling_plots
 
     summary["plots"] = scaling_plots(summary, fits, cfg.root)
-    _wandb_table(cfg, summary)
+    _tracker_outputs(cfg, summary)
     return summary
 
 
@@ -255,15 +255,33 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wandb_table(cfg: SweepConfig, summary: dict[str, Any]) -> None:
-    base = run_config_from(cfg.base)
-    if base.log.wandb == "disabled":
-        return
-    import wandb
+def _tracker_outputs(cfg: SweepConfig, summary: dict[str, Any]) -> None:
+    """The scaling points and fits in each tracker the base config logs to: wandb tables (one run per sweep, in the
+    sweep's group) and TensorBoard scalars under ``<sweep>/tensorboard/`` (loss against non-embedding parameters and
+    against training MFLOPs, one tag per arm; the fits as text)."""
+    trackers = run_config_from(cfg.base).log.active_trackers()
+    fit_rows = [[arm, f.get("vs_flops", {}).get("alpha"), f.get("vs_flops", {}).get("E"),
+                 f.get("vs_flops", {}).get("A"), f.get("compute_multiplier")] for arm, f in summary["fits"].items()]
+    points = sorted(summary["points"], key=lambda p: (p["arm"], p["params"]))
+    if "tensorboard" in trackers:
+        from torch.utils.tensorboard import SummaryWriter
 
-    rows = [[arm, f.get("vs_flops", {}).get("alpha"), f.get("vs_flops", {}).get("E"), f.get("vs_flops", {}).get("A"),
-             f.get("compute_multiplier")] for arm, f in summary["fits"].items()]
-    run = wandb.init(project=base.log.project, group=cfg.name, name=f"{cfg.name}-fits", job_type="scaling-fit",
-                     dir=str(cfg.root), mode=base.log.wandb, reinit="finish_previous")
-    run.log({"fits": wandb.Table(columns=["arm", "alpha", "E", "A", "compute_multiplier"], data=rows)})
-    run.finish()
+        with SummaryWriter(str(cfg.root / "tensorboard")) as writer:
+            for p in points:
+                if p["loss"] is None:
+                    continue
+                writer.add_scalar(f"scaling/loss_vs_params/{p['arm']}", p["loss"], global_step=int(p["params"]))
+                if p.get("flops"):
+                    writer.add_scalar(f"scaling/loss_vs_train_mflops/{p['arm']}", p["loss"],
+                                      global_step=int(p["flops"] // 10**6))
+            writer.add_text("scaling/fits", _markdown(summary))
+    if "wandb" in trackers:
+        import wandb
+
+        base = run_config_from(cfg.base)
+        run = wandb.init(project=base.log.project, group=cfg.name, name=f"{cfg.name}-fits", job_type="scaling-fit",
+                         dir=str(cfg.root), mode=base.log.wandb, reinit="finish_previous")
+        columns = ["arm", "size", "seed", "params", "flops", "tokens", "loss"]
+        run.log({"fits": wandb.Table(columns=["arm", "alpha", "E", "A", "compute_multiplier"], data=fit_rows),
+                 "points": wandb.Table(columns=columns, data=[[p.get(c) for c in columns] for p in points])})
+        run.finish()

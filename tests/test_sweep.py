@@ -46,7 +46,7 @@ def test_isoflop_minimum_and_compute_multiplier():
         fit_power_law([1, 2], [3, 2])
 
 
-def _sweep_config(tmp_path, mode="tokens_per_param", extra=""):
+def _sweep_config(tmp_path, mode="tokens_per_param", extra="", log="{wandb: disabled}"):
     path = tmp_path / "sweep.yaml"
     path.write_text(f"""
 name: tiny
@@ -54,7 +54,7 @@ out_dir: {tmp_path}
 base:
   preset: debug
   train: {{batch_size: 8, log_every: 5}}
-  log: {{wandb: disabled}}
+  log: {log}
 arms:
   - {{name: mlp, ffn: {{name: mlp}}}}
   - {{name: cheb, ffn: {{name: chebyshev}}}}
@@ -84,10 +84,16 @@ def test_isoflop_token_budgets_follow_each_arms_flops_per_token(tmp_path):
 
 
 def test_tiny_sweep_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
-    cfg = _sweep_config(tmp_path)
+    from tests.test_train import _scalars
+
+    cfg = _sweep_config(tmp_path, log="{wandb: disabled, trackers: [tensorboard]}")
     summary = run_sweep(cfg, log=lambda *_: None)
     root = tmp_path / "tiny"
     assert len(summary["points"]) == 6
+    curves = _scalars(root / "tensorboard")  # the scaling curves, as in the plots
+    mlp = sorted((p["params"], p["loss"]) for p in summary["points"] if p["arm"] == "mlp")
+    assert [(s, round(v, 5)) for s, v in curves["scaling/loss_vs_params/mlp"]] == [(s, round(v, 5)) for s, v in mlp]
+    assert len(curves["scaling/loss_vs_train_mflops/cheb"]) == 3
     text = (root / "scaling.md").read_text()
     assert "| mlp | 3 |" in text and "| cheb | 3 |" in text
     for name in ("loss_vs_flops.png", "loss_vs_params.png", "loss_vs_wallclock.png", "scaling.json"):

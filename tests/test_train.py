@@ -208,3 +208,33 @@ def test_wandb_offline_run_is_written_and_resumed_under_the_same_id(tmp_path, mo
     assert ckpt.read_state(root / "step_00000006")["wandb_id"] == first_id
     runs = list((cfg.run_dir / "wandb").glob(f"offline-run-*-{first_id}"))
     assert runs, "no offline wandb run written"
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_holds_the_runs_scalars_across_a_resume(tmp_path):
+    cfg = _cfg(tmp_path, **{"log.trackers": "[tensorboard]", "train.max_steps": 6, "train.log_every": 1,
+                            "train.eval_every": 3, "train.save_every": 3})
+    train(cfg, stop_at=3)
+    train(cfg, resume="auto")
+    scalars = {}
+    for folder in {p.parent for p in (cfg.run_dir / "kanformer").rglob("events.out.tfevents.*")}:
+        for tag, points in _scalars(folder).items():
+            scalars.setdefault(tag, []).extend(points)
+    records = _records(cfg.run_dir)
+    assert sorted(s for s, _ in scalars["loss"]) == [r["step"] for r in records] == list(range(1, 7))
+    by_step = dict(scalars["loss"])
+    assert all(abs(by_step[r["step"]] - r["loss"]) < 1e-5 for r in records)
+    assert sorted(s for s, _ in scalars["val_loss"]) == [3, 6]
+    assert not (cfg.run_dir / "wandb").exists()  # log.wandb=disabled in these tests: only TensorBoard
+
+
+def test_unknown_tracker_is_named():
+    with pytest.raises(ValueError, match=r"log.trackers\[\] must be one of wandb, tensorboard, mlflow, got 'tb'"):
+        load_config(preset="debug", overrides=["log.trackers=[tb]"])

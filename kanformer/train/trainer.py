@@ -75,26 +75,26 @@ class Trainer:
                                     f"{ckpt.STATE_FILE}")
         self.run_dir = cfg.run_dir
         self.ckpt_root = self.run_dir / "checkpoints"
-        use_wandb = cfg.log.wandb != "disabled"
-        if use_wandb:
+        self.trackers = cfg.log.active_trackers()  # what accelerate logs to besides metrics.jsonl
+        if "wandb" in self.trackers:
             os.environ["WANDB_MODE"] = cfg.log.wandb
         t = cfg.train
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # plain Accelerator() on a GPU-less host ignores torchrun's ranks
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-            log_with="wandb" if use_wandb else None, project_dir=str(self.run_dir))
+            log_with=self.trackers or None, project_dir=str(self.run_dir))
         self.lock = RunLock(self.run_dir)
         if self.accelerator.is_main_process:  # one writer per run directory, for as long as the run trains
             self.lock.acquire()
             if self.lock.stale:
                 logger.warning(f"{self.lock.path}: {self.lock.stale}; taken over", main_process_only=True)
         try:
-            self._setup(resume, use_wandb)
+            self._setup(resume)
         except BaseException:
             self.lock.release()
             raise
 
-    def _setup(self, resume: str | None, use_wandb: bool) -> None:
+    def _setup(self, resume: str | None) -> None:
         cfg, t = self.cfg, self.cfg.train
         if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume auto to continue it, "
@@ -138,8 +138,8 @@ class Trainer:
         self.resumed_from = self._maybe_resume(resume_path)
         if self.accelerator.is_main_process:
             self._write_run_files()
-        if use_wandb:
-            self._init_wandb()
+        if self.trackers:
+            self._init_trackers()
 
     # -- data -----------------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -276,16 +276,26 @@ class Trainer:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
 
-    def _init_wandb(self) -> None:
-        self.wandb_id = self.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run continues it
+    def _init_trackers(self) -> None:
+        """wandb (offline by default), TensorBoard (``<run>/<project>/``), MLflow: the same records as metrics.jsonl,
+        grouped by ``log.group`` (a comparison's or sweep's name) in each."""
         log = self.cfg.log
-        self.accelerator.init_trackers(log.project, config=self.cfg.to_dict(), init_kwargs={"wandb": {
-            "name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
-            "id": self.wandb_id, "resume": "allow"}})
-        if self.accelerator.is_main_process:
-            run = self.accelerator.get_tracker("wandb", unwrap=True)
-            run.define_metric("flops")
-            run.define_metric("*", step_metric="flops")
+        self.wandb_id = self.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run continues it
+        kwargs: dict[str, Any] = {
+            "wandb": {"name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
+                      "id": self.wandb_id, "resume": "allow"},
+            "mlflow": {"run_name": self.cfg.name, "tags": {"group": log.group or "", "tags": ",".join(log.tags)}}}
+        acc = self.accelerator
+        acc.init_trackers(log.project, init_kwargs={k: v for k, v in kwargs.items() if k in self.trackers})
+        if not acc.is_main_process:
+            return
+        nested = self.cfg.to_dict()
+        for tracker in acc.trackers:  # wandb keeps the config's sections; the others take flat scalar values
+            tracker.store_init_configuration(nested if tracker.name == "wandb" else _flat(nested))
+            if tracker.name == "wandb":
+                run = tracker.tracker
+                run.define_metric("flops")
+                run.define_metric("*", step_metric="flops")
 
     def _prepare(self, model: torch.nn.Module, old_optimizer: torch.optim.Optimizer | None = None) -> None:
         """Optimizer, accelerate wrappers and compilation for ``model``; moment estimates of parameters that
@@ -432,7 +442,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             append_metrics(self.run_dir / "metrics.jsonl", record)
-        if self.wandb_id is not None:
+        if self.trackers:
             self.accelerator.log({k: v for k, v in record.items() if k not in ("type",)}, step=self.step)
 
     # -- non-finite diagnosis -----------------------------------------------------------------------------------
@@ -711,7 +721,7 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.lock.release()
-        if self.wandb_id is not None:
+        if self.trackers:
             acc.end_training()
         return {"step": self.step, "finished": finished, **last}
 
@@ -750,6 +760,17 @@ class Trainer:
             ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * ch,
                               image_std=[self.images.std] * ch, do_rescale=True,
                               do_convert_rgb=ch == 3).save_pretrained(out)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys and scalar values (lists and None as text): what TensorBoard's and MLflow's parameters take."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
 
 
 @contextlib.contextmanager
