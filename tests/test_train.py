@@ -238,3 +238,17 @@ def test_tensorboard_holds_the_runs_scalars_across_a_resume(tmp_path):
 def test_unknown_tracker_is_named():
     with pytest.raises(ValueError, match=r"log.trackers\[\] must be one of wandb, tensorboard, mlflow, got 'tb'"):
         load_config(preset="debug", overrides=["log.trackers=[tb]"])
+
+
+def test_mlflow_run_is_continued_by_a_resume(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store, no server
+    cfg = _cfg(tmp_path, **{"log.trackers": "[mlflow]", "train.max_steps": 6, "train.log_every": 1,
+                            "train.save_every": 3})
+    train(cfg, stop_at=3)
+    train(cfg, resume="auto")
+    run_id = ckpt.read_state(cfg.run_dir / "checkpoints" / "step_00000006")["mlflow_run_id"]
+    (losses,) = list((tmp_path / "mlruns").glob(f"*/{run_id}/metrics/loss"))  # one run holds both parts
+    steps = [int(line.split()[2]) for line in losses.read_text().splitlines()]
+    assert steps == list(range(1, 7))

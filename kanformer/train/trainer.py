@@ -131,6 +131,7 @@ class Trainer:
         self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
         self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
+        self.mlflow_run_id: str | None = None  # kept in checkpoints too: a resumed run logs into the same MLflow run
         self._stop_requested = False
         self._ahead: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # training micro-batches read ahead
         self.stream_passes = 1  # passes over this rank's share of a streamed corpus that training has reached
@@ -284,7 +285,8 @@ class Trainer:
         kwargs: dict[str, Any] = {
             "wandb": {"name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
                       "id": self.wandb_id, "resume": "allow"},
-            "mlflow": {"run_name": self.cfg.name, "tags": {"group": log.group or "", "tags": ",".join(log.tags)}}}
+            "mlflow": {"run_name": self.cfg.name, "run_id": self.mlflow_run_id,
+                       "tags": {"group": log.group or "", "tags": ",".join(log.tags)}}}
         acc = self.accelerator
         acc.init_trackers(log.project, init_kwargs={k: v for k, v in kwargs.items() if k in self.trackers})
         if not acc.is_main_process:
@@ -296,6 +298,8 @@ class Trainer:
                 run = tracker.tracker
                 run.define_metric("flops")
                 run.define_metric("*", step_metric="flops")
+            if tracker.name == "mlflow":
+                self.mlflow_run_id = tracker.tracker.info.run_id
 
     def _prepare(self, model: torch.nn.Module, old_optimizer: torch.optim.Optimizer | None = None) -> None:
         """Optimizer, accelerate wrappers and compilation for ``model``; moment estimates of parameters that
@@ -372,6 +376,7 @@ class Trainer:
         self._check_resume(path, state)
         self.accelerator.load_state(str(path))
         self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
+        self.mlflow_run_id = state.get("mlflow_run_id")
         self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
         self.wall_s, self.data_s = state.get("wall_s", 0.0), state.get("data_s", 0.0)
         if self.stream is not None:
@@ -414,7 +419,8 @@ class Trainer:
             ckpt.finalize(self.ckpt_root, self.step, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
                 "skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row,
-                "wandb_id": self.wandb_id, "wall_s": self.wall_s, "data_s": self.data_s,
+                "wandb_id": self.wandb_id, "mlflow_run_id": self.mlflow_run_id, "wall_s": self.wall_s,
+                "data_s": self.data_s,
                 "world_size": self.world, "global_batch": self.global_batch, "seq_len": self.seq_len,
                 "data_key": self._data_key(), "data_offset": self.data_offset,
                 "data_position": self.step * self.global_batch + self.data_offset,  # sequences (or images) consumed
