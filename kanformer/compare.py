@@ -335,12 +335,16 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
     for row in rows:
         if row["role"] != "kan" or quality not in row:
             continue
-        row["p_values"] = {}
+        row["p_values"], row["extra_p_values"] = {}, {}
         for other in rows:
             matches = other["matched_to"] in ("stock MLP", row["arm"]) or row["arm"] in other["also_matches"]
             if other["role"] == "baseline" and matches and quality in other:
                 row["p_values"][other["arm"]] = welch_t_test(row[quality]["values"], by_name[other["arm"]][quality]
                                                              ["values"])
+                for key in extra:  # the out-of-domain columns, against the same baselines
+                    if key in row and key in other:
+                        row["extra_p_values"].setdefault(key, {})[other["arm"]] = welch_t_test(
+                            row[key]["values"], other[key]["values"])
     return {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows, "extra_metrics": extra,
             "base": base_run_config(cfg).to_dict(), "eval": vars(cfg.eval)}
 

@@ -72,6 +72,7 @@ def test_tiny_compare_writes_outputs_and_skips_finished_arms(tmp_path, monkeypat
     assert again["arms"][0]["val_ppl"] == summary["arms"][0]["val_ppl"]
     key = f"bpb@files:{tmp_path / 'ood.txt'}"
     assert again["extra_metrics"] == [key] and all(a[key]["mean"] > 0 for a in again["arms"])
+    assert set(again["arms"][0]["extra_p_values"][key]) == set(again["arms"][0]["p_values"])  # the same baselines
     assert f"bits/byte on files:{tmp_path / 'ood.txt'}" in (root / "comparison.md").read_text()
 
 
