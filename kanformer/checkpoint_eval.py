@@ -22,6 +22,23 @@ from .evaluation import (
     perplexity,
 )
 from .provenance import versions
+from .tasks import CausalLM, Task, task_for
+
+
+@torch.no_grad()
+def masked_lm_metrics(model: Any, task: Task, blocks: Any, *, tokens: int, batch_size: int,
+                      device: torch.device) -> dict[str, float]:
+    """Masked-token NLL, perplexity and accuracy over the first ``tokens`` tokens of ``blocks`` (masks seeded by
+    block index: the same for every checkpoint)."""
+    model.eval()
+    n_blocks = max(1, min(len(blocks), tokens // blocks.block_size))
+    sums = [0.0, 0, 0]
+    for start in range(0, n_blocks, batch_size):
+        idx = torch.arange(start, min(n_blocks, start + batch_size))
+        batch = {k: v.to(device) for k, v in task.batch(blocks[idx], torch.Generator().manual_seed(start)).items()}
+        for i, value in enumerate(task.scores(model(**batch), batch)):
+            sums[i] += value
+    return {**task.metrics(*sums), "val_tokens": n_blocks * blocks.block_size, "val_predicted": sums[1]}
 
 
 def find_run_config(checkpoint: Path) -> Path:
@@ -49,46 +66,49 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
         raise FileNotFoundError(f"{checkpoint} is not a saved model (no config.json)")
     cfg = cfg or load_config(find_run_config(checkpoint))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = cfg.model.arch == "gpt2"
-    auto = transformers.AutoModelForCausalLM if text else transformers.AutoModelForImageClassification
-    model = auto.from_pretrained(checkpoint).to(device)
+    task = task_for(cfg)
+    model = task.auto().from_pretrained(checkpoint).to(device)
     metrics: dict[str, Any] = {}
     bsz = cfg.train.batch_size
     gen = torch.Generator().manual_seed(0)
-    if text:
+    seq = task.seq_len(cfg.model)
+    if task.text:
         data = build_lm_data(cfg.data, cfg.model.block_size)
+        tokenizer = task.prepare_tokenizer(data.tokenizer)
         own = (transformers.AutoTokenizer.from_pretrained(checkpoint)
                if (checkpoint / "tokenizer.json").is_file() else None)
-        if (own.get_vocab() != data.tokenizer.get_vocab() if own is not None
-                else len(data.tokenizer) > model.config.vocab_size):
+        if (own.get_vocab() != tokenizer.get_vocab() if own is not None
+                else len(tokenizer) > model.config.vocab_size):
             raise ValueError(f"{checkpoint} was trained with another tokenizer ({model.config.vocab_size} tokens) "
                              f"than this config's data is tokenized with (data.dataset={cfg.data.dataset!r}, "
                              f"data.tokenizer={cfg.data.tokenizer!r}, data.vocab_size={cfg.data.vocab_size}: "
-                             f"{len(data.tokenizer)} tokens): evaluate with the config of the run that trained it "
+                             f"{len(tokenizer)} tokens): evaluate with the config of the run that trained it "
                              f"(its run directory's config.yaml)")
-        context = context or cfg.model.block_size
-        if context > model.config.n_positions:
-            raise ValueError(f"context={context} exceeds the model's {model.config.n_positions} positions")
-        stride = stride or max(1, context // 2)
-        stream = data.val.tokens(0, tokens + 1)
-        total, n = lm_nll(model, stream, context=context, stride=stride)
-        n_bytes = len(data.tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
-        metrics.update(val_nll=total / n, val_ppl=perplexity(total, n), val_bpb=bits_per_byte(total, n_bytes),
-                       val_tokens=n, val_bytes=n_bytes)
-        seq = cfg.model.block_size
         blocks = data.val
+        if isinstance(task, CausalLM):
+            context = context or cfg.model.block_size
+            positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+            if context > positions:
+                raise ValueError(f"context={context} exceeds the model's {positions} positions")
+            stride = stride or max(1, context // 2)
+            stream = blocks.tokens(0, tokens + 1)
+            total, n = lm_nll(model, stream, context=context, stride=stride)
+            n_bytes = len(tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
+            metrics.update(val_nll=total / n, val_ppl=perplexity(total, n), val_bpb=bits_per_byte(total, n_bytes),
+                           val_tokens=n, val_bytes=n_bytes)
+            metrics.update(measure_inference(model, vocab_size=len(tokenizer), batch_size=4,
+                                             prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
+                                             pad_token_id=tokenizer.eos_token_id))
+        else:  # masked LM: masked-token loss, perplexity and accuracy on the first `tokens` validation tokens
+            metrics.update(masked_lm_metrics(model, task, blocks, tokens=tokens, batch_size=bsz, device=device))
 
         def batch() -> dict[str, torch.Tensor]:
-            x = blocks[torch.randint(0, len(blocks), (bsz,), generator=gen)].to(device)
-            return {"input_ids": x, "labels": x}
+            x = blocks[torch.randint(0, len(blocks), (bsz,), generator=gen)]
+            return {k: v.to(device) for k, v in task.batch(x, gen).items()}
 
-        metrics.update(measure_inference(model, vocab_size=len(data.tokenizer), batch_size=4,
-                                         prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
-                                         pad_token_id=data.tokenizer.eos_token_id))
     else:
         images = load_images(cfg.data, cfg.model.image_size)
         metrics.update(classification_metrics(model, images.val_x, images.val_y))
-        seq = (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
 
         def batch() -> dict[str, torch.Tensor]:
             i = torch.randint(0, len(images.val_y), (bsz,), generator=gen)

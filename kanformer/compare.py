@@ -18,10 +18,9 @@ from typing import Any
 
 from .budget import ffn_flops, ffn_params, match_hidden
 from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
+from .tasks import StockFFN, stock_ffn, task_for
 
 BASELINE_MATCHES = ("params", "flops", "time")
-# The activation each host architecture's stock MLP uses (GPT-2 "gelu_new", ViT "gelu").
-STOCK_MLP_KWARGS = {"gpt2": {"activation": "gelu_tanh"}, "vit": {"activation": "gelu"}}
 
 
 @dataclass
@@ -124,36 +123,38 @@ class Arm:
     also_matches: list[str] = field(default_factory=list)  # KAN arms this baseline also matches (deduplicated)
 
 
-def _resolve_hidden(ffn: dict[str, Any], d_model: int, stock: dict[str, Any]) -> int:
-    kw = {**stock, **ffn.get("kwargs", {})} if ffn["name"] == "mlp" else ffn.get("kwargs", {})
+def _resolve_hidden(ffn: dict[str, Any], stock: StockFFN) -> int:
+    """The width an arm trains at: its own, or the one matching the stock FFN (what kanify solves in training)."""
     if ffn.get("hidden"):
         return ffn["hidden"]
-    reference = ffn_params("mlp", d_model, 4 * d_model, **stock) if ffn.get("match", "params") == "params" else \
-        ffn_flops("mlp", d_model, 4 * d_model, **stock)
-    return match_hidden(ffn["name"], d_model, target=ffn.get("match", "params"), reference=reference, **kw)
+    kw = {**stock.kwargs_for(ffn["name"]), **ffn.get("kwargs", {})}
+    target = ffn.get("match", "params")
+    cost = ffn_params if target == "params" else ffn_flops
+    reference = cost(stock.name, stock.d_model, stock.hidden, **stock.kwargs)
+    return match_hidden(ffn["name"], stock.d_model, target=target, reference=reference, **kw)
 
 
 def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
     """KAN arms as given, then baselines matched by params (to the stock MLP, which every KAN arm is matched to by
     default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``)."""
-    base = base_run_config(cfg)
-    d, stock = base.model.n_embd, STOCK_MLP_KWARGS[base.model.arch]
+    stock = stock_ffn(base_run_config(cfg))  # the stock model's own FFN: every width is matched to it
+    d = stock.d_model
     arms = []
     for spec in cfg.arms:
         ffn = {"match": "params", **spec.ffn}
         if ffn.get("hidden") is not None:
             ffn["match"] = None
-        h = _resolve_hidden(ffn, d, stock)
+        h = _resolve_hidden(ffn, stock)
         kw = ffn.get("kwargs", {})
         arms.append(Arm(spec.name, "kan", ffn, "stock MLP", ffn["match"], ffn_params(ffn["name"], d, h, **kw),
                         ffn_flops(ffn["name"], d, h, **kw), h))
     kan_arms = list(arms)
     for target in cfg.baselines.match:
         for base_ffn in cfg.baselines.ffns:
-            kw = dict(stock) if base_ffn == "mlp" else {}
+            kw = stock.kwargs_for(base_ffn)
             if target == "params":
                 ffn = {"name": base_ffn, "match": "params", "kwargs": kw}
-                h = _resolve_hidden(ffn, d, stock)
+                h = _resolve_hidden(ffn, stock)
                 arms.append(Arm(f"{base_ffn}@params", "baseline", ffn, "stock MLP", "params",
                                 ffn_params(base_ffn, d, h, **kw), ffn_flops(base_ffn, d, h, **kw), h))
                 continue
@@ -279,13 +280,9 @@ def _step_timer(cfg: CompareConfig):
         if key not in cache:
             run_cfg = base_run_config(cfg, ffn=ffn)
             model, _ = build_model(run_cfg, vocab_size=vocab, eos_token_id=0, labels=[str(i) for i in range(10)])
-            b, t = run_cfg.train.batch_size, run_cfg.model.block_size
-            if run_cfg.model.arch == "gpt2":
-                x = torch.randint(0, vocab, (b, t))
-                batch = {"input_ids": x, "labels": x}
-            else:
-                s = run_cfg.model.image_size
-                batch = {"pixel_values": torch.randn(b, 1, s, s), "labels": torch.zeros(b, dtype=torch.long)}
+            task, b = task_for(run_cfg), run_cfg.train.batch_size
+            t = task.seq_len(run_cfg.model)
+            batch = task.random_batch(run_cfg.model, vocab, b, torch.Generator().manual_seed(0))
             cache[key] = measure_training(model, lambda: batch, b * t, steps=3, warmup=1)["train_step_s"]
         return cache[key]
 

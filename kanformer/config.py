@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-ARCHS = ("gpt2", "vit")
+ARCHS = ("gpt2", "llama", "bert", "vit")  # tasks: causal LM, causal LM, masked LM, images (kanformer.tasks)
 MIXED_PRECISION = ("no", "bf16", "fp16")
 COMPILE = ("none", "model", "regional")
 NONFINITE = ("skip", "stop")
@@ -45,11 +45,15 @@ def _within(name: str, value: float, low: float, high: float, why: str = "") -> 
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt2"  # gpt2 | vit
+    arch: str = "gpt2"  # gpt2 | llama (RoPE, RMSNorm, SwiGLU) | bert (masked LM) | vit
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 2
-    block_size: int = 64  # gpt2: context length (tokens per training sequence and position embeddings)
+    n_kv_head: int | None = None  # llama: key/value heads (grouped-query attention); null = n_head
+    tie_embeddings: bool | None = None  # gpt2 / llama / bert: output layer shares the input embedding (null: the
+    # architecture's default: tied for gpt2 and bert, untied for llama)
+    ffn_width: int | None = None  # the stock FFN's hidden width (null: 4 d; llama's SwiGLU 8 d / 3, multiple of 8)
+    block_size: int = 64  # text: context length (tokens per training sequence and position embeddings)
     dropout: float = 0.0
     image_size: int = 8  # vit
     patch_size: int = 2  # vit
@@ -59,8 +63,20 @@ class ModelConfig:
         _choice("model.arch", self.arch, ARCHS)
         for name in ("n_layer", "n_embd", "n_head", "block_size", "image_size", "patch_size"):
             _positive(f"model.{name}", getattr(self, name))
+        for name in ("n_kv_head", "ffn_width"):
+            if getattr(self, name) is not None:
+                _positive(f"model.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_kv_head is not None:
+            if self.arch != "llama":
+                raise ValueError(f"model.n_kv_head (grouped-query attention) is for arch llama, not {self.arch!r}")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
+                                 f"({self.n_kv_head}): each key/value head serves a whole group of query heads")
+        if self.tie_embeddings is not None and self.arch == "vit":
+            raise ValueError("model.tie_embeddings is for text models (gpt2, llama, bert); a ViT has no output "
+                             "vocabulary")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.arch == "vit" and self.image_size % self.patch_size:
@@ -165,6 +181,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     nonfinite: str = "skip"  # skip the step | stop the run (the last good checkpoint is never touched)
+    mask_rate: float | None = None  # masked LM (arch bert): share of tokens predicted (e.g. 0.15); required there
     # skip mode has limits: the run stops (naming the reason) after this many skipped steps in a row / in all
     max_consecutive_skipped: int = 5
     max_skipped: int = 50
@@ -191,6 +208,8 @@ class TrainConfig:
 
         _choice("train.cpu_malloc", self.cpu_malloc, MALLOC_CHOICES)
         _choice("train.nonfinite", self.nonfinite, NONFINITE)
+        if self.mask_rate is not None and not 0 < self.mask_rate < 1:
+            raise ValueError(f"train.mask_rate must be in (0, 1), got {self.mask_rate!r}")
 
 
 @dataclass
@@ -281,7 +300,9 @@ class RunConfig:
         if not self.name or self.name in (".", "..") or "/" in self.name:
             raise ValueError(f"name must be a non-empty directory name without '/', got {self.name!r}")
         from .layers import validate_ffn_options
+        from .tasks import check_pairing
 
+        check_pairing(self)
         width = self.model.n_embd
         validate_ffn_options(self.ffn.name, width, self.ffn.hidden or 4 * width, self.ffn.kwargs, prefix="ffn.kwargs")
 
@@ -297,6 +318,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
         "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
                   "eval_batches": 4, "save_every": 15, "log_every": 5},
+        "log": {"wandb": "disabled"},
+    },
+    # A Llama-style LM (RoPE, RMSNorm, SwiGLU stock FFN, grouped-query attention) on the same text.
+    "debug_llama": {
+        "name": "debug_llama",
+        "model": {"arch": "llama", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2, "block_size": 32},
+        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
+        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
+                  "eval_batches": 4, "save_every": 15, "log_every": 5},
+        "log": {"wandb": "disabled"},
+    },
+    # A BERT masked LM on the same text (15% of tokens predicted).
+    "debug_bert": {
+        "name": "debug_bert",
+        "model": {"arch": "bert", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32},
+        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
+        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
+                  "eval_batches": 4, "save_every": 15, "log_every": 5, "mask_rate": 0.15},
         "log": {"wandb": "disabled"},
     },
     # A ViT on scikit-learn's 8x8 digits.

@@ -21,6 +21,7 @@ import yaml
 
 from .compare import ArmSpec, EvalSpec, _slug, check_arm_names
 from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from, save_config
+from .tasks import task_for
 
 MODES = ("tokens_per_param", "isoflop")
 
@@ -93,7 +94,7 @@ def _measure(run: RunConfig) -> tuple[int, int]:
 
     with torch.device("meta"):
         model, _ = build_model(run, vocab_size=_vocab(run), eos_token_id=0, labels=[str(i) for i in range(10)])
-    seq = run.model.block_size if run.model.arch == "gpt2" else (run.model.image_size // run.model.patch_size) ** 2 + 1
+    seq = task_for(run).seq_len(run.model)
     return param_counts(model)["non_embedding_params"], model_flops_per_token(model, seq)
 
 
@@ -107,8 +108,7 @@ def plan_sweep(cfg: SweepConfig) -> list[SweepRun]:
                 for seed in cfg.seeds:
                     tokens = (cfg.tokens_per_param * params if budget is None else budget / (3 * fpt))
                     t = probe.train
-                    seq = probe.model.block_size if probe.model.arch == "gpt2" else \
-                        (probe.model.image_size // probe.model.patch_size) ** 2 + 1
+                    seq = task_for(probe).seq_len(probe.model)
                     per_step = t.batch_size * t.grad_accum * cfg.world_size * seq
                     steps = max(1, math.ceil(tokens / per_step))
                     train = {"seed": seed, "max_steps": steps, "warmup_steps": min(t.warmup_steps, max(1, steps // 10)),

@@ -34,7 +34,7 @@ def test_override_parsing():
     (["train.grad_clip=yes"], TypeError, r"train.grad_clip must be float"),
     (["train.max_steps=0"], ValueError, r"train.max_steps must be >= 1"),
     (["train.mixed_precision=fp8"], ValueError, r"train.mixed_precision must be one of no, bf16, fp16"),
-    (["model.arch=t5"], ValueError, r"model.arch must be one of gpt2, vit"),
+    (["model.arch=t5"], ValueError, r"model.arch must be one of gpt2, llama, bert, vit"),
     (["ffn.name=splines"], ValueError, r"ffn.name must be one of bspline, chebyshev"),
     (["ffn.hidden=8"], ValueError, r"ffn.match and ffn.hidden exclude each other"),
     (["model.n_embd=30", "model.n_head=4"], ValueError, r"model.n_embd \(30\) must be divisible by model.n_head"),
@@ -47,7 +47,7 @@ def test_bad_values_name_the_key(override, error, msg):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="Unknown preset 'tiny'. Available: debug, debug_vit"):
+    with pytest.raises(ValueError, match="Unknown preset 'tiny'. Available: debug, debug_bert, debug_llama, debug_vit"):
         load_config(preset="tiny")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

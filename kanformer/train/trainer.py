@@ -37,6 +37,7 @@ from ..grids import extend_grids, grid_layers, union_rows, update_grids
 from ..layers.lean import set_kernel
 from ..models import ADAPTERS
 from ..provenance import versions
+from ..tasks import task_for
 from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from . import checkpoint as ckpt
 from .metrics import append_metrics, read_metrics, write_metrics
@@ -103,7 +104,8 @@ class Trainer:
         if t.kernel is not None:
             set_kernel(t.kernel)
         configure_malloc(t.cpu_malloc)
-        self.is_text = cfg.model.arch == "gpt2"
+        self.task = task_for(cfg)  # what differs between causal LM, masked LM and image classification
+        self.is_text = self.task.text
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self._load_data()
@@ -122,7 +124,7 @@ class Trainer:
         if resume_path is not None:  # grids extended before that checkpoint: rebuild their shapes to load it
             for _, size in cfg.kan.extensions_until(ckpt.read_state(resume_path)["step"]):
                 extend_grids(self.model, size)
-        self.seq_len = cfg.model.block_size if self.is_text else (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
+        self.seq_len = self.task.seq_len(cfg.model)
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self._prepare(self.model)
         self.step, self.tokens_seen, self.skipped_steps, self.skipped_in_a_row = 0, 0, 0, 0
@@ -153,7 +155,7 @@ class Trainer:
                 # one process per machine checks the shards' checksums; the others their sizes
                 self.lm = build_lm_data(self.cfg.data, self.cfg.model.block_size, verify=acc.is_local_main_process,
                                         progress=acc.is_local_main_process)
-                self.tokenizer = self.lm.tokenizer
+                self.tokenizer = self.task.prepare_tokenizer(self.lm.tokenizer)
                 if isinstance(self.lm.train, StreamBlocks):
                     self.stream, self.n_train = self.lm.train, None
                 else:
@@ -216,8 +218,13 @@ class Trainer:
             cpu = torch.device("cpu")
             self._ahead = {(s, m): self._batch(self.batch_indices(s, m), True, s, cpu) for s, m in keys}
             return
-        self._ahead = {key: {"input_ids": x, "labels": x} for key, x in zip(keys, rows.split(t.batch_size),
-                                                                              strict=True)}
+        self._ahead = {key: self.task.batch(x, self._generator(*key)) for key, x in zip(keys, rows.split(t.batch_size),
+                                                                                      strict=True)}
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        """The random numbers of one rank's micro-batch (masking): a pure function of (seed, step, micro, rank)."""
+        return torch.Generator().manual_seed(((self.cfg.train.seed * 1_000_003 + step) * 1009 + micro) * 1013
+                                             + self.rank)
 
     def _train_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         """This rank's training micro-batch of (step, micro) on the device: a pure function of the step, read
@@ -236,9 +243,10 @@ class Trainer:
     def _batch(self, idx: torch.Tensor, train: bool, step: int = 0,
                device: torch.device | None = None) -> dict[str, torch.Tensor]:
         device = device or self.accelerator.device
-        if self.is_text:
-            x = (self.lm.train if train else self.lm.val)[idx].to(device)
-            return {"input_ids": x, "labels": x}
+        if self.is_text:  # evaluation: the same masks for every arm and every evaluation
+            x = (self.lm.train if train else self.lm.val)[idx]
+            g = torch.Generator().manual_seed(int(idx[0]) if len(idx) else 0)
+            return {k: v.to(device) for k, v in self.task.batch(x, g).items()}
         x = (self.images.train_x if train else self.images.val_x)[idx]
         if train and self.cfg.data.augment:
             from ..data import augment
@@ -592,28 +600,13 @@ class Trainer:
         n_val = len(self.lm.val) if self.is_text else len(self.images.val_y)
         n = min(n_val, self.cfg.train.eval_batches * self.cfg.train.batch_size * self.world)
         mine = torch.arange(self.rank, n, self.world)
-        sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # nll sum, count, correct
+        sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # nll sum, count, hits
         for chunk in mine.split(self.cfg.train.batch_size):
             batch = self._batch(chunk, train=False)
-            out = model(**batch)
-            if self.is_text:
-                count = batch["labels"][:, 1:].numel()
-                sums += torch.tensor([out.loss.double().item() * count, count, 0.0], device=acc.device,
-                                     dtype=torch.float64)
-            else:
-                count = len(chunk)
-                correct = (out.logits.argmax(-1) == batch["labels"]).sum().item()
-                sums += torch.tensor([out.loss.double().item() * count, count, correct], device=acc.device,
-                                     dtype=torch.float64)
+            sums += torch.tensor(self.task.scores(model(**batch), batch), device=acc.device, dtype=torch.float64)
         sums = acc.reduce(sums, reduction="sum")
         model.train()
-        nll = (sums[0] / sums[1]).item()
-        result = {"val_loss": nll}
-        if self.is_text:
-            result["val_ppl"] = math.exp(min(nll, 700.0))
-        else:
-            result["val_acc"] = (sums[2] / sums[1]).item()
-        return result
+        return self.task.metrics(*sums.tolist())
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def _stream_spent(self) -> bool:

@@ -1,0 +1,240 @@
+"""One object per task: what differs between causal LM (GPT-2, Llama), masked LM (BERT) and image classification
+(ViT) lives here, and the trainer, ``kanformer eval``, ``compare`` and ``sweep`` talk to the task, never to ``arch``
+strings.
+
+A task builds the stock model from a run config (the FFN is swapped afterwards by ``kanify``), knows its sequence
+length, turns data rows into model batches (masking for masked LM, seeded so a resumed run masks alike), turns model
+outputs into summed NLL / counts / hits, and names the Auto class checkpoints load with. Stock FFN widths and
+activations come from the architecture adapters (``kanformer.models``) of the stock model built here: one source
+for every width (:func:`stock_ffn`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import transformers
+
+IMAGE_DATASETS = ("digits", "fashion_mnist")
+TEXT_BUILTINS = ("pydoc", "shakespeare")
+
+
+class Task:
+    name: ClassVar[str]
+    text: ClassVar[bool] = True  # reads token blocks (else images)
+    auto_class: ClassVar[str]
+    quality: ClassVar[tuple[str, ...]]  # the validation metrics it reports
+
+    def seq_len(self, m: Any) -> int:
+        """Tokens per example (what FLOPs per token and tokens per step count)."""
+        return m.block_size
+
+    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
+                  labels: list[str] | None = None, channels: int = 1) -> Any:
+        raise NotImplementedError
+
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        return tokenizer
+
+    def batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs of rows ``x`` (token blocks)."""
+        return {"input_ids": x, "labels": x}
+
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+        """(summed NLL, count, hits) of one evaluation batch (count: predicted tokens or examples)."""
+        raise NotImplementedError
+
+    def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        """A batch of random inputs of the right shapes (timing a step without data)."""
+        return self.batch(torch.randint(0, vocab_size, (batch_size, self.seq_len(m)), generator=generator), generator)
+
+    def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
+        import math
+
+        mean = nll / count
+        return {"val_loss": mean, "val_ppl": math.exp(min(mean, 700.0))}
+
+    def auto(self) -> Any:
+        return getattr(transformers, self.auto_class)
+
+
+class CausalLM(Task):
+    name = "causal_lm"
+    auto_class = "AutoModelForCausalLM"
+    quality = ("val_loss", "val_ppl")
+
+    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
+                  labels: list[str] | None = None, channels: int = 1) -> Any:
+        if m.arch == "llama":
+            config = transformers.LlamaConfig(
+                vocab_size=vocab_size, hidden_size=m.n_embd, intermediate_size=stock_width(m),
+                num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+                num_key_value_heads=m.n_kv_head or m.n_head, max_position_embeddings=m.block_size,
+                attention_dropout=m.dropout, tie_word_embeddings=bool(m.tie_embeddings), bos_token_id=eos_token_id,
+                eos_token_id=eos_token_id, pad_token_id=None)
+            return transformers.LlamaForCausalLM(config)
+        config = transformers.GPT2Config(
+            vocab_size=vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+            n_inner=stock_width(m), resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+            bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+            tie_word_embeddings=True if m.tie_embeddings is None else m.tie_embeddings)
+        return transformers.GPT2LMHeadModel(config)
+
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+        count = batch["labels"][:, 1:].numel()
+        return out.loss.double().item() * count, count, 0
+
+
+class MaskedLM(Task):
+    """BERT-style masked-token prediction: ``rate`` of the tokens are predicted; of those, 80% are replaced by the
+    mask token, 10% by a random token, 10% kept (Devlin et al. 2019). Metrics: masked-token perplexity and
+    accuracy."""
+
+    name = "masked_lm"
+    auto_class = "AutoModelForMaskedLM"
+    quality = ("val_loss", "val_ppl", "val_acc")
+    MASK = "<mask>"
+
+    def __init__(self, rate: float | None = None) -> None:
+        self.rate = rate
+
+    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
+                  labels: list[str] | None = None, channels: int = 1) -> Any:
+        config = transformers.BertConfig(
+            vocab_size=vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+            intermediate_size=stock_width(m), max_position_embeddings=m.block_size, hidden_dropout_prob=m.dropout,
+            attention_probs_dropout_prob=m.dropout, type_vocab_size=1, pad_token_id=eos_token_id or 0)
+        return transformers.BertForMaskedLM(config)
+
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        """The corpus's tokenizer plus a mask token (a new id after the others: the prepared shards stay valid)."""
+        if tokenizer.mask_token is None:
+            tokenizer.add_special_tokens({"mask_token": self.MASK})
+        self.mask_id, self.vocab = tokenizer.mask_token_id, len(tokenizer)
+        return tokenizer
+
+    def batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        g = generator or torch.Generator().manual_seed(0)
+        chosen = torch.rand(x.shape, generator=g) < self.rate
+        chosen[:, 0] |= ~chosen.any(dim=1)  # at least one prediction per row
+        roll = torch.rand(x.shape, generator=g)
+        inputs = x.clone()
+        inputs[chosen & (roll < 0.8)] = self.mask_id
+        swap = chosen & (roll >= 0.8) & (roll < 0.9)
+        inputs[swap] = torch.randint(0, self.mask_id, (int(swap.sum()),), generator=g)
+        return {"input_ids": inputs, "labels": torch.where(chosen, x, torch.full_like(x, -100))}
+
+    def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        self.mask_id = vocab_size - 1  # the last id stands for the mask token
+        return super().random_batch(m, vocab_size - 1, batch_size, generator)
+
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+        labels = batch["labels"]
+        chosen = labels != -100
+        count = int(chosen.sum())
+        hits = int((out.logits.argmax(-1)[chosen] == labels[chosen]).sum())
+        return out.loss.double().item() * count, count, hits
+
+    def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
+        return {**super().metrics(nll, count, hits), "val_acc": hits / count}
+
+
+class ImageClassification(Task):
+    name = "image_classification"
+    text = False
+    auto_class = "AutoModelForImageClassification"
+    quality = ("val_loss", "val_acc")
+
+    def seq_len(self, m: Any) -> int:
+        return (m.image_size // m.patch_size) ** 2 + 1  # a token per patch, plus [CLS]
+
+    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
+                  labels: list[str] | None = None, channels: int = 1) -> Any:
+        labels = labels or []
+        config = transformers.ViTConfig(
+            image_size=m.image_size, patch_size=m.patch_size, num_channels=channels, hidden_size=m.n_embd,
+            num_hidden_layers=m.n_layer, num_attention_heads=m.n_head, intermediate_size=stock_width(m),
+            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+        return transformers.ViTForImageClassification(config)
+
+    def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        x = torch.randn(batch_size, 1, m.image_size, m.image_size, generator=generator)
+        return {"pixel_values": x, "labels": torch.zeros(batch_size, dtype=torch.long)}
+
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+        count = len(batch["labels"])
+        hits = int((out.logits.argmax(-1) == batch["labels"]).sum())
+        return out.loss.double().item() * count, count, hits
+
+    def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
+        return {"val_loss": nll / count, "val_acc": hits / count}
+
+
+ARCH_TASKS: dict[str, type[Task]] = {"gpt2": CausalLM, "llama": CausalLM, "bert": MaskedLM,
+                                     "vit": ImageClassification}
+
+
+def task_for(cfg: Any) -> Task:
+    """The task of a run config (``cfg.model.arch``)."""
+    arch = cfg.model.arch
+    if arch not in ARCH_TASKS:
+        raise ValueError(f"model.arch {arch!r} has no task. Allowed: {', '.join(ARCH_TASKS)}")
+    return MaskedLM(cfg.train.mask_rate) if arch == "bert" else ARCH_TASKS[arch]()
+
+
+def stock_width(m: Any) -> int:
+    """The stock FFN's hidden width of a fresh model: ``model.ffn_width``, else the architecture's convention (4 d;
+    Llama's SwiGLU: 2/3 of 4 d, rounded up to a multiple of 8, the same parameters as a 4 d GELU MLP). Everything
+    else reads the width back from the built model through its adapter (:func:`stock_ffn`)."""
+    if m.ffn_width is not None:
+        return m.ffn_width
+    if m.arch == "llama":
+        return -(-(8 * m.n_embd // 3) // 8) * 8
+    return 4 * m.n_embd
+
+
+@dataclass
+class StockFFN:
+    name: str  # the registered FFN equivalent to the stock MLP
+    d_model: int
+    hidden: int
+    kwargs: dict[str, Any]
+
+    def kwargs_for(self, ffn: str) -> dict[str, Any]:
+        """Options of FFN ``ffn`` as a baseline of this model: the stock ones when it is the stock kind."""
+        return dict(self.kwargs) if ffn == self.name else {}
+
+
+def stock_ffn(cfg: Any) -> StockFFN:
+    """What the stock model of run config ``cfg`` has as FFN, read from its architecture adapter (built on the meta
+    device: no memory, no compute)."""
+    from .models import ADAPTERS
+
+    with torch.device("meta"):
+        model = task_for(cfg).new_model(cfg.model, vocab_size=cfg.data.vocab_size + 1, eos_token_id=0,
+                                        labels=["0", "1"], channels=1)
+    adapter = ADAPTERS[model.config.model_type]
+    c = model.config
+    return StockFFN(adapter.native_ffn, adapter.d_model(c), adapter.native_hidden(c), adapter.native_kwargs(c))
+
+
+def check_pairing(cfg: Any) -> None:
+    """Task / data mismatches a config can show before anything loads (named, with what is allowed)."""
+    task, data = task_for(cfg), cfg.data.dataset
+    if task.text and data in IMAGE_DATASETS:
+        raise ValueError(f"model.arch={cfg.model.arch!r} trains on text; data.dataset={data!r} is an image dataset. "
+                         f"Text: {', '.join(TEXT_BUILTINS)}, files:<glob>, hf:<id>")
+    if not task.text and (data in TEXT_BUILTINS or data.startswith("files:")):
+        raise ValueError(f"model.arch={cfg.model.arch!r} classifies images; data.dataset={data!r} is text. Images: "
+                         f"{', '.join(IMAGE_DATASETS)}, hf:<id>")
+    if isinstance(task, MaskedLM) and task.rate is None:
+        raise ValueError("model.arch='bert' trains a masked LM: set train.mask_rate (the share of tokens predicted, "
+                         "e.g. 0.15)")
+    if not isinstance(task, MaskedLM) and cfg.train.mask_rate is not None:
+        raise ValueError(f"train.mask_rate is for masked LM (model.arch=bert); model.arch={cfg.model.arch!r}")
