@@ -1,4 +1,6 @@
-"""The ``kanformer`` command: ``kanformer prepare <source> --out <dir>``, ``kanformer eval <checkpoint>... [--data
+"""The ``kanformer`` command, one thin function per subcommand: ``kanformer train [--config|--preset] [--resume auto]
+key=value...`` (``accelerate launch -m kanformer train ...`` on many processes), ``kanformer sweep --config <yaml>``,
+``kanformer prepare <source> --out <dir>``, ``kanformer eval <checkpoint>... [--data
 <source>] [--tasks <names>]``,
 ``kanformer compare --config <yaml>``,
 ``kanformer kanify <checkpoint> --ffn <name> --out <dir>``, ``kanformer inspect <checkpoint>`` and
@@ -13,6 +15,17 @@ import json
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="kanformer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="pretrain or finetune a KAN (or baseline) GPT-2 / Llama / BERT / ViT "
+                                      "(accelerate launch -m kanformer train ... for many processes)")
+    tr.add_argument("--config", help="experiment YAML (configs/*.yaml)")
+    tr.add_argument("--preset", help="named preset: debug, debug_llama, debug_bert, debug_vit")
+    tr.add_argument("--resume", help="'auto' (newest verified checkpoint of this run, if any) or a checkpoint "
+                                     "directory")
+    tr.add_argument("--adapt", action="store_true",
+                    help="resume even if world size, global batch, sequence length or data differ from the "
+                         "checkpoint's (each difference and what it changes is logged); without it such a resume stops")
+    tr.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 ffn.name=chebyshev")
 
     pp = sub.add_parser("prepare", help="tokenize a text source into token shards on disk (resumable; a no-op when "
                                         "done)")
@@ -48,6 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--throughput-steps", type=int, default=5)
     ev.add_argument("--peak-tflops", type=float, help="accelerator peak for MFU (default: known GPUs)")
     ev.add_argument("--out", help="results file of a run's own evaluation (default: <checkpoint>/results.json)")
+
+    sw = sub.add_parser("sweep", help="scaling sweeps: arms x sizes x seeds, fitted laws, plots")
+    sw.add_argument("--config", required=True, help="configs/sweeps/*.yaml")
+    sw.add_argument("--emit", metavar="FILE", help="write one accelerate launch command per run instead of running")
+    sw.add_argument("--accelerate-config", help="accelerate config file for the emitted commands")
+    sw.add_argument("--report", action="store_true", help="only fit, tabulate and plot the finished runs")
+    sw.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seeds=[0,1] base.train.batch_size=32")
 
     cmp_ = sub.add_parser("compare", help="train and evaluate KAN arms against matched baselines")
     cmp_.add_argument("--config", required=True, help="configs/compare/*.yaml")
@@ -86,11 +106,20 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--config")
     pr.add_argument("--text", default="pydoc")
 
-    args, extra = p.parse_known_args(argv)  # prepare's items may come after its options
+    args, extra = p.parse_known_args(argv)  # prepare's items and train's overrides may come after options
+    if args.command == "train":  # overrides may be written --train.lr=3e-4 too
+        args.overrides += [e.removeprefix("--") for e in extra if "=" in e]
+        extra = [e for e in extra if "=" not in e]
     if extra and args.command != "prepare":
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "prepare":
         prepare_command(args, args.items + extra, p)
+        return
+    if args.command == "train":
+        train_command(args)
+        return
+    if args.command == "sweep":
+        sweep_command(args)
         return
     if args.command == "inspect":
         from .interpret.report import inspect_checkpoint
@@ -142,6 +171,27 @@ def main(argv: list[str] | None = None) -> None:
         summary = run_compare(load_compare_config(args.config, args.overrides), report_only=args.report_only)
         print(markdown_table(summary))
         print("\n".join(f"plot: {p}" for p in summary.get("plots", [])))
+
+
+def train_command(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    train(cfg, resume=args.resume, adapt=args.adapt)
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    from .sweep import emit_commands, load_sweep_config, report, run_sweep
+
+    cfg = load_sweep_config(args.config, args.overrides)
+    if args.emit:
+        lines = emit_commands(cfg, args.emit, accelerate_config=args.accelerate_config)
+        print(f"wrote {len(lines)} commands to {args.emit} and {cfg.root / 'wandb_sweep.yaml'}")
+        return
+    summary = report(cfg) if args.report else run_sweep(cfg)
+    print((cfg.root / "scaling.md").read_text())
+    print("\n".join(f"plot: {p}" for p in summary.get("plots", [])))
 
 
 def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
