@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +70,10 @@ _REMOTE_SCRIPT = textwrap.dedent("""
         with torch.no_grad():
             out = model(**batch)
         torch.save(out.logits, case["out"])
+        model.save_pretrained(case["dir"] + "_again")  # saved again from the checkpoint's own copy of the code
+        again = getattr(transformers, case["auto"]).from_pretrained(case["dir"] + "_again", trust_remote_code=True)
+        with torch.no_grad():
+            assert torch.equal(again(**batch).logits, out.logits)
 """)
 
 
@@ -87,6 +92,11 @@ def test_trust_remote_code_without_kanformer(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for arch in ARCHS:
         torch.testing.assert_close(torch.load(tmp_path / f"{arch}_out.pt"), expected[arch], rtol=0, atol=0)
+        # re-saved by the copy of the code transformers loaded (the modules the architecture's file imports), it
+        # loaded again and gave the same logits (checked in the subprocess), model card included
+        assert {f"{arch}.py", "common.py", "card.py", "kan_layers.py", "kan.py"} <= {
+            p.name for p in (tmp_path / f"{arch}_again").glob("*.py")}
+        assert (tmp_path / f"{arch}_again" / "README.md").is_file()
 
 
 def test_portable_files_import_only_torch_transformers_einops_and_each_other(tmp_path):
@@ -98,6 +108,15 @@ def test_portable_files_import_only_torch_transformers_einops_and_each_other(tmp
             words = line.split()
             if line.startswith(("import ", "from ")) and not words[1].startswith("."):
                 assert words[1].split(".")[0] in allowed, f"{path.name}: {line}"
+
+
+def test_every_layer_and_model_module_travels_in_a_checkpoint(tmp_path):
+    """A new basis (or architecture) file is carried without a list to update: this fails if one is not."""
+    package = Path(kanformer.__file__).parent
+    expected = {p.name for folder in ("layers", "models") for p in (package / folder).glob("*.py")
+                if p.name != "__init__.py"} | {"kan_layers.py"}
+    _kan_model("gpt2", "bspline").save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.glob("*.py")} == expected  # (re-saved from a checkpoint's own code: below)
 
 
 def _tokenizer():

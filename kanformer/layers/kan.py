@@ -123,6 +123,44 @@ class Basis(nn.Module):
         has no such range (periodic or unbounded bases). For telemetry."""
         return None
 
+    # -- optional fast paths (kanformer/layers/lean.py): a basis overrides those it offers; the defaults decline ----
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Basis values ``(N, I) -> (N, B, I)`` (basis-major) for the memory-lean path, which recomputes them in the
+        backward instead of keeping them. A basis without it runs the reference path."""
+        raise NotImplementedError
+
+    @property
+    def has_lean(self) -> bool:
+        return type(self).lean_features is not Basis.lean_features
+
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        """The analytic ``sum_b g_b f_b'(x)`` of the lean backward, or None (autograd through the features)."""
+        return None
+
+    def lean_pre_params(self) -> tuple[torch.Tensor, ...] | None:
+        """Parameters of a pre-transform of the input (``lean_pre``: RBF's layer norm), or None without one."""
+        return None
+
+    def lean_pre(self, x: torch.Tensor, *params: torch.Tensor, stats: tuple[torch.Tensor, ...] | None = None
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        raise NotImplementedError
+
+    def lean_params(self) -> tuple[torch.Tensor, ...]:
+        """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts)."""
+        return ()
+
+    def fused_state(self) -> tuple[torch.Tensor, ...] | None:
+        """Arguments of the per-function elementwise form ``fused_term`` (the fused path), or None without one."""
+        return None
+
+    def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(value, slope) of basis function ``j`` at ``x``: the fused path's per-function form."""
+        raise NotImplementedError
+
+    def triton_params(self) -> tuple[torch.Tensor, ...] | None:
+        """What the Triton kernels need (B-spline on a uniform grid), or None where they do not apply."""
+        return None
+
 
 def _grid_bases() -> str:
     return ", ".join(n for n, c in sorted(_BASES.items()) if c.fit_grid_to is not Basis.fit_grid_to)
@@ -250,7 +288,7 @@ class KANLinear(nn.Module):
         check_last_dim(x, self.in_features, type(self).__name__)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (N, I)
-        if use_lean(hasattr(self.basis, "lean_features")):
+        if use_lean(self.basis.has_lean):
             return lean_kan_linear(x2, self.coef, self.base_weight, self.bias, self.basis).reshape(
                 *lead, self.out_features)
         feats = rearrange(self.features(x2), "n i b -> n (i b)")  # (N, I*B)

@@ -207,7 +207,7 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
     g_u, kept = None, None
     if analytic and state is not None:
         kept, g_u = _terms(basis, uc, state, g_basis)
-    elif analytic and hasattr(basis, "lean_input_grad"):
+    elif analytic:
         g_u = basis.lean_input_grad(uc, g_basis)  # None: declined
     g_x = None
     if x is not None:
@@ -233,9 +233,7 @@ def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dty
 
 def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
     """The arguments of the basis' elementwise form in the fused mode, None where it has none (or does not apply)."""
-    if not _fused() or not hasattr(basis, "fused_state"):
-        return None
-    return basis.fused_state()
+    return basis.fused_state() if _fused() else None
 
 
 def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
@@ -342,7 +340,7 @@ def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor |
     """The fused Triton kernels (layers/triton_kan.py) where they apply: a basis that offers them (B-spline on a
     uniform grid) and a device they run on (CUDA, or the CPU interpreter). None otherwise."""
     mode = get_kernel()
-    if mode not in ("auto", "triton") or not hasattr(basis, "triton_params") or not triton_available(x):
+    if mode not in ("auto", "triton") or not triton_available(x):
         if mode == "triton" and not (triton_available(x) or torch.compiler.is_compiling()):
             raise ValueError("kernel 'triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 on CPU); "
                              "use auto, lean, fused or reference")
@@ -366,8 +364,8 @@ def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | No
     y = _triton_kan_linear(x, coef, base, bias, basis)
     if y is not None:
         return y
-    pre = basis.lean_pre_params() if hasattr(basis, "lean_pre_params") else None
-    own = tuple(basis.lean_params()) if hasattr(basis, "lean_params") else ()
+    pre = basis.lean_pre_params()
+    own = tuple(basis.lean_params())
     return LeanKANFunction.apply(x, coef, base, bias, basis, _fused_state(basis), None if pre is None else len(pre),
                                  *(pre or ()), *own)
 

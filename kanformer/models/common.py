@@ -211,22 +211,19 @@ def name_loss_type(model: nn.Module) -> None:
 
 
 # -- portable checkpoints ------------------------------------------------------------------------------------------
-_LAYER_FILES = ("registry", "flops", "kan", "bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet",
-                "rational", "baselines", "multkan", "lean",
-                "triton_kan")
-_MODEL_FILES = ("common", "card", "gpt2", "vit", "bert", "llama")
-
-
-def _package_source(name: str) -> str:
-    """Source of a flat module as it stands in a checkpoint, read from the kanformer package or, when this code
-    itself runs from a checkpoint, from the files beside it."""
+def portable_sources() -> dict[str, Path]:
+    """Every module a checkpoint carries, flat (``name -> source file``), derived from the package: each module of
+    ``kanformer/layers`` and of ``kanformer/models``, with ``kan_layers.py`` standing for ``layers/__init__.py``. A
+    new basis or architecture file travels without a list to update. Running from a checkpoint's copy, the files
+    beside this one."""
     here = Path(__file__).resolve().parent
     if (here / "registry.py").exists():  # running from a checkpoint's copy: already flat
-        return (here / f"{name}.py").read_text(encoding="utf-8")
-    if name == "kan_layers":  # in the package, kan_layers.py only re-exports kanformer.layers
-        return (here.parent / "layers" / "__init__.py").read_text(encoding="utf-8")
-    folder = here.parent / "layers" if name in _LAYER_FILES else here
-    return (folder / f"{name}.py").read_text(encoding="utf-8")
+        return {p.stem: p for p in sorted(here.glob("*.py")) if p.stem != "__init__"}
+    layers = here.parent / "layers"
+    found = {p.stem: p for p in sorted(layers.glob("*.py")) if p.stem != "__init__"}
+    found["kan_layers"] = layers / "__init__.py"  # in the package, kan_layers.py only re-exports kanformer.layers
+    found.update({p.stem: p for p in sorted(here.glob("*.py")) if p.stem not in ("__init__", "kan_layers")})
+    return found
 
 
 def write_portable_code(save_directory: str | os.PathLike) -> None:
@@ -234,7 +231,7 @@ def write_portable_code(save_directory: str | os.PathLike) -> None:
     weights. Each file is written under a temporary name, then renamed, so an interrupted save leaves no half file."""
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (*_LAYER_FILES, "kan_layers", *_MODEL_FILES):
+    for name, source in portable_sources().items():
         tmp = out / f".{name}.py.tmp"
-        tmp.write_text(_package_source(name), encoding="utf-8")
+        tmp.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
         os.replace(tmp, out / f"{name}.py")
