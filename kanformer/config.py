@@ -310,43 +310,29 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# What every debug preset shares: 30 short steps on a CPU in seconds, evaluation and checkpoints twice, no tracker.
+_DEBUG_TRAIN = {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15, "eval_batches": 4,
+                "save_every": 15, "log_every": 5}
+_DEBUG_TEXT = {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384}  # text that ships with Python
+
+
+def _debug(name: str, model: dict[str, Any], data: dict[str, Any], **train: Any) -> dict[str, Any]:
+    return {"name": name, "model": model, "data": data, "train": {**_DEBUG_TRAIN, **train},
+            "log": {"wandb": "disabled"}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # A GPT-2 that trains in seconds on a laptop CPU, on text that ships with Python.
-    "debug": {
-        "name": "debug",
-        "model": {"arch": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32},
-        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
-        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
-                  "eval_batches": 4, "save_every": 15, "log_every": 5},
-        "log": {"wandb": "disabled"},
-    },
+    # A GPT-2 that trains in seconds on a laptop CPU.
+    "debug": _debug("debug", {"arch": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32}, _DEBUG_TEXT),
     # A Llama-style LM (RoPE, RMSNorm, SwiGLU stock FFN, grouped-query attention) on the same text.
-    "debug_llama": {
-        "name": "debug_llama",
-        "model": {"arch": "llama", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2, "block_size": 32},
-        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
-        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
-                  "eval_batches": 4, "save_every": 15, "log_every": 5},
-        "log": {"wandb": "disabled"},
-    },
+    "debug_llama": _debug("debug_llama", {"arch": "llama", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2,
+                                          "block_size": 32}, _DEBUG_TEXT),
     # A BERT masked LM on the same text (15% of tokens predicted).
-    "debug_bert": {
-        "name": "debug_bert",
-        "model": {"arch": "bert", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32},
-        "data": {"dataset": "pydoc", "tokenizer": "bpe", "vocab_size": 384},
-        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
-                  "eval_batches": 4, "save_every": 15, "log_every": 5, "mask_rate": 0.15},
-        "log": {"wandb": "disabled"},
-    },
+    "debug_bert": _debug("debug_bert", {"arch": "bert", "n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32},
+                         _DEBUG_TEXT, mask_rate=0.15),
     # A ViT on scikit-learn's 8x8 digits.
-    "debug_vit": {
-        "name": "debug_vit",
-        "model": {"arch": "vit", "n_layer": 2, "n_embd": 32, "n_head": 2, "image_size": 8, "patch_size": 4},
-        "data": {"dataset": "digits"},
-        "train": {"max_steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 3, "eval_every": 15,
-                  "eval_batches": 4, "save_every": 15, "log_every": 5, "weight_decay": 0.0},
-        "log": {"wandb": "disabled"},
-    },
+    "debug_vit": _debug("debug_vit", {"arch": "vit", "n_layer": 2, "n_embd": 32, "n_head": 2, "image_size": 8,
+                                      "patch_size": 4}, {"dataset": "digits"}, batch_size=32, weight_decay=0.0),
 }
 
 
