@@ -21,6 +21,7 @@ from .config import RunConfig, _build, check_reusable, load_yaml_config, run_con
 from .tasks import StockFFN, stock_ffn, task_for
 
 BASELINE_MATCHES = ("params", "flops", "time")
+STOCK_LABELS = {"mlp": "stock MLP", "swiglu": "stock SwiGLU"}  # what arms matched to the stock FFN say they match
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Arm:
     name: str
     role: str  # "kan" or "baseline"
     ffn: dict[str, Any]
-    matched_to: str | None = None  # arm (or "stock MLP") this one is matched to
+    matched_to: str | None = None  # arm (or the stock FFN: "stock MLP", "stock SwiGLU") this one is matched to
     match: str | None = None
     ffn_params: int = 0
     ffn_flops: int = 0
@@ -138,7 +139,7 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
     """KAN arms as given, then baselines matched by params (to the stock MLP, which every KAN arm is matched to by
     default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``)."""
     stock = stock_ffn(base_run_config(cfg))  # the stock model's own FFN: every width is matched to it
-    d = stock.d_model
+    d, reference = stock.d_model, STOCK_LABELS.get(stock.name, f"stock {stock.name}")
     arms = []
     for spec in cfg.arms:
         ffn = {"match": "params", **spec.ffn}
@@ -146,7 +147,7 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
             ffn["match"] = None
         h = _resolve_hidden(ffn, stock)
         kw = ffn.get("kwargs", {})
-        arms.append(Arm(spec.name, "kan", ffn, "stock MLP", ffn["match"], ffn_params(ffn["name"], d, h, **kw),
+        arms.append(Arm(spec.name, "kan", ffn, reference, ffn["match"], ffn_params(ffn["name"], d, h, **kw),
                         ffn_flops(ffn["name"], d, h, **kw), h))
     kan_arms = list(arms)
     for target in cfg.baselines.match:
@@ -155,7 +156,7 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
             if target == "params":
                 ffn = {"name": base_ffn, "match": "params", "kwargs": kw}
                 h = _resolve_hidden(ffn, stock)
-                arms.append(Arm(f"{base_ffn}@params", "baseline", ffn, "stock MLP", "params",
+                arms.append(Arm(f"{base_ffn}@params", "baseline", ffn, reference, "params",
                                 ffn_params(base_ffn, d, h, **kw), ffn_flops(base_ffn, d, h, **kw), h))
                 continue
             for kan in kan_arms:
@@ -334,7 +335,8 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
             continue
         row["p_values"], row["extra_p_values"] = {}, {}
         for other in rows:
-            matches = other["matched_to"] in ("stock MLP", row["arm"]) or row["arm"] in other["also_matches"]
+            matches = (other["matched_to"] == row["arm"] or str(other["matched_to"]).startswith("stock ")
+                       or row["arm"] in other["also_matches"])
             if other["role"] == "baseline" and matches and quality in other:
                 row["p_values"][other["arm"]] = welch_t_test(row[quality]["values"], by_name[other["arm"]][quality]
                                                              ["values"])
