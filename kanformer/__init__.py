@@ -12,6 +12,7 @@ from .layers import (
     register_basis,
     register_ffn,
 )
+from .layers.lean import kernel, set_kernel
 from .models import (  # importing registers the KAN classes with the transformers Auto classes
     KanBertConfig,
     KanBertForMaskedLM,
@@ -34,5 +35,5 @@ __all__ = [
     "FFN", "KAN", "KANFFN", "KANLinear", "KanBertConfig", "KanBertForMaskedLM", "KanBertModel", "KanGPT2Config",
     "KanGPT2LMHeadModel", "KanGPT2Model", "KanLlamaConfig", "KanLlamaForCausalLM", "KanLlamaModel", "KanViTConfig",
     "KanViTForImageClassification", "KanViTModel", "KanifyReport", "create_ffn", "ffn_flops", "ffn_params", "kanify",
-    "list_bases", "list_ffns", "match_hidden", "register_basis", "register_ffn",
+    "kernel", "list_bases", "list_ffns", "match_hidden", "register_basis", "register_ffn", "set_kernel",
 ]

@@ -404,3 +404,49 @@ def test_rbf_tail_is_cut_to_zero_before_subnormals():
         torch.testing.assert_close(values, expected, rtol=1e-5, atol=0, msg=name)
         assert not ((values != 0) & (values.abs() < tiny)).any(), name
     assert (expected == 0).any() and (expected > 0).any()
+
+
+def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
+    """set_kernel(model, mode) is the model's own state: another model keeps the process's path, a kernel(...)
+    block still forces one on both, and a trainer with train.kernel leaves the process default alone."""
+    from kanformer import set_kernel as set_path
+    from kanformer.config import load_config
+    from kanformer.layers import lean as lean_module
+    from kanformer.layers.lean import get_kernel
+    from kanformer.train import Trainer
+
+    calls = {"n": 0}
+    real = lean_module.LeanKANFunction.apply
+
+    def counting(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(lean_module.LeanKANFunction, "apply", counting)
+    torch.manual_seed(0)
+    a, b = create_ffn("chebyshev", 16, 12), create_ffn("chebyshev", 16, 12)
+    b.load_state_dict(a.state_dict())
+    set_path(a, "reference")
+    x = torch.randn(32, 16, requires_grad=True)
+    monkeypatch.setattr(lean_module, "_mode", ["lean"])  # the process's path for this test (restored after it)
+    set_path(b, None)
+    ya = a(x)
+    assert calls["n"] == 0  # a: its own path, the reference
+    yb = b(x)
+    assert calls["n"] == 2  # b: the process's, lean (two KAN layers)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    (ga,) = torch.autograd.grad(ya.square().sum(), x)
+    (gb,) = torch.autograd.grad(yb.square().sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)  # analytic vs autograd derivatives, fp32
+    n = calls["n"]  # (the backward of b's lean layers ran on the lean path too)
+    with kernel("lean"):  # a kernel(...) block wins over the model's own choice
+        a(x)
+    assert calls["n"] == n + 2
+    before = get_kernel()
+    cfg = load_config(preset="debug", overrides=[f"out_dir={tmp_path}", "ffn.name=chebyshev", "train.kernel=reference",
+                                                 "log.wandb=disabled"])
+    trainer = Trainer(cfg)
+    trainer.lock.release()
+    assert get_kernel() == before  # the process default is untouched
+    kan_layers = [m for m in trainer.model.modules() if hasattr(m, "kernel_mode")]
+    assert kan_layers and all(m.kernel_mode == "reference" for m in kan_layers)

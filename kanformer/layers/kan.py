@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from .flops import SILU_FLOPS, linear_flops
-from .lean import lean_kan_linear, use_lean
+from .lean import lean_kan_linear, scoped_kernel, use_lean
 from .registry import FFN, check_last_dim, check_positive_int
 
 _BASES: dict[str, type[Basis]] = {}
@@ -240,6 +240,7 @@ class KANLinear(nn.Module):
         self.use_base = basis_cls.default_base if base is None else bool(base)
         self.coef = nn.Parameter(torch.empty(out_features, in_features, self.basis.n_basis))
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features)) if self.use_base else None
+        self.kernel_mode: str | None = None  # this layer's own path (set_kernel(model, mode)); None: the process's
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
 
@@ -285,6 +286,12 @@ class KANLinear(nn.Module):
         return self.basis(xc).to(x2.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_mode is None:  # the usual case: the process's path (nothing to trace under torch.compile)
+            return self._forward(x)
+        with scoped_kernel(self.kernel_mode):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.in_features, type(self).__name__)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (N, I)

@@ -54,7 +54,12 @@ from .triton_kan import rational_forward as triton_rational_forward
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The path a KAN layer takes, most specific first: a ``kernel(...)`` block forces one on everything inside it; a
+# module's own ``kernel_mode`` (``set_kernel(model, mode)``) holds while it runs (and in its backward); else the
+# process default (``set_kernel(mode)``, ``KANFORMER_KERNEL``, auto).
 _mode = [os.environ.get("KANFORMER_KERNEL", "auto")]
+_scoped: list[str | None] = [None]
+_forced: list[str | None] = [None]
 
 
 def _check(mode: str) -> str:
@@ -63,23 +68,42 @@ def _check(mode: str) -> str:
     return mode
 
 
-def set_kernel(mode: str) -> None:
-    """Choose the KAN layer path for this process: one of ``KERNELS`` (auto is the default)."""
-    _mode[0] = _check(mode)
+def set_kernel(target: str | torch.nn.Module, mode: str | None = None) -> None:
+    """``set_kernel(mode)``: the process default, one of ``KERNELS`` (auto unless ``KANFORMER_KERNEL`` says).
+    ``set_kernel(model, mode)``: the path of ``model``'s KAN layers only, whatever the process default (``None``:
+    follow it again), so two models with different paths can live in one process."""
+    if isinstance(target, str):
+        _mode[0] = _check(target)
+        return
+    mode = None if mode is None else _check(mode)
+    for module in target.modules():
+        if hasattr(module, "kernel_mode"):
+            module.kernel_mode = mode
 
 
 def get_kernel() -> str:
-    return _check(_mode[0])
+    return _check(_forced[0] or _scoped[0] or _mode[0])
 
 
 @contextlib.contextmanager
 def kernel(mode: str) -> Iterator[None]:
-    """``with kernel("reference"): ...`` runs a block on the given path."""
-    previous, _mode[0] = _mode[0], _check(mode)
+    """``with kernel("reference"): ...`` runs a block on the given path, every module's own choice included; the
+    previous state is restored on exit."""
+    previous, _forced[0] = _forced[0], _check(mode)
     try:
         yield
     finally:
-        _mode[0] = previous
+        _forced[0] = previous
+
+
+@contextlib.contextmanager
+def scoped_kernel(mode: str | None) -> Iterator[None]:
+    """The path of one module's call (its ``kernel_mode``; None: no change); a ``kernel(...)`` block still wins."""
+    previous, _scoped[0] = _scoped[0], (mode if mode is None else _check(mode)) or _scoped[0]
+    try:
+        yield
+    finally:
+        _scoped[0] = previous
 
 
 def use_lean(available: bool = True) -> bool:
@@ -303,11 +327,17 @@ class LeanKANFunction(torch.autograd.Function):
             y, stats = forward(basis, x, coef, base, bias, state, dtype, pre)
         ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
         ctx.has_base, ctx.has_bias = base is not None, bias is not None
+        ctx.mode = get_kernel()  # the backward takes the path the forward took
         ctx.save_for_backward(x, coef, base if base is not None else torch.empty(0), *stats, *params)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with scoped_kernel(ctx.mode):
+            return LeanKANFunction._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, coef, base, *saved = ctx.saved_tensors
         stats, params = tuple(saved[: ctx.n_stats]), saved[ctx.n_stats:]
         basis = ctx.basis
@@ -454,12 +484,17 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             r = _kernel_fn(rational_values, x)(xc, a, b)
             r, w = r.to(dtype), weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
-        ctx.dtype, ctx.has_bias = dtype, bias is not None
+        ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
         ctx.save_for_backward(x, num, den, group_index, weight)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with scoped_kernel(ctx.mode):
+            return LeanRationalLinearFunction._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, num, den, group_index, weight = ctx.saved_tensors
         dtype = ctx.dtype
         gy = gy.to(dtype)

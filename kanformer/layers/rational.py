@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .flops import linear_flops
-from .lean import lean_rational_linear, use_lean
+from .lean import lean_rational_linear, scoped_kernel, use_lean
 from .registry import FFN, check_last_dim, check_positive_int, register_ffn
 
 _INIT_TARGETS = {
@@ -151,6 +151,7 @@ class RationalFFN(FFN):
         self.fc1 = nn.Linear(d_model, hidden, bias=bias)
         self.act2 = GroupRational(hidden, init=second_init, **rat)
         self.fc2 = nn.Linear(hidden, d_model, bias=bias)
+        self.kernel_mode: str | None = None  # this block's own path (set_kernel(model, mode)); None: the process's
 
     @classmethod
     def count_params(cls, d_model: int, hidden: int, *, groups: int = 8, num_degree: int = 5,
@@ -173,6 +174,12 @@ class RationalFFN(FFN):
             fc.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_mode is None:  # the usual case: the process's path (nothing to trace under torch.compile)
+            return self._forward(x)
+        with scoped_kernel(self.kernel_mode):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
         if use_lean():  # act -> linear fused twice, each saving only its input (layers/lean.py)
             h = lean_rational_linear(x.reshape(-1, self.d_model), self.act1, self.fc1)

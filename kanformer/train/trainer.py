@@ -101,8 +101,6 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume auto to continue it, "
                                   f"or choose another name / out_dir")
         set_seed(t.seed)
-        if t.kernel is not None:
-            set_kernel(t.kernel)
         configure_malloc(t.cpu_malloc)
         self.task = task_for(cfg)  # what differs between causal LM, masked LM and image classification
         self.is_text = self.task.text
@@ -117,6 +115,8 @@ class Trainer:
             eos_token_id=self.tokenizer.eos_token_id if self.is_text else None,
             labels=None if self.is_text else self.images.labels,
             channels=1 if self.is_text else self.images.channels)
+        if t.kernel is not None:  # this model's path, not the process's: other models keep theirs
+            set_kernel(self.model, t.kernel)
         if t.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self._check_kan_config()
