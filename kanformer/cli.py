@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--split", default="auto", choices=["auto", "validation", "train", "all"],
                     help="--data text: auto = the source's own validation split if it has one, else every document")
     ev.add_argument("--text-field", default="text", help="--data: the field holding the text (json, parquet, hf)")
+    ev.add_argument("--mask-rate", type=float, default=0.15, help="--data on a masked LM: share of tokens predicted")
     ev.add_argument("--table", help="directory for the comparison table of every checkpoint (eval_table.md/.json)")
     ev.add_argument("--config", help="the run's config.yaml (default: next to the checkpoint)")
     ev.add_argument("--tokens", type=int, default=65536, help="token budget for perplexity")
@@ -200,7 +201,8 @@ def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
 
         table = evaluate_data(args.checkpoints, args.data, tokens=args.tokens, context=args.context,
                               stride=args.stride, split=args.split, text_field=args.text_field, tasks=args.tasks,
-                              include_path=args.include_path, limit=args.limit, out=args.table)
+                              include_path=args.include_path, limit=args.limit, mask_rate=args.mask_rate,
+                              out=args.table)
         print(table["markdown"])
         return
     if args.out and len(args.checkpoints) > 1:

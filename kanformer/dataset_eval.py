@@ -45,14 +45,11 @@ class Checkpoint:
         kind = self.config.model_type.removeprefix("kan_")
         self.kind = {"vit": "image", "bert": "masked"}.get(kind, "causal")
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.kind == "masked":
-            raise ValueError(f"{self.path} is a masked LM ({self.config.model_type}): evaluation on text scores "
-                             f"causal LMs (gpt2, llama) and image classifiers (vit)")
-        auto = transformers.AutoModelForImageClassification if self.kind == "image" else \
-            transformers.AutoModelForCausalLM
+        auto = {"image": transformers.AutoModelForImageClassification,
+                "masked": transformers.AutoModelForMaskedLM}.get(self.kind, transformers.AutoModelForCausalLM)
         self.model = auto.from_pretrained(self.path).to(self.device).eval()
         self.tokenizer = self.processor = None
-        if self.kind == "causal":
+        if self.kind != "image":
             if not ((self.path / "tokenizer.json").is_file() or (self.path / "vocab.json").is_file()):
                 raise ValueError(f"{self.path} holds no tokenizer (tokenizer.json): a checkpoint is evaluated with "
                                  f"the tokenizer it was trained with, never a new one. Save it beside the weights "
@@ -186,6 +183,41 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
             "context": context, "stride": stride}
 
 
+@torch.no_grad()
+def score_masked(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, context: int | None = None,
+                 mask_rate: float = 0.15, batch_size: int = 8) -> dict[str, Any]:
+    """A masked LM on documents as it trained: their tokens, end-of-text between documents, in blocks of ``context``
+    tokens, ``mask_rate`` of them predicted (masks seeded by block: the same for every checkpoint); masked-token
+    loss, perplexity and accuracy."""
+    from .tasks import MaskedLM
+
+    if ckpt.tokenizer.mask_token is None:
+        raise ValueError(f"{ckpt.path}'s tokenizer has no mask token: a masked LM is scored on masked tokens")
+    context = min(context or ckpt.context, ckpt.context)
+    task = MaskedLM(mask_rate)
+    task.prepare_tokenizer(ckpt.tokenizer)
+    stream: list[int] = []
+    n_docs = 0
+    for text in docs:
+        stream += [*ckpt.tokenizer(text, add_special_tokens=False)["input_ids"], ckpt.tokenizer.eos_token_id]
+        n_docs += 1
+        if len(stream) >= tokens:
+            break
+    n_blocks = min(len(stream), tokens) // context
+    if n_blocks == 0:
+        raise ValueError(f"the data holds {len(stream)} tokens, fewer than one block of {context}")
+    blocks = torch.tensor(stream[: n_blocks * context]).view(n_blocks, context)
+    sums = [0.0, 0, 0]
+    for start in range(0, n_blocks, batch_size):
+        batch = task.batch(blocks[start: start + batch_size], torch.Generator().manual_seed(start))
+        batch = {k: v.to(ckpt.device) for k, v in batch.items()}
+        for i, value in enumerate(task.scores(ckpt.model(**batch), batch)):
+            sums[i] += value
+    m = task.metrics(*sums)
+    return {"loss": m["val_loss"], "ppl": m["val_ppl"], "acc": m["val_acc"], "tokens": n_blocks * context,
+            "predicted": sums[1], "documents": n_docs, "context": context, "mask_rate": mask_rate}
+
+
 def score_prepared(ckpt: Checkpoint, folder: Path, *, tokens: int, context: int | None = None,
                    stride: int | None = None) -> dict[str, Any]:
     """The validation split of prepared token shards, as one stream (the way its training run saw it)."""
@@ -239,7 +271,7 @@ def score_images(ckpt: Checkpoint, spec: str, *, label_field: str = "label", ima
 def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int = 65536, context: int | None = None,
                   stride: int | None = None, split: str = "auto", text_field: str = "text",
                   tasks: list[str] | None = None, include_path: str | None = None, limit: float | None = None,
-                  out: str | Path | None = None, log=print) -> dict[str, Any]:
+                  mask_rate: float = 0.15, out: str | Path | None = None, log=print) -> dict[str, Any]:
     """Every checkpoint on every dataset (and lm-evaluation-harness task): each checkpoint's ``results.json`` gains
     the scores under ``datasets`` / ``tasks``; with ``out``, one comparison table (``eval_table.md`` / ``.json``)."""
     if not checkpoints:
@@ -256,9 +288,16 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
             log(f"-- {ckpt.path} on {spec}")
             folder = Path(spec)
             if folder.is_dir() and (folder / "manifest.json").is_file():
+                if ckpt.kind == "masked":
+                    raise ValueError(f"{ckpt.path} is a masked LM: score it on the source itself (--data <source>), "
+                                     f"not on prepared shards")
                 scores[spec] = score_prepared(ckpt, folder, tokens=tokens, context=context, stride=stride)
             elif is_image_dataset(spec, ckpt):
                 scores[spec] = score_images(ckpt, spec)
+            elif ckpt.kind == "masked":
+                docs = documents(spec, split, text_field=text_field, max_chars=16 * tokens)
+                scores[spec] = {**score_masked(ckpt, docs, tokens=tokens, context=context, mask_rate=mask_rate),
+                                "split": split}
             else:
                 docs = documents(spec, split, text_field=text_field, max_chars=16 * tokens)
                 scores[spec] = {**score_documents(ckpt, docs, tokens=tokens, context=context, stride=stride),
