@@ -190,6 +190,23 @@ def test_a_truncated_or_altered_checkpoint_falls_back_to_the_previous_one(tmp_pa
     _same_run(cfg.run_dir, reference)
 
 
+def test_metrics_are_cut_in_place_where_a_resume_takes_over(tmp_path):
+    from kanformer.train.metrics import append_metrics, read_metrics, truncate_after
+
+    path = tmp_path / "metrics.jsonl"
+    for step in range(1, 7):
+        append_metrics(path, {"type": "train", "step": step, "loss": 1.0 / step})
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b'{"type": "eval", "step": 6}')  # complete, but its newline never written
+    truncate_after(path, 6)
+    assert path.stat().st_size == size + len(b'{"type": "eval", "step": 6}\n')
+    truncate_after(path, 4)
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    append_metrics(path, {"type": "train", "step": 5})
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4, 5]
+
+
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, reference, caplog):
     cfg = _cfg(tmp_path, **SHORT)
     train(cfg, stop_at=8)

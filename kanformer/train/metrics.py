@@ -1,12 +1,12 @@
-"""``metrics.jsonl``: one strict JSON record per line (non-finite numbers written as null), read back tolerating the
-torn last line that a crash mid-write leaves."""
+"""``metrics.jsonl``: one strict JSON record per line (non-finite numbers written as null), read back line by line
+tolerating the torn last line that a crash mid-write leaves, and cut in place where a resumed run takes over."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +31,50 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(dumps(record) + "\n")
 
 
-def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace ``path`` with ``records`` atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+def _records(path: Path, warn: Callable[[str], None] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(end offset, record) of each line of ``path``, read line by line. A last line that does not parse (a write
+    cut short) is dropped with a warning; a bad line before it is an error naming the file and the line."""
+    with open(path, "rb") as f:
+        offset, number, line = 0, 0, f.readline()
+        while line:
+            following = f.readline()
+            number += 1
+            offset += len(line)
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    if not following:
+                        if warn is not None:
+                            warn(f"{path}: dropped its last line, cut short by an interrupted write ({line[:60]!r})")
+                        return
+                    raise ValueError(f"{path}, line {number}: not a metrics record ({e}): {line[:80]!r}") from None
+                yield offset, record
+            line = following
 
 
 def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Every record of ``path`` ([] if there is none). A last line that does not parse (a write cut short) is dropped
-    with a warning; a bad line before it is an error naming the file and the line."""
+    """Every record of ``path`` ([] if there is none), a torn last line dropped (see ``_records``)."""
+    path = Path(path)
+    return [r for _, r in _records(path, warn)] if path.exists() else []
+
+
+def truncate_after(path: Path, step: int, warn: Callable[[str], None] | None = None) -> None:
+    """Cut ``path`` after the last record of step <= ``step`` (what a resumed run replays comes after it), in place:
+    one writer appends records in step order, so the file is read line by line and never rewritten."""
     path = Path(path)
     if not path.exists():
-        return []
-    lines = path.read_text(errors="replace").splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if i == len(lines) - 1:
-                if warn is not None:
-                    warn(f"{path}: dropped its last line, cut short by an interrupted write ({line[:60]!r})")
-                break
-            raise ValueError(f"{path}, line {i + 1}: not a metrics record ({e}): {line[:80]!r}") from None
-        records.append(record)
-    return records
+        return
+    keep = 0
+    for offset, record in _records(path, warn):
+        if record.get("step", 0) > step:
+            break
+        keep = offset
+    os.truncate(path, keep)
+    if keep:
+        with open(path, "rb+") as f:  # a complete last record whose newline was never written gets it now
+            f.seek(keep - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")

@@ -40,7 +40,7 @@ from ..provenance import versions
 from ..tasks import task_for
 from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from . import checkpoint as ckpt
-from .metrics import append_metrics, read_metrics, write_metrics
+from .metrics import append_metrics, truncate_after
 from .model_factory import build_model
 from .optim import build_optimizer, lr_at
 from .runlock import RunLock
@@ -396,8 +396,7 @@ class Trainer:
             self.stream.restore(self._stream_index(self.step), saved["positions"][self.rank] if same_world else None)
         if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
             metrics = self.run_dir / "metrics.jsonl"
-            records = read_metrics(metrics, warn=lambda m: logger.warning(m, main_process_only=True))
-            write_metrics(metrics, [r for r in records if r["step"] <= self.step])
+            truncate_after(metrics, self.step, warn=lambda m: logger.warning(m, main_process_only=True))
         self.accelerator.print(f"resumed from {path} at step {self.step}")
         return path
 
