@@ -26,19 +26,18 @@ from .tasks import CausalLM, Task, task_for
 
 
 @torch.no_grad()
-def masked_lm_metrics(model: Any, task: Task, blocks: Any, *, tokens: int, batch_size: int,
-                      device: torch.device) -> dict[str, float]:
-    """Masked-token NLL, perplexity and accuracy over the first ``tokens`` tokens of ``blocks`` (masks seeded by
-    block index: the same for every checkpoint)."""
+def masked_lm_scores(model: Any, task: Task, blocks: torch.Tensor, *, batch_size: int,
+                     device: torch.device) -> tuple[float, int, int]:
+    """(summed NLL, predicted tokens, hits) of a masked LM over token ``blocks`` ``(n, context)``, the masks seeded by
+    block index: the same for every checkpoint."""
     model.eval()
-    n_blocks = max(1, min(len(blocks), tokens // blocks.block_size))
     sums = [0.0, 0, 0]
-    for start in range(0, n_blocks, batch_size):
-        idx = torch.arange(start, min(n_blocks, start + batch_size))
-        batch = {k: v.to(device) for k, v in task.batch(blocks[idx], torch.Generator().manual_seed(start)).items()}
+    for start in range(0, len(blocks), batch_size):
+        batch = task.batch(blocks[start: start + batch_size], torch.Generator().manual_seed(start))
+        batch = {k: v.to(device) for k, v in batch.items()}
         for i, value in enumerate(task.scores(model(**batch), batch)):
             sums[i] += value
-    return {**task.metrics(*sums), "val_tokens": n_blocks * blocks.block_size, "val_predicted": sums[1]}
+    return sums[0], sums[1], sums[2]
 
 
 def find_run_config(checkpoint: Path) -> Path:
@@ -100,7 +99,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
                                              prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
                                              pad_token_id=tokenizer.eos_token_id))
         else:  # masked LM: masked-token loss, perplexity and accuracy on the first `tokens` validation tokens
-            metrics.update(masked_lm_metrics(model, task, blocks, tokens=tokens, batch_size=bsz, device=device))
+            n_blocks = max(1, min(len(blocks), tokens // blocks.block_size))
+            sums = masked_lm_scores(model, task, blocks[torch.arange(n_blocks)], batch_size=bsz, device=device)
+            metrics.update(task.metrics(*sums), val_tokens=n_blocks * blocks.block_size, val_predicted=sums[1])
 
         def batch() -> dict[str, torch.Tensor]:
             x = blocks[torch.randint(0, len(blocks), (bsz,), generator=gen)]

@@ -246,16 +246,11 @@ def evaluate_extra(e: EvalSpec, final: Path, path: Path, *, log=print) -> None:
     tasks = [t for t in e.tasks if t not in result.get("tasks", {})]
     if not (data or tasks):
         return
-    from .dataset_eval import evaluate_data
-    from .train.metrics import dumps
+    from .dataset_eval import evaluate_data, merge_results
 
     done = evaluate_data([final], data, tokens=e.tokens, context=e.context, stride=e.stride, split=e.extra_split,
                          tasks=tasks, include_path=e.include_path, limit=e.task_limit, log=log)["rows"][0]
-    result.setdefault("datasets", {}).update(done["datasets"])
-    result.setdefault("tasks", {}).update(done["tasks"])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(result, indent=2, default=str))
-    tmp.replace(path)
+    merge_results(path, done["datasets"], done["tasks"])
 
 
 def extra_metrics(result: dict[str, Any]) -> dict[str, float]:

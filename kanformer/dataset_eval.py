@@ -16,7 +16,6 @@ Reading stops at the token budget: a corpus is never held in memory.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +134,7 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
     (the last document cut there). Windows feed the model ``context`` tokens and score up to ``context`` of them,
     a new window every ``stride`` tokens; with ``stride == context`` they are lm-evaluation-harness's rolling
     windows exactly."""
-    from .evaluation import sliding_windows
+    from .evaluation import bits_per_byte, perplexity, sliding_windows
 
     context = min(context or ckpt.context, ckpt.context)
     stride = stride or max(1, context // 2)
@@ -178,9 +177,8 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
     flush()
     if n_tokens == 0:
         raise ValueError("the data holds no text to score")
-    return {"nll": total / n_tokens, "ppl": math.exp(min(total / n_tokens, 700.0)),
-            "bpb": total / (math.log(2) * n_bytes), "tokens": n_tokens, "bytes": n_bytes, "documents": n_docs,
-            "context": context, "stride": stride}
+    return {"nll": total / n_tokens, "ppl": perplexity(total, n_tokens), "bpb": bits_per_byte(total, n_bytes),
+            "tokens": n_tokens, "bytes": n_bytes, "documents": n_docs, "context": context, "stride": stride}
 
 
 @torch.no_grad()
@@ -189,6 +187,7 @@ def score_masked(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, context:
     """A masked LM on documents as it trained: their tokens, end-of-text between documents, in blocks of ``context``
     tokens, ``mask_rate`` of them predicted (masks seeded by block: the same for every checkpoint); masked-token
     loss, perplexity and accuracy."""
+    from .checkpoint_eval import masked_lm_scores
     from .tasks import MaskedLM
 
     if ckpt.tokenizer.mask_token is None:
@@ -207,12 +206,7 @@ def score_masked(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, context:
     if n_blocks == 0:
         raise ValueError(f"the data holds {len(stream)} tokens, fewer than one block of {context}")
     blocks = torch.tensor(stream[: n_blocks * context]).view(n_blocks, context)
-    sums = [0.0, 0, 0]
-    for start in range(0, n_blocks, batch_size):
-        batch = task.batch(blocks[start: start + batch_size], torch.Generator().manual_seed(start))
-        batch = {k: v.to(ckpt.device) for k, v in batch.items()}
-        for i, value in enumerate(task.scores(ckpt.model(**batch), batch)):
-            sums[i] += value
+    sums = masked_lm_scores(ckpt.model, task, blocks, batch_size=batch_size, device=ckpt.device)
     m = task.metrics(*sums)
     return {"loss": m["val_loss"], "ppl": m["val_ppl"], "acc": m["val_acc"], "tokens": n_blocks * context,
             "predicted": sums[1], "documents": n_docs, "context": context, "mask_rate": mask_rate}
@@ -224,7 +218,7 @@ def score_prepared(ckpt: Checkpoint, folder: Path, *, tokens: int, context: int 
     from transformers import AutoTokenizer
 
     from .data import TokenSplit, read_manifest
-    from .evaluation import lm_nll
+    from .evaluation import bits_per_byte, lm_nll, perplexity
 
     manifest = read_manifest(folder)
     theirs = AutoTokenizer.from_pretrained(folder / "tokenizer")
@@ -240,8 +234,8 @@ def score_prepared(ckpt: Checkpoint, folder: Path, *, tokens: int, context: int 
     stream = torch.from_numpy(split.read(0, min(tokens + 1, len(split))).astype(np.int64))
     total, n = lm_nll(ckpt.model, stream, context=context, stride=stride)
     n_bytes = len(ckpt.tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
-    return {"nll": total / n, "ppl": math.exp(min(total / n, 700.0)), "bpb": total / (math.log(2) * n_bytes),
-            "tokens": n, "bytes": n_bytes, "context": context, "stride": stride}
+    return {"nll": total / n, "ppl": perplexity(total, n), "bpb": bits_per_byte(total, n_bytes), "tokens": n,
+            "bytes": n_bytes, "context": context, "stride": stride}
 
 
 # -- images -------------------------------------------------------------------------------------------------------
@@ -308,7 +302,7 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
 
             log(f"-- {ckpt.path} on lm-evaluation-harness tasks {', '.join(tasks)}")
             task_scores = run_tasks(ckpt, tasks, include_path=include_path, limit=limit)
-        _merge_results(ckpt.path / "results.json", scores, task_scores)
+        merge_results(ckpt.path / "results.json", scores, task_scores)
         if hasattr(ckpt.model, "kan_adapter"):  # the model card shows the results
             from .models.card import write_model_card
 
@@ -326,7 +320,8 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
     return table
 
 
-def _merge_results(path: Path, scores: dict[str, Any], tasks: dict[str, Any]) -> None:
+def merge_results(path: Path, scores: dict[str, Any], tasks: dict[str, Any]) -> None:
+    """Add dataset and task scores to a results.json (created if missing), atomically."""
     from .train.metrics import dumps
 
     result = json.loads(path.read_text()) if path.is_file() else {"checkpoint": str(path.parent)}

@@ -11,6 +11,7 @@ for every width (:func:`stock_ffn`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,8 +53,6 @@ class Task:
         return self.batch(torch.randint(0, vocab_size, (batch_size, self.seq_len(m)), generator=generator), generator)
 
     def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
-        import math
-
         mean = nll / count
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 700.0))}
 
