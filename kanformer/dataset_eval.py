@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .tasks import ARCH_TASKS, CausalLM, MaskedLM
+
 SPLITS = ("auto", "validation", "train", "all")
 IMAGE_DATASETS = ("digits", "fashion_mnist")
 
@@ -41,12 +43,10 @@ class Checkpoint:
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"{self.path} is not a saved model (no config.json)")
         self.config = transformers.AutoConfig.from_pretrained(self.path)
-        kind = self.config.model_type.removeprefix("kan_")
-        self.kind = {"vit": "image", "bert": "masked"}.get(kind, "causal")
+        task = ARCH_TASKS.get(self.config.model_type.removeprefix("kan_"), CausalLM)()  # what the model does
+        self.kind = "image" if not task.text else "masked" if isinstance(task, MaskedLM) else "causal"
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        auto = {"image": transformers.AutoModelForImageClassification,
-                "masked": transformers.AutoModelForMaskedLM}.get(self.kind, transformers.AutoModelForCausalLM)
-        self.model = auto.from_pretrained(self.path).to(self.device).eval()
+        self.model = task.auto().from_pretrained(self.path).to(self.device).eval()
         self.tokenizer = self.processor = None
         if self.kind != "image":
             if not ((self.path / "tokenizer.json").is_file() or (self.path / "vocab.json").is_file()):
@@ -188,7 +188,6 @@ def score_masked(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, context:
     tokens, ``mask_rate`` of them predicted (masks seeded by block: the same for every checkpoint); masked-token
     loss, perplexity and accuracy."""
     from .checkpoint_eval import masked_lm_scores
-    from .tasks import MaskedLM
 
     if ckpt.tokenizer.mask_token is None:
         raise ValueError(f"{ckpt.path}'s tokenizer has no mask token: a masked LM is scored on masked tokens")
