@@ -44,13 +44,13 @@ evidence: setup
 	$(DEMO_ENV) $(VENV)/bin/kanformer compare --config configs/compare/readme_cpu.yaml "seeds=[0,1,2]"
 
 toy: setup
-	$(OFFLINE) $(PY) -m evals.toy_kan
+	$(OFFLINE) $(PY) -m benchmarks.toy_kan
 
 bench: setup
-	$(OFFLINE) $(PY) -m evals.bench_ffn
+	$(OFFLINE) $(PY) -m benchmarks.bench_ffn
 
 lint: setup
-	$(PY) -m ruff check kanformer tests evals
+	$(PY) -m ruff check kanformer tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

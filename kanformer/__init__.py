@@ -1,6 +1,6 @@
 """kanformer: Kolmogorov-Arnold-Network feed-forward blocks for transformers, measured against matched MLPs."""
 
-from .budget import ffn_flops, ffn_params, match_hidden
+from . import _moved
 from .layers import (
     FFN,
     KAN,
@@ -12,7 +12,8 @@ from .layers import (
     register_basis,
     register_ffn,
 )
-from .layers.lean import kernel, set_kernel
+from .layers.budget import ffn_flops, ffn_params, match_hidden
+from .layers.dispatch import kernel, set_kernel
 from .models import (  # importing registers the KAN classes with the transformers Auto classes
     KanBertConfig,
     KanBertForMaskedLM,
@@ -28,6 +29,8 @@ from .models import (  # importing registers the KAN classes with the transforme
     KanViTModel,
 )
 from .surgery import KanifyReport, kanify
+
+_moved.install()  # module paths from before the package regroup (kanformer.compare, ...) keep importing
 
 __version__ = "0.1.0"
 

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "kanify":
         import yaml
 
-        from .kanify_checkpoint import kanify_checkpoint
+        from .surgery.pretrained import kanify_checkpoint
 
         kw = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.kw)}
         match = None if args.match == "none" or args.hidden else args.match
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "eval":
         eval_command(args, p)
     else:
-        from .compare import load_compare_config, markdown_table, run_compare
+        from .studies.compare import load_compare_config, markdown_table, run_compare
 
         summary = run_compare(load_compare_config(args.config, args.overrides), report_only=args.report_only)
         print(markdown_table(summary))
@@ -183,7 +183,7 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from .sweep import emit_commands, load_sweep_config, report, run_sweep
+    from .studies.sweep import emit_commands, load_sweep_config, report, run_sweep
 
     cfg = load_sweep_config(args.config, args.overrides)
     if args.emit:
@@ -197,7 +197,7 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.data or args.tasks:  # any dataset / harness task, each checkpoint with its own tokenizer
-        from .dataset_eval import evaluate_data
+        from .evaluation.datasets import evaluate_data
 
         table = evaluate_data(args.checkpoints, args.data, tokens=args.tokens, context=args.context,
                               stride=args.stride, split=args.split, text_field=args.text_field, tasks=args.tasks,
@@ -207,8 +207,8 @@ def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         return
     if args.out and len(args.checkpoints) > 1:
         parser.error("--out names one results file: evaluate one checkpoint at a time, or use --table")
-    from .checkpoint_eval import evaluate_checkpoint
     from .config import load_config
+    from .evaluation.validation import evaluate_checkpoint
 
     cfg = load_config(args.config) if args.config else None
     for checkpoint in args.checkpoints:  # on the data its run trained on (the run's config)

@@ -200,11 +200,11 @@ class TrainConfig:
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("train.compile", self.compile, COMPILE)
-        from .layers.lean import KERNELS
+        from .layers.dispatch import KERNELS
 
         if self.kernel is not None:
             _choice("train.kernel", self.kernel, KERNELS)
-        from .allocator import MALLOC_CHOICES
+        from .train.allocator import MALLOC_CHOICES
 
         _choice("train.cpu_malloc", self.cpu_malloc, MALLOC_CHOICES)
         _choice("train.nonfinite", self.nonfinite, NONFINITE)
@@ -214,7 +214,8 @@ class TrainConfig:
 
 @dataclass
 class KanConfig:
-    """KAN-specific training: telemetry and B-spline grid management (see kanformer.telemetry, kanformer.grids)."""
+    """KAN-specific training: telemetry and B-spline grid management (kanformer.interpret.telemetry,
+    kanformer.train.grids)."""
 
     telemetry_every: int = 0  # steps between per-layer KAN telemetry records in metrics.jsonl / wandb; 0 = off
     telemetry_rows: int = 1024  # input rows per layer the statistics use

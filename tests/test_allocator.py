@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kanformer import allocator
 from kanformer.config import TrainConfig
+from kanformer.train import allocator
 
 
 def test_unknown_choice_names_the_allowed_values():
@@ -23,7 +23,7 @@ def test_keep_is_applied_once_and_only_when_asked():
     and stays in effect; large blocks are then reused without new page faults."""
     code = """
 import resource, sys, torch
-from kanformer import allocator
+from kanformer.train import allocator
 assert allocator.configure("system") is False
 kept = allocator.configure("keep")
 print(kept, allocator.keep_freed_memory(), allocator.configure("system"))

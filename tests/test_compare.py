@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from kanformer import compare
-from kanformer.budget import ffn_flops, ffn_params
-from kanformer.compare import load_compare_config, plan_arms, run_compare, welch_t_test
+from kanformer.layers.budget import ffn_flops, ffn_params
+from kanformer.studies import compare
+from kanformer.studies.compare import load_compare_config, plan_arms, run_compare, welch_t_test
 
 
 def _config(tmp_path, **extra):

@@ -66,8 +66,8 @@ def test_shipped_configs_load():
 def test_every_shipped_config_loads_and_cpu_paths_need_no_hub():
     import pathlib
 
-    from kanformer.compare import load_compare_config, plan_arms
-    from kanformer.sweep import load_sweep_config
+    from kanformer.studies.compare import load_compare_config, plan_arms
+    from kanformer.studies.sweep import load_sweep_config
 
     root = pathlib.Path(__file__).resolve().parents[1] / "configs"
     runs = [load_config(p) for p in sorted(root.glob("*.yaml"))]

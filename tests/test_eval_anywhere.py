@@ -11,7 +11,7 @@ import transformers
 
 from kanformer.cli import main as cli
 from kanformer.config import load_config
-from kanformer.dataset_eval import evaluate_data
+from kanformer.evaluation.datasets import evaluate_data
 from kanformer.train import train
 
 DOCS = ["The quick brown fox jumps over the lazy dog.", "Python is a programming language.",

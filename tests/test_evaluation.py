@@ -10,7 +10,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from kanformer.config import load_config
-from kanformer.evaluation import bits_per_byte, lm_nll, nll_sum, param_counts, perplexity, sliding_windows
+from kanformer.evaluation.metrics import bits_per_byte, lm_nll, nll_sum, param_counts, perplexity, sliding_windows
 
 
 class Uniform(nn.Module):
@@ -88,8 +88,8 @@ def test_param_counts_exclude_embeddings_and_count_tied_heads_once():
 
 
 def test_checkpoint_evaluation_writes_results(tmp_path):
-    from kanformer.checkpoint_eval import evaluate_checkpoint
     from kanformer.cli import main
+    from kanformer.evaluation.validation import evaluate_checkpoint
     from kanformer.train import train
 
     cfg = load_config(preset="debug", overrides=[f"out_dir={tmp_path}", "name=e", "train.max_steps=3",

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kanformer.budget import match_hidden
-from kanformer.compare import load_compare_config, plan_arms
 from kanformer.config import check_reusable, load_config, save_config
+from kanformer.layers.budget import match_hidden
+from kanformer.studies.compare import load_compare_config, plan_arms
 from kanformer.train import NonFiniteError, Trainer, train
 from kanformer.train import checkpoint as ckpt
 from kanformer.train.runlock import RunLock, RunLocked
@@ -433,7 +433,7 @@ def test_unclear_inputs_get_named(tmp_path):
 
 
 def test_evaluating_with_another_tokenizer_is_named(tmp_path, reference):
-    from kanformer.checkpoint_eval import evaluate_checkpoint
+    from kanformer.evaluation.validation import evaluate_checkpoint
 
     other = _cfg(tmp_path, **{"data.vocab_size": 300})
     with pytest.raises(ValueError, match=r"was trained with another tokenizer \(384 tokens\).*300 tokens"):

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kanformer
 from kanformer import create_ffn, list_ffns, match_hidden
-from kanformer.layers.lean import kernel
+from kanformer.layers.dispatch import kernel
 
 D = 16
 FFNS = list_ffns()

@@ -9,9 +9,9 @@ import torch.multiprocessing as mp
 
 from kanformer import create_ffn, kanify
 from kanformer.config import load_config
-from kanformer.grids import extend_grids, grid_layers, union_rows, update_grids
-from kanformer.telemetry import InputRecorder, kan_modules, layer_telemetry
+from kanformer.interpret.telemetry import InputRecorder, kan_modules, layer_telemetry
 from kanformer.train import train
+from kanformer.train.grids import extend_grids, grid_layers, union_rows, update_grids
 from tests.gloo import free_port, gloo_group
 from tests.tiny_models import build
 

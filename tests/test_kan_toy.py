@@ -3,7 +3,7 @@ error falls as the grid is extended 3 -> 5 -> 10."""
 
 import pytest
 
-from kanformer.toy import grid_refinement, symbolic_recovery
+from kanformer.studies.toy import grid_refinement, symbolic_recovery
 
 
 def test_grid_extension_lowers_test_error():

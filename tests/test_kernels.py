@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kanformer import KANLinear, create_ffn, kanify
-from kanformer.layers import lean
-from kanformer.layers.lean import get_kernel, kernel, set_kernel, use_lean
+from kanformer.layers import dispatch, lean
+from kanformer.layers.dispatch import get_kernel, kernel, set_kernel, use_lean
 from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
 
@@ -188,7 +188,8 @@ def test_kernel_switches_and_errors():
 
 def test_default_kernel_is_auto():
     env = {k: v for k, v in os.environ.items() if k != "KANFORMER_KERNEL"}
-    out = subprocess.run([sys.executable, "-c", "from kanformer.layers.lean import get_kernel; print(get_kernel())"],
+    code = "from kanformer.layers.dispatch import get_kernel; print(get_kernel())"
+    out = subprocess.run([sys.executable, "-c", code],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "auto"
 
@@ -241,10 +242,10 @@ def test_fused_kernels_equal_reference_under_bf16_autocast(name):
 def test_auto_compiles_the_helpers_for_training_and_falls_back_when_compiling_fails(monkeypatch):
     ffn = create_ffn("bspline", D, H)
     x = _inputs(torch.float32)
-    lean._COMPILED.clear()
+    dispatch._COMPILED.clear()
     with kernel("auto"):
         auto = _run(ffn, x, "auto")
-    assert any(key.endswith("[BSplineBasis]") for key in lean._COMPILED), lean._COMPILED.keys()
+    assert any(key.endswith("[BSplineBasis]") for key in dispatch._COMPILED), dispatch._COMPILED.keys()
     _close(auto, _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
     with torch.no_grad(), kernel("auto"):  # inference takes the reference path: nothing to recompute
         assert not use_lean(True)
@@ -254,18 +255,18 @@ def test_auto_compiles_the_helpers_for_training_and_falls_back_when_compiling_fa
             raise RuntimeError("no C++ compiler here")
         return run
 
-    lean._COMPILED.clear()
+    dispatch._COMPILED.clear()
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(lean, "_FUSED_FAILED", [])
+    monkeypatch.setattr(dispatch, "_FUSED_FAILED", [])
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*continuing on the lean"):
         fallback = _run(ffn, x, "auto")
     _close(fallback, auto, rtol=1e-4, atol=1e-4)
-    assert lean._FUSED_FAILED and not lean._fused()
+    assert dispatch._FUSED_FAILED and not dispatch._fused()
     _run(ffn, x, "auto")  # no second attempt, no second warning
-    assert len(lean._FUSED_FAILED) == 1
+    assert len(dispatch._FUSED_FAILED) == 1
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # the fused mode itself does not hide it
         _run(ffn, x, "fused")
-    lean._COMPILED.clear()
+    dispatch._COMPILED.clear()
 
 
 @pytest.mark.slow
@@ -288,7 +289,7 @@ def test_compile_fullgraph_kan_gpt2_matches_eager():
 
 def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path, capsys):
     """Every FFN takes a turn per round; a ratio is the median of the same-round ratios, with their range."""
-    from evals import bench_ffn
+    from benchmarks import bench_ffn
 
     out = tmp_path / "ffn.json"
     with kernel("lean"):  # restored afterwards (the benchmark sets the process' path)
@@ -307,10 +308,10 @@ def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path,
 
 @pytest.mark.slow
 def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
-    """`python -m evals.bench_model --gpu` can only run on CUDA; its every step is exercised here, small, on CPU."""
+    """`python -m benchmarks.bench_model --gpu` runs on CUDA only; its every step is exercised here, small, on CPU."""
     import argparse
 
-    from evals.bench_model import all_checks
+    from benchmarks.bench_model import all_checks
 
     args = argparse.Namespace(warmup=1, arms=None)
     # the lean path only: compiling the fused graphs of every FFN would take minutes here (tested on their own above)
@@ -327,7 +328,7 @@ _TRITON_SCRIPT = r"""
 import torch
 from kanformer import create_ffn, KANLinear
 from kanformer.layers import triton_kan
-from kanformer.layers.lean import kernel
+from kanformer.layers.dispatch import kernel
 assert triton_kan.triton_available(torch.zeros(1))
 torch.manual_seed(0)
 x = torch.randn(70, 20) * 1.5
@@ -412,7 +413,7 @@ def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     from kanformer import set_kernel as set_path
     from kanformer.config import load_config
     from kanformer.layers import lean as lean_module
-    from kanformer.layers.lean import get_kernel
+    from kanformer.layers.dispatch import get_kernel
     from kanformer.train import Trainer
 
     calls = {"n": 0}
@@ -428,7 +429,7 @@ def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     b.load_state_dict(a.state_dict())
     set_path(a, "reference")
     x = torch.randn(32, 16, requires_grad=True)
-    monkeypatch.setattr(lean_module, "_mode", ["lean"])  # the process's path for this test (restored after it)
+    monkeypatch.setattr(dispatch, "_mode", ["lean"])  # the process's path for this test (restored after it)
     set_path(b, None)
     ya = a(x)
     assert calls["n"] == 0  # a: its own path, the reference

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kanformer.scaling import (
+from kanformer.studies.scaling import (
     PowerLaw,
     compute_multiplier,
     compute_to_reach,
@@ -14,7 +14,7 @@ from kanformer.scaling import (
     frontier_multiplier,
     isoflop_minimum,
 )
-from kanformer.sweep import emit_commands, load_sweep_config, plan_sweep, run_sweep
+from kanformer.studies.sweep import emit_commands, load_sweep_config, plan_sweep, run_sweep
 
 
 @pytest.mark.parametrize("E,A,alpha", [(1.7, 50.0, 0.12), (0.0, 8.0, 0.3), (2.5, 400.0, 0.2)])

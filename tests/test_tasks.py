@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
-from kanformer.checkpoint_eval import evaluate_checkpoint
-from kanformer.compare import load_compare_config, plan_arms, run_compare
 from kanformer.config import load_config
+from kanformer.evaluation.validation import evaluate_checkpoint
+from kanformer.studies.compare import load_compare_config, plan_arms, run_compare
 from kanformer.tasks import stock_ffn, task_for
 from kanformer.train import train
 from kanformer.train.model_factory import build_model
@@ -74,7 +74,7 @@ def test_llama_options_gqa_and_tied_embeddings(tmp_path):
 
 
 def test_compare_and_sweep_on_llama(tmp_path):
-    from kanformer.sweep import load_sweep_config, run_sweep
+    from kanformer.studies.sweep import load_sweep_config, run_sweep
 
     path = tmp_path / "cmp.yaml"
     path.write_text(f"""

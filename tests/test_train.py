@@ -30,8 +30,8 @@ def test_loss_goes_down(tmp_path, preset, ffn):
     assert result["finished"] and result["step"] == cfg.train.max_steps
     losses = [r["loss"] for r in _records(cfg.run_dir)]
     assert losses[-1] < losses[0] - 0.1, losses
-    evals = _records(cfg.run_dir, "eval")
-    assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.05
+    benchmarks = _records(cfg.run_dir, "eval")
+    assert benchmarks[-1]["val_loss"] < benchmarks[0]["val_loss"] + 0.05
     assert (cfg.run_dir / "config.yaml").exists()
     info = json.loads((cfg.run_dir / "versions.json").read_text())
     assert info["git_sha"] and info["torch"] == torch.__version__ and info["kanify"]["ffn"] == ffn

@@ -7,9 +7,10 @@ import weakref
 import pytest
 import torch
 
-from kanformer import create_ffn, kanify, warmstart
+from kanformer import create_ffn, kanify
 from kanformer.config import load_config
-from kanformer.warmstart import fit_ffn, relative_error
+from kanformer.surgery import warmstart
+from kanformer.surgery.warmstart import fit_ffn, relative_error
 
 # Relative error of a fitted FFN (hidden = the MLP's width) to a GELU MLP on N(0, 1) inputs. B-splines and the GR-KAN
 # represent the MLP's additive form almost exactly; tanh-squashed polynomials, layer-normalised RBFs and periodic
@@ -79,7 +80,7 @@ def test_fitting_holds_one_layers_activations_at_a_time(trained_gpt2, monkeypatc
         alive.append(weakref.ref(x))
         return x
 
-    monkeypatch.setattr("kanformer.surgery.collect_ffn_inputs", tracked)
+    monkeypatch.setattr("kanformer.surgery.swap.collect_ffn_inputs", tracked)
     _kanified(trained_gpt2, "fit")
     assert len(alive) == 2
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..layers import KANFFN, KANLinear
-from ..telemetry import InputRecorder, unwrap
 from .activity import edge_activity, unit_scores
+from .telemetry import InputRecorder, unwrap
 
 
 @torch.no_grad()

@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers import KANFFN, GroupRational, KANLinear
-from ..telemetry import InputRecorder, kan_modules
 from .activity import edge_activity, edge_function, unit_scores
 from .prune import prune_model
 from .symbolic import fit_symbolic
+from .telemetry import InputRecorder, kan_modules
 
 
 def _safe(name: str) -> str:
@@ -176,7 +176,7 @@ def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], 
 def inspect_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, config: str | Path | None = None,
                        text: str = "pydoc", batches: int = 4, top_k: int = 9, symbolic: bool = False
                        ) -> dict[str, Any]:
-    from ..kanify_checkpoint import load_probe
+    from ..surgery.pretrained import load_probe
 
     checkpoint = Path(checkpoint)
     probe = load_probe(checkpoint, config=config, text=text, calibration_batches=batches, eval_tokens=1)
@@ -189,7 +189,7 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, unit_threshold:
                      edge_threshold: float | None = None, config: str | Path | None = None, text: str = "pydoc",
                      batches: int = 8, eval_tokens: int = 32768) -> dict[str, Any]:
     """Prune a saved KAN checkpoint by activity, measure quality before and after, save the pruned model."""
-    from ..kanify_checkpoint import copy_side_files, load_probe
+    from ..surgery.pretrained import copy_side_files, load_probe
 
     if unit_threshold is None and edge_threshold is None:
         raise ValueError("give unit_threshold and/or edge_threshold (fractions of each layer's largest score)")

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .dispatch import scoped_kernel, use_lean
 from .flops import SILU_FLOPS, linear_flops
-from .lean import lean_kan_linear, scoped_kernel, use_lean
+from .lean import lean_kan_linear
 from .registry import FFN, check_last_dim, check_positive_int
 
 _BASES: dict[str, type[Basis]] = {}

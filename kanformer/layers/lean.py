@@ -22,104 +22,22 @@ it runs inside the layer's forward and backward (recomputed there, in the same c
 either; only its per-token ``stats`` (RBF: mean and 1 / std, 8 bytes a token) are, so the backward does not reduce
 over the inputs again.
 
-Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
-"reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
-GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on GPU; seconds of
-compilation per process and configuration); a basis may give a compiler-friendly form for it (``fused_state()`` and
-``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, elementwise expressions instead of scatters or host reads), from
-which the backward evaluates each function once for both the recomputed features and the input gradient. ``auto``
-(the default) takes, when autograd records (training), the hand-written Triton kernels where they apply (CUDA), else
-``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails; without autograd
-(inference) it takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom
-ops) takes the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does.
-``reference`` forces the definition.
+Which path runs (reference, eager lean, fused, Triton) is chosen in ``dispatch.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-import types
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, scoped_kernel
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
 
-KERNELS = ("auto", "lean", "fused", "triton", "reference")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-# The path a KAN layer takes, most specific first: a ``kernel(...)`` block forces one on everything inside it; a
-# module's own ``kernel_mode`` (``set_kernel(model, mode)``) holds while it runs (and in its backward); else the
-# process default (``set_kernel(mode)``, ``KANFORMER_KERNEL``, auto).
-_mode = [os.environ.get("KANFORMER_KERNEL", "auto")]
-_scoped: list[str | None] = [None]
-_forced: list[str | None] = [None]
-
-
-def _check(mode: str) -> str:
-    if mode not in KERNELS:
-        raise ValueError(f"Unknown KAN kernel {mode!r}. Available: {', '.join(KERNELS)}")
-    return mode
-
-
-def set_kernel(target: str | torch.nn.Module, mode: str | None = None) -> None:
-    """``set_kernel(mode)``: the process default, one of ``KERNELS`` (auto unless ``KANFORMER_KERNEL`` says).
-    ``set_kernel(model, mode)``: the path of ``model``'s KAN layers only, whatever the process default (``None``:
-    follow it again), so two models with different paths can live in one process."""
-    if isinstance(target, str):
-        _mode[0] = _check(target)
-        return
-    mode = None if mode is None else _check(mode)
-    for module in target.modules():
-        if hasattr(module, "kernel_mode"):
-            module.kernel_mode = mode
-
-
-def get_kernel() -> str:
-    return _check(_forced[0] or _scoped[0] or _mode[0])
-
-
-@contextlib.contextmanager
-def kernel(mode: str) -> Iterator[None]:
-    """``with kernel("reference"): ...`` runs a block on the given path, every module's own choice included; the
-    previous state is restored on exit."""
-    previous, _forced[0] = _forced[0], _check(mode)
-    try:
-        yield
-    finally:
-        _forced[0] = previous
-
-
-@contextlib.contextmanager
-def scoped_kernel(mode: str | None) -> Iterator[None]:
-    """The path of one module's call (its ``kernel_mode``; None: no change); a ``kernel(...)`` block still wins."""
-    previous, _scoped[0] = _scoped[0], (mode if mode is None else _check(mode)) or _scoped[0]
-    try:
-        yield
-    finally:
-        _scoped[0] = previous
-
-
-def use_lean(available: bool = True) -> bool:
-    """Whether a module with a lean path (``available``) takes it now."""
-    mode = get_kernel()
-    if mode == "reference" or not available:
-        return False
-    if mode == "triton":
-        return True  # custom ops: torch.compile traces through them
-    if torch.compiler.is_compiling():
-        return False  # the compiler fuses and rematerialises the reference itself (lean's helpers are eager code)
-    if mode in ("lean", "fused"):
-        return True
-    # auto: the lean path exists to keep activations out of memory, so it serves training; without autograd
-    # (evaluation, generation) nothing is saved anyway and the reference forward has less overhead per call
-    return torch.is_grad_enabled()
 
 
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
@@ -131,51 +49,6 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
-
-
-_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by "qualified name[basis class]"
-_TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
-_FUSED_FAILED: list[str] = []  # why compiling failed in this process (auto then stays on the lean path)
-
-
-def _fused() -> bool:
-    """Whether the elementwise helpers run compiled now: kernel ``fused``, or ``auto`` while compiling works here."""
-    mode = get_kernel()
-    return mode == "fused" or (mode == "auto" and not _FUSED_FAILED)
-
-
-def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
-    """``fn`` itself; its hand-written Triton kernel (layers/triton_kan.py) where one exists and runs on ``x``
-    (kernels auto / triton); or, when ``_fused()``, its torch.compile'd version (one fused loop: C++ on CPU, Triton
-    on GPU; compiled once per process and configuration, token count dynamic). Under ``auto`` a compilation that
-    fails (no C++ compiler, say) is reported once and the process continues on the eager helpers.
-
-    ``tag`` (the basis class) gives each caller its own compiled copy: torch.compile keeps one cache per code object,
-    limited to a few configurations, which a process cycling through every basis would otherwise exhaust."""
-    mode = get_kernel()
-    if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
-        return _TRITON[fn.__name__]
-    if not _fused():
-        return fn
-    key = f"{fn.__qualname__}[{tag}]"
-    if key not in _COMPILED:
-        code = fn.__code__.replace()  # a distinct code object, so a distinct compile cache
-        copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        _COMPILED[key] = torch.compile(copy, dynamic=True)
-    if mode == "fused":
-        return _COMPILED[key]
-    return functools.partial(_compiled_or_eager, fn, _COMPILED[key])
-
-
-def _compiled_or_eager(fn: Any, compiled: Any, *args: Any) -> Any:
-    try:
-        return compiled(*args)
-    except Exception as err:  # the eager helper decides whether this is the input's fault or the compiler's
-        result = fn(*args)  # raises the input's own error
-        _FUSED_FAILED.append(f"{type(err).__name__}: {err}".splitlines()[0])
-        warnings.warn(f"KAN kernel 'auto': compiling the fused helpers failed ({_FUSED_FAILED[0]}); continuing on "
-                      "the lean (eager) path. Set kernel 'lean' to skip the attempt.", RuntimeWarning, stacklevel=2)
-        return result
 
 
 def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torch.Tensor | None = None

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dispatch import scoped_kernel, use_lean
 from .flops import linear_flops
-from .lean import lean_rational_linear, scoped_kernel, use_lean
+from .lean import lean_rational_linear
 from .registry import FFN, check_last_dim, check_positive_int, register_ffn
 
 _INIT_TARGETS = {

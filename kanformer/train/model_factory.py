@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..surgery import KanifyReport, kanify
+from ..surgery.swap import KanifyReport, kanify
 from ..tasks import task_for
 
 

@@ -29,20 +29,20 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..allocator import configure as configure_malloc
-from ..budget import model_flops_per_token
 from ..config import RunConfig, save_config
 from ..data.order import example_indices, rank_positions
-from ..grids import extend_grids, grid_layers, union_rows, update_grids
-from ..layers.lean import set_kernel
+from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
+from ..layers.budget import model_flops_per_token
+from ..layers.dispatch import set_kernel
 from ..models import ADAPTERS
-from ..provenance import versions
 from ..tasks import task_for
-from ..telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from . import checkpoint as ckpt
+from .allocator import configure as configure_malloc
+from .grids import extend_grids, grid_layers, union_rows, update_grids
 from .metrics import append_metrics, truncate_after
 from .model_factory import build_model
 from .optim import build_optimizer, lr_at
+from .provenance import versions
 from .runlock import RunLock
 
 logger = get_logger(__name__)

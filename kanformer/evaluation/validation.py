@@ -9,9 +9,11 @@ from typing import Any
 import torch
 import transformers
 
-from .budget import model_flops_per_token
-from .config import RunConfig, load_config
-from .evaluation import (
+from ..config import RunConfig, load_config
+from ..layers.budget import model_flops_per_token
+from ..tasks import CausalLM, Task, task_for
+from ..train.provenance import versions
+from .metrics import (
     bits_per_byte,
     classification_metrics,
     lm_nll,
@@ -21,8 +23,6 @@ from .evaluation import (
     peak_flops,
     perplexity,
 )
-from .provenance import versions
-from .tasks import CausalLM, Task, task_for
 
 
 @torch.no_grad()
@@ -57,8 +57,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
         tokens: validation token budget for perplexity (the same for every arm of a comparison).
         context / stride: sliding-window evaluation (defaults: the run's block size, half of it).
     """
-    from .data import build_lm_data, load_images
-    from .train.metrics import dumps
+    from ..data import build_lm_data, load_images
+    from ..train.metrics import dumps
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
@@ -129,7 +129,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
     tmp.write_text(dumps(result, indent=2, default=str))
     os.replace(tmp, out)
     if hasattr(model, "kan_adapter") and out == checkpoint / "results.json":  # the model card shows the results
-        from .models.card import write_model_card
+        from ..models.card import write_model_card
 
         write_model_card(model, checkpoint)
     return result

@@ -4,7 +4,7 @@
   recording train and test RMSE per grid (the scaling exponent of error vs parameters);
 - symbolic recovery (Sec. 2.5.1): sparsify, prune, snap each edge to an elementary function, compose the formula.
 
-Used by ``evals/toy_kan.py`` (tables, fitted exponent, plot) and by the test suite.
+Used by ``benchmarks/toy_kan.py`` (tables, fitted exponent, plot) and by the test suite.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import sympy
 import torch
 
-from .interpret import drop_units, edge_activity, kan_formula, snap_kan, unit_scores
-from .interpret.symbolic import SymbolicFit
-from .layers import KAN
+from ..interpret import drop_units, edge_activity, kan_formula, snap_kan, unit_scores
+from ..interpret.symbolic import SymbolicFit
+from ..layers import KAN
 
 
 def paper_target(x: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@
    about -4 for cubic splines (RMSE ~ G^-(k+1)).
 2. Symbolic recovery: sparsify, prune to [2, 1, 1], snap every edge, print the recovered formula and its test RMSE.
 
-    python -m evals.toy_kan                       # both, tables + evals/out/toy_kan.png + evals/out/toy_kan.json
-    python -m evals.toy_kan --grids 3 5 10 20     # a quicker scaling run
+    python -m benchmarks.toy_kan                       # both: tables, benchmarks/out/toy_kan.{png,json}
+    python -m benchmarks.toy_kan --grids 3 5 10 20     # a quicker scaling run
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 import torch
 
 from kanformer import KAN
-from kanformer.toy import grid_refinement, symbolic_recovery
+from kanformer.studies.toy import grid_refinement, symbolic_recovery
 
 
 def fit_exponent(params: list[int], rmse: list[float], *, plateau: float = 0.2) -> tuple[float, int]:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lamb", type=float, default=0.01, help="sparsity penalty weight for the recovery")
     p.add_argument("--threshold", type=float, default=0.3, help="unit pruning threshold (fraction of the best unit)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="evals/out")
+    p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
     start = time.perf_counter()
     scalings = {}

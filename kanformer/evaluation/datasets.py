@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tasks import ARCH_TASKS, CausalLM, MaskedLM
+from ..tasks import ARCH_TASKS, CausalLM, MaskedLM
 
 SPLITS = ("auto", "validation", "train", "all")
 IMAGE_DATASETS = ("digits", "fashion_mnist")
@@ -92,7 +92,7 @@ def documents(spec: str, split: str = "auto", *, text_field: str = "text", val_f
     ``auto``: the source's own validation split if it has one, else every document; ``validation`` / ``train``: the
     split a training run on this source holds out / trains on (same rule, same seed); ``all``: every document.
     """
-    from .data import TextSource, route
+    from ..data import TextSource, route
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -134,7 +134,7 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
     (the last document cut there). Windows feed the model ``context`` tokens and score up to ``context`` of them,
     a new window every ``stride`` tokens; with ``stride == context`` they are lm-evaluation-harness's rolling
     windows exactly."""
-    from .evaluation import bits_per_byte, perplexity, sliding_windows
+    from .metrics import bits_per_byte, perplexity, sliding_windows
 
     context = min(context or ckpt.context, ckpt.context)
     stride = stride or max(1, context // 2)
@@ -187,7 +187,7 @@ def score_masked(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, context:
     """A masked LM on documents as it trained: their tokens, end-of-text between documents, in blocks of ``context``
     tokens, ``mask_rate`` of them predicted (masks seeded by block: the same for every checkpoint); masked-token
     loss, perplexity and accuracy."""
-    from .checkpoint_eval import masked_lm_scores
+    from .validation import masked_lm_scores
 
     if ckpt.tokenizer.mask_token is None:
         raise ValueError(f"{ckpt.path}'s tokenizer has no mask token: a masked LM is scored on masked tokens")
@@ -216,8 +216,8 @@ def score_prepared(ckpt: Checkpoint, folder: Path, *, tokens: int, context: int 
     """The validation split of prepared token shards, as one stream (the way its training run saw it)."""
     from transformers import AutoTokenizer
 
-    from .data import TokenSplit, read_manifest
-    from .evaluation import bits_per_byte, lm_nll, perplexity
+    from ..data import TokenSplit, read_manifest
+    from .metrics import bits_per_byte, lm_nll, perplexity
 
     manifest = read_manifest(folder)
     theirs = AutoTokenizer.from_pretrained(folder / "tokenizer")
@@ -240,9 +240,9 @@ def score_prepared(ckpt: Checkpoint, folder: Path, *, tokens: int, context: int 
 # -- images -------------------------------------------------------------------------------------------------------
 def score_images(ckpt: Checkpoint, spec: str, *, label_field: str = "label", image_field: str = "image"
                  ) -> dict[str, Any]:
-    from .config import DataConfig
-    from .data import load_images
-    from .evaluation import classification_metrics
+    from ..config import DataConfig
+    from ..data import load_images
+    from .metrics import classification_metrics
 
     size = ckpt.config.image_size
     data = load_images(DataConfig(dataset=spec, normalize=False, label_field=label_field, image_field=image_field),
@@ -303,14 +303,14 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
             task_scores = run_tasks(ckpt, tasks, include_path=include_path, limit=limit)
         merge_results(ckpt.path / "results.json", scores, task_scores)
         if hasattr(ckpt.model, "kan_adapter"):  # the model card shows the results
-            from .models.card import write_model_card
+            from ..models.card import write_model_card
 
             write_model_card(ckpt.model, ckpt.path)
         rows.append({"checkpoint": str(ckpt.path), "datasets": scores, "tasks": task_scores})
     table = {"rows": rows, "data": data, "tasks": tasks or [], "tokens": tokens, "split": split}
     table["markdown"] = markdown(table)
     if out is not None:
-        from .train.metrics import dumps
+        from ..train.metrics import dumps
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +321,7 @@ def evaluate_data(checkpoints: list[str | Path], data: list[str], *, tokens: int
 
 def merge_results(path: Path, scores: dict[str, Any], tasks: dict[str, Any]) -> None:
     """Add dataset and task scores to a results.json (created if missing), atomically."""
-    from .train.metrics import dumps
+    from ..train.metrics import dumps
 
     result = json.loads(path.read_text()) if path.is_file() else {"checkpoint": str(path.parent)}
     result.setdefault("datasets", {}).update(scores)

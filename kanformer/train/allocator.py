@@ -3,7 +3,7 @@
 A training step allocates and frees the same large transient tensors every step (a KAN layer's (tokens, B*I)
 features: 28 MB at d_model 384 and 2048 tokens). glibc serves blocks this large with mmap, or trims them off the top
 of the heap when they are freed, so every step faults their pages in again, zero-filled by the kernel: about 9,000
-page faults and 15 ms of system time per step in the RBF FFN benchmark (``evals/bench_ffn.py``), against 600 for the
+page faults and 15 ms of system time per step in the RBF FFN benchmark (``bench_ffn.py``), against 600 for the
 GELU MLP, whose transients are smaller. Raising malloc's mmap and trim thresholds keeps such blocks (up to glibc's
 32 MB limit) for reuse: the resident set stays at its peak instead, the trade jemalloc and tcmalloc make too (PyTorch's
 CPU performance guides recommend those). It changes the whole process, so it is applied where a run starts

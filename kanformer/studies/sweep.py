@@ -19,9 +19,9 @@ from typing import Any
 import torch
 import yaml
 
+from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from, save_config
+from ..tasks import task_for
 from .compare import ArmSpec, EvalSpec, _slug, check_arm_names
-from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from, save_config
-from .tasks import task_for
 
 MODES = ("tokens_per_param", "isoflop")
 
@@ -88,9 +88,9 @@ def _vocab(run: RunConfig) -> int:
 
 def _measure(run: RunConfig) -> tuple[int, int]:
     """(non-embedding params, forward FLOPs per token) of the model ``run`` builds, on the meta device."""
-    from .budget import model_flops_per_token
-    from .evaluation import param_counts
-    from .train.model_factory import build_model
+    from ..evaluation.metrics import param_counts
+    from ..layers.budget import model_flops_per_token
+    from ..train.model_factory import build_model
 
     with torch.device("meta"):
         model, _ = build_model(run, vocab_size=_vocab(run), eos_token_id=0, labels=[str(i) for i in range(10)])
@@ -122,8 +122,8 @@ def plan_sweep(cfg: SweepConfig) -> list[SweepRun]:
 
 
 def run_sweep(cfg: SweepConfig, *, log=print) -> dict[str, Any]:
-    from .checkpoint_eval import evaluate_checkpoint
-    from .train import train
+    from ..evaluation.validation import evaluate_checkpoint
+    from ..train import train
 
     runs = plan_sweep(cfg)
     log(f"sweep {cfg.name}: {len(runs)} runs -> {cfg.root}")
@@ -181,8 +181,8 @@ def _collect(cfg: SweepConfig, runs: list[SweepRun]) -> list[dict[str, Any]]:
 
 def report(cfg: SweepConfig, runs: list[SweepRun] | None = None) -> dict[str, Any]:
     """Fit, tabulate and plot the finished runs: scaling.md, scaling.json and PNGs under the sweep directory."""
+    from ..train.metrics import dumps
     from .scaling import fit_power_law, frontier_multiplier, isoflop_minimum
-    from .train.metrics import dumps
 
     runs = runs if runs is not None else plan_sweep(cfg)
     points = _collect(cfg, runs)

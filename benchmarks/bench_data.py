@@ -11,8 +11,8 @@
    the share of the step the trainer spent fetching batches (``data_frac`` in metrics.jsonl); besides, in this
    process, the time to read one batch of random blocks from the large corpus against the debug model's step.
 
-    python -m evals.bench_data                                 # 1 GB of text, 500 M training tokens
-    python -m evals.bench_data --gigabytes 0.2 --train-tokens 50e6 --json out.json
+    python -m benchmarks.bench_data                                 # 1 GB of text, 500 M training tokens
+    python -m benchmarks.bench_data --gigabytes 0.2 --train-tokens 50e6 --json out.json
 """
 
 from __future__ import annotations
@@ -290,7 +290,8 @@ def main() -> None:
         print("former in-memory path on 100 MB ...", flush=True)
         out = work / "old_path"
         shutil.rmtree(out, ignore_errors=True)
-        run = run_measured([sys.executable, "-m", "evals.bench_data", "--old-path", str(text_dir / "part_000.jsonl"),
+        run = run_measured([sys.executable, "-m", "benchmarks.bench_data",
+                            "--old-path", str(text_dir / "part_000.jsonl"),
                             str(args.vocab), "1024", str(out)])
         run["tokens"] = json.loads(run["output"].strip().splitlines()[-1])["tokens"]
         run["tokens_per_s"] = run["tokens"] / run["seconds"]

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import FFN, KANFFN, MLP, GroupRational, RationalFFN, SwiGLU, create_ffn
-from .layers.bspline import BSplineBasis
-from .layers.rational import rational
+from ..layers import FFN, KANFFN, MLP, GroupRational, RationalFFN, SwiGLU, create_ffn
+from ..layers.bspline import BSplineBasis
+from ..layers.rational import rational
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def _unit_importance(native: FFN, x: torch.Tensor) -> torch.Tensor:
     """Hidden units of the stock FFN ranked by their share of the output: std(activation) x ||output weights||."""
     with torch.no_grad():
         if isinstance(native, MLP):
-            from .layers.baselines import _ACTIVATIONS
+            from ..layers.baselines import _ACTIVATIONS
 
             act = _ACTIVATIONS[native.activation](native.fc1(x))
             out_w = native.fc2.weight
@@ -124,7 +124,7 @@ def _start(new: FFN, native: FFN, x: torch.Tensor, y: torch.Tensor) -> str:
 def _fit_rational_on(act: GroupRational, z: torch.Tensor, activation: str, points: int = 4096) -> None:
     """Refit a rational's coefficients (shared by its groups) to the stock activation on the pre-activations it
     will really see: rational_init fits on [-3, 3], but pretrained models often go far outside."""
-    from .layers.baselines import _ACTIVATIONS
+    from ..layers.baselines import _ACTIVATIONS
 
     flat = z.detach().flatten().double().cpu()
     sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:100_000]]

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .layers import FFN, KANLinear
-from .telemetry import unwrap
+from ..interpret.telemetry import unwrap
+from ..layers import FFN, KANLinear
 
 
 def grid_layers(model: nn.Module) -> dict[str, KANLinear]:

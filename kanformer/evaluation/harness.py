@@ -21,7 +21,7 @@ def _lm_eval():
 
 def run_tasks(ckpt: Any, tasks: list[str], *, include_path: str | None = None, limit: float | None = None,
               batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` for ``ckpt`` (a :class:`kanformer.dataset_eval.Checkpoint` of a causal LM);
+    """``{task: {metric: value}}`` for ``ckpt`` (a :class:`kanformer.evaluation.datasets.Checkpoint` of a causal LM);
     metric names drop the harness's filter suffix (``bits_per_byte,none`` -> ``bits_per_byte``)."""
     lm_eval, HFLM, TaskManager = _lm_eval()
     if ckpt.kind != "causal":

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .budget import ffn_flops, ffn_params, match_hidden
-from .layers import create_ffn, get_ffn_class
-from .models import ADAPTERS, KAN_CLASSES, normalize_spec
-from .models.common import name_loss_type
+from ..layers import create_ffn, get_ffn_class
+from ..layers.budget import ffn_flops, ffn_params, match_hidden
+from ..models import ADAPTERS, KAN_CLASSES, normalize_spec
+from ..models.common import name_loss_type
 from .warmstart import collect_ffn_inputs, default_kwargs_for_fit, fit_ffn, native_ffn
 
 LayerSelector = None | Sequence[int] | Callable[[int, str], bool]
@@ -81,7 +81,7 @@ def kanify(model: nn.Module, ffn: str = "bspline", *, layers: LayerSelector = No
         hidden: an explicit hidden width (not with ``match``). Neither: the stock MLP's width.
         init: ``"random"`` (each FFN's own initialisation) or ``"fit"``: fit each new FFN to the MLP it replaces on
             the inputs it sees when the model runs ``calibration`` (a re-iterable of model-input dicts), one block
-            at a time, then ``fit_steps`` of Adam at ``fit_lr`` on up to ``fit_tokens`` rows (kanformer.warmstart).
+            at a time, then ``fit_steps`` of Adam at ``fit_lr`` on up to ``fit_tokens`` rows (surgery.warmstart).
         **ffn_kwargs: options of the FFN (grid size, degree, ...). For the architecture's own FFN kind (``mlp`` for
             GPT-2 / ViT / BERT, ``swiglu`` for Llama) the stock activation and bias are the defaults, and at the stock
             width the stock weights are copied, so the swap changes nothing (the transparency check).

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def _eval_curves(run_dir: str) -> list[dict[str, Any]]:
-    from .train.metrics import read_metrics
+    from ..train.metrics import read_metrics
 
     return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
             if r.get("type") == "eval" and r.get("val_loss") is not None]

@@ -24,7 +24,7 @@ def versions() -> dict[str, Any]:
     import datasets
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"kanformer": __version__, "git_sha": git_sha(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,

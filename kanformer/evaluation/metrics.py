@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import FFN
+from ..layers import FFN
 
 # Dense bf16 peak of one accelerator (FLOP/s), for MFU. Substring of torch.cuda.get_device_name -> peak.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers.registry import FFN, check_ffn_kwargs, check_positive_int, validate_ffn_options
+from .registry import FFN, check_ffn_kwargs, check_positive_int, validate_ffn_options
 
 TARGETS = ("params", "flops")
 MAX_HIDDEN = 1 << 40  # bound of every width search

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import ffn_flops, ffn_params, match_hidden
-from .config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
-from .tasks import StockFFN, stock_ffn, task_for
+from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
+from ..layers.budget import ffn_flops, ffn_params, match_hidden
+from ..tasks import StockFFN, stock_ffn, task_for
 
 BASELINE_MATCHES = ("params", "flops", "time")
 STOCK_LABELS = {"mlp": "stock MLP", "swiglu": "stock SwiGLU"}  # what arms matched to the stock FFN say they match
@@ -48,7 +48,7 @@ class EvalSpec:
     stride: int | None = None
     throughput_steps: int = 5
     # out-of-domain columns: every arm also scored on these text sources (same token budget, each arm's own
-    # tokenizer; kanformer.dataset_eval) and lm-evaluation-harness tasks (pip install 'kanformer[lmeval]')
+    # tokenizer; kanformer.evaluation.datasets) and lm-evaluation-harness tasks (pip install 'kanformer[lmeval]')
     extra_data: list[str] = field(default_factory=list)
     extra_split: str = "auto"
     tasks: list[str] = field(default_factory=list)
@@ -56,7 +56,7 @@ class EvalSpec:
     task_limit: float | None = None  # documents per task (or a fraction)
 
     def __post_init__(self) -> None:
-        from .dataset_eval import SPLITS
+        from ..evaluation.datasets import SPLITS
 
         if self.extra_split not in SPLITS:
             raise ValueError(f"eval.extra_split must be one of {', '.join(SPLITS)}, got {self.extra_split!r}")
@@ -205,8 +205,8 @@ def _slug(name: str) -> str:
 
 
 def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> dict[str, Any]:
-    from .checkpoint_eval import evaluate_checkpoint
-    from .train import train
+    from ..evaluation.validation import evaluate_checkpoint
+    from ..train import train
 
     step_time = _step_timer(cfg) if "time" in cfg.baselines.match else None
     arms = plan_arms(cfg, step_time=step_time)
@@ -246,7 +246,7 @@ def evaluate_extra(e: EvalSpec, final: Path, path: Path, *, log=print) -> None:
     tasks = [t for t in e.tasks if t not in result.get("tasks", {})]
     if not (data or tasks):
         return
-    from .dataset_eval import evaluate_data, merge_results
+    from ..evaluation.datasets import evaluate_data, merge_results
 
     done = evaluate_data([final], data, tokens=e.tokens, context=e.context, stride=e.stride, split=e.extra_split,
                          tasks=tasks, include_path=e.include_path, limit=e.task_limit, log=log)["rows"][0]
@@ -264,8 +264,8 @@ def _step_timer(cfg: CompareConfig):
     """Measured seconds of one training step of the base model with a given FFN (for time-matched baselines)."""
     import torch
 
-    from .evaluation import measure_training
-    from .train.model_factory import build_model
+    from ..evaluation.metrics import measure_training
+    from ..train.model_factory import build_model
 
     base = base_run_config(cfg)
     vocab = base.data.vocab_size
@@ -374,8 +374,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
+    from ..train.metrics import dumps
     from .plots import comparison_plots
-    from .train.metrics import dumps
 
     root = cfg.root
     table = markdown_table(summary)

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import transformers
 
-from .checkpoint_eval import find_run_config
-from .config import load_config
-from .evaluation import classification_metrics, lm_nll, perplexity
-from .surgery import kanify
+from ..config import load_config
+from ..evaluation.metrics import classification_metrics, lm_nll, perplexity
+from ..evaluation.validation import find_run_config
+from .swap import kanify
 
 
 def _text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:
@@ -57,7 +57,7 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
                calibration_batches: int = 8, eval_tokens: int = 32768) -> Probe:
     """Load ``checkpoint`` for analysis: perplexity on its run's validation data for a causal LM, accuracy for a
     ViT, and for an encoder without a run config the cosine similarity of sentence embeddings to its own."""
-    from .data import build_lm_data, load_images, sample_documents
+    from ..data import build_lm_data, load_images, sample_documents
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():

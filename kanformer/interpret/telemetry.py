@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import GroupRational, KANLinear
-from .layers.lean import kernel
+from ..layers import GroupRational, KANLinear
+from ..layers.dispatch import kernel
 
 KAN_MODULE_TYPES = (KANLinear, GroupRational)
 

@@ -1,0 +1,189 @@
+"""Forward+backward time and activation memory of every registered FFN against the GELU MLP, in one process.
+
+Each FFN gets the hidden width that matches the MLP of width 4*d_model (by parameters, or FLOPs with
+``--match flops``). Timings: warm-up excluded, CUDA synchronised; the FFNs take turns, ``--rounds`` times, each turn
+one untimed step and the median of ``--repeats`` timed ones, so a machine that drifts (shared CPUs do, by 10-15 %
+within an hour) moves every FFN alike. A ratio is the median over the rounds of the FFN's time over the MLP's in the
+same round, with the lowest and highest round beside it. Activation memory: the bytes of the distinct tensors
+autograd saves for backward (parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks`` on any
+device; on CUDA also the peak allocated above the baseline.
+
+    python -m benchmarks.bench_ffn                          # d_model 384, 2048 tokens, fp32, CPU
+    python -m benchmarks.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kanformer import create_ffn, list_ffns, match_hidden
+from kanformer.evaluation.metrics import median_time, saved_activation_bytes
+from kanformer.layers.dispatch import set_kernel
+from kanformer.train.allocator import MALLOC_CHOICES
+from kanformer.train.allocator import configure as configure_malloc
+from kanformer.train.allocator import current as current_malloc
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Arm:
+    """One FFN of the benchmark: its module, inputs and timed steps (forward + backward; forward only)."""
+
+    def __init__(self, name: str, d_model: int, tokens: int, *, device: torch.device, dtype: torch.dtype,
+                 autocast: bool, match: str) -> None:
+        self.name, self.device, self.hidden = name, device, match_hidden(name, d_model, target=match)
+        param_dtype = torch.float32 if autocast else dtype
+        self.ffn = create_ffn(name, d_model, self.hidden).to(device=device, dtype=param_dtype)
+        self.x = torch.randn(tokens, d_model, device=device, dtype=param_dtype, requires_grad=True)
+        self.grad = torch.randn(tokens, d_model, device=device, dtype=dtype)
+        self.ctx: Callable[[], Any] = (lambda: torch.autocast(device.type, dtype=dtype)) if autocast \
+            else torch.enable_grad
+        self.times: dict[str, list[float]] = {"fwd_bwd": [], "fwd": []}
+
+    def step(self) -> None:
+        with self.ctx():
+            y = self.ffn(self.x)
+        y.backward(self.grad.to(y.dtype))
+        self.x.grad = None
+        for p in self.ffn.parameters():
+            p.grad = None
+
+    def forward(self) -> None:
+        with torch.no_grad(), self.ctx():
+            self.ffn(self.x)
+
+    def time(self, warmup: int, repeats: int) -> None:
+        """One turn: the median of ``repeats`` steps of each kind, after ``warmup`` untimed ones."""
+        for label, fn in (("fwd_bwd", self.step), ("fwd", self.forward)):
+            self.times[label].append(median_time(fn, self.device, warmup=warmup, repeats=repeats))
+
+    def row(self) -> dict[str, Any]:
+        with self.ctx():
+            act = saved_activation_bytes(self.ffn, self.x)
+        row = {"ffn": self.name, "hidden": self.hidden, "params": self.ffn.num_params(),
+               "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
+               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with self.ctx():
+                y = self.ffn(self.x)
+            row["cuda_peak_activation_bytes"] = torch.cuda.max_memory_allocated(self.device) - base
+            del y
+        return row
+
+
+def _ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios ``times[r] / ref[r]``."""
+    ratios = [t / r for t, r in zip(times, ref, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    names = args.ffns or list_ffns()
+    unknown = sorted(set(names) - set(list_ffns()))
+    if unknown:
+        raise SystemExit(f"Unknown FFN(s) {', '.join(unknown)}. Available: {', '.join(list_ffns())}")
+    names = ["mlp"] + [n for n in names if n != "mlp"]  # the reference runs first
+    autocast = dtype != torch.float32 and not args.no_autocast
+    rounds = getattr(args, "rounds", 1)
+    torch.manual_seed(0)
+    arms = [Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast, match=args.match)
+            for name in names]
+    for r in range(rounds):
+        for arm in arms:  # the first round warms each arm up (compilation included); later turns take one step
+            arm.time(args.warmup if r == 0 else 1, args.repeats)
+        print(f"  round {r + 1}/{rounds} done", flush=True)
+    rows = [arm.row() for arm in arms]
+    ref = arms[0]
+    for arm, row in zip(arms, rows, strict=True):
+        row["time_ratio"], row["time_ratio_low"], row["time_ratio_high"] = _ratios(arm.times["fwd_bwd"],
+                                                                                   ref.times["fwd_bwd"])
+        row["fwd_time_ratio"] = _ratios(arm.times["fwd"], ref.times["fwd"])[0]
+        row["memory_ratio"] = row["saved_activation_bytes"] / rows[0]["saved_activation_bytes"]
+    return {
+        "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
+        "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
+        "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
+    }
+
+
+def machine(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count: what a benchmark table names as its machine."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def add_malloc_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
+                   help="CPU allocator for every arm (kanformer/allocator.py): keep freed large blocks for reuse "
+                   "(default), or the system's default behaviour")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
+            f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
+            f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
+            f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
+            f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
+            f"round)")
+    lines = [head, "",
+             "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | saved act. MB "
+             "| x MLP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
+        lines.append(
+            f"| {r['ffn']} | {r['hidden']} | {r['params']:,} | {r['flops_per_token'] / 1e6:.2f} | "
+            f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | {spread} | "
+            f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
+            f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d-model", type=int, default=384)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--no-autocast", action="store_true", help="cast the modules to --dtype instead of autocasting")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--match", choices=["params", "flops"], default="params")
+    p.add_argument("--ffns", nargs="*", help=f"subset of: {', '.join(list_ffns())} (default: all)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="turns each FFN takes, interleaved (default 5)")
+    p.add_argument("--repeats", type=int, default=4, help="timed steps per FFN and round (default 4)")
+    p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
+                   help="KAN layer path (auto, when training: Triton kernels where they apply, else "
+                   "the compiled lean path)")
+    add_malloc_argument(p)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    for flag in ("d_model", "tokens", "repeats", "rounds"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    set_kernel(args.kernel)
+    configure_malloc(args.malloc)
+    result = run(args)
+    result["kernel"] = args.kernel
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Whole-model training step: tokens/s, activation memory and peak memory of a KAN GPT-2 against the GELU-MLP and
+SwiGLU GPT-2 with the same number of parameters, in one process.
+
+Every arm is the same GPT-2 with its FFNs replaced by ``kanify(match="params")`` (the MLP arm too, so all run the
+same code path); the step is forward + backward + AdamW. Ratios are against the MLP arm measured in the same run.
+
+    python -m benchmarks.bench_model                                  # CPU: 4 layers, d_model 384, 4 x 256 tokens
+    python -m benchmarks.bench_model --gpu --json benchmarks/out/gpu.json  # every GPU check in one go (see below)
+
+``--gpu`` runs, on CUDA: the auto / lean / fused / Triton paths against the reference (outputs and gradients) on random
+and out-of-range inputs; the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
+benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path; the targets evaluated; one JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.bench_ffn import add_malloc_argument, machine
+from kanformer import kanify
+from kanformer.evaluation.metrics import measure_training
+from kanformer.layers.dispatch import kernel
+from kanformer.train.allocator import configure as configure_malloc
+from kanformer.train.allocator import current as current_malloc
+
+DEFAULT_ARMS = ["mlp", "swiglu", "bspline", "chebyshev", "rational", "rbf"]
+
+
+def build_gpt2(ffn: str, *, n_layer: int, d_model: int, n_head: int, seq: int, vocab: int, device: torch.device):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=seq, vocab_size=vocab,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    kanify(model, ffn, match="params")
+    return model.to(device)
+
+
+def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
+                       vocab=args.vocab, device=device)
+    gen = torch.Generator().manual_seed(0)
+
+    def batch() -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
+        return {"input_ids": ids, "labels": ids}
+
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    with amp, kernel(args.kernel):
+        stats = measure_training(model, batch, args.batch * args.seq, steps=args.steps, warmup=args.warmup)
+    params = sum(p.numel() for p in model.parameters())
+    row = {"ffn": ffn, "params": params, **stats}
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    rows = []
+    for ffn in ["mlp"] + [a for a in args.arms if a != "mlp"]:
+        rows.append(bench_arm(ffn, args, device))
+        print(f"  {ffn:<10} {rows[-1]['train_tokens_per_s']:.0f} tok/s", flush=True)
+    ref = rows[0]
+    peak_key = "peak_allocated_bytes" if device.type == "cuda" else "peak_rss_growth_bytes"
+    for r in rows:
+        r["throughput_ratio"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"]
+        r["activation_ratio"] = r["activation_bytes"] / ref["activation_bytes"]
+        if r.get(peak_key) and ref.get(peak_key):
+            r["peak_ratio"] = r[peak_key] / ref[peak_key]
+    return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
+            "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
+            "seq": args.seq, "batch": args.batch, "steps": args.steps, "peak_key": peak_key, "malloc": current_malloc(),
+            "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
+            f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
+            f"{result['kernel']}, CPU malloc {result['malloc']}, parameters matched to the GELU MLP, "
+            f"{result['steps']} timed steps")
+    lines = [head, "", "| FFN | params | tokens/s | x MLP | activations MB | x MLP | peak MB | x MLP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    key = result["peak_key"]
+    for r in result["rows"]:
+        peak = r.get(key)
+        lines.append(f"| {r['ffn']} | {r['params']:,} | {r['train_tokens_per_s']:.0f} | {r['throughput_ratio']:.2f} | "
+                     f"{r['activation_bytes'] / 2**20:.1f} | {r['activation_ratio']:.2f} | "
+                     f"{peak / 2**20 if peak else float('nan'):.0f} | {r.get('peak_ratio', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"]
+GPU_TARGETS = ["bspline", "rbf", "chebyshev", "rational"]  # the FFNs with GPU targets (<= 1.3x MLP time, memory)
+
+
+def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused")) -> list[dict[str, Any]]:
+    """Relative error of each fast path against the reference (output, input gradient, every parameter gradient)
+    on random and far-out-of-range inputs, fp32 and bf16 autocast."""
+    from kanformer import create_ffn
+
+    rows = []
+    for name in LEAN_FFNS:
+        for autocast in (False, True):
+            torch.manual_seed(0)
+            ffn = create_ffn(name, 64, 96).to(device)
+            x = torch.randn(512, 64, device=device) * 1.5
+            x[:8, :8] = 40.0
+            results = {}
+            for mode in ("reference", *modes):
+                xr = x.clone().requires_grad_(True)
+                ffn.zero_grad()
+                with kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    y = ffn(xr)
+                y.float().square().mean().backward()
+                results[mode] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters())]
+            for mode in modes:
+                err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+                          for a, b in zip(results[mode], results["reference"], strict=True))
+                tol = 2e-2 if autocast else 1e-4
+                rows.append({"ffn": name, "mode": mode, "bf16": autocast, "max_rel_err": err, "ok": err <= tol})
+    return rows
+
+
+GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
+GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
+
+
+def gpu_checks(args: argparse.Namespace) -> dict[str, Any]:
+    """Every GPU check in one go, at the sizes of the targets (FFN: d_model 768, 16k tokens, bf16 autocast; model:
+    GPT-2 small)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs CUDA; this machine has none (run the CPU benchmarks without --gpu)")
+    return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE)
+
+
+def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
+               model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5,
+               modes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
+    (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
+    the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``)."""
+    from benchmarks import bench_ffn
+    from kanformer.layers import triton_kan
+
+    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__}
+    triton = triton_kan.triton_available(torch.zeros(1, device=device))
+    fast = modes or ("auto", "lean", "fused", *(("triton",) if triton else ()))
+    out["kernels"] = list(fast)
+    start = time.perf_counter()
+    out["correctness"] = check_fast_paths(device, fast)
+    print(f"correctness: {sum(r['ok'] for r in out['correctness'])}/{len(out['correctness'])} within tolerance",
+          flush=True)
+    out["ffn"] = {}
+    for mode in ("reference", *fast):
+        ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
+                                warmup=2, repeats=repeats, **ffn_shape)
+        with kernel(mode):
+            res = bench_ffn.run(ns)
+        res["kernel"] = mode
+        print(bench_ffn.format_table(res), flush=True)
+        out["ffn"][mode] = res
+    out["model"] = {}
+    for mode in fast:
+        ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
+                                   "steps": steps, "arms": ["mlp", "swiglu", *GPU_TARGETS]})
+        res = run_model_bench(ns)
+        print(format_table(res), flush=True)
+        out["model"][mode] = res
+    targets = {}
+    for mode in fast:
+        rows = {r["ffn"]: r for r in out["ffn"][mode]["rows"]}
+        model_rows = {r["ffn"]: r for r in out["model"][mode]["rows"]}
+        for name in GPU_TARGETS:
+            targets[f"{mode}/{name}"] = {
+                "time_ratio": rows[name]["time_ratio"], "memory_ratio": rows[name]["memory_ratio"],
+                "model_throughput_ratio": model_rows[name]["throughput_ratio"],
+                "met": rows[name]["time_ratio"] <= 1.3 and rows[name]["memory_ratio"] <= 1.3
+                and model_rows[name]["throughput_ratio"] >= 0.85}
+    out["targets"] = targets
+    out["seconds"] = time.perf_counter() - start
+    print(json.dumps(targets, indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="*", default=DEFAULT_ARMS)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=384)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
+    add_malloc_argument(p)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    configure_malloc(args.malloc)
+    if args.gpu:
+        result = gpu_checks(args)
+    else:
+        start = time.perf_counter()
+        result = run_model_bench(args)
+        result["seconds"] = time.perf_counter() - start
+        print(format_table(result))
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
