@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, layer in summary["layers"].items():
             extra = (f"activity mean {layer['activity_mean']:.3g} max {layer['activity_max']:.3g}, "
                      f"{100 * layer['edges_below_1pct_of_max']:.1f}% of edges < 1% of max"
-                     if layer["kind"] == "kan" else f"{layer['groups']} rational groups")
+                     if layer["kind"] == "kan" else f"{layer['functions']} {layer['kind']} functions")
             print(f"{name}: {extra}  [{layer['plot']}]")
             for e in layer.get("top_edges", []):
                 if "symbolic" in e:

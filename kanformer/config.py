@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-ARCHS = ("gpt2", "llama", "bert", "vit")  # tasks: causal LM, causal LM, masked LM, images (kanformer.tasks)
 MIXED_PRECISION = ("no", "bf16", "fp16")
 COMPILE = ("none", "model", "regional")
 NONFINITE = ("skip", "stop")
@@ -60,26 +59,27 @@ class ModelConfig:
     init_from: str | None = None  # a saved checkpoint directory to finetune from (from_pretrained)
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ARCHS)
+        from .models import ARCHITECTURES  # model.arch: any declared architecture (kanformer/models/)
+
+        _choice("model.arch", self.arch, tuple(ARCHITECTURES))
+        adapter = ARCHITECTURES[self.arch].adapter
         for name in ("n_layer", "n_embd", "n_head", "block_size", "image_size", "patch_size"):
             _positive(f"model.{name}", getattr(self, name))
         for name in ("n_kv_head", "ffn_width"):
             if getattr(self, name) is not None:
                 _positive(f"model.{name}", getattr(self, name))
+        for name in ("n_kv_head", "tie_embeddings"):  # options only some architectures have
+            if getattr(self, name) is not None and name not in adapter.run_options:
+                takers = [a for a, arch in ARCHITECTURES.items() if name in arch.adapter.run_options]
+                raise ValueError(f"model.{name} is for arch {' / '.join(takers)}, not {self.arch!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.n_kv_head is not None:
-            if self.arch != "llama":
-                raise ValueError(f"model.n_kv_head (grouped-query attention) is for arch llama, not {self.arch!r}")
-            if self.n_head % self.n_kv_head:
-                raise ValueError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
-                                 f"({self.n_kv_head}): each key/value head serves a whole group of query heads")
-        if self.tie_embeddings is not None and self.arch == "vit":
-            raise ValueError("model.tie_embeddings is for text models (gpt2, llama, bert); a ViT has no output "
-                             "vocabulary")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
+                             f"({self.n_kv_head}): each key/value head serves a whole group of query heads")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.arch == "vit" and self.image_size % self.patch_size:
+        if adapter.task == "image_classification" and self.image_size % self.patch_size:
             raise ValueError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size "
                              f"({self.patch_size})")
 

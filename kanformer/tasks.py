@@ -34,7 +34,10 @@ class Task:
 
     def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
                   labels: list[str] | None = None, channels: int = 1) -> Any:
-        raise NotImplementedError
+        """The stock model of the ``model`` section ``m``, built by its architecture's adapter."""
+        return architecture(m.arch).adapter.stock_model(m, width=stock_width(m), vocab_size=vocab_size,
+                                                        eos_token_id=eos_token_id, labels=labels or [],
+                                                        channels=channels)
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         return tokenizer
@@ -65,23 +68,6 @@ class CausalLM(Task):
     auto_class = "AutoModelForCausalLM"
     quality = ("val_loss", "val_ppl")
 
-    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
-                  labels: list[str] | None = None, channels: int = 1) -> Any:
-        if m.arch == "llama":
-            config = transformers.LlamaConfig(
-                vocab_size=vocab_size, hidden_size=m.n_embd, intermediate_size=stock_width(m),
-                num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
-                num_key_value_heads=m.n_kv_head or m.n_head, max_position_embeddings=m.block_size,
-                attention_dropout=m.dropout, tie_word_embeddings=bool(m.tie_embeddings), bos_token_id=eos_token_id,
-                eos_token_id=eos_token_id, pad_token_id=None)
-            return transformers.LlamaForCausalLM(config)
-        config = transformers.GPT2Config(
-            vocab_size=vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-            n_inner=stock_width(m), resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
-            bos_token_id=eos_token_id, eos_token_id=eos_token_id,
-            tie_word_embeddings=True if m.tie_embeddings is None else m.tie_embeddings)
-        return transformers.GPT2LMHeadModel(config)
-
     def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
         count = batch["labels"][:, 1:].numel()
         return out.loss.double().item() * count, count, 0
@@ -99,14 +85,6 @@ class MaskedLM(Task):
 
     def __init__(self, rate: float | None = None) -> None:
         self.rate = rate
-
-    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
-                  labels: list[str] | None = None, channels: int = 1) -> Any:
-        config = transformers.BertConfig(
-            vocab_size=vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
-            intermediate_size=stock_width(m), max_position_embeddings=m.block_size, hidden_dropout_prob=m.dropout,
-            attention_probs_dropout_prob=m.dropout, type_vocab_size=1, pad_token_id=eos_token_id or 0)
-        return transformers.BertForMaskedLM(config)
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         """The corpus's tokenizer plus a mask token (a new id after the others: the prepared shards stay valid)."""
@@ -151,16 +129,6 @@ class ImageClassification(Task):
     def seq_len(self, m: Any) -> int:
         return (m.image_size // m.patch_size) ** 2 + 1  # a token per patch, plus [CLS]
 
-    def new_model(self, m: Any, *, vocab_size: int | None = None, eos_token_id: int | None = None,
-                  labels: list[str] | None = None, channels: int = 1) -> Any:
-        labels = labels or []
-        config = transformers.ViTConfig(
-            image_size=m.image_size, patch_size=m.patch_size, num_channels=channels, hidden_size=m.n_embd,
-            num_hidden_layers=m.n_layer, num_attention_heads=m.n_head, intermediate_size=stock_width(m),
-            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
-        return transformers.ViTForImageClassification(config)
-
     def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
                      ) -> dict[str, torch.Tensor]:
         x = torch.randn(batch_size, 1, m.image_size, m.image_size, generator=generator)
@@ -175,27 +143,34 @@ class ImageClassification(Task):
         return {"val_loss": nll / count, "val_acc": hits / count}
 
 
-ARCH_TASKS: dict[str, type[Task]] = {"gpt2": CausalLM, "llama": CausalLM, "bert": MaskedLM,
-                                     "vit": ImageClassification}
+TASKS: dict[str, type[Task]] = {c.name: c for c in (CausalLM, MaskedLM, ImageClassification)}
+
+
+def architecture(arch: str) -> Any:
+    """The declared architecture ``arch`` (``kanformer.models.ARCHITECTURES``), or an error naming the allowed ones."""
+    from .models import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown model.arch {arch!r}. Allowed: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
+
+
+def task_of(arch: str, mask_rate: float | None = None) -> Task:
+    """The task an architecture is trained for (masked LM with ``mask_rate``)."""
+    cls = TASKS[architecture(arch).adapter.task]
+    return cls(mask_rate) if cls is MaskedLM else cls()
 
 
 def task_for(cfg: Any) -> Task:
     """The task of a run config (``cfg.model.arch``)."""
-    arch = cfg.model.arch
-    if arch not in ARCH_TASKS:
-        raise ValueError(f"model.arch {arch!r} has no task. Allowed: {', '.join(ARCH_TASKS)}")
-    return MaskedLM(cfg.train.mask_rate) if arch == "bert" else ARCH_TASKS[arch]()
+    return task_of(cfg.model.arch, cfg.train.mask_rate)
 
 
 def stock_width(m: Any) -> int:
     """The stock FFN's hidden width of a fresh model: ``model.ffn_width``, else the architecture's convention (4 d;
     Llama's SwiGLU: 2/3 of 4 d, rounded up to a multiple of 8, the same parameters as a 4 d GELU MLP). Everything
     else reads the width back from the built model through its adapter (:func:`stock_ffn`)."""
-    if m.ffn_width is not None:
-        return m.ffn_width
-    if m.arch == "llama":
-        return -(-(8 * m.n_embd // 3) // 8) * 8
-    return 4 * m.n_embd
+    return m.ffn_width if m.ffn_width is not None else architecture(m.arch).adapter.default_width(m.n_embd)
 
 
 @dataclass
@@ -233,7 +208,14 @@ def check_pairing(cfg: Any) -> None:
         raise ValueError(f"model.arch={cfg.model.arch!r} classifies images; data.dataset={data!r} is text. Images: "
                          f"{', '.join(IMAGE_DATASETS)}, hf:<id>")
     if isinstance(task, MaskedLM) and task.rate is None:
-        raise ValueError("model.arch='bert' trains a masked LM: set train.mask_rate (the share of tokens predicted, "
-                         "e.g. 0.15)")
+        raise ValueError(f"model.arch={cfg.model.arch!r} trains a masked LM: set train.mask_rate (the share of "
+                         "tokens predicted, e.g. 0.15)")
     if not isinstance(task, MaskedLM) and cfg.train.mask_rate is not None:
-        raise ValueError(f"train.mask_rate is for masked LM (model.arch=bert); model.arch={cfg.model.arch!r}")
+        raise ValueError(f"train.mask_rate is for masked-LM architectures ({', '.join(_masked_archs())}); "
+                         f"model.arch={cfg.model.arch!r}")
+
+
+def _masked_archs() -> list[str]:
+    from .models import ARCHITECTURES
+
+    return [name for name, a in ARCHITECTURES.items() if a.adapter.task == MaskedLM.name]

@@ -138,3 +138,28 @@ def test_wrong_last_dimension_is_a_clear_error(name):
     ffn = build(name)
     with pytest.raises(ValueError, match=rf"\(\.\.\., {D}\)"):
         ffn(torch.randn(4, D + 1))
+
+
+@pytest.mark.parametrize("name", FFNS)
+def test_kan_modules_answer_for_themselves(name):
+    """The optimizer, telemetry and initialisation ask every KAN module (KANModule) the same questions: here each
+    registered FFN's modules answer them, and every parameter is either a shape or a scale, never lost."""
+    from kanformer.interpret.telemetry import InputRecorder, kan_modules, layer_telemetry
+    from kanformer.layers import KANModule
+    from kanformer.train.optim import param_groups
+
+    ffn = build(name)
+    modules = kan_modules(ffn)
+    assert bool(modules) == (name not in ("mlp", "swiglu")), modules.keys()
+    shapes = {id(p) for m in modules.values() for p in m.shape_parameters()}
+    decay, no_decay = param_groups(ffn, weight_decay=0.1)
+    assert {id(p) for p in no_decay["params"] if p.dim() >= 2} <= shapes  # matrices skip decay only as shapes
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(ffn.parameters()))
+    with torch.no_grad(), InputRecorder(modules, max_rows=64) as rec:
+        ffn(torch.randn(32, D))
+    stats = layer_telemetry(modules, rec.rows())
+    for module_name, module in modules.items():
+        assert isinstance(module, KANModule)
+        own = {k.rsplit("/", 1)[-1] for k in stats if k.startswith(f"kan/{module_name}/")}
+        assert set(module.function_stats(rec.rows()[module_name])) <= own and "in_std" in own
+    assert all(v == v for v in stats.values())  # finite telemetry (no NaN)

@@ -123,7 +123,8 @@ def test_inspect_and_prune_commands_on_a_trained_checkpoint(tmp_path, ffn, capsy
     assert len(summary["layers"]) == 4  # two blocks, two KAN layers (or rational activations) each
     for layer in summary["layers"].values():
         assert (final / "inspect" / layer["plot"]).stat().st_size > 10_000
-    if ffn == "rational":
+    if ffn == "rational":  # no edges to rank: each activation draws its groups' functions (GroupRational.curves)
+        assert all(layer["kind"] == "GroupRational" and layer["functions"] == 8 for layer in summary["layers"].values())
         with pytest.raises(ValueError, match="no KAN FFN with edge functions"):
             main(["prune", str(final), "--out", str(tmp_path / "p"), "--units", "0.5"])
         return

@@ -109,12 +109,13 @@ eval: {{tokens: 256, throughput_steps: 1}}
 
 @pytest.mark.parametrize("overrides,msg", [
     (["preset=debug_llama", "model.n_kv_head=3"], r"model.n_head \(4\) must be divisible by model.n_kv_head \(3\)"),
-    (["model.n_kv_head=1"], "model.n_kv_head .* is for arch llama"),
+    (["model.n_kv_head=1"], "model.n_kv_head is for arch llama, not 'gpt2'"),
     (["preset=debug_bert", "train.mask_rate=null"], "trains a masked LM: set train.mask_rate"),
-    (["train.mask_rate=0.15"], "train.mask_rate is for masked LM"),
+    (["train.mask_rate=0.15"], r"train.mask_rate is for masked-LM architectures \(bert\)"),
     (["preset=debug_vit", "data.dataset=pydoc"], "classifies images; data.dataset='pydoc' is text"),
     (["data.dataset=digits"], "trains on text; data.dataset='digits' is an image dataset"),
-    (["preset=debug_vit", "model.tie_embeddings=true"], "a ViT has no output vocabulary"),
+    (["preset=debug_vit", "model.tie_embeddings=true"],
+     "model.tie_embeddings is for arch gpt2 / llama / bert, not 'vit'"),
     (["model.arch=t5"], "model.arch must be one of gpt2, llama, bert, vit"),
 ])
 def test_task_and_architecture_mismatches_are_named(overrides, msg):

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..tasks import ARCH_TASKS, CausalLM, MaskedLM
+from ..models import ARCHITECTURES
+from ..tasks import CausalLM, MaskedLM, task_of
 
 SPLITS = ("auto", "validation", "train", "all")
 IMAGE_DATASETS = ("digits", "fashion_mnist")
@@ -43,7 +44,8 @@ class Checkpoint:
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"{self.path} is not a saved model (no config.json)")
         self.config = transformers.AutoConfig.from_pretrained(self.path)
-        task = ARCH_TASKS.get(self.config.model_type.removeprefix("kan_"), CausalLM)()  # what the model does
+        arch = self.config.model_type.removeprefix("kan_")  # what the model does; other LMs: causal
+        task = task_of(arch) if arch in ARCHITECTURES else CausalLM()
         self.kind = "image" if not task.text else "masked" if isinstance(task, MaskedLM) else "causal"
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = task.auto().from_pretrained(self.path).to(self.device).eval()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layers import KANFFN, GroupRational, KANLinear
+from ..layers import KANFFN, KANLinear
 from .activity import edge_activity, edge_function, unit_scores
 from .prune import prune_model
 from .symbolic import fit_symbolic
@@ -84,18 +84,12 @@ def _plot_edges(layer: KANLinear, x2: torch.Tensor, edges: list[tuple[int, int, 
     _finish(fig, title, path)
 
 
-def _plot_rational(act: GroupRational, x2: torch.Tensor, title: str, path: Path) -> None:
-    fig, axes = _panels(act.groups, 4, 3.5, 2.8)
-    for g, ax in enumerate(axes):
-        xs = x2[:, act.group_index == g].flatten()
-        grid = _input_range(xs, absolute=0.5)
-        channel = int((act.group_index == g).nonzero()[0])
-        probe = torch.zeros(len(grid), act.width)
-        probe[:, channel] = grid
-        with torch.no_grad():
-            y = act(probe)[:, channel]
+def _plot_curves(curves: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], title: str, path: Path) -> None:
+    """A module's own curves (``curves(x2)``: label, its inputs, grid, values), one panel each."""
+    fig, axes = _panels(len(curves), 4, 3.5, 2.8)
+    for ax, (label, xs, grid, y) in zip(axes, curves, strict=True):
         _curve_over_inputs(ax, xs, grid, y, "C1")
-        ax.set_title(f"group {g}", fontsize=9)
+        ax.set_title(label, fontsize=9)
     _finish(fig, title, path)
 
 
@@ -155,10 +149,12 @@ def inspect_model(model: nn.Module, calibration: list[dict[str, torch.Tensor]], 
                 "top_edges": [{"out": o, "in": i, "activity": a, **({"symbolic": _snap(module, x2, o, i)}
                                                                       if symbolic else {})} for o, i, a in top],
                 "plot": png.name}
-        else:
-            _plot_rational(module, x2, f"{name}: {module.groups} rational groups", png)
-            summary["layers"][name] = {"kind": "group_rational", "groups": module.groups, "width": module.width,
-                                       "input_abs_mean": x2.abs().mean().item(), "plot": png.name}
+        else:  # functions without edges to rank (GR-KAN's groups): the module draws its own curves
+            curves = module.curves(x2)
+            _plot_curves(curves, f"{name}: {len(curves)} {type(module).__name__} functions", png)
+            summary["layers"][name] = {"kind": type(module).__name__, "functions": len(curves),
+                                       "width": x2.shape[1], "input_abs_mean": x2.abs().mean().item(),
+                                       "plot": png.name}
     for name, ffn in ((n, m) for n, m in model.named_modules() if isinstance(m, KANFFN)):
         scores = unit_scores(activity[f"{name}.fc1"], activity[f"{name}.fc2"])
         ranked = scores.argsort(descending=True)

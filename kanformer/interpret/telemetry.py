@@ -16,10 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import GroupRational, KANLinear
+from ..layers import KANModule
 from ..layers.dispatch import kernel
-
-KAN_MODULE_TYPES = (KANLinear, GroupRational)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -32,8 +30,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def kan_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every KAN layer (``KANLinear``) and rational activation of ``model``, by qualified name."""
-    return {n: m for n, m in unwrap(model).named_modules() if isinstance(m, KAN_MODULE_TYPES)}
+    """Every module of learnable univariate functions (``KANModule``: KAN layers, rational activations) of
+    ``model``, by qualified name."""
+    return {n: m for n, m in unwrap(model).named_modules() if isinstance(m, KANModule)}
 
 
 class InputRecorder:
@@ -86,25 +85,11 @@ class InputRecorder:
         return {n: torch.cat(r) for n, r in self._rows.items() if r}
 
 
-def _rms(t: torch.Tensor) -> float:
-    return t.detach().float().square().mean().sqrt().item()
-
-
 @torch.no_grad()
-def layer_stats(module: nn.Module, x2: torch.Tensor) -> dict[str, float]:
+def layer_stats(module: KANModule, x2: torch.Tensor) -> dict[str, float]:
     stats = {"in_mean": x2.mean().item(), "in_std": x2.std().item() if x2.numel() > 1 else 0.0,
              "in_min": x2.min().item(), "in_max": x2.max().item()}
-    if isinstance(module, KANLinear):
-        out = module.basis.out_of_range(x2.to(module.coef.dtype))
-        if out is not None:
-            stats["frac_out"] = out.float().mean().item()
-        stats["coef_rms"] = _rms(module.coef)
-        if module.base_weight is not None:
-            stats["base_rms"] = _rms(module.base_weight)
-    else:  # GroupRational
-        stats["numerator_rms"] = _rms(module.numerator)
-        stats["denominator_rms"] = _rms(module.denominator)
-    return stats
+    return {**stats, **module.function_stats(x2)}
 
 
 def layer_telemetry(modules: dict[str, nn.Module], rows: dict[str, torch.Tensor]) -> dict[str, float]:

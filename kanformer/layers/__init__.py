@@ -13,12 +13,12 @@ from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, reg
 from .multkan import MultKANFFN
 from .rational import GroupRational, RationalFFN
 from .rbf import RBFFFN, RBFBasis
-from .registry import FFN, create_ffn, get_ffn_class, list_ffns, register_ffn, validate_ffn_options
+from .registry import FFN, KANModule, create_ffn, get_ffn_class, list_ffns, register_ffn, validate_ffn_options
 from .wavelet import WaveletBasis, WaveletFFN
 
 __all__ = [
     "FFN", "KAN", "KANFFN", "MLP", "Basis", "BSplineBasis", "BSplineFFN", "ChebyshevBasis", "ChebyshevFFN",
-    "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "MultKANFFN",
+    "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "KANModule", "MultKANFFN",
     "RBFBasis", "RBFFFN", "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class",
     "get_ffn_class", "list_bases", "list_ffns", "register_basis", "register_ffn", "validate_ffn_options",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 from .dispatch import scoped_kernel, use_lean
 from .flops import SILU_FLOPS, linear_flops
 from .lean import lean_kan_linear
-from .registry import FFN, check_last_dim, check_positive_int
+from .registry import FFN, KANModule, check_last_dim, check_positive_int, rms
 
 _BASES: dict[str, type[Basis]] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -209,7 +209,7 @@ def _assign(p: torch.Tensor, value: torch.Tensor) -> None:
         p.copy_(value)
 
 
-class KANLinear(nn.Module):
+class KANLinear(KANModule):
     """One KAN layer ``(..., I) -> (..., O)`` on any registered basis.
 
     Args:
@@ -279,6 +279,20 @@ class KANLinear(nn.Module):
             nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5))  # as nn.Linear
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        return [self.coef, *self.basis.parameters()]  # the base weights are a scale: decayed like a linear layer
+
+    @torch.no_grad()
+    def function_stats(self, x2: torch.Tensor) -> dict[str, float]:
+        stats = {}
+        out = self.basis.out_of_range(x2.to(self.coef.dtype))
+        if out is not None:
+            stats["frac_out"] = out.float().mean().item()
+        stats["coef_rms"] = rms(self.coef)
+        if self.base_weight is not None:
+            stats["base_rms"] = rms(self.base_weight)
+        return stats
 
     # -- forward ------------------------------------------------------------------------------------------------
     def features(self, x2: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 from .dispatch import scoped_kernel, use_lean
 from .flops import linear_flops
 from .lean import lean_rational_linear
-from .registry import FFN, check_last_dim, check_positive_int, register_ffn
+from .registry import FFN, KANModule, check_last_dim, check_positive_int, copy_units, register_ffn, rms
 
 _INIT_TARGETS = {
     "identity": lambda x: x,
@@ -95,7 +95,7 @@ def rational_init(target: str, num_degree: int, den_degree: int) -> tuple[tuple[
     return tuple(a.detach().tolist()), tuple(b.detach().tolist())
 
 
-class GroupRational(nn.Module):
+class GroupRational(KANModule):
     """Channel-grouped rational activation ``(..., C) -> (..., C)``."""
 
     def __init__(self, width: int, *, groups: int = 8, num_degree: int = 5, den_degree: int = 4,
@@ -133,6 +133,54 @@ class GroupRational(nn.Module):
         a = self.numerator[self.group_index].to(xc.dtype)  # (C, m+1)
         b = self.denominator[self.group_index].to(xc.dtype)  # (C, n)
         return rational(xc, a, b).to(x.dtype)
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        return [self.numerator, self.denominator]
+
+    def function_stats(self, x2: torch.Tensor) -> dict[str, float]:
+        return {"numerator_rms": rms(self.numerator), "denominator_rms": rms(self.denominator)}
+
+    def curves(self, x2: torch.Tensor, points: int = 200) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Each group's function over its channels' inputs in ``x2 (N, C)``: (label, the group's inputs, grid,
+        values) per group, the grid spanning the central 99% of the inputs plus 0.5 on each side."""
+        out = []
+        for g in range(self.groups):
+            xs = x2[:, self.group_index == g].flatten()
+            lo, hi = torch.quantile(xs, 0.005).item() - 0.5, torch.quantile(xs, 0.995).item() + 0.5
+            grid = torch.linspace(lo, hi, points)
+            channel = int((self.group_index == g).nonzero()[0])
+            probe = torch.zeros(points, self.width)
+            probe[:, channel] = grid
+            with torch.no_grad():
+                out.append((f"group {g}", xs, grid, self(probe)[:, channel]))
+        return out
+
+    @torch.no_grad()
+    def fit_to(self, z: torch.Tensor, activation: str, points: int = 4096) -> None:
+        """Refit the coefficients (shared by every group) to ``activation`` on the inputs ``z`` it will really
+        see: ``rational_init`` fits on [-3, 3], but pretrained models often go far outside."""
+        from .baselines import _ACTIVATIONS
+
+        flat = z.detach().flatten().double().cpu()
+        sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:100_000]]
+        q = torch.cat([torch.quantile(sample, torch.linspace(0, 1, points, dtype=torch.float64)),  # the data
+                       torch.linspace(flat.min().item(), flat.max().item(), points, dtype=torch.float64)])  # extremes
+        target = _ACTIVATIONS[activation](q)
+        a = self.numerator[0].detach().double().cpu().clone().requires_grad_(True)
+        b = self.denominator[0].detach().double().cpu().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([a, b], lr=1, max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = (rational(q, a, b) - target).square().mean()
+                loss.backward()
+            return loss
+
+        opt.step(closure)
+        if torch.isfinite(a).all() and torch.isfinite(b).all():
+            self.numerator.copy_(a.detach().to(self.numerator).expand_as(self.numerator))
+            self.denominator.copy_(b.detach().to(self.denominator).expand_as(self.denominator))
 
     def extra_repr(self) -> str:
         return (f"width={self.width}, groups={self.groups}, num_degree={self.num_degree}, "
@@ -173,6 +221,21 @@ class RationalFFN(FFN):
             m.reset_parameters()
         for fc in (self.fc1, self.fc2):
             fc.reset_parameters()
+
+    @classmethod
+    def fit_defaults(cls, native: str, native_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"second_init": native_kwargs["activation"]} if native == "mlp" else {}
+
+    @torch.no_grad()
+    def start_from(self, native: FFN, x: torch.Tensor, keep: torch.Tensor) -> str | None:
+        """KAT's mimetic start from a GELU-style MLP: its linear layers (its ``keep`` units), the first rational the
+        identity, the second refitted to the MLP's activation on the pre-activations it sees."""
+        if native.name != "mlp":
+            return None
+        copy_units(self.fc1, native.fc1, rows=keep)
+        copy_units(self.fc2, native.fc2, cols=keep)
+        self.act2.fit_to(self.fc1(self.act1(x)), native.activation)
+        return "mimetic"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_mode is None:  # the usual case: the process's path (nothing to trace under torch.compile)

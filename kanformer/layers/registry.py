@@ -34,6 +34,45 @@ def check_last_dim(x: torch.Tensor, expected: int, owner: str) -> None:
         )
 
 
+class KANModule(nn.Module):
+    """Learnable univariate functions: a KAN layer's edges (``KANLinear``) or a GR-KAN activation's channel groups
+    (``GroupRational``). What the optimizer, host-model initialisation, telemetry and the inspect report need of
+    one is asked of the module itself, so none of them names a kind; a new kind implements these."""
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        """Parameters that give the functions their shapes rather than their scale (no weight decay by default)."""
+        raise NotImplementedError
+
+    def function_stats(self, x2: torch.Tensor) -> dict[str, float]:
+        """Telemetry on flat inputs ``x2 (N, in)`` besides the input's moments: e.g. the share outside the range
+        the functions are defined well on (``frac_out``), the size of their coefficients."""
+        raise NotImplementedError
+
+    def curves(self, x2: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The functions to draw for inputs ``x2 (N, in)``: (label, their inputs, grid, values) each. (The inspect
+        report ranks and draws a KAN layer's edges itself; other kinds draw through this.)"""
+        raise NotImplementedError
+
+
+def rms(t: torch.Tensor) -> float:
+    return t.detach().float().square().mean().sqrt().item()
+
+
+def copy_units(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+               ) -> None:
+    """Copy ``src``'s weights (and bias) into ``dst``, keeping output units ``rows`` and input units ``cols``."""
+    with torch.no_grad():
+        w = src.weight
+        w = w[rows] if rows is not None else w
+        w = w[:, cols] if cols is not None else w
+        dst.weight.copy_(w)
+        if dst.bias is not None and src.bias is not None:
+            dst.bias.copy_(src.bias[rows] if rows is not None else src.bias)
+
+
 class FFN(nn.Module):
     """Base class of every registered feed-forward block.
 
@@ -77,6 +116,17 @@ class FFN(nn.Module):
         for module in self.children():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+
+    @classmethod
+    def fit_defaults(cls, native: str, native_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Options this FFN needs to start as a fit of the stock FFN ``native`` (with ``native_kwargs``)."""
+        return {}
+
+    def start_from(self, native: FFN, x: torch.Tensor, keep: torch.Tensor) -> str | None:
+        """Initialise from the stock FFN ``native`` on its inputs ``x (N, d)``, keeping its hidden units ``keep``
+        where this block is narrower; the method's name, or None where this FFN has no start of its own (the warm
+        start then uses its generic ones, kanformer.surgery.warmstart)."""
+        return None
 
     def extra_repr(self) -> str:
         extras = "".join(f", {k}={v!r}" for k, v in self.ffn_kwargs.items())

@@ -8,54 +8,31 @@
 | llama | LlamaModel, LlamaForCausalLM -> KanLlamaModel, KanLlamaForCausalLM (kan_llama) |
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    BertForMaskedLM,
-    BertModel,
-    GPT2LMHeadModel,
-    GPT2Model,
-    LlamaForCausalLM,
-    LlamaModel,
-    ViTForImageClassification,
-    ViTModel,
-)
+import transformers
+from transformers import AutoConfig
 
+from . import bert, gpt2, llama, vit
 from .bert import BertAdapter, KanBertConfig, KanBertForMaskedLM, KanBertModel
-from .common import Adapter, KanModelMixin, normalize_spec
+from .common import Adapter, Architecture, KanModelMixin, normalize_spec
 from .gpt2 import GPT2Adapter, KanGPT2Config, KanGPT2LMHeadModel, KanGPT2Model
 from .llama import KanLlamaConfig, KanLlamaForCausalLM, KanLlamaModel, LlamaAdapter
 from .vit import KanViTConfig, KanViTForImageClassification, KanViTModel, ViTAdapter
 
-ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (GPT2Adapter(), ViTAdapter(), BertAdapter(), LlamaAdapter())}
-
+# The one entry an architecture adds here (its file declares the rest: adapter, classes, task, stock model).
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (gpt2.ARCHITECTURE, llama.ARCHITECTURE, bert.ARCHITECTURE,
+                                                                vit.ARCHITECTURE)}
+ADAPTERS: dict[str, Adapter] = {name: a.adapter for name, a in ARCHITECTURES.items()}
 # stock class -> (KAN class, KAN config class)
-KAN_CLASSES = {
-    GPT2Model: (KanGPT2Model, KanGPT2Config),
-    GPT2LMHeadModel: (KanGPT2LMHeadModel, KanGPT2Config),
-    ViTModel: (KanViTModel, KanViTConfig),
-    ViTForImageClassification: (KanViTForImageClassification, KanViTConfig),
-    BertModel: (KanBertModel, KanBertConfig),
-    BertForMaskedLM: (KanBertForMaskedLM, KanBertConfig),
-    LlamaModel: (KanLlamaModel, KanLlamaConfig),
-    LlamaForCausalLM: (KanLlamaForCausalLM, KanLlamaConfig),
-}
+KAN_CLASSES = {stock: (kan, a.config) for a in ARCHITECTURES.values() for stock, kan in a.models.values()}
 
-for _config, _auto in (
-    (KanGPT2Config, {AutoModel: KanGPT2Model, AutoModelForCausalLM: KanGPT2LMHeadModel}),
-    (KanViTConfig, {AutoModel: KanViTModel, AutoModelForImageClassification: KanViTForImageClassification}),
-    (KanBertConfig, {AutoModel: KanBertModel, AutoModelForMaskedLM: KanBertForMaskedLM}),
-    (KanLlamaConfig, {AutoModel: KanLlamaModel, AutoModelForCausalLM: KanLlamaForCausalLM}),
-):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    for _auto_cls, _model_cls in _auto.items():
-        _auto_cls.register(_config, _model_cls, exist_ok=True)
+for _arch in ARCHITECTURES.values():
+    AutoConfig.register(_arch.config.model_type, _arch.config, exist_ok=True)
+    for _auto_name, (_, _kan_cls) in _arch.models.items():
+        getattr(transformers, _auto_name).register(_arch.config, _kan_cls, exist_ok=True)
 
 __all__ = [
-    "ADAPTERS", "KAN_CLASSES", "KanBertConfig", "KanBertForMaskedLM", "KanBertModel", "KanGPT2Config",
-    "KanGPT2LMHeadModel", "KanGPT2Model", "KanLlamaConfig", "KanLlamaForCausalLM", "KanLlamaModel", "KanModelMixin",
-    "KanViTConfig", "KanViTForImageClassification", "KanViTModel", "normalize_spec",
+    "ADAPTERS", "ARCHITECTURES", "KAN_CLASSES", "Adapter", "Architecture", "BertAdapter", "GPT2Adapter",
+    "KanBertConfig", "KanBertForMaskedLM", "KanBertModel", "KanGPT2Config", "KanGPT2LMHeadModel", "KanGPT2Model",
+    "KanLlamaConfig", "KanLlamaForCausalLM", "KanLlamaModel", "KanModelMixin", "KanViTConfig",
+    "KanViTForImageClassification", "KanViTModel", "LlamaAdapter", "ViTAdapter", "normalize_spec",
 ]

@@ -17,10 +17,6 @@ from typing import Any
 from .kan_layers import FFN, get_ffn_class
 
 CARD_INFO = "kanformer_card.json"
-PIPELINES = {"gpt2": "text-generation", "llama": "text-generation", "vit": "image-classification",
-             "bert": "fill-mask"}
-AUTO_CLASSES = {"gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM",
-                "vit": "AutoModelForImageClassification", "bert": "AutoModelForMaskedLM"}
 
 
 def _yaml_list(key: str, items: list[str]) -> list[str]:
@@ -51,7 +47,7 @@ def render(model: Any, directory: Path, info: dict[str, Any], results: dict[str,
     c = costs(model)
     training = info.get("training", {})
     data = str(training.get("dataset", ""))
-    front = ["---", "library_name: transformers", f"pipeline_tag: {PIPELINES.get(arch, 'feature-extraction')}",
+    front = ["---", "library_name: transformers", f"pipeline_tag: {model.kan_adapter.pipeline}",
              *_yaml_list("tags", ["kanformer", "kan", "kolmogorov-arnold-network", arch,
                                   *([f"ffn-{spec['ffn']}"] if spec else [])])]
     if info.get("license"):
@@ -93,7 +89,7 @@ def render(model: Any, directory: Path, info: dict[str, Any], results: dict[str,
                       if isinstance(s.get(k), int | float)]
         for task, ms in results.get("tasks", {}).items():
             lines += [f"| {task} (lm-evaluation-harness) | {k} | {v:.4g} |" for k, v in ms.items()]
-    auto = AUTO_CLASSES.get(arch, "AutoModel")
+    auto = model.kan_architecture.auto_class_of(type(model))
     where = str(info.get("path") or directory)
     lines += ["", "## Loading", "", "```python", "import kanformer  # registers the KAN model classes",
               f"from transformers import {auto}", f"model = {auto}.from_pretrained({where!r})", "",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .card import write_model_card
-from .kan_layers import FFN, Basis, GroupRational, KANLinear, create_ffn
+from .kan_layers import FFN, Basis, KANModule, create_ffn
 
 SPEC_KEYS = ("ffn", "hidden", "ffn_kwargs", "layers")
 
@@ -84,10 +84,23 @@ class ResidualDropoutFFN(nn.Module):
 
 
 class Adapter:
-    """Where one architecture keeps its FFNs, and how to swap them. One subclass per model family."""
+    """What kanformer knows of one architecture: where it keeps its FFNs and how to swap them, its task, and how a
+    run config builds the stock model. One subclass per model family (one file in ``models/``)."""
 
-    model_type: ClassVar[str]
+    model_type: ClassVar[str]  # the stock model_type, and ``model.arch`` in run configs
     native_ffn: ClassVar[str]  # the registered FFN equivalent to the stock MLP ("mlp" or "swiglu")
+    task: ClassVar[str]  # what it is trained for: causal_lm | masked_lm | image_classification (kanformer.tasks)
+    pipeline: ClassVar[str]  # the Hugging Face pipeline tag of its model cards
+    run_options: ClassVar[tuple[str, ...]] = ()  # optional ``model.*`` keys of a run config it takes
+
+    def default_width(self, d_model: int) -> int:
+        """The stock FFN's hidden width for width ``d_model`` (run configs without ``model.ffn_width``)."""
+        return 4 * d_model
+
+    def stock_model(self, m: Any, *, width: int, vocab_size: int | None, eos_token_id: int | None,
+                    labels: list[str], channels: int) -> nn.Module:
+        """A fresh stock model (the task's head) for the ``model`` section ``m`` of a run config."""
+        raise NotImplementedError
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         raise NotImplementedError
@@ -122,6 +135,28 @@ class Adapter:
         return sum(isinstance(m, FFN) for m in model.modules())
 
 
+class Architecture:
+    """One architecture, declared once at the end of its file: its adapter, its KAN config class, and its KAN model
+    classes by the Auto class that loads each, with the stock class each one extends. The KAN classes get their
+    ``config_class``, ``kan_adapter`` and ``kan_architecture`` from here, and checkpoints their ``auto_map``."""
+
+    def __init__(self, adapter: Adapter, config: type, models: dict[str, tuple[type, type]]) -> None:
+        self.adapter, self.config, self.models = adapter, config, models
+        stem = config.__module__.rsplit(".", 1)[-1]  # the file name, in the package and in a checkpoint's copy
+        self.auto_map = {"AutoConfig": f"{stem}.{config.__name__}",
+                         **{auto: f"{stem}.{kan.__name__}" for auto, (_, kan) in models.items()}}
+        for _, kan in models.values():
+            kan.config_class, kan.kan_adapter, kan.kan_architecture = config, adapter, self
+
+    @property
+    def name(self) -> str:
+        return self.adapter.model_type
+
+    def auto_class_of(self, kan_cls: type) -> str:
+        """The Auto class that loads ``kan_cls`` (AutoModel for the bare model)."""
+        return next((auto for auto, (_, kan) in self.models.items() if issubclass(kan_cls, kan)), "AutoModel")
+
+
 def apply_kan_spec(model: nn.Module, adapter: Adapter, spec: dict[str, Any] | None) -> list[str]:
     """Build the spec's FFN in every listed block of ``model``. Returns the qualified names replaced."""
     if spec is None:
@@ -148,8 +183,8 @@ def _module_name(model: nn.Module, target: nn.Module) -> str:
 class KanModelMixin:
     """Mixed into every KAN model class, before the transformers class it extends."""
 
-    kan_adapter: ClassVar[Adapter]
-    kan_auto_map: ClassVar[dict[str, str]]
+    kan_adapter: ClassVar[Adapter]  # set by the architecture's ``Architecture``
+    kan_architecture: ClassVar[Architecture]
 
     def _build_kan(self) -> None:
         """Call at the end of ``__init__``: builds the FFNs the config asks for, then transformers' post_init."""
@@ -162,7 +197,7 @@ class KanModelMixin:
         # GPT-2's scaled `c_proj.weight`); tensors already loaded from a checkpoint are left alone. Blocks inside a
         # nested base model (e.g. `transformer` of an LM head) are visited by that model's own `_init_weights`,
         # which matches no KAN module type and so keeps the initialisation they got when built.
-        if isinstance(module, KANLinear | Basis | GroupRational):
+        if isinstance(module, KANModule | Basis):
             own = list(module.parameters(recurse=False))
             if own and not all(getattr(p, "_is_hf_initialized", False) for p in own):
                 module.reset_parameters()
@@ -174,7 +209,7 @@ class KanModelMixin:
         ``from_pretrained(dir, trust_remote_code=True)`` works where kanformer is not installed."""
         if kwargs.get("safe_serialization") is False:
             raise ValueError("kanformer checkpoints are safetensors only; drop safe_serialization=False")
-        self.config.auto_map = dict(self.kan_auto_map)
+        self.config.auto_map = dict(self.kan_architecture.auto_map)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_portable_code(save_directory)

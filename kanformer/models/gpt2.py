@@ -9,13 +9,16 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-from .common import Adapter, KanConfigMixin, KanModelMixin, ResidualDropoutFFN, mlp_activation
+from .common import Adapter, Architecture, KanConfigMixin, KanModelMixin, ResidualDropoutFFN, mlp_activation
 from .kan_layers import FFN
 
 
 class GPT2Adapter(Adapter):
     model_type = "gpt2"
     native_ffn = "mlp"
+    task = "causal_lm"
+    pipeline = "text-generation"
+    run_options = ("tie_embeddings",)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.h
@@ -25,6 +28,14 @@ class GPT2Adapter(Adapter):
 
     def native_kwargs(self, config: Any) -> dict[str, Any]:
         return {"activation": mlp_activation(config.activation_function), "bias": True}
+
+    def stock_model(self, m: Any, *, width: int, vocab_size: int | None, eos_token_id: int | None,
+                    labels: list[str], channels: int) -> nn.Module:
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+            n_inner=width, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+            bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+            tie_word_embeddings=True if m.tie_embeddings is None else m.tie_embeddings))
 
     def native_state(self, block: nn.Module) -> dict[str, torch.Tensor]:
         mlp = block.mlp  # Conv1D weights are (in, out); nn.Linear's are (out, in)
@@ -44,25 +55,17 @@ class KanGPT2Config(KanConfigMixin, GPT2Config):
         super().__init__(**kwargs)
 
 
-_AUTO_MAP = {"AutoConfig": "gpt2.KanGPT2Config", "AutoModel": "gpt2.KanGPT2Model",
-             "AutoModelForCausalLM": "gpt2.KanGPT2LMHeadModel"}
-
-
 class KanGPT2Model(KanModelMixin, GPT2Model):
-    config_class = KanGPT2Config
-    kan_adapter = GPT2Adapter()
-    kan_auto_map = _AUTO_MAP
-
     def __init__(self, config: KanGPT2Config) -> None:
         super().__init__(config)
         self._build_kan()
 
 
 class KanGPT2LMHeadModel(KanModelMixin, GPT2LMHeadModel):
-    config_class = KanGPT2Config
-    kan_adapter = GPT2Adapter()
-    kan_auto_map = _AUTO_MAP
-
     def __init__(self, config: KanGPT2Config) -> None:
         super().__init__(config)
         self._build_kan()
+
+
+ARCHITECTURE = Architecture(GPT2Adapter(), KanGPT2Config, {
+    "AutoModel": (GPT2Model, KanGPT2Model), "AutoModelForCausalLM": (GPT2LMHeadModel, KanGPT2LMHeadModel)})

@@ -11,13 +11,15 @@ import torch
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-from .common import Adapter, KanConfigMixin, KanModelMixin, mlp_activation
+from .common import Adapter, Architecture, KanConfigMixin, KanModelMixin, mlp_activation
 from .kan_layers import FFN
 
 
 class ViTAdapter(Adapter):
     model_type = "vit"
     native_ffn = "mlp"
+    task = "image_classification"
+    pipeline = "image-classification"
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         base = model.base_model
@@ -25,6 +27,14 @@ class ViTAdapter(Adapter):
 
     def native_kwargs(self, config: Any) -> dict[str, Any]:
         return {"activation": mlp_activation(config.hidden_act), "bias": True}
+
+    def stock_model(self, m: Any, *, width: int, vocab_size: int | None, eos_token_id: int | None,
+                    labels: list[str], channels: int) -> nn.Module:
+        return ViTForImageClassification(ViTConfig(
+            image_size=m.image_size, patch_size=m.patch_size, num_channels=channels, hidden_size=m.n_embd,
+            num_hidden_layers=m.n_layer, num_attention_heads=m.n_head, intermediate_size=width,
+            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)}))
 
     def native_state(self, block: nn.Module) -> dict[str, torch.Tensor]:
         if hasattr(block, "mlp"):
@@ -53,25 +63,18 @@ class KanViTConfig(KanConfigMixin, ViTConfig):
         super().__init__(**kwargs)
 
 
-_AUTO_MAP = {"AutoConfig": "vit.KanViTConfig", "AutoModel": "vit.KanViTModel",
-             "AutoModelForImageClassification": "vit.KanViTForImageClassification"}
-
-
 class KanViTModel(KanModelMixin, ViTModel):
-    config_class = KanViTConfig
-    kan_adapter = ViTAdapter()
-    kan_auto_map = _AUTO_MAP
-
     def __init__(self, config: KanViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
         self._build_kan()
 
 
 class KanViTForImageClassification(KanModelMixin, ViTForImageClassification):
-    config_class = KanViTConfig
-    kan_adapter = ViTAdapter()
-    kan_auto_map = _AUTO_MAP
-
     def __init__(self, config: KanViTConfig) -> None:
         super().__init__(config)
         self._build_kan()
+
+
+ARCHITECTURE = Architecture(ViTAdapter(), KanViTConfig, {
+    "AutoModel": (ViTModel, KanViTModel),
+    "AutoModelForImageClassification": (ViTForImageClassification, KanViTForImageClassification)})

@@ -20,6 +20,7 @@ import transformers
 from ..config import load_config
 from ..evaluation.metrics import classification_metrics, lm_nll, perplexity
 from ..evaluation.validation import find_run_config
+from ..models import ADAPTERS
 from .swap import kanify
 
 
@@ -64,8 +65,11 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
         raise FileNotFoundError(f"{checkpoint} is not a saved model (no config.json)")
     hf_config = transformers.AutoConfig.from_pretrained(checkpoint)
     model_type = hf_config.model_type.removeprefix("kan_")
+    if model_type not in ADAPTERS:
+        raise ValueError(f"Unsupported model_type {hf_config.model_type!r}. Supported: {', '.join(sorted(ADAPTERS))}")
+    task = ADAPTERS[model_type].task
     run_path = None
-    if model_type in ("gpt2", "llama"):
+    if task == "causal_lm":
         run_path = Path(config or find_run_config(checkpoint))
         run_cfg = load_config(run_path)
         model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
@@ -78,7 +82,7 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
             total, n = lm_nll(m, stream, context=context, stride=max(1, context // 2))
             return {"val_ppl": perplexity(total, n)}
 
-    elif model_type == "vit":
+    elif task == "image_classification":
         run_path = Path(config or find_run_config(checkpoint))
         run_cfg = load_config(run_path)
         model = transformers.AutoModelForImageClassification.from_pretrained(checkpoint).eval()
@@ -88,7 +92,7 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
         def quality(m: Any) -> dict[str, float]:
             return classification_metrics(m, images.val_x, images.val_y)
 
-    elif model_type == "bert":
+    else:  # masked LM: an encoder, scored by its sentence embeddings
         model = transformers.AutoModel.from_pretrained(checkpoint).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
         calibration = _text_batches(tokenizer, _chunks(sample_documents(text, "train"))[: 32 * calibration_batches])
@@ -99,8 +103,6 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
             sim = (_embeddings(m, held) * reference).sum(-1)
             return {"embedding_cosine_mean": sim.mean().item(), "embedding_cosine_min": sim.min().item()}
 
-    else:
-        raise ValueError(f"Unsupported model_type {hf_config.model_type!r}. Supported: bert, gpt2, llama, vit")
     return Probe(model, model_type, calibration, quality, run_path)
 
 

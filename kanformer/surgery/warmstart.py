@@ -7,8 +7,9 @@ of block i's FFN (up to ``max_tokens`` rows); Y = the stock MLP(X). Then
   layer 1 is fitted by least squares to the pre-activations of the MLP's h most important hidden units
   (standardised), layer 2 by least squares from layer 1's outputs to Y, B-spline grids placed on the observed
   inputs of each layer (the stock output is additive in those pre-activations, so this is the KAN's own form);
-* GR-KAN (``rational``): a mimetic start as in KAT: the linear layers are the MLP's (its h most important hidden
-  units when h is smaller), the first rational the identity, the second the MLP's activation;
+* an FFN with a start of its own (``FFN.start_from``): GR-KAN (``rational``) takes KAT's mimetic start: the linear
+  layers are the MLP's (its h most important hidden units when h is smaller), the first rational the identity, the
+  second refitted to the MLP's activation;
 * an MLP / SwiGLU of another width: the stock weights of its most important hidden units;
 
 then optionally ``steps`` of Adam on ||FFN(X) - Y||^2 (layer-wise distillation). Only one layer's X and Y are alive
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import FFN, KANFFN, MLP, GroupRational, RationalFFN, SwiGLU, create_ffn
+from ..layers import FFN, KANFFN, MLP, SwiGLU, create_ffn, get_ffn_class
 from ..layers.bspline import BSplineBasis
-from ..layers.rational import rational
+from ..layers.registry import copy_units
 
 
 @torch.no_grad()
@@ -75,33 +76,21 @@ def _unit_importance(native: FFN, x: torch.Tensor) -> torch.Tensor:
         return act.std(0) * out_w.norm(dim=0)
 
 
-def _copy_units(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
-                ) -> None:
-    w = src.weight
-    w = w[rows] if rows is not None else w
-    w = w[:, cols] if cols is not None else w
-    dst.weight.copy_(w)
-    if dst.bias is not None and src.bias is not None:
-        dst.bias.copy_(src.bias[rows] if rows is not None else src.bias)
-
-
 @torch.no_grad()
 def _start(new: FFN, native: FFN, x: torch.Tensor, y: torch.Tensor) -> str:
     """Initialise ``new`` from the stock FFN; returns the name of the method used."""
     keep = _unit_importance(native, x).argsort(descending=True)[: new.hidden].sort().values
-    if isinstance(new, RationalFFN) and isinstance(native, MLP):
-        _copy_units(new.fc1, native.fc1, rows=keep)
-        _copy_units(new.fc2, native.fc2, cols=keep)
-        _fit_rational_on(new.act2, new.fc1(new.act1(x)), native.activation)
-        return "mimetic"
+    own = new.start_from(native, x, keep)  # an FFN with a start of its own (GR-KAN: KAT's mimetic start)
+    if own is not None:
+        return own
     if type(new) is type(native) and new.ffn_kwargs.get("activation") == native.ffn_kwargs.get("activation"):
         if isinstance(new, MLP):
-            _copy_units(new.fc1, native.fc1, rows=keep)
-            _copy_units(new.fc2, native.fc2, cols=keep)
+            copy_units(new.fc1, native.fc1, rows=keep)
+            copy_units(new.fc2, native.fc2, cols=keep)
         else:
-            _copy_units(new.gate_proj, native.gate_proj, rows=keep)
-            _copy_units(new.up_proj, native.up_proj, rows=keep)
-            _copy_units(new.down_proj, native.down_proj, cols=keep)
+            copy_units(new.gate_proj, native.gate_proj, rows=keep)
+            copy_units(new.up_proj, native.up_proj, rows=keep)
+            copy_units(new.down_proj, native.down_proj, cols=keep)
         return "unit-selection"
     if isinstance(new, KANFFN):
         # The stock output is additive in the pre-activations z_j: y = sum_j w_j act(z_j) + b, and each z_j is
@@ -119,32 +108,6 @@ def _start(new: FFN, native: FFN, x: torch.Tensor, y: torch.Tensor) -> str:
         new.fc2.fit_least_squares(hidden, y)
         return "least-squares"
     return "random"
-
-
-def _fit_rational_on(act: GroupRational, z: torch.Tensor, activation: str, points: int = 4096) -> None:
-    """Refit a rational's coefficients (shared by its groups) to the stock activation on the pre-activations it
-    will really see: rational_init fits on [-3, 3], but pretrained models often go far outside."""
-    from ..layers.baselines import _ACTIVATIONS
-
-    flat = z.detach().flatten().double().cpu()
-    sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:100_000]]
-    q = torch.cat([torch.quantile(sample, torch.linspace(0, 1, points, dtype=torch.float64)),  # where the data is
-                   torch.linspace(flat.min().item(), flat.max().item(), points, dtype=torch.float64)])  # its extremes
-    target = _ACTIVATIONS[activation](q)
-    a = act.numerator[0].detach().double().cpu().clone().requires_grad_(True)
-    b = act.denominator[0].detach().double().cpu().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([a, b], lr=1, max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = (rational(q, a, b) - target).square().mean()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    if torch.isfinite(a).all() and torch.isfinite(b).all():
-        act.numerator.copy_(a.detach().to(act.numerator).expand_as(act.numerator))
-        act.denominator.copy_(b.detach().to(act.denominator).expand_as(act.denominator))
 
 
 def relative_error(new: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -192,10 +155,8 @@ def native_ffn(adapter: Any, block: nn.Module, config: Any, current: FFN | None 
 
 
 def default_kwargs_for_fit(ffn: str, adapter: Any, config: Any) -> dict[str, Any]:
-    """Options a fitted start needs: GR-KAN's second rational starts as the stock activation."""
-    if ffn == "rational" and adapter.native_ffn == "mlp":
-        return {"second_init": adapter.native_kwargs(config)["activation"]}
-    return {}
+    """Options a fitted start of FFN ``ffn`` needs (GR-KAN: its second rational starts as the stock activation)."""
+    return get_ffn_class(ffn).fit_defaults(adapter.native_ffn, adapter.native_kwargs(config))
 
 
 __all__ = ["collect_ffn_inputs", "default_kwargs_for_fit", "fit_ffn", "native_ffn", "relative_error"]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..layers import Basis, GroupRational, KANLinear
+from ..layers import KANModule
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_kan_coefficients: bool = False) -> list[dict]:
@@ -15,10 +15,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_kan_coefficients: 
     asked - KAN coefficients and basis / rational parameters, which define function shapes rather than scales."""
     kan_shape = set()
     for module in model.modules():
-        if isinstance(module, KANLinear):
-            kan_shape.add(id(module.coef))
-        if isinstance(module, Basis | GroupRational):
-            kan_shape.update(id(p) for p in module.parameters())
+        if isinstance(module, KANModule):
+            kan_shape.update(id(p) for p in module.shape_parameters())
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
