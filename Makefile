@@ -50,7 +50,7 @@ bench: setup
 	$(OFFLINE) $(PY) -m benchmarks.bench_ffn
 
 lint: setup
-	$(PY) -m ruff check kanformer tests benchmarks
+	$(PY) -m ruff check kanformer tests benchmarks evals scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
