@@ -167,9 +167,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: str = "none"  # none | model | regional (each transformer block)
-    # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/lean.py); unset: the process's
-    # (KANFORMER_KERNEL, else auto)
+    # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/dispatch.py); unset: the process's
+    # (KANFORMER_KERNEL, else auto: measured per FFN and machine, kanformer/layers/autotune.py)
     kernel: str | None = None
+    # what auto may choose: lean (paths saving no more activations than the MLP) | fast (the fastest)
+    kernel_memory: str = "lean"
     # CPU allocator (kanformer/allocator.py): keep | system. keep: glibc keeps freed large blocks for reuse, so each
     # step's large transient tensors skip page faults (applies to the whole process)
     cpu_malloc: str = "keep"
@@ -200,10 +202,12 @@ class TrainConfig:
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("train.compile", self.compile, COMPILE)
+        from .layers.autotune import MEMORY_RULES
         from .layers.dispatch import KERNELS
 
         if self.kernel is not None:
             _choice("train.kernel", self.kernel, KERNELS)
+        _choice("train.kernel_memory", self.kernel_memory, MEMORY_RULES)
         from .train.allocator import MALLOC_CHOICES
 
         _choice("train.cpu_malloc", self.cpu_malloc, MALLOC_CHOICES)
@@ -474,7 +478,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 # Settings that change how fast or where a run goes, not what it learns: a finished run is reused across them.
 RUN_ENVIRONMENT = ("log", "data.num_proc", "data.verify_checksums", "train.cpu_malloc", "train.kernel",
-                   "train.compile")
+                   "train.kernel_memory", "train.compile")
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "",

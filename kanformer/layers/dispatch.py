@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from . import autotune
 from .triton_kan import triton_available
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
@@ -78,6 +79,26 @@ def scoped_kernel(mode: str | None) -> Iterator[None]:
         yield
     finally:
         _scoped[0] = previous
+
+
+def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """The path for one call of a KAN FFN: its own ``kernel_mode`` (None: the process's), except that under
+    ``auto`` a training call takes the path ``autotune`` measured fastest for this FFN, shapes and machine."""
+    own = getattr(ffn, "kernel_mode", None)
+    mode = _forced[0] or own or _scoped[0] or _mode[0]
+    if (mode != "auto" or _forced[0] or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or not autotune.enabled()):
+        return own
+    return autotune.choice(ffn, x)
+
+
+def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
+    """``body(x)`` on the path :func:`resolve` gives (its backward follows it)."""
+    mode = resolve(ffn, x)
+    if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
+        return body(x)
+    with scoped_kernel(mode):
+        return body(x)
 
 
 def use_lean(available: bool = True) -> bool:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .dispatch import scoped_kernel, use_lean
+from .dispatch import scoped_kernel, tuned_call, use_lean
 from .flops import SILU_FLOPS, linear_flops
 from .lean import lean_kan_linear
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, rms
@@ -429,6 +429,9 @@ class KANFFN(FFN):
         return {k: a[k] + b[k] for k in a}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tuned_call(self, x, self._forward)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
         return self.fc2(self.fc1(x))
 

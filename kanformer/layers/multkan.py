@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .dispatch import tuned_call
 from .kan import KANLinear, get_basis_class, list_bases
 from .registry import FFN, check_last_dim, register_ffn
 
@@ -71,5 +72,8 @@ class MultKANFFN(FFN):
         return torch.cat([sub[..., :s], sub[..., s::2] * sub[..., s + 1::2]], dim=-1)  # (..., H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tuned_call(self, x, self._forward)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
         return self.fc2(self.nodes(x))

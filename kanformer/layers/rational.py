@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dispatch import scoped_kernel, use_lean
+from .dispatch import tuned_call, use_lean
 from .flops import linear_flops
 from .lean import lean_rational_linear
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, copy_units, register_ffn, rms
@@ -200,7 +200,6 @@ class RationalFFN(FFN):
         self.fc1 = nn.Linear(d_model, hidden, bias=bias)
         self.act2 = GroupRational(hidden, init=second_init, **rat)
         self.fc2 = nn.Linear(hidden, d_model, bias=bias)
-        self.kernel_mode: str | None = None  # this block's own path (set_kernel(model, mode)); None: the process's
 
     @classmethod
     def count_params(cls, d_model: int, hidden: int, *, groups: int = 8, num_degree: int = 5,
@@ -238,10 +237,7 @@ class RationalFFN(FFN):
         return "mimetic"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_mode is None:  # the usual case: the process's path (nothing to trace under torch.compile)
-            return self._forward(x)
-        with scoped_kernel(self.kernel_mode):
-            return self._forward(x)
+        return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")

@@ -81,6 +81,7 @@ class FFN(nn.Module):
     """
 
     name: ClassVar[str] = "?"
+    kernel_mode: str | None = None  # this block's own path (set_kernel(model, mode)); None: the process's
 
     def __init__(self, d_model: int, hidden: int, **ffn_kwargs: Any) -> None:
         super().__init__()

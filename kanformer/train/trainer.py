@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, save_config
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
+from ..layers import autotune
 from ..layers.budget import model_flops_per_token
 from ..layers.dispatch import set_kernel
 from ..models import ADAPTERS
@@ -117,6 +118,7 @@ class Trainer:
             channels=1 if self.is_text else self.images.channels)
         if t.kernel is not None:  # this model's path, not the process's: other models keep theirs
             set_kernel(self.model, t.kernel)
+        autotune.set_kernel_memory(t.kernel_memory)
         if t.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self._check_kan_config()
@@ -131,6 +133,8 @@ class Trainer:
         self.data_offset = 0  # position of step s's first sequence: s * global batch + data_offset (see --adapt)
         self._signals = 0
         self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
+        self.compile_s = 0.0  # seconds of this process spent compiling and choosing kernel paths (not in wall_s)
+        self.kernel_choices = 0
         self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
         self.mlflow_run_id: str | None = None  # kept in checkpoints too: a resumed run logs into the same MLflow run
@@ -284,6 +288,19 @@ class Trainer:
         if self.kanify_report is not None:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
+
+    def _record_kernel_choices(self) -> None:
+        """New choices of ``auto`` (layers/autotune.py) go into versions.json, with the compile time so far."""
+        choices = autotune.decisions()
+        if len(choices) == self.kernel_choices or not self.accelerator.is_main_process:
+            return
+        self.kernel_choices = len(choices)
+        path = self.run_dir / "versions.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        info.update(kernel_choices=choices, kernel_memory=self.cfg.train.kernel_memory, compile_s=self.compile_s)
+        tmp = path.with_name(".versions.json.tmp")
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, path)
 
     def _init_trackers(self) -> None:
         """wandb (offline by default), TensorBoard (``<run>/<project>/``), MLflow: the same records as metrics.jsonl,
@@ -637,9 +654,10 @@ class Trainer:
                    dynamic_ncols=True)
         last = {"loss": float("nan")}
         wall0, tokens0, data0 = self.wall_s, self.tokens_seen, self.data_s
+        compiled_model = t.compile != "none"  # the first step of this process compiles the model
         try:
             while self.step < t.max_steps:
-                step_start = time.perf_counter()
+                step_start, tuned0 = time.perf_counter(), autotune.tuning_seconds()
                 lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
                            min_lr_ratio=t.min_lr_ratio)
                 for group in self.optimizer.param_groups:
@@ -679,7 +697,12 @@ class Trainer:
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step()
                 self._kan_maintenance()  # telemetry and grid work count as training time
-                self.wall_s += time.perf_counter() - step_start
+                step_s = time.perf_counter() - step_start
+                # choosing kernel paths and compiling are not training: kept apart from the step throughput
+                compile_s = step_s if compiled_model else autotune.tuning_seconds() - tuned0
+                compiled_model = False
+                self.compile_s += compile_s
+                self.wall_s += step_s - compile_s
                 loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
                     mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
@@ -688,8 +711,10 @@ class Trainer:
                             "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s,
                             "tokens_per_s": (self.tokens_seen - tokens0) / max(elapsed, 1e-9),
                             "data_frac": (self.data_s - data0) / max(elapsed, 1e-9),  # batch fetching's share
+                            "compile_s": self.compile_s,
                             "skipped_steps": self.skipped_steps}
                     self._log(last)
+                    self._record_kernel_choices()
                     bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if self.step % t.eval_every == 0 or self.step == t.max_steps:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,

@@ -1,0 +1,381 @@
+"""``auto`` picks a KAN FFN's path by measurement, once per machine.
+
+For each (FFN configuration, token-count bucket, compute dtype, device) the first training call times the paths
+that apply on the FFN's own input, forward + backward:
+
+* ``lean``: the eager memory-lean Functions (layers/lean.py);
+* ``fused``: the same with their elementwise helpers compiled (dispatch.py);
+* ``triton``: the hand-written kernels, on CUDA where the FFN has them;
+* ``reference``: the definition, which saves its basis tensors.
+
+It keeps the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_memory`` /
+``KANFORMER_KERNEL_MEMORY``): ``lean`` (default) admits a path only if its saved activations stay <= those of a
+GELU MLP of the same width and 4 d hidden units on the same tokens; ``fast`` admits every path. The choice is kept in
+``<cache>/autotune.json`` (``KANFORMER_CACHE_DIR``, default ``~/.cache/kanformer``) under a fingerprint of the
+machine and versions, so a later process reuses it without timing; ``decisions()`` lists this process's choices and
+the trainer records them in the run's ``versions.json``.
+
+Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
+makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
+kanformer.layers.autotune``) compiles them for this FFN configuration while the FFN runs ``lean``; once it is done,
+the next training call compiles from that cache (seconds), times the candidates and switches. A candidate that fails
+(no C++ compiler, say) is dropped and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of
+dispatch.py instead (Triton where it applies, else fused).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MEMORY_RULES = ("lean", "fast")
+_memory = [os.environ.get("KANFORMER_KERNEL_MEMORY", "lean")]
+_choices: dict[str, str] = {}  # key -> path, this process
+_decided: dict[str, dict[str, Any]] = {}  # key -> record, for decisions()
+_workers: dict[str, subprocess.Popen] = {}  # warm key -> background compile
+_seconds = [0.0]  # time spent timing candidates in this process (compiling from cache included)
+_disk: dict[str, Any] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("KANFORMER_AUTOTUNE", "1") not in ("0", "false", "off")
+
+
+def set_kernel_memory(rule: str) -> None:
+    """``lean``: only paths that save no more activations than the MLP; ``fast``: the fastest path."""
+    if rule not in MEMORY_RULES:
+        raise ValueError(f"Unknown kernel memory rule {rule!r}. Allowed: {', '.join(MEMORY_RULES)}")
+    _memory[0] = rule
+
+
+def tuning_seconds() -> float:
+    """Seconds this process has spent choosing paths (timing, compiling from the cache): not training time."""
+    return _seconds[0]
+
+
+def decisions() -> dict[str, dict[str, Any]]:
+    """This process's choices: key -> {path, times_ms, saved_mb, mlp_saved_mb, dropped, source (timed|cache)}."""
+    return {k: dict(v) for k, v in _decided.items()}
+
+
+# -- keys and the disk cache ---------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def fingerprint() -> dict[str, Any]:
+    """What a timing depends on besides the FFN: the machine and the versions."""
+    try:
+        from importlib.metadata import version
+        kanformer_version = version("kanformer")
+    except Exception:  # a checkpoint's copy of these files, without the package
+        kanformer_version = "portable"
+    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+            "kanformer": kanformer_version, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fingerprint_id() -> str:
+    return hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path() -> Path:
+    root = os.environ.get("KANFORMER_CACHE_DIR") or Path.home() / ".cache" / "kanformer"
+    return Path(root) / "autotune.json"
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _signature(ffn: Any) -> str:
+    """The FFN's configuration (its repr: kind, widths, options, every layer's shape)."""
+    return " ".join(repr(ffn).split())
+
+
+def _bucket(tokens: int) -> int:
+    return 1 << max(0, (tokens - 1).bit_length())
+
+
+def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
+    """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic."""
+    tokens = x.numel() // x.shape[-1]
+    warm = f"{_signature(ffn)} | {str(_compute_dtype(x)).removeprefix('torch.')} | {x.device.type}"
+    return f"{warm} | tokens<={_bucket(tokens)} | memory={_memory[0]}", warm
+
+
+def _inductor_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except Exception:  # an older layout: the documented default
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "torchinductor"))
+
+
+@contextlib.contextmanager
+def _locked_cache() -> Any:
+    """The whole cache file, read under an exclusive lock; what the block leaves in the dict is written back."""
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            data = {}  # a damaged cache only costs a re-timing
+        yield data
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _section(data: dict[str, Any]) -> dict[str, Any]:
+    return data.setdefault(_fingerprint_id(), {"fingerprint": fingerprint(), "choices": {}, "compiled": {}})
+
+
+def _load() -> dict[str, Any]:
+    if not _disk:
+        with _locked_cache() as data:
+            _disk.update(_section(data))
+    return _disk
+
+
+_last_read = [0.0]
+
+
+def _refresh(every_s: float = 5.0) -> None:
+    """Re-read the disk cache (at most every ``every_s``): another process may have finished a compile."""
+    if time.monotonic() - _last_read[0] >= every_s:
+        _last_read[0] = time.monotonic()
+        _disk.clear()
+
+
+def _store(kind: str, key: str, value: Any) -> None:
+    with _locked_cache() as data:
+        _section(data)[kind][key] = value
+        _disk.clear()
+        _disk.update(_section(data))
+
+
+# -- choosing ------------------------------------------------------------------------------------------------------
+def _has_triton(ffn: Any, x: torch.Tensor) -> bool:
+    from .triton_kan import triton_available
+
+    if not triton_available(x) or not x.is_cuda:
+        return False
+    layers = [m for m in ffn.modules() if hasattr(m, "basis")]
+    return not layers or any(m.basis.triton_params() is not None for m in layers)
+
+
+def _candidates(ffn: Any, x: torch.Tensor) -> list[str]:
+    out = ["lean", "fused"]
+    if _has_triton(ffn, x):
+        out.append("triton")
+    return [*out, "reference"]
+
+
+def _compile_state(warm: str) -> str:
+    """``ready`` (the compiler cache holds this FFN's fused helpers), ``pending`` (a background process is compiling
+    them) or ``failed: <why>``; starts that process the first time."""
+    record = _load()["compiled"].get(warm)
+    if isinstance(record, dict) and (record.get("state", "").startswith("failed")
+                                     or (record.get("state") == "ready"
+                                         and record.get("inductor_dir") == _inductor_dir()
+                                         and Path(_inductor_dir()).is_dir())):
+        return record["state"]
+    proc = _workers.get(warm)
+    if proc is None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # one compile per machine: the first local rank's
+            _refresh()
+            return "pending"
+        _workers[warm] = _start_worker(warm)
+        return "pending"
+    if proc.poll() is None:
+        return "pending"
+    err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
+    state = "ready" if proc.returncode == 0 else f"failed: {err[-1] if err else f'exit {proc.returncode}'}"
+    _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir()})
+    return state
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """A process that ends leaves no compile running behind it (what was compiled stays in the compiler's cache)."""
+    for proc in _workers.values():
+        if proc.poll() is None:
+            proc.terminate()
+
+
+def _start_worker(warm: str) -> subprocess.Popen:
+    spec = {"warm": warm, "ffn": _pending_spec[warm]}
+    # at low priority and on one thread, so the training it runs beside keeps the cores
+    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: os.nice(10))  # noqa: PLW1509
+
+
+_pending_spec: dict[str, dict[str, Any]] = {}
+
+
+def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
+    return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
+            "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
+            "tokens": min(x.numel() // x.shape[-1], 256)}
+
+
+def _saved_bytes(fn: Any) -> int:
+    """Bytes of the distinct tensors autograd saves while ``fn()`` runs its forward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        with contextlib.suppress(Exception):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _time(step: Any, device: torch.device, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _warm_up(ffn: Any, x: torch.Tensor, path: str) -> None:
+    """One forward + backward of ``ffn`` on ``path`` (gradients returned, not accumulated)."""
+    from .dispatch import scoped_kernel
+
+    xt = x.detach().clone().requires_grad_(True)
+    with scoped_kernel(path), torch.enable_grad():
+        out = ffn._forward(xt)
+        torch.autograd.grad(out, [xt, *(p for p in ffn.parameters() if p.requires_grad)], torch.ones_like(out))
+
+
+def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]:
+    from .dispatch import scoped_kernel
+    from .registry import create_ffn
+
+    xt = x.detach().clone().requires_grad_(True)
+    params = [p for p in ffn.parameters() if p.requires_grad]
+    grad_out = torch.randn_like(xt)
+
+    def step(path: str) -> Any:
+        def run() -> None:
+            with scoped_kernel(path), torch.enable_grad():
+                out = ffn._forward(xt)
+                torch.autograd.grad(out, [xt, *params], grad_out.to(out.dtype))
+        return run
+
+    mlp = create_ffn("mlp", ffn.d_model, 4 * ffn.d_model).to(x.device)
+    with torch.enable_grad():
+        mlp_saved = _saved_bytes(lambda: mlp(xt))
+    times, saved, dropped = {}, {}, {}
+    for path in candidates:
+        try:
+            step(path)()  # first call: compiles where the path compiles
+            times[path] = _time(step(path), x.device)
+            with scoped_kernel(path), torch.enable_grad():
+                saved[path] = _saved_bytes(lambda: ffn._forward(xt))
+        except Exception as err:  # noqa: BLE001  (a path that fails here is dropped, with the reason)
+            dropped[path] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    return {"times": times, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}
+
+
+def choice(ffn: Any, x: torch.Tensor) -> str:
+    """The path for this training call of ``ffn`` on ``x`` under ``auto``."""
+    key, warm = _keys(ffn, x)
+    if key in _choices:
+        return _choices[key]
+    cached = _load()["choices"].get(key)
+    if cached:
+        _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
+        if cached["path"] in ("fused", "triton"):  # compile (from the compiler's cache) now, as tuning time
+            t0 = time.perf_counter()
+            _warm_up(ffn, x, cached["path"])
+            _seconds[0] += time.perf_counter() - t0
+        return cached["path"]
+    candidates = _candidates(ffn, x)
+    _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
+    state = _compile_state(warm)
+    if state == "pending":
+        return "lean"  # not cached: asked again next call
+    dropped = {}
+    if state != "ready":
+        candidates.remove("fused")
+        dropped["fused"] = state
+    t0 = time.perf_counter()
+    m = _measure(ffn, x, candidates)
+    _seconds[0] += time.perf_counter() - t0
+    dropped.update(m["dropped"])
+    fits = {p: t for p, t in m["times"].items() if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]}
+    if not fits:  # nothing measured fits: the lean path always runs and always fits
+        fits = {"lean": m["times"].get("lean", 0.0)}
+    path = min(fits, key=fits.get)
+    record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in m["times"].items()},
+              "saved_mb": {p: round(b / 2**20, 2) for p, b in m["saved"].items()},
+              "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": _memory[0]}
+    _store("choices", key, record)
+    _choices[key], _decided[key] = path, {**record, "source": "timed"}
+    print(f"kanformer kernel auto: {ffn.name} FFN {ffn.d_model}x{ffn.hidden} -> {path} "
+          f"({', '.join(f'{p} {t * 1e3:.1f} ms' for p, t in m['times'].items())})", file=sys.stderr)
+    return path
+
+
+def forget() -> None:
+    """Drop this process's choices (the disk cache stays): the next call reads the cache or times again."""
+    _choices.clear()
+    _decided.clear()
+    _disk.clear()
+
+
+# -- the background compile ----------------------------------------------------------------------------------------
+def _warm(spec: dict[str, Any]) -> None:
+    """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice)."""
+    from .dispatch import kernel
+    from .registry import create_ffn
+
+    f = spec["ffn"]
+    torch.manual_seed(0)
+    device = torch.device(f["device"])
+    ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
+    dtype = getattr(torch, f["dtype"])
+    autocast = dtype in (torch.float16, torch.bfloat16)
+    for tokens in (f["tokens"], f["tokens"] + 1):  # two sizes: the dynamic-shape graphs the main process will load
+        x = torch.randn(tokens, f["d_model"], device=device, requires_grad=True)
+        with kernel("fused"), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            ffn(x).float().square().sum().backward()
+
+
+if __name__ == "__main__":
+    _warm(json.loads(sys.argv[1]))
