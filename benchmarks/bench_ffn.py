@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,8 @@ import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
-from kanformer.layers.dispatch import set_kernel
+from kanformer.layers import autotune
+from kanformer.layers.dispatch import get_kernel, set_kernel
 from kanformer.train.allocator import MALLOC_CHOICES
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
@@ -46,10 +48,26 @@ class Arm:
         self.ctx: Callable[[], Any] = (lambda: torch.autocast(device.type, dtype=dtype)) if autocast \
             else torch.enable_grad
         self.times: dict[str, list[float]] = {"fwd_bwd": [], "fwd": []}
+        self.path = get_kernel()  # auto: the path it settles on for this FFN here (mlp and swiglu: none)
+        if self.path == "auto" and hasattr(self.ffn, "_forward") and autotune.enabled():
+            with self.ctx():
+                self.path = autotune.settle(self.ffn, self.x)
+        elif name in ("mlp", "swiglu"):
+            self.path = "-"
+        self.compiled: Any = None
 
-    def step(self) -> None:
+    def compile_reference(self) -> float:
+        """``torch.compile`` of the FFN (its reference path: the compiler fuses and rematerialises it); returns the
+        seconds the first compiled step took."""
+        self.compiled = torch.compile(self.ffn)
+        self.times["compiled"] = []
+        t0 = time.perf_counter()
+        self.step(self.compiled)
+        return time.perf_counter() - t0
+
+    def step(self, module: Any = None) -> None:
         with self.ctx():
-            y = self.ffn(self.x)
+            y = (module or self.ffn)(self.x)
         y.backward(self.grad.to(y.dtype))
         self.x.grad = None
         for p in self.ffn.parameters():
@@ -63,13 +81,18 @@ class Arm:
         """One turn: the median of ``repeats`` steps of each kind, after ``warmup`` untimed ones."""
         for label, fn in (("fwd_bwd", self.step), ("fwd", self.forward)):
             self.times[label].append(median_time(fn, self.device, warmup=warmup, repeats=repeats))
+        if self.compiled is not None:
+            self.times["compiled"].append(median_time(lambda: self.step(self.compiled), self.device, warmup=1,
+                                                      repeats=repeats))
 
     def row(self) -> dict[str, Any]:
         with self.ctx():
             act = saved_activation_bytes(self.ffn, self.x)
         row = {"ffn": self.name, "hidden": self.hidden, "params": self.ffn.num_params(),
                "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
-               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act}
+               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path}
+        if self.compiled is not None:
+            row["compiled_reference_s"] = statistics.median(self.times["compiled"])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -100,6 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     arms = [Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast, match=args.match)
             for name in names]
+    if getattr(args, "compiled_reference", False):
+        for arm in arms:
+            arm.compile_s = arm.compile_reference()
     for r in range(rounds):
         for arm in arms:  # the first round warms each arm up (compilation included); later turns take one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
@@ -111,6 +137,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                                    ref.times["fwd_bwd"])
         row["fwd_time_ratio"] = _ratios(arm.times["fwd"], ref.times["fwd"])[0]
         row["memory_ratio"] = row["saved_activation_bytes"] / rows[0]["saved_activation_bytes"]
+        if arm.compiled is not None:
+            row["compiled_reference_ratio"] = _ratios(arm.times["compiled"], ref.times["fwd_bwd"])[0]
+            row["compiled_reference_first_step_s"] = arm.compile_s
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
@@ -138,18 +167,22 @@ def format_table(result: dict[str, Any]) -> str:
             f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
-            f"round)")
+            f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms")
+    compiled = "compiled_reference_ratio" in result["rows"][0]
     lines = [head, "",
-             "| FFN | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | saved act. MB "
-             "| x MLP |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| FFN | path | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | "
+             "saved act. MB | x MLP |" + (" compiled reference x MLP | its first step s |" if compiled else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if compiled else "")]
     for r in result["rows"]:
         spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
         lines.append(
-            f"| {r['ffn']} | {r['hidden']} | {r['params']:,} | {r['flops_per_token'] / 1e6:.2f} | "
+            f"| {r['ffn']} | {r.get('path', '')} | {r['hidden']} | {r['params']:,} | "
+            f"{r['flops_per_token'] / 1e6:.2f} | "
             f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | {spread} | "
             f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
-            f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |")
+            f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |"
+            + (f" {r['compiled_reference_ratio']:.2f} | {r['compiled_reference_first_step_s']:.1f} |" if compiled
+               else ""))
     return "\n".join(lines)
 
 
@@ -166,8 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="turns each FFN takes, interleaved (default 5)")
     p.add_argument("--repeats", type=int, default=4, help="timed steps per FFN and round (default 4)")
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto",
-                   help="KAN layer path (auto, when training: Triton kernels where they apply, else "
-                   "the compiled lean path)")
+                   help="KAN layer path (auto: the path measured fastest for each FFN on this machine, "
+                   "kanformer/layers/autotune.py; the table names it)")
+    p.add_argument("--compiled-reference", action="store_true",
+                   help="also time torch.compile of each FFN (its reference path), interleaved with the rest")
     add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)

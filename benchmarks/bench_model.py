@@ -25,7 +25,8 @@ import torch
 from benchmarks.bench_ffn import add_malloc_argument, machine
 from kanformer import kanify
 from kanformer.evaluation.metrics import measure_training
-from kanformer.layers.dispatch import kernel
+from kanformer.layers import autotune
+from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
 
@@ -43,6 +44,24 @@ def build_gpt2(ffn: str, *, n_layer: int, d_model: int, n_head: int, seq: int, v
     return model.to(device)
 
 
+def path(mode: str) -> Any:
+    """``auto`` as training runs it (the process default: measured per FFN), any other path forced."""
+    return default_kernel("auto") if mode == "auto" else kernel(mode)
+
+
+def settle(model: torch.nn.Module, batch: Any, timeout_s: float = 1800.0) -> None:
+    """Training steps until no background compile runs and one more step has let ``auto`` choose."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        model(**batch()).loss.backward()
+        model.zero_grad(set_to_none=True)
+        if not autotune.busy() or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    model(**batch()).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
                        vocab=args.vocab, device=device)
@@ -53,7 +72,9 @@ def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[
         return {"input_ids": ids, "labels": ids}
 
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    with amp, kernel(args.kernel):
+    with amp, path(args.kernel):
+        if args.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
+            settle(model, batch)
         stats = measure_training(model, batch, args.batch * args.seq, steps=args.steps, warmup=args.warmup)
     params = sum(p.numel() for p in model.parameters())
     row = {"ffn": ffn, "params": params, **stats}
@@ -163,7 +184,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     for mode in ("reference", *fast):
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
                                 warmup=2, repeats=repeats, **ffn_shape)
-        with kernel(mode):
+        with path(mode):
             res = bench_ffn.run(ns)
         res["kernel"] = mode
         print(bench_ffn.format_table(res), flush=True)
@@ -186,6 +207,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                 "met": rows[name]["time_ratio"] <= 1.3 and rows[name]["memory_ratio"] <= 1.3
                 and model_rows[name]["throughput_ratio"] >= 0.85}
     out["targets"] = targets
+    out["autotune"] = autotune.decisions()  # what auto measured and chose for each FFN on this machine
     out["seconds"] = time.perf_counter() - start
     print(json.dumps(targets, indent=2))
     return out

@@ -72,6 +72,17 @@ def kernel(mode: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def default_kernel(mode: str) -> Iterator[None]:
+    """The process default for a block (unlike ``kernel``, modules' own paths and ``auto``'s measuring still
+    apply); restored on exit."""
+    previous, _mode[0] = _mode[0], _check(mode)
+    try:
+        yield
+    finally:
+        _mode[0] = previous
+
+
+@contextlib.contextmanager
 def scoped_kernel(mode: str | None) -> Iterator[None]:
     """The path of one module's call (its ``kernel_mode``; None: no change); a ``kernel(...)`` block still wins."""
     previous, _scoped[0] = _scoped[0], (mode if mode is None else _check(mode)) or _scoped[0]
