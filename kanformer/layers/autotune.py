@@ -229,11 +229,11 @@ def _stop_workers() -> None:
 
 def _start_worker(warm: str) -> subprocess.Popen:
     spec = {"warm": warm, "ffn": _pending_spec[warm]}
-    # at low priority and on one thread, so the training it runs beside keeps the cores
+    # on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy small machine a
+    # low-priority compile never finished)
     env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            preexec_fn=lambda: os.nice(10))  # noqa: PLW1509
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
 _pending_spec: dict[str, dict[str, Any]] = {}

@@ -150,6 +150,16 @@ class Basis(nn.Module):
         """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts)."""
         return ()
 
+    @property
+    def has_params_backward(self) -> bool:
+        return type(self).lean_params_backward is not Basis.lean_params_backward
+
+    def lean_params_backward(self, x: torch.Tensor, g: torch.Tensor, *params: torch.Tensor
+                             ) -> tuple[torch.Tensor, ...]:
+        """With ``lean_params``: ``(dL/dx, dL/dparam...)`` from dL/dfeatures ``g`` (N, B, I), analytically (else
+        autograd differentiates the recomputed basis)."""
+        raise NotImplementedError
+
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:
         """Arguments of the per-function elementwise form ``fused_term`` (the fused path), or None without one."""
         return None

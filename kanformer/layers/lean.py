@@ -184,6 +184,14 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     return g_coef, g_base, g_x, g_pre, g_feats[:, :b] if g_u is None else None
 
 
+def _params_backward(basis: Any, x: torch.Tensor, g_feats: torch.Tensor, *params: torch.Tensor
+                     ) -> tuple[torch.Tensor, ...]:
+    """dL/dx through the basis and dL/d(its own parameters), from the basis' analytic ``lean_params_backward`` (one
+    compiled loop in the fused mode)."""
+    xl = _low(x)
+    return basis.lean_params_backward(xl, g_feats.to(xl.dtype), *(p.to(xl.dtype) for p in params))
+
+
 class LeanKANFunction(torch.autograd.Function):
     """``y = F(pre(x)) @ coef^T (+ silu(x) @ base^T) (+ bias)``, saving ``x`` and the weights only. ``params``: the
     pre-transform's parameters first (``n_pre`` of them; ``n_pre`` None: the basis has no pre-transform), then the
@@ -223,7 +231,11 @@ class LeanKANFunction(torch.autograd.Function):
             g_coef, g_base, g_x, g_pre, g_feats = backward(basis, x, coef, base, gy.to(ctx.dtype), ctx.state,
                                                            ctx.dtype, need_w, not own, pre, stats)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
-            if g_feats is not None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
+            if g_feats is not None and pre is None and basis.has_params_backward:  # analytic, own parameters too
+                g_u, *g_own = _kernel_fn(_params_backward, tag=type(basis).__name__)(basis, x, g_feats, *own)
+                g_x = g_u if g_x is None else g_x + g_u
+                g_params = tuple(g_own)
+            elif g_feats is not None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
                 with torch.enable_grad():
                     xr = _low(x).detach().requires_grad_(True)
                     pr = tuple(p.detach().requires_grad_(True) for p in pre) if pre is not None else None

@@ -87,12 +87,29 @@ class WaveletBasis(Basis):
         return -u * gauss  # dog
 
 
-    # -- lean path (layers/lean.py): recomputed in the backward, differentiated by autograd there ------------------
+    # -- lean path (layers/lean.py): recomputed in the backward, with analytic gradients -----------------------------
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).transpose(1, 2)  # (N, W, I)
 
     def lean_params(self) -> tuple[torch.Tensor, ...]:
         return (self.translation, self.log_scale)
+
+    def lean_params_backward(self, x: torch.Tensor, g: torch.Tensor, translation: torch.Tensor,
+                             log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u = (x - t) / s: du/dx = 1/s, du/dt = -1/s, du/dlog s = -u; so with D = g psi'(u) (N, I, W):
+        dL/dx = sum_w D / s, dL/dt = -sum_n D / s, dL/dlog s = -sum_n D u."""
+        inv_scale = torch.exp(-log_scale)  # (I, W)
+        u = (x.unsqueeze(-1) - translation) * inv_scale  # (N, I, W)
+        gauss = torch.exp(-0.5 * u.square())
+        if self.wavelet == "mexican_hat":
+            slope = (u.square() - 3) * u * gauss
+        elif self.wavelet == "morlet":
+            slope = -(5 * torch.sin(5 * u) + u * torch.cos(5 * u)) * gauss
+        else:  # dog
+            slope = (u.square() - 1) * gauss
+        d = g.transpose(1, 2) * slope  # (N, I, W)
+        d_scaled = d * inv_scale
+        return d_scaled.sum(-1), -d_scaled.sum(0), -(d * u).sum(0)
 
 
 @register_ffn("wavelet")
