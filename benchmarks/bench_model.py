@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from typing import Any
 
@@ -62,58 +63,78 @@ def settle(model: torch.nn.Module, batch: Any, timeout_s: float = 1800.0) -> Non
     model.zero_grad(set_to_none=True)
 
 
-def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
-                       vocab=args.vocab, device=device)
-    gen = torch.Generator().manual_seed(0)
+class ModelArm:
+    """One GPT-2 of the benchmark (its FFN kind), built once and timed a turn per round."""
 
-    def batch() -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
+    def __init__(self, ffn: str, args: argparse.Namespace, device: torch.device) -> None:
+        self.ffn, self.args, self.device = ffn, args, device
+        self.model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
+                                vocab=args.vocab, device=device)
+        self.gen = torch.Generator().manual_seed(0)
+        self.rounds: list[dict[str, Any]] = []
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, self.args.vocab, (self.args.batch, self.args.seq), generator=self.gen).to(self.device)
         return {"input_ids": ids, "labels": ids}
 
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    with amp, path(args.kernel):
-        if args.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
-            settle(model, batch)
-        stats = measure_training(model, batch, args.batch * args.seq, steps=args.steps, warmup=args.warmup)
-    params = sum(p.numel() for p in model.parameters())
-    row = {"ffn": ffn, "params": params, **stats}
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    def turn(self, first: bool) -> None:
+        a = self.args
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16), path(a.kernel):
+            if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
+                settle(self.model, self.batch)
+            self.rounds.append(measure_training(self.model, self.batch, a.batch * a.seq, steps=a.steps,
+                                                warmup=a.warmup if first else 1))
 
 
 def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Every arm takes a turn (``--steps`` timed steps) in each of ``--rounds`` rounds, interleaved as in bench_ffn:
+    a machine that drifts moves every arm alike. A throughput ratio is the median of the same-round ratios, with the
+    lowest and highest round."""
     device = torch.device(args.device)
-    rows = []
-    for ffn in ["mlp"] + [a for a in args.arms if a != "mlp"]:
-        rows.append(bench_arm(ffn, args, device))
-        print(f"  {ffn:<10} {rows[-1]['train_tokens_per_s']:.0f} tok/s", flush=True)
-    ref = rows[0]
+    rounds = getattr(args, "rounds", 1)
+    arms = [ModelArm(ffn, args, device) for ffn in ["mlp"] + [a for a in args.arms if a != "mlp"]]
+    for r in range(rounds):
+        for arm in arms:
+            arm.turn(first=r == 0)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.ffn} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
+                                                       for a in arms), flush=True)
+    ref = arms[0]
     peak_key = "peak_allocated_bytes" if device.type == "cuda" else "peak_rss_growth_bytes"
+    rows = []
+    for arm in arms:
+        tps = [s["train_tokens_per_s"] for s in arm.rounds]
+        ratios = [s / m["train_tokens_per_s"] for s, m in zip(tps, ref.rounds, strict=True)]
+        row = {**arm.rounds[-1], "ffn": arm.ffn, "params": sum(p.numel() for p in arm.model.parameters()),
+               "train_tokens_per_s": statistics.median(tps), "throughput_ratio": statistics.median(ratios),
+               "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
+        rows.append(row)
     for r in rows:
-        r["throughput_ratio"] = r["train_tokens_per_s"] / ref["train_tokens_per_s"]
-        r["activation_ratio"] = r["activation_bytes"] / ref["activation_bytes"]
-        if r.get(peak_key) and ref.get(peak_key):
-            r["peak_ratio"] = r[peak_key] / ref[peak_key]
+        r["activation_ratio"] = r["activation_bytes"] / rows[0]["activation_bytes"]
+        if r.get(peak_key) and rows[0].get(peak_key):
+            r["peak_ratio"] = r[peak_key] / rows[0][peak_key]
+    del arms
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
-            "seq": args.seq, "batch": args.batch, "steps": args.steps, "peak_key": peak_key, "malloc": current_malloc(),
-            "rows": rows}
+            "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds, "peak_key": peak_key,
+            "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions()}
 
 
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
             f"{result['kernel']}, CPU malloc {result['malloc']}, parameters matched to the GELU MLP, "
-            f"{result['steps']} timed steps")
-    lines = [head, "", "| FFN | params | tokens/s | x MLP | activations MB | x MLP | peak MB | x MLP |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
+            f"of the same-round ratios; range: lowest - highest round)")
+    lines = [head, "", "| FFN | params | tokens/s | x MLP | range | activations MB | x MLP | peak MB | x MLP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = result["peak_key"]
     for r in result["rows"]:
         peak = r.get(key)
+        spread = f"{r.get('throughput_ratio_low', 1):.2f} - {r.get('throughput_ratio_high', 1):.2f}"
         lines.append(f"| {r['ffn']} | {r['params']:,} | {r['train_tokens_per_s']:.0f} | {r['throughput_ratio']:.2f} | "
+                     f"{spread} | "
                      f"{r['activation_bytes'] / 2**20:.1f} | {r['activation_ratio']:.2f} | "
                      f"{peak / 2**20 if peak else float('nan'):.0f} | {r.get('peak_ratio', float('nan')):.2f} |")
     return "\n".join(lines)
@@ -222,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per arm and round")
+    p.add_argument("--rounds", type=int, default=3, help="turns each arm takes, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
