@@ -87,8 +87,10 @@ def fingerprint() -> dict[str, Any]:
         kanformer_version = version("kanformer")
     except Exception:  # a checkpoint's copy of these files, without the package
         kanformer_version = "portable"
+    here = Path(__file__).resolve().parent  # the layer code itself: an edit (or another copy) is timed afresh
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:12]
     info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-            "kanformer": kanformer_version, "python": platform.python_version()}
+            "kanformer": kanformer_version, "layers_code": code, "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

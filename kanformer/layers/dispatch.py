@@ -1,16 +1,18 @@
 """Which path a KAN layer takes, and the compiled or hand-written versions of the lean path's helpers.
 
-Dispatch (``KANLinear.forward``, ``RationalFFN.forward``): ``set_kernel("auto" | "lean" | "fused" | "triton" |
-"reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with each basis' (and
-GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on GPU; seconds of
-compilation per process and configuration); a basis may give a compiler-friendly form for it (``fused_state()`` and
-``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, elementwise expressions instead of scatters or host reads), from
-which the backward evaluates each function once for both the recomputed features and the input gradient. ``auto``
-(the default) takes, when autograd records (training), the hand-written Triton kernels where they apply (CUDA), else
-``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails; without autograd
-(inference) it takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom
-ops) takes the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does.
-``reference`` forces the definition.
+Dispatch (the KAN FFNs' ``forward`` through :func:`tuned_call`, ``KANLinear.forward``): ``set_kernel("auto" | "lean"
+| "fused" | "triton" | "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path
+with each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on
+GPU; compiled once per configuration, kept in the compiler's on-disk cache); a basis may give a compiler-friendly form
+for it (``fused_state()`` and ``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, elementwise expressions instead of
+scatters or host reads), from which the backward evaluates each function once for both the recomputed features and
+the input gradient. ``auto`` (the default), when autograd records (training): the path ``autotune`` measured fastest
+for the FFN on this machine within the memory rule; inside a ``kernel("auto")`` block, and with
+``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton kernels where they apply (CUDA), else
+``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd
+(inference) ``auto`` takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom ops) takes
+the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does. ``reference``
+forces the definition.
 """
 
 from __future__ import annotations
@@ -61,35 +63,29 @@ def get_kernel() -> str:
 
 
 @contextlib.contextmanager
-def kernel(mode: str) -> Iterator[None]:
-    """``with kernel("reference"): ...`` runs a block on the given path, every module's own choice included; the
-    previous state is restored on exit."""
-    previous, _forced[0] = _forced[0], _check(mode)
+def _holding(slot: list[str | None], value: str | None) -> Iterator[None]:
+    previous, slot[0] = slot[0], value
     try:
         yield
     finally:
-        _forced[0] = previous
+        slot[0] = previous
 
 
-@contextlib.contextmanager
-def default_kernel(mode: str) -> Iterator[None]:
+def kernel(mode: str) -> contextlib.AbstractContextManager[None]:
+    """``with kernel("reference"): ...`` runs a block on the given path, every module's own choice included (nothing
+    is measured inside it); the previous state is restored on exit."""
+    return _holding(_forced, _check(mode))
+
+
+def default_kernel(mode: str) -> contextlib.AbstractContextManager[None]:
     """The process default for a block (unlike ``kernel``, modules' own paths and ``auto``'s measuring still
     apply); restored on exit."""
-    previous, _mode[0] = _mode[0], _check(mode)
-    try:
-        yield
-    finally:
-        _mode[0] = previous
+    return _holding(_mode, _check(mode))
 
 
-@contextlib.contextmanager
-def scoped_kernel(mode: str | None) -> Iterator[None]:
+def scoped_kernel(mode: str | None) -> contextlib.AbstractContextManager[None]:
     """The path of one module's call (its ``kernel_mode``; None: no change); a ``kernel(...)`` block still wins."""
-    previous, _scoped[0] = _scoped[0], (mode if mode is None else _check(mode)) or _scoped[0]
-    try:
-        yield
-    finally:
-        _scoped[0] = previous
+    return _holding(_scoped, (mode if mode is None else _check(mode)) or _scoped[0])
 
 
 def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
