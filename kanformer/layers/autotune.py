@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -141,7 +140,10 @@ def _locked_cache() -> Any:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(ImportError):  # POSIX; elsewhere writers may race (a lost entry is timed again)
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             data = json.loads(path.read_text()) if path.is_file() else {}
         except (OSError, json.JSONDecodeError):

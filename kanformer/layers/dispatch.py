@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from . import autotune
+from .autotune import choice as autotune_choice
+from .autotune import enabled as autotune_enabled
 from .triton_kan import triton_available
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
@@ -94,9 +95,9 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     own = getattr(ffn, "kernel_mode", None)
     mode = _forced[0] or own or _scoped[0] or _mode[0]
     if (mode != "auto" or _forced[0] or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or not autotune.enabled()):
+            or not autotune_enabled()):
         return own
-    return autotune.choice(ffn, x)
+    return autotune_choice(ffn, x)
 
 
 def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
