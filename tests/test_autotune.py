@@ -150,3 +150,25 @@ def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
     print(f"cold start: first step {first['wall_s']:.1f} s of training, {first['compile_s']:.1f} s compiling; "
           f"fit to the first checkpoint {seconds:.1f} s")
     assert first["step"] == 1 and first["wall_s"] + first["compile_s"] < 60
+
+
+def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
+    """The real background process, given an FFN it cannot build: its error is kept as the fused path's reason, on
+    disk, and no second process starts."""
+    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
+    monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setenv("KANFORMER_CACHE_DIR", str(auto.parent))
+    monkeypatch.setattr(autotune, "_ffn_spec", lambda ffn, x: {"name": "no_such_ffn", "d_model": D, "hidden": H,
+                                                                "kwargs": {}, "dtype": "float32", "device": "cpu",
+                                                                "tokens": 8})
+    monkeypatch.setattr(autotune, "_workers", {})
+    monkeypatch.setattr(autotune, "_pending_spec", {})
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)  # starts the process; lean meanwhile
+    (proc,) = autotune._workers.values()
+    proc.wait(timeout=120)
+    _step(ffn, x)  # reads its end: fused dropped with the reason, the others timed
+    (record,) = autotune.decisions().values()
+    assert "Unknown FFN 'no_such_ffn'" in record["dropped"]["fused"]
+    (state,) = _cache(auto)["compiled"].values()
+    assert state["state"].startswith("failed") and len(autotune._workers) == 1

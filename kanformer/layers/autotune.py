@@ -217,7 +217,9 @@ def _compile_state(warm: str) -> str:
         return "pending"
     if proc.poll() is None:
         return "pending"
-    err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
+    proc.log.seek(0)
+    err = proc.log.read().decode(errors="replace").strip().splitlines()
+    proc.log.close()
     state = "ready" if proc.returncode == 0 else f"failed: {err[-1] if err else f'exit {proc.returncode}'}"
     _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir()})
     return state
@@ -236,8 +238,11 @@ def _start_worker(warm: str) -> subprocess.Popen:
     # on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy small machine a
     # low-priority compile never finished)
     env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
+    proc = subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
+                            stdout=subprocess.DEVNULL, stderr=log, env=env)
+    proc.log = log
+    return proc
 
 
 _pending_spec: dict[str, dict[str, Any]] = {}
@@ -380,6 +385,7 @@ def forget() -> None:
     _choices.clear()
     _decided.clear()
     _disk.clear()
+    _pending_spec.clear()
 
 
 # -- the background compile ----------------------------------------------------------------------------------------
