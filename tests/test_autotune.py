@@ -20,7 +20,7 @@ def auto(monkeypatch, tmp_path):
     """The process default is auto (the suite pins lean), with a private cache and no background compiles: the
     compiler is reported failed unless a test says otherwise."""
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KANFORMER_AUTOTUNE", "1")
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "failed: no compiler in this test")
     autotune.forget()
@@ -142,7 +142,7 @@ def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
             "tr = Trainer(cfg); t0 = time.perf_counter(); tr.fit(stop_at=1)\n"
             "print(json.dumps(time.perf_counter() - t0))")
     env = {k: v for k, v in os.environ.items() if k != "KANFORMER_KERNEL"}
-    env.update(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), KANFORMER_CACHE_DIR=str(tmp_path / "kc"))
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), KANFORMER_CACHE=str(tmp_path / "kc"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     seconds = json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,7 +157,7 @@ def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
     disk, and no second process starts."""
     monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE_DIR", str(auto.parent))
+    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_ffn_spec", lambda ffn, x: {"name": "no_such_ffn", "d_model": D, "hidden": H,
                                                                 "kwargs": {}, "dtype": "float32", "device": "cpu",
                                                                 "tokens": 8})

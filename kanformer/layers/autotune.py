@@ -11,7 +11,7 @@ that apply on the FFN's own input, forward + backward:
 It keeps the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_memory`` /
 ``KANFORMER_KERNEL_MEMORY``): ``lean`` (default) admits a path only if its saved activations stay <= those of a
 GELU MLP of the same width and 4 d hidden units on the same tokens; ``fast`` admits every path. The choice is kept in
-``<cache>/autotune.json`` (``KANFORMER_CACHE_DIR``, default ``~/.cache/kanformer``) under a fingerprint of the
+``<cache>/autotune.json`` (``KANFORMER_CACHE``, default ``~/.cache/kanformer``) under a fingerprint of the
 machine and versions, so a later process reuses it without timing; ``decisions()`` lists this process's choices and
 the trainer records them in the run's ``versions.json``.
 
@@ -100,7 +100,7 @@ def _fingerprint_id() -> str:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("KANFORMER_CACHE_DIR") or Path.home() / ".cache" / "kanformer"
+    root = os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer"
     return Path(root) / "autotune.json"
 
 
