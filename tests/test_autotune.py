@@ -49,6 +49,7 @@ def test_choice_is_timed_once_cached_and_reused_by_another_process(auto):
     assert set(record["times_ms"]) == {"lean", "reference"}
     _step(ffn, x)  # the same key: no second timing
     assert len(_cache(auto)["choices"]) == 1
+    assert autotune.decisions(ffn) and autotune.decisions(create_ffn("chebyshev", D, H + 1)) == {}  # per model
     code = ("import torch, json; from kanformer import create_ffn; from kanformer.layers import autotune, dispatch\n"
             "dispatch._mode[0] = 'auto'\n"
             "autotune._measure = lambda *a: (_ for _ in ()).throw(AssertionError('timed again'))\n"

@@ -65,9 +65,13 @@ def tuning_seconds() -> float:
     return _seconds[0]
 
 
-def decisions() -> dict[str, dict[str, Any]]:
-    """This process's choices: key -> {path, times_ms, saved_mb, mlp_saved_mb, dropped, source (timed|cache)}."""
-    return {k: dict(v) for k, v in _decided.items()}
+def decisions(model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """This process's choices: key -> {path, times_ms, saved_mb, mlp_saved_mb, dropped, source (timed|cache)};
+    with ``model``, only those of its own FFNs."""
+    if model is None:
+        return {k: dict(v) for k, v in _decided.items()}
+    mine = {_signature(m) for m in model.modules() if hasattr(m, "_forward") and hasattr(m, "ffn_kwargs")}
+    return {k: dict(v) for k, v in _decided.items() if k.split(" | ", 1)[0] in mine}
 
 
 # -- keys and the disk cache ---------------------------------------------------------------------------------------

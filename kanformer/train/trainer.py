@@ -291,7 +291,7 @@ class Trainer:
 
     def _record_kernel_choices(self) -> None:
         """New choices of ``auto`` (layers/autotune.py) go into versions.json, with the compile time so far."""
-        choices = autotune.decisions()
+        choices = autotune.decisions(self.accelerator.unwrap_model(self.model))
         if len(choices) == self.kernel_choices or not self.accelerator.is_main_process:
             return
         self.kernel_choices = len(choices)
