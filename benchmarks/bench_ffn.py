@@ -67,7 +67,7 @@ class Arm:
 
     def step(self, module: Any = None) -> None:
         with self.ctx():
-            y = (module or self.ffn)(self.x)
+            y = (module if module is not None else self.ffn)(self.x)
         y.backward(self.grad.to(y.dtype))
         self.x.grad = None
         for p in self.ffn.parameters():

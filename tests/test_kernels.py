@@ -307,6 +307,19 @@ def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path,
 
 
 @pytest.mark.slow
+def test_ffn_benchmark_times_torch_compile_of_the_reference_beside_the_rest(tmp_path):
+    from benchmarks import bench_ffn
+
+    out = tmp_path / "ffn.json"
+    with kernel("lean"):
+        bench_ffn.main(["--d-model", "8", "--tokens", "16", "--rounds", "2", "--repeats", "1", "--warmup", "1",
+                        "--ffns", "chebyshev", "--kernel", "lean", "--compiled-reference", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["-", "lean"]
+    assert all(r["compiled_reference_ratio"] > 0 and r["compiled_reference_first_step_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     """`python -m benchmarks.bench_model --gpu` runs on CUDA only; its every step is exercised here, small, on CPU."""
     import argparse

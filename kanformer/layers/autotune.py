@@ -6,7 +6,8 @@ that apply on the FFN's own input, forward + backward:
 * ``lean``: the eager memory-lean Functions (layers/lean.py);
 * ``fused``: the same with their elementwise helpers compiled (dispatch.py);
 * ``triton``: the hand-written kernels, on CUDA where the FFN has them;
-* ``reference``: the definition, which saves its basis tensors.
+* ``reference``: the definition, which saves its basis tensors;
+* ``compiled``: ``torch.compile`` of the FFN's forward, where the compiler fuses and rematerialises the reference.
 
 It keeps the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_memory`` /
 ``KANFORMER_KERNEL_MEMORY``): ``lean`` (default) admits a path only if its saved activations stay <= those of a
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,15 @@ _decided: dict[str, dict[str, Any]] = {}  # key -> record, for decisions()
 _workers: dict[str, subprocess.Popen] = {}  # warm key -> background compile
 _seconds = [0.0]  # time spent timing candidates in this process (compiling from cache included)
 _disk: dict[str, Any] = {}
+_compiled_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> torch.compile of its forward
+
+
+def compiled_forward(ffn: Any) -> Any:
+    """``torch.compile`` of ``ffn``'s forward (its reference path inside the compiler), one per FFN."""
+    fn = _compiled_fns.get(ffn)
+    if fn is None:
+        fn = _compiled_fns[ffn] = torch.compile(ffn._forward, dynamic=True)
+    return fn
 
 
 def enabled() -> bool:
@@ -285,18 +296,25 @@ def _time(step: Any, device: torch.device, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _warm_up(ffn: Any, x: torch.Tensor, path: str) -> None:
-    """One forward + backward of ``ffn`` on ``path`` (gradients returned, not accumulated)."""
+def _call(ffn: Any, x: torch.Tensor, path: str) -> torch.Tensor:
+    """``ffn``'s forward on ``path`` (a kernel path, or ``compiled``)."""
     from .dispatch import scoped_kernel
 
+    if path == "compiled":
+        return compiled_forward(ffn)(x)
+    with scoped_kernel(path):
+        return ffn._forward(x)
+
+
+def _warm_up(ffn: Any, x: torch.Tensor, path: str) -> None:
+    """One forward + backward of ``ffn`` on ``path`` (gradients returned, not accumulated)."""
     xt = x.detach().clone().requires_grad_(True)
-    with scoped_kernel(path), torch.enable_grad():
-        out = ffn._forward(xt)
+    with torch.enable_grad():
+        out = _call(ffn, xt, path)
         torch.autograd.grad(out, [xt, *(p for p in ffn.parameters() if p.requires_grad)], torch.ones_like(out))
 
 
 def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]:
-    from .dispatch import scoped_kernel
     from .registry import create_ffn
 
     xt = x.detach().clone().requires_grad_(True)
@@ -305,8 +323,8 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
 
     def step(path: str) -> Any:
         def run() -> None:
-            with scoped_kernel(path), torch.enable_grad():
-                out = ffn._forward(xt)
+            with torch.enable_grad():
+                out = _call(ffn, xt, path)
                 torch.autograd.grad(out, [xt, *params], grad_out.to(out.dtype))
         return run
 
@@ -318,8 +336,8 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
         try:
             step(path)()  # first call: compiles where the path compiles
             times[path] = _time(step(path), x.device)
-            with scoped_kernel(path), torch.enable_grad():
-                saved[path] = _saved_bytes(lambda: ffn._forward(xt))
+            with torch.enable_grad():
+                saved[path] = _saved_bytes(lambda p=path: _call(ffn, xt, p))
         except Exception as err:  # noqa: BLE001  (a path that fails here is dropped, with the reason)
             dropped[path] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
     return {"times": times, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}
@@ -333,7 +351,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     cached = _load()["choices"].get(key)
     if cached:
         _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
-        if cached["path"] in ("fused", "triton"):  # compile (from the compiler's cache) now, as tuning time
+        if cached["path"] in ("fused", "triton", "compiled"):  # compile (from the compiler's cache) now, as tuning time
             t0 = time.perf_counter()
             _warm_up(ffn, x, cached["path"])
             _seconds[0] += time.perf_counter() - t0
@@ -347,6 +365,8 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     if state != "ready":
         candidates.remove("fused")
         dropped["fused"] = state
+    else:  # the background process compiled torch.compile of the reference too
+        candidates.append("compiled")
     t0 = time.perf_counter()
     m = _measure(ffn, x, candidates)
     _seconds[0] += time.perf_counter() - t0
@@ -404,10 +424,13 @@ def _warm(spec: dict[str, Any]) -> None:
     ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
     dtype = getattr(torch, f["dtype"])
     autocast = dtype in (torch.float16, torch.bfloat16)
+    compiled = torch.compile(ffn._forward, dynamic=True)  # the "compiled" candidate: the reference, compiled
     for tokens in (f["tokens"], f["tokens"] + 1):  # two sizes: the dynamic-shape graphs the main process will load
         x = torch.randn(tokens, f["d_model"], device=device, requires_grad=True)
         with kernel("fused"), torch.autocast(device.type, dtype=dtype, enabled=autocast):
             ffn(x).float().square().sum().backward()
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            compiled(x).float().square().sum().backward()
 
 
 if __name__ == "__main__":
