@@ -125,9 +125,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+_signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> its signature (asked every call)
+
+
 def _signature(ffn: Any) -> str:
     """The FFN's configuration (its repr: kind, widths, options, every layer's shape)."""
-    return " ".join(repr(ffn).split())
+    sig = _signatures.get(ffn)
+    if sig is None:
+        sig = _signatures[ffn] = " ".join(repr(ffn).split())
+    return sig
 
 
 def _bucket(tokens: int) -> int:

@@ -21,6 +21,7 @@ from ..config import load_config
 from ..evaluation.metrics import classification_metrics, lm_nll, perplexity
 from ..evaluation.validation import find_run_config
 from ..models import ADAPTERS
+from ..tasks import task_of
 from .swap import kanify
 
 
@@ -69,10 +70,11 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
         raise ValueError(f"Unsupported model_type {hf_config.model_type!r}. Supported: {', '.join(sorted(ADAPTERS))}")
     task = ADAPTERS[model_type].task
     run_path = None
-    if task == "causal_lm":
+    if task != "masked_lm":  # trained by kanformer: its run config names the data, its task the Auto class
         run_path = Path(config or find_run_config(checkpoint))
         run_cfg = load_config(run_path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        model = task_of(model_type).auto().from_pretrained(checkpoint).eval()
+    if task == "causal_lm":
         data = build_lm_data(run_cfg.data, run_cfg.model.block_size)
         calibration = [{"input_ids": data.train[i * 16: (i + 1) * 16]} for i in range(calibration_batches)]
         stream = data.val.tokens(0, eval_tokens + 1)
@@ -83,9 +85,6 @@ def load_probe(checkpoint: str | Path, *, config: str | Path | None = None, text
             return {"val_ppl": perplexity(total, n)}
 
     elif task == "image_classification":
-        run_path = Path(config or find_run_config(checkpoint))
-        run_cfg = load_config(run_path)
-        model = transformers.AutoModelForImageClassification.from_pretrained(checkpoint).eval()
         images = load_images(run_cfg.data, run_cfg.model.image_size)
         calibration = [{"pixel_values": images.train_x[i * 64: (i + 1) * 64]} for i in range(calibration_batches)]
 
