@@ -233,6 +233,25 @@ def test_fused_kernels_equal_reference(name):
 
 
 @pytest.mark.slow
+def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients():
+    """K = 9 * 13 = 117 (B-spline: 8 splines + SiLU per input) is padded to 9 * 16 for the BLAS in the fused mode; the
+    output and every gradient (of the real shapes) equal the reference's."""
+    from kanformer.layers import lean
+
+    layer = KANLinear(13, 5, "bspline")
+    state = layer.basis.fused_state()
+    with kernel("fused"):
+        assert lean._input_pad(9, 13, state, None) == 3
+        assert lean._input_pad(9, 16, state, None) == 0  # K a multiple of 4 already
+        assert lean._input_pad(9, 13, None, None) == 0  # no per-function form: the basis' own features, unpadded
+    x = torch.randn(40, 13) * 1.5
+    x[0, :3] = 40.0
+    fused, ref = _run(layer, x, "fused"), _run(layer, x, "reference")
+    assert fused[2]["coef"].shape == layer.coef.shape and fused[2]["base_weight"].shape == layer.base_weight.shape
+    _close(fused, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rational"])
 def test_fused_kernels_equal_reference_under_bf16_autocast(name):
     _close_under_bf16_autocast(name, "fused")
