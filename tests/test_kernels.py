@@ -233,22 +233,45 @@ def test_fused_kernels_equal_reference(name):
 
 
 @pytest.mark.slow
-def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients():
-    """K = 9 * 13 = 117 (B-spline: 8 splines + SiLU per input) is padded to 9 * 16 for the BLAS in the fused mode; the
-    output and every gradient (of the real shapes) equal the reference's."""
+@pytest.mark.parametrize("name", ["bspline", "rbf"])
+def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(name):
+    """K = 9 * 13 = 117 (8 functions + SiLU per input) is padded to 9 * 16 for the BLAS in the fused mode (RBF: its
+    LayerNorm still normalises over the 13 real inputs); the output and every gradient (of the real shapes) equal the
+    reference's."""
     from kanformer.layers import lean
 
-    layer = KANLinear(13, 5, "bspline")
+    layer = KANLinear(13, 5, name)
     state = layer.basis.fused_state()
     with kernel("fused"):
         assert lean._input_pad(9, 13, state, None) == 3
         assert lean._input_pad(9, 16, state, None) == 0  # K a multiple of 4 already
         assert lean._input_pad(9, 13, None, None) == 0  # no per-function form: the basis' own features, unpadded
+    with torch.no_grad():  # a LayerNorm away from its identity start
+        for p in layer.basis.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
     x = torch.randn(40, 13) * 1.5
     x[0, :3] = 40.0
     fused, ref = _run(layer, x, "fused"), _run(layer, x, "reference")
-    assert fused[2]["coef"].shape == layer.coef.shape and fused[2]["base_weight"].shape == layer.base_weight.shape
+    for pname, p in layer.named_parameters():
+        assert fused[2][pname].shape == p.shape, pname
     _close(fused, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_gradcheck_float64_fused_padded_rbf():
+    """The padded fused path of RBF (its LayerNorm over the real inputs only) against finite differences."""
+    layer = KANLinear(3, 2, "rbf").double()
+    with torch.no_grad():
+        for p in layer.basis.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = (torch.randn(6, 3, dtype=torch.float64) * 1.3).requires_grad_(True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(layer, dict(zip(names, ps, strict=True))), kernel("fused"):
+            return layer(x)
+
+    assert torch.autograd.gradcheck(f, (x, *layer.parameters()), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.slow

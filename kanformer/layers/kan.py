@@ -144,6 +144,9 @@ class Basis(nn.Module):
 
     def lean_pre(self, x: torch.Tensor, *params: torch.Tensor, stats: tuple[torch.Tensor, ...] | None = None
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(u, per-token stats)`` of the pre-transform (and ``lean_pre_backward``). In the fused path ``x`` may
+        carry zero inputs beyond ``in_features``, with the per-input parameters padded with zeros (layers/lean.py's
+        ``_input_pad``): reductions over the inputs cover the first ``in_features`` only, and u is zero there."""
         raise NotImplementedError
 
     def lean_params(self) -> tuple[torch.Tensor, ...]:

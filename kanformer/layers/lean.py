@@ -136,24 +136,29 @@ def _input_pad(per_input: int, width: int, state: tuple[torch.Tensor, ...] | Non
     d 384: 17.9 against 12.9 ms; 9 * 172 = 1548: 17.1 ms), and at 1540 (Chebyshev's 5 * 308) as fast as at 1600;
     interleaved FFN steps, B-spline d 384: 1.22 against 1.29x the MLP. Done on the eager side of the compiled graphs
     (a pad inside them made the compiler's feature loop masked and scalar), in the per-function form only (``state``:
-    elementwise terms, finite at zero inputs and zero state) and without a pre-transform (RBF's LayerNorm reduces over
-    the inputs). The padded inputs' weights are zero, so they add nothing; their gradients are dropped."""
-    if state is None or pre is not None or not _fused():
+    elementwise terms, finite at zero inputs and zero state). A pre-transform (RBF's LayerNorm) gets the padded input
+    and its per-input parameters padded with zeros, and reduces over the basis' ``in_features`` only (the Basis
+    contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped."""
+    if state is None or not _fused():
         return 0
     return -width % 16 if per_input * width % 4 else 0
 
 
 def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
-                state: tuple[torch.Tensor, ...] | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-    """x (N, I), coef (O, I, B), base (O, I) and the per-input tensors (I,) of ``state`` with ``pad`` zero inputs."""
+                state: tuple[torch.Tensor, ...] | None, pre: tuple[torch.Tensor, ...] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None,
+                           tuple[torch.Tensor, ...] | None]:
+    """x (N, I), coef (O, I, B), base (O, I), and the per-input tensors (I,) of ``state`` and ``pre`` with ``pad``
+    zero inputs."""
     if not pad:
-        return x, coef, base, state
+        return x, coef, base, state, pre
     i = x.shape[1]
-    state = None if state is None else tuple(F.pad(t, (0, pad)) if t.dim() and t.shape[-1] == i else t
-                                             for t in state)
+
+    def per_input(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+        return None if ts is None else tuple(F.pad(t, (0, pad)) if t.dim() and t.shape[-1] == i else t for t in ts)
+
     base = None if base is None else F.pad(base, (0, pad))
-    return F.pad(x, (0, pad)), F.pad(coef, (0, 0, 0, pad)), base, state
+    return F.pad(x, (0, pad)), F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
 
 
 def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
@@ -234,8 +239,8 @@ class LeanKANFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
             ctx.pad = _input_pad(basis.n_basis + (base is not None), x.shape[1], state, pre)
-            xp, coef_p, base_p, state_p = _pad_inputs(ctx.pad, x, coef, base, state)
-            y, stats = forward(basis, xp, coef_p, base_p, bias, state_p, dtype, pre)
+            xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, state, pre)
+            y, stats = forward(basis, xp, coef_p, base_p, bias, state_p, dtype, pre_p)
         ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
         ctx.has_base, ctx.has_bias = base is not None, bias is not None
         ctx.mode = get_kernel()  # the backward takes the path the forward took
@@ -258,13 +263,14 @@ class LeanKANFunction(torch.autograd.Function):
         need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         with torch.autocast(x.device.type, enabled=False):
             backward = _kernel_fn(_lean_backward, tag=type(basis).__name__)
-            xp, coef_p, base_p, state_p = _pad_inputs(ctx.pad, x, coef, base, ctx.state)
+            xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, ctx.state, pre)
             g_coef, g_base, g_x, g_pre, g_feats = backward(basis, xp, coef_p, base_p, gy.to(ctx.dtype), state_p,
-                                                           ctx.dtype, need_w, not own, pre, stats)
+                                                           ctx.dtype, need_w, not own, pre_p, stats)
             if ctx.pad:  # the padded inputs' gradients dropped
                 i = x.shape[1]
                 g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
                 g_x, g_feats = g_x[:, :i], None if g_feats is None else g_feats[..., :i]
+                g_pre = tuple(g[..., :i] for g in g_pre)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
             if g_feats is not None and pre is None and basis.has_params_backward:  # analytic, own parameters too
                 g_u, *g_own = _kernel_fn(_params_backward, tag=type(basis).__name__)(basis, x, g_feats, *own)

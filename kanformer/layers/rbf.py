@@ -99,19 +99,28 @@ class RBFBasis(Basis):
     def lean_pre(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  stats: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """LayerNorm(x) and its per-token statistics (mean, 1 / std: F.layer_norm's, biased variance with eps
-        inside), which the backward takes back instead of computing them again (8 bytes per token)."""
+        inside), which the backward takes back instead of computing them again (8 bytes per token). ``x`` may carry
+        zero inputs beyond ``in_features`` (the fused path's padding, with zero weight and bias there): the
+        statistics are over the first ``in_features``."""
         if stats is None:
-            stats = (x.mean(-1, keepdim=True), torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + self.norm.eps))
+            n_in, pad = self.in_features, x.shape[-1] - self.in_features
+            mean = x.sum(-1, keepdim=True) / n_in
+            d = x - mean
+            var = ((d * d).sum(-1, keepdim=True) - pad * mean * mean) / n_in  # each zero input adds mean^2
+            stats = (mean, torch.rsqrt(var + self.norm.eps))
         mean, rstd = stats
         return (x - mean) * rstd * weight.to(x.dtype) + bias.to(x.dtype), stats
 
     def lean_pre_backward(self, x: torch.Tensor, stats: tuple[torch.Tensor, ...], g_u: torch.Tensor,
                           weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """dL/dx, dL/dweight, dL/dbias of the LayerNorm from dL/du (the standard analytic form)."""
+        """dL/dx, dL/dweight, dL/dbias of the LayerNorm from dL/du (the standard analytic form; means over the first
+        ``in_features``: ``g_u`` and ``weight`` are zero on padded inputs)."""
         mean, rstd = stats
+        n_in = self.in_features
         x_hat = (x - mean) * rstd
         g_hat = g_u * weight.to(x.dtype)
-        g_x = rstd * (g_hat - g_hat.mean(-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(-1, keepdim=True))
+        g_x = rstd * (g_hat - g_hat.sum(-1, keepdim=True) / n_in
+                      - x_hat * (g_hat * x_hat).sum(-1, keepdim=True) / n_in)
         return g_x, (g_u * x_hat).sum(0), g_u.sum(0)
 
     def lean_features(self, u: torch.Tensor) -> torch.Tensor:
