@@ -233,23 +233,29 @@ def test_fused_kernels_equal_reference(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bspline", "rbf"])
+@pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev"])
 def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(name):
-    """K = 9 * 13 = 117 (8 functions + SiLU per input) is padded to 9 * 16 for the BLAS in the fused mode (RBF: its
-    LayerNorm still normalises over the 13 real inputs); the output and every gradient (of the real shapes) equal the
-    reference's."""
+    """K = 9 * 47 = 423 (8 functions + SiLU per input; Chebyshev: 5 * 47) is padded to 48 inputs for the BLAS in the
+    fused mode (RBF: its LayerNorm still normalises over the 47 real inputs); the output and every gradient (of the
+    real shapes) equal the reference's."""
     from kanformer.layers import lean
 
-    layer = KANLinear(13, 5, name)
-    state = layer.basis.fused_state()
+    layer = KANLinear(47, 5, name)
+    basis, state = layer.basis, layer.basis.fused_state()
+    per_input = basis.n_basis + (layer.base_weight is not None)
     with kernel("fused"):
-        assert lean._input_pad(9, 13, state, None) == 3
-        assert lean._input_pad(9, 16, state, None) == 0  # K a multiple of 4 already
-        assert lean._input_pad(9, 13, None, None) == 0  # no per-function form: the basis' own features, unpadded
+        assert lean._input_pad(basis, per_input, 47, state) == 1
+        assert lean._input_pad(basis, per_input, 48, state) == 0  # K a multiple of 4 already
+        assert lean._input_pad(basis, per_input, 13, state) == 0  # 3 more inputs: > 3 % of 13, not worth it
+    with kernel("lean"):
+        assert lean._input_pad(basis, per_input, 47, state) == 0  # eager lean: never padded
+    wavelet = KANLinear(47, 5, "wavelet").basis  # its own per-input parameters: not padded
+    with kernel("fused"):
+        assert lean._input_pad(wavelet, 9, 47, wavelet.fused_state()) == 0
     with torch.no_grad():  # a LayerNorm away from its identity start
         for p in layer.basis.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    x = torch.randn(40, 13) * 1.5
+    x = torch.randn(40, 47) * 1.5
     x[0, :3] = 40.0
     fused, ref = _run(layer, x, "fused"), _run(layer, x, "reference")
     for pname, p in layer.named_parameters():
@@ -259,19 +265,24 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
 
 @pytest.mark.slow
 def test_gradcheck_float64_fused_padded_rbf():
-    """The padded fused path of RBF (its LayerNorm over the real inputs only) against finite differences."""
-    layer = KANLinear(3, 2, "rbf").double()
+    """The padded fused path of RBF (47 inputs + 1 zero input; its LayerNorm over the real ones only) against finite
+    differences, for the input and the LayerNorm's parameters."""
+    from kanformer.layers import lean
+
+    layer = KANLinear(47, 2, "rbf").double()
     with torch.no_grad():
         for p in layer.basis.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    x = (torch.randn(6, 3, dtype=torch.float64) * 1.3).requires_grad_(True)
-    names = [n for n, _ in layer.named_parameters()]
+    with kernel("fused"):
+        assert lean._input_pad(layer.basis, 9, 47, layer.basis.fused_state()) == 1
+    x = (torch.randn(4, 47, dtype=torch.float64) * 1.3).requires_grad_(True)
+    norm = layer.basis.norm
 
-    def f(x, *ps):
-        with torch.nn.utils.stateless._reparametrize_module(layer, dict(zip(names, ps, strict=True))), kernel("fused"):
+    def f(x, weight, bias):
+        with torch.nn.utils.stateless._reparametrize_module(norm, {"weight": weight, "bias": bias}), kernel("fused"):
             return layer(x)
 
-    assert torch.autograd.gradcheck(f, (x, *layer.parameters()), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(f, (x, norm.weight, norm.bias), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.slow

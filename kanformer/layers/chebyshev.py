@@ -20,6 +20,7 @@ from .registry import check_positive_int, register_ffn
 
 @register_basis("chebyshev")
 class ChebyshevBasis(Basis):
+    lean_paddable = True
     default_base = False
 
     def __init__(self, in_features: int, *, degree: int = 4) -> None:

@@ -48,6 +48,10 @@ class Basis(nn.Module):
     default_base: ClassVar[bool] = False
     # Parameters / buffers whose first axis is the input feature (sliced when inputs are pruned).
     per_input: ClassVar[tuple[str, ...]] = ()
+    # Whether ``lean_features`` / ``lean_input_grad`` work on each input alone, with no per-input tensors of the
+    # basis' own: then the fused path may append zero inputs for a BLAS-friendly width (layers/lean.py's
+    # ``_input_pad``; a basis with a per-function form, ``fused_state``, is padded through its state instead).
+    lean_paddable: ClassVar[bool] = False
 
     def __init__(self, in_features: int) -> None:
         super().__init__()

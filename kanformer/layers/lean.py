@@ -128,20 +128,23 @@ def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dty
     return w.reshape(coef.shape[0], -1)
 
 
-def _input_pad(per_input: int, width: int, state: tuple[torch.Tensor, ...] | None,
-               pre: tuple[torch.Tensor, ...] | None) -> int:
+def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor, ...] | None) -> int:
     """Zero inputs appended to the layer (so to each basis' segment of the features) where the features' width
     K = (B[+1]) * I is not a multiple of 4: I + pad becomes a multiple of 16. CPU BLAS (MKL) ran the backward's
     ``gy @ W`` ~40 % slower at B-spline's parameter-matched K = 9 * 171 = 1539 than at 9 * 176 = 1584 (2048 tokens,
     d 384: 17.9 against 12.9 ms; 9 * 172 = 1548: 17.1 ms), and at 1540 (Chebyshev's 5 * 308) as fast as at 1600;
     interleaved FFN steps, B-spline d 384: 1.22 against 1.29x the MLP. Done on the eager side of the compiled graphs
-    (a pad inside them made the compiler's feature loop masked and scalar), in the per-function form only (``state``:
-    elementwise terms, finite at zero inputs and zero state). A pre-transform (RBF's LayerNorm) gets the padded input
+    (a pad inside them made the compiler's feature loop masked and scalar), in the per-function form (``state``:
+    elementwise terms, finite at zero inputs and zero state) or where the basis' lean forms work on each input alone
+    (``lean_paddable``: Chebyshev, Jacobi). A pre-transform (RBF's LayerNorm) gets the padded input
     and its per-input parameters padded with zeros, and reduces over the basis' ``in_features`` only (the Basis
     contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped."""
-    if state is None or not _fused():
+    if (state is None and not basis.lean_paddable) or not _fused():
         return 0
-    return -width % 16 if per_input * width % 4 else 0
+    pad = -width % 16
+    # at most ~3% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens) the copies
+    # and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25 against 1.21x)
+    return pad if per_input * width % 4 and pad * 32 <= width else 0
 
 
 def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
@@ -238,7 +241,7 @@ class LeanKANFunction(torch.autograd.Function):
         pre = None if n_pre is None else params[:n_pre]
         with torch.autocast(x.device.type, enabled=False):
             forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
-            ctx.pad = _input_pad(basis.n_basis + (base is not None), x.shape[1], state, pre)
+            ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, state, pre)
             y, stats = forward(basis, xp, coef_p, base_p, bias, state_p, dtype, pre_p)
         ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
