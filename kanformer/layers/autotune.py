@@ -9,12 +9,13 @@ that apply on the FFN's own input, forward + backward:
 * ``reference``: the definition, which saves its basis tensors;
 * ``compiled``: ``torch.compile`` of the FFN's forward, where the compiler fuses and rematerialises the reference.
 
-It keeps the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_memory`` /
-``KANFORMER_KERNEL_MEMORY``): ``lean`` (default) admits a path only if its saved activations stay <= those of a
-GELU MLP of the same width and 4 d hidden units on the same tokens; ``fast`` admits every path. The choice is kept in
-``<cache>/autotune.json`` (``KANFORMER_CACHE``, default ``~/.cache/kanformer``) under a fingerprint of the
-machine and versions, so a later process reuses it without timing; ``decisions()`` lists this process's choices and
-the trainer records them in the run's ``versions.json``.
+The candidates are timed in turns (5 steps each, median), and never while a background compile of this process runs
+(on a small machine it takes a core from them). It keeps the fastest that fits the memory rule
+(``set_kernel_memory`` / ``train.kernel_memory`` / ``KANFORMER_KERNEL_MEMORY``): ``lean`` (default) admits a path
+only if its saved activations stay <= those of a GELU MLP of the same width and 4 d hidden units on the same tokens;
+``fast`` admits every path. The choice is kept in ``<cache>/autotune.json`` (``KANFORMER_CACHE``, default
+``~/.cache/kanformer``) under a fingerprint of the machine and versions, so a later process reuses it without timing;
+``decisions()`` lists this process's choices and the trainer records them in the run's ``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
@@ -289,6 +290,9 @@ def _saved_bytes(fn: Any) -> int:
     return sum(seen.values())
 
 
+_ROUNDS = 5  # timed steps per candidate, taken in turns
+
+
 def _time(step: Any, device: torch.device, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -337,15 +341,28 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
     mlp = create_ffn("mlp", ffn.d_model, 4 * ffn.d_model).to(x.device)
     with torch.enable_grad():
         mlp_saved = _saved_bytes(lambda: mlp(xt))
-    times, saved, dropped = {}, {}, {}
-    for path in candidates:
+    samples: dict[str, list[float]] = {}
+    saved, dropped = {}, {}
+
+    def attempt(path: str, fn: Any) -> None:
         try:
-            step(path)()  # first call: compiles where the path compiles
-            times[path] = _time(step(path), x.device)
-            with torch.enable_grad():
-                saved[path] = _saved_bytes(lambda p=path: _call(ffn, xt, p))
+            fn()
         except Exception as err:  # noqa: BLE001  (a path that fails here is dropped, with the reason)
             dropped[path] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            samples.pop(path, None)
+
+    for path in candidates:
+        samples[path] = []
+        attempt(path, step(path))  # first call: compiles where the path compiles
+    for _ in range(_ROUNDS):  # interleaved, so a machine that drifts moves every candidate alike
+        for path in list(samples):
+            attempt(path, lambda p=path: samples[p].append(_time(step(p), x.device, repeats=1)))
+    for path in list(samples):
+        def record(p: str = path) -> None:
+            with torch.enable_grad():
+                saved[p] = _saved_bytes(lambda: _call(ffn, xt, p))
+        attempt(path, record)
+    times = {p: sorted(v)[len(v) // 2] for p, v in samples.items()}
     return {"times": times, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}
 
 
@@ -365,8 +382,10 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     candidates = _candidates(ffn, x)
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     state = _compile_state(warm)
-    if state == "pending":
-        return "lean"  # not cached: asked again next call
+    if state == "pending" or busy():
+        # not cached: asked again next call. Nor timed beside another FFN's background compile: on a small machine it
+        # takes a core from the candidates (it once made eager lean time faster than fused, and that choice sticks)
+        return "lean"
     dropped = {}
     if state != "ready":
         candidates.remove("fused")
