@@ -263,6 +263,16 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
     _close(fused, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_padding_refuses_a_state_that_is_not_per_input():
+    from kanformer.layers import lean
+
+    x, coef = torch.randn(4, 5), torch.randn(2, 5, 3)
+    _, _, _, state, _ = lean._pad_inputs(3, x, coef, None, (torch.tensor(1.0), torch.zeros(5)), None)
+    assert state[0].dim() == 0 and state[1].shape == (8,)
+    with pytest.raises(ValueError, match=r"must be 0-d or per-input \(5,\) to be padded, got shapes \[\(3,\)\]"):
+        lean._pad_inputs(3, x, coef, None, (torch.zeros(3),), None)
+
+
 @pytest.mark.slow
 def test_gradcheck_float64_fused_padded_rbf():
     """The padded fused path of RBF (47 inputs + 1 zero input; its LayerNorm over the real ones only) against finite

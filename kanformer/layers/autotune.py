@@ -293,17 +293,15 @@ def _saved_bytes(fn: Any) -> int:
 _ROUNDS = 5  # timed steps per candidate, taken in turns
 
 
-def _time(step: Any, device: torch.device, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _time(step: Any, device: torch.device) -> float:
+    """Seconds of one ``step()`` (CUDA synchronised)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def _call(ffn: Any, x: torch.Tensor, path: str) -> torch.Tensor:
@@ -356,7 +354,7 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
         attempt(path, step(path))  # first call: compiles where the path compiles
     for _ in range(_ROUNDS):  # interleaved, so a machine that drifts moves every candidate alike
         for path in list(samples):
-            attempt(path, lambda p=path: samples[p].append(_time(step(p), x.device, repeats=1)))
+            attempt(path, lambda p=path: samples[p].append(_time(step(p), x.device)))
     for path in list(samples):
         def record(p: str = path) -> None:
             with torch.enable_grad():

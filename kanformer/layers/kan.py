@@ -168,7 +168,8 @@ class Basis(nn.Module):
         raise NotImplementedError
 
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:
-        """Arguments of the per-function elementwise form ``fused_term`` (the fused path), or None without one."""
+        """Arguments of the per-function elementwise form ``fused_term`` (the fused path), or None without one: 0-d
+        tensors, or per-input vectors ``(in_features,)`` (padded with zeros where the fused path pads the inputs)."""
         return None
 
     def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

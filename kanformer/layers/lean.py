@@ -158,7 +158,13 @@ def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tenso
     i = x.shape[1]
 
     def per_input(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
-        return None if ts is None else tuple(F.pad(t, (0, pad)) if t.dim() and t.shape[-1] == i else t for t in ts)
+        """0-d tensors as they are, per-input vectors (I,) padded (the ``fused_state`` / ``lean_pre`` contract)."""
+        if ts is None:
+            return None
+        if any(t.dim() and t.shape != (i,) for t in ts):
+            raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input ({i},) "
+                             f"to be padded, got shapes {[tuple(t.shape) for t in ts]}")
+        return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
 
     base = None if base is None else F.pad(base, (0, pad))
     return F.pad(x, (0, pad)), F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
