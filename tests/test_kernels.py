@@ -55,6 +55,19 @@ def test_lean_equals_reference_fp64(name):
     _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("wavelet", ["morlet", "dog"])
+def test_lean_wavelets_equal_reference_fp64(wavelet):
+    """The other mother wavelets' lean forms and analytic parameter gradients (translations, scales moved off their
+    start)."""
+    ffn = create_ffn("wavelet", D, H, wavelet=wavelet).double()
+    with torch.no_grad():
+        for name, p in ffn.named_parameters():
+            if "translation" in name or "log_scale" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    x = _inputs(torch.float64)
+    _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", LEAN_FFNS)
 def test_lean_equals_reference_fp32(name):
     ffn = create_ffn(name, D, H)
@@ -197,7 +210,7 @@ def test_default_kernel_is_auto():
 # B-spline knots exactly representable (steps 1 and 0.5), so the uniform forms match the reference to fp64 rounding
 @pytest.mark.parametrize("name,kw", [("bspline", {"spline_order": k, "grid_size": 4}) for k in range(1, 6)]
                          + [("bspline", {"grid_size": 8, "grid_range": (-1.0, 3.0)}), ("rbf", {"layernorm": False}),
-                            ("fourier", {})])
+                            ("fourier", {})] + [("wavelet", {"wavelet": w}) for w in ("mexican_hat", "morlet", "dog")])
 def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     """The compiler-friendly per-function form (``fused_term``: value and slope of basis j), evaluated eagerly, against
     the lean features and autograd through the reference basis; and the fused backward's one pass (features and input
@@ -233,11 +246,12 @@ def test_fused_kernels_equal_reference(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev"])
+@pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev", "wavelet"])
 def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(name):
     """K = 9 * 47 = 423 (8 functions + SiLU per input; Chebyshev: 5 * 47) is padded to 48 inputs for the BLAS in the
-    fused mode (RBF: its LayerNorm still normalises over the 47 real inputs); the output and every gradient (of the
-    real shapes) equal the reference's."""
+    fused mode (RBF: its LayerNorm still normalises over the 47 real inputs; wavelet: its per-input rows are padded,
+    its parameters' own backward sees the real inputs); the output and every gradient (of the real shapes) equal the
+    reference's."""
     from kanformer.layers import lean
 
     layer = KANLinear(47, 5, name)
@@ -249,9 +263,6 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
         assert lean._input_pad(basis, per_input, 13, state) == 0  # 3 more inputs: > 3 % of 13, not worth it
     with kernel("lean"):
         assert lean._input_pad(basis, per_input, 47, state) == 0  # eager lean: never padded
-    wavelet = KANLinear(47, 5, "wavelet").basis  # its own per-input parameters: not padded
-    with kernel("fused"):
-        assert lean._input_pad(wavelet, 9, 47, wavelet.fused_state()) == 0
     with torch.no_grad():  # a LayerNorm away from its identity start
         for p in layer.basis.parameters():
             p.add_(torch.randn_like(p) * 0.3)

@@ -282,6 +282,8 @@ class LeanKANFunction(torch.autograd.Function):
                 g_pre = tuple(g[..., :i] for g in g_pre)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
             if g_feats is not None and pre is None and basis.has_params_backward:  # analytic, own parameters too
+                for p in own:  # their widths fixed in the graph, as a Parameter's are (a copy's would be dynamic:
+                    torch._dynamo.mark_static(p)  # generic loops, the wavelet's 9 against 4.5 ms a call)
                 g_u, *g_own = _kernel_fn(_params_backward, tag=type(basis).__name__)(basis, x, g_feats, *own)
                 g_x = g_u if g_x is None else g_x + g_u
                 g_params = tuple(g_own)

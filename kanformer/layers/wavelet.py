@@ -86,30 +86,59 @@ class WaveletBasis(Basis):
             return torch.cos(5 * u) * gauss
         return -u * gauss  # dog
 
-
     # -- lean path (layers/lean.py): recomputed in the backward, with analytic gradients -----------------------------
+    # The lean forms work wavelet by wavelet on (N, I) rows, with the translations and inverse scales laid out
+    # wavelet-major, (W, I): each wavelet's row for all inputs is contiguous. Read from the (I, W) parameters inside a
+    # compiled loop they were strided gathers, and the parameter gradients' reductions over tokens ran as 8-wide
+    # vectors over W: the wavelet FFN step took 1.54x the GELU MLP's against 1.25x in this layout (d 384, 2048 tokens).
+    def _term(self, x: torch.Tensor, t: torch.Tensor, inv_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(psi(u), d psi(u) / dx) with u = (x - t) / s, for one wavelet's per-input t and 1/s (rows (I,))."""
+        inv_scale = inv_scale.to(x.dtype)
+        u = (x - t.to(x.dtype)) * inv_scale
+        u2 = u.square()
+        gauss = torch.exp(-0.5 * u2)
+        if self.wavelet == "mexican_hat":
+            return (1 - u2) * gauss, (u2 - 3) * u * gauss * inv_scale
+        if self.wavelet == "morlet":
+            return torch.cos(5 * u) * gauss, -(5 * torch.sin(5 * u) + u * torch.cos(5 * u)) * gauss * inv_scale
+        return -u * gauss, (u2 - 1) * gauss * inv_scale  # dog
+
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Translations and inverse scales, wavelet-major (W, I)."""
+        return self.translation.T.contiguous(), torch.exp(-self.log_scale).T.contiguous()
+
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).transpose(1, 2)  # (N, W, I)
+        t, inv_scale = self._rows()
+        return torch.stack([self._term(x, t[j], inv_scale[j])[0] for j in range(self.num_wavelets)], dim=1)
+
+    def fused_state(self) -> tuple[torch.Tensor, ...]:
+        """Per-input rows (I,): the W translations, then the W inverse scales (their gradients reach the parameters
+        through ``lean_params``)."""
+        with torch.no_grad():
+            t, inv_scale = self._rows()
+        return (*t.unbind(0), *inv_scale.unbind(0))
+
+    def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._term(x, state[j], state[self.num_wavelets + j])
 
     def lean_params(self) -> tuple[torch.Tensor, ...]:
-        return (self.translation, self.log_scale)
+        """Translations and log-scales wavelet-major, (W, I) copies: autograd carries their gradients back to the
+        (I, W) parameters."""
+        return self.translation.T.contiguous(), self.log_scale.T.contiguous()
 
     def lean_params_backward(self, x: torch.Tensor, g: torch.Tensor, translation: torch.Tensor,
                              log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """u = (x - t) / s: du/dx = 1/s, du/dt = -1/s, du/dlog s = -u; so with D = g psi'(u) (N, I, W):
-        dL/dx = sum_w D / s, dL/dt = -sum_n D / s, dL/dlog s = -sum_n D u."""
-        inv_scale = torch.exp(-log_scale)  # (I, W)
-        u = (x.unsqueeze(-1) - translation) * inv_scale  # (N, I, W)
-        gauss = torch.exp(-0.5 * u.square())
-        if self.wavelet == "mexican_hat":
-            slope = (u.square() - 3) * u * gauss
-        elif self.wavelet == "morlet":
-            slope = -(5 * torch.sin(5 * u) + u * torch.cos(5 * u)) * gauss
-        else:  # dog
-            slope = (u.square() - 1) * gauss
-        d = g.transpose(1, 2) * slope  # (N, I, W)
-        d_scaled = d * inv_scale
-        return d_scaled.sum(-1), -d_scaled.sum(0), -(d * u).sum(0)
+        """With P_w = g_w df_w/dx (N, I) per wavelet, u = (x - t) / s: dL/dx = sum_w P_w, dL/dt_w = -sum_n P_w,
+        dL/dlog s_w = -sum_n g_w psi'(u) u = -sum_n P_w (x - t_w). Parameters and results (W, I), as ``lean_params``
+        gives them; one (N, I) pass per wavelet."""
+        inv_scale = torch.exp(-log_scale)
+        g_x, g_t, g_log_scale = None, [], []
+        for j in range(self.num_wavelets):
+            p = g[:, j] * self._term(x, translation[j], inv_scale[j])[1]
+            g_x = p if g_x is None else g_x + p
+            g_t.append(-p.sum(0))
+            g_log_scale.append(-(p * (x - translation[j])).sum(0))
+        return g_x, torch.stack(g_t), torch.stack(g_log_scale)
 
 
 @register_ffn("wavelet")
