@@ -260,7 +260,9 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
     with kernel("fused"):
         assert lean._input_pad(basis, per_input, 47, state) == 1
         assert lean._input_pad(basis, per_input, 48, state) == 0  # K a multiple of 4 already
-        assert lean._input_pad(basis, per_input, 13, state) == 0  # 3 more inputs: > 3 % of 13, not worth it
+        assert lean._input_pad(basis, per_input, 13, state) == 0  # 3 more inputs: > 4 % of 13, not worth it
+        assert lean._input_pad(basis, per_input, 170, state) == 6  # +3.5 %: padded
+        assert lean._input_pad(basis, per_input, 137, state) == 0  # +5.1 %: not
     with kernel("lean"):
         assert lean._input_pad(basis, per_input, 47, state) == 0  # eager lean: never padded
     with torch.no_grad():  # a LayerNorm away from its identity start

@@ -142,9 +142,11 @@ def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor
     if (state is None and not basis.lean_paddable) or not _fused():
         return 0
     pad = -width % 16
-    # at most ~3% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens) the copies
-    # and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25 against 1.21x)
-    return pad if per_input * width % 4 and pad * 32 <= width else 0
+    # at most 4% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens: +12%, +9%)
+    # the copies and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25 against
+    # 1.21x); at +3.5% (wavelet 170 -> 176, d 384) and +3.2% (RBF 341 -> 352, d 768) padding won: 1.34 against 1.39x,
+    # 1.20 against 1.32x
+    return pad if per_input * width % 4 and pad * 25 <= width else 0
 
 
 def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
