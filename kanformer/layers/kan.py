@@ -154,7 +154,9 @@ class Basis(nn.Module):
         raise NotImplementedError
 
     def lean_params(self) -> tuple[torch.Tensor, ...]:
-        """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts)."""
+        """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts), in the layout its
+        lean forms want: differentiable views or copies of the parameters are fine (autograd carries the gradients
+        back), provided ``lean_params_backward`` takes and returns them in that layout."""
         return ()
 
     @property
@@ -163,8 +165,8 @@ class Basis(nn.Module):
 
     def lean_params_backward(self, x: torch.Tensor, g: torch.Tensor, *params: torch.Tensor
                              ) -> tuple[torch.Tensor, ...]:
-        """With ``lean_params``: ``(dL/dx, dL/dparam...)`` from dL/dfeatures ``g`` (N, B, I), analytically (else
-        autograd differentiates the recomputed basis)."""
+        """With ``lean_params``: ``(dL/dx, dL/dparam...)`` from dL/dfeatures ``g`` (N, B, I), analytically, for the
+        tensors as ``lean_params`` gives them (without it, autograd differentiates the recomputed basis)."""
         raise NotImplementedError
 
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:
