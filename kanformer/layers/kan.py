@@ -156,7 +156,8 @@ class Basis(nn.Module):
     def lean_params(self) -> tuple[torch.Tensor, ...]:
         """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts), in the layout its
         lean forms want: differentiable views or copies of the parameters are fine (autograd carries the gradients
-        back), provided ``lean_params_backward`` takes and returns them in that layout."""
+        back) where ``lean_params_backward`` takes and returns them in that layout. Without that method autograd
+        differentiates ``lean_features`` with respect to these tensors, so they must be the ones it reads."""
         return ()
 
     @property
