@@ -79,7 +79,10 @@ class WaveletBasis(Basis):
         inv_scale = torch.exp(-self.log_scale).to(x.dtype)  # (I, W)
         u = (x.unsqueeze(-1) - self.translation.to(x.dtype)) * inv_scale  # (N, I, W)
         u2 = u.square()
-        gauss = torch.exp(-0.5 * u2)
+        return self._psi(u, u2, torch.exp(-0.5 * u2))
+
+    def _psi(self, u: torch.Tensor, u2: torch.Tensor, gauss: torch.Tensor) -> torch.Tensor:
+        """The mother wavelet at u, given u^2 and exp(-u^2 / 2)."""
         if self.wavelet == "mexican_hat":
             return (1 - u2) * gauss
         if self.wavelet == "morlet":
@@ -99,10 +102,12 @@ class WaveletBasis(Basis):
         u2 = u.square()
         gauss = torch.exp(-0.5 * u2)
         if self.wavelet == "mexican_hat":
-            return (1 - u2) * gauss, (u2 - 3) * u * gauss * inv_scale
-        if self.wavelet == "morlet":
-            return torch.cos(5 * u) * gauss, -(5 * torch.sin(5 * u) + u * torch.cos(5 * u)) * gauss * inv_scale
-        return -u * gauss, (u2 - 1) * gauss * inv_scale  # dog
+            slope = (u2 - 3) * u
+        elif self.wavelet == "morlet":
+            slope = -(5 * torch.sin(5 * u) + u * torch.cos(5 * u))
+        else:  # dog
+            slope = u2 - 1
+        return self._psi(u, u2, gauss), slope * gauss * inv_scale
 
     def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Translations and inverse scales, wavelet-major (W, I)."""
