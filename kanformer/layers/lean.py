@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, scoped_kernel
+from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, scoped_kernel
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
@@ -248,10 +248,11 @@ class LeanKANFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         pre = None if n_pre is None else params[:n_pre]
         with torch.autocast(x.device.type, enabled=False):
-            forward = _kernel_fn(_lean_forward, tag=type(basis).__name__)
+            ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}"  # a compiled copy per layer configuration
             ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, state, pre)
-            y, stats = forward(basis, xp, coef_p, base_p, bias, state_p, dtype, pre_p)
+            per_token(xp)
+            y, stats = _kernel_fn(_lean_forward, tag=ctx.tag)(basis, xp, coef_p, base_p, bias, state_p, dtype, pre_p)
         ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
         ctx.has_base, ctx.has_bias = base is not None, bias is not None
         ctx.mode = get_kernel()  # the backward takes the path the forward took
@@ -273,10 +274,11 @@ class LeanKANFunction(torch.autograd.Function):
         pre, own = (None if ctx.n_pre is None else tuple(params[:n_pre])), params[n_pre:]
         need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         with torch.autocast(x.device.type, enabled=False):
-            backward = _kernel_fn(_lean_backward, tag=type(basis).__name__)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, ctx.state, pre)
-            g_coef, g_base, g_x, g_pre, g_feats = backward(basis, xp, coef_p, base_p, gy.to(ctx.dtype), state_p,
-                                                           ctx.dtype, need_w, not own, pre_p, stats)
+            g = gy.to(ctx.dtype)
+            per_token(xp, g, *stats)
+            g_coef, g_base, g_x, g_pre, g_feats = _kernel_fn(_lean_backward, tag=ctx.tag)(
+                basis, xp, coef_p, base_p, g, state_p, ctx.dtype, need_w, not own, pre_p, stats)
             if ctx.pad:  # the padded inputs' gradients dropped
                 i = x.shape[1]
                 g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
@@ -284,9 +286,8 @@ class LeanKANFunction(torch.autograd.Function):
                 g_pre = tuple(g[..., :i] for g in g_pre)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
             if g_feats is not None and pre is None and basis.has_params_backward:  # analytic, own parameters too
-                for p in own:  # their widths fixed in the graph, as a Parameter's are (a copy's would be dynamic:
-                    torch._dynamo.mark_static(p)  # generic loops, the wavelet's 9 against 4.5 ms a call)
-                g_u, *g_own = _kernel_fn(_params_backward, tag=type(basis).__name__)(basis, x, g_feats, *own)
+                per_token(x, g_feats)
+                g_u, *g_own = _kernel_fn(_params_backward, tag=ctx.tag)(basis, x, g_feats, *own)
                 g_x = g_u if g_x is None else g_x + g_u
                 g_params = tuple(g_own)
             elif g_feats is not None:  # autograd through the recomputed basis, here and now (nothing was saved for it)
@@ -420,7 +421,8 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             xc = _low(x)
             a, b = _channel_tables(num, den, group_index, xc.dtype)
-            r = _kernel_fn(rational_values, x)(xc, a, b)
+            per_token(xc)
+            r = _kernel_fn(rational_values, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(xc, a, b)
             r, w = r.to(dtype), weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
@@ -441,7 +443,8 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             xc = _low(x)
             a, b = _channel_tables(num, den, group_index, xc.dtype)
             g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
-            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x)(xc, g_r, a, b)
+            per_token(xc, g_r)
+            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(xc, g_r, a, b)
             g_w = (gy.T @ r.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
             g_num = torch.zeros_like(num, dtype=g_a.dtype).index_add_(0, group_index, g_a).to(num.dtype)
