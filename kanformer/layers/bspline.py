@@ -99,28 +99,6 @@ def _poly(coeffs: list[float], t: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _cardinal(d: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The uniform (cardinal) B-spline of ``order`` with support [0, order+1) and its derivative at ``d``, as
-    elementwise expressions: it is symmetric about (order+1)/2, so d is folded onto the left half and only
-    order//2 + 1 of its polynomial pieces (``_local_polynomials``: piece q is local value order - q) are evaluated;
-    value and derivative share the fold and the piece."""
-    values, slopes = _local_polynomials(order), _local_polynomials(order, derivative=True)
-    centre = (order + 1) / 2
-    e = d - centre
-    folded = centre - e.abs()  # <= centre; < 0 outside the support
-    pieces = order // 2 + 1
-    piece = torch.floor(folded).clamp(max=pieces - 1)
-    t = folded - piece
-    value, slope = _poly(values[order], t), _poly(slopes[order], t)
-    for q in range(1, pieces):
-        at = piece == q
-        value = torch.where(at, _poly(values[order - q], t), value)
-        slope = torch.where(at, _poly(slopes[order - q], t), slope)
-    slope = torch.where(e < 0, slope, -slope)  # the right half mirrors the left: M'(d) = -M'(order + 1 - d)
-    inside = folded >= 0
-    return torch.where(inside, value, 0.0), torch.where(inside, slope, 0.0)
-
-
 @register_basis("bspline")
 class BSplineBasis(Basis):
     per_input = ("grid",)
@@ -250,9 +228,12 @@ class BSplineBasis(Basis):
         uniform = self._uniform()
         return None if uniform is None else (uniform[0], 1.0 / uniform[1], self.spline_order)
 
-    # The fused mode compiles elementwise forms instead: spline j at x is the cardinal B-spline at s - j, one
-    # expression per (token, input) and spline, value and slope together, that a compiler turns into a single
-    # vectorised loop (no scatter).
+    # The fused mode compiles elementwise forms instead: spline j at x is local piece k - (m - j) of the k+1 above
+    # (zero for any other interval, NaN included), one expression per (token, input) and spline, value and slope
+    # together, which a compiler turns into a single vectorised loop (no scatter): the k+1 polynomials are the same
+    # expressions for every j, so it evaluates them once per element, and each spline costs k+1 selects. (The
+    # cardinal spline folded about its centre, evaluated per j, cost 2.4x the operations: the B-spline layer's
+    # backward graph took 0.85 against 0.71 ms at 1024 tokens, 128 -> 57.)
     def fused_state(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(t0, 1/h) per input for ``fused_term``; None on a non-uniform grid (the lean form serves)."""
         uniform = self._uniform()
@@ -266,7 +247,15 @@ class BSplineBasis(Basis):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         inv_h = inv_h.to(x.dtype)
         s = (x - t0.to(x.dtype)) * inv_h  # (N, I): position in units of h from the first knot
-        value, slope = _cardinal(s - j, self.spline_order)
+        m = torch.floor(s)  # the interval; spline j is its local piece k - (m - j), or zero
+        t = s - m
+        k = self.spline_order
+        values, slopes = _local_polynomials(k), _local_polynomials(k, derivative=True)
+        value, slope = torch.zeros_like(t), torch.zeros_like(t)
+        for r in range(k + 1):  # the same k+1 polynomials of t for every j: the compiler evaluates them once
+            at = m - j == k - r
+            value = torch.where(at, _poly(values[r], t), value)
+            slope = torch.where(at, _poly(slopes[r], t), slope)
         return value, slope * inv_h
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
