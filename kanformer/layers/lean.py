@@ -75,6 +75,11 @@ def _low(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in _LOW_PRECISION else t  # bases evaluate low-precision inputs in fp32
 
 
+def _low_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype ``_low`` gives ``t``."""
+    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+
+
 def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
               dtype: torch.dtype, values: list[torch.Tensor] | None = None) -> torch.Tensor:
     """(N, B, I) basis values in ``dtype``, with ``silu(x)`` appended as basis B when ``x`` is given (the SiLU base
@@ -85,7 +90,9 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
         values = values if values is not None else _terms(basis, uc, state)[0]
         if x is not None:
             values = [*values, F.silu(x.to(uc.dtype))]
-        return torch.stack(values, dim=1).to(dtype)  # one write of each value into its slot
+        # one write of each value into its slot, in the matmul's dtype (stacked first, a bf16 matmul's features took
+        # an fp32 tensor and a pass to cast it)
+        return torch.stack([v.to(dtype) for v in values], dim=1)
     feats = basis.lean_features(uc)
     if x is not None:
         feats = torch.cat([feats, F.silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
@@ -359,18 +366,23 @@ def _rational_parts(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[
     return p, z, z.abs().add_(1)
 
 
-def rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """R(x) = P(x) / Q(x) with per-channel coefficients a (m+1, C), b (n, C) (elementwise; compiled in the fused
-    mode)."""
-    p, _, q = _rational_parts(x, a, b)
-    return p.div_(q)
+# The helpers take x and dL/dR as they come and return R in the matmul's dtype: the casts of a bf16 step happen
+# inside the compiled loops, not as passes of their own over (N, C).
+def rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """R(x) = P(x) / Q(x) in ``dtype``, with per-channel coefficients a (m+1, C), b (n, C), evaluated in fp32 for
+    low-precision x (elementwise; compiled in the fused mode)."""
+    p, _, q = _rational_parts(_low(x), a, b)
+    return p.div_(q).to(dtype)
 
 
-def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From dL/dR (N, C): R(x) (recomputed), dL/dx, and the per-channel coefficient gradients dL/da (C, m+1),
-    dL/db (C, n), reduced over tokens without a (N, C, degree) tensor of powers (compiled in the fused mode)."""
+    """From dL/dR (N, C): R(x) (recomputed, in ``dtype``), dL/dx (in x's dtype), and the per-channel coefficient
+    gradients dL/da (C, m+1), dL/db (C, n), reduced over tokens without a (N, C, degree) tensor of powers (compiled
+    in the fused mode)."""
     m, n = a.shape[0] - 1, b.shape[0]
+    x_in, x = x, _low(x)
+    g_r = g_r.to(x.dtype)
     p, z, q = _rational_parts(x, a, b)
     r = p / q
     gq = g_r / q  # dL/dR / Q
@@ -389,16 +401,17 @@ def rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: to
         if j < max(m, n):
             power = power * x
     g_b_t = torch.stack(g_b, dim=1) if g_b else x.new_zeros(x.shape[1], 0)
-    return r, g_x, torch.stack(g_a, dim=1), g_b_t
+    return r.to(dtype), g_x.to(x_in.dtype), torch.stack(g_a, dim=1), g_b_t
 
 
-def _triton_rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return triton_rational_forward(x, a.T, b.T)  # the kernel reads (C, J) tables
+def _triton_rational_values(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return triton_rational_forward(x, a.T, b.T).to(dtype)  # the kernel reads (C, J) tables, any x dtype, in fp32
 
 
-def _triton_rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return triton_rational_backward(x, g_r, a.T, b.T)
+def _triton_rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r, g_x, g_a, g_b = triton_rational_backward(x, g_r, a.T, b.T)
+    return r.to(dtype), g_x.to(x.dtype), g_a, g_b
 
 
 _TRITON.update(rational_values=_triton_rational_values, rational_backward=_triton_rational_backward)
@@ -419,11 +432,10 @@ class LeanRationalLinearFunction(torch.autograd.Function):
                 weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            xc = _low(x)
-            a, b = _channel_tables(num, den, group_index, xc.dtype)
-            per_token(xc)
-            r = _kernel_fn(rational_values, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(xc, a, b)
-            r, w = r.to(dtype), weight.to(dtype)
+            a, b = _channel_tables(num, den, group_index, _low_dtype(x))
+            per_token(x)
+            r = _kernel_fn(rational_values, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(x, a, b, dtype)
+            w = weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
         ctx.save_for_backward(x, num, den, group_index, weight)
@@ -440,12 +452,12 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = ctx.dtype
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            xc = _low(x)
-            a, b = _channel_tables(num, den, group_index, xc.dtype)
-            g_r = (gy @ weight.to(dtype)).to(xc.dtype)  # dL/dR (N, C)
-            per_token(xc, g_r)
-            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(xc, g_r, a, b)
-            g_w = (gy.T @ r.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[4] else None
+            a, b = _channel_tables(num, den, group_index, _low_dtype(x))
+            g_r = gy @ weight.to(dtype)  # dL/dR (N, C)
+            per_token(x, g_r)
+            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(
+                x, g_r, a, b, dtype)
+            g_w = (gy.T @ r).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
             g_num = torch.zeros_like(num, dtype=g_a.dtype).index_add_(0, group_index, g_a).to(num.dtype)
             g_den = torch.zeros_like(den, dtype=g_b.dtype).index_add_(0, group_index, g_b).to(den.dtype)
