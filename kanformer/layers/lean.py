@@ -282,10 +282,10 @@ class LeanKANFunction(torch.autograd.Function):
         need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         with torch.autocast(x.device.type, enabled=False):
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, ctx.state, pre)
-            g = gy.to(ctx.dtype)
-            per_token(xp, g, *stats)
+            g_y = gy.to(ctx.dtype)
+            per_token(xp, g_y, *stats)
             g_coef, g_base, g_x, g_pre, g_feats = _kernel_fn(_lean_backward, tag=ctx.tag)(
-                basis, xp, coef_p, base_p, g, state_p, ctx.dtype, need_w, not own, pre_p, stats)
+                basis, xp, coef_p, base_p, g_y, state_p, ctx.dtype, need_w, not own, pre_p, stats)
             if ctx.pad:  # the padded inputs' gradients dropped
                 i = x.shape[1]
                 g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))

@@ -94,7 +94,8 @@ class WaveletBasis(Basis):
     # wavelet-major, (W, I): each wavelet's row for all inputs is contiguous. Read from the (I, W) parameters inside a
     # compiled loop they were strided gathers, and the parameter gradients' reductions over tokens ran as 8-wide
     # vectors over W: the wavelet FFN step took 1.54 - 1.61x the GELU MLP's against 1.30 - 1.33x in this layout (d 384,
-    # 2048 tokens; its parameter-gradient graph also needs fixed widths: layers/lean.py marks them static).
+    # 2048 tokens; its parameter-gradient graph also needs fixed widths: the compiled helpers are static but for the
+    # token count, dispatch.per_token).
     def _term(self, x: torch.Tensor, t: torch.Tensor, inv_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(psi(u), d psi(u) / dx) with u = (x - t) / s, for one wavelet's per-input t and 1/s (rows (I,))."""
         inv_scale = inv_scale.to(x.dtype)
