@@ -167,7 +167,10 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         return fn
     key = f"{fn.__qualname__}[{tag}]"
     if key not in _COMPILED:
-        code = fn.__code__.replace()  # a distinct code object, so a distinct compile cache
+        # a distinct code object, so a distinct compile cache, under its own name: dynamo keeps the sizes each
+        # function has met by file, line and name (its automatic dynamic shapes), and copies sharing a name shared
+        # that record: the second layer width any copy met made the width symbolic in every copy compiled after
+        code = fn.__code__.replace(co_name=key, co_qualname=key)
         copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
         _COMPILED[key] = torch.compile(copy)  # static but for the dims marked with per_token
     if mode == "fused":
