@@ -417,6 +417,11 @@ def _triton_rational_backward(x: torch.Tensor, g_r: torch.Tensor, a: torch.Tenso
 _TRITON.update(rational_values=_triton_rational_values, rational_backward=_triton_rational_backward)
 
 
+def _tables_tag(a: torch.Tensor, b: torch.Tensor) -> str:
+    """The compiled-copy tag of GR-KAN's helpers (dispatch._kernel_fn): the coefficient tables' shapes."""
+    return f"{tuple(a.shape)}{tuple(b.shape)}"
+
+
 def _channel_tables(num: torch.Tensor, den: torch.Tensor, group_index: torch.Tensor, dtype: torch.dtype
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel coefficient tables from the per-group ones: (m+1, C) and (n, C), coefficient-major."""
@@ -434,7 +439,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             a, b = _channel_tables(num, den, group_index, _low_dtype(x))
             per_token(x)
-            r = _kernel_fn(rational_values, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(x, a, b, dtype)
+            r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x, a, b, dtype)
             w = weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
@@ -455,7 +460,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             a, b = _channel_tables(num, den, group_index, _low_dtype(x))
             g_r = gy @ weight.to(dtype)  # dL/dR (N, C)
             per_token(x, g_r)
-            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=f"{tuple(a.shape)}{tuple(b.shape)}")(
+            r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=_tables_tag(a, b))(
                 x, g_r, a, b, dtype)
             g_w = (gy.T @ r).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
