@@ -121,6 +121,37 @@ def test_the_chosen_path_equals_the_reference(auto):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["bspline", "rational"])
+def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(auto, monkeypatch, name):
+    """Without autograd, ``auto`` runs the fused path its training chose (its forward graphs as they are: in bf16 the
+    reference forward was ~6x the MLP's), and the reference where that would compile: before any choice, one token,
+    inference mode, another dtype."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(autotune, "_compile_state", lambda warm: "ready")
+    monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates: {
+        "times": {"lean": 2.0, "fused": 1.0, "reference": 3.0}, "saved": {"lean": 0, "fused": 0, "reference": 0},
+        "mlp_saved": 1, "dropped": {}})
+    torch.manual_seed(0)
+    ffn, x = create_ffn(name, D, H), torch.randn(64, D) * 3  # outside the B-spline's grid too
+    with torch.no_grad():
+        assert dispatch.resolve(ffn, x) is None  # nothing chosen yet
+    _step(ffn, x)
+    assert [r["path"] for r in autotune.decisions().values()] == ["fused"]
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        assert dispatch.resolve(ffn, x[:40]) == "fused"
+        y = ffn(x[:40])
+        assert dispatch.resolve(ffn, x[:1]) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert dispatch.resolve(ffn, x) is None  # trained in fp32 only
+    with torch.inference_mode():
+        assert dispatch.resolve(ffn, x) is None
+    assert counters["stats"]["unique_graphs"] == graphs
+    with torch.no_grad(), dispatch.kernel("reference"):
+        torch.testing.assert_close(y, ffn(x[:40]), rtol=1e-5, atol=1e-5)
+
+
 def test_while_the_compile_runs_in_the_background_the_ffn_runs_lean_undecided(auto, monkeypatch):
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "pending")
     called = []

@@ -408,6 +408,22 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     return path
 
 
+def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
+    """The path for a call of ``ffn`` without autograd (evaluation, generation) under ``auto``: the compiled path
+    (``fused`` or ``triton``) this process chose for training it in the same dtype and device, whose graphs serve a
+    forward without grad as they are; None (the reference forward) otherwise. Nothing is timed or compiled here: the
+    reference takes a call that would compile, one token (a generation step: compiled graphs specialise size 1), and
+    ``torch.inference_mode`` (a mode the compiled graphs are guarded against). bf16 autocast, d 384, 2048 tokens: the
+    B-spline FFN's forward 18.5 ms fused against 123 ms reference, the GELU MLP's ~17 ms."""
+    if x.numel() <= x.shape[-1] or torch.is_inference_mode_enabled() or not _choices:
+        return None
+    warm = _keys(ffn, x)[1] + " | "
+    for key, path in _choices.items():
+        if path in ("fused", "triton") and key.startswith(warm):
+            return path
+    return None
+
+
 def busy() -> bool:
     """Whether a background compile of this process is still running."""
     return any(proc.poll() is None for proc in _workers.values())

@@ -10,9 +10,10 @@ the input gradient. ``auto`` (the default), when autograd records (training): th
 for the FFN on this machine within the memory rule; inside a ``kernel("auto")`` block, and with
 ``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton kernels where they apply (CUDA), else
 ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd
-(inference) ``auto`` takes the reference path. Under ``torch.compile`` every mode but ``triton`` (custom ops) takes
-the reference path, whose fusion and recomputation (min-cut rematerialisation) the compiler then does. ``reference``
-forces the definition.
+(inference) ``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose
+graphs serve the forward as they are, else the reference path (``autotune.inference_path``). Under
+``torch.compile`` every mode but ``triton`` (custom ops) takes the reference path, whose fusion and recomputation
+(min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from .autotune import choice as autotune_choice
 from .autotune import compiled_forward
 from .autotune import enabled as autotune_enabled
+from .autotune import inference_path as autotune_inference_path
 from .triton_kan import triton_available
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
@@ -92,12 +94,14 @@ def scoped_kernel(mode: str | None) -> contextlib.AbstractContextManager[None]:
 
 def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The path for one call of a KAN FFN: its own ``kernel_mode`` (None: the process's), except that under
-    ``auto`` a training call takes the path ``autotune`` measured fastest for this FFN, shapes and machine."""
+    ``auto`` a training call takes the path ``autotune`` measured fastest for this FFN, shapes and machine, and a
+    call without autograd the compiled path chosen for its training, where there is one."""
     own = getattr(ffn, "kernel_mode", None)
     mode = _forced[0] or own or _scoped[0] or _mode[0]
-    if (mode != "auto" or _forced[0] or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or not autotune_enabled()):
+    if mode != "auto" or _forced[0] or torch.compiler.is_compiling() or not autotune_enabled():
         return own
+    if not torch.is_grad_enabled():  # evaluation: training's compiled path where this process has one
+        return autotune_inference_path(ffn, x) or own
     return autotune_choice(ffn, x)
 
 
@@ -124,7 +128,8 @@ def use_lean(available: bool = True) -> bool:
     if mode in ("lean", "fused"):
         return True
     # auto: the lean path exists to keep activations out of memory, so it serves training; without autograd
-    # (evaluation, generation) nothing is saved anyway and the reference forward has less overhead per call
+    # (evaluation, generation) nothing is saved anyway and, uncompiled, the reference forward has less overhead per
+    # call (a KAN FFN's calls get training's compiled path in tuned_call, where it has one)
     return torch.is_grad_enabled()
 
 

@@ -243,6 +243,18 @@ def _params_backward(basis: Any, x: torch.Tensor, g_feats: torch.Tensor, *params
     return basis.lean_params_backward(xl, g_feats.to(xl.dtype), *(p.to(xl.dtype) for p in params))
 
 
+def _detached(*args: Any) -> tuple[Any, ...]:
+    """The tensors (and tuples of tensors) in ``args`` detached, None as it is: for a compiled forward helper, whose
+    graph is guarded on its inputs' ``requires_grad``. Detached, a training call (inputs that require grad) and an
+    evaluation without autograd (inputs that do not) share one graph; the Function's forward runs without grad, so
+    nothing else changes."""
+    def one(a: Any) -> Any:
+        if isinstance(a, tuple):
+            return tuple(one(t) for t in a)
+        return a.detach() if isinstance(a, torch.Tensor) else a
+    return tuple(one(a) for a in args)
+
+
 class LeanKANFunction(torch.autograd.Function):
     """``y = F(pre(x)) @ coef^T (+ silu(x) @ base^T) (+ bias)``, saving ``x`` and the weights only. ``params``: the
     pre-transform's parameters first (``n_pre`` of them; ``n_pre`` None: the basis has no pre-transform), then the
@@ -257,9 +269,10 @@ class LeanKANFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}"  # a compiled copy per layer configuration
             ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state)
-            xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x, coef, base, state, pre)
+            x_, coef_, base_, bias_, pre_ = _detached(x, coef, base, bias, pre)
+            xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x_, coef_, base_, state, pre_)
             per_token(xp)
-            y, stats = _kernel_fn(_lean_forward, tag=ctx.tag)(basis, xp, coef_p, base_p, bias, state_p, dtype, pre_p)
+            y, stats = _kernel_fn(_lean_forward, tag=ctx.tag)(basis, xp, coef_p, base_p, bias_, state_p, dtype, pre_p)
         ctx.basis, ctx.dtype, ctx.state, ctx.n_pre, ctx.n_stats = basis, dtype, state, n_pre, len(stats)
         ctx.has_base, ctx.has_bias = base is not None, bias is not None
         ctx.mode = get_kernel()  # the backward takes the path the forward took
@@ -438,8 +451,9 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             a, b = _channel_tables(num, den, group_index, _low_dtype(x))
-            per_token(x)
-            r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x, a, b, dtype)
+            (x_,) = _detached(x)
+            per_token(x_)
+            r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x_, a, b, dtype)
             w = weight.to(dtype)
             y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
