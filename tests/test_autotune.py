@@ -152,6 +152,26 @@ def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(
         torch.testing.assert_close(y, ffn(x[:40]), rtol=1e-5, atol=1e-5)
 
 
+def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto, monkeypatch):
+    """Local rank 1 runs lean, untimed, until local rank 0's choice is in the disk cache, then takes it; after
+    ``_FOLLOW_S`` without one it times its own."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(autotune, "_follow_since", {})
+    real, timed = autotune._measure, []
+    monkeypatch.setattr(autotune, "_measure", lambda ffn, *a: timed.append(ffn.hidden) or real(ffn, *a))
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)
+    assert autotune.decisions() == {} and not timed
+    key, _ = autotune._keys(ffn, x)
+    autotune._store("choices", key, {"path": "reference", "times_ms": {}, "saved_mb": {}, "dropped": {},
+                                     "memory": "lean"})  # as local rank 0 would
+    _step(ffn, x)
+    assert [(r["path"], r["source"]) for r in autotune.decisions().values()] == [("reference", "cache")]
+    monkeypatch.setattr(autotune, "_FOLLOW_S", 0.0)
+    _step(create_ffn("chebyshev", D, H + 1), x)
+    assert timed == [H + 1]
+
+
 def test_while_the_compile_runs_in_the_background_the_ffn_runs_lean_undecided(auto, monkeypatch):
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "pending")
     called = []

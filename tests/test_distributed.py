@@ -76,3 +76,54 @@ def test_fsdp2_shards_and_trains_a_kan_block(tmp_path):
     assert r0["loss"] != r1["loss"]  # different data per rank ...
     for name, tensor in r0["full"].items():  # ... yet one model after the reduced update
         torch.testing.assert_close(r1["full"][name], tensor, rtol=0, atol=0)
+
+
+def _fsdp_auto_worker(rank, world, port, result_dir):
+    """``auto`` inside FSDP2 on each rank: an FFN sharded as a whole (its layers unsharded in its forward: timed as
+    usual, locally) and one whose layers are sharded units of their own (timing would run their collectives on one
+    rank, outside the training step: the rule instead, untimed). Neither leaves timing gradients behind."""
+    from torch.distributed.fsdp import fully_shard
+
+    from kanformer.layers import autotune, dispatch
+
+    dispatch.set_kernel("auto")
+    os.environ.update(KANFORMER_AUTOTUNE="1", KANFORMER_CACHE=f"{result_dir}/cache{rank}")
+    autotune._compile_state = lambda warm: "failed: no compiler in this test"
+    timed = []
+    measure = autotune._measure
+    autotune._measure = lambda ffn, x, candidates: timed.append(ffn.hidden) or measure(ffn, x, candidates)
+    with gloo_group(rank, world, port):
+        out = {}
+        for name, inner in (("whole", False), ("layers", True)):
+            torch.manual_seed(0)
+            ffn = create_ffn("chebyshev", 16, 12 if inner else 10)
+            if inner:
+                fully_shard(ffn.fc1)
+                fully_shard(ffn.fc2)
+            fully_shard(ffn)
+            torch.manual_seed(1 + rank)
+            x = torch.randn(32, 16)
+            ffn(x).square().mean().backward()
+            grads = {n: p.grad.full_tensor() for n, p in ffn.named_parameters()}
+            with dispatch.kernel("lean"):  # the same step on a pinned path: the gradients it should have given
+                for p in ffn.parameters():
+                    p.grad = None
+                ffn(x).square().mean().backward()
+            out[name] = {"grads": grads, "pinned": {n: p.grad.full_tensor() for n, p in ffn.named_parameters()}}
+        out["timed"] = timed
+        out["decisions"] = {k.split(" | ")[0][:40]: v for k, v in autotune.decisions().items()}
+        torch.save(out, f"{result_dir}/auto{rank}.pt")
+
+
+@pytest.mark.slow
+def test_fsdp2_auto_times_an_ffn_sharded_whole_and_takes_the_rule_for_sharded_layers(tmp_path):
+    mp.spawn(_fsdp_auto_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for r in (0, 1):
+        out = torch.load(tmp_path / f"auto{r}.pt")
+        assert out["timed"] == [10]  # the FFN sharded whole only
+        assert all(k.startswith("ChebyshevFFN(") for k in out["decisions"])  # keyed as unsharded (cache shared)
+        sources = sorted(v["source"] for v in out["decisions"].values())
+        assert sources[0].startswith("rule") and sources[1] == "timed", sources
+        for name in ("whole", "layers"):
+            for n, g in out[name]["grads"].items():
+                torch.testing.assert_close(g, out[name]["pinned"][n], rtol=1e-5, atol=1e-6)

@@ -23,6 +23,12 @@ kanformer.layers.autotune``) compiles them for this FFN configuration while the 
 the next training call compiles from that cache (seconds), times the candidates and switches. A candidate that fails
 (no C++ compiler, say) is dropped and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of
 dispatch.py instead (Triton where it applies, else fused).
+
+Several processes (DDP, FSDP, DeepSpeed): the first local rank of a machine compiles and times; the others run
+``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. An FFN sharded as a
+whole (FSDP per transformer block) is timed inside its forward, where its parameters are gathered; one with sharded
+units inside it (FSDP per layer, ZeRO-3) is not timed (that would run their collectives on one rank alone) and takes
+the fixed rule once the background compile is done.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -130,10 +137,11 @@ _signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> i
 
 
 def _signature(ffn: Any) -> str:
-    """The FFN's configuration (its repr: kind, widths, options, every layer's shape)."""
+    """The FFN's configuration (its repr: kind, widths, options, every layer's shape; FSDP2's renaming of the classes
+    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration)."""
     sig = _signatures.get(ffn)
     if sig is None:
-        sig = _signatures[ffn] = " ".join(repr(ffn).split())
+        sig = _signatures[ffn] = re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split()))
     return sig
 
 
@@ -364,11 +372,60 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
     return {"times": times, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}
 
 
+def _sharded_inside(ffn: Any) -> bool:
+    """Whether modules inside ``ffn`` are sharded units of their own (FSDP per layer, DeepSpeed ZeRO-3): their
+    forward and backward run collectives, so timing them on one rank, outside the training step, would run those
+    collectives alone (the other ranks waiting in another one). An FFN sharded as a whole (FSDP per block, the
+    configs' wrapping) has its parameters gathered for its forward, where it is timed as usual."""
+    with contextlib.suppress(ImportError):
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        if any(m is not ffn and isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in ffn.modules()):
+            return True
+    return any(hasattr(p, "ds_id") for p in ffn.parameters())  # ZeRO-3 partitions (and gathers) every parameter
+
+
+def _by_rule(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
+    """The untimed choice for an FFN with sharded modules inside: Triton where it applies, else ``fused`` once the
+    background compile is done (``lean`` until then, and for good where compiling failed). Kept in this process
+    only: the disk cache holds timed choices."""
+    state = _compile_state(warm)
+    if state == "pending":
+        return "lean"
+    path = "triton" if _has_triton(ffn, x) else "fused" if state == "ready" else "lean"
+    _choices[key] = path
+    _decided[key] = {"path": path, "times_ms": {}, "saved_mb": {}, "dropped": {} if state == "ready" else
+                     {"fused": state}, "memory": _memory[0], "source": "rule: sharded modules inside the FFN"}
+    return path
+
+
+_FOLLOW_S = 300.0  # how long a non-first local rank waits for the first one's choice once the compile is ready
+_follow_since: dict[str, float] = {}
+
+
+def _following(key: str) -> bool:
+    """Whether this process, a local rank other than the first of a multi-process run, waits for the first local
+    rank's timed choice of ``key`` (read from the disk cache; lean meanwhile) instead of timing its own: every rank of
+    a machine then runs one path (ranks timing at once on shared cores disturb each other's timings, and ranks on
+    different paths differ in rounding and in speed, the slowest setting the pace). Up to ``_FOLLOW_S``, then it
+    times its own."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        return False
+    since = _follow_since.setdefault(key, time.monotonic())
+    if time.monotonic() - since > _FOLLOW_S:
+        return False
+    _refresh()
+    return True
+
+
 def choice(ffn: Any, x: torch.Tensor) -> str:
     """The path for this training call of ``ffn`` on ``x`` under ``auto``."""
     key, warm = _keys(ffn, x)
     if key in _choices:
         return _choices[key]
+    _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
+    if _sharded_inside(ffn):
+        return _by_rule(ffn, x, key, warm)
     cached = _load()["choices"].get(key)
     if cached:
         _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
@@ -378,9 +435,8 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
             _seconds[0] += time.perf_counter() - t0
         return cached["path"]
     candidates = _candidates(ffn, x)
-    _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     state = _compile_state(warm)
-    if state == "pending" or busy():
+    if state == "pending" or busy() or _following(key):
         # not cached: asked again next call. Nor timed beside another FFN's background compile: on a small machine it
         # takes a core from the candidates (it once made eager lean time faster than fused, and that choice sticks)
         return "lean"
