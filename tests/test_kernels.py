@@ -427,6 +427,7 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
                      {"n_layer": 1, "d_model": 32, "n_head": 2, "seq": 16, "batch": 2, "vocab": 64},
                      repeats=1, steps=1, modes=("lean",))
     assert all(r["ok"] for r in out["correctness"]), [r for r in out["correctness"] if not r["ok"]]
+    assert all(r["eval_rel_err"] <= r["max_rel_err"] for r in out["correctness"])  # evaluation's forward checked too
     assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
     assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
