@@ -210,7 +210,8 @@ def test_default_kernel_is_auto():
 # B-spline knots exactly representable (steps 1 and 0.5), so the uniform forms match the reference to fp64 rounding
 @pytest.mark.parametrize("name,kw", [("bspline", {"spline_order": k, "grid_size": 4}) for k in range(1, 6)]
                          + [("bspline", {"grid_size": 8, "grid_range": (-1.0, 3.0)}), ("rbf", {"layernorm": False}),
-                            ("fourier", {})] + [("wavelet", {"wavelet": w}) for w in ("mexican_hat", "morlet", "dog")])
+                            ("fourier", {}), ("fourier", {"num_frequencies": 16})]  # its recurrence, 16 steps deep
+                         + [("wavelet", {"wavelet": w}) for w in ("mexican_hat", "morlet", "dog")])
 def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     """The compiler-friendly per-function form (``fused_term``: value and slope of basis j), evaluated eagerly, against
     the lean features and autograd through the reference basis; and the fused backward's one pass (features and input
