@@ -451,7 +451,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             a, b = _channel_tables(num, den, group_index, _low_dtype(x))
-            (x_,) = _detached(x)
+            x_ = x.detach()  # one graph for training and evaluation (``_detached``)
             per_token(x_)
             r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x_, a, b, dtype)
             w = weight.to(dtype)
