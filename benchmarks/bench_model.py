@@ -178,6 +178,38 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
     return rows
 
 
+def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], names: list[str],
+                             timeout_s: float = 300.0) -> dict[str, Any]:
+    """``auto`` as a process that only evaluates meets it (this process's training choices forgotten; compiles from
+    the first call, ``KANFORMER_EVAL_COMPILE_AFTER_S=0``): each FFN's forward without autograd, bf16 autocast, until
+    its path is timed (against the reference) or ``timeout_s``; the decisions, None where none came."""
+    from kanformer import create_ffn, match_hidden
+
+    d, tokens = ffn_shape["d_model"], ffn_shape["tokens"]
+    before = os.environ.get("KANFORMER_EVAL_COMPILE_AFTER_S")
+    os.environ["KANFORMER_EVAL_COMPILE_AFTER_S"] = "0"
+    autotune.forget()
+    out: dict[str, Any] = {}
+    try:
+        for name in names:
+            torch.manual_seed(0)
+            ffn = create_ffn(name, d, match_hidden(name, d)).to(device)
+            x = torch.randn(tokens, d, device=device)
+            deadline = time.monotonic() + timeout_s
+            with torch.no_grad(), default_kernel("auto"), torch.autocast(device.type, dtype=torch.bfloat16):
+                while not autotune.decisions(ffn) and time.monotonic() < deadline:
+                    ffn(x)
+                    time.sleep(0.2)
+            out[name] = next(iter(autotune.decisions(ffn).values()), None)
+    finally:
+        autotune.forget()
+        if before is None:
+            os.environ.pop("KANFORMER_EVAL_COMPILE_AFTER_S")
+        else:
+            os.environ["KANFORMER_EVAL_COMPILE_AFTER_S"] = before
+    return out
+
+
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
@@ -235,6 +267,10 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                 and model_rows[name]["throughput_ratio"] >= 0.85}
     out["targets"] = targets
     out["autotune"] = autotune.decisions()  # what auto measured and chose for each FFN on this machine
+    if "auto" in fast:  # last: it forgets this process's choices
+        out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS)
+        print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
+                          for k, v in out["evaluation_auto"].items()}), flush=True)
     out["seconds"] = time.perf_counter() - start
     print(json.dumps(targets, indent=2))
     return out

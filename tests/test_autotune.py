@@ -66,9 +66,9 @@ def test_a_pinned_path_is_never_tuned(auto):
     _step(ffn, x)
     with dispatch.kernel("lean"):
         _step(create_ffn("chebyshev", D, H), x)
-    with torch.no_grad():  # inference: nothing to choose
+    with torch.no_grad():  # a short evaluation, the compiler failed: the reference, nothing timed or started
         create_ffn("chebyshev", D, H)(x)
-    assert autotune.decisions() == {} and not auto.exists()
+    assert autotune.decisions() == {} and not _cache(auto)["choices"] and not autotune._workers
 
 
 def test_memory_rule_lean_keeps_activations_at_most_the_mlps_and_fast_takes_the_fastest(auto, monkeypatch):
@@ -150,6 +150,45 @@ def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(
     assert counters["stats"]["unique_graphs"] == graphs
     with torch.no_grad(), dispatch.kernel("reference"):
         torch.testing.assert_close(y, ffn(x[:40]), rtol=1e-5, atol=1e-5)
+
+
+def test_an_evaluation_only_process_times_its_forward_paths_once_the_compile_is_ready(auto, monkeypatch):
+    """Without a training choice, an evaluation runs the reference until it has lasted long enough for a background
+    compile to pay, then (compile ready) times the reference against fused, forward only, keeps the faster on disk,
+    and a later process takes it from there without timing (only while the compiler's cache holds it)."""
+    states, timed, state = [], [], ["pending"]
+    monkeypatch.setattr(autotune, "_compile_state", lambda warm: states.append(warm) or state[0])
+
+    def measure(ffn, x, candidates, backward=True):
+        timed.append((candidates, backward))
+        return {"times": {"reference": 3.0, "fused": 1.0}, "saved": {}, "mlp_saved": 0, "dropped": {}}
+
+    monkeypatch.setattr(autotune, "_measure", measure)
+    torch.manual_seed(0)
+    ffn, x = create_ffn("rational", D, H), torch.randn(64, D)
+    with torch.no_grad():
+        assert dispatch.resolve(ffn, x) is None and not states  # a short evaluation starts no compile
+        monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "0")
+        assert dispatch.resolve(ffn, x) is None and states and not timed  # compiling in the background
+        state[0] = "ready"
+        assert dispatch.resolve(ffn, x) == "fused" and timed == [(["reference", "fused"], False)]
+        y = ffn(x)
+        assert dispatch.resolve(ffn, x[:40]) == "fused" and len(timed) == 1  # same token bucket
+        with dispatch.kernel("reference"):
+            torch.testing.assert_close(y, ffn(x), rtol=1e-5, atol=1e-5)
+    (key, record), = autotune.decisions().items()
+    assert key.endswith(" | eval") and record["source"] == "timed" and record["times_ms"]["fused"] == 1000.0
+    assert _cache(auto)["choices"][key]["path"] == "fused"
+    autotune.forget()  # as a later process would start
+    with torch.no_grad():
+        state[0] = "pending"  # the compiler's cache lacks the helpers: the cached choice waits
+        assert dispatch.resolve(ffn, x) is None
+        state[0] = "ready"
+        assert dispatch.resolve(ffn, x) == "fused" and len(timed) == 1
+    assert [r["source"] for r in autotune.decisions().values()] == ["cache"]
+    monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "soon")
+    with pytest.raises(ValueError, match="KANFORMER_EVAL_COMPILE_AFTER_S must be a number of seconds >= 0, got 'soon'"):
+        autotune.eval_compile_after_s()
 
 
 def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto, monkeypatch):

@@ -24,6 +24,10 @@ the next training call compiles from that cache (seconds), times the candidates 
 (no C++ compiler, say) is dropped and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of
 dispatch.py instead (Triton where it applies, else fused).
 
+Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
+the forward paths are timed and cached the same way, once the evaluation has lasted long enough for a background
+compile to pay (``inference_path``).
+
 Several processes (DDP, FSDP, DeepSpeed): the first local rank of a machine compiles and times; the others run
 ``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. An FFN sharded as a
 whole (FSDP per transformer block) is timed inside its forward, where its parameters are gathered; one with sharded
@@ -330,23 +334,31 @@ def _warm_up(ffn: Any, x: torch.Tensor, path: str) -> None:
         torch.autograd.grad(out, [xt, *(p for p in ffn.parameters() if p.requires_grad)], torch.ones_like(out))
 
 
-def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]:
+def _measure(ffn: Any, x: torch.Tensor, candidates: list[str], backward: bool = True) -> dict[str, Any]:
+    """Each candidate's median step time, forward + backward (``backward`` off: the forward alone, without autograd,
+    and no saved activations measured), with the bytes it saves and the MLP's, and the candidates that failed."""
     from .registry import create_ffn
 
-    xt = x.detach().clone().requires_grad_(True)
+    xt = x.detach().clone().requires_grad_(backward)
     params = [p for p in ffn.parameters() if p.requires_grad]
     grad_out = torch.randn_like(xt)
 
     def step(path: str) -> Any:
         def run() -> None:
+            if not backward:
+                with torch.no_grad():
+                    _call(ffn, xt, path)
+                return
             with torch.enable_grad():
                 out = _call(ffn, xt, path)
                 torch.autograd.grad(out, [xt, *params], grad_out.to(out.dtype))
         return run
 
-    mlp = create_ffn("mlp", ffn.d_model, 4 * ffn.d_model).to(x.device)
-    with torch.enable_grad():
-        mlp_saved = _saved_bytes(lambda: mlp(xt))
+    mlp_saved = 0
+    if backward:
+        mlp = create_ffn("mlp", ffn.d_model, 4 * ffn.d_model).to(x.device)
+        with torch.enable_grad():
+            mlp_saved = _saved_bytes(lambda: mlp(xt))
     samples: dict[str, list[float]] = {}
     saved, dropped = {}, {}
 
@@ -363,7 +375,7 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str]) -> dict[str, Any]
     for _ in range(_ROUNDS):  # interleaved, so a machine that drifts moves every candidate alike
         for path in list(samples):
             attempt(path, lambda p=path: samples[p].append(_time(step(p), x.device)))
-    for path in list(samples):
+    for path in list(samples) if backward else ():
         def record(p: str = path) -> None:
             with torch.enable_grad():
                 saved[p] = _saved_bytes(lambda: _call(ffn, xt, p))
@@ -464,20 +476,112 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     return path
 
 
+_eval_since: dict[str, float] = {}  # warm key -> when this process's first evaluation call of it came
+
+
+def eval_compile_after_s() -> float:
+    """How long an evaluation runs on the reference before ``auto`` compiles the fused helpers for it in the
+    background (``KANFORMER_EVAL_COMPILE_AFTER_S``, default 30 s: long enough that the compile pays, while a short
+    evaluation, a notebook's generation, starts none; 0: at the first call)."""
+    raw = os.environ.get("KANFORMER_EVAL_COMPILE_AFTER_S", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"KANFORMER_EVAL_COMPILE_AFTER_S must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _eval_candidates(ffn: Any, x: torch.Tensor, warm: str) -> tuple[list[str], dict[str, str]] | None:
+    """The paths an evaluation call may time (the reference first; ``fused`` once the compiler's cache holds the
+    FFN's helpers, ``triton`` where it applies) and the dropped ones with their reasons; None to wait (the reference
+    meanwhile): the background compile runs, or the evaluation has not yet lasted ``eval_compile_after_s()``."""
+    candidates, dropped = ["reference"], {}
+    if _has_triton(ffn, x):
+        candidates.append("triton")
+    record = _load()["compiled"].get(warm)
+    started = warm in _workers or isinstance(record, dict)
+    waited = time.monotonic() - _eval_since.setdefault(warm, time.monotonic())
+    if not started and waited < eval_compile_after_s():
+        return (candidates, dropped) if len(candidates) > 1 else None
+    state = _compile_state(warm)
+    if state == "pending":
+        return (candidates, dropped) if len(candidates) > 1 else None
+    if state == "ready":
+        candidates.insert(1, "fused")
+    else:
+        dropped["fused"] = state
+    return candidates, dropped
+
+
+def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
+    """The timed evaluation path of ``ffn`` for inputs like ``x`` (``key``): from this process, the disk cache, or
+    measured now (forward only, without autograd; no memory rule: nothing is saved); ``reference`` until there is
+    something to time against it."""
+    if key in _choices:
+        return _choices[key]
+    _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
+    cached = _load()["choices"].get(key)
+    # a cached fused choice only with its helpers in the compiler's cache (else one call would compile for minutes)
+    if cached and (cached["path"] != "fused" or _compile_state(warm) == "ready"):
+        _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
+        if cached["path"] in ("fused", "triton"):  # compile (from the compiler's cache) now, as tuning time
+            t0 = time.perf_counter()
+            _call(ffn, x, cached["path"])
+            _seconds[0] += time.perf_counter() - t0
+        return cached["path"]
+    if _sharded_inside(ffn):  # untimed (collectives on one rank alone): the fixed rule once its compile is ready
+        state = _compile_state(warm)
+        path = "triton" if _has_triton(ffn, x) else "fused" if state == "ready" else "reference"
+        if state != "pending":
+            _choices[key] = path
+            _decided[key] = {"path": path, "times_ms": {}, "saved_mb": {}, "dropped": {}, "memory": "eval",
+                             "source": "rule: sharded modules inside the FFN"}
+        return path
+    found = _eval_candidates(ffn, x, warm)
+    if found is None or busy() or _following(key):
+        return "reference"
+    candidates, dropped = found
+    times: dict[str, float] = {}
+    if len(candidates) > 1:  # else nothing to time against the reference (compiling failed here)
+        t0 = time.perf_counter()
+        m = _measure(ffn, x, candidates, backward=False)
+        _seconds[0] += time.perf_counter() - t0
+        dropped.update(m["dropped"])
+        times = m["times"]
+    path = min(times, key=times.get) if times else "reference"
+    record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in times.items()}, "saved_mb": {},
+              "dropped": dropped, "memory": "eval"}
+    _store("choices", key, record)
+    _choices[key], _decided[key] = path, {**record, "source": "timed"}
+    measured = ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items()) or f"fused: {dropped.get('fused')}"
+    print(f"kanformer kernel auto (evaluation): {ffn.name} FFN {ffn.d_model}x{ffn.hidden} -> {path} ({measured})",
+          file=sys.stderr)
+    return path
+
+
 def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
-    """The path for a call of ``ffn`` without autograd (evaluation, generation) under ``auto``: the compiled path
-    (``fused`` or ``triton``) this process chose for training it in the same dtype and device, whose graphs serve a
-    forward without grad as they are; None (the reference forward) otherwise. Nothing is timed or compiled here: the
-    reference takes a call that would compile, one token (a generation step: compiled graphs specialise size 1), and
-    ``torch.inference_mode`` (a mode the compiled graphs are guarded against). bf16 autocast, d 384, 2048 tokens: the
-    B-spline FFN's forward 18.5 ms fused against 123 ms reference, the GELU MLP's ~17 ms."""
-    if x.numel() <= x.shape[-1] or torch.is_inference_mode_enabled() or not _choices:
+    """The path for a call of ``ffn`` without autograd (evaluation, generation) under ``auto``; None: the reference.
+
+    A process that chose a compiled path (``fused``, ``triton``) for training the FFN in this dtype and device takes
+    it: its forward graphs serve a forward without grad as they are (nothing compiled, nothing timed). bf16 autocast,
+    d 384, 2048 tokens: the B-spline FFN's forward 18.5 ms fused against 123 ms reference, the GELU MLP's ~17 ms.
+    Otherwise (a process that only evaluates: ``kanformer eval``, lm-evaluation-harness) the path is timed, forward
+    only, per token-count bucket and cached on disk like training's: the reference against ``fused`` once the
+    compiler's cache holds the FFN's helpers, which a background compile puts there when the evaluation has lasted
+    ``eval_compile_after_s()`` (the reference meanwhile); where Triton kernels apply (CUDA), against them at once
+    (and ``fused`` if ready). One token (a
+    generation step: compiled graphs specialise size 1) and ``torch.inference_mode`` (which the compiled graphs are
+    guarded against) take the reference."""
+    if x.numel() <= x.shape[-1] or torch.is_inference_mode_enabled():
         return None
-    warm = _keys(ffn, x)[1] + " | "
-    for key, path in _choices.items():
-        if path in ("fused", "triton") and key.startswith(warm):
+    key, warm = _keys(ffn, x)
+    for k, path in _choices.items():
+        if path in ("fused", "triton") and k.startswith(warm + " | ") and not k.endswith(" | eval"):
             return path
-    return None
+    path = _eval_choice(ffn, x, key.rsplit(" | ", 1)[0] + " | eval", warm)
+    return None if path == "reference" else path
 
 
 def busy() -> bool:

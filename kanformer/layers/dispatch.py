@@ -11,7 +11,8 @@ for the FFN on this machine within the memory rule; inside a ``kernel("auto")`` 
 ``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton kernels where they apply (CUDA), else
 ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd
 (inference) ``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose
-graphs serve the forward as they are, else the reference path (``autotune.inference_path``). Under
+graphs serve the forward as they are; in a process that only evaluates, the forward path timed for it (the reference
+until then; ``autotune.inference_path``). Under
 ``torch.compile`` every mode but ``triton`` (custom ops) takes the reference path, whose fusion and recomputation
 (min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
 """
@@ -95,7 +96,7 @@ def scoped_kernel(mode: str | None) -> contextlib.AbstractContextManager[None]:
 def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The path for one call of a KAN FFN: its own ``kernel_mode`` (None: the process's), except that under
     ``auto`` a training call takes the path ``autotune`` measured fastest for this FFN, shapes and machine, and a
-    call without autograd the compiled path chosen for its training, where there is one."""
+    call without autograd the compiled path chosen for its training, or timed for evaluation."""
     own = getattr(ffn, "kernel_mode", None)
     mode = _forced[0] or own or _scoped[0] or _mode[0]
     if mode != "auto" or _forced[0] or torch.compiler.is_compiling() or not autotune_enabled():
