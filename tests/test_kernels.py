@@ -258,14 +258,18 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
     layer = KANLinear(47, 5, name)
     basis, state = layer.basis, layer.basis.fused_state()
     per_input = basis.n_basis + (layer.base_weight is not None)
+    fp32, bf16 = (torch.float32, torch.device("cpu")), (torch.bfloat16, torch.device("cpu"))
     with kernel("fused"):
-        assert lean._input_pad(basis, per_input, 47, state) == 1
-        assert lean._input_pad(basis, per_input, 48, state) == 0  # K a multiple of 4 already
-        assert lean._input_pad(basis, per_input, 13, state) == 0  # 3 more inputs: > 4 % of 13, not worth it
-        assert lean._input_pad(basis, per_input, 170, state) == 6  # +3.5 %: padded
-        assert lean._input_pad(basis, per_input, 137, state) == 0  # +5.1 %: not
+        assert lean._input_pad(basis, per_input, 47, state, *fp32) == 1
+        assert lean._input_pad(basis, per_input, 48, state, *fp32) == 0  # K a multiple of 4 already
+        assert lean._input_pad(basis, per_input, 13, state, *fp32) == 0  # 3 more inputs: > 6.25 % of 13, not worth it
+        assert lean._input_pad(basis, per_input, 170, state, *fp32) == 6  # +3.5 %: padded
+        assert lean._input_pad(basis, per_input, 137, state, *fp32) == 7  # +5.1 %: padded
+        assert lean._input_pad(basis, per_input, 103, state, *fp32) == 0  # +8.7 %: not
+        assert lean._input_pad(basis, per_input, 47, state, *bf16) == 0  # a bf16 matmul on CPU: never
+        assert lean._input_pad(basis, per_input, 47, state, torch.bfloat16, torch.device("cuda")) == 1
     with kernel("lean"):
-        assert lean._input_pad(basis, per_input, 47, state) == 0  # eager lean: never padded
+        assert lean._input_pad(basis, per_input, 47, state, *fp32) == 0  # eager lean: never padded
     with torch.no_grad():  # a LayerNorm away from its identity start
         for p in layer.basis.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -298,7 +302,7 @@ def test_gradcheck_float64_fused_padded_rbf():
         for p in layer.basis.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     with kernel("fused"):
-        assert lean._input_pad(layer.basis, 9, 47, layer.basis.fused_state()) == 1
+        assert lean._input_pad(layer.basis, 9, 47, layer.basis.fused_state(), torch.float64, torch.device("cpu")) == 1
     x = (torch.randn(4, 47, dtype=torch.float64) * 1.3).requires_grad_(True)
     norm = layer.basis.norm
 

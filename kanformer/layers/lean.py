@@ -135,7 +135,8 @@ def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dty
     return w.reshape(coef.shape[0], -1)
 
 
-def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor, ...] | None) -> int:
+def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
+               device: torch.device) -> int:
     """Zero inputs appended to the layer (so to each basis' segment of the features) where the features' width
     K = (B[+1]) * I is not a multiple of 4: I + pad becomes a multiple of 16. CPU BLAS (MKL) ran the backward's
     ``gy @ W`` ~40 % slower at B-spline's parameter-matched K = 9 * 171 = 1539 than at 9 * 176 = 1584 (2048 tokens,
@@ -145,15 +146,21 @@ def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor
     elementwise terms, finite at zero inputs and zero state) or where the basis' lean forms work on each input alone
     (``lean_paddable``: Chebyshev, Jacobi). A pre-transform (RBF's LayerNorm) gets the padded input
     and its per-input parameters padded with zeros, and reduces over the basis' ``in_features`` only (the Basis
-    contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped."""
+    contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped. Not for a bf16 or
+    fp16 matmul on CPU (``dtype``: the matmul's), whose BLAS measured no such penalty: same-process A/Bs at d 384, bf16
+    autocast, padded against not, in both orders: B-spline 1.14 / 1.14 against 1.12 / 1.11x the MLP, RBF 1.26 / 1.22
+    against 1.24 / 1.20, the wavelet 1.48 / 1.48 against 1.40 / 1.41."""
     if (state is None and not basis.lean_paddable) or not _fused():
         return 0
+    if dtype in _LOW_PRECISION and device.type == "cpu":
+        return 0
     pad = -width % 16
-    # at most 4% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens: +12%, +9%)
-    # the copies and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25 against
-    # 1.21x); at +3.5% (wavelet 170 -> 176, d 384) and +3.2% (RBF 341 -> 352, d 768) padding won: 1.34 against 1.39x,
-    # 1.20 against 1.32x
-    return pad if per_input * width % 4 and pad * 25 <= width else 0
+    # at most 6.25% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens: +12%,
+    # +9%) the copies and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25
+    # against 1.21x); at +3.5% (wavelet 170 -> 176, d 384), +3.2% (RBF 341 -> 352, d 768) and +5.1% (MultKAN 137 -> 144,
+    # d 384) padding won: 1.34 against 1.39x, 1.20 against 1.32x, and (same-process A/Bs, fp32) 1.08 / 1.19 / 1.15
+    # against 1.13 / 1.24 / 1.20
+    return pad if per_input * width % 4 and pad * 16 <= width else 0
 
 
 def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
@@ -268,7 +275,7 @@ class LeanKANFunction(torch.autograd.Function):
         pre = None if n_pre is None else params[:n_pre]
         with torch.autocast(x.device.type, enabled=False):
             ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}"  # a compiled copy per layer configuration
-            ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state)
+            ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state, dtype, x.device)
             x_, coef_, base_, bias_, pre_ = _detached(x, coef, base, bias, pre)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x_, coef_, base_, state, pre_)
             per_token(xp)
