@@ -281,3 +281,16 @@ def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
     assert "Unknown FFN 'no_such_ffn'" in record["dropped"]["fused"]
     (state,) = _cache(auto)["compiled"].values()
     assert state["state"].startswith("failed") and len(autotune._workers) == 1
+
+
+def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, monkeypatch):
+    """``benchmarks.bench_model.check_evaluation_choices`` (part of the GPU check) on CPU: the compiler reported failed
+    here, so the decision is the reference with fused dropped; the process's earlier choices and the environment are
+    left as they were."""
+    from benchmarks.bench_model import check_evaluation_choices
+
+    monkeypatch.delenv("KANFORMER_EVAL_COMPILE_AFTER_S", raising=False)
+    out = check_evaluation_choices(torch.device("cpu"), {"d_model": D, "tokens": 64}, ["chebyshev"], timeout_s=60)
+    assert out["chebyshev"]["path"] == "reference" and out["chebyshev"]["memory"] == "eval"
+    assert out["chebyshev"]["dropped"] == {"fused": "failed: no compiler in this test"}
+    assert "KANFORMER_EVAL_COMPILE_AFTER_S" not in os.environ and autotune.decisions() == {}
