@@ -294,3 +294,16 @@ def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, 
     assert out["chebyshev"]["path"] == "reference" and out["chebyshev"]["memory"] == "eval"
     assert out["chebyshev"]["dropped"] == {"fused": "failed: no compiler in this test"}
     assert "KANFORMER_EVAL_COMPILE_AFTER_S" not in os.environ and autotune.decisions() == {}
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_wrong_input_width_under_auto_gets_the_ffns_own_error_and_records_nothing(auto, monkeypatch, grad):
+    """Bad input is not timed (every candidate would fail and the failure be cached as a choice): the FFN's own
+    error names the expected shape, under training and evaluation alike, and no choice is recorded."""
+    monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "0")
+    ffn = create_ffn("chebyshev", D, H)
+    for bad in (torch.randn(64, D + 1), torch.tensor(1.0), torch.randn(64, 0)):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=rf"expects inputs of shape \(\.\.\., {D}\)"):
+            ffn(bad)
+    assert autotune.decisions() == {}
+    assert not auto.exists() or not _cache(auto)["choices"]

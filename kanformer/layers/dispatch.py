@@ -101,6 +101,8 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     mode = _forced[0] or own or _scoped[0] or _mode[0]
     if mode != "auto" or _forced[0] or torch.compiler.is_compiling() or not autotune_enabled():
         return own
+    if x.dim() == 0 or x.shape[-1] != getattr(ffn, "d_model", x.shape[-1]) or not x.shape[-1]:
+        return own  # bad input: the FFN's own error, nothing timed (every candidate failing would be cached)
     if not torch.is_grad_enabled():  # evaluation: training's compiled path where this process has one
         return autotune_inference_path(ffn, x) or own
     return autotune_choice(ffn, x)
