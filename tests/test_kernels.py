@@ -281,6 +281,21 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
     _close(fused, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_a_layer_padded_in_fp32_and_not_in_bf16_gets_a_compiled_copy_for_each(monkeypatch):
+    """The input padding depends on the matmul's dtype (none for bf16 on CPU), so the compiled copies are kept apart by
+    it: one copy meeting both widths would recompile with the width symbolic (generic, slower loops)."""
+    tags = []
+    monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": tags.append((fn.__name__, tag)) or fn)
+    layer = KANLinear(47, 5, "bspline")
+    x = torch.randn(16, 47, requires_grad=True)
+    with kernel("fused"):
+        layer(x).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x).float().sum().backward()
+    copy = "BSplineBasis(5, 47, 8)"
+    assert sorted(set(tags)) == [(f, f"{copy}+{pad}") for f in ("_lean_backward", "_lean_forward") for pad in (0, 1)]
+
+
 def test_padding_refuses_a_state_that_is_not_per_input():
     from kanformer.layers import lean
 

@@ -571,9 +571,8 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
     only, per token-count bucket and cached on disk like training's: the reference against ``fused`` once the
     compiler's cache holds the FFN's helpers, which a background compile puts there when the evaluation has lasted
     ``eval_compile_after_s()`` (the reference meanwhile); where Triton kernels apply (CUDA), against them at once
-    (and ``fused`` if ready). One token (a
-    generation step: compiled graphs specialise size 1) and ``torch.inference_mode`` (which the compiled graphs are
-    guarded against) take the reference."""
+    (and ``fused`` if ready). One token (a generation step: compiled graphs specialise size 1) and
+    ``torch.inference_mode`` (which the compiled graphs are guarded against) take the reference."""
     if x.numel() <= x.shape[-1] or torch.is_inference_mode_enabled():
         return None
     key, warm = _keys(ffn, x)

@@ -276,8 +276,10 @@ class LeanKANFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         pre = None if n_pre is None else params[:n_pre]
         with torch.autocast(x.device.type, enabled=False):
-            ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}"  # a compiled copy per layer configuration
             ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state, dtype, x.device)
+            # a compiled copy per layer configuration and padding (which depends on the dtype: one copy meeting two
+            # widths would recompile with the width symbolic)
+            ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}+{ctx.pad}"
             x_, coef_, base_, bias_, pre_ = _detached(x, coef, base, bias, pre)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x_, coef_, base_, state, pre_)
             per_token(xp)
