@@ -397,17 +397,42 @@ def _sharded_inside(ffn: Any) -> bool:
     return any(hasattr(p, "ds_id") for p in ffn.parameters())  # ZeRO-3 partitions (and gathers) every parameter
 
 
-def _by_rule(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
+def _by_rule(ffn: Any, x: torch.Tensor, key: str, warm: str, interim: str, memory: str) -> str:
     """The untimed choice for an FFN with sharded modules inside: Triton where it applies, else ``fused`` once the
-    background compile is done (``lean`` until then, and for good where compiling failed). Kept in this process
-    only: the disk cache holds timed choices."""
+    background compile is done (``interim`` until then, and for good where compiling failed: ``lean`` for training,
+    ``reference`` for evaluation). Kept in this process only: the disk cache holds timed choices."""
     state = _compile_state(warm)
     if state == "pending":
-        return "lean"
-    path = "triton" if _has_triton(ffn, x) else "fused" if state == "ready" else "lean"
+        return interim
+    path = "triton" if _has_triton(ffn, x) else "fused" if state == "ready" else interim
     _choices[key] = path
     _decided[key] = {"path": path, "times_ms": {}, "saved_mb": {}, "dropped": {} if state == "ready" else
-                     {"fused": state}, "memory": _memory[0], "source": "rule: sharded modules inside the FFN"}
+                     {"fused": state}, "memory": memory, "source": "rule: sharded modules inside the FFN"}
+    return path
+
+
+def _adopt(key: str, cached: dict[str, Any], warm_up: Any) -> str:
+    """Take the disk cache's choice ``cached`` for ``key``; a compiled path is loaded (from the compiler's cache) now,
+    by ``warm_up(path)``, as tuning time."""
+    path = cached["path"]
+    _choices[key], _decided[key] = path, {**cached, "source": "cache"}
+    if path in ("fused", "triton", "compiled"):
+        t0 = time.perf_counter()
+        warm_up(path)
+        _seconds[0] += time.perf_counter() - t0
+    return path
+
+
+def _keep(ffn: Any, key: str, path: str, times: dict[str, float], record: dict[str, Any], what: str = "") -> str:
+    """Keep the timed choice ``path`` for ``key`` (on disk and in this process; ``record``: its other fields) and
+    report it in a log line."""
+    record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in times.items()}, **record}
+    _store("choices", key, record)
+    _choices[key], _decided[key] = path, {**record, "source": "timed"}
+    measured = (", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items())
+                or f"fused: {record['dropped'].get('fused')}")
+    print(f"kanformer kernel auto{what}: {ffn.name} FFN {ffn.d_model}x{ffn.hidden} -> {path} ({measured})",
+          file=sys.stderr)
     return path
 
 
@@ -437,15 +462,10 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         return _choices[key]
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     if _sharded_inside(ffn):
-        return _by_rule(ffn, x, key, warm)
+        return _by_rule(ffn, x, key, warm, "lean", _memory[0])
     cached = _load()["choices"].get(key)
     if cached:
-        _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
-        if cached["path"] in ("fused", "triton", "compiled"):  # compile (from the compiler's cache) now, as tuning time
-            t0 = time.perf_counter()
-            _warm_up(ffn, x, cached["path"])
-            _seconds[0] += time.perf_counter() - t0
-        return cached["path"]
+        return _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
     candidates = _candidates(ffn, x)
     state = _compile_state(warm)
     if state == "pending" or busy() or _following(key):
@@ -465,15 +485,9 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     fits = {p: t for p, t in m["times"].items() if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]}
     if not fits:  # nothing measured fits: the lean path always runs and always fits
         fits = {"lean": m["times"].get("lean", 0.0)}
-    path = min(fits, key=fits.get)
-    record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in m["times"].items()},
-              "saved_mb": {p: round(b / 2**20, 2) for p, b in m["saved"].items()},
-              "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": _memory[0]}
-    _store("choices", key, record)
-    _choices[key], _decided[key] = path, {**record, "source": "timed"}
-    print(f"kanformer kernel auto: {ffn.name} FFN {ffn.d_model}x{ffn.hidden} -> {path} "
-          f"({', '.join(f'{p} {t * 1e3:.1f} ms' for p, t in m['times'].items())})", file=sys.stderr)
-    return path
+    return _keep(ffn, key, min(fits, key=fits.get), m["times"], {
+        "saved_mb": {p: round(b / 2**20, 2) for p, b in m["saved"].items()},
+        "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": _memory[0]})
 
 
 _eval_since: dict[str, float] = {}  # warm key -> when this process's first evaluation call of it came
@@ -525,20 +539,9 @@ def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
     cached = _load()["choices"].get(key)
     # a cached fused choice only with its helpers in the compiler's cache (else one call would compile for minutes)
     if cached and (cached["path"] != "fused" or _compile_state(warm) == "ready"):
-        _choices[key], _decided[key] = cached["path"], {**cached, "source": "cache"}
-        if cached["path"] in ("fused", "triton"):  # compile (from the compiler's cache) now, as tuning time
-            t0 = time.perf_counter()
-            _call(ffn, x, cached["path"])
-            _seconds[0] += time.perf_counter() - t0
-        return cached["path"]
+        return _adopt(key, cached, lambda path: _call(ffn, x, path))
     if _sharded_inside(ffn):  # untimed (collectives on one rank alone): the fixed rule once its compile is ready
-        state = _compile_state(warm)
-        path = "triton" if _has_triton(ffn, x) else "fused" if state == "ready" else "reference"
-        if state != "pending":
-            _choices[key] = path
-            _decided[key] = {"path": path, "times_ms": {}, "saved_mb": {}, "dropped": {}, "memory": "eval",
-                             "source": "rule: sharded modules inside the FFN"}
-        return path
+        return _by_rule(ffn, x, key, warm, "reference", "eval")
     found = _eval_candidates(ffn, x, warm)
     if found is None or busy() or _following(key):
         return "reference"
@@ -551,14 +554,7 @@ def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
         dropped.update(m["dropped"])
         times = m["times"]
     path = min(times, key=times.get) if times else "reference"
-    record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in times.items()}, "saved_mb": {},
-              "dropped": dropped, "memory": "eval"}
-    _store("choices", key, record)
-    _choices[key], _decided[key] = path, {**record, "source": "timed"}
-    measured = ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items()) or f"fused: {dropped.get('fused')}"
-    print(f"kanformer kernel auto (evaluation): {ffn.name} FFN {ffn.d_model}x{ffn.hidden} -> {path} ({measured})",
-          file=sys.stderr)
-    return path
+    return _keep(ffn, key, path, times, {"saved_mb": {}, "dropped": dropped, "memory": "eval"}, " (evaluation)")
 
 
 def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
