@@ -253,10 +253,12 @@ class BSplineBasis(Basis):
         values, slopes = _local_polynomials(k), _local_polynomials(k, derivative=True)
         value, slope = torch.zeros_like(t), torch.zeros_like(t)
         for r in range(k + 1):  # the same k+1 polynomials of t for every j: the compiler evaluates them once
-            at = m - j == k - r
+            # m - j == k - r written as a comparison of m with a constant, which the splines share: B + k compares a
+            # pass instead of B * (k+1) (a subtraction and k+1 compares each); slopes in units of x, scaled once
+            at = m == float(j + k - r)
             value = torch.where(at, _poly(values[r], t), value)
-            slope = torch.where(at, _poly(slopes[r], t), slope)
-        return value, slope * inv_h
+            slope = torch.where(at, _poly(slopes[r], t) * inv_h, slope)
+        return value, slope
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()

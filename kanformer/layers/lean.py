@@ -89,13 +89,15 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
     if state is not None:
         values = values if values is not None else _terms(basis, uc, state)[0]
         if x is not None:
-            values = [*values, F.silu(x.to(uc.dtype))]
+            xc = x.to(uc.dtype)
+            values = [*values, xc * torch.sigmoid(xc)]  # silu, sharing the backward's sigmoid (one exp, not two)
         # one write of each value into its slot, in the matmul's dtype (stacked first, a bf16 matmul's features took
         # an fp32 tensor and a pass to cast it)
         return torch.stack([v.to(dtype) for v in values], dim=1)
     feats = basis.lean_features(uc)
     if x is not None:
-        feats = torch.cat([feats, F.silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
+        xc = x.to(feats.dtype)
+        feats = torch.cat([feats, (xc * torch.sigmoid(xc)).unsqueeze(1)], dim=1)
     return feats.to(dtype)
 
 
