@@ -307,3 +307,26 @@ def test_a_wrong_input_width_under_auto_gets_the_ffns_own_error_and_records_noth
             ffn(bad)
     assert autotune.decisions() == {}
     assert not auto.exists() or not _cache(auto)["choices"]
+
+
+def test_the_distributed_evaluation_benchmark_runs_a_rank_and_reports_its_path(auto, monkeypatch, capsys):
+    """``benchmarks.eval_ranks`` as one rank of a gloo group (CPU): it evaluates without grad under auto, and reports
+    the path it ran (the reference: the compiler is reported failed here) and its distance from the reference; outside
+    torchrun it says how to launch it."""
+    from benchmarks.eval_ranks import main
+    from tests.gloo import free_port
+
+    with pytest.raises(SystemExit):
+        main(["--seconds", "0"])
+    assert "torch.distributed.run" in capsys.readouterr().err
+    monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    main(["--ffn", "chebyshev", "--d-model", str(D), "--tokens", "64", "--dtype", "fp32", "--seconds", "0.5"])
+    out = capsys.readouterr().out
+    assert "rank 0 (local 0): reference from" in out and "max |y - reference| 0" in out
+    (record,) = autotune.decisions().values()
+    assert record["path"] == "reference" and record["dropped"] == {"fused": "failed: no compiler in this test"}
