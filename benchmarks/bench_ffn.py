@@ -15,11 +15,16 @@ device; on CUDA also the peak allocated above the baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,10 +53,16 @@ class Arm:
         self.ctx: Callable[[], Any] = (lambda: torch.autocast(device.type, dtype=dtype)) if autocast \
             else torch.enable_grad
         self.times: dict[str, list[float]] = {"fwd_bwd": [], "fwd": []}
+        # what a new user's first call costs on this process's caches (``--cold``: empty ones): the first forward +
+        # backward, and under auto the time until it settled on a path (the background compile, then the switch)
+        t0 = time.perf_counter()
+        self.step()
+        self.first_step_s, self.settled_s = time.perf_counter() - t0, None
         self.path = get_kernel()  # auto: the path it settles on for this FFN here (mlp and swiglu: none)
         if self.path == "auto" and hasattr(self.ffn, "_forward") and autotune.enabled():
             with self.ctx():
                 self.path = autotune.settle(self.ffn, self.x)
+            self.settled_s = time.perf_counter() - t0
         elif name in ("mlp", "swiglu"):
             self.path = "-"
         self.compiled: Any = None
@@ -90,7 +101,8 @@ class Arm:
             act = saved_activation_bytes(self.ffn, self.x)
         row = {"ffn": self.name, "hidden": self.hidden, "params": self.ffn.num_params(),
                "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
-               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path}
+               "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path,
+               "first_step_s": self.first_step_s, "settled_s": self.settled_s}
         if self.compiled is not None:
             row["compiled_reference_s"] = statistics.median(self.times["compiled"])
         if self.device.type == "cuda":
@@ -145,7 +157,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
         "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
+        "cold": getattr(args, "cold", False),
     }
+
+
+@contextlib.contextmanager
+def cold_caches(cold: bool) -> Iterator[None]:
+    """With ``cold``: the compiler's and the autotuner's caches in a fresh temporary directory for the block (what
+    the background compiles inherit too), removed after; else nothing changes."""
+    if not cold:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "KANFORMER_CACHE")}
+    root = Path(tempfile.mkdtemp(prefix="kanformer-cold-"))
+    os.environ.update(TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), KANFORMER_CACHE=str(root / "kanformer"))
+    autotune.forget()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        autotune.forget()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def machine(device: torch.device) -> str:
@@ -167,20 +203,25 @@ def format_table(result: dict[str, Any]) -> str:
             f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
-            f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms")
+            f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "
+            f"First step and auto's settling on "
+            f"{'empty compiler and autotune caches (--cold)' if result.get('cold') else 'the caches this machine has'}")
     compiled = "compiled_reference_ratio" in result["rows"][0]
     lines = [head, "",
              "| FFN | path | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | "
-             "saved act. MB | x MLP |" + (" compiled reference x MLP | its first step s |" if compiled else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if compiled else "")]
+             "saved act. MB | x MLP | first step s | auto settled s |"
+             + (" compiled reference x MLP | its first step s |" if compiled else ""),
+             "|---|---|" + "---:|" * (12 + 2 * compiled)]
     for r in result["rows"]:
         spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
+        settled = "-" if r["settled_s"] is None else f"{r['settled_s']:.1f}"
         lines.append(
             f"| {r['ffn']} | {r.get('path', '')} | {r['hidden']} | {r['params']:,} | "
             f"{r['flops_per_token'] / 1e6:.2f} | "
             f"{r['fwd_bwd_s'] * 1e3:.1f} | {r['time_ratio']:.2f} | {spread} | "
             f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
-            f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} |"
+            f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} | {r['first_step_s']:.2f} | "
+            f"{settled} |"
             + (f" {r['compiled_reference_ratio']:.2f} | {r['compiled_reference_first_step_s']:.1f} |" if compiled
                else ""))
     return "\n".join(lines)
@@ -203,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
                    "kanformer/layers/autotune.py; the table names it)")
     p.add_argument("--compiled-reference", action="store_true",
                    help="also time torch.compile of each FFN (its reference path), interleaved with the rest")
+    p.add_argument("--cold", action="store_true",
+                   help="start on empty compiler and autotune caches (fresh temporary directories): each FFN's first "
+                   "step and auto's settling as a new machine sees them (each KAN FFN's background compile takes "
+                   "about a minute on 2 cores)")
     add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -211,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     set_kernel(args.kernel)
     configure_malloc(args.malloc)
-    result = run(args)
+    with cold_caches(args.cold):
+        result = run(args)
     result["kernel"] = args.kernel
     print(format_table(result))
     if args.json:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -415,10 +416,29 @@ def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path,
     mlp, cheb = result["rows"]
     assert mlp["time_ratio"] == mlp["time_ratio_low"] == mlp["time_ratio_high"] == 1.0
     assert 0 < cheb["time_ratio_low"] <= cheb["time_ratio"] <= cheb["time_ratio_high"]
+    assert all(r["first_step_s"] > 0 and r["settled_s"] is None for r in result["rows"])  # pinned: nothing to settle
     assert "3 rounds of 1 steps per FFN, interleaved" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_ffn.main(["--rounds", "0"])
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_ffn_benchmarks_cold_start_runs_on_fresh_caches_and_puts_the_old_ones_back(monkeypatch):
+    """``--cold``: the compiler's and the autotuner's caches point into a fresh temporary directory for the run (the
+    background compiles inherit the environment), which is removed after; the environment is restored."""
+    from benchmarks.bench_ffn import cold_caches
+    from kanformer.layers import autotune
+
+    monkeypatch.setenv("KANFORMER_CACHE", "/kept/kanformer")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with cold_caches(True):
+        fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).parent
+        assert fresh.is_dir() and not any(fresh.iterdir())
+        assert autotune.cache_path() == fresh / "kanformer" / "autotune.json"
+    assert not fresh.exists() and os.environ["KANFORMER_CACHE"] == "/kept/kanformer"
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    with cold_caches(False):
+        assert os.environ["KANFORMER_CACHE"] == "/kept/kanformer"
 
 
 @pytest.mark.slow
