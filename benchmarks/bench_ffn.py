@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -168,18 +169,13 @@ def cold_caches(cold: bool) -> Iterator[None]:
     if not cold:
         yield
         return
-    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "KANFORMER_CACHE")}
     root = Path(tempfile.mkdtemp(prefix="kanformer-cold-"))
-    os.environ.update(TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), KANFORMER_CACHE=str(root / "kanformer"))
+    fresh = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "KANFORMER_CACHE": str(root / "kanformer")}
     autotune.forget()
     try:
-        yield
+        with mock.patch.dict(os.environ, fresh):
+            yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         autotune.forget()
         shutil.rmtree(root, ignore_errors=True)
 

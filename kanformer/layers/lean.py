@@ -40,6 +40,12 @@ from .triton_kan import rational_forward as triton_rational_forward
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """silu(x) written with the sigmoid its gradient (``_silu_grad``) uses, so a compiled backward that recomputes
+    the base branch and differentiates it evaluates one exponential and one division a pass, not two."""
+    return x * torch.sigmoid(x)
+
+
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
     s = torch.sigmoid(x)
     return s * (1 + x * (1 - s))
@@ -89,15 +95,13 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
     if state is not None:
         values = values if values is not None else _terms(basis, uc, state)[0]
         if x is not None:
-            xc = x.to(uc.dtype)
-            values = [*values, xc * torch.sigmoid(xc)]  # silu, sharing the backward's sigmoid (one exp, not two)
+            values = [*values, _silu(x.to(uc.dtype))]
         # one write of each value into its slot, in the matmul's dtype (stacked first, a bf16 matmul's features took
         # an fp32 tensor and a pass to cast it)
         return torch.stack([v.to(dtype) for v in values], dim=1)
     feats = basis.lean_features(uc)
     if x is not None:
-        xc = x.to(feats.dtype)
-        feats = torch.cat([feats, (xc * torch.sigmoid(xc)).unsqueeze(1)], dim=1)
+        feats = torch.cat([feats, _silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
     return feats.to(dtype)
 
 
