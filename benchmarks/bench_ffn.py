@@ -189,7 +189,7 @@ def machine(device: torch.device) -> str:
 
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
-                   help="CPU allocator for every arm (kanformer/allocator.py): keep freed large blocks for reuse "
+                   help="CPU allocator for every arm (kanformer/train/allocator.py): keep freed large blocks for reuse "
                    "(default), or the system's default behaviour")
 
 
