@@ -1,20 +1,19 @@
 """Which path a KAN layer takes, and the compiled or hand-written versions of the lean path's helpers.
 
-Dispatch (the KAN FFNs' ``forward`` through :func:`tuned_call`, ``KANLinear.forward``): ``set_kernel("auto" | "lean"
-| "fused" | "triton" | "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path
-with each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on
-GPU; compiled once per configuration, kept in the compiler's on-disk cache); a basis may give a compiler-friendly form
-for it (``fused_state()`` and ``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, elementwise expressions instead of
-scatters or host reads), from which the backward evaluates each function once for both the recomputed features and
-the input gradient. ``auto`` (the default), when autograd records (training): the path ``autotune`` measured fastest
-for the FFN on this machine within the memory rule; inside a ``kernel("auto")`` block, and with
-``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton kernels where they apply (CUDA), else
-``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd
-(inference) ``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose
-graphs serve the forward as they are; in a process that only evaluates, the forward path timed for it (the reference
-until then; ``autotune.inference_path``). Under
-``torch.compile`` every mode but ``triton`` (custom ops) takes the reference path, whose fusion and recomputation
-(min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
+Dispatch (the KAN FFNs' ``forward`` through :func:`tuned_call`, ``KANLinear.forward``): ``set_kernel("auto" | "lean" |
+"fused" | "triton" | "reference")`` or the ``KANFORMER_KERNEL`` environment variable. ``fused`` is the lean path with
+each basis' (and GR-KAN's) elementwise work compiled by torch.compile into fused loops (C++ on CPU, Triton on GPU;
+compiled once per configuration, kept in the compiler's on-disk cache); a basis may give a compiler-friendly form for it
+(``fused_state()`` and ``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, or ``fused_terms(u, *state)`` for every j,
+elementwise expressions instead of scatters or host reads), from which the backward evaluates each function once for
+both the recomputed features and the input gradient. ``auto`` (the default), when autograd records (training): the path
+``autotune`` measured fastest for the FFN on this machine within the memory rule; inside a ``kernel("auto")`` block, and
+with ``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton kernels where they apply (CUDA), else
+``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd (inference)
+``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose graphs serve the
+forward as they are; in a process that only evaluates, the forward path timed for it (the reference until then;
+``autotune.inference_path``). Under ``torch.compile`` every mode but ``triton`` (custom ops) takes the reference path,
+whose fusion and recomputation (min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
 """
 
 from __future__ import annotations

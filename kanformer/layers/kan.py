@@ -171,13 +171,20 @@ class Basis(nn.Module):
         raise NotImplementedError
 
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:
-        """Arguments of the per-function elementwise form ``fused_term`` (the fused path), or None without one: 0-d
+        """Arguments of the per-function elementwise form ``fused_term(s)`` (the fused path), or None without one: 0-d
         tensors, or per-input vectors ``(in_features,)`` (padded with zeros where the fused path pads the inputs)."""
         return None
 
     def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(value, slope) of basis function ``j`` at ``x``: the fused path's per-function form."""
+        """(value, slope) of basis function ``j`` at ``x``: the fused path's per-function form (this or
+        ``fused_terms``)."""
         raise NotImplementedError
+
+    def fused_terms(self, x: torch.Tensor, *state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(value, slope) of every basis function, ``fused_term`` for each j; a basis whose functions share work
+        overrides it to write the shared expressions once (what the compiler traces, op by op, on every process's
+        first call: the compiled loop is the same either way)."""
+        return [self.fused_term(x, j, *state) for j in range(self.n_basis)]
 
     def triton_params(self) -> tuple[torch.Tensor, ...] | None:
         """What the Triton kernels need (B-spline on a uniform grid), or None where they do not apply."""

@@ -59,13 +59,12 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torch.Tensor | None = None
            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """The basis' per-function form (``fused_term(u, j, *state) -> (f_j(u), f_j'(u))``, each (N, I)): the values
-    f_j(u), and with ``g`` (N, B, I) also ``sum_j g_j f_j'(u)``. Written as one expression per function, so a compiler
-    evaluates each function once for its value and its slope, in one loop over (N, I) with the values stored as
-    they come (the backward's recomputed features and input gradient in one pass)."""
+    """The basis' per-function form (``fused_terms(u, *state)``: (f_j(u), f_j'(u)) for each j, each (N, I)): the
+    values f_j(u), and with ``g`` (N, B, I) also ``sum_j g_j f_j'(u)``. Written as one expression per function, so a
+    compiler evaluates each function once for its value and its slope, in one loop over (N, I) with the values stored
+    as they come (the backward's recomputed features and input gradient in one pass)."""
     values, acc = [], None
-    for j in range(basis.n_basis):
-        value, slope = basis.fused_term(u, j, *state)
+    for j, (value, slope) in enumerate(basis.fused_terms(u, *state)):
         values.append(value)
         if g is not None:
             acc = g[:, j] * slope if acc is None else acc + g[:, j] * slope
@@ -73,7 +72,7 @@ def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torc
 
 
 def terms_input_grad(basis: Any, u: torch.Tensor, g: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
-    """``sum_j g[:, j] f_j'(u)`` from the basis' ``fused_term`` (a sum of (N, I) terms: eager-friendly too)."""
+    """``sum_j g[:, j] f_j'(u)`` from the basis' ``fused_terms`` (a sum of (N, I) terms: eager-friendly too)."""
     return _terms(basis, u, state, g)[1]
 
 
