@@ -9,10 +9,10 @@ resident set stays at its peak instead, the trade jemalloc and tcmalloc make too
 recommend those). The mmap threshold stops at 32 MB (glibc's limit), so blocks above it (d_model 768 and 4096 tokens,
 fp32: a KAN layer's features 113 MB, the MLP's hidden activations 50 MB) are served from the heap by turning mmap off
 (``M_MMAP_MAX`` 0; glibc still maps what a heap cannot give, in other threads' arenas). Without that, a B-spline FFN
-step there took 123,000 page faults and ~280 ms of system time (the MLP's: 51,000, ~100 ms); with it none, and the
-steps ran 16 - 18 % faster, the MLP's too, for a peak resident set 25 - 34 % higher (heap fragmentation). It changes
-the whole process, so it is applied where a run starts (``train.cpu_malloc``, the benchmarks' default) and never on
-import.
+step there took 123,000 page faults and ~280 ms of system time (the MLP's: 51,000, ~100 ms); with it 0 - 9,200 and
+0 - 16 ms, and the steps ran 16 - 18 % faster, the MLP's too, for a peak resident set 25 - 34 % higher (heap
+fragmentation). It changes the whole process, so it is applied where a run starts (``train.cpu_malloc``, the
+benchmarks' default) and never on import.
 """
 
 from __future__ import annotations
