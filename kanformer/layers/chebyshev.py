@@ -21,6 +21,7 @@ from .registry import check_positive_int, register_ffn
 @register_basis("chebyshev")
 class ChebyshevBasis(Basis):
     lean_paddable = True
+    lean_grad_always = True
     default_base = False
 
     def __init__(self, in_features: int, *, degree: int = 4) -> None:

@@ -36,6 +36,7 @@ def jacobi_recurrence(degree: int, alpha: float, beta: float) -> list[tuple[floa
 @register_basis("jacobi")
 class JacobiBasis(Basis):
     lean_paddable = True
+    lean_grad_always = True
     default_base = False
 
     def __init__(self, in_features: int, *, degree: int = 4, alpha: float = 1.0, beta: float = 1.0) -> None:

@@ -27,6 +27,8 @@ from torch import nn
 from .dispatch import scoped_kernel, tuned_call, use_lean
 from .flops import SILU_FLOPS, linear_flops
 from .lean import lean_kan_linear
+from .lean_ffn import lean_kan_ffn
+from .lean_ffn import plan as ffn_plan
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, rms
 
 _BASES: dict[str, type[Basis]] = {}
@@ -52,6 +54,9 @@ class Basis(nn.Module):
     # basis' own: then the fused path may append zero inputs for a BLAS-friendly width (layers/lean.py's
     # ``_input_pad``; a basis with a per-function form, ``fused_state``, is padded through its state instead).
     lean_paddable: ClassVar[bool] = False
+    # Whether ``lean_input_grad`` gives the input gradient for every input (never declines): then a basis without a
+    # per-function form is chained with the FFN's other layer in one Function (layers/lean_ffn.py).
+    lean_grad_always: ClassVar[bool] = False
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
@@ -159,6 +164,10 @@ class Basis(nn.Module):
         back) where ``lean_params_backward`` takes and returns them in that layout. Without that method autograd
         differentiates ``lean_features`` with respect to these tensors, so they must be the ones it reads."""
         return ()
+
+    @property
+    def has_lean_params(self) -> bool:
+        return type(self).lean_params is not Basis.lean_params
 
     @property
     def has_params_backward(self) -> bool:
@@ -461,6 +470,9 @@ class KANFFN(FFN):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
+        chained = ffn_plan(self, x)  # both layers in one Function where they can be (layers/lean_ffn.py)
+        if chained is not None:
+            return lean_kan_ffn(self, x, chained)
         return self.fc2(self.fc1(x))
 
     @torch.no_grad()

@@ -178,7 +178,17 @@ def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tenso
     zero inputs."""
     if not pad:
         return x, coef, base, state, pre
-    i = x.shape[1]
+    return (F.pad(x, (0, pad)), *_pad_params(pad, coef, base, state, pre))
+
+
+def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
+                pre: tuple[torch.Tensor, ...] | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None,
+                           tuple[torch.Tensor, ...] | None]:
+    """``_pad_inputs`` but for the input itself: the layer's weights and per-input tensors for ``pad`` zero inputs."""
+    if not pad:
+        return coef, base, state, pre
+    i = coef.shape[1]
 
     def per_input(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
         """0-d tensors as they are, per-input vectors (I,) padded (the ``fused_state`` / ``lean_pre`` contract)."""
@@ -190,7 +200,7 @@ def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tenso
         return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
 
     base = None if base is None else F.pad(base, (0, pad))
-    return F.pad(x, (0, pad)), F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
+    return F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
 
 
 def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
@@ -200,19 +210,26 @@ def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
 
 def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
                   bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
-                  pre: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                  pre: tuple[torch.Tensor, ...] | None, keep_pad: bool = False
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input, and the pre-transform's statistics: the whole
     layer, one compiled graph in the fused mode (pre-transform, features, weight layout and the matmul; one call per
-    layer, so the per-call overhead is paid once)."""
+    layer, so the per-call overhead is paid once). ``keep_pad``: y with the zero columns of a padded output width
+    (``output_pad``) kept."""
     u, stats = _pre(basis, x, pre)
     feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(len(x), -1)  # (N, B[+1]*I)
     o = coef.shape[0]
-    # a matmul-friendly output width: zero rows, sliced off. CPU BLAS (MKL) ran the parameter-matched width 171 ~25 %
-    # slower than 176; widths that are multiples of 4 (Chebyshev's 308 against 320) measured no gain worth the copies
-    pad = -o % 16 if o % 4 else 0
+    pad = output_pad(o)
     w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)
     y = feats @ w.T if bias is None else torch.addmm(F.pad(bias.to(dtype), (0, pad)), feats, w.T)  # (N, O + pad)
-    return (y[:, :o].contiguous() if pad else y), stats
+    return (y[:, :o].contiguous() if pad and not keep_pad else y), stats
+
+
+def output_pad(o: int) -> int:
+    """Zero output columns for a matmul-friendly width (rows of zeros in the weights, sliced off after): CPU BLAS
+    (MKL) ran the parameter-matched width 171 ~25 % slower than 176; widths that are multiples of 4 (Chebyshev's 308
+    against 320) measured no gain worth the copies."""
+    return -o % 16 if o % 4 else 0
 
 
 def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, gy: torch.Tensor,

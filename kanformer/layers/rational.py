@@ -26,6 +26,7 @@ from torch import nn
 from .dispatch import tuned_call, use_lean
 from .flops import linear_flops
 from .lean import lean_rational_linear
+from .lean_ffn import lean_rational_ffn, rational_chainable
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, copy_units, register_ffn, rms
 
 _INIT_TARGETS = {
@@ -241,6 +242,8 @@ class RationalFFN(FFN):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
+        if use_lean() and rational_chainable(self, x):  # both pairs in one Function (layers/lean_ffn.py)
+            return lean_rational_ffn(self, x)
         if use_lean():  # act -> linear fused twice, each saving only its input (layers/lean.py)
             h = lean_rational_linear(x.reshape(-1, self.d_model), self.act1, self.fc1)
             return lean_rational_linear(h, self.act2, self.fc2).reshape(x.shape)

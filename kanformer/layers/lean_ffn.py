@@ -1,0 +1,333 @@
+"""A KAN FFN's two layers as one autograd Function: one compiled graph for the forward of both, one for the backward.
+
+Per layer, the fused path (layers/lean.py) runs an autograd Function whose forward and backward are compiled graphs:
+four graph calls and two Function calls an FFN step, each with fixed costs (guards, wrappers, argument preparation,
+OpenMP regions) that do not shrink with the token count. At the demo's widths they weigh: B-spline FFN, d_model 128,
+1024 tokens, fp32, 2-core CPU: 0.90x the two-layer step's time in one Function (median of 7 interleaved pairs).
+
+    forward:  h = layer1(x);  y = layer2(h)                        saves x and h (what the two layers saved)
+    backward: dh, d(layer2) = layer2'(h, dy);  dx, d(layer1) = layer1'(x, dh)
+
+Layer 2 reads layer 1's output inside the graph, so an output width padded for the matmul (``lean.output_pad``) is
+kept as layer 2's padded input where layer 2 pads its inputs to the same width (``lean._input_pad``), and sliced off
+otherwise. The two layers' computations are lean.py's ``_lean_forward`` and ``_lean_backward`` as they are: the
+results equal the per-layer path's to rounding.
+
+It serves the layers it can chain (:func:`plan`): both on the fused path with an analytic input gradient and no
+parameters of the basis' own (a wavelet's translations and scales are differentiated per layer), no module hooks on
+either layer (hooks see every layer's call on the per-layer path), no Triton kernel that applies. Everything else
+takes the per-layer path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.modules import module as _module
+
+from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, use_lean
+from .lean import (
+    _LOW_PRECISION,
+    _channel_tables,
+    _compute_dtype,
+    _detached,
+    _input_pad,
+    _lean_backward,
+    _lean_forward,
+    _low_dtype,
+    _pad_inputs,
+    _pad_params,
+    output_pad,
+    rational_backward,
+    rational_values,
+)
+from .triton_kan import triton_available
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one call of the two-layer Function needs beside its tensors: each layer's basis, per-function state (None:
+    the basis' lean forms), input padding and number of pre-transform parameters, the matmul dtype, and the tag of
+    the compiled copies."""
+
+    basis1: Any
+    basis2: Any
+    state1: tuple[torch.Tensor, ...] | None
+    state2: tuple[torch.Tensor, ...] | None
+    pad1: int
+    pad2: int
+    n_pre1: int
+    n_pre2: int
+    dtype: torch.dtype
+    tag: str
+
+
+def _hooked(layer: torch.nn.Module) -> bool:
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                or layer._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks)
+
+
+def _chainable(layer: Any, mode: str, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None | bool:
+    """The layer's per-function state (None: none) where its call can be chained with the other's, False where not."""
+    basis = layer.basis
+    if (layer.kernel_mode not in (None, mode) or _hooked(layer) or not use_lean(basis.has_lean)
+            or basis.has_lean_params):
+        return False
+    if mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
+        return False  # the layer's hand-written Triton kernels serve it
+    state = basis.fused_state()
+    if state is None and not basis.lean_grad_always:
+        return False  # its input gradient may take autograd through the recomputed basis (a declined analytic one)
+    return state
+
+
+def plan(ffn: Any, x: torch.Tensor) -> Plan | None:
+    """The two-layer Function's plan for ``ffn`` (a KANFFN: ``fc1``, ``fc2``) on ``x`` now, or None where the
+    per-layer path serves (see the module's docstring)."""
+    mode = get_kernel()
+    if mode not in ("auto", "fused") or not _fused() or _global_hooks():
+        return None
+    fc1, fc2 = ffn.fc1, ffn.fc2
+    state1 = _chainable(fc1, mode, x)
+    state2 = False if state1 is False else _chainable(fc2, mode, x)
+    if state1 is False or state2 is False:
+        return None
+    dtype = _compute_dtype(x)
+    b1, b2 = fc1.basis, fc2.basis
+    pad1 = _input_pad(b1, b1.n_basis + (fc1.base_weight is not None), fc1.in_features, state1, dtype, x.device)
+    pad2 = _input_pad(b2, b2.n_basis + (fc2.base_weight is not None), fc2.in_features, state2, dtype, x.device)
+    if pad2 not in (0, output_pad(fc1.out_features)):
+        return None  # layer 2 pads to another width than layer 1's output has: no such rule today
+    pre1, pre2 = b1.lean_pre_params(), b2.lean_pre_params()
+    tag = f"{type(b1).__name__}{tuple(fc1.coef.shape)}+{pad1}/{tuple(fc2.coef.shape)}+{pad2}"
+    return Plan(b1, b2, state1, state2, pad1, pad2, len(pre1 or ()), len(pre2 or ()), dtype, tag)
+
+
+def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
+                 dtype: torch.dtype, padded_hidden: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """y, the hidden h layer 2 read (with layer 1's zero output columns where ``padded_hidden``), and the two
+    pre-transforms' statistics. ``layer``: (coef, base, bias, state, pre), padded for its inputs. One compiled graph
+    in the fused mode."""
+    coef1, base1, bias1, state1, pre1 = layer1
+    coef2, base2, bias2, state2, pre2 = layer2
+    hidden, stats1 = _lean_forward(basis1, x, coef1, base1, bias1, state1, dtype, pre1, keep_pad=True)
+    h = hidden if padded_hidden else hidden[:, : coef1.shape[0]]
+    y, stats2 = _lean_forward(basis2, h, coef2, base2, bias2, state2, dtype, pre2)
+    return y, h, stats1, stats2
+
+
+def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, layer1: tuple[Any, ...],
+                  layer2: tuple[Any, ...], gy: torch.Tensor, dtype: torch.dtype, need: tuple[bool, ...]
+                  ) -> tuple[Any, ...]:
+    """Layer 2's backward, then layer 1's on its input gradient: (dx, dcoef1, dbase1, dpre1, dbias1, dcoef2, dbase2,
+    dpre2, dbias2). ``layer``: (coef, base, state, pre, stats), padded for its inputs; ``need``: (layer 1's weights,
+    its bias, layer 2's weights, its bias). One compiled graph in the fused mode."""
+    coef1, base1, state1, pre1, stats1 = layer1
+    coef2, base2, state2, pre2, stats2 = layer2
+    need_w1, need_b1, need_w2, need_b2 = need
+    g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, h, coef2, base2, gy.to(dtype), state2, dtype,
+                                                             need_w2, True, pre2, stats2)
+    g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+    g_coef1, g_base1, g_x, g_pre1, g_feats1 = _lean_backward(basis1, x, coef1, base1, g_h.to(dtype), state1, dtype,
+                                                             need_w1, True, pre1, stats1)
+    if g_feats1 is not None or g_feats2 is not None:
+        raise RuntimeError("a basis declined its analytic input gradient on the two-layer path (layers/lean_ffn.py "
+                           "plans it only for bases that give one)")
+    g_bias1 = g_h.sum(0) if need_b1 else None
+    g_bias2 = gy.sum(0) if need_b2 else None
+    return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2
+
+
+def _unpad(pad: int, i: int, g_coef: torch.Tensor | None, g_base: torch.Tensor | None,
+           g_pre: tuple[torch.Tensor, ...]
+           ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    """The gradients of a layer's real inputs (``i`` of them), the padded inputs' dropped."""
+    if not pad:
+        return g_coef, g_base, g_pre
+    g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
+    return g_coef, g_base, tuple(g[..., :i] for g in g_pre)
+
+
+class LeanKANFFNFunction(torch.autograd.Function):
+    """``y = layer2(layer1(x))`` for two lean KAN layers (``plan``), saving x, the hidden activations, the weights and
+    the pre-transforms' per-token statistics. ``pre``: layer 1's pre-transform parameters, then layer 2's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
+                bias1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
+                bias2: torch.Tensor | None, p: Plan, *pre: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
+            pre1, pre2 = (pre_[: p.n_pre1] if p.n_pre1 else None), (pre_[p.n_pre1:] if p.n_pre2 else None)
+            xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
+            c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
+            per_token(xp)
+            y, h, stats1, stats2 = _kernel_fn(_ffn_forward, tag=p.tag)(
+                p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0)
+        ctx.plan, ctx.n_stats1, ctx.n_stats2 = p, len(stats1), len(stats2)
+        ctx.mode = get_kernel()  # the backward takes the path the forward took
+        ctx.has_base1, ctx.has_base2, ctx.has_bias1, ctx.has_bias2 = (
+            base1 is not None, base2 is not None, bias1 is not None, bias2 is not None)
+        empty = torch.empty(0)
+        ctx.save_for_backward(x, h, coef1, empty if base1 is None else base1, coef2, empty if base2 is None else base2,
+                              *stats1, *stats2, *pre)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with scoped_kernel(ctx.mode):
+            return LeanKANFFNFunction._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        p: Plan = ctx.plan
+        x, h, coef1, base1, coef2, base2, *saved = ctx.saved_tensors
+        stats1, saved = tuple(saved[: ctx.n_stats1]), saved[ctx.n_stats1:]
+        stats2, pre = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
+        base1 = base1 if ctx.has_base1 else None
+        base2 = base2 if ctx.has_base2 else None
+        pre1, pre2 = (pre[: p.n_pre1] if p.n_pre1 else None), (pre[p.n_pre1:] if p.n_pre2 else None)
+        needs = ctx.needs_input_grad
+        need = (needs[1] or needs[2], ctx.has_bias1 and needs[3], needs[4] or needs[5], ctx.has_bias2 and needs[6])
+        with torch.autocast(x.device.type, enabled=False):
+            xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
+            c2, w2, s2, pre2p = _pad_params(p.pad2, coef2, base2, p.state2, pre2)
+            per_token(xp, h, gy, *stats1, *stats2)
+            g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2 = _kernel_fn(_ffn_backward, tag=p.tag)(
+                p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1), (c2, w2, s2, pre2p, stats2), gy, p.dtype,
+                need)
+        g_c1, g_w1, g_pre1 = _unpad(p.pad1, x.shape[1], g_c1, g_w1, g_pre1)
+        g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
+        g_pre = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2), pre, strict=True))
+
+        def cast(g: torch.Tensor | None, i: int, like: torch.Tensor) -> torch.Tensor | None:
+            """A parameter's gradient where asked for, in the dtype the per-layer path gives it."""
+            return None if g is None or not needs[i] else g.to(like.dtype)
+
+        return (g_x[:, : x.shape[1]].to(x.dtype), cast(g_c1, 1, coef1), cast(g_w1, 2, base1), cast(g_b1, 3, coef1),
+                cast(g_c2, 4, coef2), cast(g_w2, 5, base2), cast(g_b2, 6, coef2), None, *g_pre)
+
+
+def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
+    """``ffn.fc2(ffn.fc1(x))`` through the two-layer Function (``p`` from :func:`plan`)."""
+    fc1, fc2 = ffn.fc1, ffn.fc2
+    x2 = x.reshape(-1, fc1.in_features)
+    pre = (*(fc1.basis.lean_pre_params() or ()), *(fc2.basis.lean_pre_params() or ()))
+    y = LeanKANFFNFunction.apply(x2, fc1.coef, fc1.base_weight, fc1.bias, fc2.coef, fc2.base_weight, fc2.bias, p,
+                                 *pre)
+    return y.reshape(*x.shape[:-1], fc2.out_features)
+
+
+# -- GR-KAN: rational -> linear, twice -----------------------------------------------------------------------------
+def rational_chainable(ffn: Any, x: torch.Tensor) -> bool:
+    """Whether a GR-KAN FFN's two rational + linear pairs (``act1``, ``fc1``, ``act2``, ``fc2``) run as one Function
+    now: the fused path without a Triton kernel that applies (CUDA under auto: the per-layer kernels), no hooks."""
+    mode = get_kernel()
+    if mode not in ("auto", "fused") or not _fused() or not use_lean() or _global_hooks():
+        return False
+    if mode == "auto" and triton_available(x):
+        return False
+    return not any(_hooked(m) for m in (ffn.act1, ffn.fc1, ffn.act2, ffn.fc2))
+
+
+def _rational_ffn_forward(x: torch.Tensor, act1: tuple[torch.Tensor, ...], w1: torch.Tensor,
+                          bias1: torch.Tensor | None, act2: tuple[torch.Tensor, ...], w2: torch.Tensor,
+                          bias2: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """y and the hidden pre-activations h: ``R2(R1(x) @ W1^T + b1) @ W2^T + b2``, ``act``: a GroupRational's
+    per-channel coefficient tables (``lean._channel_tables``: made outside the graph, where the compiler would fold
+    their gather into the rational's loops as indirect loads: the FFN step took 1.19x the per-layer path's). One
+    compiled graph in the fused mode."""
+    h = _rational_linear(x, act1, w1, bias1, dtype)
+    return _rational_linear(h, act2, w2, bias2, dtype), h
+
+
+def _rational_linear(x: torch.Tensor, act: tuple[torch.Tensor, ...], w: torch.Tensor, bias: torch.Tensor | None,
+                     dtype: torch.dtype) -> torch.Tensor:
+    r = rational_values(x, *act, dtype)
+    return r @ w.to(dtype).T if bias is None else torch.addmm(bias.to(dtype), r, w.to(dtype).T)
+
+
+def _rational_ffn_backward(x: torch.Tensor, h: torch.Tensor, gy: torch.Tensor, act1: tuple[torch.Tensor, ...],
+                           w1: torch.Tensor, act2: tuple[torch.Tensor, ...], w2: torch.Tensor, dtype: torch.dtype,
+                           need: tuple[bool, ...]) -> tuple[Any, ...]:
+    """(dx, per-channel dnum1, dden1, dW1, db1, dnum2, dden2, dW2, db2): the second pair's backward, then the first's
+    on its input gradient (in h's dtype, as the per-layer path hands it). ``need``: (dW1, db1, dW2, db2). One
+    compiled graph in the fused mode."""
+    need_w1, need_b1, need_w2, need_b2 = need
+    g_h, g_a2, g_b2, g_w2, g_bias2 = _rational_linear_backward(h, gy, act2, w2, dtype, need_w2, need_b2)
+    g_x, g_a1, g_b1, g_w1, g_bias1 = _rational_linear_backward(x, g_h.to(h.dtype), act1, w1, dtype, need_w1, need_b1)
+    return g_x, g_a1, g_b1, g_w1, g_bias1, g_a2, g_b2, g_w2, g_bias2
+
+
+def _rational_linear_backward(x: torch.Tensor, gy: torch.Tensor, act: tuple[torch.Tensor, ...], w: torch.Tensor,
+                              dtype: torch.dtype, need_w: bool, need_b: bool) -> tuple[Any, ...]:
+    gy_ = gy.to(dtype)
+    r, g_x, g_a, g_b = rational_backward(x, gy_ @ w.to(dtype), *act, dtype)
+    return g_x, g_a, g_b, (gy_.T @ r if need_w else None), (gy.sum(0) if need_b else None)
+
+
+class LeanRationalFFNFunction(torch.autograd.Function):
+    """A GR-KAN FFN ``fc2(act2(fc1(act1(x))))`` saving x and the hidden pre-activations: the two pairs of
+    lean.py's ``LeanRationalLinearFunction`` in one Function, one compiled graph each way."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, num1: torch.Tensor, den1: torch.Tensor, group1: torch.Tensor,
+                w1: torch.Tensor, bias1: torch.Tensor | None, num2: torch.Tensor, den2: torch.Tensor,
+                group2: torch.Tensor, w2: torch.Tensor, bias2: torch.Tensor | None) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        tag = f"{tuple(num1.shape)}{tuple(den1.shape)}{tuple(w1.shape)}"
+        with torch.autocast(x.device.type, enabled=False):
+            x_, n1, d1, w1_, b1, n2, d2, w2_, b2 = _detached(x, num1, den1, w1, bias1, num2, den2, w2, bias2)
+            act1 = _channel_tables(n1, d1, group1, _low_dtype(x))
+            act2 = _channel_tables(n2, d2, group2, torch.float32 if dtype in _LOW_PRECISION else dtype)
+            per_token(x_)
+            y, h = _kernel_fn(_rational_ffn_forward, tag=tag)(x_, act1, w1_, b1, act2, w2_, b2, dtype)
+        ctx.dtype, ctx.tag, ctx.has_bias1, ctx.has_bias2 = dtype, tag, bias1 is not None, bias2 is not None
+        ctx.mode = get_kernel()
+        ctx.save_for_backward(x, h, num1, den1, group1, w1, num2, den2, group2, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with scoped_kernel(ctx.mode):
+            return LeanRationalFFNFunction._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, h, num1, den1, group1, w1, num2, den2, group2, w2 = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need = (needs[4], ctx.has_bias1 and needs[5], needs[9], ctx.has_bias2 and needs[10])
+        with torch.autocast(x.device.type, enabled=False):
+            act1 = _channel_tables(num1, den1, group1, _low_dtype(x))
+            act2 = _channel_tables(num2, den2, group2, _low_dtype(h))
+            per_token(x, h, gy)
+            g_x, g_a1, g_b1, g_w1, g_bias1, g_a2, g_b2, g_w2, g_bias2 = _kernel_fn(_rational_ffn_backward, tag=ctx.tag)(
+                x, h, gy, act1, w1, act2, w2, ctx.dtype, need)
+
+        def groups(g: torch.Tensor, like: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            """Per-channel coefficient gradients summed per group, as the per-layer path does."""
+            return torch.zeros_like(like, dtype=g.dtype).index_add_(0, index, g).to(like.dtype)
+
+        def cast(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+            return None if g is None else g.to(like.dtype)
+
+        return (g_x.to(x.dtype), groups(g_a1, num1, group1), groups(g_b1, den1, group1), None, cast(g_w1, w1),
+                cast(g_bias1, w1), groups(g_a2, num2, group2), groups(g_b2, den2, group2), None, cast(g_w2, w2),
+                cast(g_bias2, w2))
+
+
+def lean_rational_ffn(ffn: Any, x: torch.Tensor) -> torch.Tensor:
+    """A GR-KAN FFN (``act1``, ``fc1``, ``act2``, ``fc2``) through the two-pair Function."""
+    a1, a2 = ffn.act1, ffn.act2
+    y = LeanRationalFFNFunction.apply(x.reshape(-1, ffn.d_model), a1.numerator, a1.denominator, a1.group_index,
+                                      ffn.fc1.weight, ffn.fc1.bias, a2.numerator, a2.denominator, a2.group_index,
+                                      ffn.fc2.weight, ffn.fc2.bias)
+    return y.reshape(x.shape)

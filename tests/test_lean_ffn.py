@@ -1,0 +1,142 @@
+"""Both layers of a KAN FFN (and both rational + linear pairs of GR-KAN) in one autograd Function
+(layers/lean_ffn.py): equal to the reference and to the per-layer path, taken where it can serve and only there."""
+
+import pytest
+import torch
+
+from kanformer import create_ffn
+from kanformer.layers import kan, lean, lean_ffn, rational
+from kanformer.layers.dispatch import kernel
+
+CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier"]
+# widths where every input pad applies: 9 * 31 and 9 * 63 features (8 B-splines + SiLU) are padded to 32 and 64
+# inputs, so layer 2 reads layer 1's padded output as it is
+D, H = 31, 63
+
+
+def _inputs(dtype, d=D, n=40):
+    x = torch.randn(n, d, dtype=dtype) * 1.5
+    x[0, :3] = 40.0  # far outside every grid / natural range
+    x[1, 3:6] = -40.0
+    return x
+
+
+def _run(ffn, x, mode, autocast=False):
+    x = x.clone().requires_grad_(True)
+    ffn.zero_grad()
+    with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = ffn(x)
+    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    return y.detach().float(), x.grad.float(), {n: p.grad.float().clone() for n, p in ffn.named_parameters()}
+
+
+def _close(a, b, rtol, atol):
+    (ya, gxa, gpa), (yb, gxb, gpb) = a, b
+    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gxa, gxb, rtol=rtol, atol=atol)
+    assert gpa.keys() == gpb.keys()
+    for name in gpa:
+        torch.testing.assert_close(gpa[name], gpb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Calls of the two Functions; the compiled helpers, theirs and the per-layer path's, run as the eager code they
+    compile (no compiler: fast, and exact enough for fp64)."""
+    calls = []
+    for fn in (lean_ffn.LeanKANFFNFunction, lean_ffn.LeanRationalFFNFunction):
+        apply = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, _apply=apply: calls.append(1) or _apply(*a))
+    for module in (lean_ffn, lean):
+        monkeypatch.setattr(module, "_kernel_fn", lambda fn, x=None, tag="": fn)
+    return calls
+
+
+def _ffn(name, dtype, d=D, h=H):
+    # B-spline knots exactly representable (grid step 1), so the uniform fast path is exact to fp64 rounding
+    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5)} if name == "bspline" else {}
+    torch.manual_seed(0)
+    ffn = create_ffn(name, d, h, **kw).to(dtype)
+    with torch.no_grad():  # away from the identity / zero starts, so every parameter's gradient matters
+        for p in ffn.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return ffn
+
+
+@pytest.mark.parametrize("name", [*CHAINABLE, "rational"])
+def test_chained_ffn_equals_the_reference_in_fp64(name, counted):
+    ffn = _ffn(name, torch.float64)
+    x = _inputs(torch.float64)
+    chained = _run(ffn, x, "fused")
+    assert counted, "the two-layer Function did not run"
+    _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
+def test_the_padded_hidden_is_layer_twos_padded_input(counted):
+    """At these widths layer 1's output is computed 64 wide (zero columns) and layer 2 pads its inputs to 64: the
+    plan takes the padded hidden as it is, and the gradients of the real shapes come back."""
+    ffn = _ffn("bspline", torch.float64)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+    assert (p.pad1, p.pad2) == (1, 1)
+    chained = _run(ffn, x, "fused")
+    for pname, param in ffn.named_parameters():
+        assert chained[2][pname].shape == param.shape, pname
+    _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["bspline", "rational"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chained_ffn_equals_the_per_layer_path(name, autocast, counted, monkeypatch):
+    """The same computations as the two per-layer Functions, in the same order: equal, fp32 and bf16 autocast."""
+    ffn = _ffn(name, torch.float32)
+    x = _inputs(torch.float32)
+    chained = _run(ffn, x, "fused", autocast)
+    assert counted
+    monkeypatch.setattr(kan, "ffn_plan", lambda *a: None)
+    monkeypatch.setattr(rational, "rational_chainable", lambda *a: False)
+    n = len(counted)
+    per_layer = _run(ffn, x, "fused", autocast)
+    assert len(counted) == n  # the per-layer path really ran
+    _close(chained, per_layer, rtol=0, atol=0)
+
+
+def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
+    x = _inputs(torch.float32)
+    ffn = _ffn("bspline", torch.float32)
+    with kernel("fused"):
+        assert lean_ffn.plan(ffn, x) is not None
+    for mode in ("lean", "reference"):  # eager lean: nothing compiled to save calls of
+        with kernel(mode):
+            assert lean_ffn.plan(ffn, x) is None
+    with kernel("fused"), torch.no_grad():
+        assert lean_ffn.plan(ffn, x) is not None  # evaluation on training's compiled path
+    handle = ffn.fc2.register_forward_hook(lambda *a: None)  # hooks see each layer's call
+    with kernel("fused"):
+        assert lean_ffn.plan(ffn, x) is None
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    with kernel("fused"):
+        assert lean_ffn.plan(ffn, x) is None
+    handle.remove()
+    ffn.fc1.update_grid(x)  # a data-adapted grid: no per-function form, autograd through the basis
+    with kernel("fused"):
+        assert lean_ffn.plan(ffn, x) is None
+    with kernel("fused"):  # a wavelet's own parameters are differentiated per layer
+        assert lean_ffn.plan(_ffn("wavelet", torch.float32, h=10), x) is None
+    gr = _ffn("rational", torch.float32)
+    with kernel("fused"):
+        assert lean_ffn.rational_chainable(gr, x)
+        gr.act2.register_forward_pre_hook(lambda *a: None)
+        assert not lean_ffn.rational_chainable(gr, x)
+    with kernel("lean"):
+        assert not lean_ffn.rational_chainable(_ffn("rational", torch.float32), x)
+
+
+@pytest.mark.slow
+def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference():
+    """The compiled graphs (C++ here) of the padded-hidden case, against the reference definition."""
+    ffn = _ffn("bspline", torch.float32)
+    x = _inputs(torch.float32)
+    _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
