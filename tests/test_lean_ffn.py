@@ -7,6 +7,7 @@ import torch
 from kanformer import create_ffn
 from kanformer.layers import kan, lean, lean_ffn, rational
 from kanformer.layers.dispatch import kernel
+from tests.test_kernels import _close, _run
 
 CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier"]
 # widths where every input pad applies: 9 * 31 and 9 * 63 features (8 B-splines + SiLU) are padded to 32 and 64
@@ -14,29 +15,11 @@ CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier"]
 D, H = 31, 63
 
 
-def _inputs(dtype, d=D, n=40):
-    x = torch.randn(n, d, dtype=dtype) * 1.5
+def _inputs(dtype, n=40):
+    x = torch.randn(n, D, dtype=dtype) * 1.5
     x[0, :3] = 40.0  # far outside every grid / natural range
     x[1, 3:6] = -40.0
     return x
-
-
-def _run(ffn, x, mode, autocast=False):
-    x = x.clone().requires_grad_(True)
-    ffn.zero_grad()
-    with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = ffn(x)
-    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
-    return y.detach().float(), x.grad.float(), {n: p.grad.float().clone() for n, p in ffn.named_parameters()}
-
-
-def _close(a, b, rtol, atol):
-    (ya, gxa, gpa), (yb, gxb, gpb) = a, b
-    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
-    torch.testing.assert_close(gxa, gxb, rtol=rtol, atol=atol)
-    assert gpa.keys() == gpb.keys()
-    for name in gpa:
-        torch.testing.assert_close(gpa[name], gpb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.fixture
