@@ -185,7 +185,7 @@ def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: 
                 pre: tuple[torch.Tensor, ...] | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None,
                            tuple[torch.Tensor, ...] | None]:
-    """``_pad_inputs`` but for the input itself: the layer's weights and per-input tensors for ``pad`` zero inputs."""
+    """``_pad_inputs`` without the input: the layer's weights and per-input tensors for ``pad`` zero inputs."""
     if not pad:
         return coef, base, state, pre
     i = coef.shape[1]
