@@ -35,9 +35,9 @@ def counted(monkeypatch):
     return calls
 
 
-def _ffn(name, dtype, d=D, h=H):
+def _ffn(name, dtype, d=D, h=H, **kw):
     # B-spline knots exactly representable (grid step 1), so the uniform fast path is exact to fp64 rounding
-    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5)} if name == "bspline" else {}
+    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5)} if name == "bspline" else kw
     torch.manual_seed(0)
     ffn = create_ffn(name, d, h, **kw).to(dtype)
     with torch.no_grad():  # away from the identity / zero starts, so every parameter's gradient matters
@@ -123,3 +123,24 @@ def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference():
     ffn = _ffn("bspline", torch.float32)
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_pre_transform_without_parameters_runs_on_both_paths(counted, monkeypatch):
+    """``lean_pre_params() == ()`` is a pre-transform (with no parameters), not its absence: the two-layer Function
+    applies it as the per-layer path does."""
+    from kanformer.layers.rbf import RBFBasis
+
+    monkeypatch.setattr(RBFBasis, "lean_pre_params", lambda self: ())
+    monkeypatch.setattr(RBFBasis, "lean_pre", lambda self, x, stats=None: (torch.tanh(x), ()))
+    monkeypatch.setattr(RBFBasis, "lean_pre_backward", lambda self, x, stats, g: (g * (1 - torch.tanh(x) ** 2),))
+    ffn = _ffn("rbf", torch.float64, layernorm=False)  # its LayerNorm's parameters would get no gradient
+    x = _inputs(torch.float64)
+    chained = _run(ffn, x, "fused")
+    assert counted
+    monkeypatch.setattr(kan, "ffn_plan", lambda *a: None)
+    per_layer = _run(ffn, x, "fused")
+    _close(chained, per_layer, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    ffn_plain = _ffn("rbf", torch.float64, layernorm=False)  # the same weights without the transform
+    with pytest.raises(AssertionError):
+        _close(_run(ffn_plain, x, "fused"), per_layer, rtol=1e-6, atol=1e-6)

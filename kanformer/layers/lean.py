@@ -80,9 +80,9 @@ def _low(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in _LOW_PRECISION else t  # bases evaluate low-precision inputs in fp32
 
 
-def _low_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype ``_low`` gives ``t``."""
-    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+def _low_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``_low`` gives a tensor of ``dtype``."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
@@ -201,6 +201,16 @@ def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: 
 
     base = None if base is None else F.pad(base, (0, pad))
     return F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
+
+
+def _unpad(pad: int, i: int, g_coef: torch.Tensor | None, g_base: torch.Tensor | None,
+           g_pre: tuple[torch.Tensor, ...]
+           ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    """The weight and pre-transform gradients of a layer's real inputs (``i`` of them), the ``pad`` inputs' dropped."""
+    if not pad:
+        return g_coef, g_base, g_pre
+    g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
+    return g_coef, g_base, tuple(g[..., :i] for g in g_pre)
 
 
 def _fused_state(basis: Any) -> tuple[torch.Tensor, ...] | None:
@@ -334,9 +344,8 @@ class LeanKANFunction(torch.autograd.Function):
                 basis, xp, coef_p, base_p, g_y, state_p, ctx.dtype, need_w, not own, pre_p, stats)
             if ctx.pad:  # the padded inputs' gradients dropped
                 i = x.shape[1]
-                g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
+                g_coef, g_base, g_pre = _unpad(ctx.pad, i, g_coef, g_base, g_pre)
                 g_x, g_feats = g_x[:, :i], None if g_feats is None else g_feats[..., :i]
-                g_pre = tuple(g[..., :i] for g in g_pre)
             g_params: tuple[torch.Tensor | None, ...] = (*g_pre, *(None,) * len(own))
             if g_feats is not None and pre is None and basis.has_params_backward:  # analytic, own parameters too
                 per_token(x, g_feats)
@@ -474,6 +483,11 @@ def _channel_tables(num: torch.Tensor, den: torch.Tensor, group_index: torch.Ten
     return num.to(dtype).T[:, group_index].contiguous(), den.to(dtype).T[:, group_index].contiguous()
 
 
+def _per_group(g: torch.Tensor, table: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Per-channel coefficient gradients ``g`` (C, J) summed into their groups' rows of ``table`` (G, J)."""
+    return torch.zeros_like(table, dtype=g.dtype).index_add_(0, group_index, g).to(table.dtype)
+
+
 class LeanRationalLinearFunction(torch.autograd.Function):
     """``y = R(x) @ W^T + bias`` with the group-rational R of layers/rational.py, saving only ``x``: R(x) is
     recomputed in the backward, and the coefficient gradients are reduced over tokens per channel, then per group."""
@@ -483,7 +497,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
                 weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            a, b = _channel_tables(num, den, group_index, _low_dtype(x))
+            a, b = _channel_tables(num, den, group_index, _low_dtype(x.dtype))
             x_ = x.detach()  # one graph for training and evaluation (``_detached``)
             per_token(x_)
             r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x_, a, b, dtype)
@@ -504,15 +518,14 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         dtype = ctx.dtype
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            a, b = _channel_tables(num, den, group_index, _low_dtype(x))
+            a, b = _channel_tables(num, den, group_index, _low_dtype(x.dtype))
             g_r = gy @ weight.to(dtype)  # dL/dR (N, C)
             per_token(x, g_r)
             r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=_tables_tag(a, b))(
                 x, g_r, a, b, dtype)
             g_w = (gy.T @ r).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
-            g_num = torch.zeros_like(num, dtype=g_a.dtype).index_add_(0, group_index, g_a).to(num.dtype)
-            g_den = torch.zeros_like(den, dtype=g_b.dtype).index_add_(0, group_index, g_b).to(den.dtype)
+            g_num, g_den = _per_group(g_a, num, group_index), _per_group(g_b, den, group_index)
         return g_x.to(x.dtype), g_num, g_den, None, g_w, g_bias
 
 

@@ -29,7 +29,6 @@ from torch.nn.modules import module as _module
 
 from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, use_lean
 from .lean import (
-    _LOW_PRECISION,
     _channel_tables,
     _compute_dtype,
     _detached,
@@ -39,6 +38,8 @@ from .lean import (
     _low_dtype,
     _pad_inputs,
     _pad_params,
+    _per_group,
+    _unpad,
     output_pad,
     rational_backward,
     rational_values,
@@ -58,10 +59,17 @@ class Plan:
     state2: tuple[torch.Tensor, ...] | None
     pad1: int
     pad2: int
-    n_pre1: int
-    n_pre2: int
+    n_pre1: int | None  # None: no pre-transform (as lean.py's LeanKANFunction takes it)
+    n_pre2: int | None
     dtype: torch.dtype
     tag: str
+
+    def split_pre(self, pre: tuple[torch.Tensor, ...]
+                  ) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Layer 1's and layer 2's pre-transform parameters from the Function's ``pre`` (None: no pre-transform)."""
+        n1 = self.n_pre1 or 0
+        return (None if self.n_pre1 is None else tuple(pre[:n1]),
+                None if self.n_pre2 is None else tuple(pre[n1:]))
 
 
 def _hooked(layer: torch.nn.Module) -> bool:
@@ -107,7 +115,8 @@ def plan(ffn: Any, x: torch.Tensor) -> Plan | None:
         return None  # layer 2 pads to another width than layer 1's output has: no such rule today
     pre1, pre2 = b1.lean_pre_params(), b2.lean_pre_params()
     tag = f"{type(b1).__name__}{tuple(fc1.coef.shape)}+{pad1}/{tuple(fc2.coef.shape)}+{pad2}"
-    return Plan(b1, b2, state1, state2, pad1, pad2, len(pre1 or ()), len(pre2 or ()), dtype, tag)
+    return Plan(b1, b2, state1, state2, pad1, pad2, None if pre1 is None else len(pre1),
+                None if pre2 is None else len(pre2), dtype, tag)
 
 
 def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
@@ -146,16 +155,6 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
     return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2
 
 
-def _unpad(pad: int, i: int, g_coef: torch.Tensor | None, g_base: torch.Tensor | None,
-           g_pre: tuple[torch.Tensor, ...]
-           ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
-    """The gradients of a layer's real inputs (``i`` of them), the padded inputs' dropped."""
-    if not pad:
-        return g_coef, g_base, g_pre
-    g_coef, g_base = (None if g is None else g[:, :i] for g in (g_coef, g_base))
-    return g_coef, g_base, tuple(g[..., :i] for g in g_pre)
-
-
 class LeanKANFFNFunction(torch.autograd.Function):
     """``y = layer2(layer1(x))`` for two lean KAN layers (``plan``), saving x, the hidden activations, the weights and
     the pre-transforms' per-token statistics. ``pre``: layer 1's pre-transform parameters, then layer 2's."""
@@ -166,7 +165,7 @@ class LeanKANFFNFunction(torch.autograd.Function):
                 bias2: torch.Tensor | None, p: Plan, *pre: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
-            pre1, pre2 = (pre_[: p.n_pre1] if p.n_pre1 else None), (pre_[p.n_pre1:] if p.n_pre2 else None)
+            pre1, pre2 = p.split_pre(pre_)
             xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
             c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
             per_token(xp)
@@ -194,7 +193,7 @@ class LeanKANFFNFunction(torch.autograd.Function):
         stats2, pre = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
         base1 = base1 if ctx.has_base1 else None
         base2 = base2 if ctx.has_base2 else None
-        pre1, pre2 = (pre[: p.n_pre1] if p.n_pre1 else None), (pre[p.n_pre1:] if p.n_pre2 else None)
+        pre1, pre2 = p.split_pre(pre)
         needs = ctx.needs_input_grad
         need = (needs[1] or needs[2], ctx.has_bias1 and needs[3], needs[4] or needs[5], ctx.has_bias2 and needs[6])
         with torch.autocast(x.device.type, enabled=False):
@@ -286,8 +285,8 @@ class LeanRationalFFNFunction(torch.autograd.Function):
         tag = f"{tuple(num1.shape)}{tuple(den1.shape)}{tuple(w1.shape)}"
         with torch.autocast(x.device.type, enabled=False):
             x_, n1, d1, w1_, b1, n2, d2, w2_, b2 = _detached(x, num1, den1, w1, bias1, num2, den2, w2, bias2)
-            act1 = _channel_tables(n1, d1, group1, _low_dtype(x))
-            act2 = _channel_tables(n2, d2, group2, torch.float32 if dtype in _LOW_PRECISION else dtype)
+            act1 = _channel_tables(n1, d1, group1, _low_dtype(x.dtype))
+            act2 = _channel_tables(n2, d2, group2, _low_dtype(dtype))  # h comes in the matmul's dtype
             per_token(x_)
             y, h = _kernel_fn(_rational_ffn_forward, tag=tag)(x_, act1, w1_, b1, act2, w2_, b2, dtype)
         ctx.dtype, ctx.tag, ctx.has_bias1, ctx.has_bias2 = dtype, tag, bias1 is not None, bias2 is not None
@@ -306,21 +305,17 @@ class LeanRationalFFNFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         need = (needs[4], ctx.has_bias1 and needs[5], needs[9], ctx.has_bias2 and needs[10])
         with torch.autocast(x.device.type, enabled=False):
-            act1 = _channel_tables(num1, den1, group1, _low_dtype(x))
-            act2 = _channel_tables(num2, den2, group2, _low_dtype(h))
+            act1 = _channel_tables(num1, den1, group1, _low_dtype(x.dtype))
+            act2 = _channel_tables(num2, den2, group2, _low_dtype(h.dtype))
             per_token(x, h, gy)
             g_x, g_a1, g_b1, g_w1, g_bias1, g_a2, g_b2, g_w2, g_bias2 = _kernel_fn(_rational_ffn_backward, tag=ctx.tag)(
                 x, h, gy, act1, w1, act2, w2, ctx.dtype, need)
 
-        def groups(g: torch.Tensor, like: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            """Per-channel coefficient gradients summed per group, as the per-layer path does."""
-            return torch.zeros_like(like, dtype=g.dtype).index_add_(0, index, g).to(like.dtype)
-
         def cast(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
             return None if g is None else g.to(like.dtype)
 
-        return (g_x.to(x.dtype), groups(g_a1, num1, group1), groups(g_b1, den1, group1), None, cast(g_w1, w1),
-                cast(g_bias1, w1), groups(g_a2, num2, group2), groups(g_b2, den2, group2), None, cast(g_w2, w2),
+        return (g_x.to(x.dtype), _per_group(g_a1, num1, group1), _per_group(g_b1, den1, group1), None, cast(g_w1, w1),
+                cast(g_bias1, w1), _per_group(g_a2, num2, group2), _per_group(g_b2, den2, group2), None, cast(g_w2, w2),
                 cast(g_bias2, w2))
 
 
