@@ -90,6 +90,32 @@ def test_memory_rule_lean_keeps_activations_at_most_the_mlps_and_fast_takes_the_
         autotune.set_kernel_memory("small")
 
 
+def test_a_close_call_is_timed_again_before_it_is_kept(auto, monkeypatch):
+    """The two fastest eligible candidates within 15 %: those two take 10 more turns and the median of all 15 steps
+    decides (a few slowed turns once kept eager lean over fused); a clear winner is kept after the first 5."""
+    autotune.set_kernel_memory("fast")  # the reference may be chosen: two eligible candidates
+    calls = {"lean": 0, "reference": 0}
+    slow = {"lean": 1.0, "reference": 0.95}
+
+    def fake(step, device):
+        path = next(c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, str))
+        calls[path] += 1
+        return slow[path] if calls[path] <= 5 else {"lean": 0.8, "reference": 0.95}[path]  # lean's first turns slowed
+
+    monkeypatch.setattr(autotune, "_time", fake)
+    x = torch.randn(64, D)
+    _step(create_ffn("chebyshev", D, H), x)
+    (record,) = autotune.decisions().values()
+    assert record["retimed"] == ["reference", "lean"] and calls == {"lean": 15, "reference": 15}
+    assert record["path"] == "lean" and record["times_ms"] == {"lean": 800.0, "reference": 950.0}
+    calls.update(lean=0, reference=0)
+    slow.update(lean=1.0, reference=0.5)  # clear
+    other = create_ffn("chebyshev", D, H + 1)
+    _step(other, x)
+    (clear,) = autotune.decisions(other).values()
+    assert clear["retimed"] == [] and calls == {"lean": 5, "reference": 5} and clear["path"] == "reference"
+
+
 def test_a_candidate_that_fails_to_compile_is_dropped_with_its_reason(auto, monkeypatch):
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "ready")
 
