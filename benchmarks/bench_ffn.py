@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -184,7 +183,7 @@ def machine(device: torch.device) -> str:
     """The GPU's name, or the CPU and its thread count: what a benchmark table names as its machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:

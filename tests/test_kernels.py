@@ -423,6 +423,44 @@ def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path,
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_benchmark_ranges_span_the_runs_and_refuse_runs_of_other_settings(tmp_path, capsys):
+    """``benchmarks.bench_ranges``: per FFN the range of the runs' ratios, bold only where every run met its target
+    (1.15x; the wavelet 1.5x; baselines none); runs of different settings, or files that are no FFN benchmark result,
+    are refused naming them."""
+    from benchmarks import bench_ranges
+
+    def run(i: int, **settings: str) -> str:
+        rows = [{"ffn": "mlp", "fwd_bwd_s": 0.1 + i / 100, "time_ratio": 1.0, "fwd_time_ratio": 1.0,
+                 "memory_ratio": 1.0, "path": "-"}]
+        for name, ratios in (("bspline", (1.10, 1.14, 1.12)), ("rbf", (1.10, 1.20, 1.12)),
+                             ("wavelet", (1.45, 1.40, 1.49)), ("swiglu", (0.98, 1.02, 1.00))):
+            r = ratios[i % 3]
+            rows.append({"ffn": name, "fwd_bwd_s": 0.1, "time_ratio": r, "time_ratio_low": r - 0.1,
+                         "time_ratio_high": r + 0.1, "fwd_time_ratio": 0.9, "memory_ratio": 0.16,
+                         "path": "fused", "compiled_reference_ratio": 1.3 + i % 3 / 10})
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps({"benchmark": "ffn", "d_model": 384, "tokens": 2048, "dtype": "fp32",
+                                    "autocast": False, "device": "cpu", "match": "params", "machine": "m",
+                                    "rows": rows, **settings}))
+        return str(path)
+
+    paths = [run(i) for i in range(3)]
+    bench_ranges.main([*paths, "--json", str(tmp_path / "summary.json")])
+    out = capsys.readouterr().out
+    assert "the GELU MLP's fwd+bwd step 100.0 / 110.0 / 120.0 ms" in out
+    assert "| bspline | fused | **1.10 - 1.14** | 1.10 / 1.14 / 1.12 | 1.00 - 1.24 | 1.30 - 1.50 | 0.90 | 0.16 |" in out
+    assert "| rbf | fused | 1.10 - 1.20 |" in out and "| wavelet | fused | **1.40 - 1.49** |" in out
+    assert "| swiglu | fused | 0.98 - 1.02 |" in out  # a baseline has no target
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["ffn"], r["within_target"]) for r in summary["rows"]] == [
+        ("mlp", False), ("bspline", True), ("rbf", False), ("wavelet", True), ("swiglu", False)]
+    with pytest.raises(SystemExit, match=r"settings differ \(dtype 'fp32' in .*run0.json, 'bf16' here"):
+        bench_ranges.main([paths[0], run(3, dtype="bf16")])
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "model"}))
+    with pytest.raises(SystemExit, match="other.json: not a result of benchmarks.bench_ffn"):
+        bench_ranges.main([paths[0], str(tmp_path / "other.json")])
+
+
 def test_ffn_benchmarks_cold_start_runs_on_fresh_caches_and_puts_the_old_ones_back(monkeypatch):
     """``--cold``: the compiler's and the autotuner's caches point into a fresh temporary directory for the run (the
     background compiles inherit the environment), which is removed after; the environment is restored."""

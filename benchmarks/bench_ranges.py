@@ -1,0 +1,111 @@
+"""Ranges over repeated runs of the FFN benchmark: what the README's figures are.
+
+One run of ``benchmarks.bench_ffn`` on a shared machine moves by 10 - 20 % with the hour (the GELU MLP against
+itself, or SwiGLU, which should read ~1.0, reads 0.9 - 1.1), so a figure is the range over several runs, each in a
+process of its own:
+
+    for i in 1 2 3; do python -m benchmarks.bench_ffn --compiled-reference --json run$i.json; done
+    python -m benchmarks.bench_ranges run1.json run2.json run3.json
+
+For each FFN: the range (lowest - highest) over the runs of its median same-round ratio to the GELU MLP, forward +
+backward (bold where every run is within the target: 1.15x the MLP's step, the wavelet 1.5x), of its compiled
+reference's where the runs timed it, and of its forward without autograd; its saved activations against the MLP's and
+the paths ``auto`` chose. The runs must share their settings (width, tokens, dtype, device, width matching): a range
+over different settings would mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+TARGET = 1.15  # the KAN FFNs' target: forward + backward within 1.15x the MLP's time
+TARGETS = {"wavelet": 1.5}
+BASELINES = ("mlp", "swiglu")
+SETTINGS = ("d_model", "tokens", "dtype", "autocast", "device", "match")
+
+
+def load(paths: list[str]) -> list[dict[str, Any]]:
+    """The runs' JSON results, checked to be FFN benchmark runs of the same settings."""
+    runs = []
+    for p in paths:
+        try:
+            run = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{p}: not a readable JSON result of benchmarks.bench_ffn ({e})") from None
+        if not isinstance(run, dict) or run.get("benchmark") != "ffn" or not run.get("rows"):
+            raise SystemExit(f"{p}: not a result of benchmarks.bench_ffn --json (no 'benchmark': 'ffn' and rows)")
+        runs.append(run)
+    for p, run in zip(paths[1:], runs[1:], strict=True):
+        diff = [f"{k} {runs[0].get(k)!r} in {paths[0]}, {run.get(k)!r} here" for k in SETTINGS
+                if run.get(k) != runs[0].get(k)]
+        if diff:
+            raise SystemExit(f"{p}: the runs' settings differ ({'; '.join(diff)}); ranges need runs of one setting")
+    return runs
+
+
+def _span(values: list[float]) -> str:
+    """"lowest - highest" to two decimals, one number where they agree, "-" where there are none."""
+    if not values:
+        return "-"
+    lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
+    return lo if lo == hi else f"{lo} - {hi}"
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per FFN present in every run: the ranges (as numbers), the per-run ratios and whether each met its target."""
+    names = [r["ffn"] for r in runs[0]["rows"] if all(any(x["ffn"] == r["ffn"] for x in run["rows"]) for run in runs)]
+    rows = []
+    for name in names:
+        mine = [next(x for x in run["rows"] if x["ffn"] == name) for run in runs]
+        target = None if name in BASELINES else TARGETS.get(name, TARGET)
+        ratios = [x["time_ratio"] for x in mine]
+        rows.append({
+            "ffn": name, "target": target, "time_ratio": ratios,
+            "within_target": target is not None and max(ratios) <= target,
+            "compiled_reference_ratio": [x["compiled_reference_ratio"] for x in mine
+                                         if "compiled_reference_ratio" in x],
+            "fwd_time_ratio": [x["fwd_time_ratio"] for x in mine],
+            "round_range": [min(x.get("time_ratio_low", x["time_ratio"]) for x in mine),
+                            max(x.get("time_ratio_high", x["time_ratio"]) for x in mine)],
+            "memory_ratio": [x["memory_ratio"] for x in mine],
+            "paths": sorted({x.get("path", "") for x in mine} - {""}),
+        })
+    return {**{k: runs[0].get(k) for k in SETTINGS}, "runs": len(runs),
+            "machines": sorted({run.get("machine", "?") for run in runs}),
+            "mlp_step_ms": [run["rows"][0]["fwd_bwd_s"] * 1e3 for run in runs], "rows": rows}
+
+
+def format_table(s: dict[str, Any]) -> str:
+    head = (f"FFN benchmark over {s['runs']} runs: d_model={s['d_model']}, tokens={s['tokens']}, {s['dtype']}"
+            f"{' autocast' if s['autocast'] else ''}, {s['device']} [{', '.join(s['machines'])}], widths matched by "
+            f"{s['match']}; the GELU MLP's fwd+bwd step "
+            f"{' / '.join(f'{t:.1f}' for t in s['mlp_step_ms'])} ms. Ranges: lowest - highest of the runs' median "
+            f"ratios to the MLP; bold: every run within the target (1.15x, the wavelet 1.5x)")
+    lines = [head, "", "| FFN | path | fwd+bwd x MLP | per run | single rounds | compiled reference x MLP | "
+             "forward x MLP | saved act. x MLP |", "|---|---|---|---|---|---|---|---|"]
+    for r in s["rows"]:
+        span = _span(r["time_ratio"])
+        span = f"**{span}**" if r["within_target"] else span
+        lines.append(f"| {r['ffn']} | {', '.join(r['paths']) or '-'} | {span} | "
+                     f"{' / '.join(f'{v:.2f}' for v in r['time_ratio'])} | {_span(r['round_range'])} | "
+                     f"{_span(r['compiled_reference_ratio'])} | {_span(r['fwd_time_ratio'])} | "
+                     f"{_span(r['memory_ratio'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON results of python -m benchmarks.bench_ffn --json (one per run)")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    args = p.parse_args(argv)
+    summary = summarize(load(args.results))
+    print(format_table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
