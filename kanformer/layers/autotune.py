@@ -510,10 +510,11 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         candidates.append("compiled")
     t0 = time.perf_counter()
     m = _measure(ffn, x, candidates)
-    retimed = _confirm(ffn, x, m, [p for p in m["times"] if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]])
+    eligible = [p for p in m["times"] if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]]
+    retimed = _confirm(ffn, x, m, eligible)
     _seconds[0] += time.perf_counter() - t0
     dropped.update(m["dropped"])
-    fits = {p: t for p, t in m["times"].items() if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]}
+    fits = {p: t for p, t in m["times"].items() if p in eligible}
     if not fits:  # nothing measured fits: the lean path always runs and always fits
         fits = {"lean": m["times"].get("lean", 0.0)}
     return _keep(ffn, key, min(fits, key=fits.get), m["times"], {
