@@ -146,15 +146,16 @@ def _fused() -> bool:
     return mode == "fused" or (mode == "auto" and not _FUSED_FAILED)
 
 
-def per_token(*tensors: torch.Tensor) -> None:
-    """Marks dim 0 (tokens) of a compiled helper's per-token arguments dynamic, before the call: the helpers compile
-    with that one size symbolic, so one graph serves every token count, and everything else static. Static widths
-    and Python numbers (the B-spline's polynomial coefficients, the RBF's width) are constants in the compiled loops
-    and plain comparisons in its guards; compiled with ``dynamic=True`` instead, the numbers were graph inputs
-    (host-to-tensor copies on every call) guarded by ~95 Python lambdas per layer, and the input width symbolic. The
-    switching call of ``auto`` on a warm compiler cache (B-spline FFN, d 384) took 12.3 against 14.7 s."""
+def per_token(*tensors: torch.Tensor, dim: int = 0) -> None:
+    """Marks the token dim (``dim``: 0, or -1 for input-major tensors) of a compiled helper's per-token arguments
+    dynamic, before the call: the helpers compile with that one size symbolic, so one graph serves every token count,
+    and everything else static. Static widths and Python numbers (the B-spline's polynomial coefficients, the RBF's
+    width) are constants in the compiled loops and plain comparisons in its guards; compiled with ``dynamic=True``
+    instead, the numbers were graph inputs (host-to-tensor copies on every call) guarded by ~95 Python lambdas per
+    layer, and the input width symbolic. The switching call of ``auto`` on a warm compiler cache (B-spline FFN, d 384)
+    took 12.3 against 14.7 s."""
     for t in tensors:
-        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, dim % t.dim())
 
 
 def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
