@@ -69,6 +69,18 @@ def test_lean_wavelets_equal_reference_fp64(wavelet):
     _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["lean", "fused"])
+def test_a_wavelet_layer_without_its_base_branch_takes_its_input_gradient_from_the_parameters_backward(mode):
+    """The wavelets' own backward (input-major: dL/dx made with the parameters' sums over tokens, transposed back) is
+    the whole input gradient where there is no SiLU base branch to add it to; 47 inputs: padded in the fused mode."""
+    layer = KANLinear(47, 5, "wavelet", base=False).double()
+    with torch.no_grad():
+        layer.basis.translation.add_(torch.randn_like(layer.basis.translation) * 0.3)
+    x = torch.randn(40, 47, dtype=torch.float64) * 1.5
+    x[0, :3] = 40.0
+    _close(_run(layer, x, mode), _run(layer, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", LEAN_FFNS)
 def test_lean_equals_reference_fp32(name):
     ffn = create_ffn(name, D, H)
