@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -285,6 +286,21 @@ def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
     print(f"cold start: first step {first['wall_s']:.1f} s of training, {first['compile_s']:.1f} s compiling; "
           f"fit to the first checkpoint {seconds:.1f} s")
     assert first["step"] == 1 and first["wall_s"] + first["compile_s"] < 60
+
+
+def test_compiling_counts_as_overhead_once_inside_or_outside_the_tuning():
+    """``overhead_seconds`` (what the trainer keeps out of the step throughput): the time spent choosing paths, with
+    the compiling done inside it counted once, plus compiling outside it (a pinned fused path's first calls)."""
+    inside_fn, outside_fn = torch.compile(lambda t: t * 3 - 1), torch.compile(lambda t: t * 5 + 2)
+    over0, tuned0 = autotune.overhead_seconds(), autotune.tuning_seconds()
+    with autotune._tuning():
+        inside_fn(torch.randn(4))
+    tuned = autotune.tuning_seconds() - tuned0
+    assert tuned > 0 and autotune.overhead_seconds() - over0 == pytest.approx(tuned, abs=1e-6)
+    t0 = time.perf_counter()
+    outside_fn(torch.randn(4))
+    outside = time.perf_counter() - t0
+    assert 0.8 * outside <= autotune.overhead_seconds() - over0 - tuned <= outside
 
 
 def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -35,6 +36,28 @@ def test_loss_goes_down(tmp_path, preset, ffn):
     assert (cfg.run_dir / "config.yaml").exists()
     info = json.loads((cfg.run_dir / "versions.json").read_text())
     assert info["git_sha"] and info["torch"] == torch.__version__ and info["kanify"]["ffn"] == ffn
+
+
+def test_compiling_inside_a_step_is_reported_apart_from_the_training_throughput(tmp_path):
+    """What compiles inside a training step (here a torch.compile'd function a hook calls in the first step, as a
+    pinned ``fused`` path's helpers compile in their first call) is ``compile_s``, not training time in ``wall_s``
+    and ``tokens_per_s``."""
+    cfg = _cfg(tmp_path, **{"ffn.name": "mlp", "train.max_steps": 2, "train.log_every": 1, "train.eval_every": 1000})
+    trainer = Trainer(cfg)
+    fn, first_call = torch.compile(lambda t: t * 2 + 1), []
+
+    def hook(module, args):
+        if not first_call:
+            t0 = time.perf_counter()
+            fn(torch.randn(8))
+            first_call.append(time.perf_counter() - t0)
+
+    trainer.model.register_forward_pre_hook(hook)
+    trainer.fit()
+    first, second = _records(cfg.run_dir)
+    assert first["compile_s"] >= 0.8 * first_call[0] > 0
+    assert second["compile_s"] == first["compile_s"]  # nothing compiled in the second step
+    assert first["tokens_per_s"] > 0 and first["wall_s"] > 0
 
 
 def test_exact_resume(tmp_path):

@@ -657,7 +657,7 @@ class Trainer:
         compiled_model = t.compile != "none"  # the first step of this process compiles the model
         try:
             while self.step < t.max_steps:
-                step_start, tuned0 = time.perf_counter(), autotune.tuning_seconds()
+                step_start, overhead0 = time.perf_counter(), autotune.overhead_seconds()
                 lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
                            min_lr_ratio=t.min_lr_ratio)
                 for group in self.optimizer.param_groups:
@@ -698,8 +698,9 @@ class Trainer:
                 self.tokens_seen += self.tokens_per_step()
                 self._kan_maintenance()  # telemetry and grid work count as training time
                 step_s = time.perf_counter() - step_start
-                # choosing kernel paths and compiling are not training: kept apart from the step throughput
-                compile_s = step_s if compiled_model else autotune.tuning_seconds() - tuned0
+                # choosing kernel paths and compiling (a pinned fused path's first calls too) are not training: kept
+                # apart from the step throughput
+                compile_s = step_s if compiled_model else min(step_s, autotune.overhead_seconds() - overhead0)
                 compiled_model = False
                 self.compile_s += compile_s
                 self.wall_s += step_s - compile_s
