@@ -246,7 +246,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
                    state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool, analytic: bool,
                    pre: tuple[torch.Tensor, ...] | None, stats: tuple[torch.Tensor, ...], input_major: bool = False
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
-                              tuple[torch.Tensor, ...], torch.Tensor | None]:
+                              tuple[torch.Tensor, ...], torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
     """dL/dcoef, dL/dbase (when ``need_w``), dL/dx and dL/d(pre-transform parameters) from dL/dy, the pre-transform and
     the features recomputed. Where the basis has no analytic derivative, dL/dx covers the base branch only (None
     without one), and the last result is dL/dfeatures of the basis (the caller differentiates the recomputed basis by
