@@ -64,6 +64,7 @@ _decided: dict[str, dict[str, Any]] = {}  # key -> record, for decisions()
 _workers: dict[str, subprocess.Popen] = {}  # warm key -> background compile
 _seconds = [0.0]  # time spent timing candidates in this process (compiling from cache included)
 _compiling_inside = [0.0]  # the compiler's seconds within _seconds
+_compile_record = [0.0, 0.0]  # compile_seconds() so far, and the compiler's own record at that reading
 _disk: dict[str, Any] = {}
 _compiled_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> torch.compile of its forward
 
@@ -94,12 +95,17 @@ def tuning_seconds() -> float:
 
 def compile_seconds() -> float:
     """Seconds this process has spent in ``torch.compile``'s compilation (tracing, the compiler, loading from its
-    cache), as the compiler records them; 0 where this torch keeps no such record."""
+    cache), as the compiler records them; 0 where this torch keeps no such record. Never decreasing: where the record
+    was cleared since the last reading (``torch._dynamo.reset()``), its new entries are added to what was read."""
     try:
         from torch._dynamo.utils import compilation_time_metrics
-        return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+        recorded = float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
     except Exception:  # noqa: BLE001 - a private record: its absence only hides compile time from the throughput
-        return 0.0
+        recorded = 0.0
+    total, last = _compile_record
+    total += recorded - last if recorded >= last else recorded
+    _compile_record[:] = [total, recorded]
+    return total
 
 
 def overhead_seconds() -> float:
