@@ -420,11 +420,16 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str], backward: bool = 
             with torch.enable_grad():
                 saved[p] = _saved_bytes(lambda: _call(ffn, xt, p))
         attempt(path, record)
-    times = {p: sorted(v)[len(v) // 2] for p, v in samples.items()}
+    times = {p: _median(v) for p, v in samples.items()}
     return {"times": times, "samples": samples, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}
 
 
 _CLOSE = 0.15  # the two fastest eligible candidates within 15 % of each other: a close call, timed again
+
+
+def _median(steps: list[float]) -> float:
+    """The median step time (the upper one of an even count)."""
+    return sorted(steps)[len(steps) // 2]
 
 
 def _confirm(ffn: Any, x: torch.Tensor, m: dict[str, Any], eligible: list[str], backward: bool = True) -> list[str]:
@@ -442,8 +447,7 @@ def _confirm(ffn: Any, x: torch.Tensor, m: dict[str, Any], eligible: list[str], 
         if path in again["dropped"]:
             m["times"].pop(path)
         else:
-            steps = m["samples"][path] + again["samples"][path]
-            m["times"][path] = sorted(steps)[len(steps) // 2]
+            m["times"][path] = _median(m["samples"][path] + again["samples"][path])
     return ranked[:2]
 
 
