@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import kan, lean, lean_ffn, rational
+from kanformer.layers import kan, lean, lean_ffn, multkan, rational
 from kanformer.layers.dispatch import kernel
 from tests.test_kernels import _close, _run
 
-CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier"]
+CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "multkan"]
 # widths where every input pad applies: 9 * 31 and 9 * 63 features (8 B-splines + SiLU) are padded to 32 and 64
 # inputs, so layer 2 reads layer 1's padded output as it is
 D, H = 31, 63
@@ -37,7 +37,7 @@ def counted(monkeypatch):
 
 def _ffn(name, dtype, d=D, h=H, **kw):
     # B-spline knots exactly representable (grid step 1), so the uniform fast path is exact to fp64 rounding
-    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5)} if name == "bspline" else kw
+    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5), **kw} if name in ("bspline", "multkan") else kw
     torch.manual_seed(0)
     ffn = create_ffn(name, d, h, **kw).to(dtype)
     with torch.no_grad():  # away from the identity / zero starts, so every parameter's gradient matters
@@ -69,20 +69,45 @@ def test_the_padded_hidden_is_layer_twos_padded_input(counted):
     _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["bspline", "rational"])
+@pytest.mark.parametrize("name", ["bspline", "rational", "multkan"])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_chained_ffn_equals_the_per_layer_path(name, autocast, counted, monkeypatch):
-    """The same computations as the two per-layer Functions, in the same order: equal, fp32 and bf16 autocast."""
+    """The same computations as the two per-layer Functions (and MultKAN's eager products between them), in the same
+    order: equal, fp32 and bf16 autocast."""
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     chained = _run(ffn, x, "fused", autocast)
     assert counted
     monkeypatch.setattr(kan, "ffn_plan", lambda *a: None)
+    monkeypatch.setattr(multkan, "ffn_plan", lambda *a: None)
     monkeypatch.setattr(rational, "rational_chainable", lambda *a: False)
     n = len(counted)
     per_layer = _run(ffn, x, "fused", autocast)
     assert len(counted) == n  # the per-layer path really ran
     _close(chained, per_layer, rtol=0, atol=0)
+
+
+def test_multkan_products_run_between_the_layers_and_layer_two_pads_the_nodes(counted):
+    """MultKAN: 31 sum + 32 multiplication nodes from layer 1's 95 outputs (computed 96 wide); the 63 nodes get layer
+    2's one zero input, a width layer 1's output does not have. Only the subnodes are saved."""
+    ffn = _ffn("multkan", torch.float64)
+    assert (ffn.n_sum, ffn.n_mult, ffn.fc1.out_features) == (31, 32, 95)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x, (ffn.n_sum, ffn.n_mult))
+        with pytest.raises(ValueError, match="layer 1's 95 outputs and layer 2's 63 inputs do not match products"):
+            lean_ffn.plan(ffn, x)
+    assert (p.pad1, p.pad2, p.products) == (1, 1, (31, 32))
+    chained = _run(ffn, x, "fused")
+    assert counted
+    for pname, param in ffn.named_parameters():
+        assert chained[2][pname].shape == param.shape, pname
+    _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+    x_in = x.clone().requires_grad_(True)
+    with kernel("fused"), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        saved = []
+        ffn(x_in)
+    assert (len(x), 95) in saved and (len(x), 63) not in saved and (len(x), 64) not in saved
 
 
 def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
@@ -118,9 +143,11 @@ def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
 
 
 @pytest.mark.slow
-def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference():
-    """The compiled graphs (C++ here) of the padded-hidden case, against the reference definition."""
-    ffn = _ffn("bspline", torch.float32)
+@pytest.mark.parametrize("name", ["bspline", "multkan"])
+def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference(name):
+    """The compiled graphs (C++ here) of the padded-hidden case (MultKAN: its nodes padded inside the graphs), against
+    the reference definition."""
+    ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
 

@@ -13,6 +13,10 @@ kept as layer 2's padded input where layer 2 pads its inputs to the same width (
 otherwise. The two layers' computations are lean.py's ``_lean_forward`` and ``_lean_backward`` as they are: the
 results equal the per-layer path's to rounding.
 
+A MultKAN's hidden nodes (:func:`node_products`: layer 1's outputs passed on or multiplied in pairs) are made inside
+both graphs: the forward saves layer 1's output, the subnodes, and the backward makes the nodes again from them for
+layer 2's, then takes the products' backward before layer 1's. Layer 2's zero input columns are appended to the nodes.
+
 It serves the layers it can chain (:func:`plan`): both on the fused path with an analytic input gradient and no
 parameters of the basis' own (a wavelet's translations and scales are differentiated per layer), no module hooks on
 either layer (hooks see every layer's call on the per-layer path), no Triton kernel that applies. Everything else
@@ -63,6 +67,7 @@ class Plan:
     n_pre2: int | None
     dtype: torch.dtype
     tag: str
+    products: tuple[int, int] | None = None  # MultKAN's (sum nodes, multiplication nodes) between the layers
 
     def split_pre(self, pre: tuple[torch.Tensor, ...]
                   ) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
@@ -96,13 +101,18 @@ def _chainable(layer: Any, mode: str, x: torch.Tensor) -> tuple[torch.Tensor, ..
     return state
 
 
-def plan(ffn: Any, x: torch.Tensor) -> Plan | None:
+def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> Plan | None:
     """The two-layer Function's plan for ``ffn`` (a KANFFN: ``fc1``, ``fc2``) on ``x`` now, or None where the
-    per-layer path serves (see the module's docstring)."""
+    per-layer path serves (see the module's docstring). ``products``: (S, M), a MultKAN's hidden nodes made from
+    layer 1's S + 2M outputs (:func:`node_products`), which layer 2 reads."""
     mode = get_kernel()
     if mode not in ("auto", "fused") or not _fused() or _global_hooks():
         return None
     fc1, fc2 = ffn.fc1, ffn.fc2
+    s, m = (fc1.out_features, 0) if products is None else products
+    if (fc1.out_features, fc2.in_features) != (s + 2 * m, s + m):
+        raise ValueError(f"layer 1's {fc1.out_features} outputs and layer 2's {fc2.in_features} inputs do not match "
+                         f"products={products} (S sum and M multiplication nodes: S + 2M outputs, S + M inputs)")
     state1 = _chainable(fc1, mode, x)
     state2 = False if state1 is False else _chainable(fc2, mode, x)
     if state1 is False or state2 is False:
@@ -111,40 +121,68 @@ def plan(ffn: Any, x: torch.Tensor) -> Plan | None:
     b1, b2 = fc1.basis, fc2.basis
     pad1 = _input_pad(b1, b1.n_basis + (fc1.base_weight is not None), fc1.in_features, state1, dtype, x.device)
     pad2 = _input_pad(b2, b2.n_basis + (fc2.base_weight is not None), fc2.in_features, state2, dtype, x.device)
-    if pad2 not in (0, output_pad(fc1.out_features)):
+    if products is None and pad2 not in (0, output_pad(fc1.out_features)):
         return None  # layer 2 pads to another width than layer 1's output has: no such rule today
     pre1, pre2 = b1.lean_pre_params(), b2.lean_pre_params()
     tag = f"{type(b1).__name__}{tuple(fc1.coef.shape)}+{pad1}/{tuple(fc2.coef.shape)}+{pad2}"
+    if products is not None:
+        tag += f"*{products[0]},{products[1]}"
     return Plan(b1, b2, state1, state2, pad1, pad2, None if pre1 is None else len(pre1),
-                None if pre2 is None else len(pre2), dtype, tag)
+                None if pre2 is None else len(pre2), dtype, tag, products)
+
+
+def node_products(sub: torch.Tensor, n_sum: int, pad: int = 0) -> torch.Tensor:
+    """MultKAN's hidden nodes (..., S + M) from its S + 2M subnodes: the first S pass on, each following pair
+    multiplies; with ``pad`` zero columns appended (layer 2's padded inputs)."""
+    parts = [sub[..., :n_sum], sub[..., n_sum::2] * sub[..., n_sum + 1::2]]
+    if pad:
+        parts.append(sub.new_zeros(*sub.shape[:-1], pad))
+    return torch.cat(parts, dim=-1)
+
+
+def node_products_backward(sub: torch.Tensor, g: torch.Tensor, n_sum: int) -> torch.Tensor:
+    """dL/dsubnodes (..., S + 2M) from dL/dnodes ``g`` (..., S + M) of :func:`node_products`."""
+    g_prod = g[..., n_sum:]
+    pairs = torch.stack([g_prod * sub[..., n_sum + 1::2], g_prod * sub[..., n_sum::2]], dim=-1).flatten(-2)
+    return torch.cat([g[..., :n_sum], pairs], dim=-1)
 
 
 def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
-                 dtype: torch.dtype, padded_hidden: bool
+                 dtype: torch.dtype, padded_hidden: bool, products: tuple[int, int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """y, the hidden h layer 2 read (with layer 1's zero output columns where ``padded_hidden``), and the two
-    pre-transforms' statistics. ``layer``: (coef, base, bias, state, pre), padded for its inputs. One compiled graph
-    in the fused mode."""
+    """y, the hidden h layer 2 read (with layer 1's zero output columns where ``padded_hidden``; with ``products``,
+    layer 1's output instead, the subnodes the nodes are made from), and the two pre-transforms' statistics.
+    ``layer``: (coef, base, bias, state, pre), padded for its inputs. One compiled graph in the fused mode."""
     coef1, base1, bias1, state1, pre1 = layer1
     coef2, base2, bias2, state2, pre2 = layer2
     hidden, stats1 = _lean_forward(basis1, x, coef1, base1, bias1, state1, dtype, pre1, keep_pad=True)
-    h = hidden if padded_hidden else hidden[:, : coef1.shape[0]]
-    y, stats2 = _lean_forward(basis2, h, coef2, base2, bias2, state2, dtype, pre2)
-    return y, h, stats1, stats2
+    if products is None:
+        h = hidden if padded_hidden else hidden[:, : coef1.shape[0]]
+        y, stats2 = _lean_forward(basis2, h, coef2, base2, bias2, state2, dtype, pre2)
+        return y, h, stats1, stats2
+    sub = hidden[:, : coef1.shape[0]]
+    nodes = node_products(sub, products[0], coef2.shape[1] - sum(products))  # layer 2's padded input width
+    y, stats2 = _lean_forward(basis2, nodes, coef2, base2, bias2, state2, dtype, pre2)
+    return y, sub, stats1, stats2
 
 
 def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, layer1: tuple[Any, ...],
-                  layer2: tuple[Any, ...], gy: torch.Tensor, dtype: torch.dtype, need: tuple[bool, ...]
-                  ) -> tuple[Any, ...]:
+                  layer2: tuple[Any, ...], gy: torch.Tensor, dtype: torch.dtype, need: tuple[bool, ...],
+                  products: tuple[int, int] | None = None) -> tuple[Any, ...]:
     """Layer 2's backward, then layer 1's on its input gradient: (dx, dcoef1, dbase1, dpre1, dbias1, dcoef2, dbase2,
-    dpre2, dbias2). ``layer``: (coef, base, state, pre, stats), padded for its inputs; ``need``: (layer 1's weights,
-    its bias, layer 2's weights, its bias). One compiled graph in the fused mode."""
+    dpre2, dbias2). ``h``: what the forward saved (with ``products``, the subnodes; the nodes are made again).
+    ``layer``: (coef, base, state, pre, stats), padded for its inputs; ``need``: (layer 1's weights, its bias, layer
+    2's weights, its bias). One compiled graph in the fused mode."""
     coef1, base1, state1, pre1, stats1 = layer1
     coef2, base2, state2, pre2, stats2 = layer2
     need_w1, need_b1, need_w2, need_b2 = need
-    g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, h, coef2, base2, gy.to(dtype), state2, dtype,
+    nodes = h if products is None else node_products(h, products[0], coef2.shape[1] - sum(products))
+    g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, nodes, coef2, base2, gy.to(dtype), state2, dtype,
                                                              need_w2, True, pre2, stats2)
-    g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+    if products is None:
+        g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+    else:  # the nodes' gradient in their dtype, as the per-layer path's layer 2 hands it to the products
+        g_h = node_products_backward(h, g_h[:, : sum(products)].to(h.dtype), products[0])
     g_coef1, g_base1, g_x, g_pre1, g_feats1 = _lean_backward(basis1, x, coef1, base1, g_h.to(dtype), state1, dtype,
                                                              need_w1, True, pre1, stats1)
     if g_feats1 is not None or g_feats2 is not None:
@@ -170,7 +208,8 @@ class LeanKANFFNFunction(torch.autograd.Function):
             c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
             per_token(xp)
             y, h, stats1, stats2 = _kernel_fn(_ffn_forward, tag=p.tag)(
-                p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0)
+                p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0,
+                p.products)
         ctx.plan, ctx.n_stats1, ctx.n_stats2 = p, len(stats1), len(stats2)
         ctx.mode = get_kernel()  # the backward takes the path the forward took
         ctx.has_base1, ctx.has_base2, ctx.has_bias1, ctx.has_bias2 = (
@@ -202,7 +241,7 @@ class LeanKANFFNFunction(torch.autograd.Function):
             per_token(xp, h, gy, *stats1, *stats2)
             g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2 = _kernel_fn(_ffn_backward, tag=p.tag)(
                 p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1), (c2, w2, s2, pre2p, stats2), gy, p.dtype,
-                need)
+                need, p.products)
         g_c1, g_w1, g_pre1 = _unpad(p.pad1, x.shape[1], g_c1, g_w1, g_pre1)
         g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
         g_pre = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2), pre, strict=True))

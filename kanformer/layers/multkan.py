@@ -21,6 +21,8 @@ import torch
 
 from .dispatch import tuned_call
 from .kan import KANLinear, get_basis_class, list_bases
+from .lean_ffn import lean_kan_ffn, node_products
+from .lean_ffn import plan as ffn_plan
 from .registry import FFN, check_last_dim, register_ffn
 
 
@@ -67,13 +69,15 @@ class MultKANFFN(FFN):
 
     def nodes(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden node values ``(..., H)``: sum nodes, then multiplication nodes."""
-        sub = self.fc1(x)  # (..., S + 2M)
-        s = self.n_sum
-        return torch.cat([sub[..., :s], sub[..., s::2] * sub[..., s + 1::2]], dim=-1)  # (..., H)
+        return node_products(self.fc1(x), self.n_sum)  # (..., S + 2M) -> (..., H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
+        # both layers and the products between them in one Function where they can be (layers/lean_ffn.py)
+        chained = ffn_plan(self, x, (self.n_sum, self.n_mult) if self.n_mult else None)
+        if chained is not None:
+            return lean_kan_ffn(self, x, chained)
         return self.fc2(self.nodes(x))
