@@ -223,7 +223,10 @@ def test_default_kernel_is_auto():
 # B-spline knots exactly representable (steps 1 and 0.5), so the uniform forms match the reference to fp64 rounding
 @pytest.mark.parametrize("name,kw", [("bspline", {"spline_order": k, "grid_size": 4}) for k in range(1, 6)]
                          + [("bspline", {"grid_size": 8, "grid_range": (-1.0, 3.0)}), ("rbf", {"layernorm": False}),
-                            ("fourier", {}), ("fourier", {"num_frequencies": 16})]  # its recurrence, 16 steps deep
+                            ("fourier", {}), ("fourier", {"num_frequencies": 16}),  # its recurrence, 16 steps deep
+                            ("jacobi", {}), ("jacobi", {"degree": 7, "alpha": 0.5, "beta": -0.5}),
+                            ("jacobi", {"degree": 1}), ("chebyshev", {}), ("chebyshev", {"degree": 9}),
+                            ("chebyshev", {"degree": 1})]
                          + [("wavelet", {"wavelet": w}) for w in ("mexican_hat", "morlet", "dog")])
 def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     """The compiler-friendly per-function form (``fused_term``: value and slope of basis j), evaluated eagerly, against

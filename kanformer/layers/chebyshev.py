@@ -63,6 +63,27 @@ class ChebyshevBasis(Basis):
             out[:, d] = t2 * out[:, d - 1] - out[:, d - 2]
         return out
 
+    def fused_state(self) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def fused_terms(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(T_d(t), d/dx T_d(t)) for d = 0..degree, t = tanh(x), T_d' = d U_{d-1}: both recurrences in one pass, so
+        the fused backward writes the recomputed features and the input gradient in one loop, as Jacobi's does (written
+        apart, through ``lean_features``' slice assignments, layer 1's backward loop profiled 3.4 against 2.2 ms at d
+        384, 2048 tokens, bf16; the FFN step, same-process A/Bs: 0.99 / 0.99x in fp32, 1.02 / 1.00 in bf16, 0.98 / 1.01
+        at d 768 in bf16: level)."""
+        t = torch.tanh(x)
+        dt = 1 - t * t
+        t2 = 2 * t
+        values = [torch.ones_like(t), t][: self.degree + 1]
+        for _ in range(2, self.degree + 1):
+            values.append(t2 * values[-1] - values[-2])
+        u = [torch.ones_like(t), t2][: self.degree]  # U_0 .. U_{degree-1}
+        for _ in range(2, self.degree):
+            u.append(t2 * u[-1] - u[-2])
+        slopes = [None] + [(d * dt) * u[d - 1] for d in range(1, self.degree + 1)]
+        return list(zip(values, slopes, strict=True))
+
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_d g_d T_d'(t) (1 - t^2), with T_d' = d U_{d-1} (Chebyshev polynomials of the second kind:
         U_0 = 1, U_1 = 2t, U_d = 2t U_{d-1} - U_{d-2})."""

@@ -87,6 +87,31 @@ class JacobiBasis(Basis):
             out[:, n] = (A * t + B) * out[:, n - 1] - C * out[:, n - 2]
         return out
 
+    def fused_state(self) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def fused_terms(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(P_n(t), d/dx P_n(t)) for n = 0..degree, t = tanh(x): both recurrences (``lean_features``' and
+        ``lean_input_grad``'s) in one pass, so the fused backward writes the recomputed features and the input gradient
+        in one loop. With the two forms apart, the compiler computed layer 1's features in an earlier loop and the
+        derivatives in a loop of their own, evaluating tanh and both recurrences twice (d 384, 2048 tokens, bf16: the
+        FFN step 0.95 and 0.97x the two-form step's, same-process A/Bs; fp32 and d 768 level, 0.97 - 1.01)."""
+        t = torch.tanh(x)
+        dt = 1 - t * t
+        a, b = self.alpha, self.beta
+        values = [torch.ones_like(t)]
+        if self.degree >= 1:
+            values.append(0.5 * (a - b) + 0.5 * (a + b + 2) * t)
+        for A, B, C in self._recurrence:
+            values.append((A * t + B) * values[-1] - C * values[-2])
+        # d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1), the latter by its own recurrence (see lean_input_grad)
+        a1, b1 = a + 1, b + 1
+        q = [torch.ones_like(t), 0.5 * (a1 - b1) + 0.5 * (a1 + b1 + 2) * t][: self.degree]
+        for A, B, C in jacobi_recurrence(self.degree - 1, a1, b1):
+            q.append((A * t + B) * q[-1] - C * q[-2])
+        slopes = [None] + [q[n - 1] * ((n + a + b + 1) / 2) * dt for n in range(1, self.degree + 1)]
+        return list(zip(values, slopes, strict=True))
+
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_n g_n P_n'(t) (1 - t^2), with d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1) (DLMF 18.9.15), the
         latter by its own three-term recurrence."""

@@ -192,9 +192,9 @@ class Basis(nn.Module):
         raise NotImplementedError
 
     def fused_terms(self, x: torch.Tensor, *state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(value, slope) of every basis function, ``fused_term`` for each j; a basis whose functions share work
-        overrides it to write the shared expressions once (what the compiler traces, op by op, on every process's
-        first call: the compiled loop is the same either way)."""
+        """(value, slope) of every basis function, ``fused_term`` for each j (slope None: a constant function); a basis
+        whose functions share work overrides it to write the shared expressions once (what the compiler traces, op by
+        op, on every process's first call: the compiled loop is the same either way)."""
         return [self.fused_term(x, j, *state) for j in range(self.n_basis)]
 
     def triton_params(self) -> tuple[torch.Tensor, ...] | None:

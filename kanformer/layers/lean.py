@@ -59,16 +59,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torch.Tensor | None = None
            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """The basis' per-function form (``fused_terms(u, *state)``: (f_j(u), f_j'(u)) for each j, each (N, I)): the
-    values f_j(u), and with ``g`` (N, B, I) also ``sum_j g_j f_j'(u)``. Written as one expression per function, so a
-    compiler evaluates each function once for its value and its slope, in one loop over (N, I) with the values stored
-    as they come (the backward's recomputed features and input gradient in one pass)."""
+    """The basis' per-function form (``fused_terms(u, *state)``: (f_j(u), f_j'(u)) for each j, each (N, I); a slope
+    None for a constant function, whose gradient slot is then not read): the values f_j(u), and with ``g`` (N, B, I)
+    also ``sum_j g_j f_j'(u)``. Written as one expression per function, so a compiler evaluates each function once for
+    its value and its slope, in one loop over (N, I) with the values stored as they come (the backward's recomputed
+    features and input gradient in one pass)."""
     values, acc = [], None
     for j, (value, slope) in enumerate(basis.fused_terms(u, *state)):
         values.append(value)
-        if g is not None:
+        if g is not None and slope is not None:
             acc = g[:, j] * slope if acc is None else acc + g[:, j] * slope
-    return values, acc
+    return values, (torch.zeros_like(u) if g is not None and acc is None else acc)
 
 
 def terms_input_grad(basis: Any, u: torch.Tensor, g: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
