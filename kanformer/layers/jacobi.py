@@ -65,14 +65,17 @@ class JacobiBasis(Basis):
         return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x)  # (N, I)
+        return torch.stack(self._polynomials(torch.tanh(x)), dim=-1)  # (N, I, D+1)
+
+    def _polynomials(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """P_0(t) .. P_degree(t) by the three-term recurrence."""
         a, b = self.alpha, self.beta
         polys = [torch.ones_like(t)]
         if self.degree >= 1:
             polys.append(0.5 * (a - b) + 0.5 * (a + b + 2) * t)
         for A, B, C in self._recurrence:
             polys.append((A * t + B) * polys[-1] - C * polys[-2])
-        return torch.stack(polys, dim=-1)  # (N, I, D+1)
+        return polys
 
 
     # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
@@ -99,11 +102,7 @@ class JacobiBasis(Basis):
         t = torch.tanh(x)
         dt = 1 - t * t
         a, b = self.alpha, self.beta
-        values = [torch.ones_like(t)]
-        if self.degree >= 1:
-            values.append(0.5 * (a - b) + 0.5 * (a + b + 2) * t)
-        for A, B, C in self._recurrence:
-            values.append((A * t + B) * values[-1] - C * values[-2])
+        values = self._polynomials(t)
         # d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1), the latter by its own recurrence (see lean_input_grad)
         a1, b1 = a + 1, b + 1
         q = [torch.ones_like(t), 0.5 * (a1 - b1) + 0.5 * (a1 + b1 + 2) * t][: self.degree]
