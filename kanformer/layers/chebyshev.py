@@ -44,11 +44,14 @@ class ChebyshevBasis(Basis):
         return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x)  # (N, I)
+        return torch.stack(self._polynomials(torch.tanh(x)), dim=-1)  # (N, I, D+1)
+
+    def _polynomials(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """T_0(t) .. T_degree(t) by the recurrence T_d = 2t T_{d-1} - T_{d-2}."""
         polys = [torch.ones_like(t), t][: self.degree + 1]
         for _ in range(2, self.degree + 1):
             polys.append(2 * t * polys[-1] - polys[-2])
-        return torch.stack(polys, dim=-1)  # (N, I, D+1)
+        return polys
 
 
     # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
@@ -75,9 +78,7 @@ class ChebyshevBasis(Basis):
         t = torch.tanh(x)
         dt = 1 - t * t
         t2 = 2 * t
-        values = [torch.ones_like(t), t][: self.degree + 1]
-        for _ in range(2, self.degree + 1):
-            values.append(t2 * values[-1] - values[-2])
+        values = self._polynomials(t)
         u = [torch.ones_like(t), t2][: self.degree]  # U_0 .. U_{degree-1}
         for _ in range(2, self.degree):
             u.append(t2 * u[-1] - u[-2])
