@@ -598,13 +598,15 @@ def test_rbf_tail_is_cut_to_zero_before_subnormals():
     values, which slow CPU matmuls by ~100x per use), on the reference, lean and per-function forms alike."""
     basis = KANLinear(D, H, "rbf", layernorm=False).basis
     x = torch.linspace(-30, 30, 600 * D).view(-1, D)
-    d = (x.unsqueeze(-1) - basis.centers) * basis.inv_width  # (N, I, G)
+    d = ((x - basis.lo) * basis.inv_width).unsqueeze(-1) - torch.arange(basis.num_grids)  # (N, I, G), in widths
     expected = torch.where(d * d <= 80, torch.exp(-(d.double() ** 2)), 0.0).float()
     forms = {"reference": basis(x), "lean": basis.lean_features(x).transpose(1, 2),
              "per-function": torch.stack(lean._terms(basis, x, basis.fused_state())[0], dim=-1)}
     tiny = torch.finfo(torch.float32).tiny
+    # the per-function form's recurrence (a product of up to G factors) measured 1.0e-5 relative at 8.5 widths
+    rtol = {"reference": 1e-5, "lean": 1e-5, "per-function": 3e-5}
     for name, values in forms.items():
-        torch.testing.assert_close(values, expected, rtol=1e-5, atol=0, msg=name)
+        torch.testing.assert_close(values, expected, rtol=rtol[name], atol=0, msg=name)
         assert not ((values != 0) & (values.abs() < tiny)).any(), name
     assert (expected == 0).any() and (expected > 0).any()
 

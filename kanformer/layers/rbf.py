@@ -2,10 +2,11 @@
 
 Legend: N tokens, I inputs, G = ``num_grids`` centres.
 
-``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres evenly spaced over ``grid_range`` and width h equal to
-their spacing, cut to exactly zero more than sqrt(80) ~ 8.9 widths from the centre (below e^-80 ~ 1.8e-35: the
-tail would otherwise reach fp32's subnormal range, where CPU arithmetic is ~100x slower, and it carries nothing).
-FastKAN shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
+``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres c_g = lo + g h evenly spaced over ``grid_range`` and
+width h equal to their spacing, cut to exactly zero more than sqrt(80) ~ 8.9 widths from the centre (below e^-80 ~
+1.8e-35: the tail would otherwise reach fp32's subnormal range, where CPU arithmetic is ~100x slower, and it carries
+nothing). Every form measures the distance in widths as d_g = (x - lo) / h - g, so they agree to rounding. FastKAN
+shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
 
 Out-of-range rule: the input is layer-normalised per token before the Gaussians (FastKAN's LayerNorm), so the
 centres see unit-scale features; the SiLU base branch (on by default) sees the raw input.
@@ -13,6 +14,7 @@ centres see unit-scale features; the SiLU base branch (on by default) sees the r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +46,8 @@ class RBFBasis(Basis):
         super().__init__(in_features)
         self.num_grids = check_positive_int("num_grids", num_grids)
         lo, hi = _check_grid_range(grid_range)
-        self.register_buffer("centers", torch.linspace(lo, hi, num_grids))  # (G,)
+        self.register_buffer("centers", torch.linspace(lo, hi, num_grids))  # (G,): c_g = lo + g h
+        self.lo = lo
         self.inv_width = (num_grids - 1) / (hi - lo) if num_grids > 1 else 1.0 / (hi - lo)
         self.norm = nn.LayerNorm(in_features) if layernorm else None
 
@@ -87,8 +90,9 @@ class RBFBasis(Basis):
         if self.norm is not None:
             w, b = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
             x = F.layer_norm(x, (self.in_features,), w, b, self.norm.eps)  # (N, I)
-        u = (x.unsqueeze(-1) - self.centers.to(x.dtype)) * self.inv_width  # (N, I, G)
-        return torch.exp(-_square_cut(u))
+        steps = torch.arange(self.num_grids, dtype=x.dtype, device=x.device)
+        d = ((x - self.lo) * self.inv_width).unsqueeze(-1) - steps  # (N, I, G): distances in widths
+        return torch.exp(-_square_cut(d))
 
 
     # -- lean path (layers/lean.py): the LayerNorm as its pre-transform (recomputed in the backward), then (N, B, I)
@@ -125,18 +129,39 @@ class RBFBasis(Basis):
 
     def lean_features(self, u: torch.Tensor) -> torch.Tensor:
         out = u.new_empty(u.shape[0], self.num_grids, u.shape[1])  # (N, G, I)
-        for j, c in enumerate(self.centers.tolist()):
-            torch.exp(-_square_cut((u - c) * self.inv_width), out=out[:, j])
+        d0 = (u - self.lo) * self.inv_width
+        for j in range(self.num_grids):
+            torch.exp(-_square_cut(d0 - j), out=out[:, j])
         return out
 
-    # fused mode (layers/lean.py): one expression per centre, value and slope together
+    # fused mode (layers/lean.py): every centre's value and slope in one expression, with two exponentials per element
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def fused_term(self, u: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        d = (u - self.centers.to(u.dtype)[j]) * self.inv_width
-        value = torch.exp(-_square_cut(d))
-        return value, value * d * (-2 * self.inv_width)
+    def fused_terms(self, u: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(f_g(u), f_g'(u)) for every centre, the Gaussians by a recurrence: with t the distance in widths from the
+        nearer outer centre, counted towards the others, the i-th centre from it has exp(-(t - i)^2) = exp(-(t - i +
+        1)^2) exp(2t) e^(1 - 2i), two exponentials per element instead of G. t <= (G - 1) / 2, so every step's value
+        is one of the Gaussians (at most 1, no overflow), and where t < 0 they fall from the first, which is
+        underflow-safe: a value that reaches zero is followed by smaller ones. Each value is then cut where the direct
+        form cuts it. fp32 values agree with the direct form to ~1e-5 relative at the cut, ~1e-6 near the centres.
+        Same-process A/Bs of the FFN step against one exponential per centre (2-core CPU): d 384, 2048 tokens 0.91 -
+        0.93x in bf16 (four runs), 0.98 in fp32 (two); d 768, 4096 tokens, bf16 0.98; d 128, 1024 tokens, fp32 0.99."""
+        n = self.num_grids
+        d0 = (u - self.lo) * self.inv_width
+        up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
+        t = torch.where(up, d0, (n - 1) - d0)
+        v, ratio = torch.exp(-t * t), torch.exp(2 * t)
+        chain = [v]
+        for i in range(1, n):
+            v = v * ratio * math.exp(1 - 2 * i)
+            chain.append(v)
+        terms = []
+        for j in range(n):
+            d = d0 - j
+            value = torch.where(d * d > _CUT, 0.0, torch.where(up, chain[j], chain[n - 1 - j]))
+            terms.append((value, value * d * (-2 * self.inv_width)))
+        return terms
 
     def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return terms_input_grad(self, u, g)  # a sum of (N, I) terms: eager-friendly as it stands
