@@ -25,7 +25,6 @@ from torch import nn
 from .bspline import _check_grid_range
 from .flops import LAYERNORM_FLOPS
 from .kan import KANFFN, Basis, register_basis
-from .lean import terms_input_grad
 from .registry import check_positive_int, register_ffn
 
 _CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
@@ -164,7 +163,14 @@ class RBFBasis(Basis):
         return terms
 
     def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return terms_input_grad(self, u, g)  # a sum of (N, I) terms: eager-friendly as it stands
+        """``sum_g g[:, g] f_g'(u)`` one exponential per centre: run eagerly, every step of the recurrence is a pass
+        over (N, I) (the eager lean step measured 1.06x this form's with it)."""
+        d0 = (u - self.lo) * self.inv_width
+        acc = torch.zeros_like(u)
+        for j in range(self.num_grids):
+            d = d0 - j
+            acc += g[:, j] * torch.exp(-_square_cut(d)) * d
+        return acc * (-2 * self.inv_width)
 
 
 @register_ffn("rbf")
