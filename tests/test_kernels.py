@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kanformer import KANLinear, create_ffn, kanify
-from kanformer.layers import dispatch, lean
+from kanformer.layers import dispatch, lean, vecmath
 from kanformer.layers.dispatch import get_kernel, kernel, set_kernel, use_lean
 from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
@@ -600,15 +600,42 @@ def test_rbf_tail_is_cut_to_zero_before_subnormals():
     x = torch.linspace(-30, 30, 600 * D).view(-1, D)
     d = ((x - basis.lo) * basis.inv_width).unsqueeze(-1) - torch.arange(basis.num_grids)  # (N, I, G), in widths
     expected = torch.where(d * d <= 80, torch.exp(-(d.double() ** 2)), 0.0).float()
-    forms = {"reference": basis(x), "lean": basis.lean_features(x).transpose(1, 2),
-             "per-function": torch.stack(lean._terms(basis, x, basis.fused_state())[0], dim=-1)}
+    def per_function(x):
+        return torch.stack(lean._terms(basis, x, basis.fused_state())[0], dim=-1)
+
+    forms = {"reference": basis(x), "lean": basis.lean_features(x).transpose(1, 2), "per-function": per_function(x),
+             "compiled per-function": torch.compile(per_function)(x)}  # the fused loops' form, inline exp
     tiny = torch.finfo(torch.float32).tiny
     # the per-function form's recurrence (a product of up to G factors) measured 1.0e-5 relative at 8.5 widths
-    rtol = {"reference": 1e-5, "lean": 1e-5, "per-function": 3e-5}
+    rtol = {"reference": 1e-5, "lean": 1e-5, "per-function": 3e-5, "compiled per-function": 3e-5}
     for name, values in forms.items():
         torch.testing.assert_close(values, expected, rtol=rtol[name], atol=0, msg=name)
         assert not ((values != 0) & (values.abs() < tiny)).any(), name
     assert (expected == 0).any() and (expected > 0).any()
+
+
+def test_compiled_cpu_loops_take_exp_and_sigmoid_inline_within_an_ulp():
+    """vecmath's exp is arithmetic in a compiled CPU fp32 graph (no call into the vector math library, which saves
+    and reloads every vector register of a fused loop around it), within an ulp of torch.exp on [-87.3, 88], clamped
+    beyond; everywhere else it is torch.exp itself."""
+    from torch._inductor.utils import run_and_get_code
+
+    x = torch.cat([torch.linspace(-87.3, 88.0, 200_001), torch.rand(100_000) * 175.3 - 87.3,
+                   torch.tensor([-1000.0, 1000.0, float("nan")])])
+    y, code = run_and_get_code(torch.compile(vecmath.loop_exp), x)
+    assert "<<" in "".join(code) and ".exp()" not in "".join(code)  # 2^k made in the exponent bits
+    ref = torch.exp(x[:-3].double())
+    ulp = torch.nextafter(ref.float(), torch.tensor(float("inf"))).double() - ref.float().double()
+    assert ((y[:-3].double() - ref).abs() / ulp).max() <= 1.0
+    assert 1e-38 < y[-3] < 2e-38 and 1e38 < y[-2] < 2e38 and y[-1].isnan()  # clamped to normal numbers; NaN stays
+    s = torch.compile(vecmath.loop_sigmoid)(x[:-3])
+    torch.testing.assert_close(s, torch.sigmoid(x[:-3]), rtol=3e-7, atol=1e-7)
+    xd = x.double()
+    eager = [(vecmath.loop_exp(x), torch.exp(x)), (vecmath.loop_sigmoid(x), torch.sigmoid(x))]  # torch's own
+    for got, want in eager:
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    # fp64: torch.exp in the graph too (the compiled library's, within 1e-15 of the eager one; inline fp32 ~1e-7)
+    torch.testing.assert_close(torch.compile(vecmath.loop_exp)(xd), torch.exp(xd), rtol=1e-14, atol=0, equal_nan=True)
 
 
 def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):

@@ -36,18 +36,20 @@ from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, scoped
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
+from .vecmath import loop_sigmoid
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _silu(x: torch.Tensor) -> torch.Tensor:
     """silu(x) written with the sigmoid its gradient (``_silu_grad``) uses, so a compiled backward that recomputes
-    the base branch and differentiates it evaluates one exponential and one division a pass, not two."""
-    return x * torch.sigmoid(x)
+    the base branch and differentiates it evaluates one exponential and one division a pass, not two. In a compiled
+    CPU loop the exponential is inline arithmetic (vecmath.py)."""
+    return x * loop_sigmoid(x)
 
 
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(x)
+    s = loop_sigmoid(x)
     return s * (1 + x * (1 - s))
 
 

@@ -26,6 +26,7 @@ from .bspline import _check_grid_range
 from .flops import LAYERNORM_FLOPS
 from .kan import KANFFN, Basis, register_basis
 from .registry import check_positive_int, register_ffn
+from .vecmath import loop_exp
 
 _CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
 
@@ -154,7 +155,7 @@ class RBFBasis(Basis):
         d0 = self.widths(u)
         up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
         t = torch.where(up, d0, (n - 1) - d0)
-        v, ratio = torch.exp(-t * t), torch.exp(2 * t)
+        v, ratio = loop_exp(-t * t), loop_exp(2 * t)  # inline in a compiled CPU loop
         chain = [v]
         for i in range(1, n):
             v = v * ratio * math.exp(1 - 2 * i)
