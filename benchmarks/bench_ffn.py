@@ -31,7 +31,7 @@ import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
-from kanformer.layers import autotune
+from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import get_kernel, set_kernel
 from kanformer.train.allocator import MALLOC_CHOICES
 from kanformer.train.allocator import configure as configure_malloc
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
         "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
-        "cold": getattr(args, "cold", False),
+        "cold": getattr(args, "cold", False), "gemm": gemm.library(), "gemm_record": gemm.record(),
     }
 
 
@@ -186,6 +186,22 @@ def machine(device: torch.device) -> str:
     return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+def gemm_note(record: dict[str, Any] | None) -> str:
+    """The header's words on the fp32 CPU matmul library every FFN of the run used (layers/gemm.py)."""
+    if not record:
+        return ""
+    how = record["source"] if "times_ms" not in record else (
+        f"{record['source']}: an MLP's six products {record['times_ms']['onednn']:.0f} ms routed to oneDNN against "
+        f"{record['times_ms']['torch']:.0f} ms by PyTorch's own")
+    return f"fp32 CPU products by {record['library']} ({how}), "
+
+
+def add_gemm_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gemm", choices=gemm.LIBRARIES, default=None,
+                   help="fp32 CPU matmul library of every FFN, the MLP's included (kanformer/layers/gemm.py; default: "
+                   "KANFORMER_GEMM or auto, measured once per machine)")
+
+
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
                    help="CPU allocator for every arm (kanformer/train/allocator.py): keep freed large blocks for reuse "
@@ -196,6 +212,7 @@ def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
             f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
+            f"{gemm_note(result.get('gemm_record'))}"
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
             f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "
@@ -244,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
                    "step and auto's settling as a new machine sees them (each KAN FFN's background compile takes "
                    "about a minute on 2 cores)")
     add_malloc_argument(p)
+    add_gemm_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.gemm:
+        gemm.set_library(args.gemm)
     for flag in ("d_model", "tokens", "repeats", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

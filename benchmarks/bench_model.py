@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_ffn import add_malloc_argument, machine
+from benchmarks.bench_ffn import add_gemm_argument, add_malloc_argument, gemm_note, machine
 from kanformer import kanify
 from kanformer.evaluation.metrics import measure_training
-from kanformer.layers import autotune
+from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
@@ -120,13 +120,15 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
             "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds, "peak_key": peak_key,
-            "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions()}
+            "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(), "gemm": gemm.library(),
+            "gemm_record": gemm.record()}
 
 
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
-            f"{result['kernel']}, CPU malloc {result['malloc']}, parameters matched to the GELU MLP, "
+            f"{result['kernel']}, CPU malloc {result['malloc']}, {gemm_note(result.get('gemm_record'))}"
+            f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
             f"of the same-round ratios; range: lowest - highest round)")
     lines = [head, "", "| FFN | params | tokens/s | x MLP | range | activations MB | x MLP | peak MB | x MLP |",
@@ -296,9 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     add_malloc_argument(p)
+    add_gemm_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     configure_malloc(args.malloc)
+    if args.gemm:
+        gemm.set_library(args.gemm)
     if args.gpu:
         result = gpu_checks(args)
     else:

@@ -11,7 +11,7 @@ For each FFN: the range (lowest - highest) over the runs of its median same-roun
 backward (bold where every run is within the target: 1.15x the MLP's step, the wavelet 1.5x), of its compiled
 reference's where the runs timed it, and of its forward without autograd; its saved activations against the MLP's and
 the paths ``auto`` chose. The runs must share their settings (width, tokens, dtype, device, width matching, path
-rule, allocator): a range over different settings would mean nothing.
+rule, allocator, matmul library): a range over different settings would mean nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 TARGET = 1.15  # the KAN FFNs' target: forward + backward within 1.15x the MLP's time
 TARGETS = {"wavelet": 1.5}
 BASELINES = ("mlp", "swiglu")
-SETTINGS = ("d_model", "tokens", "dtype", "autocast", "device", "match", "kernel", "malloc")
+SETTINGS = ("d_model", "tokens", "dtype", "autocast", "device", "match", "kernel", "malloc", "gemm")
 
 
 def load(paths: list[str]) -> list[dict[str, Any]]:

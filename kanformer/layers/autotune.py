@@ -57,6 +57,8 @@ from typing import Any
 
 import torch
 
+from . import gemm
+
 MEMORY_RULES = ("lean", "fast")
 _memory = [os.environ.get("KANFORMER_KERNEL_MEMORY", "lean")]
 _choices: dict[str, str] = {}  # key -> path, this process
@@ -194,7 +196,10 @@ def _bucket(tokens: int) -> int:
 def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic."""
     tokens = x.numel() // x.shape[-1]
-    warm = f"{_signature(ffn)} | {str(_compute_dtype(x)).removeprefix('torch.')} | {x.device.type}"
+    dtype = _compute_dtype(x)
+    warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
+    if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library
+        warm += f" | gemm={gemm.library()}"
     return f"{warm} | tokens<={_bucket(tokens)} | memory={_memory[0]}", warm
 
 
@@ -309,7 +314,9 @@ def _start_worker(warm: str) -> subprocess.Popen:
     spec = {"warm": warm, "ffn": _pending_spec[warm]}
     # on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy small machine a
     # low-priority compile never finished)
-    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    # the matmul library this process runs (layers/gemm.py), so the worker compiles the graphs it will load
+    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
+           "KANFORMER_GEMM": gemm.library()}
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
     proc = subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
                             stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -671,7 +678,9 @@ def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:
 
 
 def forget() -> None:
-    """Drop this process's choices (the disk cache stays): the next call reads the cache or times again."""
+    """Drop this process's choices, the matmul library's included (the disk cache stays): the next call reads the
+    cache or times again."""
+    gemm.set_library(gemm.setting())
     _choices.clear()
     _decided.clear()
     _disk.clear()

@@ -6,6 +6,9 @@ Legend: N tokens, d = ``d_model``, h = ``hidden``.
   ``activation`` also takes the exact ``gelu`` (BERT, ViT), ``silu`` or ``relu``.
 * ``swiglu``: the gated SiLU block of PaLM / Llama (Shazeer 2020, "GLU Variants Improve Transformer"),
   down(silu(gate(x)) * up(x)); no biases by default, as in Llama.
+
+Their linear layers take their products from layers/gemm.py, as the KAN layers' fast paths do: one matmul library on
+both sides of a comparison.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .flops import ACTIVATION_FLOPS, SILU_FLOPS, linear_flops
+from .gemm import Linear
 from .registry import FFN, check_last_dim, register_ffn
 
 
@@ -39,8 +42,8 @@ class MLP(FFN):
             raise ValueError(f"Unknown activation {activation!r}. Available: {', '.join(sorted(_ACTIVATIONS))}")
         super().__init__(d_model, hidden, bias=bias, activation=activation)
         self.activation = activation
-        self.fc1 = nn.Linear(d_model, hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, d_model, bias=bias)
+        self.fc1 = Linear(d_model, hidden, bias=bias)
+        self.fc2 = Linear(hidden, d_model, bias=bias)
 
     @classmethod
     def count_params(cls, d_model: int, hidden: int, *, bias: bool = True, **_: Any) -> int:
@@ -61,9 +64,9 @@ class MLP(FFN):
 class SwiGLU(FFN):
     def __init__(self, d_model: int, hidden: int, *, bias: bool = False) -> None:
         super().__init__(d_model, hidden, bias=bias)
-        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+        self.gate_proj = Linear(d_model, hidden, bias=bias)
+        self.up_proj = Linear(d_model, hidden, bias=bias)
+        self.down_proj = Linear(hidden, d_model, bias=bias)
 
     @classmethod
     def count_params(cls, d_model: int, hidden: int, *, bias: bool = False, **_: Any) -> int:

@@ -32,6 +32,7 @@ from .autotune import choice as autotune_choice
 from .autotune import compiled_forward
 from .autotune import enabled as autotune_enabled
 from .autotune import inference_path as autotune_inference_path
+from .gemm import library as gemm_library
 from .triton_kan import triton_available
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
@@ -109,6 +110,7 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
 
 def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
     """``body(x)`` on the path :func:`resolve` gives (its backward follows it)."""
+    gemm_library()  # the matmul library, chosen before anything is timed or compiled (its graphs bake it in)
     mode = resolve(ffn, x)
     if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
         return body(x)
@@ -169,6 +171,7 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     keeps one cache per code object, limited to a few entries, and a copy that met a second width would recompile
     with that width symbolic (its automatic dynamic shapes)."""
     mode = get_kernel()
+    gemm_library()  # chosen in eager code, before a graph that calls it is compiled
     if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
         return _TRITON[fn.__name__]
     if not _fused():

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, scoped_kernel
+from .gemm import mm
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
@@ -234,7 +235,7 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
     o = coef.shape[0]
     pad = output_pad(o)
     w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)
-    y = feats @ w.T if bias is None else torch.addmm(F.pad(bias.to(dtype), (0, pad)), feats, w.T)  # (N, O + pad)
+    y = mm(feats, w.T, None if bias is None else F.pad(bias.to(dtype), (0, pad)))  # (N, O + pad)
     return (y[:, :o].contiguous() if pad and not keep_pad else y), stats
 
 
@@ -264,12 +265,12 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     xb = x if base is not None else None
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
     if input_major:  # the basis' part as (B*I, O) @ (O, N); the base branch's (N, I) apart
-        g_basis = (w[:, : b * i_in].T @ gy.T).view(b, i_in, n)
+        g_basis = mm(w[:, : b * i_in].T, gy.T).view(b, i_in, n)
         g_u, g_x, values = None, None, None
         if base is not None:
-            g_x = _input_grads(basis, u, xb, (gy @ w[:, b * i_in:]).view(n, 1, i_in), None, False)[1]
+            g_x = _input_grads(basis, u, xb, mm(gy, w[:, b * i_in:]).view(n, 1, i_in), None, False)[1]
     else:
-        g_feats = (gy @ w).view(n, -1, i_in)  # (N, B[+1], I)
+        g_feats = mm(gy, w).view(n, -1, i_in)  # (N, B[+1], I)
         g_basis = g_feats[:, :b]
         g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic)
     g_pre: tuple[torch.Tensor, ...] = ()
@@ -281,7 +282,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     g_coef, g_base = None, None
     if need_w:
         feats = _features(basis, u, xb, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
-        g_w = (gy.T @ feats).view(o, -1, i_in)  # (O, B[+1], I)
+        g_w = mm(gy.T, feats).view(o, -1, i_in)  # (O, B[+1], I)
         g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
         if base is not None:
             g_base = g_w[:, b].to(base.dtype)
@@ -534,7 +535,7 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             per_token(x_)
             r = _kernel_fn(rational_values, x, tag=_tables_tag(a, b))(x_, a, b, dtype)
             w = weight.to(dtype)
-            y = r @ w.T if bias is None else torch.addmm(bias.to(dtype), r, w.T)
+            y = mm(r, w.T, None if bias is None else bias.to(dtype))
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
         ctx.save_for_backward(x, num, den, group_index, weight)
         return y
@@ -551,11 +552,11 @@ class LeanRationalLinearFunction(torch.autograd.Function):
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             a, b = _channel_tables(num, den, group_index, _low_dtype(x.dtype))
-            g_r = gy @ weight.to(dtype)  # dL/dR (N, C)
+            g_r = mm(gy, weight.to(dtype))  # dL/dR (N, C)
             per_token(x, g_r)
             r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=_tables_tag(a, b))(
                 x, g_r, a, b, dtype)
-            g_w = (gy.T @ r).to(weight.dtype) if ctx.needs_input_grad[4] else None
+            g_w = mm(gy.T, r).to(weight.dtype) if ctx.needs_input_grad[4] else None
             g_bias = gy.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[5] else None
             g_num, g_den = _per_group(g_a, num, group_index), _per_group(g_b, den, group_index)
         return g_x.to(x.dtype), g_num, g_den, None, g_w, g_bias

@@ -32,6 +32,7 @@ import torch
 from torch.nn.modules import module as _module
 
 from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, use_lean
+from .gemm import mm
 from .lean import (
     _channel_tables,
     _compute_dtype,
@@ -290,7 +291,7 @@ def _rational_ffn_forward(x: torch.Tensor, act1: tuple[torch.Tensor, ...], w1: t
 def _rational_linear(x: torch.Tensor, act: tuple[torch.Tensor, ...], w: torch.Tensor, bias: torch.Tensor | None,
                      dtype: torch.dtype) -> torch.Tensor:
     r = rational_values(x, *act, dtype)
-    return r @ w.to(dtype).T if bias is None else torch.addmm(bias.to(dtype), r, w.to(dtype).T)
+    return mm(r, w.to(dtype).T, None if bias is None else bias.to(dtype))
 
 
 def _rational_ffn_backward(x: torch.Tensor, h: torch.Tensor, gy: torch.Tensor, act1: tuple[torch.Tensor, ...],
@@ -308,8 +309,8 @@ def _rational_ffn_backward(x: torch.Tensor, h: torch.Tensor, gy: torch.Tensor, a
 def _rational_linear_backward(x: torch.Tensor, gy: torch.Tensor, act: tuple[torch.Tensor, ...], w: torch.Tensor,
                               dtype: torch.dtype, need_w: bool, need_b: bool) -> tuple[Any, ...]:
     gy_ = gy.to(dtype)
-    r, g_x, g_a, g_b = rational_backward(x, gy_ @ w.to(dtype), *act, dtype)
-    return g_x, g_a, g_b, (gy_.T @ r if need_w else None), (gy.sum(0) if need_b else None)
+    r, g_x, g_a, g_b = rational_backward(x, mm(gy_, w.to(dtype)), *act, dtype)
+    return g_x, g_a, g_b, (mm(gy_.T, r) if need_w else None), (gy.sum(0) if need_b else None)
 
 
 class LeanRationalFFNFunction(torch.autograd.Function):

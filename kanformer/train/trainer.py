@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, save_config
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
-from ..layers import autotune
+from ..layers import autotune, gemm
 from ..layers.budget import model_flops_per_token
 from ..layers.dispatch import set_kernel
 from ..models import ADAPTERS
@@ -287,6 +287,8 @@ class Trainer:
             info["data"] = self.lm.meta
         if self.kanify_report is not None:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
+        if self.accelerator.device.type == "cpu":  # the fp32 products' library of every FFN (layers/gemm.py)
+            info["matmul_library"] = gemm.record()
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
 
     def _record_kernel_choices(self) -> None:

@@ -1,0 +1,218 @@
+"""The matrix products of the kit's FFNs, through the faster of PyTorch's two CPU matmul libraries on this machine.
+
+On a CPU, PyTorch's fp32 ``mm`` calls the BLAS it was built with, MKL in the x86 wheels. MKL picks its kernels by
+CPU vendor: on a non-Intel CPU it runs a generic path (``MKL_VERBOSE=1`` names it: "Intel(R) Architecture
+processors", where an Intel CPU with AVX-512 reads "AVX-512 enabled processors"). oneDNN, in the same wheels, picks
+by instruction set. On the development machine (AMD EPYC, AVX-512) oneDNN's fp32 products of an FFN's shapes took
+0.6 - 0.75x MKL's, transposed operands included (``python -m evals.bench_gemm``). bf16 and fp16 products already go
+to oneDNN inside PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
+
+:func:`mm` and :func:`linear` route such a product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, inside a
+custom op of this module with its own autograd formula, so compiled graphs call it as one node) when the library of
+the process is ``onednn``, else through PyTorch's own. Every FFN of the kit takes its products from here: the KAN
+layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a comparison has one library on both sides.
+The reference paths, which define the layers, keep PyTorch's products.
+
+The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times
+both on an MLP's three products (forward, input and weight gradients) once per machine and versions, keeps oneDNN
+only where it is clearly faster (< 0.9x), and records the choice in the autotune cache (``KANFORMER_CACHE``), so a
+later process reads it. The choice is made in eager code before anything is compiled; compiled graphs are guarded on
+it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
+
+LIBRARIES = ("auto", "torch", "onednn")
+_CLEAR_WIN = 0.9  # oneDNN is kept only below this fraction of PyTorch's own time
+_NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registers its own op
+
+_setting = [os.environ.get("KANFORMER_GEMM", "auto")]
+_chosen: list[str | None] = [None]  # the library in force, once resolved (read by compiled graphs: guarded)
+_record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, reason?}
+
+
+def _check(name: str) -> str:
+    if name not in LIBRARIES:
+        raise ValueError(f"Unknown matmul library {name!r} (KANFORMER_GEMM / set_library). "
+                         f"Available: {', '.join(LIBRARIES)}")
+    return name
+
+
+def set_library(name: str) -> None:
+    """The library of the process' fp32 CPU products: ``auto`` (measured), ``torch`` or ``onednn``."""
+    _setting[0] = _check(name)
+    _chosen[0] = None
+    _record.clear()
+
+
+def setting() -> str:
+    """What the process asked for (``auto`` unless set): the library itself is :func:`library`."""
+    return _setting[0]
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def library() -> str:
+    """The library in force, chosen now if not yet (under ``torch.compile`` before any eager choice: ``torch``)."""
+    if _chosen[0] is None:
+        if torch.compiler.is_compiling():
+            return "torch"
+        _chosen[0] = _resolve()
+    return _chosen[0]
+
+
+def record() -> dict[str, Any]:
+    """How this process's library was chosen (for a run's ``versions.json`` and the benchmarks' headers)."""
+    library()
+    return dict(_record)
+
+
+def _resolve() -> str:
+    setting = _check(_setting[0])
+    if setting != "auto":
+        if setting == "onednn" and not onednn_available():
+            raise ValueError("matmul library 'onednn' needs a PyTorch built with oneDNN (mkldnn); "
+                             "use auto or torch")
+        _record.update(library=setting, source="set")
+        return setting
+    if not onednn_available():
+        _record.update(library="torch", source="no oneDNN in this PyTorch")
+        return "torch"
+    from .autotune import _locked_cache, _section
+
+    with _locked_cache() as data:  # one timing per machine: ranks starting together wait for the first one's
+        section = _section(data)
+        kept = section.get("gemm")
+        if kept is None:
+            kept = section["gemm"] = _timed()
+            source = "timed"
+        else:
+            source = "cache"
+    _record.update(kept, source=source)
+    return kept["library"]
+
+
+def _timed() -> dict[str, Any]:
+    """A GELU MLP's six products (d 384, 1536 hidden, 2048 tokens) routed as :func:`mm` routes them under oneDNN,
+    against all six by PyTorch's own, in turns, 5 rounds: the baseline's speed decides."""
+    g = torch.Generator().manual_seed(0)
+    products = []
+    for i, o in ((384, 1536), (1536, 384)):
+        x, w, gy = (torch.randn(*s, generator=g) for s in ((2048, i), (o, i), (2048, o)))
+        products += [(x, w.t()), (gy, w), (gy.t(), x)]  # forward, input gradient, weight gradient
+    runs: dict[str, Any] = {"torch": lambda a, b: a @ b,
+                            "onednn": _product}
+    try:
+        runs["onednn"](*products[0])
+    except Exception as err:  # an unsupported build: PyTorch's own products
+        return {"library": "torch", "reason": f"oneDNN failed: {type(err).__name__}: {err}".splitlines()[0]}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(6):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for a, b in products:
+                run(a, b)
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
+    ms = {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
+    return {"library": "onednn" if ms["onednn"] < _CLEAR_WIN * ms["torch"] else "torch", "times_ms": ms}
+
+
+def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether oneDNN takes ``a @ b``: always, but for a transposed ``a`` (a weight gradient, ``gy^T @ x``) with
+    more rows than the product has columns. On the development machine oneDNN ran those slower than MKL (a GELU
+    MLP's first weight gradient, 1536 x 2048 @ 2048 x 384: 20.9 against 15.7 ms) and every other product of an MLP's
+    or a KAN FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x
+    3456, 15.6 against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x)."""
+    transposed = not a.is_contiguous() and a.t().is_contiguous()
+    return not transposed or a.shape[0] <= b.shape[1]
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as oneDNN takes it without a copy: row- or column-major. Other strides are copied first (a sliced
+    operand, row stride > width, ran ~700x slower than contiguous when passed as it was)."""
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
+
+
+@torch.library.custom_op(f"{_NS}::onednn_linear", mutates_args=())
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight^T (+ bias)`` by oneDNN: fp32 CPU 2-d operands, each row- or column-major."""
+    return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(weight), bias, "none", [], "")
+
+
+@_onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_bias = ctx.needs_input_grad
+    g_x = _product(g, weight) if need_x else None  # (N, O) @ (O, I)
+    g_w = _product(g.t(), x) if need_w else None  # (O, N) @ (N, I)
+    return g_x, g_w, g.sum(0) if ctx.has_bias and need_bias else None
+
+
+_onednn_linear.register_autograd(_backward, setup_context=_setup)
+
+
+@register_flop_formula(torch.ops.__getattr__(_NS).onednn_linear)
+def _flops(x_shape: Any, w_shape: Any, bias_shape: Any, out_shape: Any = None, **_: Any) -> int:
+    """What ``FlopCounterMode`` counts for ``mm``: 2 FLOPs a multiply-add (the bias not counted, as for addmm)."""
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)``, by oneDNN where it suits the operands (the library already chosen)."""
+    if _suits(a, b):
+        return _onednn_linear(a, b.t(), bias)
+    return a @ b if bias is None else torch.addmm(bias, a, b)
+
+
+def _onednn_applies(*tensors: torch.Tensor | None) -> bool:
+    """fp32 CPU operands, none empty, autocast off (under autocast PyTorch casts to its low dtype, whose products
+    are oneDNN's already), and the process's library oneDNN."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.numel()):
+            return False
+    return not torch.is_autocast_enabled("cpu") and library() == "onednn"
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` (2-d), plus ``bias`` (1-d, per column) if given, through the process's library."""
+    if _onednn_applies(a, b, bias):
+        return _product(a, b, bias)
+    return a @ b if bias is None else torch.addmm(bias, a, b)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (x of any leading dims) through the process's library."""
+    if x.dim() >= 2 and _onednn_applies(x, weight, bias):
+        y = _product(x.reshape(-1, x.shape[-1]), weight.t(), bias)
+        return y.view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class Linear(torch.nn.Linear):
+    """``nn.Linear`` whose product comes from :func:`linear` (same parameters, state dict and hooks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

@@ -1,0 +1,132 @@
+"""The matmul library of the kit's FFNs (layers/gemm.py): oneDNN's products equal PyTorch's, the baselines and the
+KAN fast paths take them, and the per-machine choice is validated, cached and reused."""
+
+import pytest
+import torch
+
+from kanformer.layers import gemm
+from kanformer.layers.dispatch import kernel
+from kanformer.layers.registry import create_ffn
+
+needs_onednn = pytest.mark.skipif(not gemm.onednn_available(), reason="PyTorch built without oneDNN")
+
+
+@pytest.fixture
+def library():
+    """Pins the process's library for one test, restoring the setting after."""
+    before = gemm._setting[0]
+    yield gemm.set_library
+    gemm.set_library(before)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
+
+
+@needs_onednn
+@pytest.mark.parametrize("layout", ["rows", "transposed_tall", "transposed_wide", "sliced"])
+def test_mm_equals_torch(library, layout):
+    library("onednn")
+    g = torch.Generator().manual_seed(0)
+    if layout == "rows":
+        a, b = torch.randn(37, 24, generator=g), torch.randn(40, 24, generator=g).t()
+    elif layout == "transposed_tall":  # a weight gradient with more rows than columns: PyTorch's
+        a, b = torch.randn(50, 40, generator=g).t(), torch.randn(50, 9, generator=g)
+    elif layout == "transposed_wide":
+        a, b = torch.randn(50, 9, generator=g).t(), torch.randn(50, 40, generator=g)
+    else:  # neither row- nor column-major: copied first (oneDNN ran such strides ~700x slower)
+        a, b = torch.randn(37, 30, generator=g)[:, :24], torch.randn(24, 48, generator=g)[:, ::2]
+    bias = torch.randn(b.shape[1], generator=g)
+    _close(gemm.mm(a, b), a @ b)
+    _close(gemm.mm(a, b, bias), torch.addmm(bias, a, b))
+    assert gemm._suits(a, b) == (layout != "transposed_tall")
+
+
+@needs_onednn
+def test_mm_leaves_other_dtypes_and_empty_operands_to_torch(library):
+    library("onednn")
+    a, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    assert torch.equal(gemm.mm(a, b), a @ b)  # fp64: PyTorch's own product, bit for bit
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    assert torch.equal(gemm.mm(a16, b16), a16 @ b16)
+    empty = torch.randn(0, 4)
+    assert gemm.mm(empty, b.float()).shape == (0, 3)
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["mlp", "swiglu"])
+def test_baselines_on_onednn_equal_torch(library, name):
+    """Forward and every gradient of the baselines, oneDNN against PyTorch's products."""
+    ffn = create_ffn(name, 24, 40, **({"bias": True} if name == "swiglu" else {}))
+    x = torch.randn(3, 7, 24)
+    results = {}
+    for lib in ("torch", "onednn"):
+        library(lib)
+        xi = x.clone().requires_grad_()
+        y = ffn(xi)
+        y.square().sum().backward()
+        results[lib] = [y.detach(), xi.grad] + [p.grad.clone() for p in ffn.parameters()]
+        ffn.zero_grad(set_to_none=True)
+    assert gemm.library() == "onednn"
+    for got, want in zip(results["onednn"], results["torch"], strict=True):
+        _close(got, want)
+
+
+@needs_onednn
+def test_baseline_under_autocast_and_compile(library):
+    library("onednn")
+    ffn = create_ffn("mlp", 16, 32)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ffn(x).dtype == torch.bfloat16  # autocast's own (bf16) product, as nn.Linear's
+    compiled = torch.compile(ffn, fullgraph=True)  # the custom op traces as one node: no graph break
+    _close(compiled(x), ffn(x))
+
+
+@needs_onednn
+@pytest.mark.parametrize("path", ["lean", "fused"])
+def test_kan_fast_paths_on_onednn_equal_reference(library, path):
+    """A KAN FFN's lean path (eager and compiled) with oneDNN's products against its reference."""
+    library("onednn")
+    ffn = create_ffn("rbf", 12, 20)
+    x = torch.randn(33, 12)
+    grads = {}
+    for mode in ("reference", path):
+        xi = x.clone().requires_grad_()
+        with kernel(mode):
+            y = ffn(xi)
+            y.square().sum().backward()
+        grads[mode] = [y.detach(), xi.grad] + [p.grad.clone() for p in ffn.parameters()]
+        ffn.zero_grad(set_to_none=True)
+    for got, want in zip(grads[path], grads["reference"], strict=True):
+        _close(got, want)
+
+
+def test_bad_library_names_the_allowed_values(library):
+    with pytest.raises(ValueError, match="Unknown matmul library 'mkl'.*auto, torch, onednn"):
+        library("mkl")
+    gemm._setting[0], gemm._chosen[0] = "blas", None  # as KANFORMER_GEMM=blas leaves it (the fixture restores)
+    with pytest.raises(ValueError, match="Unknown matmul library 'blas'"):
+        gemm.library()
+
+
+@needs_onednn
+def test_auto_times_once_per_machine_then_reads_the_cache(library, monkeypatch, tmp_path):
+    monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path))
+    library("auto")
+    calls = []
+    real = gemm._timed
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(gemm, "_timed", counted)
+    first = gemm.record()
+    assert first["source"] == "timed" and first["library"] in ("torch", "onednn") and len(calls) == 1
+    assert set(first["times_ms"]) == {"torch", "onednn"}
+    library("auto")  # a later process: the in-process choice gone, the disk cache kept
+    second = gemm.record()
+    assert second["source"] == "cache" and second["library"] == first["library"] and len(calls) == 1
+    library("torch")
+    assert gemm.record() == {"library": "torch", "source": "set"}
