@@ -6,8 +6,13 @@ six products of a training step (per layer: forward ``x @ W^T``, input gradient 
 two times, which one ``gemm.mm`` takes under oneDNN, and per FFN the step's six products by PyTorch alone against
 ``mm``'s routing, as a ratio measured in this process.
 
+Then whole training steps (forward + backward) of the FFNs named by ``--ffns`` (default: the MLP, RBF and B-spline;
+KAN FFNs on the ``fused`` path, which ``auto`` takes at these widths), each under both libraries in turns: each
+FFN's step on oneDNN against its step on PyTorch's products, and each KAN FFN against the MLP on the same library
+(medians of same-round ratios, with the lowest and highest round).
+
     python -m benchmarks.bench_gemm                        # d_model 384, 2048 tokens
-    python -m benchmarks.bench_gemm --d-model 128 --tokens 1024
+    python -m benchmarks.bench_gemm --d-model 128 --tokens 1024 --ffns mlp rbf
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import torch
 
 from kanformer.layers import gemm
 from kanformer.layers.budget import match_hidden
+from kanformer.layers.dispatch import kernel
 
-from .bench_ffn import machine
+from .bench_ffn import Arm, machine
 
 
 def _products(n: int, widths: list[tuple[int, int]], g: torch.Generator) -> list[tuple[str, Any, Any]]:
@@ -71,9 +77,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch_ms = sum(r["torch_ms"] for r in mine)
         routed_ms = sum(r[f"{r['routed']}_ms"] for r in mine)
         totals[ffn] = {"torch_ms": torch_ms, "routed_ms": routed_ms, "ratio": routed_ms / torch_ms}
+    library = gemm.record()
+    steps = _steps(args) if args.ffns else {}
     return {"benchmark": "gemm", "machine": machine(torch.device("cpu")), "torch": torch.__version__,
             "d_model": d, "tokens": n, "kan_hidden": hidden, "rows": rows, "totals": totals,
-            "library": gemm.record()}
+            "library": library, "steps": steps}
+
+
+def _steps(args: argparse.Namespace) -> dict[str, Any]:
+    """Each FFN's training step under both libraries, in turns (``--rounds`` rounds, median of ``--repeats``)."""
+    before = gemm.setting()
+    names = ["mlp"] + [f for f in args.ffns if f != "mlp"]
+    libs = ("torch", "onednn")
+    arms = {}
+    times: dict[str, list[float]] = {f"{name} {lib}": [] for name in names for lib in libs}
+    try:
+        with kernel("fused"):
+            for lib in libs:  # each library's compiled graphs (guarded on it) before anything is timed
+                gemm.set_library(lib)
+                for name in names:
+                    arms.setdefault(name, Arm(name, args.d_model, args.tokens, device=torch.device("cpu"),
+                                              dtype=torch.float32, autocast=False, match="params")).step()
+            for _ in range(args.rounds):
+                for lib in libs:
+                    gemm.set_library(lib)
+                    for name, arm in arms.items():
+                        arm.step()
+                        times[f"{name} {lib}"].append(_time(arm.step, args.repeats))
+    finally:
+        gemm.set_library(before)
+
+    def ratios(num: list[float], den: list[float]) -> list[float]:
+        r = [a / b for a, b in zip(num, den, strict=True)]
+        return [statistics.median(r), min(r), max(r)]
+
+    out = {}
+    for name in names:
+        t, o = times[f"{name} torch"], times[f"{name} onednn"]
+        out[name] = {"torch_ms": statistics.median(t) * 1e3, "onednn_ms": statistics.median(o) * 1e3,
+                     "onednn_over_torch": ratios(o, t)}
+        if name != "mlp":
+            out[name]["x_mlp_torch"] = ratios(t, times["mlp torch"])
+            out[name]["x_mlp_onednn"] = ratios(o, times["mlp onednn"])
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -90,6 +136,18 @@ def format_table(result: dict[str, Any]) -> str:
     for ffn, t in result["totals"].items():
         lines.append(f"{ffn}: six products {t['torch_ms']:.1f} ms by PyTorch, {t['routed_ms']:.1f} ms routed as "
                      f"gemm.mm routes them under oneDNN ({t['ratio']:.2f}x)")
+    if result["steps"]:
+        def span(r: list[float]) -> str:
+            return f"{r[0]:.2f} ({r[1]:.2f} - {r[2]:.2f})"
+
+        lines += ["", "FFN training steps (fused path), each library in turn (ratios: median (lowest - highest "
+                  "round)):",
+                  "", "| FFN | PyTorch ms | oneDNN ms | oneDNN / PyTorch | x MLP, PyTorch | x MLP, oneDNN |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, r in result["steps"].items():
+            vs = (f"{span(r['x_mlp_torch'])} | {span(r['x_mlp_onednn'])}" if "x_mlp_torch" in r else "- | -")
+            lines.append(f"| {name} | {r['torch_ms']:.1f} | {r['onednn_ms']:.1f} | {span(r['onednn_over_torch'])} | "
+                         f"{vs} |")
     return "\n".join(lines)
 
 
@@ -99,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ffns", nargs="*", default=["mlp", "rbf", "bspline"],
+                   help="FFNs whose whole training steps are timed under both libraries (none: products only)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "rounds", "repeats"):

@@ -130,3 +130,18 @@ def test_auto_times_once_per_machine_then_reads_the_cache(library, monkeypatch, 
     assert second["source"] == "cache" and second["library"] == first["library"] and len(calls) == 1
     library("torch")
     assert gemm.record() == {"library": "torch", "source": "set"}
+
+
+@needs_onednn
+def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
+    import json
+
+    from benchmarks.bench_gemm import main
+
+    main(["--d-model", "16", "--tokens", "32", "--rounds", "1", "--repeats", "1", "--ffns", "mlp",
+          "--json", str(tmp_path / "g.json")])
+    out = capsys.readouterr().out
+    assert "| mlp | layer 1 weight grad 64x32 @ 32x16 |" in out and "| bspline | layer 2 forward" in out
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert {r["routed"] for r in result["rows"]} == {"torch", "onednn"}  # the MLP's first weight gradient: PyTorch
+    assert result["steps"]["mlp"]["onednn_ms"] > 0 and len(result["rows"]) == 12

@@ -14,10 +14,11 @@ layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a compari
 The reference paths, which define the layers, keep PyTorch's products.
 
 The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times
-both on an MLP's three products (forward, input and weight gradients) once per machine and versions, keeps oneDNN
-only where it is clearly faster (< 0.9x), and records the choice in the autotune cache (``KANFORMER_CACHE``), so a
-later process reads it. The choice is made in eager code before anything is compiled; compiled graphs are guarded on
-it.
+a GELU MLP's six products of a training step both ways (as :func:`mm` routes them under oneDNN, against PyTorch's
+own) once per machine and PyTorch version, keeps oneDNN only where it is clearly faster (< 0.9x: the baseline's
+speed decides), and records the choice in the autotune cache (``KANFORMER_CACHE``), so every later process, a
+checkpoint's copy of these files included, reads it. The choice is made in eager code before anything is compiled;
+compiled graphs are guarded on it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 LIBRARIES = ("auto", "torch", "onednn")
 _CLEAR_WIN = 0.9  # oneDNN is kept only below this fraction of PyTorch's own time
+_RULE = 1  # the version of the routing (_suits) and of the timing: a change is timed afresh
 _NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registers its own op
 
 _setting = [os.environ.get("KANFORMER_GEMM", "auto")]
@@ -90,13 +92,16 @@ def _resolve() -> str:
     if not onednn_available():
         _record.update(library="torch", source="no oneDNN in this PyTorch")
         return "torch"
-    from .autotune import _locked_cache, _section
+    from .autotune import _locked_cache, cpu_name
 
+    # keyed by the machine, PyTorch and this rule only, not the layer code: every copy of these files (a checkpoint's
+    # included) and every version that keeps the rule runs the products the same way on one machine
+    key = f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE}"
     with _locked_cache() as data:  # one timing per machine: ranks starting together wait for the first one's
-        section = _section(data)
-        kept = section.get("gemm")
+        section = data.setdefault("gemm", {})
+        kept = section.get(key)
         if kept is None:
-            kept = section["gemm"] = _timed()
+            kept = section[key] = _timed()
             source = "timed"
         else:
             source = "cache"
