@@ -36,6 +36,7 @@ def test_loss_goes_down(tmp_path, preset, ffn):
     assert (cfg.run_dir / "config.yaml").exists()
     info = json.loads((cfg.run_dir / "versions.json").read_text())
     assert info["git_sha"] and info["torch"] == torch.__version__ and info["kanify"]["ffn"] == ffn
+    assert info["matmul_library"]["library"] in ("torch", "onednn")  # the FFNs' fp32 products (layers/gemm.py)
 
 
 def test_compiling_inside_a_step_is_reported_apart_from_the_training_throughput(tmp_path):

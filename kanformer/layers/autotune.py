@@ -166,9 +166,9 @@ def _fingerprint_id() -> str:
     return hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path() -> Path:
+def cache_path(name: str = "autotune.json") -> Path:
     root = os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer"
-    return Path(root) / "autotune.json"
+    return Path(root) / name
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -212,9 +212,10 @@ def _inductor_dir() -> str:
 
 
 @contextlib.contextmanager
-def _locked_cache() -> Any:
-    """The whole cache file, read under an exclusive lock; what the block leaves in the dict is written back."""
-    path = cache_path()
+def _locked_cache(name: str = "autotune.json") -> Any:
+    """The whole cache file ``name``, read under an exclusive lock; what the block leaves in the dict is written
+    back."""
+    path = cache_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         with contextlib.suppress(ImportError):  # POSIX; elsewhere writers may race (a lost entry is timed again)

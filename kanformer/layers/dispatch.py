@@ -110,7 +110,8 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
 
 def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
     """``body(x)`` on the path :func:`resolve` gives (its backward follows it)."""
-    gemm_library()  # the matmul library, chosen before anything is timed or compiled (its graphs bake it in)
+    # the matmul library, chosen at the first FFN call before anything is timed or compiled (its graphs bake it in)
+    gemm_library(x.shape[-1], x.numel() // x.shape[-1]) if x.dim() and x.shape[-1] else gemm_library()
     mode = resolve(ffn, x)
     if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
         return body(x)
@@ -171,7 +172,7 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     keeps one cache per code object, limited to a few entries, and a copy that met a second width would recompile
     with that width symbolic (its automatic dynamic shapes)."""
     mode = get_kernel()
-    gemm_library()  # chosen in eager code, before a graph that calls it is compiled
+    gemm_library()  # chosen in eager code (at the FFN's call, tuned_call), before a graph that calls it is compiled
     if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
         return _TRITON[fn.__name__]
     if not _fused():

@@ -1,11 +1,12 @@
 """The matrix products of the kit's FFNs, through the faster of PyTorch's two CPU matmul libraries on this machine.
 
-On a CPU, PyTorch's fp32 ``mm`` calls the BLAS it was built with, MKL in the x86 wheels. MKL picks its kernels by
-CPU vendor: on a non-Intel CPU it runs a generic path (``MKL_VERBOSE=1`` names it: "Intel(R) Architecture
-processors", where an Intel CPU with AVX-512 reads "AVX-512 enabled processors"). oneDNN, in the same wheels, picks
-by instruction set. On the development machine (AMD EPYC, AVX-512) oneDNN's fp32 products of an FFN's shapes took
-0.6 - 0.75x MKL's, transposed operands included (``python -m evals.bench_gemm``). bf16 and fp16 products already go
-to oneDNN inside PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
+On a CPU, PyTorch's fp32 ``mm`` calls the BLAS it was built with, MKL in the x86 wheels. On the development machine
+(AMD EPYC, AVX-512) MKL reports its generic code path (``MKL_VERBOSE=1``: "for Intel(R) 64 architecture Intel(R)
+Architecture processors"), while oneDNN, in the same wheel, runs its AVX-512 kernels (``ONEDNN_VERBOSE=1``:
+"brg_matmul:avx512_core"). There, at d 384 / 2048 tokens, oneDNN took 0.53 - 0.88x MKL's time on eleven of the
+twelve products of an MLP's and a B-spline FFN's training steps (transposed operands included) and 1.26x on the
+twelfth (see ``_suits``); at d 128 / 1024 tokens the two were level (``python -m evals.bench_gemm``). bf16 and fp16
+products already go to oneDNN inside PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
 
 :func:`mm` and :func:`linear` route such a product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, inside a
 custom op of this module with its own autograd formula, so compiled graphs call it as one node) when the library of
@@ -13,12 +14,14 @@ the process is ``onednn``, else through PyTorch's own. Every FFN of the kit take
 layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a comparison has one library on both sides.
 The reference paths, which define the layers, keep PyTorch's products.
 
-The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times
-a GELU MLP's six products of a training step both ways (as :func:`mm` routes them under oneDNN, against PyTorch's
-own) once per machine and PyTorch version, keeps oneDNN only where it is clearly faster (< 0.9x: the baseline's
-speed decides), and records the choice in the autotune cache (``KANFORMER_CACHE``), so every later process, a
-checkpoint's copy of these files included, reads it. The choice is made in eager code before anything is compiled;
-compiled graphs are guarded on it.
+The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto``, at the
+process's first FFN call, times a GELU MLP's six products of a training step at that call's width and token count
+both ways (as :func:`mm` routes them under oneDNN, against PyTorch's own), keeps oneDNN only where it is clearly
+faster (< 0.9x: the baseline's speed at the width in use decides, for every FFN of the process), and records the
+choice in ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``) under the machine, PyTorch version and
+shapes, so every later process, a checkpoint's copy of these files included, reads it. The choice is made in eager
+code before anything is compiled; compiled graphs are guarded on it. Two processes whose first FFN calls differ in
+shape can choose differently: pin the library where results must agree to the last bit.
 """
 
 from __future__ import annotations
@@ -66,13 +69,20 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def library() -> str:
-    """The library in force, chosen now if not yet (under ``torch.compile`` before any eager choice: ``torch``)."""
+def library(width: int | None = None, tokens: int | None = None) -> str:
+    """The library in force. Chosen at the process's first FFN call (``width``: its model width, ``tokens``: its
+    token count; the choice then holds for the process; without them d 384 and 2048 tokens), and under
+    ``torch.compile`` before any eager choice: ``torch``."""
     if _chosen[0] is None:
         if torch.compiler.is_compiling():
             return "torch"
-        _chosen[0] = _resolve()
+        _chosen[0] = _resolve(width or 384, _bucket(tokens or 2048))
     return _chosen[0]
+
+
+def chosen() -> dict[str, Any]:
+    """:func:`record` once the library is chosen, else {} (choosing nothing)."""
+    return dict(_record) if _chosen[0] is not None else {}
 
 
 def record() -> dict[str, Any]:
@@ -81,7 +91,12 @@ def record() -> dict[str, Any]:
     return dict(_record)
 
 
-def _resolve() -> str:
+def _bucket(tokens: int) -> int:
+    """Token counts timed as powers of two, 256 - 4096."""
+    return min(4096, max(256, 1 << max(0, (tokens - 1).bit_length())))
+
+
+def _resolve(width: int, tokens: int) -> str:
     setting = _check(_setting[0])
     if setting != "auto":
         if setting == "onednn" and not onednn_available():
@@ -94,43 +109,45 @@ def _resolve() -> str:
         return "torch"
     from .autotune import _locked_cache, cpu_name
 
-    # keyed by the machine, PyTorch and this rule only, not the layer code: every copy of these files (a checkpoint's
-    # included) and every version that keeps the rule runs the products the same way on one machine
-    key = f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE}"
-    with _locked_cache() as data:  # one timing per machine: ranks starting together wait for the first one's
-        section = data.setdefault("gemm", {})
-        kept = section.get(key)
+    # keyed by the machine, PyTorch, this rule and the shapes only, not the layer code: every copy of these files (a
+    # checkpoint's included) and every version that keeps the rule runs the products the same way on one machine
+    key = (f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE} | d {width} | "
+           f"tokens {tokens}")
+    with _locked_cache("gemm.json") as data:  # one timing per machine: ranks starting together wait for the first's
+        kept = data.get(key)
         if kept is None:
-            kept = section[key] = _timed()
+            kept = data[key] = _timed(width, tokens)
             source = "timed"
         else:
             source = "cache"
-    _record.update(kept, source=source)
+    _record.update(kept, source=source, width=width, tokens=tokens)
     return kept["library"]
 
 
-def _timed() -> dict[str, Any]:
-    """A GELU MLP's six products (d 384, 1536 hidden, 2048 tokens) routed as :func:`mm` routes them under oneDNN,
-    against all six by PyTorch's own, in turns, 5 rounds: the baseline's speed decides."""
+def _timed(width: int, tokens: int) -> dict[str, Any]:
+    """A GELU MLP's six products (``width``, 4 x ``width`` hidden units, ``tokens``) routed as :func:`mm` routes them
+    under oneDNN, against all six by PyTorch's own, in turns (7 rounds, each of >= ~3 GFLOP): the baseline's speed at
+    the width in use decides, for every FFN alike."""
     g = torch.Generator().manual_seed(0)
     products = []
-    for i, o in ((384, 1536), (1536, 384)):
-        x, w, gy = (torch.randn(*s, generator=g) for s in ((2048, i), (o, i), (2048, o)))
+    for i, o in ((width, 4 * width), (4 * width, width)):
+        x, w, gy = (torch.randn(*s, generator=g) for s in ((tokens, i), (o, i), (tokens, o)))
         products += [(x, w.t()), (gy, w), (gy.t(), x)]  # forward, input gradient, weight gradient
-    runs: dict[str, Any] = {"torch": lambda a, b: a @ b,
-                            "onednn": _product}
+    repeats = max(1, round(3e9 / (6 * 2 * tokens * width * 4 * width)))
+    runs: dict[str, Any] = {"torch": lambda a, b: a @ b, "onednn": _product}
     try:
         runs["onednn"](*products[0])
     except Exception as err:  # an unsupported build: PyTorch's own products
         return {"library": "torch", "reason": f"oneDNN failed: {type(err).__name__}: {err}".splitlines()[0]}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(6):
+    for r in range(8):
         for name, run in runs.items():
             start = time.perf_counter()
-            for a, b in products:
-                run(a, b)
+            for _ in range(repeats):
+                for a, b in products:
+                    run(a, b)
             if r:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - start) / repeats)
     ms = {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
     return {"library": "onednn" if ms["onednn"] < _CLEAR_WIN * ms["torch"] else "torch", "times_ms": ms}
 
@@ -192,13 +209,13 @@ def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
     return a @ b if bias is None else torch.addmm(bias, a, b)
 
 
-def _onednn_applies(*tensors: torch.Tensor | None) -> bool:
+def _onednn_applies(*tensors: torch.Tensor | None, width: int | None = None, tokens: int | None = None) -> bool:
     """fp32 CPU operands, none empty, autocast off (under autocast PyTorch casts to its low dtype, whose products
     are oneDNN's already), and the process's library oneDNN."""
     for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.numel()):
             return False
-    return not torch.is_autocast_enabled("cpu") and library() == "onednn"
+    return not torch.is_autocast_enabled("cpu") and library(width, tokens) == "onednn"
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,7 +227,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> to
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (x of any leading dims) through the process's library."""
-    if x.dim() >= 2 and _onednn_applies(x, weight, bias):
+    if x.dim() >= 2 and _onednn_applies(x, weight, bias, width=x.shape[-1], tokens=x.numel() // max(1, x.shape[-1])):
         y = _product(x.reshape(-1, x.shape[-1]), weight.t(), bias)
         return y.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)

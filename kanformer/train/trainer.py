@@ -135,6 +135,7 @@ class Trainer:
         self.wall_s = 0.0  # seconds spent in training steps (evaluation and checkpoints excluded), across resumes
         self.compile_s = 0.0  # seconds of this process spent compiling and choosing kernel paths (not in wall_s)
         self.kernel_choices = 0
+        self.library_recorded = False
         self.data_s = 0.0  # seconds of it spent fetching training batches
         self.wandb_id: str | None = None
         self.mlflow_run_id: str | None = None  # kept in checkpoints too: a resumed run logs into the same MLflow run
@@ -287,19 +288,22 @@ class Trainer:
             info["data"] = self.lm.meta
         if self.kanify_report is not None:
             info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
-        if self.accelerator.device.type == "cpu":  # the fp32 products' library of every FFN (layers/gemm.py)
-            info["matmul_library"] = gemm.record()
         (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
 
     def _record_kernel_choices(self) -> None:
-        """New choices of ``auto`` (layers/autotune.py) go into versions.json, with the compile time so far."""
+        """New choices of ``auto`` (layers/autotune.py) go into versions.json, with the compile time so far, and the
+        matmul library (layers/gemm.py)."""
         choices = autotune.decisions(self.accelerator.unwrap_model(self.model))
-        if len(choices) == self.kernel_choices or not self.accelerator.is_main_process:
+        library = gemm.chosen()  # the fp32 CPU products' library of every FFN, once the first FFN call chose it
+        news = len(choices) != self.kernel_choices or (library and not self.library_recorded)
+        if not news or not self.accelerator.is_main_process:
             return
-        self.kernel_choices = len(choices)
+        self.kernel_choices, self.library_recorded = len(choices), bool(library)
         path = self.run_dir / "versions.json"
         info = json.loads(path.read_text()) if path.is_file() else {}
         info.update(kernel_choices=choices, kernel_memory=self.cfg.train.kernel_memory, compile_s=self.compile_s)
+        if library:
+            info["matmul_library"] = library
         tmp = path.with_name(".versions.json.tmp")
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, path)
