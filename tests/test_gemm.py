@@ -111,27 +111,23 @@ def test_bad_library_names_the_allowed_values(library):
 
 
 @needs_onednn
-def test_auto_times_once_per_machine_and_shapes_then_reads_the_cache(library, monkeypatch, tmp_path):
+def test_auto_times_once_per_machine_then_reads_the_cache(library, monkeypatch, tmp_path):
     monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path))
     library("auto")
     calls = []
     real = gemm._timed
 
-    def counted(width, tokens):
-        calls.append((width, tokens))
-        return real(width, tokens)
+    def counted():
+        calls.append(1)
+        return real(64, 512)  # the reference shape's timing, made cheap for the test
 
     monkeypatch.setattr(gemm, "_timed", counted)
-    chosen = gemm.library(64, 300)  # the first FFN call's width and token count (bucketed to a power of two)
     first = gemm.record()
-    assert calls == [(64, 512)] and first["source"] == "timed" and first["library"] == chosen
-    assert set(first["times_ms"]) == {"torch", "onednn"} and (first["width"], first["tokens"]) == (64, 512)
-    assert gemm.library(384, 2048) == chosen  # the choice holds for the process
-    library("auto")  # a later process: the in-process choice gone, the disk cache kept
-    assert gemm.library(64, 400) == chosen and gemm.record()["source"] == "cache" and len(calls) == 1
-    library("auto")
-    gemm.library(32, 300)  # another width: timed for itself
-    assert calls[-1] == (32, 512) and gemm.record()["source"] == "timed"
+    assert len(calls) == 1 and first["source"] == "timed" and first["library"] in ("torch", "onednn")
+    assert set(first["times_ms"]) == {"torch", "onednn"} and (tmp_path / "gemm.json").is_file()
+    library("auto")  # a later process (a resumed run, a checkpoint's copy of the code): the disk cache kept
+    second = gemm.record()
+    assert second["source"] == "cache" and second["library"] == first["library"] and len(calls) == 1
     library("torch")
     assert gemm.record() == {"library": "torch", "source": "set"}
 

@@ -110,8 +110,7 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
 
 def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
     """``body(x)`` on the path :func:`resolve` gives (its backward follows it)."""
-    # the matmul library, chosen at the first FFN call before anything is timed or compiled (its graphs bake it in)
-    gemm_library(x.shape[-1], x.numel() // x.shape[-1]) if x.dim() and x.shape[-1] else gemm_library()
+    gemm_library()  # the matmul library, chosen before anything is timed or compiled (its graphs bake it in)
     mode = resolve(ffn, x)
     if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
         return body(x)

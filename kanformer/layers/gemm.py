@@ -14,14 +14,13 @@ the process is ``onednn``, else through PyTorch's own. Every FFN of the kit take
 layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a comparison has one library on both sides.
 The reference paths, which define the layers, keep PyTorch's products.
 
-The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto``, at the
-process's first FFN call, times a GELU MLP's six products of a training step at that call's width and token count
-both ways (as :func:`mm` routes them under oneDNN, against PyTorch's own), keeps oneDNN only where it is clearly
-faster (< 0.9x: the baseline's speed at the width in use decides, for every FFN of the process), and records the
-choice in ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``) under the machine, PyTorch version and
-shapes, so every later process, a checkpoint's copy of these files included, reads it. The choice is made in eager
-code before anything is compiled; compiled graphs are guarded on it. Two processes whose first FFN calls differ in
-shape can choose differently: pin the library where results must agree to the last bit.
+The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times a
+GELU MLP's six products of a training step (d 384, 1536 hidden units, 2048 tokens: the benchmarks' reference shape)
+both ways, as :func:`mm` routes them under oneDNN against PyTorch's own, and keeps oneDNN only where it is clearly
+faster (< 0.9x): the baseline's speed decides, for every FFN alike. The choice is made once per machine and PyTorch
+version and kept in ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``), so every process on the machine,
+a resumed run's and a checkpoint's copy of these files included, runs its products the same way. It is made in eager
+code before anything is compiled; compiled graphs are guarded on it.
 """
 
 from __future__ import annotations
@@ -69,14 +68,12 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def library(width: int | None = None, tokens: int | None = None) -> str:
-    """The library in force. Chosen at the process's first FFN call (``width``: its model width, ``tokens``: its
-    token count; the choice then holds for the process; without them d 384 and 2048 tokens), and under
-    ``torch.compile`` before any eager choice: ``torch``."""
+def library() -> str:
+    """The library in force, chosen now if not yet (under ``torch.compile`` before any eager choice: ``torch``)."""
     if _chosen[0] is None:
         if torch.compiler.is_compiling():
             return "torch"
-        _chosen[0] = _resolve(width or 384, _bucket(tokens or 2048))
+        _chosen[0] = _resolve()
     return _chosen[0]
 
 
@@ -91,12 +88,7 @@ def record() -> dict[str, Any]:
     return dict(_record)
 
 
-def _bucket(tokens: int) -> int:
-    """Token counts timed as powers of two, 256 - 4096."""
-    return min(4096, max(256, 1 << max(0, (tokens - 1).bit_length())))
-
-
-def _resolve(width: int, tokens: int) -> str:
+def _resolve() -> str:
     setting = _check(_setting[0])
     if setting != "auto":
         if setting == "onednn" and not onednn_available():
@@ -109,25 +101,24 @@ def _resolve(width: int, tokens: int) -> str:
         return "torch"
     from .autotune import _locked_cache, cpu_name
 
-    # keyed by the machine, PyTorch, this rule and the shapes only, not the layer code: every copy of these files (a
-    # checkpoint's included) and every version that keeps the rule runs the products the same way on one machine
-    key = (f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE} | d {width} | "
-           f"tokens {tokens}")
+    # keyed by the machine, PyTorch and this rule only, not the layer code or the model: every process on a machine
+    # (a resumed run's, a checkpoint's copy of these files) runs its products the same way, whatever it runs first
+    key = f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE}"
     with _locked_cache("gemm.json") as data:  # one timing per machine: ranks starting together wait for the first's
         kept = data.get(key)
         if kept is None:
-            kept = data[key] = _timed(width, tokens)
+            kept = data[key] = _timed()
             source = "timed"
         else:
             source = "cache"
-    _record.update(kept, source=source, width=width, tokens=tokens)
+    _record.update(kept, source=source)
     return kept["library"]
 
 
-def _timed(width: int, tokens: int) -> dict[str, Any]:
+def _timed(width: int = 384, tokens: int = 2048) -> dict[str, Any]:
     """A GELU MLP's six products (``width``, 4 x ``width`` hidden units, ``tokens``) routed as :func:`mm` routes them
-    under oneDNN, against all six by PyTorch's own, in turns (7 rounds, each of >= ~3 GFLOP): the baseline's speed at
-    the width in use decides, for every FFN alike."""
+    under oneDNN, against all six by PyTorch's own, in turns (7 rounds, each of >= ~3 GFLOP): the baseline's speed
+    decides, for every FFN alike."""
     g = torch.Generator().manual_seed(0)
     products = []
     for i, o in ((width, 4 * width), (4 * width, width)):
@@ -209,13 +200,13 @@ def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
     return a @ b if bias is None else torch.addmm(bias, a, b)
 
 
-def _onednn_applies(*tensors: torch.Tensor | None, width: int | None = None, tokens: int | None = None) -> bool:
+def _onednn_applies(*tensors: torch.Tensor | None) -> bool:
     """fp32 CPU operands, none empty, autocast off (under autocast PyTorch casts to its low dtype, whose products
     are oneDNN's already), and the process's library oneDNN."""
     for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.numel()):
             return False
-    return not torch.is_autocast_enabled("cpu") and library(width, tokens) == "onednn"
+    return not torch.is_autocast_enabled("cpu") and library() == "onednn"
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,7 +218,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> to
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (x of any leading dims) through the process's library."""
-    if x.dim() >= 2 and _onednn_applies(x, weight, bias, width=x.shape[-1], tokens=x.numel() // max(1, x.shape[-1])):
+    if x.dim() >= 2 and _onednn_applies(x, weight, bias):
         y = _product(x.reshape(-1, x.shape[-1]), weight.t(), bias)
         return y.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
