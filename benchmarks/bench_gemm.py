@@ -28,8 +28,10 @@ import torch
 from kanformer.layers import gemm
 from kanformer.layers.budget import match_hidden
 from kanformer.layers.dispatch import kernel
+from kanformer.train.allocator import configure as configure_malloc
+from kanformer.train.allocator import current as current_malloc
 
-from .bench_ffn import Arm, machine
+from .bench_ffn import Arm, add_malloc_argument, machine
 
 
 def _products(n: int, widths: list[tuple[int, int]], g: torch.Generator) -> list[tuple[str, Any, Any]]:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = _steps(args) if args.ffns else {}
     return {"benchmark": "gemm", "machine": machine(torch.device("cpu")), "torch": torch.__version__,
             "d_model": d, "tokens": n, "kan_hidden": hidden, "rows": rows, "totals": totals,
-            "library": library, "steps": steps}
+            "library": library, "malloc": current_malloc(), "steps": steps}
 
 
 def _steps(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,7 +128,8 @@ def format_table(result: dict[str, Any]) -> str:
     lib = result["library"]
     lines = [f"fp32 products of an FFN step, d_model={result['d_model']}, {result['tokens']} tokens, "
              f"[{result['machine']}], torch {result['torch']} (the B-spline's hidden width "
-             f"{result['kan_hidden']}; medians). This process's library: {lib['library']} ({lib['source']}"
+             f"{result['kan_hidden']}; medians; CPU malloc {result['malloc']}). This process's library: "
+             f"{lib['library']} ({lib['source']}"
              + (f", auto's timing {lib['times_ms']}" if "times_ms" in lib else "") + ")", "",
              "| FFN | product | PyTorch ms | oneDNN ms | oneDNN / PyTorch | mm takes |", "|---|---|---:|---:|---:|---|"]
     for r in result["rows"]:
@@ -159,11 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ffns", nargs="*", default=["mlp", "rbf", "bspline"],
                    help="FFNs whose whole training steps are timed under both libraries (none: products only)")
+    add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for flag in ("d_model", "tokens", "rounds", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    # as bench_ffn and bench_model run: under glibc's defaults a d 768 KAN layer's 113 MB of features (and a
+    # product's output that size) are faulted in afresh on every call
+    configure_malloc(args.malloc)
     result = run(args)
     print(format_table(result))
     if args.json:

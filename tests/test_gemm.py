@@ -145,3 +145,4 @@ def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
     result = json.loads((tmp_path / "g.json").read_text())
     assert {r["routed"] for r in result["rows"]} == {"torch", "onednn"}  # the MLP's first weight gradient: PyTorch
     assert result["steps"]["mlp"]["onednn_ms"] > 0 and len(result["rows"]) == 12
+    assert f"CPU malloc {result['malloc']}" in out  # the allocator its steps ran on, as bench_ffn reports it
