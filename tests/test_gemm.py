@@ -146,3 +146,18 @@ def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
     assert {r["routed"] for r in result["rows"]} == {"torch", "onednn"}  # the MLP's first weight gradient: PyTorch
     assert result["steps"]["mlp"]["onednn_ms"] > 0 and len(result["rows"]) == 12
     assert f"CPU malloc {result['malloc']}" in out  # the allocator its steps ran on, as bench_ffn reports it
+
+
+@needs_onednn
+def test_only_cpu_inputs_choose_the_library(library, monkeypatch, tmp_path):
+    from kanformer.layers.dispatch import prepare_products
+
+    monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path))
+    library("auto")
+    calls = []
+    real = gemm._timed
+    monkeypatch.setattr(gemm, "_timed", lambda: calls.append(1) or real(64, 512))
+    prepare_products(torch.empty(8, 4, device="meta"))  # another device's products never use it: nothing timed
+    assert calls == [] and gemm.chosen() == {}
+    prepare_products(torch.empty(8, 4))
+    assert calls == [1] and gemm.chosen()["library"] in ("torch", "onednn")

@@ -317,7 +317,7 @@ def _start_worker(warm: str) -> subprocess.Popen:
     # low-priority compile never finished)
     # the matmul library this process runs (layers/gemm.py), so the worker compiles the graphs it will load
     env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
-           "KANFORMER_GEMM": gemm.library()}
+           "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting())}  # CUDA runs choose none
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
     proc = subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
                             stdout=subprocess.DEVNULL, stderr=log, env=env)

@@ -108,9 +108,16 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     return autotune_choice(ffn, x)
 
 
+def prepare_products(x: torch.Tensor) -> None:
+    """The process's fp32 CPU matmul library (layers/gemm.py), chosen for a CPU input before anything on it is timed or
+    compiled (eager code: its graphs bake the choice in). Other devices' products never use it: nothing is timed."""
+    if x.device.type == "cpu":
+        gemm_library()
+
+
 def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor:
     """``body(x)`` on the path :func:`resolve` gives (its backward follows it)."""
-    gemm_library()  # the matmul library, chosen before anything is timed or compiled (its graphs bake it in)
+    prepare_products(x)
     mode = resolve(ffn, x)
     if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
         return body(x)
@@ -171,7 +178,8 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     keeps one cache per code object, limited to a few entries, and a copy that met a second width would recompile
     with that width symbolic (its automatic dynamic shapes)."""
     mode = get_kernel()
-    gemm_library()  # chosen in eager code (at the FFN's call, tuned_call), before a graph that calls it is compiled
+    if x is not None:  # the entry points (tuned_call, the bare layers' lean functions) prepared the rest
+        prepare_products(x)
     if x is not None and fn.__name__ in _TRITON and mode in ("auto", "triton") and triton_available(x):
         return _TRITON[fn.__name__]
     if not _fused():

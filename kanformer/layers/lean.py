@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, scoped_kernel
+from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, scoped_kernel
 from .gemm import mm
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
@@ -426,6 +426,7 @@ def _triton_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor |
 def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, bias: torch.Tensor | None,
                     basis: Any) -> torch.Tensor:
     """The fast paths of ``KANLinear`` on flat inputs ``(N, I)``: Triton kernels where they apply, else lean."""
+    prepare_products(x)  # a layer called outside an FFN (an FFN's call prepared it in tuned_call)
     y = _triton_kan_linear(x, coef, base, bias, basis)
     if y is not None:
         return y
@@ -564,5 +565,6 @@ class LeanRationalLinearFunction(torch.autograd.Function):
 
 def lean_rational_linear(x: torch.Tensor, act: Any, linear: Any) -> torch.Tensor:
     """``linear(act(x))`` for a GroupRational ``act`` and nn.Linear ``linear`` on flat inputs ``(N, C)``."""
+    prepare_products(x)
     return LeanRationalLinearFunction.apply(x, act.numerator, act.denominator, act.group_index, linear.weight,
                                             linear.bias)
