@@ -9,7 +9,7 @@ from kanformer.layers import kan, lean, lean_ffn, multkan, rational
 from kanformer.layers.dispatch import kernel
 from tests.test_kernels import _close, _run
 
-CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "multkan"]
+CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "multkan", "wavelet"]
 # widths where every input pad applies: 9 * 31 and 9 * 63 features (8 B-splines + SiLU) are padded to 32 and 64
 # inputs, so layer 2 reads layer 1's padded output as it is
 D, H = 31, 63
@@ -87,6 +87,45 @@ def test_chained_ffn_equals_the_per_layer_path(name, autocast, counted, monkeypa
     _close(chained, per_layer, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chained_wavelet_ffn_equals_the_per_layer_path(autocast, counted, monkeypatch):
+    """The wavelet's layers run input-major in the two-layer backward (one matmul for the basis and the base branch,
+    dL/dh handed to layer 1 untransposed): the same sums as the per-layer path in another order, so equal to
+    rounding, fp32 and bf16 autocast. Translations and scales moved off their start, so their gradients differ per
+    input."""
+    ffn = _ffn("wavelet", torch.float32)
+    with torch.no_grad():
+        for name, p in ffn.named_parameters():
+            if "translation" in name or "log_scale" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    x = _inputs(torch.float32)
+    chained = _run(ffn, x, "fused", autocast)
+    assert counted
+    monkeypatch.setattr(kan, "ffn_plan", lambda *a: None)
+    n = len(counted)
+    per_layer = _run(ffn, x, "fused", autocast)
+    assert len(counted) == n
+    tol = 2e-2 if autocast else 1e-5  # bf16: the products' roundings differ in order
+    _close(chained, per_layer, rtol=tol, atol=tol)
+
+
+def test_the_chained_wavelet_keeps_each_layers_input_input_major_and_unpadded(counted):
+    """Its backward reads each layer's input along rows, (I, N), as the forward kept it: as much memory as the
+    per-layer path's (N, I) inputs, the inputs' padding not kept (31 and 63 inputs, padded to 32 and 64)."""
+    ffn = _ffn("wavelet", torch.float64)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+    assert (p.pad1, p.pad2, p.n_own1, p.n_own2) == (1, 1, 2, 2)
+    saved = []
+    with kernel("fused"), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        ffn(x.clone().requires_grad_(True))
+    assert counted
+    n = len(x)
+    assert (D, n) in saved and (H, n) in saved
+    assert not [s for s in saved if len(s) == 2 and n in s and s not in ((D, n), (H, n))], saved
+
+
 def test_multkan_products_run_between_the_layers_and_layer_two_pads_the_nodes(counted):
     """MultKAN: 31 sum + 32 multiplication nodes from layer 1's 95 outputs (computed 96 wide); the 63 nodes get layer
     2's one zero input, a width layer 1's output does not have. Only the subnodes are saved."""
@@ -131,8 +170,12 @@ def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
     ffn.fc1.update_grid(x)  # a data-adapted grid: no per-function form, autograd through the basis
     with kernel("fused"):
         assert lean_ffn.plan(ffn, x) is None
-    with kernel("fused"):  # a wavelet's own parameters are differentiated per layer
-        assert lean_ffn.plan(_ffn("wavelet", torch.float32, h=10), x) is None
+    wavelet = _ffn("wavelet", torch.float32, h=10)
+    with kernel("fused"):  # a wavelet's own parameters: chained, their gradients by its analytic backward
+        assert lean_ffn.plan(wavelet, x) is not None
+    with kernel("fused"), pytest.MonkeyPatch.context() as mp:  # without that backward, autograd per layer
+        mp.setattr(type(wavelet.fc1.basis), "lean_params_backward", kan.Basis.lean_params_backward)
+        assert lean_ffn.plan(wavelet, x) is None
     gr = _ffn("rational", torch.float32)
     with kernel("fused"):
         assert lean_ffn.rational_chainable(gr, x)
@@ -143,10 +186,10 @@ def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bspline", "multkan"])
+@pytest.mark.parametrize("name", ["bspline", "multkan", "wavelet"])
 def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference(name):
-    """The compiled graphs (C++ here) of the padded-hidden case (MultKAN: its nodes padded inside the graphs), against
-    the reference definition."""
+    """The compiled graphs (C++ here) of the padded-hidden case (MultKAN: its nodes padded inside the graphs; the
+    wavelet: input-major backward, the inputs kept transposed), against the reference definition."""
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)

@@ -173,12 +173,14 @@ class Basis(nn.Module):
     def has_params_backward(self) -> bool:
         return type(self).lean_params_backward is not Basis.lean_params_backward
 
-    def lean_params_backward(self, x_t: torch.Tensor, g_t: torch.Tensor, *params: torch.Tensor
-                             ) -> tuple[torch.Tensor, ...]:
-        """With ``lean_params``: ``(dL/dx, dL/dparam...)`` analytically, for the tensors as ``lean_params`` gives
-        them (without it, autograd differentiates the recomputed basis). Input-major operands: the input ``x_t``
-        (I, N), dL/dfeatures ``g_t`` (B, I, N), and dL/dx returned (I, N): the parameters' reductions over tokens then
-        run along contiguous rows, in the same pass as dL/dx (layers/lean.py: ``_lean_backward``'s ``input_major``)."""
+    def lean_params_backward(self, x_t: torch.Tensor, g_t: torch.Tensor, *params: torch.Tensor,
+                             g_x: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """With ``lean_params``: ``(dL/dx, dL/dparam..., values)`` analytically, for the tensors as ``lean_params``
+        gives them (without it, autograd differentiates the recomputed basis). Input-major operands: the input ``x_t``
+        (I, N), dL/dfeatures ``g_t`` (B, I, N), and dL/dx returned (I, N), added to ``g_x`` where given (the base
+        branch's): the parameters' reductions over tokens then run along contiguous rows, in the same pass as dL/dx
+        (layers/lean.py: ``_lean_backward``'s ``input_major``, ``input_major_backward``). ``values``: the B basis
+        values (I, N) of the same pass (the weight gradient's features; a compiler drops them where unused)."""
         raise NotImplementedError
 
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:

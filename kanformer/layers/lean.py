@@ -297,7 +297,36 @@ def _params_backward(basis: Any, x_t: torch.Tensor, g_t: torch.Tensor, *params: 
     ``lean_params_backward`` on the input-major ``x_t`` (I, N) and dL/dfeatures ``g_t`` (B, I, N) (one compiled loop
     in the fused mode)."""
     xl = _low(x_t)
-    return basis.lean_params_backward(xl, g_t.to(xl.dtype), *(p.to(xl.dtype) for p in params))
+    return tuple(basis.lean_params_backward(xl, g_t.to(xl.dtype), *(p.to(xl.dtype) for p in params))[:-1])
+
+
+def input_major_backward(basis: Any, x_t: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
+                         gy_t: torch.Tensor, dtype: torch.dtype, need_w: bool, own: tuple[torch.Tensor, ...]
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A layer's backward for a basis with parameters of its own (``lean_params_backward``), input-major throughout:
+    the input ``x_t`` (I, N) and dL/dy ``gy_t`` (O, N) come transposed, and dL/dx leaves so (I, N), which is the layer
+    before's dL/dy as that layer takes it here (layers/lean_ffn.py chains two such layers with no transpose between
+    them). ``coef`` and ``base`` may carry zero inputs past x_t's I (``_input_pad``). One matmul gives dL/dfeatures of
+    the basis and of the base branch, ((B[+1]) * I, N); the basis' pass over each input's row
+    (``lean_params_backward``) makes dL/dx from the base branch's share on, the parameter sums over tokens, and the
+    values, the weight gradient's features. Returns dL/dcoef, dL/dbase (when ``need_w``; of x_t's inputs only), dL/dx
+    (I, N) in fp32 for low-precision inputs, and dL/d(own parameters)."""
+    n_in, n = x_t.shape
+    o, i_all, b = coef.shape
+    x = _low(x_t)
+    g_all = mm(_basis_major(coef, base, dtype).T, gy_t).view(-1, i_all, n)[:, :n_in].to(x.dtype)  # (B[+1], I, N)
+    g_base_x = None if base is None else g_all[b] * _silu_grad(x)
+    g_x, *g_own, values = basis.lean_params_backward(x, g_all[:b], *(p.to(x.dtype) for p in own), g_x=g_base_x)
+    g_coef, g_base = None, None
+    if need_w:
+        if base is not None:
+            values.append(_silu(x))
+        feats_t = torch.stack([v.to(dtype) for v in values]).view(-1, n)  # ((B[+1]) * n_in, N)
+        g_w = mm(gy_t, feats_t.T).view(o, -1, n_in)  # (O, B[+1], n_in)
+        g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
+        if base is not None:
+            g_base = g_w[:, b].to(base.dtype)
+    return g_coef, g_base, g_x, tuple(g_own)
 
 
 def _add_transposed(g_x: torch.Tensor | None, g_t: torch.Tensor) -> torch.Tensor:

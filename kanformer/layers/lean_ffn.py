@@ -17,10 +17,19 @@ A MultKAN's hidden nodes (:func:`node_products`: layer 1's outputs passed on or 
 both graphs: the forward saves layer 1's output, the subnodes, and the backward makes the nodes again from them for
 layer 2's, then takes the products' backward before layer 1's. Layer 2's zero input columns are appended to the nodes.
 
-It serves the layers it can chain (:func:`plan`): both on the fused path with an analytic input gradient and no
-parameters of the basis' own (a wavelet's translations and scales are differentiated per layer), no module hooks on
-either layer (hooks see every layer's call on the per-layer path), no Triton kernel that applies. Everything else
-takes the per-layer path.
+A basis with parameters of its own and their analytic gradients (``lean_params_backward``: the wavelet's translations
+and scales) runs its layer's backward input-major (``lean.input_major_backward``): the parameters' sums over tokens
+run along contiguous rows, in the pass that makes the input gradient. The forward keeps such a layer's input
+transposed, (I, N), as large as the (N, I) it replaces; layer 2's input gradient leaves input-major, which is how an
+input-major layer 1 takes its output gradient, so nothing is transposed between the layers; layer 1's input gradient
+is transposed back by a compiled helper of its own. Against the per-layer path (per layer a forward graph and three
+backward graphs, the base branch's gradient a matmul of its own): the wavelet FFN step, d_model 128, 1024 tokens,
+fp32, 2-core CPU, 1.54 -> 1.36 - 1.45x the MLP's (two runs each).
+
+It serves the layers it can chain (:func:`plan`): both on the fused path with an analytic input gradient (and, for a
+basis with parameters of its own, their analytic gradients and no pre-transform), no module hooks on either layer
+(hooks see every layer's call on the per-layer path), no Triton kernel that applies, no MultKAN products between
+layers with parameters of their own. Everything else takes the per-layer path.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from torch.nn.modules import module as _module
 from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, use_lean
 from .gemm import mm
 from .lean import (
+    _add_transposed,
     _channel_tables,
     _compute_dtype,
     _detached,
@@ -45,6 +55,7 @@ from .lean import (
     _pad_params,
     _per_group,
     _unpad,
+    input_major_backward,
     output_pad,
     rational_backward,
     rational_values,
@@ -69,6 +80,8 @@ class Plan:
     dtype: torch.dtype
     tag: str
     products: tuple[int, int] | None = None  # MultKAN's (sum nodes, multiplication nodes) between the layers
+    n_own1: int = 0  # the basis' own parameters (``lean_params``: a wavelet's), whose layer runs input-major
+    n_own2: int = 0
 
     def split_pre(self, pre: tuple[torch.Tensor, ...]
                   ) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
@@ -76,6 +89,12 @@ class Plan:
         n1 = self.n_pre1 or 0
         return (None if self.n_pre1 is None else tuple(pre[:n1]),
                 None if self.n_pre2 is None else tuple(pre[n1:]))
+
+    def split_params(self, params: tuple[torch.Tensor, ...]
+                     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The Function's ``params`` as (both layers' pre-transform parameters, layer 1's own, layer 2's own)."""
+        n_pre = (self.n_pre1 or 0) + (self.n_pre2 or 0)
+        return params[:n_pre], params[n_pre:n_pre + self.n_own1], params[n_pre + self.n_own1:]
 
 
 def _hooked(layer: torch.nn.Module) -> bool:
@@ -91,14 +110,16 @@ def _global_hooks() -> bool:
 def _chainable(layer: Any, mode: str, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None | bool:
     """The layer's per-function state (None: none) where its call can be chained with the other's, False where not."""
     basis = layer.basis
-    if (layer.kernel_mode not in (None, mode) or _hooked(layer) or not use_lean(basis.has_lean)
-            or basis.has_lean_params):
+    if layer.kernel_mode not in (None, mode) or _hooked(layer) or not use_lean(basis.has_lean):
         return False
     if mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
         return False  # the layer's hand-written Triton kernels serve it
     state = basis.fused_state()
     if state is None and not basis.lean_grad_always:
         return False  # its input gradient may take autograd through the recomputed basis (a declined analytic one)
+    if basis.has_lean_params and (state is None or not basis.has_params_backward
+                                  or basis.lean_pre_params() is not None):
+        return False  # its own parameters' gradients by autograd: the per-layer path
     return state
 
 
@@ -118,8 +139,11 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     state2 = False if state1 is False else _chainable(fc2, mode, x)
     if state1 is False or state2 is False:
         return None
-    dtype = _compute_dtype(x)
     b1, b2 = fc1.basis, fc2.basis
+    n_own1, n_own2 = len(b1.lean_params()), len(b2.lean_params())
+    if products is not None and (n_own1 or n_own2):
+        return None  # the products' backward takes token-major gradients; no such basis today
+    dtype = _compute_dtype(x)
     pad1 = _input_pad(b1, b1.n_basis + (fc1.base_weight is not None), fc1.in_features, state1, dtype, x.device)
     pad2 = _input_pad(b2, b2.n_basis + (fc2.base_weight is not None), fc2.in_features, state2, dtype, x.device)
     if products is None and pad2 not in (0, output_pad(fc1.out_features)):
@@ -129,7 +153,7 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     if products is not None:
         tag += f"*{products[0]},{products[1]}"
     return Plan(b1, b2, state1, state2, pad1, pad2, None if pre1 is None else len(pre1),
-                None if pre2 is None else len(pre2), dtype, tag, products)
+                None if pre2 is None else len(pre2), dtype, tag, products, n_own1, n_own2)
 
 
 def node_products(sub: torch.Tensor, n_sum: int, pad: int = 0) -> torch.Tensor:
@@ -149,75 +173,103 @@ def node_products_backward(sub: torch.Tensor, g: torch.Tensor, n_sum: int) -> to
 
 
 def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
-                 dtype: torch.dtype, padded_hidden: bool, products: tuple[int, int] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """y, the hidden h layer 2 read (with layer 1's zero output columns where ``padded_hidden``; with ``products``,
-    layer 1's output instead, the subnodes the nodes are made from), and the two pre-transforms' statistics.
-    ``layer``: (coef, base, bias, state, pre), padded for its inputs. One compiled graph in the fused mode."""
+                 dtype: torch.dtype, padded_hidden: bool, products: tuple[int, int] | None = None,
+                 input_major: tuple[int, int] = (0, 0)
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...],
+                            tuple[torch.Tensor, ...]]:
+    """y; the two layers' inputs as the backward takes them (``input_major``: per layer, 0, or the number of its real
+    inputs, whose input the backward takes input-major (I, N): made here, in the compiler's tiled transpose, as a graph
+    output, so the backward's loops read it along contiguous rows); the two pre-transforms' statistics. Layer 1's
+    input is None where it is ``x`` itself; layer 2's is the hidden h it read (with layer 1's zero output columns where
+    ``padded_hidden``; with ``products``, layer 1's output instead, the subnodes the nodes are made from). ``layer``:
+    (coef, base, bias, state, pre), padded for its inputs. One compiled graph in the fused mode."""
     coef1, base1, bias1, state1, pre1 = layer1
     coef2, base2, bias2, state2, pre2 = layer2
+    n1, n2 = input_major
+    x_keep = x[:, :n1].t().contiguous() if n1 else None
     hidden, stats1 = _lean_forward(basis1, x, coef1, base1, bias1, state1, dtype, pre1, keep_pad=True)
     if products is None:
         h = hidden if padded_hidden else hidden[:, : coef1.shape[0]]
         y, stats2 = _lean_forward(basis2, h, coef2, base2, bias2, state2, dtype, pre2)
-        return y, h, stats1, stats2
+        return y, x_keep, (h[:, :n2].t().contiguous() if n2 else h), stats1, stats2
     sub = hidden[:, : coef1.shape[0]]
     nodes = node_products(sub, products[0], coef2.shape[1] - sum(products))  # layer 2's padded input width
     y, stats2 = _lean_forward(basis2, nodes, coef2, base2, bias2, state2, dtype, pre2)
-    return y, sub, stats1, stats2
+    return y, x_keep, sub, stats1, stats2
 
 
 def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, layer1: tuple[Any, ...],
                   layer2: tuple[Any, ...], gy: torch.Tensor, dtype: torch.dtype, need: tuple[bool, ...],
                   products: tuple[int, int] | None = None) -> tuple[Any, ...]:
     """Layer 2's backward, then layer 1's on its input gradient: (dx, dcoef1, dbase1, dpre1, dbias1, dcoef2, dbase2,
-    dpre2, dbias2). ``h``: what the forward saved (with ``products``, the subnodes; the nodes are made again).
-    ``layer``: (coef, base, state, pre, stats), padded for its inputs; ``need``: (layer 1's weights, its bias, layer
-    2's weights, its bias). One compiled graph in the fused mode."""
-    coef1, base1, state1, pre1, stats1 = layer1
-    coef2, base2, state2, pre2, stats2 = layer2
+    dpre2, dbias2, down1, down2). ``x``, ``h``: what the forward kept (``_ffn_forward``; with ``products``, h is the
+    subnodes and the nodes are made again). ``layer``: (coef, base, state, pre, stats, own), padded for its inputs;
+    ``own``: the basis' own parameters, () without. A layer with them runs input-major
+    (``lean.input_major_backward``), its input kept so, (I, N); where layer 1 does, dx comes back input-major too.
+    ``need``: (layer 1's weights, its bias, layer 2's weights, its bias). One compiled graph in the fused mode."""
+    coef1, base1, state1, pre1, stats1, own1 = layer1
+    coef2, base2, state2, pre2, stats2, own2 = layer2
     need_w1, need_b1, need_w2, need_b2 = need
-    nodes = h if products is None else node_products(h, products[0], coef2.shape[1] - sum(products))
-    g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, nodes, coef2, base2, gy.to(dtype), state2, dtype,
-                                                             need_w2, True, pre2, stats2)
-    if products is None:
-        g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
-    else:  # the nodes' gradient in their dtype, as the per-layer path's layer 2 hands it to the products
-        g_h = node_products_backward(h, g_h[:, : sum(products)].to(h.dtype), products[0])
-    g_coef1, g_base1, g_x, g_pre1, g_feats1 = _lean_backward(basis1, x, coef1, base1, g_h.to(dtype), state1, dtype,
-                                                             need_w1, True, pre1, stats1)
+    g_feats1 = g_feats2 = None
+    g_own1: tuple[torch.Tensor, ...] = ()
+    g_own2: tuple[torch.Tensor, ...] = ()
+    g_pre1: tuple[torch.Tensor, ...] = ()
+    g_pre2: tuple[torch.Tensor, ...] = ()
+    if own2:  # dL/dh input-major (O1, N): an input-major layer 1 takes it as it is
+        g_coef2, g_base2, g_h_t, g_own2 = input_major_backward(basis2, h, coef2, base2, gy.to(dtype).t(), dtype,
+                                                               need_w2, own2)
+        g_h_t = g_h_t.to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+        g_h = g_h_t.t()
+    else:
+        nodes = h if products is None else node_products(h, products[0], coef2.shape[1] - sum(products))
+        g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, nodes, coef2, base2, gy.to(dtype), state2,
+                                                                 dtype, need_w2, True, pre2, stats2)
+        if products is None:
+            g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+        else:  # the nodes' gradient in their dtype, as the per-layer path's layer 2 hands it to the products
+            g_h = node_products_backward(h, g_h[:, : sum(products)].to(h.dtype), products[0])
+        g_h_t = g_h.t()
+    if own1:
+        g_coef1, g_base1, g_x, g_own1 = input_major_backward(basis1, x, coef1, base1, g_h_t.to(dtype), dtype,
+                                                             need_w1, own1)
+    else:
+        g_coef1, g_base1, g_x, g_pre1, g_feats1 = _lean_backward(basis1, x, coef1, base1, g_h.to(dtype), state1,
+                                                                 dtype, need_w1, True, pre1, stats1)
     if g_feats1 is not None or g_feats2 is not None:
         raise RuntimeError("a basis declined its analytic input gradient on the two-layer path (layers/lean_ffn.py "
                            "plans it only for bases that give one)")
-    g_bias1 = g_h.sum(0) if need_b1 else None
+    g_bias1 = (g_h_t.sum(1) if own2 else g_h.sum(0)) if need_b1 else None
     g_bias2 = gy.sum(0) if need_b2 else None
-    return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2
+    return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2, g_own1, g_own2
 
 
 class LeanKANFFNFunction(torch.autograd.Function):
     """``y = layer2(layer1(x))`` for two lean KAN layers (``plan``), saving x, the hidden activations, the weights and
-    the pre-transforms' per-token statistics. ``pre``: layer 1's pre-transform parameters, then layer 2's."""
+    the pre-transforms' per-token statistics. ``params``: layer 1's pre-transform parameters, then layer 2's, then
+    each layer's basis' own (``lean_params``; the forward reads them through the plan's per-function state)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
                 bias1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
-                bias2: torch.Tensor | None, p: Plan, *pre: torch.Tensor) -> torch.Tensor:
+                bias2: torch.Tensor | None, p: Plan, *params: torch.Tensor) -> torch.Tensor:
+        pre = p.split_params(params)[0]
         with torch.autocast(x.device.type, enabled=False):
             x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
             pre1, pre2 = p.split_pre(pre_)
             xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
             c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
             per_token(xp)
-            y, h, stats1, stats2 = _kernel_fn(_ffn_forward, tag=p.tag)(
+            y, x_keep, h, stats1, stats2 = _kernel_fn(_ffn_forward, tag=p.tag)(
                 p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0,
-                p.products)
+                p.products, (x.shape[1] if p.n_own1 else 0, coef2.shape[1] if p.n_own2 else 0))
         ctx.plan, ctx.n_stats1, ctx.n_stats2 = p, len(stats1), len(stats2)
         ctx.mode = get_kernel()  # the backward takes the path the forward took
         ctx.has_base1, ctx.has_base2, ctx.has_bias1, ctx.has_bias2 = (
             base1 is not None, base2 is not None, bias1 is not None, bias2 is not None)
         empty = torch.empty(0)
-        ctx.save_for_backward(x, h, coef1, empty if base1 is None else base1, coef2, empty if base2 is None else base2,
-                              *stats1, *stats2, *pre)
+        ctx.n_in = x.shape[1]
+        ctx.save_for_backward(x if x_keep is None else x_keep, h, coef1, empty if base1 is None else base1, coef2,
+                              empty if base2 is None else base2, *stats1, *stats2, *params)
         return y
 
     @staticmethod
@@ -230,38 +282,50 @@ class LeanKANFFNFunction(torch.autograd.Function):
         p: Plan = ctx.plan
         x, h, coef1, base1, coef2, base2, *saved = ctx.saved_tensors
         stats1, saved = tuple(saved[: ctx.n_stats1]), saved[ctx.n_stats1:]
-        stats2, pre = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
+        stats2, params = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
+        pre, own1, own2 = p.split_params(params)
         base1 = base1 if ctx.has_base1 else None
         base2 = base2 if ctx.has_base2 else None
         pre1, pre2 = p.split_pre(pre)
         needs = ctx.needs_input_grad
         need = (needs[1] or needs[2], ctx.has_bias1 and needs[3], needs[4] or needs[5], ctx.has_bias2 and needs[6])
+        n_in = ctx.n_in
         with torch.autocast(x.device.type, enabled=False):
-            xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
+            if p.n_own1:  # x is input-major (I, N), unpadded: the weights are padded alone
+                xp, (c1, w1, s1, pre1p) = x, _pad_params(p.pad1, coef1, base1, p.state1, pre1)
+            else:
+                xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
             c2, w2, s2, pre2p = _pad_params(p.pad2, coef2, base2, p.state2, pre2)
-            per_token(xp, h, gy, *stats1, *stats2)
-            g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2 = _kernel_fn(_ffn_backward, tag=p.tag)(
-                p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1), (c2, w2, s2, pre2p, stats2), gy, p.dtype,
-                need, p.products)
-        g_c1, g_w1, g_pre1 = _unpad(p.pad1, x.shape[1], g_c1, g_w1, g_pre1)
+            per_token(gy, *stats1, *stats2)
+            for kept, own in ((xp, p.n_own1), (h, p.n_own2)):
+                per_token(kept, dim=-1 if own else 0)  # an input-major input's tokens are its columns
+            g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2, g_own1, g_own2 = _kernel_fn(
+                _ffn_backward, tag=p.tag)(
+                p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1, own1), (c2, w2, s2, pre2p, stats2, own2), gy,
+                p.dtype, need, p.products)
+            if p.n_own1:  # input-major (I, N): the compiler's tiled transpose in a graph of its own (lean.py)
+                per_token(g_x, dim=-1)
+                g_x = _kernel_fn(_add_transposed, tag=p.tag)(None, g_x)
+        g_c1, g_w1, g_pre1 = _unpad(p.pad1, n_in, g_c1, g_w1, g_pre1)
         g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
-        g_pre = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2), pre, strict=True))
+        g_params = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2, *g_own1, *g_own2), params, strict=True))
 
         def cast(g: torch.Tensor | None, i: int, like: torch.Tensor) -> torch.Tensor | None:
             """A parameter's gradient where asked for, in the dtype the per-layer path gives it."""
             return None if g is None or not needs[i] else g.to(like.dtype)
 
-        return (g_x[:, : x.shape[1]].to(x.dtype), cast(g_c1, 1, coef1), cast(g_w1, 2, base1), cast(g_b1, 3, coef1),
-                cast(g_c2, 4, coef2), cast(g_w2, 5, base2), cast(g_b2, 6, coef2), None, *g_pre)
+        return (g_x[:, :n_in].to(x.dtype), cast(g_c1, 1, coef1), cast(g_w1, 2, base1), cast(g_b1, 3, coef1),
+                cast(g_c2, 4, coef2), cast(g_w2, 5, base2), cast(g_b2, 6, coef2), None, *g_params)
 
 
 def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
     """``ffn.fc2(ffn.fc1(x))`` through the two-layer Function (``p`` from :func:`plan`)."""
     fc1, fc2 = ffn.fc1, ffn.fc2
     x2 = x.reshape(-1, fc1.in_features)
-    pre = (*(fc1.basis.lean_pre_params() or ()), *(fc2.basis.lean_pre_params() or ()))
+    params = (*(fc1.basis.lean_pre_params() or ()), *(fc2.basis.lean_pre_params() or ()),
+              *fc1.basis.lean_params(), *fc2.basis.lean_params())
     y = LeanKANFFNFunction.apply(x2, fc1.coef, fc1.base_weight, fc1.bias, fc2.coef, fc2.base_weight, fc2.bias, p,
-                                 *pre)
+                                 *params)
     return y.reshape(*x.shape[:-1], fc2.out_features)
 
 
