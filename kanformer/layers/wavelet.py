@@ -147,8 +147,9 @@ class WaveletBasis(Basis):
         their own over the W P_w it had stored first: the wavelet FFN's backward wrote and read W extra (N, I) tensors
         (this helper with the gradient's matmul, d 384 / 2048 tokens, fp32: 27.6 against 21.5 ms; layer 2, 176
         inputs: 21.4 against 18.5; bf16: 13.1 against 11.5). The compiler stored them so too where the base branch's
-        dL/dx was added to this sum afterwards rather than taken as its start (``g_x``): one layer's backward, d 128 /
-        1024 tokens, 56 inputs, 0.40 against 0.59 ms with the features of the weight gradient."""
+        dL/dx was added to this sum afterwards rather than taken as its start (``g_x``): one layer's backward compiled
+        alone (d 128, 1024 tokens, 56 inputs, the weight gradient's features included), 0.59 ms in this form against
+        0.70 with the share added afterwards and the values from a second evaluation of the basis (one timing each)."""
         inv_scale = torch.exp(-log_scale)
         g_tr, g_log_scale, values = [], [], []
         for j in range(self.num_wavelets):
