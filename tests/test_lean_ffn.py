@@ -126,6 +126,26 @@ def test_the_chained_wavelet_keeps_each_layers_input_input_major_and_unpadded(co
     assert not [s for s in saved if len(s) == 2 and n in s and s not in ((D, n), (H, n))], saved
 
 
+@pytest.mark.parametrize("first", ["wavelet", "bspline"])
+def test_a_layer_with_parameters_of_its_own_chains_with_one_without(first, counted):
+    """One input-major layer beside a token-major one, either way round: the gradient between them is handed over
+    transposed, and the whole equals the reference in fp64."""
+    from kanformer.layers import KANLinear
+
+    other = "bspline" if first == "wavelet" else "wavelet"
+    ffn = _ffn(first, torch.float64)
+    kw = {"grid_size": 5, "grid_range": (-2.5, 2.5)} if other == "bspline" else {}
+    torch.manual_seed(1)
+    ffn.fc2 = KANLinear(H, D, other, **kw).double()
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+    assert (p.n_own1, p.n_own2) == ((2, 0) if first == "wavelet" else (0, 2))
+    chained = _run(ffn, x, "fused")
+    assert counted
+    _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
 def test_multkan_products_run_between_the_layers_and_layer_two_pads_the_nodes(counted):
     """MultKAN: 31 sum + 32 multiplication nodes from layer 1's 95 outputs (computed 96 wide); the 63 nodes get layer
     2's one zero input, a width layer 1's output does not have. Only the subnodes are saved."""
