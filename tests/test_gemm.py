@@ -110,18 +110,20 @@ def test_bad_library_names_the_allowed_values(library):
         gemm.library()
 
 
-@needs_onednn
-def test_auto_times_once_per_machine_then_reads_the_cache(library, monkeypatch, tmp_path):
+@pytest.fixture
+def timings(monkeypatch, tmp_path):
+    """``auto``'s timings counted (one entry a timing), each made cheap, with a fresh disk cache."""
     monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path))
-    library("auto")
     calls = []
     real = gemm._timed
+    monkeypatch.setattr(gemm, "_timed", lambda: calls.append(1) or real(64, 512))  # the reference shape, small
+    return calls
 
-    def counted():
-        calls.append(1)
-        return real(64, 512)  # the reference shape's timing, made cheap for the test
 
-    monkeypatch.setattr(gemm, "_timed", counted)
+@needs_onednn
+def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_path):
+    library("auto")
+    calls = timings
     first = gemm.record()
     assert len(calls) == 1 and first["source"] == "timed" and first["library"] in ("torch", "onednn")
     assert set(first["times_ms"]) == {"torch", "onednn"} and (tmp_path / "gemm.json").is_file()
@@ -149,14 +151,11 @@ def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
 
 
 @needs_onednn
-def test_only_cpu_inputs_choose_the_library(library, monkeypatch, tmp_path):
+def test_only_cpu_inputs_choose_the_library(library, timings):
     from kanformer.layers.dispatch import prepare_products
 
-    monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path))
     library("auto")
-    calls = []
-    real = gemm._timed
-    monkeypatch.setattr(gemm, "_timed", lambda: calls.append(1) or real(64, 512))
+    calls = timings
     prepare_products(torch.empty(8, 4, device="meta"))  # another device's products never use it: nothing timed
     assert calls == [] and gemm.chosen() == {}
     prepare_products(torch.empty(8, 4))
