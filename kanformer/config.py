@@ -164,6 +164,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     decay_kan_coefficients: bool = False  # weight decay on KAN coefficients / basis parameters too
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # AdamW implementation (kanformer/train/optim.py): auto (fused on CPU and CUDA, not under DeepSpeed) | fused |
+    # foreach | loop
+    adamw: str = "auto"
     grad_clip: float = 1.0  # 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: str = "none"  # none | model | regional (each transformer block)
@@ -201,6 +204,9 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        from .train.optim import ADAMW
+
+        _choice("train.adamw", self.adamw, ADAMW)
         _choice("train.compile", self.compile, COMPILE)
         from .layers.autotune import MEMORY_RULES
         from .layers.dispatch import KERNELS

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from kanformer import create_ffn
 from kanformer.config import load_config
 from kanformer.train import train
+from kanformer.train.optim import adamw, running_impl
 from tests.gloo import free_port, gloo_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,8 @@ def _fsdp_worker(rank, world, port, result_dir):
         fully_shard(ffn)
         local = next(iter(ffn.parameters()))
         sharded = local.to_local().numel() < local.numel()
-        opt = torch.optim.AdamW(ffn.parameters(), lr=1e-2)
+        opt = adamw(ffn.parameters(), lr=1e-2)  # auto: fused, on the DTensor shards
+        assert running_impl(opt) == "fused"
         torch.manual_seed(1 + rank)  # each rank its own data
         x = torch.randn(32, 16)
         loss = ffn(x).square().mean()

@@ -186,11 +186,14 @@ class _FFNTimer:
 
 
 def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.Tensor]], tokens_per_batch: int, *,
-                     steps: int = 5, warmup: int = 2, lr: float = 1e-4) -> dict[str, Any]:
-    """Training throughput of a copy of ``model`` (AdamW step included), the FFN share of the step, and memory."""
+                     steps: int = 5, warmup: int = 2, lr: float = 1e-4, adamw: str = "auto") -> dict[str, Any]:
+    """Training throughput of a copy of ``model`` (AdamW step included: implementation ``adamw``, as training's
+    ``train.adamw``), the FFN share of the step, and memory."""
+    from ..train.optim import adamw as build_adamw
+
     device = next(model.parameters()).device
     model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = build_adamw(model.parameters(), impl=adamw, lr=lr)
 
     def step() -> None:
         loss = model(**make_batch()).loss

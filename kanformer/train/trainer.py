@@ -42,7 +42,7 @@ from .allocator import configure as configure_malloc
 from .grids import extend_grids, grid_layers, union_rows, update_grids
 from .metrics import append_metrics, truncate_after
 from .model_factory import build_model
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, running_impl
 from .provenance import versions
 from .runlock import RunLock
 
@@ -283,7 +283,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         info = {**versions(), "world_size": self.world, "device": str(self.accelerator.device),
-                "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters())}
+                "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters()),
+                "adamw": running_impl(self.optimizer)}
         if self.is_text:
             info["data"] = self.lm.meta
         if self.kanify_report is not None:
@@ -336,8 +337,10 @@ class Trainer:
         """Optimizer, accelerate wrappers and compilation for ``model``; moment estimates of parameters that
         ``old_optimizer`` already tracked carry over (parameters replaced by a grid extension start fresh)."""
         t = self.cfg.train
+        deepspeed = "DEEPSPEED" in str(self.accelerator.distributed_type)
         self.optimizer = build_optimizer(model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
-                                         decay_kan_coefficients=t.decay_kan_coefficients)
+                                         decay_kan_coefficients=t.decay_kan_coefficients, impl=t.adamw,
+                                         deepspeed=deepspeed)
         if old_optimizer is not None:
             for group in self.optimizer.param_groups:
                 for p in group["params"]:
