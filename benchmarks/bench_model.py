@@ -30,6 +30,7 @@ from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
+from kanformer.train.optim import ADAMW
 
 DEFAULT_ARMS = ["mlp", "swiglu", "bspline", "chebyshev", "rational", "rbf"]
 
@@ -83,7 +84,7 @@ class ModelArm:
             if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
                 settle(self.model, self.batch)
             self.rounds.append(measure_training(self.model, self.batch, a.batch * a.seq, steps=a.steps,
-                                                warmup=a.warmup if first else 1))
+                                                warmup=a.warmup if first else 1, adamw=getattr(a, "adamw", "auto")))
 
 
 def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +119,9 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
-            "kernel": args.kernel, "bf16": args.bf16, "n_layer": args.n_layer, "d_model": args.d_model,
-            "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds, "peak_key": peak_key,
+            "kernel": args.kernel, "adamw": getattr(args, "adamw", "auto"), "bf16": args.bf16, "n_layer": args.n_layer,
+            "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
+            "peak_key": peak_key,
             "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(), "gemm": gemm.library(),
             "gemm_record": gemm.record()}
 
@@ -127,7 +129,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
-            f"{result['kernel']}, CPU malloc {result['malloc']}, {gemm_note(result.get('gemm_record'))}"
+            f"{result['kernel']}, AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
+            f"{gemm_note(result.get('gemm_record'))}"
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
             f"of the same-round ratios; range: lowest - highest round)")
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
+    p.add_argument("--adamw", choices=ADAMW, default="auto",
+                   help="the AdamW implementation, as training's train.adamw (auto: fused on CPU and CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     add_malloc_argument(p)

@@ -51,3 +51,23 @@ def test_every_implementation_takes_the_loops_steps(impl):
     for a, b in zip(ffns[0].parameters(), ffns[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
+
+def test_adamw_benchmark_times_each_implementation_in_turns(tmp_path, capsys):
+    """``benchmarks.bench_adamw``: per FFN's GPT-2, every implementation's optimizer and training step, as same-round
+    ratios to the loop's."""
+    import json
+
+    from benchmarks import bench_adamw
+    from kanformer.layers.dispatch import kernel
+
+    out = tmp_path / "adamw.json"
+    with kernel("lean"):
+        bench_adamw.main(["--arms", "mlp", "rbf", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq",
+                          "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--rounds", "2", "--device", "cpu",
+                          "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["ffn"] for r in rows] == ["mlp", "rbf"] and rows[1]["tensors"] > rows[0]["tensors"]  # its LayerNorms
+    for row in rows:
+        assert row["loop_optimizer_x_loop"] == row["loop_train_x_loop"] == 1.0
+        assert all(row[f"{impl}_{what}_ms"] > 0 for impl in bench_adamw.IMPLS for what in ("train", "optimizer"))
+    assert "2 rounds of 1 steps per implementation, interleaved" in capsys.readouterr().out
