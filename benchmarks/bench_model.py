@@ -121,9 +121,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "kernel": args.kernel, "adamw": getattr(args, "adamw", "auto"), "bf16": args.bf16, "n_layer": args.n_layer,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
-            "peak_key": peak_key,
-            "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(), "gemm": gemm.library(),
-            "gemm_record": gemm.record()}
+            "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
+            "gemm": gemm.library(), "gemm_record": gemm.record()}
 
 
 def format_table(result: dict[str, Any]) -> str:

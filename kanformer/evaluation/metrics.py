@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import FFN
+from ..train.optim import adamw as build_adamw
 
 # Dense bf16 peak of one accelerator (FLOP/s), for MFU. Substring of torch.cuda.get_device_name -> peak.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
@@ -189,8 +190,6 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
                      steps: int = 5, warmup: int = 2, lr: float = 1e-4, adamw: str = "auto") -> dict[str, Any]:
     """Training throughput of a copy of ``model`` (AdamW step included: implementation ``adamw``, as training's
     ``train.adamw``), the FFN share of the step, and memory."""
-    from ..train.optim import adamw as build_adamw
-
     device = next(model.parameters()).device
     model = copy.deepcopy(model).train()
     opt = build_adamw(model.parameters(), impl=adamw, lr=lr)
