@@ -14,8 +14,6 @@ loop's cost grows with it.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from typing import Any
@@ -25,7 +23,7 @@ import torch
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.optim import adamw
 
-from .bench_ffn import add_malloc_argument, machine
+from .bench_ffn import add_malloc_argument, machine, write_result
 from .bench_model import build_gpt2
 
 IMPLS = ("loop", "foreach", "fused")
@@ -117,11 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "adamw", "device": str(device), "machine": machine(device), "torch": torch.__version__,
               **{k: getattr(args, k) for k in ("n_layer", "d_model", "seq", "batch", "steps", "rounds")}, "rows": rows}
     print(format_table(result))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

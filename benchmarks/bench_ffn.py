@@ -202,6 +202,15 @@ def add_gemm_argument(p: argparse.ArgumentParser) -> None:
                    "KANFORMER_GEMM or auto, measured once per machine)")
 
 
+def write_result(path: str | None, result: dict[str, Any]) -> None:
+    """A benchmark's result as JSON at ``path`` (``--json``; None: nothing), its folder made."""
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {path}")
+
+
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
                    help="CPU allocator for every arm (kanformer/train/allocator.py): keep freed large blocks for reuse "
@@ -275,10 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run(args)
     result["kernel"] = args.kernel
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ FFN's step on oneDNN against its step on PyTorch's products, and each KAN FFN ag
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
@@ -31,7 +30,7 @@ from kanformer.layers.dispatch import kernel
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
 
-from .bench_ffn import Arm, add_malloc_argument, machine
+from .bench_ffn import Arm, add_malloc_argument, machine, write_result
 
 
 def _products(n: int, widths: list[tuple[int, int]], g: torch.Generator) -> list[tuple[str, Any, Any]]:
@@ -173,9 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_malloc(args.malloc)
     result = run(args)
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

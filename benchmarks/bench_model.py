@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_ffn import add_gemm_argument, add_malloc_argument, gemm_note, machine
+from benchmarks.bench_ffn import add_gemm_argument, add_malloc_argument, gemm_note, machine, write_result
 from kanformer import kanify
 from kanformer.evaluation.metrics import measure_training
 from kanformer.layers import autotune, gemm
@@ -315,11 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_model_bench(args)
         result["seconds"] = time.perf_counter() - start
         print(format_table(result))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":
