@@ -77,6 +77,20 @@ def test_exact_resume(tmp_path):
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=0, atol=1e-6)
 
 
+def test_a_resumed_checkpoint_keeps_the_adamw_it_was_saved_with(tmp_path, caplog):
+    """A run saved under ``train.adamw=loop`` and resumed under ``auto`` (fused on CPU) continues on the loop, as its
+    optimizer state was kept, says so, and its versions.json names the loop."""
+    over = {"ffn.name": "mlp", "train.max_steps": 4, "train.log_every": 1, "train.eval_every": 100,
+            "train.save_every": 100}
+    assert train(_cfg(tmp_path, **over, **{"train.adamw": "loop"}), stop_at=2)["step"] == 2
+    resumed = _cfg(tmp_path, **over)
+    with caplog.at_level("WARNING"):
+        assert train(resumed, resume="auto")["finished"]
+    assert "was saved by a run whose AdamW ran 'loop'" in caplog.text
+    assert "train.adamw=auto runs 'fused' in a fresh run" in caplog.text
+    assert json.loads((resumed.run_dir / "versions.json").read_text())["adamw"] == "loop"
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     over = {"train.max_steps": 6, "train.log_every": 1, "train.eval_every": 100, "train.save_every": 100}
     full = _cfg(tmp_path, name="full", **over, **{"train.batch_size": 8})

@@ -341,6 +341,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
                                          decay_kan_coefficients=t.decay_kan_coefficients, impl=t.adamw,
                                          deepspeed=deepspeed)
+        self.adamw = running_impl(self.optimizer)  # what train.adamw runs here (a resumed checkpoint may differ)
         if old_optimizer is not None:
             for group in self.optimizer.param_groups:
                 for p in group["params"]:
@@ -409,6 +410,11 @@ class Trainer:
         self.data_offset = state.get("data_offset", 0)
         self._check_resume(path, state)
         self.accelerator.load_state(str(path))
+        saved = running_impl(self.optimizer)  # the saved parameter groups bring their implementation's flags
+        if saved != self.adamw:
+            logger.warning(f"{path} was saved by a run whose AdamW ran {saved!r}: the resumed run continues so, where "
+                           f"train.adamw={self.cfg.train.adamw} runs {self.adamw!r} in a fresh run (the optimizer's "
+                           f"state is kept as that implementation keeps it)", main_process_only=True)
         self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
         self.mlflow_run_id = state.get("mlflow_run_id")
         self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
