@@ -288,6 +288,30 @@ def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
     assert first["step"] == 1 and first["wall_s"] + first["compile_s"] < 60
 
 
+@pytest.mark.slow
+def test_the_background_compile_fills_the_cache_the_process_loads(tmp_path):
+    """The real background compile, on empty caches, for a process on 2 threads: the call that switches to the chosen
+    path loads every graph from the compiler's cache and compiles none (the compiler makes its C++ loops, and keys its
+    cache, for a thread count: compiled on one thread, the graphs were compiled again in that call, 30 s here)."""
+    code = ("import json, time, torch; from torch._dynamo.utils import counters\n"
+            "from kanformer import create_ffn; from kanformer.layers import autotune, dispatch\n"
+            "torch.set_num_threads(2); dispatch._mode[0] = 'auto'; torch.manual_seed(0)\n"
+            f"ffn, x = create_ffn('rbf', {D}, {H}), torch.randn(64, {D})\n"
+            "deadline = time.monotonic() + 500\n"
+            "while not autotune.decisions(ffn) and time.monotonic() < deadline:\n"
+            "    ffn(x).square().mean().backward(); time.sleep(0.1)\n"
+            "print(json.dumps([[r['path'], r.get('dropped', {})] for r in autotune.decisions().values()]"
+            " + [counters['inductor']['fxgraph_cache_miss'], counters['inductor']['fxgraph_cache_hit']]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("KANFORMER_KERNEL", "OMP_NUM_THREADS")}
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), KANFORMER_CACHE=str(tmp_path / "kc"),
+               KANFORMER_AUTOTUNE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path, dropped), misses, hits = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "fused" not in dropped and "compiled" not in dropped  # both compiled by the background process
+    assert misses == 0 and hits >= 2, (path, misses, hits)
+
+
 def test_compiling_counts_as_overhead_once_inside_or_outside_the_tuning():
     """``overhead_seconds`` (what the trainer keeps out of the step throughput): the time spent choosing paths, with
     the compiling done inside it counted once, plus compiling outside it (a pinned fused path's first calls)."""
@@ -314,7 +338,7 @@ def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_ffn_spec", lambda ffn, x: {"name": "no_such_ffn", "d_model": D, "hidden": H,
                                                                 "kwargs": {}, "dtype": "float32", "device": "cpu",
-                                                                "tokens": 8})
+                                                                "tokens": 8, "threads": 1})
     monkeypatch.setattr(autotune, "_workers", {})
     monkeypatch.setattr(autotune, "_pending_spec", {})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)

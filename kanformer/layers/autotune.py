@@ -1,7 +1,7 @@
 """``auto`` picks a KAN FFN's path by measurement, once per machine.
 
-For each (FFN configuration, token-count bucket, compute dtype, device) the first training call times the paths
-that apply on the FFN's own input, forward + backward:
+For each (FFN configuration, token-count bucket, compute dtype, device; on CPU the process's thread count) the first
+training call times the paths that apply on the FFN's own input, forward + backward:
 
 * ``lean``: the eager memory-lean Functions (layers/lean.py);
 * ``fused``: the same with their elementwise helpers compiled (dispatch.py);
@@ -21,8 +21,9 @@ run's ``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
-kanformer.layers.autotune``) compiles them for this FFN configuration while the FFN runs ``lean``; once it is done,
-the next training call compiles from that cache (seconds), times the candidates and switches. A candidate that fails
+kanformer.layers.autotune``) compiles them for this FFN configuration (and this process's thread count, for which the
+compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from
+that cache (seconds), times the candidates and switches. A candidate that fails
 (no C++ compiler, say) is dropped and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of
 dispatch.py instead (Triton where it applies, else fused).
 
@@ -198,6 +199,8 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     tokens = x.numel() // x.shape[-1]
     dtype = _compute_dtype(x)
     warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
+    if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (see _start_worker)
+        warm += f" | threads={torch.get_num_threads()}"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library
         warm += f" | gemm={gemm.library()}"
     return f"{warm} | tokens<={_bucket(tokens)} | memory={_memory[0]}", warm
@@ -313,10 +316,14 @@ def _stop_workers() -> None:
 
 def _start_worker(warm: str) -> subprocess.Popen:
     spec = {"warm": warm, "ffn": _pending_spec[warm]}
-    # on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy small machine a
-    # low-priority compile never finished)
-    # the matmul library this process runs (layers/gemm.py), so the worker compiles the graphs it will load
-    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
+    # the compiler on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy
+    # small machine a low-priority compile never finished); its few warm-up calls on this process's thread count,
+    # for which the compiler makes its C++ loops and which its cache keys on: compiled on one thread, the graphs missed
+    # a 2-thread process's cache, whose switching call then compiled them again (RBF FFN, d 128, 2-core CPU: 29.7 s
+    # against 5.7 s loading them); the matmul library this process runs (layers/gemm.py), so the worker compiles the
+    # graphs it will load
+    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": str(spec["ffn"]["threads"]),
+           "TORCHINDUCTOR_COMPILE_THREADS": "1",
            "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting())}  # CUDA runs choose none
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
     proc = subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
@@ -331,7 +338,7 @@ _pending_spec: dict[str, dict[str, Any]] = {}
 def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
-            "tokens": min(x.numel() // x.shape[-1], 256)}
+            "tokens": min(x.numel() // x.shape[-1], 256), "threads": torch.get_num_threads()}
 
 
 def _saved_bytes(fn: Any) -> int:
@@ -695,6 +702,7 @@ def _warm(spec: dict[str, Any]) -> None:
     from .registry import create_ffn
 
     f = spec["ffn"]
+    torch.set_num_threads(f["threads"])  # the compiled loops are made for it (and its cache entries keyed on it)
     torch.manual_seed(0)
     device = torch.device(f["device"])
     ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
