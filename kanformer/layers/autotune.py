@@ -23,9 +23,9 @@ Cold start: compiling the fused helpers takes minutes on a small CPU with an emp
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
 kanformer.layers.autotune``) compiles them for this FFN configuration (and this process's thread count, for which the
 compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from
-that cache (seconds), times the candidates and switches. A candidate that fails
-(no C++ compiler, say) is dropped and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of
-dispatch.py instead (Triton where it applies, else fused).
+that cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped
+and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of dispatch.py instead (Triton where it
+applies, else fused).
 
 Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
 the forward paths are timed and cached the same way, once the evaluation has lasted long enough for a background
