@@ -1,6 +1,7 @@
 """``auto`` by measurement (layers/autotune.py): the choice is timed once, cached on disk and reused by another
 process, respects a pinned path and the memory rule, drops a candidate that fails, and never waits for a compile."""
 
+import io
 import json
 import os
 import subprocess
@@ -236,6 +237,37 @@ def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto,
     monkeypatch.setattr(autotune, "_FOLLOW_S", 0.0)
     _step(create_ffn("chebyshev", D, H + 1), x)
     assert timed == [H + 1]
+
+
+def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compiles(auto, monkeypatch, capsys):
+    """A configuration the first local rank never compiles (a pipeline stage's own layers, another thread count): local
+    rank 1 runs lean for ``_FOLLOW_S``, then starts its own background compile, and once that has ended times its own
+    choice without waiting for the first rank's."""
+    class Ended:  # the background process, ended: the compiler failed, so the timing runs no compile of its own
+        returncode, log = 1, io.BytesIO(b"RuntimeError: no compiler in this test")
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
+    monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name in ("_workers", "_pending_spec", "_compile_wait_since", "_follow_since"):
+        monkeypatch.setattr(autotune, name, {})
+    started = []
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Ended())
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)
+    assert not started and autotune.decisions() == {}  # the first rank's compile awaited
+    monkeypatch.setattr(autotune, "_FOLLOW_S", 0.0)
+    _step(ffn, x)
+    assert started == [autotune._keys(ffn, x)[1]] and autotune.decisions() == {}
+    assert "no compile of" in capsys.readouterr().err
+    monkeypatch.setattr(autotune, "_FOLLOW_S", 300.0)  # no wait for a choice the first rank will not make either
+    _step(ffn, x)
+    (record,) = autotune.decisions().values()
+    assert record["source"] == "timed" and "no compiler in this test" in record["dropped"]["fused"]
 
 
 def test_while_the_compile_runs_in_the_background_the_ffn_runs_lean_undecided(auto, monkeypatch):

@@ -32,7 +32,9 @@ the forward paths are timed and cached the same way, once the evaluation has las
 compile to pay (``inference_path``).
 
 Several processes (DDP, FSDP, DeepSpeed): the first local rank of a machine compiles and times; the others run
-``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. An FFN sharded as a
+``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. A rank that waits 5
+minutes for the first rank's compile of a configuration, or 5 more for its choice, compiles or times its own (the
+first rank may never see that configuration: a pipeline stage's own layers, another thread count). An FFN sharded as a
 whole (FSDP per transformer block) is timed inside its forward, where its parameters are gathered; one with sharded
 units inside it (FSDP per layer, ZeRO-3) is not timed (that would run their collectives on one rank alone) and takes
 the fixed rule once the background compile is done.
@@ -291,7 +293,7 @@ def _compile_state(warm: str) -> str:
         return record["state"]
     proc = _workers.get(warm)
     if proc is None:
-        if os.environ.get("LOCAL_RANK", "0") != "0":  # one compile per machine: the first local rank's
+        if _waiting_for_first_rank(warm):  # one compile per machine: the first local rank's
             _refresh()
             return "pending"
         _workers[warm] = _start_worker(warm)
@@ -519,23 +521,41 @@ def _keep(ffn: Any, key: str, path: str, times: dict[str, float], record: dict[s
     return path
 
 
-_FOLLOW_S = 300.0  # how long a non-first local rank waits for the first one's choice once the compile is ready
+_FOLLOW_S = 300.0  # how long a non-first local rank waits for the first one's compile, then for its choice
 _follow_since: dict[str, float] = {}
 
 
-def _following(key: str) -> bool:
+def _following(key: str, warm: str) -> bool:
     """Whether this process, a local rank other than the first of a multi-process run, waits for the first local
     rank's timed choice of ``key`` (read from the disk cache; lean meanwhile) instead of timing its own: every rank of
     a machine then runs one path (ranks timing at once on shared cores disturb each other's timings, and ranks on
     different paths differ in rounding and in speed, the slowest setting the pace). Up to ``_FOLLOW_S``, then it
-    times its own."""
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    times its own; at once where it compiled ``warm`` itself (the first rank did not: it will not time it either)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" or warm in _workers:
         return False
     since = _follow_since.setdefault(key, time.monotonic())
     if time.monotonic() - since > _FOLLOW_S:
         return False
     _refresh()
     return True
+
+
+_compile_wait_since: dict[str, float] = {}  # warm key -> when this non-first local rank began waiting for it
+
+
+def _waiting_for_first_rank(warm: str) -> bool:
+    """Whether this process, a local rank other than the first, leaves the compile of ``warm`` to the first local
+    rank: up to ``_FOLLOW_S`` without its record, then it compiles its own. The first rank may never compile it: it
+    holds other layers (a pipeline stage), or runs on another thread count (the warm key's ``threads``); waiting on,
+    such a rank would run ``lean`` to the end of training."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        return False
+    since = _compile_wait_since.setdefault(warm, time.monotonic())
+    if time.monotonic() - since <= _FOLLOW_S:
+        return True
+    print(f"kanformer: local rank {os.environ['LOCAL_RANK']}: no compile of {warm} from the first local rank after "
+          f"{_FOLLOW_S:.0f} s; compiling it here", file=sys.stderr)
+    return False
 
 
 def choice(ffn: Any, x: torch.Tensor) -> str:
@@ -551,7 +571,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         return _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
     candidates = _candidates(ffn, x)
     state = _compile_state(warm)
-    if state == "pending" or busy() or _following(key):
+    if state == "pending" or busy() or _following(key, warm):
         # not cached: asked again next call. Nor timed beside another FFN's background compile: on a small machine it
         # takes a core from the candidates (it once made eager lean time faster than fused, and that choice sticks)
         return "lean"
@@ -628,7 +648,7 @@ def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
     if _sharded_inside(ffn):  # untimed (collectives on one rank alone): the fixed rule once its compile is ready
         return _by_rule(ffn, x, key, warm, "reference", "eval")
     found = _eval_candidates(ffn, x, warm)
-    if found is None or busy() or _following(key):
+    if found is None or busy() or _following(key, warm):
         return "reference"
     candidates, dropped = found
     times: dict[str, float] = {}
