@@ -62,6 +62,26 @@ def test_choice_is_timed_once_cached_and_reused_by_another_process(auto):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["cache"]
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT", reason="no narrower vector instructions")
+def test_a_choice_timed_under_other_vector_instructions_is_timed_again(auto):
+    """``ATEN_CPU_CAPABILITY`` narrows the vector instructions of PyTorch's kernels and of the compiled loops: a process
+    under it times afresh instead of taking this machine's choice, and so does its matmul library's."""
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)
+    code = ("import torch, json; from kanformer import create_ffn\n"
+            "from kanformer.layers import autotune, dispatch, gemm\n"
+            "dispatch._mode[0] = 'auto'\n"
+            "autotune._compile_state = lambda warm: 'failed: no compiler in this test'\n"
+            "gemm._timed = lambda: {'library': 'torch', 'times_ms': {}}\n"
+            f"ffn = create_ffn('chebyshev', {D}, {H}); ffn(torch.randn(64, {D})).sum().backward()\n"
+            "print(json.dumps([autotune.cpu_isa(), gemm.record().get('source')]"
+            " + [v['source'] for v in autotune.decisions().values()]))")
+    env = {**os.environ, "KANFORMER_KERNEL": "auto", "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["DEFAULT", "timed", "timed"]
+    assert len(json.loads(auto.read_text())) == 2  # a section per fingerprint
+
+
 def test_a_pinned_path_is_never_tuned(auto):
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     set_kernel(ffn, "reference")

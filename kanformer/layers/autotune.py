@@ -15,9 +15,9 @@ other, those two are timed again (10 more turns, the median of all 15 steps), si
 the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_memory`` / ``KANFORMER_KERNEL_MEMORY``):
 ``lean`` (default) admits a path only if its saved activations stay <= those of a GELU MLP of the same width and 4 d
 hidden units on the same tokens; ``fast`` admits every path. The choice is kept in ``<cache>/autotune.json``
-(``KANFORMER_CACHE``, default ``~/.cache/kanformer``) under a fingerprint of the machine and versions, so a later
-process reuses it without timing; ``decisions()`` lists this process's choices and the trainer records them in the
-run's ``versions.json``.
+(``KANFORMER_CACHE``, default ``~/.cache/kanformer``) under a fingerprint of the machine, its vector instructions
+in force and the versions, so a later process reuses it without timing; ``decisions()`` lists this process's choices
+and the trainer records them in the run's ``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
@@ -149,6 +149,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The vector instructions PyTorch's CPU kernels and the compiler's C++ loops use here (``AVX512``, ``AVX2``, ...):
+    the CPU's widest unless ``ATEN_CPU_CAPABILITY`` narrows it, so one machine times differently under each."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def fingerprint() -> dict[str, Any]:
     """What a timing depends on besides the FFN: the machine and the versions."""
     try:
@@ -158,8 +164,9 @@ def fingerprint() -> dict[str, Any]:
         kanformer_version = "portable"
     here = Path(__file__).resolve().parent  # the layer code itself: an edit (or another copy) is timed afresh
     code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:12]
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-            "kanformer": kanformer_version, "layers_code": code, "python": platform.python_version()}
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "cpu_isa": cpu_isa(),
+            "torch": torch.__version__, "kanformer": kanformer_version, "layers_code": code,
+            "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

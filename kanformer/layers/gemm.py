@@ -17,10 +17,11 @@ The reference paths, which define the layers, keep PyTorch's products.
 The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times a
 GELU MLP's six products of a training step (d 384, 1536 hidden units, 2048 tokens: the benchmarks' reference shape)
 both ways, as :func:`mm` routes them under oneDNN against PyTorch's own, and keeps oneDNN only where it is clearly
-faster (< 0.9x): the baseline's speed decides, for every FFN alike. The choice is made once per machine and PyTorch
-version and kept in ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``), so every process on the machine,
-a resumed run's and a checkpoint's copy of these files included, runs its products the same way. It is made in eager
-code before anything is compiled; compiled graphs are guarded on it.
+faster (< 0.9x): the baseline's speed decides, for every FFN alike. The choice is made once per machine, vector
+instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in ``gemm.json`` beside the autotune cache
+(``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a checkpoint's copy of these files
+included, runs its products the same way. It is made in eager code before anything is compiled; compiled graphs are
+guarded on it.
 """
 
 from __future__ import annotations
@@ -99,11 +100,12 @@ def _resolve() -> str:
     if not onednn_available():
         _record.update(library="torch", source="no oneDNN in this PyTorch")
         return "torch"
-    from .autotune import _locked_cache, cpu_name
+    from .autotune import _locked_cache, cpu_isa, cpu_name
 
-    # keyed by the machine, PyTorch and this rule only, not the layer code or the model: every process on a machine
-    # (a resumed run's, a checkpoint's copy of these files) runs its products the same way, whatever it runs first
-    key = f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | rule {_RULE}"
+    # keyed by the machine (and the vector instructions in force), PyTorch and this rule only, not the layer code or
+    # the model: every process on a machine (a resumed run's, a checkpoint's copy of these files) runs its products the
+    # same way, whatever it runs first
+    key = f"{cpu_name()} | {os.cpu_count()} cores | {cpu_isa()} | torch {torch.__version__} | rule {_RULE}"
     with _locked_cache("gemm.json") as data:  # one timing per machine: ranks starting together wait for the first's
         kept = data.get(key)
         if kept is None:
