@@ -82,6 +82,29 @@ def test_a_choice_timed_under_other_vector_instructions_is_timed_again(auto):
     assert len(json.loads(auto.read_text())) == 2  # a section per fingerprint
 
 
+@pytest.mark.parametrize("blocked", ["directory", "file"])
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_a_step(auto, monkeypatch, tmp_path, blocked):
+    """A cache directory that cannot be made (a read-only home, say: here a file stands in its way), or a cache file
+    that cannot be replaced (here a directory): the process warns once, keeps its choices in memory and still takes
+    each from there instead of timing it again."""
+    if blocked == "directory":
+        (tmp_path / "taken").write_text("")
+        monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "taken" / "cache"))
+    else:
+        monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
+        (tmp_path / "cache" / "autotune.json").mkdir(parents=True)
+    monkeypatch.setattr(autotune, "_memory_only", {})
+    timed = []
+    real = autotune._measure
+    monkeypatch.setattr(autotune, "_measure", lambda *a, **k: timed.append(1) or real(*a, **k))
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    with pytest.warns(RuntimeWarning, match="cannot write the cache .*autotune.json.*Set KANFORMER_CACHE"):
+        _step(ffn, x)
+    autotune.forget()  # as a new call site would: the choice read back from the process's copy
+    _step(ffn, x)
+    assert len(timed) == 1 and [r["source"] for r in autotune.decisions().values()] == ["cache"]
+
+
 def test_a_pinned_path_is_never_tuned(auto):
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     set_kernel(ffn, "reference")

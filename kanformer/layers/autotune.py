@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,13 +224,28 @@ def _inductor_dir() -> str:
         return os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "torchinductor"))
 
 
+_memory_only: dict[str, dict[str, Any]] = {}  # a cache file this process could not write -> its contents, kept here
+
+
 @contextlib.contextmanager
 def _locked_cache(name: str = "autotune.json") -> Any:
     """The whole cache file ``name``, read under an exclusive lock; what the block leaves in the dict is written
-    back."""
-    path = cache_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    back. Where the file cannot be written (a read-only or full disk, no home directory for the default), this
+    process keeps it in memory from then on, with one warning: a later process times again, but no step fails."""
+    try:
+        path = cache_path(name)
+        if str(path) in _memory_only:
+            lock = None
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(path.with_suffix(".lock"), "w")
+    except (OSError, RuntimeError) as err:  # RuntimeError: Path.home() found no home directory
+        yield _in_memory(name, {}, err)
+        return
+    if lock is None:
+        yield _memory_only[str(path)]
+        return
+    with lock:
         with contextlib.suppress(ImportError):  # POSIX; elsewhere writers may race (a lost entry is timed again)
             import fcntl
 
@@ -240,8 +256,26 @@ def _locked_cache(name: str = "autotune.json") -> Any:
             data = {}  # a damaged cache only costs a re-timing
         yield data
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            _in_memory(name, data, err)
+
+
+def _in_memory(name: str, data: dict[str, Any], err: Exception) -> dict[str, Any]:
+    """``data``, now this process's copy of the cache file ``name``, which it could not write (``err``)."""
+    try:
+        where = str(cache_path(name))
+    except RuntimeError:
+        where = f"~/.cache/kanformer/{name}"
+    _memory_only[where] = data
+    warnings.warn(f"kanformer: cannot write the cache {where} ({type(err).__name__}: {err}); this process keeps "
+                  "its timed choices in memory and a later one times them again. Set KANFORMER_CACHE to a writable "
+                  "directory to keep them.", RuntimeWarning, stacklevel=2)
+    return data
 
 
 def _section(data: dict[str, Any]) -> dict[str, Any]:
