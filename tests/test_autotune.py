@@ -429,6 +429,25 @@ def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
     assert state["state"].startswith("failed") and len(autotune._workers) == 1
 
 
+def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(auto, monkeypatch):
+    """No process to be had for the background compile (a process limit, a sandbox): the FFN is timed without fused,
+    the reason kept with the choice, and the step runs."""
+    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
+    monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
+    monkeypatch.setattr(autotune, "_workers", {})
+
+    def no_process(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(autotune.subprocess, "Popen", no_process)
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)
+    (record,) = autotune.decisions().values()
+    assert record["dropped"]["fused"].startswith("failed: could not start the background compile (BlockingIOError")
+    assert record["source"] == "timed" and not autotune._workers
+
+
 def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, monkeypatch):
     """``benchmarks.bench_model.check_evaluation_choices`` (part of the GPU check) on CPU: the compiler reported failed
     here, so the decision is the reference with fused dropped; the process's earlier choices and the environment are

@@ -337,7 +337,10 @@ def _compile_state(warm: str) -> str:
         if _waiting_for_first_rank(warm):  # one compile per machine: the first local rank's
             _refresh()
             return "pending"
-        _workers[warm] = _start_worker(warm)
+        try:
+            _workers[warm] = _start_worker(warm)
+        except OSError as err:  # no process to be had (a process limit, a sandbox): kept in this process alone
+            return f"failed: could not start the background compile ({type(err).__name__}: {err})"
         return "pending"
     if proc.poll() is None:
         return "pending"
