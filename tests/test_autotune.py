@@ -448,6 +448,29 @@ def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(au
     assert record["source"] == "timed" and not autotune._workers
 
 
+def test_the_background_compile_runs_the_copy_of_the_code_that_started_it(tmp_path):
+    """A checkpoint's copy of the layer code, imported under a package of its own (as ``from_pretrained`` with
+    ``trust_remote_code`` imports it, under the modules cache of transformers), starts its background process on that
+    copy, not on the ``kanformer`` the interpreter would import (another version, or none at all). The process is given
+    an FFN it cannot build, so it ends at once; its traceback runs through the copy's files."""
+    from kanformer.models.common import write_portable_code
+
+    copy = tmp_path / "checkpoint_code"
+    write_portable_code(copy)
+    (copy / "__init__.py").write_text("")
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1])\n"
+            "from checkpoint_code import autotune\n"
+            "autotune._pending_spec['w'] = {'name': 'no_such_ffn', 'd_model': 8, 'hidden': 8, 'kwargs': {},"
+            " 'dtype': 'float32', 'device': 'cpu', 'tokens': 8, 'threads': 1}\n"
+            "proc = autotune._start_worker('w'); proc.wait(timeout=120); proc.log.seek(0)\n"
+            "print(json.dumps([proc.returncode, proc.log.read().decode()]))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "KANFORMER_CACHE": str(tmp_path / "cache")}, timeout=300)
+    returncode, log = json.loads(out.stdout.strip().splitlines()[-1])
+    assert returncode != 0 and "Unknown FFN 'no_such_ffn'" in log
+    assert str(copy / "registry.py") in log and "kanformer/layers" not in log
+
+
 def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, monkeypatch):
     """``benchmarks.bench_model.check_evaluation_choices`` (part of the GPU check) on CPU: the compiler reported failed
     here, so the decision is the reference with fused dropped; the process's earlier choices and the environment are

@@ -371,8 +371,15 @@ def _start_worker(warm: str) -> subprocess.Popen:
     env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": str(spec["ffn"]["threads"]),
            "TORCHINDUCTOR_COMPILE_THREADS": "1",
            "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting())}  # CUDA runs choose none
+    # this very copy of the code, which may not be the ``kanformer`` the interpreter would import: a checkpoint's copy
+    # (``from_pretrained`` with ``trust_remote_code``: a package under the modules cache of transformers, maybe with no
+    # kanformer installed) or a checkout put on ``sys.path`` at run time; its directory goes last on the path, so the
+    # user's own ``PYTHONPATH`` keeps its precedence
+    package = __package__ or "kanformer.layers"
+    root = str(Path(__file__).resolve().parents[len(package.split("."))])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
-    proc = subprocess.Popen([sys.executable, "-m", "kanformer.layers.autotune", json.dumps(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", f"{package}.autotune", json.dumps(spec)],
                             stdout=subprocess.DEVNULL, stderr=log, env=env)
     proc.log = log
     return proc
