@@ -284,8 +284,8 @@ def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto,
 
 def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compiles(auto, monkeypatch, capsys):
     """A configuration the first local rank never compiles (a pipeline stage's own layers, another thread count): local
-    rank 1 runs lean for ``_FOLLOW_S``, then starts its own background compile, and once that has ended times its own
-    choice without waiting for the first rank's."""
+    rank 1 runs lean for ``_FOLLOW_S`` (and while the cache says the first rank is compiling it), then starts its own
+    background compile, and once that has ended times its own choice without waiting for the first rank's."""
     class Ended:  # the background process, ended: the compiler failed, so the timing runs no compile of its own
         returncode, log = 1, io.BytesIO(b"RuntimeError: no compiler in this test")
 
@@ -301,11 +301,16 @@ def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compile
     started = []
     monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Ended())
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    warm = autotune._keys(ffn, x)[1]
     _step(ffn, x)
     assert not started and autotune.decisions() == {}  # the first rank's compile awaited
     monkeypatch.setattr(autotune, "_FOLLOW_S", 0.0)
+    autotune._store("compiled", warm, {"state": "pending", "since": time.time()})  # as local rank 0 records its own
     _step(ffn, x)
-    assert started == [autotune._keys(ffn, x)[1]] and autotune.decisions() == {}
+    assert not started  # awaited for as long as that rank is compiling it
+    autotune._store("compiled", warm, {"state": "pending", "since": time.time() - 2 * autotune._COMPILING_S})
+    _step(ffn, x)  # a record that old is a compile that ended without a word (its process killed)
+    assert started == [warm] and autotune.decisions() == {}
     assert "no compile of" in capsys.readouterr().err
     monkeypatch.setattr(autotune, "_FOLLOW_S", 300.0)  # no wait for a choice the first rank will not make either
     _step(ffn, x)

@@ -33,8 +33,9 @@ compile to pay (``inference_path``).
 
 Several processes (DDP, FSDP, DeepSpeed): the first local rank of a machine compiles and times; the others run
 ``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. A rank that waits 5
-minutes for the first rank's compile of a configuration, or 5 more for its choice, compiles or times its own (the
-first rank may never see that configuration: a pipeline stage's own layers, another thread count). An FFN sharded as a
+minutes for the first rank's compile of a configuration (up to an hour while the cache says that rank is compiling
+it), or 5 more for its choice, compiles or times its own (the first rank may never see that configuration: a
+pipeline stage's own layers, another thread count). An FFN sharded as a
 whole (FSDP per transformer block) is timed inside its forward, where its parameters are gathered; one with sharded
 units inside it (FSDP per layer, ZeRO-3) is not timed (that would run their collectives on one rank alone) and takes
 the fixed rule once the background compile is done.
@@ -334,13 +335,14 @@ def _compile_state(warm: str) -> str:
         return record["state"]
     proc = _workers.get(warm)
     if proc is None:
-        if _waiting_for_first_rank(warm):  # one compile per machine: the first local rank's
+        if _waiting_for_first_rank(warm, record):  # one compile per machine: the first local rank's
             _refresh()
             return "pending"
         try:
             _workers[warm] = _start_worker(warm)
         except OSError as err:  # no process to be had (a process limit, a sandbox): kept in this process alone
             return f"failed: could not start the background compile ({type(err).__name__}: {err})"
+        _store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
         return "pending"
     if proc.poll() is None:
         return "pending"
@@ -594,13 +596,20 @@ def _following(key: str, warm: str) -> bool:
 _compile_wait_since: dict[str, float] = {}  # warm key -> when this non-first local rank began waiting for it
 
 
-def _waiting_for_first_rank(warm: str) -> bool:
+_COMPILING_S = 3600.0  # how long a "pending" record (a local rank's compile under way) is believed
+
+
+def _waiting_for_first_rank(warm: str, record: Any) -> bool:
     """Whether this process, a local rank other than the first, leaves the compile of ``warm`` to the first local
-    rank: up to ``_FOLLOW_S`` without its record, then it compiles its own. The first rank may never compile it: it
+    rank: while the disk cache says that rank is compiling it (``record``: ``pending``, for up to ``_COMPILING_S``),
+    and up to ``_FOLLOW_S`` without such a record, then it compiles its own. The first rank may never compile it: it
     holds other layers (a pipeline stage), or runs on another thread count (the warm key's ``threads``); waiting on,
     such a rank would run ``lean`` to the end of training."""
     if os.environ.get("LOCAL_RANK", "0") == "0":
         return False
+    if (isinstance(record, dict) and record.get("state") == "pending"
+            and time.time() - record.get("since", 0.0) < _COMPILING_S):
+        return True
     since = _compile_wait_since.setdefault(warm, time.monotonic())
     if time.monotonic() - since <= _FOLLOW_S:
         return True
