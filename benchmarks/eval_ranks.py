@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
             ref = ffn(x).float()
         t0 = time.monotonic()  # after the reference (and the matmul library's choice): auto's calls, at least one
         with default_kernel("auto"):
-            while time.monotonic() - t0 < args.seconds:
+            while True:
+                # the ranks stop together (each rank's own clock would end one loop a call before another's, which
+                # then waited for it); the vote also steps them together, as a DDP evaluation's collectives do
+                done = torch.tensor([float(time.monotonic() - t0 >= args.seconds)], device=device)
+                dist.all_reduce(done, op=dist.ReduceOp.MAX)
+                if done.item():
+                    break
                 start = time.perf_counter()
                 y = ffn(x)
                 if cuda:
@@ -60,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
                 chosen = [d["path"] for k, d in autotune.decisions(ffn).items() if k.endswith(" | eval")]
                 first_seen.setdefault(chosen[0] if chosen else "reference", (time.monotonic() - t0, ms))
                 last = (last + [ms])[-5:]
-                dist.barrier()  # the ranks step together
     err = (y.float() - ref).abs().max().item()
     seen = ", ".join(f"{path} from {s:.1f} s (that call {ms:.0f} ms)" for path, (s, ms) in first_seen.items())
     print(f"rank {dist.get_rank()} (local {local}): {seen}; last calls {', '.join(f'{t:.1f}' for t in last)} ms; "
