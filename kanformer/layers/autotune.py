@@ -35,10 +35,10 @@ Several processes (DDP, FSDP, DeepSpeed): the first local rank of a machine comp
 ``lean`` until its choice is in the disk cache and take it, so a machine's ranks run one path. A rank that waits 5
 minutes for the first rank's compile of a configuration (up to an hour while the cache says that rank is compiling
 it), or 5 more for its choice, compiles or times its own (the first rank may never see that configuration: a
-pipeline stage's own layers, another thread count). An FFN sharded as a
-whole (FSDP per transformer block) is timed inside its forward, where its parameters are gathered; one with sharded
-units inside it (FSDP per layer, ZeRO-3) is not timed (that would run their collectives on one rank alone) and takes
-the fixed rule once the background compile is done.
+pipeline stage's own layers, another thread count). An FFN sharded as a whole (FSDP per transformer block) is timed
+inside its forward, where its parameters are gathered; one with sharded units inside it (FSDP per layer, ZeRO-3) is
+not timed (that would run their collectives on one rank alone) and takes the fixed rule once the background compile
+is done.
 """
 
 from __future__ import annotations
@@ -575,7 +575,9 @@ def _keep(ffn: Any, key: str, path: str, times: dict[str, float], record: dict[s
 
 
 _FOLLOW_S = 300.0  # how long a non-first local rank waits for the first one's compile, then for its choice
-_follow_since: dict[str, float] = {}
+_COMPILING_S = 3600.0  # how long a "pending" record (the first local rank's compile under way) is believed
+_follow_since: dict[str, float] = {}  # choice key -> when this non-first local rank began waiting for the choice
+_compile_wait_since: dict[str, float] = {}  # warm key -> when it began waiting for the compile
 
 
 def _following(key: str, warm: str) -> bool:
@@ -591,12 +593,6 @@ def _following(key: str, warm: str) -> bool:
         return False
     _refresh()
     return True
-
-
-_compile_wait_since: dict[str, float] = {}  # warm key -> when this non-first local rank began waiting for it
-
-
-_COMPILING_S = 3600.0  # how long a "pending" record (a local rank's compile under way) is believed
 
 
 def _waiting_for_first_rank(warm: str, record: Any) -> bool:
