@@ -4,6 +4,7 @@ process, respects a pinned path and the memory rule, drops a candidate that fail
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,8 +99,10 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_a_step(auto, monkeyp
     real = autotune._measure
     monkeypatch.setattr(autotune, "_measure", lambda *a, **k: timed.append(1) or real(*a, **k))
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
-    with pytest.warns(RuntimeWarning, match="cannot write the cache .*autotune.json.*Set KANFORMER_CACHE"):
+    with pytest.warns(RuntimeWarning) as caught:  # the matmul library's gemm.json too, where no directory is made
         _step(ffn, x)
+    assert any(re.search(r"cannot write the cache .*autotune\.json.*Set KANFORMER_CACHE", str(w.message))
+               for w in caught)
     autotune.forget()  # as a new call site would: the choice read back from the process's copy
     _step(ffn, x)
     assert len(timed) == 1 and [r["source"] for r in autotune.decisions().values()] == ["cache"]
