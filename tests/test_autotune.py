@@ -479,6 +479,33 @@ def test_the_background_compile_runs_the_copy_of_the_code_that_started_it(tmp_pa
     assert str(copy / "registry.py") in log and "kanformer/layers" not in log
 
 
+def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_failed(auto, monkeypatch, capsys):
+    """The background process killed by a signal (the out-of-memory killer on a small machine, say) may have met a
+    passing cause: it is started once more, and only a second kill is kept as the fused path's failure."""
+    class Killed:
+        returncode = -9
+
+        def __init__(self):
+            self.log = io.BytesIO()
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
+    monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
+    monkeypatch.setattr(autotune, "_workers", {})
+    started = []
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Killed())
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x)  # started; lean meanwhile
+    _step(ffn, x)  # killed: started once more
+    assert len(started) == 2 and autotune.decisions() == {} and "killed (signal 9)" in capsys.readouterr().err
+    _step(ffn, x)  # killed again: kept as failed, the others timed
+    (record,) = autotune.decisions().values()
+    assert len(started) == 2 and record["dropped"]["fused"] == "failed: killed by signal 9, twice"
+
+
 def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, monkeypatch):
     """``benchmarks.bench_model.check_evaluation_choices`` (part of the GPU check) on CPU: the compiler reported failed
     here, so the decision is the reference with fused dropped; the process's earlier choices and the environment are

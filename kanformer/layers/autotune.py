@@ -22,10 +22,10 @@ and the trainer records them in the run's ``versions.json``.
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
 kanformer.layers.autotune``) compiles them for this FFN configuration (and this process's thread count, for which the
-compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from
-that cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped
-and the reason kept with the choice. ``KANFORMER_AUTOTUNE=0``: the fixed rule of dispatch.py instead (Triton where it
-applies, else fused).
+compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
+cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped and the
+reason kept with the choice; a background process killed by a signal is started once more first.
+``KANFORMER_AUTOTUNE=0``: the fixed rule of dispatch.py instead (Triton where it applies, else fused).
 
 Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
 the forward paths are timed and cached the same way, once the evaluation has lasted long enough for a background
@@ -349,7 +349,20 @@ def _compile_state(warm: str) -> str:
     proc.log.seek(0)
     err = proc.log.read().decode(errors="replace").strip().splitlines()
     proc.log.close()
-    state = "ready" if proc.returncode == 0 else f"failed: {err[-1] if err else f'exit {proc.returncode}'}"
+    if proc.returncode < 0 and not getattr(proc, "again", False):
+        # killed by a signal (the kernel's out-of-memory killer on a small machine, a user): a passing cause, maybe,
+        # so once more before the failure is kept, for this machine and versions
+        print(f"kanformer: the background compile of {warm} was killed (signal {-proc.returncode}); starting it "
+              "once more", file=sys.stderr)
+        try:
+            _workers[warm] = _start_worker(warm)
+        except OSError as e:
+            return f"failed: could not start the background compile ({type(e).__name__}: {e})"
+        _workers[warm].again = True
+        return "pending"
+    why = f"killed by signal {-proc.returncode}, twice" if proc.returncode < 0 else (
+        err[-1] if err else f"exit {proc.returncode}")
+    state = "ready" if proc.returncode == 0 else f"failed: {why}"
     _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir()})
     return state
 
