@@ -338,12 +338,10 @@ def _compile_state(warm: str) -> str:
         if _waiting_for_first_rank(warm, record):  # one compile per machine: the first local rank's
             _refresh()
             return "pending"
-        try:
-            _workers[warm] = _start_worker(warm)
-        except OSError as err:  # no process to be had (a process limit, a sandbox): kept in this process alone
-            return f"failed: could not start the background compile ({type(err).__name__}: {err})"
-        _store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
-        return "pending"
+        state = _launch(warm)
+        if state == "pending":
+            _store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
+        return state
     if proc.poll() is None:
         return "pending"
     proc.log.seek(0)
@@ -354,17 +352,25 @@ def _compile_state(warm: str) -> str:
         # so once more before the failure is kept, for this machine and versions
         print(f"kanformer: the background compile of {warm} was killed (signal {-proc.returncode}); starting it "
               "once more", file=sys.stderr)
-        try:
-            _workers[warm] = _start_worker(warm)
-        except OSError as e:
-            return f"failed: could not start the background compile ({type(e).__name__}: {e})"
-        _workers[warm].again = True
-        return "pending"
+        state = _launch(warm)
+        if state == "pending":
+            _workers[warm].again = True
+        return state
     why = f"killed by signal {-proc.returncode}, twice" if proc.returncode < 0 else (
         err[-1] if err else f"exit {proc.returncode}")
     state = "ready" if proc.returncode == 0 else f"failed: {why}"
     _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir()})
     return state
+
+
+def _launch(warm: str) -> str:
+    """Starts the background compile of ``warm``: ``pending``, or ``failed: <why>`` where no process is to be had (a
+    process limit, a sandbox), which this process alone keeps."""
+    try:
+        _workers[warm] = _start_worker(warm)
+    except OSError as err:
+        return f"failed: could not start the background compile ({type(err).__name__}: {err})"
+    return "pending"
 
 
 @atexit.register
