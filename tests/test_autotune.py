@@ -32,6 +32,18 @@ def auto(monkeypatch, tmp_path):
     autotune.set_kernel_memory("lean")
 
 
+@pytest.fixture
+def auto_compiling(auto, monkeypatch):
+    """``auto``'s settings with the real ``_compile_state`` (the background process as the test starts it, or a
+    stand-in) and no background process of an earlier test."""
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
+    for name in ("_workers", "_pending_spec"):
+        monkeypatch.setattr(autotune, name, {})
+    return auto
+
+
 def _step(ffn, x):
     ffn(x).square().mean().backward()
 
@@ -285,7 +297,7 @@ def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto,
     assert timed == [H + 1]
 
 
-def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compiles(auto, monkeypatch, capsys):
+def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compiles(auto_compiling, monkeypatch, capsys):
     """A configuration the first local rank never compiles (a pipeline stage's own layers, another thread count): local
     rank 1 runs lean for ``_FOLLOW_S`` (and while the cache says the first rank is compiling it), then starts its own
     background compile, and once that has ended times its own choice without waiting for the first rank's."""
@@ -295,11 +307,8 @@ def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compile
         def poll(self):
             return self.returncode
 
-    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
-    monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setenv("LOCAL_RANK", "1")
-    for name in ("_workers", "_pending_spec", "_compile_wait_since", "_follow_since"):
+    for name in ("_compile_wait_since", "_follow_since"):
         monkeypatch.setattr(autotune, name, {})
     started = []
     monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Ended())
@@ -415,17 +424,12 @@ def test_compiling_counts_as_overhead_once_inside_or_outside_the_tuning():
     assert autotune.overhead_seconds() == before
 
 
-def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
+def test_a_background_compile_that_fails_is_recorded_once(auto_compiling, monkeypatch):
     """The real background process, given an FFN it cannot build: its error is kept as the fused path's reason, on
     disk, and no second process starts."""
-    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
-    monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_ffn_spec", lambda ffn, x: {"name": "no_such_ffn", "d_model": D, "hidden": H,
                                                                 "kwargs": {}, "dtype": "float32", "device": "cpu",
                                                                 "tokens": 8, "threads": 1})
-    monkeypatch.setattr(autotune, "_workers", {})
-    monkeypatch.setattr(autotune, "_pending_spec", {})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)  # starts the process; lean meanwhile
     (proc,) = autotune._workers.values()
@@ -433,17 +437,13 @@ def test_a_background_compile_that_fails_is_recorded_once(auto, monkeypatch):
     _step(ffn, x)  # reads its end: fused dropped with the reason, the others timed
     (record,) = autotune.decisions().values()
     assert "Unknown FFN 'no_such_ffn'" in record["dropped"]["fused"]
-    (state,) = _cache(auto)["compiled"].values()
+    (state,) = _cache(auto_compiling)["compiled"].values()
     assert state["state"].startswith("failed") and len(autotune._workers) == 1
 
 
-def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(auto, monkeypatch):
+def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(auto_compiling, monkeypatch):
     """No process to be had for the background compile (a process limit, a sandbox): the FFN is timed without fused,
     the reason kept with the choice, and the step runs."""
-    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
-    monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
-    monkeypatch.setattr(autotune, "_workers", {})
 
     def no_process(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
@@ -479,7 +479,8 @@ def test_the_background_compile_runs_the_copy_of_the_code_that_started_it(tmp_pa
     assert str(copy / "registry.py") in log and "kanformer/layers" not in log
 
 
-def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_failed(auto, monkeypatch, capsys):
+def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_failed(auto_compiling, monkeypatch,
+                                                                                    capsys):
     """The background process killed by a signal (the out-of-memory killer on a small machine, say) may have met a
     passing cause: it is started once more, and only a second kill is kept as the fused path's failure."""
     class Killed:
@@ -491,10 +492,6 @@ def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_fa
         def poll(self):
             return self.returncode
 
-    monkeypatch.undo()  # the fixture's settings again, but the real _compile_state
-    monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
-    monkeypatch.setattr(autotune, "_workers", {})
     started = []
     monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Killed())
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
