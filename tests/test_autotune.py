@@ -95,17 +95,24 @@ def test_a_choice_timed_under_other_vector_instructions_is_timed_again(auto):
     assert len(json.loads(auto.read_text())) == 2  # a section per fingerprint
 
 
-@pytest.mark.parametrize("blocked", ["directory", "file"])
+@pytest.mark.parametrize("blocked", ["directory", "file", "home"])
 def test_a_cache_that_cannot_be_written_costs_a_warning_not_a_step(auto, monkeypatch, tmp_path, blocked):
-    """A cache directory that cannot be made (a read-only home, say: here a file stands in its way), or a cache file
-    that cannot be replaced (here a directory): the process warns once, keeps its choices in memory and still takes
-    each from there instead of timing it again."""
+    """A cache directory that cannot be made (a read-only home, say: here a file stands in its way), a cache file that
+    cannot be replaced (here a directory), or no home directory for the default: the process warns once, keeps its
+    choices in memory and still takes each from there instead of timing it again."""
     if blocked == "directory":
         (tmp_path / "taken").write_text("")
         monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "taken" / "cache"))
-    else:
+    elif blocked == "file":
         monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
         (tmp_path / "cache" / "autotune.json").mkdir(parents=True)
+    else:  # no home directory for the default, as for a container user with none
+        monkeypatch.delenv("KANFORMER_CACHE")
+
+        def no_home():
+            raise RuntimeError("Could not determine home directory.")
+
+        monkeypatch.setattr(autotune.Path, "home", staticmethod(no_home))
     monkeypatch.setattr(autotune, "_memory_only", {})
     timed = []
     real = autotune._measure

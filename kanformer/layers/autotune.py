@@ -233,18 +233,23 @@ def _locked_cache(name: str = "autotune.json") -> Any:
     """The whole cache file ``name``, read under an exclusive lock; what the block leaves in the dict is written
     back. Where the file cannot be written (a read-only or full disk, no home directory for the default), this
     process keeps it in memory from then on, with one warning: a later process times again, but no step fails."""
+    path: Path | None = None
     try:
         path = cache_path(name)
-        if str(path) in _memory_only:
-            lock = None
-        else:
+    except RuntimeError as err:  # Path.home() found no home directory for the default
+        failure: Exception = err
+    where = f"~/.cache/kanformer/{name}" if path is None else str(path)
+    if where in _memory_only:
+        yield _memory_only[where]
+        return
+    if path is not None:
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(path.with_suffix(".lock"), "w")
-    except (OSError, RuntimeError) as err:  # RuntimeError: Path.home() found no home directory
-        yield _in_memory(name, {}, err)
-        return
-    if lock is None:
-        yield _memory_only[str(path)]
+        except OSError as err:
+            path, failure = None, err
+    if path is None:
+        yield _in_memory(where, {}, failure)
         return
     with lock:
         with contextlib.suppress(ImportError):  # POSIX; elsewhere writers may race (a lost entry is timed again)
@@ -263,15 +268,11 @@ def _locked_cache(name: str = "autotune.json") -> Any:
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            _in_memory(name, data, err)
+            _in_memory(where, data, err)
 
 
-def _in_memory(name: str, data: dict[str, Any], err: Exception) -> dict[str, Any]:
-    """``data``, now this process's copy of the cache file ``name``, which it could not write (``err``)."""
-    try:
-        where = str(cache_path(name))
-    except RuntimeError:
-        where = f"~/.cache/kanformer/{name}"
+def _in_memory(where: str, data: dict[str, Any], err: Exception) -> dict[str, Any]:
+    """``data``, now this process's copy of the cache file at ``where``, which it could not write (``err``)."""
     _memory_only[where] = data
     warnings.warn(f"kanformer: cannot write the cache {where} ({type(err).__name__}: {err}); this process keeps "
                   "its timed choices in memory and a later one times them again. Set KANFORMER_CACHE to a writable "
