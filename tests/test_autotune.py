@@ -67,6 +67,7 @@ def test_choice_is_timed_once_cached_and_reused_by_another_process(auto):
     assert autotune.decisions(ffn) and autotune.decisions(create_ffn("chebyshev", D, H + 1)) == {}  # per model
     code = ("import torch, json; from kanformer import create_ffn; from kanformer.layers import autotune, dispatch\n"
             "dispatch._mode[0] = 'auto'\n"
+            "autotune._compile_state = lambda warm: 'failed: no compiler in this test'\n"
             "autotune._measure = lambda *a: (_ for _ in ()).throw(AssertionError('timed again'))\n"
             f"ffn = create_ffn('chebyshev', {D}, {H}); ffn(torch.randn(64, {D})).sum().backward()\n"
             "print(json.dumps([v['source'] for v in autotune.decisions().values()]))")
@@ -508,6 +509,43 @@ def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_fa
     _step(ffn, x)  # killed again: kept as failed, the others timed
     (record,) = autotune.decisions().values()
     assert len(started) == 2 and record["dropped"]["fused"] == "failed: killed by signal 9, twice"
+
+
+def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(auto_compiling, monkeypatch, tmp_path,
+                                                                             capsys):
+    """A failed compile is kept a day (a choice timed without fused is reused meanwhile), then started once more, since
+    its cause may have passed (a full disk, a compiler installed since); once it compiles, the FFN is timed again with
+    fused among the candidates, and the new choice replaces the old on disk."""
+    class Compiling:  # the background process: running until the test ends it, then ended well
+        returncode, log = None, io.BytesIO()
+
+        def poll(self):
+            return self.returncode
+
+    started, timed = [], []
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Compiling())
+    monkeypatch.setattr(autotune, "_inductor_dir", lambda: str(tmp_path))  # the compiler's cache, there
+    monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates, **kw: timed.append(candidates) or {
+        "times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {}, "dropped": {},
+        "saved": dict.fromkeys(candidates, 0), "mlp_saved": 1})
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    key, warm = autotune._keys(ffn, x)
+    autotune._store("choices", key, {"path": "lean", "times_ms": {"lean": 1.0, "reference": 2.0}, "saved_mb": {},
+                                     "dropped": {"fused": "failed: no space left on device"}, "memory": "lean"})
+    autotune._store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 3600})
+    _step(ffn, x)  # an hour old: kept, and the cached choice taken
+    (record,) = autotune.decisions().values()
+    assert record["source"] == "cache" and record["path"] == "lean" and not started and not timed
+    autotune.forget()
+    autotune._store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 2 * 86400})
+    _step(ffn, x)  # two days old: compiled again, lean meanwhile, nothing decided
+    assert started == [warm] and autotune.decisions() == {} and "trying it again" in capsys.readouterr().err
+    autotune._workers[warm].returncode = 0
+    _step(ffn, x)  # compiled this time: timed again, fused among the candidates
+    (record,) = autotune.decisions().values()
+    assert record["source"] == "timed" and record["path"] == "fused" and "fused" in timed[0]
+    assert _cache(auto_compiling)["choices"][key]["path"] == "fused"
+    assert _cache(auto_compiling)["compiled"][warm]["state"] == "ready"
 
 
 def test_the_gpu_checks_evaluation_step_records_an_evaluation_only_choice(auto, monkeypatch):

@@ -24,7 +24,8 @@ makes a step wait for it. Until the compiler's on-disk cache holds them, a backg
 kanformer.layers.autotune``) compiles them for this FFN configuration (and this process's thread count, for which the
 compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
 cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped and the
-reason kept with the choice; a background process killed by a signal is started once more first.
+reason kept with the choice; a background process killed by a signal is started once more first. A failed compile is
+tried again a day later, and a choice timed without ``fused`` for that reason is timed again once it compiles.
 ``KANFORMER_AUTOTUNE=0``: the fixed rule of dispatch.py instead (Triton where it applies, else fused).
 
 Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
@@ -329,7 +330,7 @@ def _compile_state(warm: str) -> str:
     """``ready`` (the compiler cache holds this FFN's fused helpers), ``pending`` (a background process is compiling
     them) or ``failed: <why>``; starts that process the first time."""
     record = _load()["compiled"].get(warm)
-    if isinstance(record, dict) and (record.get("state", "").startswith("failed")
+    if isinstance(record, dict) and ((_failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S)
                                      or (record.get("state") == "ready"
                                          and record.get("inductor_dir") == _inductor_dir()
                                          and Path(_inductor_dir()).is_dir())):
@@ -339,6 +340,9 @@ def _compile_state(warm: str) -> str:
         if _waiting_for_first_rank(warm, record):  # one compile per machine: the first local rank's
             _refresh()
             return "pending"
+        if _failed(record):  # a day old: the cause may have passed (a full disk, a compiler installed since)
+            print(f"kanformer: the background compile of {warm} failed a day or more ago ({record['state']}); "
+                  "trying it again", file=sys.stderr)
         state = _launch(warm)
         if state == "pending":
             _store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
@@ -360,8 +364,23 @@ def _compile_state(warm: str) -> str:
     why = f"killed by signal {-proc.returncode}, twice" if proc.returncode < 0 else (
         err[-1] if err else f"exit {proc.returncode}")
     state = "ready" if proc.returncode == 0 else f"failed: {why}"
-    _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir()})
+    _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir(), "since": time.time()})
     return state
+
+
+_RETRY_FAILED_S = 86400.0  # a failed compile is kept this long, then tried again
+
+
+def _failed(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("state", "").startswith("failed")
+
+
+def _timed_without_a_compile_now_had(cached: dict[str, Any], warm: str) -> bool:
+    """Whether the cached choice ``cached`` was timed without ``fused`` because compiling it failed, and the compile
+    now runs again or is done (tried again a day later, or the background process could not start then): the FFN is
+    then timed again once it is ready, rather than keep for good a choice made without its fastest path."""
+    return (cached.get("dropped", {}).get("fused", "").startswith("failed")
+            and not _compile_state(warm).startswith("failed"))
 
 
 def _launch(warm: str) -> str:
@@ -643,7 +662,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     if _sharded_inside(ffn):
         return _by_rule(ffn, x, key, warm, "lean", _memory[0])
     cached = _load()["choices"].get(key)
-    if cached:
+    if cached and not _timed_without_a_compile_now_had(cached, warm):
         return _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
     candidates = _candidates(ffn, x)
     state = _compile_state(warm)
@@ -719,7 +738,8 @@ def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     cached = _load()["choices"].get(key)
     # a cached fused choice only with its helpers in the compiler's cache (else one call would compile for minutes)
-    if cached and (cached["path"] != "fused" or _compile_state(warm) == "ready"):
+    if cached and (cached["path"] != "fused" or _compile_state(warm) == "ready") and not (
+            _timed_without_a_compile_now_had(cached, warm)):
         return _adopt(key, cached, lambda path: _call(ffn, x, path))
     if _sharded_inside(ffn):  # untimed (collectives on one rank alone): the fixed rule once its compile is ready
         return _by_rule(ffn, x, key, warm, "reference", "eval")
