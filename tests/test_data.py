@@ -3,12 +3,14 @@ images."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from kanformer.config import DataConfig
 from kanformer.data import TextSource, build_tokenizer, load_images, route, sample_documents, sources
 from kanformer.data.holdout import is_validation
+from kanformer.data.sources import cache_root
 
 
 def _split_docs(spec, **kw):
@@ -92,6 +94,24 @@ def test_source_errors(tmp_path):
         list(TextSource(f"files:{tmp_path}/d.jsonl").documents())
     with pytest.raises(ValueError, match="names no dataset"):
         TextSource("hf:")
+
+
+def test_a_data_cache_that_cannot_be_had_names_the_settings(tmp_path, monkeypatch):
+    """No home directory for the default (a container user without one), or a path that cannot be made: the error
+    names data.cache_dir and KANFORMER_CACHE instead of a bare traceback from pathlib."""
+    monkeypatch.delenv("KANFORMER_CACHE")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(RuntimeError, match=r"No data cache directory \(RuntimeError: Could not determine home "
+                                           r"directory.\)\. Set data.cache_dir or KANFORMER_CACHE"):
+        cache_root()
+    (tmp_path / "taken").write_text("a file, not a directory")
+    with pytest.raises(RuntimeError, match="No data cache directory .*Set data.cache_dir or KANFORMER_CACHE"):
+        cache_root(str(tmp_path / "taken" / "cache"))
+    assert cache_root(str(tmp_path / "cache")) == tmp_path / "cache"
 
 
 def test_bpe_tokenizer_trains_to_the_requested_vocabulary_and_round_trips():

@@ -59,8 +59,15 @@ def data_license(spec: str) -> tuple[str, str] | None:
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
-    root = Path(cache_dir or os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer")
-    root.mkdir(parents=True, exist_ok=True)
+    """The directory of downloads and prepared token shards: ``cache_dir`` (``data.cache_dir``), else
+    ``KANFORMER_CACHE``, else ``~/.cache/kanformer``; made if missing. Shards are gigabytes on disk, so where none of
+    these can be had the error says which setting to give."""
+    try:
+        root = Path(cache_dir or os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer")
+        root.mkdir(parents=True, exist_ok=True)
+    except (RuntimeError, OSError) as err:  # Path.home() with no home directory; a read-only or full disk
+        raise RuntimeError(f"No data cache directory ({type(err).__name__}: {err}). Set data.cache_dir or "
+                           "KANFORMER_CACHE to a writable directory with room for the prepared token shards.") from err
     return root
 
 
