@@ -20,8 +20,8 @@ in force and the versions, so a later process reuses it without timing; ``decisi
 and the trainer records them in the run's ``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
-makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (``python -m
-kanformer.layers.autotune``) compiles them for this FFN configuration (and this process's thread count, for which the
+makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (this module's
+``_warm``) compiles them for this FFN configuration (and this process's thread count, for which the
 compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
 cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped and the
 reason kept with the choice; a background process killed by a signal is started once more first. A failed compile is
@@ -420,8 +420,10 @@ def _start_worker(warm: str) -> subprocess.Popen:
     root = str(Path(__file__).resolve().parents[len(package.split("."))])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
-    proc = subprocess.Popen([sys.executable, "-m", f"{package}.autotune", json.dumps(spec)],
-                            stdout=subprocess.DEVNULL, stderr=log, env=env)
+    # the module as the package imports it (``-m`` would run a second copy of it as ``__main__``, with a warning)
+    code = f"import json, sys; from {package} import autotune; autotune._warm(json.loads(sys.argv[1]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=log,
+                            env=env)
     proc.log = log
     return proc
 
@@ -832,6 +834,3 @@ def _warm(spec: dict[str, Any]) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             compiled(x).float().square().sum().backward()
 
-
-if __name__ == "__main__":
-    _warm(json.loads(sys.argv[1]))
