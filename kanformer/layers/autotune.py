@@ -328,7 +328,7 @@ def _candidates(ffn: Any, x: torch.Tensor) -> list[str]:
 
 def _compile_state(warm: str) -> str:
     """``ready`` (the compiler cache holds this FFN's fused helpers), ``pending`` (a background process is compiling
-    them) or ``failed: <why>``; starts that process the first time."""
+    them) or ``failed: <why>``; starts that process the first time, and again once a failure is a day old."""
     record = _load()["compiled"].get(warm)
     if isinstance(record, dict) and ((_failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S)
                                      or (record.get("state") == "ready"
