@@ -330,10 +330,10 @@ def _compile_state(warm: str) -> str:
     """``ready`` (the compiler cache holds this FFN's fused helpers), ``pending`` (a background process is compiling
     them) or ``failed: <why>``; starts that process the first time, and again once a failure is a day old."""
     record = _load()["compiled"].get(warm)
-    if isinstance(record, dict) and ((_failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S)
-                                     or (record.get("state") == "ready"
-                                         and record.get("inductor_dir") == _inductor_dir()
-                                         and Path(_inductor_dir()).is_dir())):
+    kept_failure = _failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S
+    ready = (isinstance(record, dict) and record.get("state") == "ready"
+             and record.get("inductor_dir") == _inductor_dir() and Path(_inductor_dir()).is_dir())
+    if kept_failure or ready:
         return record["state"]
     proc = _workers.get(warm)
     if proc is None:
