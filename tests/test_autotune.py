@@ -48,6 +48,17 @@ def _step(ffn, x):
     ffn(x).square().mean().backward()
 
 
+class Worker:
+    """A stand-in for the background compile's process: running while ``returncode`` is None, else ended with it
+    (negative: killed by that signal), its messages ``log``."""
+
+    def __init__(self, returncode=None, log=b""):
+        self.returncode, self.log = returncode, io.BytesIO(log)
+
+    def poll(self):
+        return self.returncode
+
+
 def _cache(path):
     (section,) = json.loads(path.read_text()).values()
     return section
@@ -309,17 +320,13 @@ def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compile
     """A configuration the first local rank never compiles (a pipeline stage's own layers, another thread count): local
     rank 1 runs lean for ``_FOLLOW_S`` (and while the cache says the first rank is compiling it), then starts its own
     background compile, and once that has ended times its own choice without waiting for the first rank's."""
-    class Ended:  # the background process, ended: the compiler failed, so the timing runs no compile of its own
-        returncode, log = 1, io.BytesIO(b"RuntimeError: no compiler in this test")
-
-        def poll(self):
-            return self.returncode
-
     monkeypatch.setenv("LOCAL_RANK", "1")
     for name in ("_compile_wait_since", "_follow_since"):
         monkeypatch.setattr(autotune, name, {})
     started = []
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Ended())
+    # the background process ends at once: the compiler failed, so the timing runs no compile of its own
+    ended = Worker(1, b"RuntimeError: no compiler in this test")
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or ended)
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     warm = autotune._keys(ffn, x)[1]
     _step(ffn, x)
@@ -491,17 +498,8 @@ def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_fa
                                                                                     capsys):
     """The background process killed by a signal (the out-of-memory killer on a small machine, say) may have met a
     passing cause: it is started once more, and only a second kill is kept as the fused path's failure."""
-    class Killed:
-        returncode = -9
-
-        def __init__(self):
-            self.log = io.BytesIO()
-
-        def poll(self):
-            return self.returncode
-
     started = []
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Killed())
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Worker(-9))
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)  # started; lean meanwhile
     _step(ffn, x)  # killed: started once more
@@ -516,14 +514,8 @@ def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(
     """A failed compile is kept a day (a choice timed without fused is reused meanwhile), then started once more, since
     its cause may have passed (a full disk, a compiler installed since); once it compiles, the FFN is timed again with
     fused among the candidates, and the new choice replaces the old on disk."""
-    class Compiling:  # the background process: running until the test ends it, then ended well
-        returncode, log = None, io.BytesIO()
-
-        def poll(self):
-            return self.returncode
-
     started, timed = [], []
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Compiling())
+    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Worker())  # running
     monkeypatch.setattr(autotune, "_inductor_dir", lambda: str(tmp_path))  # the compiler's cache, there
     monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates, **kw: timed.append(candidates) or {
         "times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {}, "dropped": {},
