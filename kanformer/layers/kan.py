@@ -161,8 +161,9 @@ class Basis(nn.Module):
     def lean_params(self) -> tuple[torch.Tensor, ...]:
         """The basis' own trainable tensors the lean Function must see (wavelet scales and shifts), in the layout its
         lean forms want: differentiable views or copies of the parameters are fine (autograd carries the gradients
-        back) where ``lean_params_backward`` takes and returns them in that layout. Without that method autograd
-        differentiates ``lean_features`` with respect to these tensors, so they must be the ones it reads."""
+        back, through one more node a step each) where ``lean_params_backward`` takes and returns them in that layout.
+        Without that method autograd differentiates ``lean_features`` with respect to these tensors, so they must be
+        the ones it reads."""
         return ()
 
     @property
@@ -185,7 +186,8 @@ class Basis(nn.Module):
 
     def fused_state(self) -> tuple[torch.Tensor, ...] | None:
         """Arguments of the per-function elementwise form ``fused_term(s)`` (the fused path), or None without one: 0-d
-        tensors, or per-input vectors ``(in_features,)`` (padded with zeros where the fused path pads the inputs)."""
+        tensors, or per-input tensors ``(..., in_features)`` (padded with zeros along the last dim where the fused path
+        pads the inputs)."""
         return None
 
     def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -178,8 +178,8 @@ def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tenso
                 state: tuple[torch.Tensor, ...] | None, pre: tuple[torch.Tensor, ...] | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None,
                            tuple[torch.Tensor, ...] | None]:
-    """x (N, I), coef (O, I, B), base (O, I), and the per-input tensors (I,) of ``state`` and ``pre`` with ``pad``
-    zero inputs."""
+    """x (N, I), coef (O, I, B), base (O, I), and the per-input tensors (..., I) of ``state`` and ``pre`` with
+    ``pad`` zero inputs."""
     if not pad:
         return x, coef, base, state, pre
     return (F.pad(x, (0, pad)), *_pad_params(pad, coef, base, state, pre))
@@ -195,11 +195,12 @@ def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: 
     i = coef.shape[1]
 
     def per_input(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
-        """0-d tensors as they are, per-input vectors (I,) padded (the ``fused_state`` / ``lean_pre`` contract)."""
+        """0-d tensors as they are, per-input tensors (..., I) padded along their last dim (the ``fused_state`` /
+        ``lean_pre`` contract)."""
         if ts is None:
             return None
-        if any(t.dim() and t.shape != (i,) for t in ts):
-            raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input ({i},) "
+        if any(t.dim() and t.shape[-1] != i for t in ts):
+            raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input (..., {i}) "
                              f"to be padded, got shapes {[tuple(t.shape) for t in ts]}")
         return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
 
