@@ -316,10 +316,12 @@ def test_padding_refuses_a_state_that_is_not_per_input():
     from kanformer.layers import lean
 
     x, coef = torch.randn(4, 5), torch.randn(2, 5, 3)
-    _, _, _, state, _ = lean._pad_inputs(3, x, coef, None, (torch.tensor(1.0), torch.zeros(5)), None)
-    assert state[0].dim() == 0 and state[1].shape == (8,)
-    with pytest.raises(ValueError, match=r"must be 0-d or per-input \(5,\) to be padded, got shapes \[\(3,\)\]"):
-        lean._pad_inputs(3, x, coef, None, (torch.zeros(3),), None)
+    _, _, _, state, _ = lean._pad_inputs(3, x, coef, None, (torch.tensor(1.0), torch.zeros(5), torch.ones(2, 5)), None)
+    assert state[0].dim() == 0 and state[1].shape == (8,) and state[2].shape == (2, 8)  # (..., I): the last dim
+    assert state[2][:, 5:].eq(0).all() and state[2][:, :5].eq(1).all()
+    for bad in ((torch.zeros(3),), (torch.zeros(5, 2),)):  # the inputs must be the last dim
+        with pytest.raises(ValueError, match=r"must be 0-d or per-input \(\.\.\., 5\) to be padded, got shapes"):
+            lean._pad_inputs(3, x, coef, None, bad, None)
 
 
 @pytest.mark.slow
