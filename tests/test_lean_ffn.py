@@ -126,6 +126,29 @@ def test_the_chained_wavelet_keeps_each_layers_input_input_major_and_unpadded(co
     assert not [s for s in saved if len(s) == 2 and n in s and s not in ((D, n), (H, n))], saved
 
 
+def test_the_chained_wavelet_takes_its_parameters_as_they_are_and_its_state_as_two_tables(counted):
+    """No copy of the translations and log-scales for autograd to differentiate each step: the Function's backward
+    hands their gradients straight to the parameters. The forward's state is two (W, I) tables per layer, not a graph
+    argument per wavelet (fixed costs per call)."""
+    ffn = _ffn("wavelet", torch.float64)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+        y = ffn(x.clone().requires_grad_(True))
+    assert counted
+    w = ffn.fc1.basis.num_wavelets
+    assert [s.shape for s in p.state1] == [(w, D)] * 2 and [s.shape for s in p.state2] == [(w, H)] * 2
+    own = {id(t) for b in (ffn.fc1.basis, ffn.fc2.basis) for t in (b.translation, b.log_scale)}
+    node = y.grad_fn
+    while type(node).__name__ != "LeanKANFFNFunctionBackward":  # past the reshape
+        node = node.next_functions[0][0]
+    leaves = {id(n.variable) for n, _ in node.next_functions if type(n).__name__ == "AccumulateGrad"}
+    assert own <= leaves
+    y.sum().backward()
+    assert all(t.grad is not None and t.grad.shape == t.shape for b in (ffn.fc1.basis, ffn.fc2.basis)
+               for t in (b.translation, b.log_scale))
+
+
 @pytest.mark.parametrize("first", ["wavelet", "bspline"])
 def test_a_layer_with_parameters_of_its_own_chains_with_one_without(first, counted):
     """One input-major layer beside a token-major one, either way round: the gradient between them is handed over
