@@ -79,7 +79,7 @@ def test_baseline_under_autocast_and_compile(library):
     x = torch.randn(2, 5, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ffn(x).dtype == torch.bfloat16  # autocast's own (bf16) product, as nn.Linear's
-    compiled = torch.compile(ffn, fullgraph=True)  # the custom op traces as one node: no graph break
+    compiled = torch.compile(ffn, fullgraph=True)  # the product traces as one node: no graph break
     _close(compiled(x), ffn(x))
 
 
