@@ -81,6 +81,32 @@ def test_baseline_under_autocast_and_compile(library):
         assert ffn(x).dtype == torch.bfloat16  # autocast's own (bf16) product, as nn.Linear's
     compiled = torch.compile(ffn, fullgraph=True)  # the product traces as one node: no graph break
     _close(compiled(x), ffn(x))
+    grads = []
+    for run in (ffn, compiled):  # training through the compiled graph: the products' formula traced too
+        run(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in ffn.parameters()])
+        ffn.zero_grad(set_to_none=True)
+    for got, want in zip(*grads, strict=True):
+        _close(got, want)
+
+
+@needs_onednn
+def test_autograd_records_only_the_products_it_needs(library):
+    """A product autograd records gets the formula (every gradient, the bias's too, equal to PyTorch's); one it does
+    not record calls the bare operator, which leaves nothing behind (no autograd node)."""
+    library("onednn")
+    g = torch.Generator().manual_seed(0)
+    a, w, bias = (torch.randn(*s, generator=g, requires_grad=True) for s in ((9, 6), (5, 6), (5,)))
+    y = gemm.mm(a, w.t(), bias)
+    assert type(y.grad_fn).__name__ == "_RecordedBackward"
+    gy = torch.randn(9, 5, generator=g)
+    got = torch.autograd.grad(y, (a, w, bias), gy)
+    want = torch.autograd.grad(torch.addmm(bias, a, w.t()), (a, w, bias), gy)
+    for t, r in zip(got, want, strict=True):
+        _close(t, r)
+    with torch.no_grad():
+        assert gemm.mm(a, w.t(), bias).grad_fn is None
+    assert gemm.mm(a.detach(), w.detach().t()).grad_fn is None and not gemm.mm(a.detach(), w.detach().t()).requires_grad
 
 
 @needs_onednn
