@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -12,10 +14,19 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # default kernel "auto" does when training) would dominate the run. They run on the eager lean path; the fused and
 # auto paths have their own tests (tests/test_kernels.py).
 os.environ.setdefault("KANFORMER_KERNEL", "lean")
+
+
+def _session_directory(variable: str, prefix: str) -> None:
+    """A temporary directory for ``variable`` unless the caller set one, removed when the session's process ends."""
+    if variable not in os.environ:
+        path = os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
 # One tokenised-data cache for the whole session (tests build the same small corpora many times).
-os.environ.setdefault("KANFORMER_CACHE", tempfile.mkdtemp(prefix="kanformer-test-cache-"))
+_session_directory("KANFORMER_CACHE", "kanformer-test-cache-")
 # Hugging Face datasets read from local directories write their Arrow cache here, not under the user's home.
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="kanformer-test-hf-datasets-"))
+_session_directory("HF_DATASETS_CACHE", "kanformer-test-hf-datasets-")
 
 
 @pytest.fixture(autouse=True)
