@@ -8,11 +8,11 @@ twelve products of an MLP's and a B-spline FFN's training steps (transposed oper
 twelfth (see ``_suits``); at d 128 / 1024 tokens the two were level (``python -m evals.bench_gemm``). bf16 and fp16
 products already go to oneDNN inside PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
 
-:func:`mm` and :func:`linear` route such a product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, inside a
-custom op of this module with its own autograd formula, so compiled graphs call it as one node) when the library of
-the process is ``onednn``, else through PyTorch's own. Every FFN of the kit takes its products from here: the KAN
-layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a comparison has one library on both sides.
-The reference paths, which define the layers, keep PyTorch's products.
+:func:`mm` and :func:`linear` route such a product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, inside an
+operator of this module, so compiled graphs call it as one node, with its autograd formula where autograd records the
+product) when the library of the process is ``onednn``, else through PyTorch's own. Every FFN of the kit takes its
+products from here: the KAN layers' lean and fused paths and the GELU MLP and SwiGLU baselines, so a comparison has one
+library on both sides. The reference paths, which define the layers, keep PyTorch's products.
 
 The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times a
 GELU MLP's six products of a training step (d 384, 1536 hidden units, 2048 tokens: the benchmarks' reference shape)
