@@ -32,12 +32,16 @@ import torch
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
 from kanformer.layers import autotune, gemm
-from kanformer.layers.dispatch import get_kernel, set_kernel
+from kanformer.layers.dispatch import get_kernel, kernel, set_kernel
 from kanformer.train.allocator import MALLOC_CHOICES
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile of each FFN, timed beside the rest on request: its reference path (the compiler fuses and rematerialises
+# it: what plain torch.compile of the plain layers gives), and "kit", as a compiled model runs it under the benchmark's
+# path (layers/dispatch.py's ``traced``)
+COMPILED_KINDS = ("reference", "kit")
 
 
 class Arm:
@@ -65,16 +69,20 @@ class Arm:
             self.settled_s = time.perf_counter() - t0
         elif name in ("mlp", "swiglu"):
             self.path = "-"
-        self.compiled: Any = None
+        self.compiled: dict[str, Any] = {}  # kind -> torch.compile of the FFN (COMPILED_KINDS)
+        self.compile_s: dict[str, float] = {}
 
-    def compile_reference(self) -> float:
-        """``torch.compile`` of the FFN (its reference path: the compiler fuses and rematerialises it); returns the
-        seconds the first compiled step took."""
-        self.compiled = torch.compile(self.ffn)
-        self.times["compiled"] = []
+    def compile(self, kind: str) -> None:
+        """``torch.compile`` of the FFN, ``kind`` as COMPILED_KINDS says; its first step's seconds kept."""
+        self.compiled[kind] = torch.compile(self.ffn)
+        self.times[f"compiled_{kind}"] = []
         t0 = time.perf_counter()
-        self.step(self.compiled)
-        return time.perf_counter() - t0
+        self.step_compiled(kind)
+        self.compile_s[kind] = time.perf_counter() - t0
+
+    def step_compiled(self, kind: str) -> None:
+        with kernel("reference") if kind == "reference" else contextlib.nullcontext():
+            self.step(self.compiled[kind])
 
     def step(self, module: Any = None) -> None:
         with self.ctx():
@@ -92,9 +100,9 @@ class Arm:
         """One turn: the median of ``repeats`` steps of each kind, after ``warmup`` untimed ones."""
         for label, fn in (("fwd_bwd", self.step), ("fwd", self.forward)):
             self.times[label].append(median_time(fn, self.device, warmup=warmup, repeats=repeats))
-        if self.compiled is not None:
-            self.times["compiled"].append(median_time(lambda: self.step(self.compiled), self.device, warmup=1,
-                                                      repeats=repeats))
+        for kind in self.compiled:
+            self.times[f"compiled_{kind}"].append(median_time(lambda k=kind: self.step_compiled(k), self.device,
+                                                              warmup=1, repeats=repeats))
 
     def row(self) -> dict[str, Any]:
         with self.ctx():
@@ -103,8 +111,8 @@ class Arm:
                "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
                "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path,
                "first_step_s": self.first_step_s, "settled_s": self.settled_s}
-        if self.compiled is not None:
-            row["compiled_reference_s"] = statistics.median(self.times["compiled"])
+        for kind in self.compiled:
+            row[f"compiled_{kind}_s"] = statistics.median(self.times[f"compiled_{kind}"])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -135,9 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     arms = [Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=autocast, match=args.match)
             for name in names]
-    if getattr(args, "compiled_reference", False):
-        for arm in arms:
-            arm.compile_s = arm.compile_reference()
+    for kind in COMPILED_KINDS:
+        if getattr(args, f"compiled_{kind}", False):
+            for arm in arms:
+                arm.compile(kind)
     for r in range(rounds):
         for arm in arms:  # the first round warms each arm up (compilation included); later turns take one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
@@ -149,9 +158,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                                    ref.times["fwd_bwd"])
         row["fwd_time_ratio"] = _ratios(arm.times["fwd"], ref.times["fwd"])[0]
         row["memory_ratio"] = row["saved_activation_bytes"] / rows[0]["saved_activation_bytes"]
-        if arm.compiled is not None:
-            row["compiled_reference_ratio"] = _ratios(arm.times["compiled"], ref.times["fwd_bwd"])[0]
-            row["compiled_reference_first_step_s"] = arm.compile_s
+        for kind in arm.compiled:
+            row[f"compiled_{kind}_ratio"] = _ratios(arm.times[f"compiled_{kind}"], ref.times["fwd_bwd"])[0]
+            row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
@@ -227,12 +236,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "
             f"First step and auto's settling on "
             f"{'empty compiler and autotune caches (--cold)' if result.get('cold') else 'the caches this machine has'}")
-    compiled = "compiled_reference_ratio" in result["rows"][0]
+    kinds = [k for k in COMPILED_KINDS if f"compiled_{k}_ratio" in result["rows"][0]]
     lines = [head, "",
              "| FFN | path | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | "
              "saved act. MB | x MLP | first step s | auto settled s |"
-             + (" compiled reference x MLP | its first step s |" if compiled else ""),
-             "|---|---|" + "---:|" * (12 + 2 * compiled)]
+             + "".join(f" compiled {k} x MLP | its first step s |" for k in kinds),
+             "|---|---|" + "---:|" * (12 + 2 * len(kinds))]
     for r in result["rows"]:
         spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
         settled = "-" if r["settled_s"] is None else f"{r['settled_s']:.1f}"
@@ -243,8 +252,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
             f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} | {r['first_step_s']:.2f} | "
             f"{settled} |"
-            + (f" {r['compiled_reference_ratio']:.2f} | {r['compiled_reference_first_step_s']:.1f} |" if compiled
-               else ""))
+            + "".join(f" {r[f'compiled_{k}_ratio']:.2f} | {r[f'compiled_{k}_first_step_s']:.1f} |" for k in kinds))
     return "\n".join(lines)
 
 
@@ -265,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
                    "kanformer/layers/autotune.py; the table names it)")
     p.add_argument("--compiled-reference", action="store_true",
                    help="also time torch.compile of each FFN (its reference path), interleaved with the rest")
+    p.add_argument("--compiled-kit", action="store_true",
+                   help="also time torch.compile of each FFN as a compiled model runs it under --kernel (auto, fused, "
+                   "lean: the lean two-layer Function traced into the graph where it applies), interleaved")
     p.add_argument("--cold", action="store_true",
                    help="start on empty compiler and autotune caches (fresh temporary directories): each FFN's first "
                    "step and auto's settling as a new machine sees them (each KAN FFN's background compile takes "

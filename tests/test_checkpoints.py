@@ -39,6 +39,9 @@ def test_round_trip_through_auto_class(arch, basis, tmp_path):
     assert type(loaded) is type(model)
     assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in model.modules()]
     torch.testing.assert_close(output(loaded, batch), output(model, batch), rtol=0, atol=0)
+    for m in loaded.modules():  # the loaded grids were checked as they are (what a compiled graph reads of them)
+        if hasattr(m, "_uniform_cache"):
+            assert m._uniform_cache[0] is m.grid and m._uniform_cache[1] == m.grid._version
 
 
 @pytest.mark.parametrize("arch", ARCHS)

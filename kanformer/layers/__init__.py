@@ -9,7 +9,7 @@ from .bspline import BSplineBasis, BSplineFFN
 from .chebyshev import ChebyshevBasis, ChebyshevFFN
 from .fourier import FourierBasis, FourierFFN
 from .jacobi import JacobiBasis, JacobiFFN
-from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, register_basis
+from .kan import KAN, KANFFN, Basis, KANLinear, get_basis_class, list_bases, refresh_checks, register_basis
 from .multkan import MultKANFFN
 from .rational import GroupRational, RationalFFN
 from .rbf import RBFFFN, RBFBasis
@@ -20,5 +20,6 @@ __all__ = [
     "FFN", "KAN", "KANFFN", "MLP", "Basis", "BSplineBasis", "BSplineFFN", "ChebyshevBasis", "ChebyshevFFN",
     "FourierBasis", "FourierFFN", "GroupRational", "JacobiBasis", "JacobiFFN", "KANLinear", "KANModule", "MultKANFFN",
     "RBFBasis", "RBFFFN", "RationalFFN", "SwiGLU", "WaveletBasis", "WaveletFFN", "create_ffn", "get_basis_class",
-    "get_ffn_class", "list_bases", "list_ffns", "register_basis", "register_ffn", "validate_ffn_options",
+    "get_ffn_class", "list_bases", "list_ffns", "refresh_checks", "register_basis", "register_ffn",
+    "validate_ffn_options",
 ]

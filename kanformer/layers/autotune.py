@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -78,11 +79,19 @@ _compiled_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN ->
 
 
 def compiled_forward(ffn: Any) -> Any:
-    """``torch.compile`` of ``ffn``'s forward (its reference path inside the compiler), one per FFN."""
+    """``torch.compile`` of ``ffn``'s forward, one per FFN, called on the reference path (inside a compiled graph the
+    kit's other paths trace its lean Function: dispatch.traced; this candidate is the reference, compiled)."""
     fn = _compiled_fns.get(ffn)
     if fn is None:
-        fn = _compiled_fns[ffn] = torch.compile(ffn._forward, dynamic=True)
+        fn = _compiled_fns[ffn] = functools.partial(_on_reference, torch.compile(ffn._forward, dynamic=True))
     return fn
+
+
+def _on_reference(fn: Any, x: torch.Tensor) -> torch.Tensor:
+    from .dispatch import kernel
+
+    with kernel("reference"):
+        return fn(x)
 
 
 def enabled() -> bool:
@@ -826,7 +835,7 @@ def _warm(spec: dict[str, Any]) -> None:
     ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
     dtype = getattr(torch, f["dtype"])
     autocast = dtype in (torch.float16, torch.bfloat16)
-    compiled = torch.compile(ffn._forward, dynamic=True)  # the "compiled" candidate: the reference, compiled
+    compiled = compiled_forward(ffn)  # the "compiled" candidate: the reference, compiled
     for tokens in (f["tokens"], f["tokens"] + 1):  # two sizes: the dynamic-shape graphs the main process will load
         x = torch.randn(tokens, f["d_model"], device=device, requires_grad=True)
         with kernel("fused"), torch.autocast(device.type, dtype=dtype, enabled=autocast):

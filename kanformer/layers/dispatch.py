@@ -12,8 +12,11 @@ with ``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton k
 ``fused``, falling back to ``lean`` (eager) for the rest of the process if compiling fails. Without autograd (inference)
 ``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose graphs serve the
 forward as they are; in a process that only evaluates, the forward path timed for it (the reference until then;
-``autotune.inference_path``). Under ``torch.compile`` every mode but ``triton`` (custom ops) takes the reference path,
-whose fusion and recomputation (min-cut rematerialisation) the compiler then does. ``reference`` forces the definition.
+``autotune.inference_path``). Under ``torch.compile`` (a compiled model, ``train.compile``) ``auto``, ``fused`` and
+``lean`` trace a KAN FFN's two-layer Function into the model's graph (:func:`traced`: its lean forms, compiled with the
+rest of the model, saving what it saves), where the FFN can take it (layers/lean_ffn.py's ``plan``); every other layer,
+and every layer under ``reference``, takes the reference path, whose fusion and recomputation (min-cut
+rematerialisation) the compiler then does; ``triton`` its custom ops. ``reference`` forces the definition.
 """
 
 from __future__ import annotations
@@ -127,6 +130,12 @@ def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor
         return body(x)
 
 
+def traced() -> bool:
+    """Whether a KAN FFN's lean Function is traced into a ``torch.compile``'d graph now: compiling, on ``auto``,
+    ``fused`` or ``lean`` (inside a compiled graph the three are one: the lean forms, compiled)."""
+    return torch.compiler.is_compiling() and get_kernel() in ("auto", "lean", "fused")
+
+
 def use_lean(available: bool = True) -> bool:
     """Whether a module with a lean path (``available``) takes it now."""
     mode = get_kernel()
@@ -163,6 +172,8 @@ def per_token(*tensors: torch.Tensor, dim: int = 0) -> None:
     instead, the numbers were graph inputs (host-to-tensor copies on every call) guarded by ~95 Python lambdas per
     layer, and the input width symbolic. The switching call of ``auto`` on a warm compiler cache (B-spline FFN, d 384)
     took 12.3 against 14.7 s."""
+    if torch.compiler.is_compiling():
+        return  # traced into a compiled model: its own shapes rule
     for t in tensors:
         torch._dynamo.maybe_mark_dynamic(t, dim % t.dim())
 
@@ -174,9 +185,13 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     :func:`per_token`). Under ``auto`` a compilation that fails (no C++ compiler, say) is reported once and the
     process continues on the eager helpers.
 
+    Traced into a compiled model (:func:`traced`), ``fn`` itself: the model's graph compiles it.
+
     ``tag`` (the basis class and the layer's shapes) gives each configuration its own compiled copy: torch.compile
     keeps one cache per code object, limited to a few entries, and a copy that met a second width would recompile
     with that width symbolic (its automatic dynamic shapes)."""
+    if torch.compiler.is_compiling():
+        return fn  # traced into a compiled model: compiled with it
     mode = get_kernel()
     if x is not None:  # the entry points (tuned_call, the bare layers' lean functions) prepared the rest
         prepare_products(x)

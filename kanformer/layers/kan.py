@@ -205,6 +205,20 @@ class Basis(nn.Module):
         """What the Triton kernels need (B-spline on a uniform grid), or None where they do not apply."""
         return None
 
+    def refresh_checks(self) -> None:
+        """Run again the eager checks whose verdicts a ``torch.compile``'d graph reads, since a graph cannot read
+        values back (the B-spline: whether its grid is uniform). A basis runs them itself where its tensors change
+        through its own methods, ``load_state_dict`` or ``.to()``; :func:`refresh_checks` after anything else."""
+
+
+def refresh_checks(model: nn.Module) -> nn.Module:
+    """``Basis.refresh_checks`` on every basis in ``model`` (returned): before ``torch.compile`` of a model whose
+    tensors were written by other means (a loader that replaces buffers, an in-place write)."""
+    for module in model.modules():
+        if isinstance(module, Basis):
+            module.refresh_checks()
+    return model
+
 
 def _grid_bases() -> str:
     return ", ".join(n for n, c in sorted(_BASES.items()) if c.fit_grid_to is not Basis.fit_grid_to)

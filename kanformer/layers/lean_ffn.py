@@ -30,6 +30,13 @@ It serves the layers it can chain (:func:`plan`): both on the fused path with an
 basis with parameters of its own, their analytic gradients and no pre-transform), no module hooks on either layer
 (hooks see every layer's call on the per-layer path), no Triton kernel that applies, no MultKAN products between
 layers with parameters of their own. Everything else takes the per-layer path.
+
+Inside a ``torch.compile``'d model (``dispatch.traced``: ``auto``, ``fused`` or ``lean`` while a graph is traced) the
+two Functions are traced into the model's graph: dynamo takes their forward and backward apart, the compiler compiles
+the lean forms with the rest of the model, and no helper is compiled on its own (``dispatch._kernel_fn`` gives the
+helpers themselves). There the plan reads no values back (the B-spline's grid: its last eager check's verdict, which its
+graph checks), and a basis with parameters of its own (the wavelet) takes the reference path: its input-major backward
+in one graph with the rest ran slower than the compiled reference.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any
 import torch
 from torch.nn.modules import module as _module
 
-from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, use_lean
+from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, traced, use_lean
 from .gemm import mm
 from .lean import (
     _add_transposed,
@@ -107,12 +114,16 @@ def _global_hooks() -> bool:
                 or _module._global_backward_hooks or _module._global_backward_pre_hooks)
 
 
-def _chainable(layer: Any, mode: str, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None | bool:
-    """The layer's per-function state (None: none) where its call can be chained with the other's, False where not."""
+def _chainable(layer: Any, mode: str, x: torch.Tensor, tracing: bool) -> tuple[torch.Tensor, ...] | None | bool:
+    """The layer's per-function state (None: none) where its call can be chained with the other's, False where not.
+    ``tracing``: inside a compiled model's graph (dispatch.traced)."""
     basis = layer.basis
-    if layer.kernel_mode not in (None, mode) or _hooked(layer) or not use_lean(basis.has_lean):
+    if layer.kernel_mode not in (None, mode) or _hooked(layer) or not (basis.has_lean if tracing
+                                                                        else use_lean(basis.has_lean)):
         return False
-    if mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
+    if tracing and basis.has_lean_params:
+        return False  # the wavelet: its input-major backward in one graph with the rest ran slower than the reference
+    if not tracing and mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
         return False  # the layer's hand-written Triton kernels serve it
     state = basis.fused_state()
     if state is None and not basis.lean_grad_always:
@@ -128,15 +139,16 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     per-layer path serves (see the module's docstring). ``products``: (S, M), a MultKAN's hidden nodes made from
     layer 1's S + 2M outputs (:func:`node_products`), which layer 2 reads."""
     mode = get_kernel()
-    if mode not in ("auto", "fused") or not _fused() or _global_hooks():
+    tracing = traced()
+    if (not tracing and (mode not in ("auto", "fused") or not _fused())) or _global_hooks():
         return None
     fc1, fc2 = ffn.fc1, ffn.fc2
     s, m = (fc1.out_features, 0) if products is None else products
     if (fc1.out_features, fc2.in_features) != (s + 2 * m, s + m):
         raise ValueError(f"layer 1's {fc1.out_features} outputs and layer 2's {fc2.in_features} inputs do not match "
                          f"products={products} (S sum and M multiplication nodes: S + 2M outputs, S + M inputs)")
-    state1 = _chainable(fc1, mode, x)
-    state2 = False if state1 is False else _chainable(fc2, mode, x)
+    state1 = _chainable(fc1, mode, x, tracing)
+    state2 = False if state1 is False else _chainable(fc2, mode, x, tracing)
     if state1 is False or state2 is False:
         return None
     b1, b2 = fc1.basis, fc2.basis
@@ -274,6 +286,8 @@ class LeanKANFFNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.compiler.is_compiling():  # traced into a compiled model's graph: no path to set
+            return LeanKANFFNFunction._backward(ctx, gy)
         with scoped_kernel(ctx.mode):
             return LeanKANFFNFunction._backward(ctx, gy)
 
@@ -334,6 +348,8 @@ def rational_chainable(ffn: Any, x: torch.Tensor) -> bool:
     """Whether a GR-KAN FFN's two rational + linear pairs (``act1``, ``fc1``, ``act2``, ``fc2``) run as one Function
     now: the fused path without a Triton kernel that applies (CUDA under auto: the per-layer kernels), no hooks."""
     mode = get_kernel()
+    if traced():  # inside a compiled model's graph
+        return not _global_hooks() and not any(_hooked(m) for m in (ffn.act1, ffn.fc1, ffn.act2, ffn.fc2))
     if mode not in ("auto", "fused") or not _fused() or not use_lean() or _global_hooks():
         return False
     if mode == "auto" and triton_available(x):
@@ -400,6 +416,8 @@ class LeanRationalFFNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.compiler.is_compiling():  # traced into a compiled model's graph: no path to set
+            return LeanRationalFFNFunction._backward(ctx, gy)
         with scoped_kernel(ctx.mode):
             return LeanRationalFFNFunction._backward(ctx, gy)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .card import write_model_card
-from .kan_layers import FFN, Basis, KANModule, create_ffn
+from .kan_layers import FFN, Basis, KANModule, create_ffn, refresh_checks
 
 SPEC_KEYS = ("ffn", "hidden", "ffn_kwargs", "layers")
 
@@ -234,6 +234,7 @@ class KanModelMixin:
                                 f"config builds shape {tuple(model_shape)}")
         if problems:
             raise ValueError(f"Checkpoint does not fit its KAN config ({cls.__name__}):\n  " + "\n  ".join(problems))
+        refresh_checks(model)  # the loader sets tensors without the bases' own methods (a compiled graph reads these)
         return (model, info) if want_info else model
 
 

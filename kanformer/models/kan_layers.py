@@ -2,4 +2,4 @@
 ``kanformer/layers/__init__.py`` (see ``common.write_portable_code``), so the model files import the same names in
 both places."""
 
-from ..layers import FFN, Basis, KANModule, create_ffn, get_ffn_class  # noqa: F401
+from ..layers import FFN, Basis, KANModule, create_ffn, get_ffn_class, refresh_checks  # noqa: F401

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, save_config
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
-from ..layers import autotune, gemm
+from ..layers import autotune, gemm, refresh_checks
 from ..layers.budget import model_flops_per_token
 from ..layers.dispatch import set_kernel
 from ..models import ADAPTERS
@@ -348,6 +348,8 @@ class Trainer:
                     if p in old_optimizer.state:
                         self.optimizer.state[p] = old_optimizer.state[p]
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if t.compile != "none":
+            refresh_checks(model)  # what the compiled graphs read of the bases (whatever wrote their tensors)
         if t.compile == "model":
             self.model = torch.compile(self.model)
         elif t.compile == "regional":
