@@ -8,8 +8,9 @@ same code path); the step is forward + backward + AdamW. Ratios are against the 
     python -m benchmarks.bench_model --gpu --json benchmarks/out/gpu.json  # every GPU check in one go (see below)
 
 ``--gpu`` runs, on CUDA: the auto / lean / fused / Triton paths against the reference (outputs and gradients) on random
-and out-of-range inputs; the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
-benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path; the targets evaluated; one JSON.
+and out-of-range inputs, and a compiled model's path (torch.compile of B-spline, RBF and GR-KAN FFNs); the FFN
+benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this benchmark on GPT-2 small (12 x 768, 4 x 1024
+tokens, bf16) for each path; the targets evaluated; one JSON.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class ModelArm:
         self.ffn, self.args, self.device = ffn, args, device
         self.model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
                                 vocab=args.vocab, device=device)
+        if getattr(args, "compile", False):  # as train.compile=model runs it
+            self.model = torch.compile(self.model)
         self.gen = torch.Generator().manual_seed(0)
         self.rounds: list[dict[str, Any]] = []
 
@@ -119,7 +122,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
-            "kernel": args.kernel, "adamw": getattr(args, "adamw", "auto"), "bf16": args.bf16, "n_layer": args.n_layer,
+            "kernel": args.kernel, "adamw": getattr(args, "adamw", "auto"), "bf16": args.bf16,
+            "compiled": getattr(args, "compile", False), "n_layer": args.n_layer,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
             "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
             "gemm": gemm.library(), "gemm_record": gemm.record()}
@@ -127,7 +131,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
-            f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
+            f"{', bf16' if result['bf16'] else ''}{', torch.compile of each model' if result.get('compiled') else ''}"
+            f"), {result['device']} [{result['machine']}], KAN path "
             f"{result['kernel']}, AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
             f"{gemm_note(result.get('gemm_record'))}"
             f"parameters matched to the GELU MLP, "
@@ -185,6 +190,33 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
     return rows
 
 
+def check_compiled(device: torch.device, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Relative error of ``torch.compile(ffn, fullgraph=True)`` under ``auto`` (a compiled model's path: the lean
+    Functions traced into its graph) against the reference, training step and forward, fp32 and bf16 autocast."""
+    from kanformer import create_ffn
+
+    rows = []
+    for name in names:
+        for autocast in (False, True):
+            torch.manual_seed(0)
+            ffn = create_ffn(name, 64, 96).to(device)
+            x = torch.randn(512, 64, device=device) * 1.5
+            x[:8, :8] = 40.0
+            results = {}
+            for mode, fn in (("reference", ffn), ("auto", torch.compile(ffn, fullgraph=True))):
+                xr = x.clone().requires_grad_(True)
+                ffn.zero_grad()
+                with kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    y = fn(xr)
+                y.float().square().mean().backward()
+                results[mode] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters())]
+            errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+                    for a, b in zip(results["auto"], results["reference"], strict=True)]
+            rows.append({"ffn": name, "mode": "compiled", "bf16": autocast, "max_rel_err": max(errs),
+                         "ok": max(errs) <= (2e-2 if autocast else 1e-4)})
+    return rows
+
+
 def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], names: list[str],
                              timeout_s: float = 300.0) -> dict[str, Any]:
     """``auto`` as a process that only evaluates meets it (this process's training choices forgotten; compiles from
@@ -231,10 +263,12 @@ def gpu_checks(args: argparse.Namespace) -> dict[str, Any]:
 
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
                model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5,
-               modes: tuple[str, ...] | None = None) -> dict[str, Any]:
+               modes: tuple[str, ...] | None = None,
+               compiled: tuple[str, ...] = ("bspline", "rbf", "rational")) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
-    the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``)."""
+    the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the
+    FFNs whose compiled-model path (check_compiled) is checked."""
     from benchmarks import bench_ffn
     from kanformer.layers import triton_kan
 
@@ -246,6 +280,9 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     out["correctness"] = check_fast_paths(device, fast)
     print(f"correctness: {sum(r['ok'] for r in out['correctness'])}/{len(out['correctness'])} within tolerance",
           flush=True)
+    out["compiled_correctness"] = check_compiled(device, compiled)
+    print(f"compiled models: {sum(r['ok'] for r in out['compiled_correctness'])}/{len(out['compiled_correctness'])} "
+          "within tolerance", flush=True)
     out["ffn"] = {}
     for mode in ("reference", *fast):
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
@@ -296,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="turns each arm takes, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each arm's model, as train.compile=model does (under auto, fused and lean the "
+                   "KAN FFNs' lean Functions are traced into its graph; --kernel reference: the compiled reference)")
     p.add_argument("--kernel", choices=["auto", "lean", "fused", "triton", "reference"], default="auto")
     p.add_argument("--adamw", choices=ADAMW, default="auto",
                    help="the AdamW implementation, as training's train.adamw (auto: fused on CPU and CUDA)")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kanformer import KANLinear, create_ffn, kanify
-from kanformer.layers import dispatch, lean, vecmath
+from kanformer.layers import dispatch, kan, lean, vecmath
 from kanformer.layers.dispatch import get_kernel, kernel, set_kernel, use_lean
 from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
@@ -497,16 +497,23 @@ def test_ffn_benchmarks_cold_start_runs_on_fresh_caches_and_puts_the_old_ones_ba
 
 
 @pytest.mark.slow
-def test_ffn_benchmark_times_torch_compile_of_the_reference_beside_the_rest(tmp_path):
+def test_ffn_benchmark_times_torch_compile_of_the_reference_beside_the_rest(tmp_path, capsys, monkeypatch):
+    """torch.compile of each FFN, its reference path and as a compiled model runs it (the lean Function traced)."""
     from benchmarks import bench_ffn
 
+    traced = []
+    monkeypatch.setattr(kan, "lean_kan_ffn", lambda *a, _f=kan.lean_kan_ffn: traced.append(1) or _f(*a))
     out = tmp_path / "ffn.json"
     with kernel("lean"):
         bench_ffn.main(["--d-model", "8", "--tokens", "16", "--rounds", "2", "--repeats", "1", "--warmup", "1",
-                        "--ffns", "chebyshev", "--kernel", "lean", "--compiled-reference", "--json", str(out)])
+                        "--ffns", "chebyshev", "--kernel", "lean", "--compiled-reference", "--compiled-kit", "--json",
+                        str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [r["path"] for r in rows] == ["-", "lean"]
-    assert all(r["compiled_reference_ratio"] > 0 and r["compiled_reference_first_step_s"] > 0 for r in rows)
+    for kind in ("reference", "kit"):
+        assert all(r[f"compiled_{kind}_ratio"] > 0 and r[f"compiled_{kind}_first_step_s"] > 0 for r in rows)
+    assert traced  # the kit's compiled arm traced the two-layer Function (eager lean never takes it)
+    assert "compiled reference x MLP | its first step s | compiled kit x MLP |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -520,8 +527,10 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     # the lean path only: compiling the fused graphs of every FFN would take minutes here (tested on their own above)
     out = all_checks(args, torch.device("cpu"), {"d_model": 16, "tokens": 64},
                      {"n_layer": 1, "d_model": 32, "n_head": 2, "seq": 16, "batch": 2, "vocab": 64},
-                     repeats=1, steps=1, modes=("lean",))
+                     repeats=1, steps=1, modes=("lean",), compiled=("chebyshev",))
     assert all(r["ok"] for r in out["correctness"]), [r for r in out["correctness"] if not r["ok"]]
+    assert [(r["ffn"], r["bf16"], r["ok"]) for r in out["compiled_correctness"]] == [("chebyshev", False, True),
+                                                                                      ("chebyshev", True, True)]
     assert all(r["eval_rel_err"] <= r["max_rel_err"] for r in out["correctness"])  # evaluation's forward checked too
     assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
     assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())
