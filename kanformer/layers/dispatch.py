@@ -13,8 +13,9 @@ with ``KANFORMER_AUTOTUNE=0``, the fixed rule instead: the hand-written Triton k
 ``auto`` takes the compiled path (fused, Triton) that this process chose for training the FFN, whose graphs serve the
 forward as they are; in a process that only evaluates, the forward path timed for it (the reference until then;
 ``autotune.inference_path``). Under ``torch.compile`` (a compiled model, ``train.compile``) ``auto``, ``fused`` and
-``lean`` trace a KAN FFN's two-layer Function into the model's graph (:func:`traced`: its lean forms, compiled with the
-rest of the model, saving what it saves), where the FFN can take it (layers/lean_ffn.py's ``plan``); every other layer,
+``lean`` trace a KAN FFN's two-layer Function into the model's graph (:func:`traced`: its lean forms and analytic
+backward, compiled with the rest of the model; what is saved for the backward is the compiler's choice), where the FFN
+can take it (layers/lean_ffn.py's ``plan``); every other layer,
 and every layer under ``reference``, takes the reference path, whose fusion and recomputation (min-cut
 rematerialisation) the compiler then does; ``triton`` its custom ops. ``reference`` forces the definition.
 """
