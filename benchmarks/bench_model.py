@@ -159,10 +159,12 @@ LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rat
 GPU_TARGETS = ["bspline", "rbf", "chebyshev", "rational"]  # the FFNs with GPU targets (<= 1.3x MLP time, memory)
 
 
-def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused")) -> list[dict[str, Any]]:
+def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused"),
+                     compiled: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Relative error of each fast path against the reference (output, input gradient, every parameter gradient;
     and the output of a forward without autograd, as evaluation runs it) on random and far-out-of-range inputs,
-    fp32 and bf16 autocast."""
+    fp32 and bf16 autocast. For the FFNs in ``compiled`` also a compiled model's path (mode ``compiled``:
+    ``torch.compile(ffn, fullgraph=True)`` under ``auto``, the lean Functions traced into its graph)."""
     from kanformer import create_ffn
 
     rows = []
@@ -172,51 +174,27 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
             ffn = create_ffn(name, 64, 96).to(device)
             x = torch.randn(512, 64, device=device) * 1.5
             x[:8, :8] = 40.0
+            runs = [(mode, mode, ffn) for mode in ("reference", *modes)]
+            if name in compiled:
+                runs.append(("compiled", "auto", torch.compile(ffn, fullgraph=True)))
             results = {}
-            for mode in ("reference", *modes):
-                xr = x.clone().requires_grad_(True)
-                ffn.zero_grad()
-                with kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    y = ffn(xr)
-                y.float().square().mean().backward()
-                with torch.no_grad(), kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                                   enabled=autocast):
-                    y_eval = ffn(x)
-                results[mode] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters()),
-                                 y_eval.float()]
-            for mode in modes:
-                errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-                        for a, b in zip(results[mode], results["reference"], strict=True)]
-                tol = 2e-2 if autocast else 1e-4
-                rows.append({"ffn": name, "mode": mode, "bf16": autocast, "max_rel_err": max(errs),
-                             "eval_rel_err": errs[-1], "ok": max(errs) <= tol})
-    return rows
-
-
-def check_compiled(device: torch.device, names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Relative error of ``torch.compile(ffn, fullgraph=True)`` under ``auto`` (a compiled model's path: the lean
-    Functions traced into its graph) against the reference, training step and forward, fp32 and bf16 autocast."""
-    from kanformer import create_ffn
-
-    rows = []
-    for name in names:
-        for autocast in (False, True):
-            torch.manual_seed(0)
-            ffn = create_ffn(name, 64, 96).to(device)
-            x = torch.randn(512, 64, device=device) * 1.5
-            x[:8, :8] = 40.0
-            results = {}
-            for mode, fn in (("reference", ffn), ("auto", torch.compile(ffn, fullgraph=True))):
+            for label, mode, fn in runs:
                 xr = x.clone().requires_grad_(True)
                 ffn.zero_grad()
                 with kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     y = fn(xr)
                 y.float().square().mean().backward()
-                results[mode] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters())]
-            errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-                    for a, b in zip(results["auto"], results["reference"], strict=True)]
-            rows.append({"ffn": name, "mode": "compiled", "bf16": autocast, "max_rel_err": max(errs),
-                         "ok": max(errs) <= (2e-2 if autocast else 1e-4)})
+                with torch.no_grad(), kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                   enabled=autocast):
+                    y_eval = fn(x)
+                results[label] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters()),
+                                  y_eval.float()]
+            for label, _, _ in runs[1:]:
+                errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+                        for a, b in zip(results[label], results["reference"], strict=True)]
+                tol = 2e-2 if autocast else 1e-4
+                rows.append({"ffn": name, "mode": label, "bf16": autocast, "max_rel_err": max(errs),
+                             "eval_rel_err": errs[-1], "ok": max(errs) <= tol})
     return rows
 
 
@@ -271,7 +249,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
     the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the
-    FFNs whose compiled-model path (check_compiled) is checked."""
+    FFNs whose compiled model's path is checked too (check_fast_paths)."""
     from benchmarks import bench_ffn
     from kanformer.layers import triton_kan
 
@@ -280,12 +258,9 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     fast = modes or ("auto", "lean", "fused", *(("triton",) if triton else ()))
     out["kernels"] = list(fast)
     start = time.perf_counter()
-    out["correctness"] = check_fast_paths(device, fast)
+    out["correctness"] = check_fast_paths(device, fast, compiled)
     print(f"correctness: {sum(r['ok'] for r in out['correctness'])}/{len(out['correctness'])} within tolerance",
           flush=True)
-    out["compiled_correctness"] = check_compiled(device, compiled)
-    print(f"compiled models: {sum(r['ok'] for r in out['compiled_correctness'])}/{len(out['compiled_correctness'])} "
-          "within tolerance", flush=True)
     out["ffn"] = {}
     for mode in ("reference", *fast):
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,

@@ -29,11 +29,13 @@ def _inputs(dtype, n=48):
     return x
 
 
-def _run(ffn, x, mode, autocast=False):
+def _run(ffn, x, mode, autocast=False, call=None):
+    """Output, input gradient and parameter gradients of ``ffn`` on ``mode`` (through ``call``, a compiled ``ffn``
+    say, where given)."""
     x = x.clone().requires_grad_(True)
     ffn.zero_grad()
     with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = ffn(x)
+        y = (ffn if call is None else call)(x)
     (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
     return y.detach().float(), x.grad.float(), {n: p.grad.float().clone() for n, p in ffn.named_parameters()}
 
@@ -529,8 +531,8 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
                      {"n_layer": 1, "d_model": 32, "n_head": 2, "seq": 16, "batch": 2, "vocab": 64},
                      repeats=1, steps=1, modes=("lean",), compiled=("chebyshev",))
     assert all(r["ok"] for r in out["correctness"]), [r for r in out["correctness"] if not r["ok"]]
-    assert [(r["ffn"], r["bf16"], r["ok"]) for r in out["compiled_correctness"]] == [("chebyshev", False, True),
-                                                                                      ("chebyshev", True, True)]
+    assert [(r["ffn"], r["bf16"]) for r in out["correctness"] if r["mode"] == "compiled"] == [("chebyshev", False),
+                                                                                              ("chebyshev", True)]
     assert all(r["eval_rel_err"] <= r["max_rel_err"] for r in out["correctness"])  # evaluation's forward checked too
     assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
     assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())

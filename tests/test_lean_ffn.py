@@ -259,15 +259,9 @@ def test_a_pre_transform_without_parameters_runs_on_both_paths(counted, monkeypa
         _close(_run(ffn_plain, x, "fused"), per_layer, rtol=1e-6, atol=1e-6)
 
 
-def _run_compiled(ffn, x, mode, autocast=False):
+def _run_compiled(ffn, x, mode):
     """``_run`` through ``torch.compile(ffn, fullgraph=True)`` (a graph break is an error), on ``mode``."""
-    compiled = torch.compile(ffn, fullgraph=True)
-    x = x.clone().requires_grad_(True)
-    ffn.zero_grad()
-    with kernel(mode), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = compiled(x)
-    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
-    return y.detach().float(), x.grad.float(), {n: p.grad.float().clone() for n, p in ffn.named_parameters()}
+    return _run(ffn, x, mode, call=torch.compile(ffn, fullgraph=True))
 
 
 def test_a_compiled_model_traces_the_two_layer_function_and_checks_the_grid_it_read(monkeypatch):
