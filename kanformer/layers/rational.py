@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dispatch import traced, tuned_call, use_lean
+from .dispatch import tuned_call, use_lean
 from .flops import linear_flops
 from .lean import lean_rational_linear
 from .lean_ffn import lean_rational_ffn, rational_chainable
@@ -242,11 +242,9 @@ class RationalFFN(FFN):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
-        if traced() and rational_chainable(self, x):  # inside a compiled model's graph
+        if rational_chainable(self, x):  # both pairs in one Function (layers/lean_ffn.py; traced when compiling)
             return lean_rational_ffn(self, x)
         if use_lean():  # act -> linear fused twice, each saving only its input (layers/lean.py)
-            if rational_chainable(self, x):  # both pairs in one Function (layers/lean_ffn.py)
-                return lean_rational_ffn(self, x)
             h = lean_rational_linear(x.reshape(-1, self.d_model), self.act1, self.fc1)
             return lean_rational_linear(h, self.act2, self.fc2).reshape(x.shape)
         return self.fc2(self.act2(self.fc1(self.act1(x))))
