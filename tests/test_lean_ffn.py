@@ -299,6 +299,35 @@ def test_a_compiled_model_traces_gr_kans_function():
     _close(_run_compiled(ffn, x, "auto"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["chebyshev", "rational"])
+def test_a_compiled_model_keeps_the_lean_memory_under_the_lean_rule(name):
+    """Inside a compiled graph the backward recomputes the features from the inputs the forward kept, under the ``lean``
+    memory rule: the compiled FFN saves what the eager lean path saves, plus its weights' matmul layouts (their input
+    padding included: at most twice the weights). Under ``fast`` the compiler merges the backward's features with the
+    forward's and keeps them."""
+    from kanformer.evaluation.metrics import saved_activation_bytes
+    from kanformer.layers import autotune
+
+    torch._dynamo.reset()
+    ffn = _ffn(name, torch.float32)
+    x = _inputs(torch.float32, n=256).requires_grad_(True)
+    weights = sum(p.numel() * p.element_size() for p in ffn.parameters())
+    with kernel("lean"):  # what the fused path saves too, without compiling its helpers
+        eager = saved_activation_bytes(ffn, x)
+    compiled = torch.compile(ffn, fullgraph=True)
+    saved, rule_before = {}, autotune.kernel_memory()
+    try:
+        for rule in ("lean", "fast"):
+            autotune.set_kernel_memory(rule)
+            with kernel("fused"):
+                compiled(x).sum().backward()
+                saved[rule] = saved_activation_bytes(compiled, x)
+    finally:
+        autotune.set_kernel_memory(rule_before)
+    assert saved["lean"] <= eager + 2 * weights, (saved, eager, weights)
+    assert saved["fast"] > eager + 2 * weights, (saved, eager, weights)  # the features: what the rule keeps out
+
+
 def test_inside_a_compiled_graph_the_plan_takes_the_function_where_it_serves(monkeypatch):
     """While a graph is traced: the two-layer Function on auto, fused and lean alike; the reference path on
     ``reference``, for a wavelet (its input-major backward in one graph with the rest ran slower than the compiled

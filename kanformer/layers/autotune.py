@@ -105,6 +105,11 @@ def set_kernel_memory(rule: str) -> None:
     _memory[0] = rule
 
 
+def kernel_memory() -> str:
+    """The memory rule in effect (``set_kernel_memory``): ``lean`` or ``fast``."""
+    return _memory[0]
+
+
 def tuning_seconds() -> float:
     """Seconds this process has spent choosing paths (timing, compiling from the cache): not training time."""
     return _seconds[0]

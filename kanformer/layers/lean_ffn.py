@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch.nn.modules import module as _module
 
-from .dispatch import _fused, _kernel_fn, get_kernel, per_token, scoped_kernel, traced, use_lean
+from .dispatch import _fused, _kernel_fn, get_kernel, kept_for_recompute, per_token, scoped_kernel, traced, use_lean
 from .gemm import mm
 from .lean import (
     _add_transposed,
@@ -297,6 +297,7 @@ class LeanKANFFNFunction(torch.autograd.Function):
     def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         p: Plan = ctx.plan
         x, h, coef1, base1, coef2, base2, *saved = ctx.saved_tensors
+        x, h = kept_for_recompute(x, h)
         stats1, saved = tuple(saved[: ctx.n_stats1]), saved[ctx.n_stats1:]
         stats2, params = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
         pre, own1, own2 = p.split_params(params)
@@ -426,6 +427,7 @@ class LeanRationalFFNFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, h, num1, den1, group1, w1, num2, den2, group2, w2 = ctx.saved_tensors
+        x, h = kept_for_recompute(x, h)
         needs = ctx.needs_input_grad
         need = (needs[4], ctx.has_bias1 and needs[5], needs[9], ctx.has_bias2 and needs[10])
         with torch.autocast(x.device.type, enabled=False):
