@@ -81,8 +81,12 @@ class Arm:
         self.compile_s[kind] = time.perf_counter() - t0
 
     def step_compiled(self, kind: str) -> None:
-        with kernel("reference") if kind == "reference" else contextlib.nullcontext():
+        with self._path(kind):
             self.step(self.compiled[kind])
+
+    @staticmethod
+    def _path(kind: str) -> contextlib.AbstractContextManager[Any]:
+        return kernel("reference") if kind == "reference" else contextlib.nullcontext()
 
     def step(self, module: Any = None) -> None:
         with self.ctx():
@@ -113,6 +117,8 @@ class Arm:
                "first_step_s": self.first_step_s, "settled_s": self.settled_s}
         for kind in self.compiled:
             row[f"compiled_{kind}_s"] = statistics.median(self.times[f"compiled_{kind}"])
+            with self.ctx(), self._path(kind):
+                row[f"compiled_{kind}_saved_activation_bytes"] = saved_activation_bytes(self.compiled[kind], self.x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -163,6 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind in arm.compiled:
             row[f"compiled_{kind}_ratio"] = _ratios(arm.times[f"compiled_{kind}"], ref.times["fwd_bwd"])[0]
             row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
+            row[f"compiled_{kind}_memory_ratio"] = (row[f"compiled_{kind}_saved_activation_bytes"]
+                                                    / rows[0]["saved_activation_bytes"])
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
@@ -222,6 +230,14 @@ def write_result(path: str | None, result: dict[str, Any]) -> None:
         print(f"wrote {path}")
 
 
+def add_kernel_memory_argument(p: argparse.ArgumentParser) -> None:
+    """``--kernel-memory``, applied with ``autotune.set_kernel_memory(args.kernel_memory)``."""
+    p.add_argument("--kernel-memory", choices=autotune.MEMORY_RULES, default=autotune.kernel_memory(),
+                   help="the memory rule: what auto may choose, and in a compiled model whether the backward "
+                   "recomputes the features (lean) or the compiler may keep them (fast); default: "
+                   "KANFORMER_KERNEL_MEMORY, else lean")
+
+
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc", choices=MALLOC_CHOICES, default="keep",
                    help="CPU allocator for every arm (kanformer/train/allocator.py): keep freed large blocks for reuse "
@@ -231,7 +247,8 @@ def add_malloc_argument(p: argparse.ArgumentParser) -> None:
 def format_table(result: dict[str, Any]) -> str:
     head = (f"FFN benchmark: d_model={result['d_model']}, tokens={result['tokens']}, {result['dtype']}"
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
-            f"KAN path {result.get('kernel', 'auto')}, CPU malloc {result['malloc']}, "
+            f"KAN path {result.get('kernel', 'auto')} (memory rule {result.get('kernel_memory', 'lean')}), "
+            f"CPU malloc {result['malloc']}, "
             f"{gemm_note(result.get('gemm_record'))}"
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
@@ -242,8 +259,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [head, "",
              "| FFN | path | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | "
              "saved act. MB | x MLP | first step s | auto settled s |"
-             + "".join(f" compiled {k} x MLP | its first step s |" for k in kinds),
-             "|---|---|" + "---:|" * (12 + 2 * len(kinds))]
+             + "".join(f" compiled {k} x MLP | its saved act. x MLP | its first step s |" for k in kinds),
+             "|---|---|" + "---:|" * (12 + 3 * len(kinds))]
     for r in result["rows"]:
         spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
         settled = "-" if r["settled_s"] is None else f"{r['settled_s']:.1f}"
@@ -254,7 +271,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['fwd_s'] * 1e3:.1f} | {r['fwd_time_ratio']:.2f} | "
             f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} | {r['first_step_s']:.2f} | "
             f"{settled} |"
-            + "".join(f" {r[f'compiled_{k}_ratio']:.2f} | {r[f'compiled_{k}_first_step_s']:.1f} |" for k in kinds))
+            + "".join(f" {r[f'compiled_{k}_ratio']:.2f} | {r[f'compiled_{k}_memory_ratio']:.2f} | "
+                      f"{r[f'compiled_{k}_first_step_s']:.1f} |" for k in kinds))
     return "\n".join(lines)
 
 
@@ -278,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compiled-kit", action="store_true",
                    help="also time torch.compile of each FFN as a compiled model runs it under --kernel (auto, fused, "
                    "lean: the lean two-layer Function traced into the graph where it applies), interleaved")
+    add_kernel_memory_argument(p)
     p.add_argument("--cold", action="store_true",
                    help="start on empty compiler and autotune caches (fresh temporary directories): each FFN's first "
                    "step and auto's settling as a new machine sees them (each KAN FFN's background compile takes "
@@ -292,10 +311,11 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     set_kernel(args.kernel)
+    autotune.set_kernel_memory(args.kernel_memory)
     configure_malloc(args.malloc)
     with cold_caches(args.cold):
         result = run(args)
-    result["kernel"] = args.kernel
+    result["kernel"], result["kernel_memory"] = args.kernel, args.kernel_memory
     print(format_table(result))
     write_result(args.json, result)
 

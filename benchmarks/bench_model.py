@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_ffn import add_gemm_argument, add_malloc_argument, gemm_note, machine, write_result
+from benchmarks.bench_ffn import (
+    add_gemm_argument,
+    add_kernel_memory_argument,
+    add_malloc_argument,
+    gemm_note,
+    machine,
+    write_result,
+)
 from kanformer import kanify
 from kanformer.evaluation.metrics import measure_training
 from kanformer.layers import autotune, gemm
@@ -125,7 +132,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"benchmark": "model", "device": str(device), "machine": machine(device), "torch": torch.__version__,
-            "kernel": args.kernel, "adamw": getattr(args, "adamw", "auto"), "bf16": args.bf16,
+            "kernel": args.kernel, "kernel_memory": autotune.kernel_memory(), "adamw": getattr(args, "adamw", "auto"),
+            "bf16": args.bf16,
             "compiled": getattr(args, "compile", False), "n_layer": args.n_layer,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
             "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
@@ -136,7 +144,8 @@ def format_table(result: dict[str, Any]) -> str:
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}{', torch.compile of each model' if result.get('compiled') else ''}"
             f"), {result['device']} [{result['machine']}], KAN path "
-            f"{result['kernel']}, AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
+            f"{result['kernel']} (memory rule {result.get('kernel_memory', 'lean')}), "
+            f"AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
             f"{gemm_note(result.get('gemm_record'))}"
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
@@ -319,10 +328,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="the AdamW implementation, as training's train.adamw (auto: fused on CPU and CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
+    add_kernel_memory_argument(p)
     add_malloc_argument(p)
     add_gemm_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    autotune.set_kernel_memory(args.kernel_memory)
     configure_malloc(args.malloc)
     if args.gemm:
         gemm.set_library(args.gemm)

@@ -514,8 +514,14 @@ def test_ffn_benchmark_times_torch_compile_of_the_reference_beside_the_rest(tmp_
     assert [r["path"] for r in rows] == ["-", "lean"]
     for kind in ("reference", "kit"):
         assert all(r[f"compiled_{kind}_ratio"] > 0 and r[f"compiled_{kind}_first_step_s"] > 0 for r in rows)
+        assert all(r[f"compiled_{kind}_saved_activation_bytes"] > 0 for r in rows)
+    # under the lean memory rule (the default) the compiled kit saves no more than the eager lean path plus the
+    # weights' matmul layouts; the compiled reference keeps the basis values
+    assert rows[1]["compiled_kit_memory_ratio"] < rows[1]["compiled_reference_memory_ratio"]
     assert traced  # the kit's compiled arm traced the two-layer Function (eager lean never takes it)
-    assert "compiled reference x MLP | its first step s | compiled kit x MLP |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "compiled reference x MLP | its saved act. x MLP | its first step s | compiled kit x MLP |" in out
+    assert "(memory rule lean)" in out
 
 
 @pytest.mark.slow
