@@ -173,7 +173,9 @@ class TrainConfig:
     # KAN layer path: auto | lean | fused | triton | reference (kanformer/layers/dispatch.py); unset: the process's
     # (KANFORMER_KERNEL, else auto: measured per FFN and machine, kanformer/layers/autotune.py)
     kernel: str | None = None
-    # what auto may choose: lean (paths saving no more activations than the MLP) | fast (the fastest)
+    # what auto may choose: lean (paths saving no more activations than the MLP) | fast (the fastest); in a compiled
+    # model (compile: model | regional), lean has the KAN FFNs' backward recompute their features, fast lets the
+    # compiler keep them
     kernel_memory: str = "lean"
     # CPU allocator (kanformer/allocator.py): keep | system. keep: glibc keeps freed large blocks for reuse, so each
     # step's large transient tensors skip page faults (applies to the whole process)
