@@ -167,6 +167,9 @@ def test_memory_rule_lean_keeps_activations_at_most_the_mlps_and_fast_takes_the_
     assert fast["path"] == "reference"
     with pytest.raises(ValueError, match="Unknown kernel memory rule 'small'. Allowed: lean, fast"):
         autotune.set_kernel_memory("small")
+    monkeypatch.setattr(autotune, "_memory", ["small"])  # KANFORMER_KERNEL_MEMORY=small, read at import
+    with pytest.raises(ValueError, match=r"'small' \(KANFORMER_KERNEL_MEMORY\). Allowed: lean, fast"):
+        autotune.kernel_memory()
 
 
 def test_a_close_call_is_timed_again_before_it_is_kept(auto, monkeypatch):

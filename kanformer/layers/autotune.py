@@ -106,7 +106,10 @@ def set_kernel_memory(rule: str) -> None:
 
 
 def kernel_memory() -> str:
-    """The memory rule in effect (``set_kernel_memory``): ``lean`` or ``fast``."""
+    """The memory rule in effect: ``set_kernel_memory``'s, else ``KANFORMER_KERNEL_MEMORY``, else ``lean``."""
+    if _memory[0] not in MEMORY_RULES:  # a bad environment value: set_kernel_memory checks its own
+        raise ValueError(f"Unknown kernel memory rule {_memory[0]!r} (KANFORMER_KERNEL_MEMORY). "
+                         f"Allowed: {', '.join(MEMORY_RULES)}")
     return _memory[0]
 
 
@@ -229,7 +232,7 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
         warm += f" | threads={torch.get_num_threads()}"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library
         warm += f" | gemm={gemm.library()}"
-    return f"{warm} | tokens<={_bucket(tokens)} | memory={_memory[0]}", warm
+    return f"{warm} | tokens<={_bucket(tokens)} | memory={kernel_memory()}", warm
 
 
 def _inductor_dir() -> str:
@@ -676,7 +679,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         return _choices[key]
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     if _sharded_inside(ffn):
-        return _by_rule(ffn, x, key, warm, "lean", _memory[0])
+        return _by_rule(ffn, x, key, warm, "lean", kernel_memory())
     cached = _load()["choices"].get(key)
     if cached and not _timed_without_a_compile_now_had(cached, warm):
         return _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
@@ -694,7 +697,8 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         candidates.append("compiled")
     with _tuning():
         m = _measure(ffn, x, candidates)
-        eligible = [p for p in m["times"] if _memory[0] == "fast" or m["saved"][p] <= m["mlp_saved"]]
+        fast = kernel_memory() == "fast"
+        eligible = [p for p in m["times"] if fast or m["saved"][p] <= m["mlp_saved"]]
         retimed = _confirm(ffn, x, m, eligible)
     dropped.update(m["dropped"])
     fits = {p: t for p, t in m["times"].items() if p in eligible}
@@ -702,7 +706,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         fits = {"lean": m["times"].get("lean", 0.0)}
     return _keep(ffn, key, min(fits, key=fits.get), m["times"], {
         "saved_mb": {p: round(b / 2**20, 2) for p, b in m["saved"].items()},
-        "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": _memory[0],
+        "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": kernel_memory(),
         "retimed": retimed})
 
 
