@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import types
 import warnings
 from collections.abc import Iterator
@@ -138,7 +139,12 @@ def traced() -> bool:
     return torch.compiler.is_compiling() and get_kernel() in ("auto", "lean", "fused")
 
 
-@torch.library.custom_op("kanformer::opaque_copy", mutates_args=())
+# One op namespace per copy of this file: a checkpoint's portable modeling code carries its own copy, which may be
+# imported into a process that already registered the package's op.
+_NS = re.sub(r"\W", "_", __name__)
+
+
+@torch.library.custom_op(f"{_NS}::opaque_copy", mutates_args=())
 def _opaque_copy(x: torch.Tensor) -> torch.Tensor:
     """A copy of ``x`` that the compiler cannot see through (a custom op: its graph passes drop a plain clone)."""
     return x.clone()
