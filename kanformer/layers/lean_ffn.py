@@ -36,9 +36,11 @@ two Functions are traced into the model's graph: dynamo takes their forward and 
 the lean forms with the rest of the model, and no helper is compiled on its own (``dispatch._kernel_fn`` gives the
 helpers themselves). There the plan reads no values back (the B-spline's grid: its last eager check's verdict, which its
 graph checks), and a basis with parameters of its own (the wavelet) takes the reference path: its input-major backward
-in one graph with the rest ran slower than the compiled reference. What the graph saves for the backward is the
-compiler's choice: its partitioner merges the backward's recomputed features with the forward's and keeps them (about
-what the compiled reference keeps; RBF FFN, d 128, 1024 tokens: 9.6 against 9.0 MB, 0.8 MB eager).
+in one graph with the rest ran slower than the compiled reference. What the graph saves for the backward follows the
+memory rule: under ``lean`` the backward recomputes the features from opaque copies of x and h
+(``dispatch.kept_for_recompute``), so the graph keeps what the eager path keeps; under ``fast`` the compiler's
+partitioner merges the backward's recomputed features with the forward's and keeps them (about what the compiled
+reference keeps; RBF FFN, d 128, 1024 tokens: 9.6 against 9.0 MB, 0.8 MB eager).
 """
 
 from __future__ import annotations
