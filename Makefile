@@ -29,7 +29,7 @@ setup-data:
 		echo "dataset-fashion-mnist not installed: Fashion-MNIST runs and tests will be skipped"
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q -m "not gpu"
+	$(OFFLINE) $(PY) -m pytest -q -m "not gpu" --durations=20
 
 test-all: setup
 	$(OFFLINE) $(PY) -m pytest -q

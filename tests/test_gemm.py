@@ -115,7 +115,7 @@ def test_autograd_records_only_the_products_it_needs(library):
 def test_kan_fast_paths_on_onednn_equal_reference(library, path):
     """A KAN FFN's lean path (eager and compiled) with oneDNN's products against its reference."""
     library("onednn")
-    ffn = create_ffn("rbf", 12, 20)
+    ffn = create_ffn("chebyshev", 12, 20)  # the products are the same for every basis; this one compiles quickly
     x = torch.randn(33, 12)
     grads = {}
     for mode in ("reference", path):

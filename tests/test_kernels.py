@@ -256,15 +256,6 @@ def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LEAN_FFNS)
-def test_fused_kernels_equal_reference(name):
-    """The fused mode compiles the lean path's elementwise work (inductor: C++ here, Triton on GPU)."""
-    ffn = create_ffn(name, D, H)
-    x = _inputs(torch.float32)
-    _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev", "wavelet"])
 def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(name):
     """K = 9 * 47 = 423 (8 functions + SiLU per input; Chebyshev: 5 * 47) is padded to 48 inputs for the BLAS in the
@@ -356,12 +347,12 @@ def test_fused_kernels_equal_reference_under_bf16_autocast(name):
 
 @pytest.mark.slow
 def test_auto_compiles_the_helpers_for_training_and_falls_back_when_compiling_fails(monkeypatch):
-    ffn = create_ffn("bspline", D, H)
+    ffn = create_ffn("chebyshev", D, H)  # its helpers compile in ~12 s on 2 cores, the B-spline's in ~40 s
     x = _inputs(torch.float32)
     dispatch._COMPILED.clear()
     with kernel("auto"):
         auto = _run(ffn, x, "auto")
-    assert any("[BSplineBasis(" in key for key in dispatch._COMPILED), dispatch._COMPILED.keys()
+    assert any("[ChebyshevBasis(" in key for key in dispatch._COMPILED), dispatch._COMPILED.keys()
     _close(auto, _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
     with torch.no_grad(), kernel("auto"):  # inference takes the reference path: nothing to recompute
         assert not use_lean(True)
@@ -386,27 +377,10 @@ def test_auto_compiles_the_helpers_for_training_and_falls_back_when_compiling_fa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bspline", "rational"])
-def test_fused_helpers_compile_one_graph_for_every_token_count(name):
-    """The token count is the compiled helpers' one symbolic size: another batch size compiles nothing."""
-    ffn = create_ffn(name, D, H)
-    dispatch._COMPILED.clear()
-    graphs = torch._dynamo.utils.counters["stats"]
-    graphs.clear()
-    x = _inputs(torch.float32, n=24)
-    first = _run(ffn, x, "fused")
-    compiled = graphs["unique_graphs"]
-    assert compiled >= 2  # at least a forward and a backward
-    for n in (40, 72):
-        _run(ffn, _inputs(torch.float32, n=n), "fused")
-    assert graphs["unique_graphs"] == compiled
-    _close(first, _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
-    dispatch._COMPILED.clear()
-
-
-@pytest.mark.slow
 def test_compile_fullgraph_kan_gpt2_matches_eager():
-    model = build("gpt2")
+    """A KAN GPT-2 compiles whole with no graph break and equals the eager model. One block: a model's graph compiles
+    each block's loops anew (on an empty compiler cache, 3 blocks took 140 - 170 s here, 1 block 62 s)."""
+    model = build("gpt2", n_layer=1)
     kanify(model, "bspline", hidden=24)
     ids = torch.randint(0, 97, (2, 16))
     ref = model(input_ids=ids, labels=ids)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import kan, lean, lean_ffn, multkan, rational
+from kanformer.layers import dispatch, kan, lean, lean_ffn, multkan, rational
 from kanformer.layers.dispatch import kernel
 from tests.test_kernels import _close, _run
 
@@ -229,13 +229,33 @@ def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bspline", "multkan", "wavelet"])
-def test_compiled_chained_ffn_with_a_padded_hidden_equals_the_reference(name):
-    """The compiled graphs (C++ here) of the padded-hidden case (MultKAN: its nodes padded inside the graphs; the
-    wavelet: input-major backward, the inputs kept transposed), against the reference definition."""
+@pytest.mark.parametrize("name", [*CHAINABLE, "rational"])
+def test_fused_kernels_equal_reference(name):
+    """The fused mode's compiled graphs (inductor: C++ here, Triton on GPU) against the reference definition, at
+    widths that pad the inputs and the hidden (MultKAN: its nodes padded inside the graphs; the wavelet: input-major
+    backward, the inputs kept transposed)."""
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bspline", "rational"])
+def test_fused_helpers_compile_one_graph_for_every_token_count(name):
+    """The token count is the compiled helpers' one symbolic size: another batch size compiles nothing."""
+    ffn = _ffn(name, torch.float32)  # the graphs of test_fused_kernels_equal_reference
+    dispatch._COMPILED.clear()
+    graphs = torch._dynamo.utils.counters["stats"]
+    graphs.clear()
+    x = _inputs(torch.float32, n=24)
+    first = _run(ffn, x, "fused")
+    compiled = graphs["unique_graphs"]
+    assert compiled >= 2  # at least a forward and a backward
+    for n in (40, 72):
+        _run(ffn, _inputs(torch.float32, n=n), "fused")
+    assert graphs["unique_graphs"] == compiled
+    _close(first, _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+    dispatch._COMPILED.clear()
 
 
 def test_a_pre_transform_without_parameters_runs_on_both_paths(counted, monkeypatch):

@@ -36,9 +36,15 @@ AUTO_HEAD = {"gpt2": "AutoModelForCausalLM", "vit": "AutoModelForImageClassifica
 NATIVE_FFN = {"gpt2": "mlp", "vit": "mlp", "bert": "mlp", "llama": "swiglu"}
 
 
-def build(arch, head=True, seed=0):
+def build(arch, head=True, seed=0, **config):
+    """A tiny model of ``arch``; ``config``: its configuration's fields to change (``n_layer=1``, say)."""
     torch.manual_seed(seed)
-    model = (HEAD_CLASSES if head else BASE_CLASSES)[arch](CONFIGS[arch]())
+    settings = CONFIGS[arch]()
+    for key, value in config.items():
+        if not hasattr(settings, key):
+            raise ValueError(f"{type(settings).__name__} has no field {key!r}")
+        setattr(settings, key, value)
+    model = (HEAD_CLASSES if head else BASE_CLASSES)[arch](settings)
     return model.eval()
 
 
