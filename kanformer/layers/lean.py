@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, scoped_kernel
+from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, realized, scoped_kernel
 from .gemm import mm
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
@@ -543,8 +543,9 @@ def _tables_tag(a: torch.Tensor, b: torch.Tensor) -> str:
 
 def _channel_tables(num: torch.Tensor, den: torch.Tensor, group_index: torch.Tensor, dtype: torch.dtype
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel coefficient tables from the per-group ones: (m+1, C) and (n, C), coefficient-major."""
-    return num.to(dtype).T[:, group_index].contiguous(), den.to(dtype).T[:, group_index].contiguous()
+    """Per-channel coefficient tables from the per-group ones: (m+1, C) and (n, C), coefficient-major; in a compiled
+    graph, buffers of their own (``realized``), which its loops read directly."""
+    return realized(num.to(dtype).T[:, group_index].contiguous(), den.to(dtype).T[:, group_index].contiguous())
 
 
 def _per_group(g: torch.Tensor, table: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
