@@ -367,8 +367,8 @@ def _rational_ffn_forward(x: torch.Tensor, act1: tuple[torch.Tensor, ...], w1: t
                           bias2: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """y and the hidden pre-activations h: ``R2(R1(x) @ W1^T + b1) @ W2^T + b2``, ``act``: a GroupRational's
     per-channel coefficient tables (``lean._channel_tables``: made outside the graph, where the compiler would fold
-    their gather into the rational's loops as indirect loads: the FFN step took 1.19x the per-layer path's). One
-    compiled graph in the fused mode."""
+    their gather into the rational's loops as indirect loads: the FFN step took 1.19x the per-layer path's; inside a
+    compiled model's graph, buffers of their own, ``dispatch.realized``). One compiled graph in the fused mode."""
     h = _rational_linear(x, act1, w1, bias1, dtype)
     return _rational_linear(h, act2, w2, bias2, dtype), h
 
