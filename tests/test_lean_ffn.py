@@ -324,7 +324,7 @@ def test_inside_a_compiled_graph_gr_kans_tables_are_buffers_of_their_own(monkeyp
     traced graph, under either memory rule: the compiler keeps them as buffers that its loops read directly. Left to
     it, the gather ran inside the loops, every element's loads indirect (d 128, 1024 tokens: 1.83 against 1.13x the
     MLP's step)."""
-    from kanformer.layers import autotune, dispatch
+    from kanformer.layers import autotune
 
     graphs = []
 
