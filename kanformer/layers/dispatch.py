@@ -174,7 +174,9 @@ def kept_for_recompute(*kept: torch.Tensor) -> tuple[torch.Tensor, ...]:
     model keeps the eager lean path's memory. Merged, they were saved: an RBF FFN at d 128, 1024 tokens, saved 10.0 MB
     for its backward, the eager lean path 0.8, the GELU MLP 5.2; copied, 1.3 (its weights' matmul layouts included).
     Under ``fast``, the compiler's choice: less recomputation, more memory."""
-    return realized(*kept) if kernel_memory() == "lean" else kept
+    if not torch.compiler.is_compiling() or kernel_memory() != "lean":  # eager: nothing to read
+        return kept
+    return realized(*kept)
 
 
 def use_lean(available: bool = True) -> bool:
