@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
         "cold": getattr(args, "cold", False), "gemm": gemm.library(), "gemm_record": gemm.record(),
+        "widened": device.type == "cpu" and not gemm.native_low_precision(dtype),
     }
 
 
@@ -205,14 +206,16 @@ def machine(device: torch.device) -> str:
     return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def gemm_note(record: dict[str, Any] | None) -> str:
-    """The header's words on the fp32 CPU matmul library every FFN of the run used (layers/gemm.py)."""
+def gemm_note(record: dict[str, Any] | None, widened: str | None = None) -> str:
+    """The header's words on the fp32 CPU matmul library every FFN of the run used (layers/gemm.py), and on the
+    ``widened`` low-precision dtype (``bf16``, ``fp16``) whose products the FFNs took in fp32 (no native ones)."""
     if not record:
         return ""
     how = record["source"] if "times_ms" not in record else (
         f"{record['source']}: an MLP's six products {record['times_ms']['onednn']:.0f} ms routed to oneDNN against "
         f"{record['times_ms']['torch']:.0f} ms by PyTorch's own")
-    return f"fp32 CPU products by {record['library']} ({how}), "
+    wide = f"the FFNs' {widened} products in fp32 (this CPU has no native {widened} products), " if widened else ""
+    return f"fp32 CPU products by {record['library']} ({how}), {wide}"
 
 
 def add_gemm_argument(p: argparse.ArgumentParser) -> None:
@@ -249,7 +252,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{' autocast' if result['autocast'] else ''}, {result['device']} [{result['machine']}], "
             f"KAN path {result.get('kernel', 'auto')} (memory rule {result.get('kernel_memory', 'lean')}), "
             f"CPU malloc {result['malloc']}, "
-            f"{gemm_note(result.get('gemm_record'))}"
+            f"{gemm_note(result.get('gemm_record'), result['dtype'] if result.get('widened') else None)}"
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
             f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
             f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "

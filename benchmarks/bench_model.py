@@ -137,7 +137,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
             "compiled": getattr(args, "compile", False), "n_layer": args.n_layer,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
             "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
-            "gemm": gemm.library(), "gemm_record": gemm.record()}
+            "gemm": gemm.library(), "gemm_record": gemm.record(),
+            "widened": args.bf16 and device.type == "cpu" and not gemm.native_low_precision(torch.bfloat16)}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -146,7 +147,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"), {result['device']} [{result['machine']}], KAN path "
             f"{result['kernel']} (memory rule {result.get('kernel_memory', 'lean')}), "
             f"AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
-            f"{gemm_note(result.get('gemm_record'))}"
+            f"{gemm_note(result.get('gemm_record'), 'bf16' if result.get('widened') else None)}"
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
             f"of the same-round ratios; range: lowest - highest round)")

@@ -42,13 +42,20 @@ def test_mm_equals_torch(library, layout):
     assert gemm._suits(a, b) == (layout != "transposed_tall")
 
 
+@pytest.fixture
+def native(monkeypatch):
+    """Pins whether this CPU's bf16 / fp16 products count as native (layers/gemm.py), for one test."""
+    return lambda value: monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, value))
+
+
 @needs_onednn
-def test_mm_leaves_other_dtypes_and_empty_operands_to_torch(library):
+def test_mm_leaves_other_dtypes_and_empty_operands_to_torch(library, native):
     library("onednn")
+    native(True)
     a, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     assert torch.equal(gemm.mm(a, b), a @ b)  # fp64: PyTorch's own product, bit for bit
     a16, b16 = a.bfloat16(), b.bfloat16()
-    assert torch.equal(gemm.mm(a16, b16), a16 @ b16)
+    assert torch.equal(gemm.mm(a16, b16), a16 @ b16)  # native bf16: PyTorch's (oneDNN's) own
     empty = torch.randn(0, 4)
     assert gemm.mm(empty, b.float()).shape == (0, 3)
 
@@ -127,6 +134,39 @@ def test_kan_fast_paths_on_onednn_equal_reference(library, path):
         ffn.zero_grad(set_to_none=True)
     for got, want in zip(grads[path], grads["reference"], strict=True):
         _close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_without_native_products_is_multiplied_in_fp32(native, dtype):
+    """A CPU without native bf16 / fp16 products (AVX2: PyTorch's fallback ran ~100x slower than fp32): the kit's
+    products take the rounded operands in fp32 and round the result, the same as PyTorch's own to the order of the
+    sums; under autocast too (the baselines' products), with every gradient."""
+    native(False)
+    g = torch.Generator().manual_seed(0)
+    a, b, bias = (torch.randn(*s, generator=g).to(dtype) for s in ((33, 40), (40, 24), (24,)))
+    got = gemm.mm(a, b, bias)
+    assert got.dtype == dtype
+    assert torch.equal(got, torch.addmm(bias.float(), a.float(), b.float()).to(dtype))
+    torch.testing.assert_close(got, torch.addmm(bias, a, b))  # PyTorch's own, within the dtype's tolerance
+    assert gemm.low_precision_warning("bf16" if dtype == torch.bfloat16 else "fp16") is not None
+    native(True)
+    assert gemm.low_precision_warning("bf16") is None and gemm.low_precision_warning("no") is None
+
+    native(False)
+    ffn = create_ffn("mlp", 24, 40)
+    x = torch.randn(3, 7, 24, generator=g)
+    results = []
+    for wide in (True, False):
+        native(not wide)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y = ffn(xi)
+        assert y.dtype == dtype
+        y.float().square().sum().backward()
+        results.append([y.detach().float(), xi.grad] + [p.grad.clone() for p in ffn.parameters()])
+        ffn.zero_grad(set_to_none=True)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
 def test_bad_library_names_the_allowed_values(library):

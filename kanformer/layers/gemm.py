@@ -22,6 +22,15 @@ instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in ``gemm.js
 (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a checkpoint's copy of these files
 included, runs its products the same way. It is made in eager code before anything is compiled; compiled graphs are
 guarded on it.
+
+**Low precision without native products.** PyTorch's bf16 and fp16 CPU products are oneDNN's only where oneDNN
+supports the dtype on the CPU (AVX-512 or AMX); elsewhere they run PyTorch's own fallback kernel: on a 2-core AMD EPYC
+with AVX2 only (Zen 3), 2048 x 384 @ 384 x 1536 took 1,971 ms in bf16 and 1,891 ms in fp16 against 20 and 17 ms for
+the same rounded operands multiplied in fp32. There :func:`mm` and :func:`linear` multiply the low-precision operands
+(autocast's or the tensors' own dtype) in fp32 and round the result back: the same rounded inputs and an fp32
+accumulation, as the native kernels do, so only the order of the sums differs (bf16: within 1 ulp of the result's
+largest entries). :func:`native_low_precision` says which case a process is in; the trainer warns where a run asks for
+mixed precision on such a CPU, whose other products (attention, embeddings, the head) stay PyTorch's.
 """
 
 from __future__ import annotations
@@ -44,6 +53,50 @@ _NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registe
 _setting = [os.environ.get("KANFORMER_GEMM", "auto")]
 _chosen: list[str | None] = [None]  # the library in force, once resolved (read by compiled graphs: guarded)
 _record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, reason?}
+
+
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _native_support() -> dict[torch.dtype, bool]:
+    try:
+        ops = torch.ops.mkldnn
+        return {torch.bfloat16: bool(ops._is_mkldnn_bf16_supported()),
+                torch.float16: bool(ops._is_mkldnn_fp16_supported())}
+    except (AttributeError, RuntimeError):  # a PyTorch without oneDNN: its own kernels for both
+        return dict.fromkeys(_LOW, False)
+
+
+_NATIVE = _native_support()  # read once, at import: compiled graphs read the table, never the CPU
+
+
+def native_low_precision(dtype: torch.dtype) -> bool:
+    """Whether this CPU's bf16 / fp16 products are oneDNN's native ones (True for every other dtype); where not, the
+    kit's products in ``dtype`` are taken in fp32 (the module's docstring)."""
+    return _NATIVE.get(dtype, True)
+
+
+def low_precision_warning(mixed_precision: str) -> str | None:
+    """What a run should know before it trains in ``mixed_precision`` (``no``, ``bf16``, ``fp16``) on this CPU: None
+    where its products are native."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if dtype is None or native_low_precision(dtype):
+        return None
+    from .autotune import cpu_isa, cpu_name
+
+    return (f"mixed_precision {mixed_precision} on a CPU without native {mixed_precision} matrix products "
+            f"({cpu_name()}, {cpu_isa()}): PyTorch's own {mixed_precision} products run ~100x slower than fp32 here. "
+            f"The kit's FFNs take theirs in fp32 on the rounded operands; attention, embeddings and the head do not. "
+            f"On this machine mixed_precision no trains faster.")
+
+
+def _widened_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The low-precision dtype a CPU product of ``t`` is taken in (autocast's, else its own) where this CPU has no
+    native products for it, else None."""
+    if t.device.type != "cpu" or not t.is_floating_point():
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else t.dtype
+    return dtype if dtype in _LOW and not _NATIVE[dtype] else None
 
 
 def _check(name: str) -> str:
@@ -228,15 +281,29 @@ def _onednn_applies(*tensors: torch.Tensor | None) -> bool:
     return not torch.is_autocast_enabled("cpu") and library() == "onednn"
 
 
+def _wide(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype).float()  # rounded as the low-precision product would take it
+
+
 def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` (2-d), plus ``bias`` (1-d, per column) if given, through the process's library."""
+    """``a @ b`` (2-d), plus ``bias`` (1-d, per column) if given, through the process's library (low precision
+    without native products: in fp32, rounded back; the module's docstring)."""
+    low = _widened_dtype(a)
+    if low is not None:
+        with torch.autocast("cpu", enabled=False):
+            return mm(_wide(a, low), _wide(b, low), _wide(bias, low)).to(low)
     if _onednn_applies(a, b, bias):
         return _product(a, b, bias)
     return a @ b if bias is None else torch.addmm(bias, a, b)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` (x of any leading dims) through the process's library."""
+    """``F.linear(x, weight, bias)`` (x of any leading dims) through the process's library (low precision without
+    native products: in fp32, rounded back)."""
+    low = _widened_dtype(x)
+    if low is not None:
+        with torch.autocast("cpu", enabled=False):
+            return linear(_wide(x, low), _wide(weight, low), _wide(bias, low)).to(low)
     if x.dim() >= 2 and _onednn_applies(x, weight, bias):
         y = _product(x.reshape(-1, x.shape[-1]), weight.t(), bias)
         return y.view(*x.shape[:-1], weight.shape[0])

@@ -85,6 +85,8 @@ class Trainer:
             cpu=not torch.cuda.is_available(),  # plain Accelerator() on a GPU-less host ignores torchrun's ranks
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with=self.trackers or None, project_dir=str(self.run_dir))
+        if self.accelerator.device.type == "cpu" and (slow := gemm.low_precision_warning(t.mixed_precision)):
+            logger.warning(slow, main_process_only=True)
         self.lock = RunLock(self.run_dir)
         if self.accelerator.is_main_process:  # one writer per run directory, for as long as the run trains
             self.lock.acquire()
