@@ -47,8 +47,10 @@ def build_gpt2(ffn: str, *, n_layer: int, d_model: int, n_head: int, seq: int, v
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
+    # the special tokens inside the benchmark's vocabulary (GPT-2's 50256 is not, and transformers warns of it)
     config = GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=seq, vocab_size=vocab,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        bos_token_id=vocab - 1, eos_token_id=vocab - 1, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
     kanify(model, ffn, match="params")
     return model.to(device)
