@@ -291,3 +291,24 @@ def test_mlflow_run_is_continued_by_a_resume(tmp_path, monkeypatch):
     (losses,) = list((tmp_path / "mlruns").glob(f"*/{run_id}/metrics/loss"))  # one run holds both parts
     steps = [int(line.split()[2]) for line in losses.read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+def test_mixed_precision_on_a_cpu_without_native_products_is_warned_of(tmp_path, monkeypatch, caplog):
+    """bf16 on a CPU whose oneDNN has no bf16 products (AVX2 only): PyTorch's own ran ~100x slower than fp32 there.
+    The run says so before it starts (stopped right after, at its run lock: nothing else of the run is needed)."""
+    from kanformer.layers import gemm
+    from kanformer.train import trainer as trainer_module
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "RunLock", stop)
+    for native in (False, True):
+        monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, native))
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(Stop):
+            Trainer(_cfg(tmp_path, **{"train.mixed_precision": "bf16"}))
+        assert ("without native bf16 matrix products" in caplog.text) == (not native)
