@@ -148,6 +148,9 @@ def test_low_precision_without_native_products_is_multiplied_in_fp32(native, dty
     assert got.dtype == dtype
     assert torch.equal(got, torch.addmm(bias.float(), a.float(), b.float()).to(dtype))
     torch.testing.assert_close(got, torch.addmm(bias, a, b))  # PyTorch's own, within the dtype's tolerance
+    with torch.autocast("cpu", dtype=dtype):  # autocast leaves fp64 operands alone, and so does the widening
+        a64, b64 = a.double(), b.double()
+        assert gemm.mm(a64, b64).dtype == torch.float64 and torch.equal(gemm.mm(a64, b64), a64 @ b64)
     assert gemm.low_precision_warning("bf16" if dtype == torch.bfloat16 else "fp16") is not None
     native(True)
     assert gemm.low_precision_warning("bf16") is None and gemm.low_precision_warning("no") is None

@@ -91,11 +91,12 @@ def low_precision_warning(mixed_precision: str) -> str | None:
 
 
 def _widened_dtype(t: torch.Tensor) -> torch.dtype | None:
-    """The low-precision dtype a CPU product of ``t`` is taken in (autocast's, else its own) where this CPU has no
-    native products for it, else None."""
+    """The low-precision dtype a CPU product of ``t`` is taken in (autocast's for fp32 operands, the only ones it
+    casts; else its own) where this CPU has no native products for it, else None."""
     if t.device.type != "cpu" or not t.is_floating_point():
         return None
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else t.dtype
+    autocast = torch.is_autocast_enabled("cpu") and t.dtype == torch.float32
+    dtype = torch.get_autocast_dtype("cpu") if autocast else t.dtype
     return dtype if dtype in _LOW and not _NATIVE[dtype] else None
 
 
