@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 import transformers
+from accelerate.state import AcceleratorState
 
 from kanformer.config import load_config
 from kanformer.train import NonFiniteError, Trainer, train
@@ -306,9 +307,15 @@ def test_mixed_precision_on_a_cpu_without_native_products_is_warned_of(tmp_path,
         raise Stop
 
     monkeypatch.setattr(trainer_module, "RunLock", stop)
-    for native in (False, True):
-        monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, native))
-        caplog.clear()
-        with caplog.at_level("WARNING"), pytest.raises(Stop):
-            Trainer(_cfg(tmp_path, **{"train.mixed_precision": "bf16"}))
-        assert ("without native bf16 matrix products" in caplog.text) == (not native)
+    saved = dict(AcceleratorState._shared_state)  # an earlier test's precision, which accelerate keeps per process
+    try:
+        for native in (False, True):
+            AcceleratorState._reset_state()
+            monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, native))
+            caplog.clear()
+            with caplog.at_level("WARNING"), pytest.raises(Stop):
+                Trainer(_cfg(tmp_path, **{"train.mixed_precision": "bf16"}))
+            assert ("without native bf16 matrix products" in caplog.text) == (not native)
+    finally:
+        AcceleratorState._reset_state()
+        AcceleratorState._shared_state.update(saved)
