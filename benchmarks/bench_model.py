@@ -8,9 +8,9 @@ same code path); the step is forward + backward + AdamW. Ratios are against the 
     python -m benchmarks.bench_model --gpu --json benchmarks/out/gpu.json  # every GPU check in one go (see below)
 
 ``--gpu`` runs, on CUDA: the auto / lean / fused / Triton paths against the reference (outputs and gradients) on random
-and out-of-range inputs, and a compiled model's path (torch.compile of B-spline, RBF and GR-KAN FFNs); the FFN
-benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this benchmark on GPT-2 small (12 x 768, 4 x 1024
-tokens, bf16) for each path; the targets evaluated; one JSON.
+and out-of-range inputs, and a compiled model's path (torch.compile of B-spline, RBF, GR-KAN and wavelet FFNs; the
+wavelet's as the graph's operator); the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
+benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path; the targets evaluated; one JSON.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def gpu_checks(args: argparse.Namespace) -> dict[str, Any]:
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
                model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5,
                modes: tuple[str, ...] | None = None,
-               compiled: tuple[str, ...] = ("bspline", "rbf", "rational")) -> dict[str, Any]:
+               compiled: tuple[str, ...] = ("bspline", "rbf", "rational", "wavelet")) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
     the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the

@@ -241,6 +241,28 @@ def test_fused_kernels_equal_reference(name):
 
 
 @pytest.mark.slow
+def test_a_compiled_wavelet_ffn_runs_the_fused_paths_helpers_and_keeps_its_memory():
+    """Compiled with inductor (the graphs of ``test_fused_kernels_equal_reference``), the wavelet FFN's operator runs
+    the fused path's compiled helpers: equal to the eager fused path, and it saves what that path saves (x input-major
+    and the hidden activations), not the reference's basis values (the wavelets', N x I x W each layer)."""
+    from kanformer.evaluation.metrics import saved_activation_bytes
+
+    torch._dynamo.reset()
+    ffn = _ffn("wavelet", torch.float32, num_wavelets=4)
+    x = _inputs(torch.float32, n=256)
+    weights = sum(p.numel() * p.element_size() for p in ffn.parameters())
+    compiled = torch.compile(ffn, fullgraph=True)
+    _close(_run(ffn, x, "fused", call=compiled), _run(ffn, x, "fused"), rtol=1e-6, atol=1e-6)
+    x.requires_grad_(True)
+    with kernel("fused"):
+        eager, saved = saved_activation_bytes(ffn, x), saved_activation_bytes(compiled, x)
+    with kernel("reference"):
+        reference = saved_activation_bytes(ffn, x)
+    assert saved <= eager + 2 * weights < reference, (saved, eager, weights, reference)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rational"])
 def test_fused_helpers_compile_one_graph_for_every_token_count(name):
     """The token count is the compiled helpers' one symbolic size: another batch size compiles nothing."""
@@ -320,6 +342,63 @@ def test_a_compiled_model_traces_gr_kans_function():
     _close(_run_compiled(ffn, x, "auto"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
 
 
+def test_a_compiled_model_runs_the_wavelet_ffn_as_one_operator(counted):
+    """Inside a compiled graph the wavelet FFN (a basis with parameters of its own) is one operator, whose forward and
+    backward are the eager two-layer Function's: equal to the reference in fp64, the translations' and scales'
+    gradients included, under the compiler's tracing of both (fake tensors, the token count symbolic), no graph break.
+    A second batch size, and another FFN of the same configuration, reuse the graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    ffn = _ffn("wavelet", torch.float64)
+    backend = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(ffn, fullgraph=True, backend=backend, dynamic=True)
+    inputs = [_inputs(torch.float64, n=n) for n in (40, 56)]
+    expected = [_run(ffn, x, "reference") for x in inputs]  # first: the products' library chosen eagerly
+    for x, reference in zip(inputs, expected, strict=True):
+        _close(_run(ffn, x, "auto", call=compiled), reference, rtol=1e-9, atol=1e-10)
+    other = _ffn("wavelet", torch.float64)  # another layer of this configuration: a regionally compiled model's next
+    x = inputs[0]                             # block, whose graph is this one (no guard on the layer's identity)
+    _close(_run(other, x, "auto", call=torch.compile(other, fullgraph=True, backend=backend, dynamic=True)),
+           _run(other, x, "reference"), rtol=1e-9, atol=1e-10)
+    ops = [n.target for g in backend.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert ops.count(getattr(torch.ops, lean_ffn._NS).own_params_ffn.default) == 1, ops
+    assert backend.frame_count == 1
+    assert not counted  # the Function itself is not traced: the operator runs it
+    torch._dynamo.reset()
+
+
+def test_the_operator_builds_its_basis_from_the_configuration_the_graph_carries():
+    """``lean_spec`` names what the lean forms read; the basis the operator builds from it computes the layer's
+    basis values (its own parameters passed in, as the operator passes the layer's)."""
+    from kanformer.layers.wavelet import WaveletBasis
+
+    basis = WaveletBasis(7, num_wavelets=3, wavelet="morlet")
+    with torch.no_grad():
+        basis.translation.add_(torch.randn_like(basis.translation))
+    built = lean_ffn._basis(basis.lean_spec())
+    assert (type(built), built.in_features, built.num_wavelets, built.wavelet) == (WaveletBasis, 7, 3, "morlet")
+    x = torch.randn(5, 7)
+    state = built.fused_state_from(*basis.lean_params())
+    for j in range(3):
+        torch.testing.assert_close(built.fused_term(x, j, *state)[0], basis.fused_term(x, j, *basis.fused_state())[0])
+
+
+def test_under_bf16_autocast_the_wavelets_operator_computes_what_the_eager_function_does(counted):
+    """The operator takes the matmul dtype the graph was traced under (bf16 here) and runs the Function's computations
+    with it: equal to the eager two-layer Function's under the same autocast."""
+    torch._dynamo.reset()
+    ffn = _ffn("wavelet", torch.float32, num_wavelets=4)
+    x = _inputs(torch.float32)
+    eager = _run(ffn, x, "fused", autocast=True)
+    assert counted
+    counted.clear()
+    compiled = _run(ffn, x, "fused", autocast=True, call=torch.compile(ffn, fullgraph=True, backend="aot_eager"))
+    assert not counted
+    _close(compiled, eager, rtol=1e-6, atol=1e-6)
+    torch._dynamo.reset()
+
+
 def test_inside_a_compiled_graph_gr_kans_tables_are_buffers_of_their_own(monkeypatch):
     """GR-KAN's per-channel coefficient tables (gathered from its per-group ones) come through the opaque copy in a
     traced graph, under either memory rule: the compiler keeps them as buffers that its loops read directly. Left to
@@ -376,16 +455,26 @@ def test_a_compiled_model_keeps_the_lean_memory_under_the_lean_rule(name):
 
 def test_inside_a_compiled_graph_the_plan_takes_the_function_where_it_serves(monkeypatch):
     """While a graph is traced: the two-layer Function on auto, fused and lean alike; the reference path on
-    ``reference``, for a wavelet (its input-major backward in one graph with the rest ran slower than the compiled
-    reference: d 128, 1024 tokens, 2.39 against 1.84x the MLP's step) and for a B-spline grid not known uniform."""
+    ``reference`` and for a B-spline grid not known uniform. A wavelet (parameters of its own) takes its operator on
+    auto and fused (traced as lean forms, its input-major backward in one graph with the rest ran slower than the
+    compiled reference: d 128, 1024 tokens, 2.39 against 1.84x the MLP's step), the reference on lean, without
+    autograd and under the fast memory rule."""
+    from kanformer.layers import autotune
+
     x = _inputs(torch.float32)
     ffn = _ffn("bspline", torch.float32)
     wavelet = _ffn("wavelet", torch.float32, h=10)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for mode in ("auto", "fused", "lean"):
         with kernel(mode):
-            assert lean_ffn.plan(ffn, x) is not None, mode
-            assert lean_ffn.plan(wavelet, x) is None
+            assert not lean_ffn.plan(ffn, x).opaque, mode
+            chained = lean_ffn.plan(wavelet, x)
+            assert (chained is None) if mode == "lean" else chained.opaque, mode
+            with torch.no_grad():
+                assert lean_ffn.plan(wavelet, x) is None, mode
+            with pytest.MonkeyPatch.context() as mp:  # the fast memory rule: the compiler's choice, the reference
+                mp.setattr(autotune, "_memory", ["fast"])
+                assert lean_ffn.plan(wavelet, x) is None, mode
     with kernel("reference"):
         assert lean_ffn.plan(ffn, x) is None
     ffn.fc1.basis.grid = ffn.fc1.basis.grid.clone()  # a new tensor that no check has seen (a loader's, say)

@@ -190,6 +190,19 @@ class Basis(nn.Module):
         pads the inputs)."""
         return None
 
+    def lean_spec(self) -> str:
+        """With ``lean_params``: the basis as a string a compiled graph carries (layers/lean_ffn.py's operator, which
+        builds a basis from it to run the lean forms, its parameters passed apart), ``name|in_features|key=value...``:
+        the registered name, then each ``__init__`` keyword the lean forms read, its value a Python literal (``repr``).
+        Made of attributes only, so a graph traced for one layer serves every layer of the same configuration."""
+        raise NotImplementedError
+
+    def fused_state_from(self, *params: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """``fused_state`` made from the given tensors, laid out as ``lean_params`` gives them, instead of read from the
+        module: for a caller that holds them (layers/lean_ffn.py's operator inside a compiled graph, whose inputs
+        they are). Default: ``fused_state()``, for a basis whose state does not derive from its own parameters."""
+        return self.fused_state()
+
     def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(value, slope) of basis function ``j`` at ``x``: the fused path's per-function form (this or
         ``fused_terms``)."""

@@ -232,7 +232,7 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
     layer, so the per-call overhead is paid once). ``keep_pad``: y with the zero columns of a padded output width
     (``output_pad``) kept."""
     u, stats = _pre(basis, x, pre)
-    feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(len(x), -1)  # (N, B[+1]*I)
+    feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(x.shape[0], -1)  # (N, B[+1]*I)
     o = coef.shape[0]
     pad = output_pad(o)
     w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)

@@ -35,23 +35,39 @@ Inside a ``torch.compile``'d model (``dispatch.traced``: ``auto``, ``fused`` or 
 two Functions are traced into the model's graph: dynamo takes their forward and backward apart, the compiler compiles
 the lean forms with the rest of the model, and no helper is compiled on its own (``dispatch._kernel_fn`` gives the
 helpers themselves). There the plan reads no values back (the B-spline's grid: its last eager check's verdict, which its
-graph checks), and a basis with parameters of its own (the wavelet) takes the reference path: its input-major backward
-in one graph with the rest ran slower than the compiled reference. What the graph saves for the backward follows the
-memory rule: under ``lean`` the backward recomputes the features from opaque copies of x and h
-(``dispatch.kept_for_recompute``), so the graph keeps what the eager path keeps; under ``fast`` the compiler's
-partitioner merges the backward's recomputed features with the forward's and keeps them (about what the compiled
-reference keeps; RBF FFN, d 128, 1024 tokens: 9.6 against 9.0 MB, 0.8 MB eager).
+graph checks). A basis with parameters of its own (the wavelet) is not traced so: its input-major backward in one graph
+with the rest ran slower than the compiled reference. Its FFN is one operator of the graph instead (``own_params_ffn``),
+whose forward and backward are this Function's, on the fused path's own compiled helpers; the graph keeps what the eager
+path keeps (the lean memory rule or not), and without autograd, or on ``lean``, the reference serves it. What the graph
+saves for the backward of the traced Functions follows the memory rule: under ``lean`` the backward recomputes the
+features from opaque copies of x and h (``dispatch.kept_for_recompute``), so the graph keeps what the eager path keeps;
+under ``fast`` the compiler's partitioner merges the backward's recomputed features with the forward's and keeps them
+(about what the compiled reference keeps; RBF FFN, d 128, 1024 tokens: 9.6 against 9.0 MB, 0.8 MB eager).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn.modules import module as _module
 
-from .dispatch import _fused, _kernel_fn, get_kernel, kept_for_recompute, per_token, scoped_kernel, traced, use_lean
+from .autotune import kernel_memory
+from .dispatch import (
+    _fused,
+    _kernel_fn,
+    get_kernel,
+    kept_for_recompute,
+    kernel,
+    per_token,
+    scoped_kernel,
+    traced,
+    use_lean,
+)
 from .gemm import mm
 from .lean import (
     _add_transposed,
@@ -73,6 +89,9 @@ from .lean import (
 )
 from .triton_kan import triton_available
 
+# One op namespace per copy of this file (as dispatch.py's): a checkpoint's portable modeling code carries its own copy.
+_NS = re.sub(r"\W", "_", __name__)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -93,6 +112,7 @@ class Plan:
     products: tuple[int, int] | None = None  # MultKAN's (sum nodes, multiplication nodes) between the layers
     n_own1: int = 0  # the basis' own parameters (``lean_params``: a wavelet's), whose layer runs input-major
     n_own2: int = 0
+    opaque: bool = False  # inside a compiled graph, the operator ``own_params_ffn`` (layer 1 has parameters of its own)
 
     def split_pre(self, pre: tuple[torch.Tensor, ...]
                   ) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
@@ -125,8 +145,9 @@ def _chainable(layer: Any, mode: str, x: torch.Tensor, tracing: bool) -> tuple[t
     if layer.kernel_mode not in (None, mode) or _hooked(layer) or not (basis.has_lean if tracing
                                                                         else use_lean(basis.has_lean)):
         return False
-    if tracing and basis.has_lean_params:
-        return False  # the wavelet: its input-major backward in one graph with the rest ran slower than the reference
+    if tracing and basis.has_lean_params and (mode not in ("auto", "fused") or not torch.is_grad_enabled()
+                                             or kernel_memory() != "lean"):
+        return False  # the wavelet's operator serves the lean memory rule in training; else the compiled reference
     if not tracing and mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
         return False  # the layer's hand-written Triton kernels serve it
     state = basis.fused_state()
@@ -159,6 +180,8 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     n_own1, n_own2 = len(b1.lean_params()), len(b2.lean_params())
     if products is not None and (n_own1 or n_own2):
         return None  # the products' backward takes token-major gradients; no such basis today
+    if tracing and n_own2 and not n_own1:
+        return None  # the operator serves a layer 1 with parameters of its own (both, for the wavelet)
     dtype = _compute_dtype(x)
     pad1 = _input_pad(b1, b1.n_basis + (fc1.base_weight is not None), fc1.in_features, state1, dtype, x.device)
     pad2 = _input_pad(b2, b2.n_basis + (fc2.base_weight is not None), fc2.in_features, state2, dtype, x.device)
@@ -169,7 +192,7 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     if products is not None:
         tag += f"*{products[0]},{products[1]}"
     return Plan(b1, b2, state1, state2, pad1, pad2, None if pre1 is None else len(pre1),
-                None if pre2 is None else len(pre2), dtype, tag, products, n_own1, n_own2)
+                None if pre2 is None else len(pre2), dtype, tag, products, n_own1, n_own2, tracing and n_own1 > 0)
 
 
 def node_products(sub: torch.Tensor, n_sum: int, pad: int = 0) -> torch.Tensor:
@@ -259,6 +282,59 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
     return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2, g_own1, g_own2
 
 
+def _forward_tensors(p: Plan, x: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
+                     bias1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
+                     bias2: torch.Tensor | None, params: tuple[torch.Tensor, ...]
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...],
+                                tuple[torch.Tensor, ...]]:
+    """The two-layer forward on ``p``'s path: ``_ffn_forward``'s results (y, layer 1's input kept input-major or None,
+    layer 2's input as kept, the pre-transforms' statistics), with the inputs padded and detached. ``params``: as
+    ``LeanKANFFNFunction`` takes them."""
+    pre = p.split_params(params)[0]
+    with torch.autocast(x.device.type, enabled=False):
+        x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
+        pre1, pre2 = p.split_pre(pre_)
+        xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
+        c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
+        per_token(xp)
+        return _kernel_fn(_ffn_forward, tag=p.tag)(
+            p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0,
+            p.products, (x.shape[1] if p.n_own1 else 0, coef2.shape[1] if p.n_own2 else 0))
+
+
+def _backward_tensors(p: Plan, x: torch.Tensor, h: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
+                      coef2: torch.Tensor, base2: torch.Tensor | None, stats: tuple[tuple[torch.Tensor, ...], ...],
+                      params: tuple[torch.Tensor, ...], gy: torch.Tensor, need: tuple[bool, ...], n_in: int
+                      ) -> tuple[Any, ...]:
+    """The two-layer backward on ``p``'s path, from what ``_forward_tensors`` kept (``x``: layer 1's input, input-major
+    where layer 1 has parameters of its own; ``h``; ``stats``: the two layers' statistics): (dx, dcoef1, dbase1,
+    dbias1, dcoef2, dbase2, dbias2, the ``params``' gradients), the weights' gradients of the real inputs alone, None
+    where ``need`` (``_ffn_backward``'s) does not ask for them, dx of layer 1's ``n_in`` inputs, in x's dtype."""
+    stats1, stats2 = stats
+    pre, own1, own2 = p.split_params(params)
+    pre1, pre2 = p.split_pre(pre)
+    with torch.autocast(x.device.type, enabled=False):
+        if p.n_own1:  # x is input-major (I, N), unpadded: the weights are padded alone
+            xp, (c1, w1, s1, pre1p) = x, _pad_params(p.pad1, coef1, base1, p.state1, pre1)
+        else:
+            xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
+        c2, w2, s2, pre2p = _pad_params(p.pad2, coef2, base2, p.state2, pre2)
+        per_token(gy, *stats1, *stats2)
+        for kept, own in ((xp, p.n_own1), (h, p.n_own2)):
+            per_token(kept, dim=-1 if own else 0)  # an input-major input's tokens are its columns
+        g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2, g_own1, g_own2 = _kernel_fn(
+            _ffn_backward, tag=p.tag)(
+            p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1, own1), (c2, w2, s2, pre2p, stats2, own2), gy,
+            p.dtype, need, p.products)
+        if p.n_own1:  # input-major (I, N): the compiler's tiled transpose in a graph of its own (lean.py)
+            per_token(g_x, dim=-1)
+            g_x = _kernel_fn(_add_transposed, tag=p.tag)(None, g_x)
+    g_c1, g_w1, g_pre1 = _unpad(p.pad1, n_in, g_c1, g_w1, g_pre1)
+    g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
+    g_params = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2, *g_own1, *g_own2), params, strict=True))
+    return g_x[:, :n_in].to(x.dtype), g_c1, g_w1, g_b1, g_c2, g_w2, g_b2, g_params
+
+
 class LeanKANFFNFunction(torch.autograd.Function):
     """``y = layer2(layer1(x))`` for two lean KAN layers (``plan``), saving x, the hidden activations, the weights and
     the pre-transforms' per-token statistics. ``params``: layer 1's pre-transform parameters, then layer 2's, then
@@ -268,16 +344,7 @@ class LeanKANFFNFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
                 bias1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
                 bias2: torch.Tensor | None, p: Plan, *params: torch.Tensor) -> torch.Tensor:
-        pre = p.split_params(params)[0]
-        with torch.autocast(x.device.type, enabled=False):
-            x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
-            pre1, pre2 = p.split_pre(pre_)
-            xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
-            c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
-            per_token(xp)
-            y, x_keep, h, stats1, stats2 = _kernel_fn(_ffn_forward, tag=p.tag)(
-                p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0,
-                p.products, (x.shape[1] if p.n_own1 else 0, coef2.shape[1] if p.n_own2 else 0))
+        y, x_keep, h, stats1, stats2 = _forward_tensors(p, x, coef1, base1, bias1, coef2, base2, bias2, params)
         ctx.plan, ctx.n_stats1, ctx.n_stats2 = p, len(stats1), len(stats2)
         ctx.mode = get_kernel()  # the backward takes the path the forward took
         ctx.has_base1, ctx.has_base2, ctx.has_bias1, ctx.has_bias2 = (
@@ -297,55 +364,173 @@ class LeanKANFFNFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        p: Plan = ctx.plan
         x, h, coef1, base1, coef2, base2, *saved = ctx.saved_tensors
         x, h = kept_for_recompute(x, h)
         stats1, saved = tuple(saved[: ctx.n_stats1]), saved[ctx.n_stats1:]
         stats2, params = tuple(saved[: ctx.n_stats2]), tuple(saved[ctx.n_stats2:])
-        pre, own1, own2 = p.split_params(params)
         base1 = base1 if ctx.has_base1 else None
         base2 = base2 if ctx.has_base2 else None
-        pre1, pre2 = p.split_pre(pre)
         needs = ctx.needs_input_grad
         need = (needs[1] or needs[2], ctx.has_bias1 and needs[3], needs[4] or needs[5], ctx.has_bias2 and needs[6])
-        n_in = ctx.n_in
-        with torch.autocast(x.device.type, enabled=False):
-            if p.n_own1:  # x is input-major (I, N), unpadded: the weights are padded alone
-                xp, (c1, w1, s1, pre1p) = x, _pad_params(p.pad1, coef1, base1, p.state1, pre1)
-            else:
-                xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
-            c2, w2, s2, pre2p = _pad_params(p.pad2, coef2, base2, p.state2, pre2)
-            per_token(gy, *stats1, *stats2)
-            for kept, own in ((xp, p.n_own1), (h, p.n_own2)):
-                per_token(kept, dim=-1 if own else 0)  # an input-major input's tokens are its columns
-            g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2, g_own1, g_own2 = _kernel_fn(
-                _ffn_backward, tag=p.tag)(
-                p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1, own1), (c2, w2, s2, pre2p, stats2, own2), gy,
-                p.dtype, need, p.products)
-            if p.n_own1:  # input-major (I, N): the compiler's tiled transpose in a graph of its own (lean.py)
-                per_token(g_x, dim=-1)
-                g_x = _kernel_fn(_add_transposed, tag=p.tag)(None, g_x)
-        g_c1, g_w1, g_pre1 = _unpad(p.pad1, n_in, g_c1, g_w1, g_pre1)
-        g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
-        g_params = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2, *g_own1, *g_own2), params, strict=True))
+        g_x, g_c1, g_w1, g_b1, g_c2, g_w2, g_b2, g_params = _backward_tensors(
+            ctx.plan, x, h, coef1, base1, coef2, base2, (stats1, stats2), params, gy, need, ctx.n_in)
 
         def cast(g: torch.Tensor | None, i: int, like: torch.Tensor) -> torch.Tensor | None:
             """A parameter's gradient where asked for, in the dtype the per-layer path gives it."""
             return None if g is None or not needs[i] else g.to(like.dtype)
 
-        return (g_x[:, :n_in].to(x.dtype), cast(g_c1, 1, coef1), cast(g_w1, 2, base1), cast(g_b1, 3, coef1),
-                cast(g_c2, 4, coef2), cast(g_w2, 5, base2), cast(g_b2, 6, coef2), None, *g_params)
+        return (g_x, cast(g_c1, 1, coef1), cast(g_w1, 2, base1), cast(g_b1, 3, coef1), cast(g_c2, 4, coef2),
+                cast(g_w2, 5, base2), cast(g_b2, 6, coef2), None, *g_params)
 
 
 def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
-    """``ffn.fc2(ffn.fc1(x))`` through the two-layer Function (``p`` from :func:`plan`)."""
+    """``ffn.fc2(ffn.fc1(x))`` through the two-layer Function (``p`` from :func:`plan`), or, where ``p`` is
+    ``opaque``, through the operator that runs it inside a compiled graph."""
     fc1, fc2 = ffn.fc1, ffn.fc2
     x2 = x.reshape(-1, fc1.in_features)
     params = (*(fc1.basis.lean_pre_params() or ()), *(fc2.basis.lean_pre_params() or ()),
               *fc1.basis.lean_params(), *fc2.basis.lean_params())
-    y = LeanKANFFNFunction.apply(x2, fc1.coef, fc1.base_weight, fc1.bias, fc2.coef, fc2.base_weight, fc2.bias, p,
-                                 *params)
+    if p.opaque:
+        y = own_params_ffn(fc1.basis.lean_spec(), fc2.basis.lean_spec(), [p.pad1, p.pad2], p.dtype, p.tag, x2,
+                           fc1.coef, fc1.base_weight, fc1.bias, fc2.coef, fc2.base_weight, fc2.bias, list(params))[0]
+    else:
+        y = LeanKANFFNFunction.apply(x2, fc1.coef, fc1.base_weight, fc1.bias, fc2.coef, fc2.base_weight, fc2.bias, p,
+                                     *params)
     return y.reshape(*x.shape[:-1], fc2.out_features)
+
+
+# -- inside a compiled model: bases with parameters of their own, as an operator -----------------------------------
+# Traced with the rest of a compiled graph, the wavelet's input-major backward ran slower than the compiled reference
+# (d 128, 1024 tokens: 2.39 against 1.84x the MLP's step), and the reference keeps the basis' values for the backward
+# (1.60x the MLP's activations at d 384). As an operator the graph calls, the two-layer Function's forward and backward
+# run as they do eagerly, on their own compiled helpers (compiled on the first call, cached on disk), and the graph
+# keeps what the eager path keeps: x input-major and the hidden activations. The graph carries each layer's basis as
+# its configuration (``Basis.lean_spec``), not as the object: one graph serves every block of a regionally compiled
+# model (an object's identity, a guard of the graph, recompiled it block by block, up to dynamo's recompile limit).
+@functools.cache
+def _basis(spec: str) -> Any:
+    """A basis of the configuration ``spec`` (``Basis.lean_spec``), for its lean forms: its own parameters are not
+    read (the operator passes the layer's)."""
+    from .kan import get_basis_class
+
+    name, in_features, *kwargs = spec.split("|")
+    return get_basis_class(name)(int(in_features), **{k: ast.literal_eval(v) for k, v in
+                                                      (item.split("=", 1) for item in kwargs)})
+
+
+def _op_plan(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, params: list[torch.Tensor]
+             ) -> Plan:
+    """The plan a graph was traced with, its per-function state made from the operator's own inputs."""
+    b1, b2 = _basis(spec1), _basis(spec2)
+    n1, n2 = len(b1.lean_params()), len(b2.lean_params())
+    return Plan(b1, b2, b1.fused_state_from(*params[:n1]), b2.fused_state_from(*params[n1:]), pads[0], pads[1], None,
+                None, dtype, tag, None, n1, n2)
+
+
+def _fresh(tensors: list[torch.Tensor], inputs: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """``tensors`` contiguous, each in memory of its own (an operator's outputs may not alias its inputs or each
+    other, and its fake implementation gives them contiguous)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel()}
+    out = []
+    for t in tensors:
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        t = t.clone() if ptr in seen else t.contiguous()
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        out.append(t)
+    return out
+
+
+def _keys() -> Any:
+    """The dispatch state the operator's helpers run in, the same on every call: the compiled helpers are guarded on
+    their inputs' dispatch keys, and a compiled graph's first call runs its operators with more of them excluded than
+    later calls (ADInplaceOrView among them): the helpers compiled twice. Nothing below records autograd."""
+    return torch._C._AutoDispatchBelowADInplaceOrView()
+
+
+@torch.library.custom_op(f"{_NS}::own_params_ffn", mutates_args=())
+def own_params_ffn(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, x: torch.Tensor,
+                   coef1: torch.Tensor, base1: torch.Tensor | None, bias1: torch.Tensor | None, coef2: torch.Tensor,
+                   base2: torch.Tensor | None, bias2: torch.Tensor | None, params: list[torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, x input-major, layer 2's input as kept) of a KAN FFN whose layer 1 has parameters of its own, on the fused
+    path (``_forward_tensors``)."""
+    p = _op_plan(spec1, spec2, pads, dtype, tag, params)
+    with scoped_kernel("auto"), _keys():  # the compiled helpers, the eager ones where compiling fails
+        y, x_keep, h, _, _ = _forward_tensors(p, x, coef1, base1, bias1, coef2, base2, bias2, tuple(params))
+    return tuple(_fresh([y, x_keep, h], [x, coef1, base1, bias1, coef2, base2, bias2, *params]))
+
+
+@own_params_ffn.register_fake
+def _(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, x: torch.Tensor, coef1: torch.Tensor,
+      base1: torch.Tensor | None, bias1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
+      bias2: torch.Tensor | None, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    p = _op_plan(spec1, spec2, pads, dtype, tag, params)
+    with kernel("lean"):  # the helpers themselves, on fake tensors: the outputs' shapes and dtypes
+        y, x_keep, h, _, _ = _forward_tensors(p, x, coef1, base1, bias1, coef2, base2, bias2, tuple(params))
+    return y.new_empty(y.shape), x_keep.new_empty(x_keep.shape), h.new_empty(h.shape)
+
+
+@torch.library.custom_op(f"{_NS}::own_params_ffn_backward", mutates_args=())
+def own_params_ffn_backward(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, x_t: torch.Tensor,
+                            h: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None, coef2: torch.Tensor,
+                            base2: torch.Tensor | None, params: list[torch.Tensor], gy: torch.Tensor,
+                            need: list[bool]) -> list[torch.Tensor]:
+    """:func:`own_params_ffn`'s backward (``_backward_tensors``): dx, dcoef1, dbase1, dbias1, dcoef2, dbase2, dbias2,
+    then the ``params``' gradients; an empty tensor for a gradient not asked for (``need``) or without its tensor."""
+    with scoped_kernel("auto"), _keys():
+        grads = _own_backward(spec1, spec2, pads, dtype, tag, x_t, h, coef1, base1, coef2, base2, params, gy, need)
+    return _fresh(grads, [x_t, h, coef1, base1, coef2, base2, *params, gy])
+
+
+@own_params_ffn_backward.register_fake
+def _(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, x_t: torch.Tensor, h: torch.Tensor,
+      coef1: torch.Tensor, base1: torch.Tensor | None, coef2: torch.Tensor, base2: torch.Tensor | None,
+      params: list[torch.Tensor], gy: torch.Tensor, need: list[bool]) -> list[torch.Tensor]:
+    with kernel("lean"):  # as the forward's fake: the helpers themselves
+        grads = _own_backward(spec1, spec2, pads, dtype, tag, x_t, h, coef1, base1, coef2, base2, params, gy, need)
+    return [g.new_empty(g.shape) for g in grads]
+
+
+def _own_backward(spec1: str, spec2: str, pads: list[int], dtype: torch.dtype, tag: str, x_t: torch.Tensor,
+                  h: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None, coef2: torch.Tensor,
+                  base2: torch.Tensor | None, params: list[torch.Tensor], gy: torch.Tensor, need: list[bool]
+                  ) -> list[torch.Tensor]:
+    p = _op_plan(spec1, spec2, pads, dtype, tag, params)
+    g_x, g_c1, g_w1, g_b1, g_c2, g_w2, g_b2, g_params = _backward_tensors(
+        p, x_t, h, coef1, base1, coef2, base2, ((), ()), tuple(params), gy, tuple(need), x_t.shape[0])
+    grads = [(g_x, x_t), (g_c1, coef1), (g_w1, base1), (g_b1, coef1), (g_c2, coef2), (g_w2, base2), (g_b2, coef2)]
+    return [x_t.new_empty(0) if g is None else g.to(like.dtype) for g, like in grads] + list(g_params)
+
+
+def _own_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    spec1, spec2, pads, dtype, tag, x, coef1, base1, bias1, coef2, base2, bias2, params = inputs
+    _, x_t, h = output
+    ctx.static = (spec1, spec2, list(pads), dtype, tag)
+    ctx.has = (base1 is not None, bias1 is not None, base2 is not None, bias2 is not None)
+    ctx.save_for_backward(x_t, h, coef1, coef1 if base1 is None else base1, coef2, coef2 if base2 is None else base2,
+                          *params)
+
+
+def _own_backward_formula(ctx: Any, gy: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    x_t, h, coef1, base1, coef2, base2, *params = ctx.saved_tensors
+    has_base1, has_bias1, has_base2, has_bias2 = ctx.has
+    base1, base2 = (base1 if has_base1 else None), (base2 if has_base2 else None)
+    # one per operator argument: spec1, spec2, pads, dtype, tag, then x (5), coef1, base1, bias1, coef2, base2, bias2
+    needs = ctx.needs_input_grad
+    need = [needs[6] or needs[7], has_bias1 and needs[8], needs[9] or needs[10], has_bias2 and needs[11]]
+    g_x, g_c1, g_w1, g_b1, g_c2, g_w2, g_b2, *g_params = own_params_ffn_backward(
+        *ctx.static, x_t, h, coef1, base1, coef2, base2, params, gy, need)
+
+    def asked(g: torch.Tensor, i: int, present: bool = True) -> torch.Tensor | None:
+        return g if present and needs[i] else None
+
+    return (None, None, None, None, None, asked(g_x, 5), asked(g_c1, 6), asked(g_w1, 7, has_base1),
+            asked(g_b1, 8, has_bias1), asked(g_c2, 9), asked(g_w2, 10, has_base2), asked(g_b2, 11, has_bias2),
+            g_params)
+
+
+own_params_ffn.register_autograd(_own_backward_formula, setup_context=_own_setup)
 
 
 # -- GR-KAN: rational -> linear, twice -----------------------------------------------------------------------------

@@ -112,12 +112,8 @@ class WaveletBasis(Basis):
             slope = u2 - 1
         return self._psi(u, u2, gauss), slope * gauss * inv_scale
 
-    def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Translations and inverse scales, wavelet-major (W, I)."""
-        return self.translation.T.contiguous(), torch.exp(-self.log_scale).T.contiguous()
-
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
-        t, inv_scale = self._rows()
+        t, inv_scale = self.fused_state_from(self.translation, self.log_scale)
         return torch.stack([self._term(x, t[j], inv_scale[j])[0] for j in range(self.num_wavelets)], dim=1)
 
     def fused_state(self) -> tuple[torch.Tensor, ...]:
@@ -125,7 +121,14 @@ class WaveletBasis(Basis):
         (their gradients reach the parameters through ``lean_params``). Two arguments of the compiled graphs, not 2W
         rows of their own: each graph argument costs its guards, checks and pad on every call (see ``lean_params``)."""
         with torch.no_grad():
-            return self._rows()
+            return self.fused_state_from(self.translation, self.log_scale)
+
+    def lean_spec(self) -> str:
+        return f"{self.name}|{self.in_features}|num_wavelets={self.num_wavelets}|wavelet={self.wavelet!r}"
+
+    def fused_state_from(self, translation: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Translations and inverse scales, wavelet-major (W, I), from the (I, W) tensors ``lean_params`` gives."""
+        return translation.T.contiguous(), torch.exp(-log_scale).T.contiguous()
 
     def fused_term(self, x: torch.Tensor, j: int, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         translation, inv_scale = state
