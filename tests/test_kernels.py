@@ -275,7 +275,10 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
         assert lean._input_pad(basis, per_input, 170, state, *fp32) == 6  # +3.5 %: padded
         assert lean._input_pad(basis, per_input, 137, state, *fp32) == 7  # +5.1 %: padded
         assert lean._input_pad(basis, per_input, 103, state, *fp32) == 0  # +8.7 %: not
-        assert lean._input_pad(basis, per_input, 47, state, *bf16) == 0  # a bf16 matmul on CPU: never
+        for native, pad in ((True, 0), (False, 1)):  # a native bf16 matmul on CPU: never; one taken in fp32 (a CPU
+            with pytest.MonkeyPatch.context() as mp:  # without bf16 products, layers/gemm.py): the fp32 rule
+                mp.setattr(lean, "native_low_precision", lambda dtype, _n=native: _n)
+                assert lean._input_pad(basis, per_input, 47, state, *bf16) == pad, native
         assert lean._input_pad(basis, per_input, 47, state, torch.bfloat16, torch.device("cuda")) == 1
     with kernel("lean"):
         assert lean._input_pad(basis, per_input, 47, state, *fp32) == 0  # eager lean: never padded
@@ -291,10 +294,12 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
 
 
 def test_a_layer_padded_in_fp32_and_not_in_bf16_gets_a_compiled_copy_for_each(monkeypatch):
-    """The input padding depends on the matmul's dtype (none for bf16 on CPU), so the compiled copies are kept apart by
-    it: one copy meeting both widths would recompile with the width symbolic (generic, slower loops)."""
+    """The input padding depends on the matmul's dtype (none for bf16 on a CPU with native bf16 products), so the
+    compiled copies are kept apart by it: one copy meeting both widths would recompile with the width symbolic
+    (generic, slower loops)."""
     tags = []
     monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": tags.append((fn.__name__, tag)) or fn)
+    monkeypatch.setattr(lean, "native_low_precision", lambda dtype: True)
     layer = KANLinear(47, 5, "bspline")
     x = torch.randn(16, 47, requires_grad=True)
     with kernel("fused"):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, realized, scoped_kernel
-from .gemm import mm
+from .gemm import mm, native_low_precision
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
@@ -156,15 +156,19 @@ def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor
     (``lean_paddable``: Chebyshev, Jacobi). A pre-transform (RBF's LayerNorm) gets the padded input
     and its per-input parameters padded with zeros, and reduces over the basis' ``in_features`` only (the Basis
     contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped. Not for a bf16 or
-    fp16 matmul on CPU (``dtype``: the matmul's), whose BLAS measured no such penalty (the backward's and forward's
-    three bf16 products at K = 1539 against 1584: 18.9 against 18.9 ms; 3078 against 3168, d 768 / 4096 tokens: 151.7
-    against 153.7 ms), so padding only added work: same-process A/Bs at d 384, bf16 autocast, padded against not, in
-    both orders: B-spline 1.14 / 1.14 against 1.12 / 1.11x the MLP, RBF 1.26 / 1.22 against 1.24 / 1.20, the wavelet
-    1.48 / 1.48 against 1.40 / 1.41."""
+    fp16 matmul on a CPU with native products for it (``dtype``: the matmul's), whose BLAS measured no such penalty
+    (the backward's and forward's three bf16 products at K = 1539 against 1584: 18.9 against 18.9 ms; 3078 against
+    3168, d 768 / 4096 tokens: 151.7 against 153.7 ms), so padding only added work: same-process A/Bs at d 384, bf16
+    autocast, padded against not, in both orders: B-spline 1.14 / 1.14 against 1.12 / 1.11x the MLP, RBF 1.26 / 1.22
+    against 1.24 / 1.20, the wavelet 1.48 / 1.48 against 1.40 / 1.41. Where the CPU has none, ``gemm.mm`` takes the
+    product in fp32 on the rounded operands, and the fp32 rule holds: bf16 autocast on an AVX2-only Zen 3, FFN steps
+    padded / unpadded in alternating turns of one process (median of 8 turns each), d 768 / 4096 tokens: RBF 0.93,
+    B-spline 0.95, MultKAN 0.94 (every RBF and B-spline turn faster); d 384 / 2048 tokens, two runs: RBF 0.96 / 0.94,
+    B-spline 0.97 / 1.00, MultKAN 1.04 / 0.99, the wavelet 1.03 / 1.00."""
     if (state is None and not basis.lean_paddable) or not _fused():
         return 0
-    if dtype in _LOW_PRECISION and device.type == "cpu":
-        return 0
+    if dtype in _LOW_PRECISION and device.type == "cpu" and native_low_precision(dtype):
+        return 0  # where the CPU has no such products, gemm.mm takes them in fp32: the fp32 rule
     pad = -width % 16
     # at most 6.25% more inputs: at the demo's widths (B-spline 57 -> 64, Chebyshev 103 -> 112; 1024 tokens: +12%,
     # +9%) the copies and the extra work cost more than the BLAS gained (interleaved A/B: 1.64 against 1.52x, 1.25
