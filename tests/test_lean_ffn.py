@@ -475,6 +475,9 @@ def test_inside_a_compiled_graph_the_plan_takes_the_function_where_it_serves(mon
             with pytest.MonkeyPatch.context() as mp:  # the fast memory rule: the compiler's choice, the reference
                 mp.setattr(autotune, "_memory", ["fast"])
                 assert lean_ffn.plan(wavelet, x) is None, mode
+            with pytest.MonkeyPatch.context() as mp:  # a basis that cannot name its configuration: the reference
+                mp.setattr(type(wavelet.fc1.basis), "lean_spec", kan.Basis.lean_spec)
+                assert lean_ffn.plan(wavelet, x) is None, mode
     with kernel("reference"):
         assert lean_ffn.plan(ffn, x) is None
     ffn.fc1.basis.grid = ffn.fc1.basis.grid.clone()  # a new tensor that no check has seen (a loader's, say)

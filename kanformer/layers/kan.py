@@ -171,6 +171,10 @@ class Basis(nn.Module):
         return type(self).lean_params is not Basis.lean_params
 
     @property
+    def has_lean_spec(self) -> bool:
+        return type(self).lean_spec is not Basis.lean_spec
+
+    @property
     def has_params_backward(self) -> bool:
         return type(self).lean_params_backward is not Basis.lean_params_backward
 
@@ -194,7 +198,8 @@ class Basis(nn.Module):
         """With ``lean_params``: the basis as a string a compiled graph carries (layers/lean_ffn.py's operator, which
         builds a basis from it to run the lean forms, its parameters passed apart), ``name|in_features|key=value...``:
         the registered name, then each ``__init__`` keyword the lean forms read, its value a Python literal (``repr``).
-        Made of attributes only, so a graph traced for one layer serves every layer of the same configuration."""
+        Made of attributes only, so a graph traced for one layer serves every layer of the same configuration. Without
+        it, such a basis takes the compiled reference inside a compiled graph."""
         raise NotImplementedError
 
     def fused_state_from(self, *params: torch.Tensor) -> tuple[torch.Tensor, ...] | None:

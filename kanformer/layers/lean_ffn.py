@@ -146,7 +146,7 @@ def _chainable(layer: Any, mode: str, x: torch.Tensor, tracing: bool) -> tuple[t
                                                                         else use_lean(basis.has_lean)):
         return False
     if tracing and basis.has_lean_params and (mode not in ("auto", "fused") or not torch.is_grad_enabled()
-                                             or kernel_memory() != "lean"):
+                                             or kernel_memory() != "lean" or not basis.has_lean_spec):
         return False  # the wavelet's operator serves the lean memory rule in training; else the compiled reference
     if not tracing and mode in ("auto", "triton") and triton_available(x) and basis.triton_params() is not None:
         return False  # the layer's hand-written Triton kernels serve it
