@@ -172,6 +172,45 @@ def test_low_precision_without_native_products_is_multiplied_in_fp32(native, dty
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("name", ["mlp", "chebyshev"])
+def test_a_compiled_graph_keeps_the_widened_products(native, name):
+    """Inside a compiled graph (bf16 autocast, no native bf16 products) every product of the FFN, forward and backward,
+    is the widened operator, which the compiler cannot turn back into a bf16 product for PyTorch's fallback kernel
+    (traced as plain casts, the backward's products were such, ~27x the eager step on the AVX2 machine): the values and
+    gradients of the eager widened products."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    native(False)
+    graphs: dict[str, list[torch.fx.GraphModule]] = {"forward": [], "backward": []}
+
+    def keep(kind):
+        return lambda gm, _inputs: graphs[kind].append(gm) or make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    ffn = create_ffn(name, 24, 40)
+    x = torch.randn(3, 7, 24)
+    compiled = torch.compile(ffn, fullgraph=True, backend=aot_autograd(fw_compiler=keep("forward"),
+                                                                         bw_compiler=keep("backward")))
+    results = []
+    for run in (ffn, compiled):
+        xi = x.clone().requires_grad_()
+        with kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = run(xi)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        results.append([y.detach().float(), xi.grad] + [p.grad.clone() for p in ffn.parameters()])
+        ffn.zero_grad(set_to_none=True)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+    widened = getattr(torch.ops, gemm._NS).widened_mm.default
+    for kind, least in (("forward", 2), ("backward", 4)):  # two layers' products; each one's two gradients
+        ops = [n.target for g in graphs[kind] for n in g.graph.nodes if n.op == "call_function"]
+        assert ops.count(widened) >= least, (kind, ops)
+        assert not {torch.ops.aten.mm.default, torch.ops.aten.addmm.default} & set(ops), (kind, ops)
+    torch._dynamo.reset()
+
+
 def test_bad_library_names_the_allowed_values(library):
     with pytest.raises(ValueError, match="Unknown matmul library 'mkl'.*auto, torch, onednn"):
         library("mkl")
