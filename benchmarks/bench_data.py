@@ -186,7 +186,7 @@ def train_run(folder: Path, steps: int, work: Path, name: str) -> dict[str, Any]
                         f"train.max_steps={steps}", "train.eval_every=1000000", "train.save_every=1000000",
                         "train.log_every=10", "log.wandb=disabled"], env={"HF_HUB_OFFLINE": "1"})
     records = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["type"] == "train"][1:]  # the first interval holds the warm-up
+    train = [r for r in records if r["type"] == "train" and "tokens_per_s" in r][1:]  # the first: the warm-up
     run["data_frac"] = float(np.mean([r["data_frac"] for r in train]))
     run["tokens_per_s"] = float(np.mean([r["tokens_per_s"] for r in train]))
     shutil.rmtree(work / "runs" / name, ignore_errors=True)

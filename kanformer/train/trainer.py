@@ -672,7 +672,11 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.cfg.name,
                    dynamic_ncols=True)
         last = {"loss": float("nan")}
-        wall0, tokens0, data0 = self.wall_s, self.tokens_seen, self.data_s
+        wall0, data0 = self.wall_s, self.data_s
+        # the throughput counts this process's steps that compiled nothing: their tokens over their time (a step
+        # that compiled only in part has no measurable training time of its own; a compiled model's first is all
+        # compiling)
+        timed_tokens, timed_s = 0, 0.0
         compiled_model = t.compile != "none"  # the first step of this process compiles the model
         try:
             while self.step < t.max_steps:
@@ -723,19 +727,21 @@ class Trainer:
                 compiled_model = False
                 self.compile_s += compile_s
                 self.wall_s += step_s - compile_s
+                if compile_s <= 0.0:
+                    timed_tokens, timed_s = timed_tokens + self.tokens_per_step(), timed_s + step_s
                 loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
                     mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
-                    elapsed = self.wall_s - wall0
                     last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                            "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s,
-                            "tokens_per_s": (self.tokens_seen - tokens0) / max(elapsed, 1e-9),
-                            "data_frac": (self.data_s - data0) / max(elapsed, 1e-9),  # batch fetching's share
-                            "compile_s": self.compile_s,
-                            "skipped_steps": self.skipped_steps}
+                            "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s}
+                    if timed_s > 0:  # none before this process's first step that compiled nothing
+                        last.update(tokens_per_s=timed_tokens / timed_s,
+                                    data_frac=(self.data_s - data0) / max(self.wall_s - wall0, 1e-9))
+                    last.update(compile_s=self.compile_s, skipped_steps=self.skipped_steps)
                     self._log(last)
                     self._record_kernel_choices()
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                    tok_s = last.get("tokens_per_s")
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s="-" if tok_s is None else f"{tok_s:.0f}")
                 if self.step % t.eval_every == 0 or self.step == t.max_steps:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
                                "wall_s": self.wall_s, **self.evaluate()})
