@@ -150,11 +150,10 @@ def main(argv: list[str] | None = None) -> None:
                           "params_removed": rep["params_removed"], "params_zeroed": rep["params_zeroed"]}, indent=2))
         return
     if args.command == "kanify":
-        import yaml
-
+        from .config import read_yaml
         from .surgery.pretrained import kanify_checkpoint
 
-        kw = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.kw)}
+        kw = {k: read_yaml(v) for k, v in (item.split("=", 1) for item in args.kw)}
         match = None if args.match == "none" or args.hidden else args.match
         result = kanify_checkpoint(args.checkpoint, args.out, args.ffn, match=match, hidden=args.hidden,
                                    layers=args.layers, init=args.init, config=args.config, text=args.text,
@@ -220,17 +219,16 @@ def eval_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
 
 def prepare_command(args: argparse.Namespace, items: list[str], parser: argparse.ArgumentParser) -> None:
     import dataclasses
+    from pathlib import Path
 
-    import yaml
-
-    from .config import _merge, load_config, parse_override, run_config_from
+    from .config import _merge, load_config, parse_override, read_yaml, run_config_from
     from .data import TokenSplit, prepare, read_manifest
 
     sources = [i for i in items if "=" not in i]
     if len(sources) > 1 or any(i.startswith("-") for i in sources):
         parser.error(f"prepare takes one source and data.key=value options, got {' '.join(sources)}")
     overrides = [i for i in items if "=" in i]
-    raw = yaml.safe_load(open(args.config)) if args.config else None
+    raw = read_yaml(Path(args.config).read_text()) if args.config else None
     if isinstance(raw, dict) and "base" in raw:  # a compare or sweep config: every run shares its base's data
         extra: dict = {}
         for text in overrides:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -349,6 +350,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# -- reading YAML ---------------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans (``true`` / ``false`` only). PyYAML follows YAML 1.1, which also reads ``yes``,
+    ``no``, ``on`` and ``off`` as booleans: ``train.mixed_precision=no``, accelerate's own spelling, came in as False
+    and failed its type check."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != _BOOL]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` as YAML, every config's reader (:class:`_Loader`: ``no`` is the string "no")."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+
+
 # -- building dataclasses from plain data, with type checks -------------------------------------------------------
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
@@ -426,7 +445,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ValueError(f"Override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    value = read_yaml(raw) if raw else ""
     if isinstance(value, str) and raw.strip():
         try:  # YAML 1.1 reads 3e-4 as a string; numbers the user typed are numbers
             value = float(raw) if any(c in raw.lower() for c in ".e") else int(raw)
@@ -448,7 +467,7 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None,
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"Config file {str(p)!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"Config file {str(p)!r} must hold a mapping at the top level")
     preset = data.pop("preset", None) if preset is None else preset
@@ -465,7 +484,7 @@ def load_yaml_config(cls: type, path: str | Path, overrides: list[str] | None = 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Config file {str(p)!r} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_yaml(p.read_text()) or {}
     for text in overrides or []:
         data = _merge(data, parse_override(text))
     return _build(cls, data, "")
@@ -512,8 +531,8 @@ def check_reusable(cfg: RunConfig) -> None:
     path = cfg.run_dir / "config.yaml"
     if not path.is_file():
         return
-    saved = yaml.safe_load(path.read_text()) or {}
-    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    saved = read_yaml(path.read_text()) or {}
+    wanted = read_yaml(yaml.safe_dump(cfg.to_dict()))
     diff = config_differences(saved, wanted)
     if diff:
         raise ValueError(f"{cfg.run_dir} holds a run of another config ({len(diff)} difference(s), saved -> now):\n  "

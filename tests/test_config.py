@@ -26,6 +26,19 @@ def test_override_parsing():
         parse_override("train.lr")
 
 
+def test_no_is_a_word_and_only_true_and_false_are_booleans(tmp_path):
+    """PyYAML reads YAML 1.1, where no / yes / on / off are booleans; the configs read YAML 1.2's booleans, so
+    ``mixed_precision: no``, the setting's own spelling (and accelerate's), works on the command line and in a file."""
+    assert load_config(preset="debug", overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "exp.yaml"
+    path.write_text("preset: debug\ntrain: {mixed_precision: no}\ndata: {streaming: true}\n")
+    cfg = load_config(path)
+    assert cfg.train.mixed_precision == "no" and cfg.data.streaming is True
+    assert parse_override("data.augment=False") == {"data": {"augment": False}}
+    with pytest.raises(TypeError, match="data.augment must be bool, got 'yes'"):
+        load_config(preset="debug", overrides=["data.augment=yes"])
+
+
 @pytest.mark.parametrize("override,error,msg", [
     (["train.lrr=1"], ValueError, r"Unknown config key 'train.lrr'. Known keys here: .*lr"),
     (["optimizer.lr=1"], ValueError, r"Unknown config key 'optimizer'"),
