@@ -230,6 +230,21 @@ def timings(monkeypatch, tmp_path):
 
 
 @needs_onednn
+def test_the_library_is_timed_on_fp32_products_under_autocast_too(library, timings, monkeypatch):
+    """The call that first asks for the library may run under bf16 autocast (an evaluation's first forward): the
+    timing still multiplies fp32 operands, the only ones the library takes. (It once timed PyTorch's side in bf16:
+    on an AVX2 CPU its fallback kernel, ~100x slower, and the machine kept oneDNN.)"""
+    seen = []
+    real = gemm._product
+    monkeypatch.setattr(gemm, "_product",
+                        lambda a, b, bias=None: seen.append(torch.is_autocast_enabled("cpu")) or real(a, b, bias))
+    library("auto")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gemm.library() in ("torch", "onednn")
+    assert len(timings) == 1 and seen and not any(seen)
+
+
+@needs_onednn
 def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_path):
     library("auto")
     calls = timings
