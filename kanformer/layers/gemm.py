@@ -333,13 +333,6 @@ class _Widened(torch.autograd.Function):
         return g_a, g_b, g_bias, None
 
 
-def _low_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, low: torch.dtype) -> torch.Tensor:
-    """The widened product: eagerly the casts themselves (autograd records them), compiled the operator."""
-    if torch.compiler.is_compiling():
-        return _Widened.apply(a, b, bias, low)
-    return _widened(a, b, bias, low)
-
-
 @register_flop_formula(torch.ops.__getattr__(_NS).widened_mm)
 def _widened_flops(a_shape: Any, b_shape: Any, bias_shape: Any, low: Any = None, out_shape: Any = None,
                    **_: Any) -> int:
@@ -350,8 +343,8 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> to
     """``a @ b`` (2-d), plus ``bias`` (1-d, per column) if given, through the process's library (low precision
     without native products: in fp32, rounded back; the module's docstring)."""
     low = _widened_dtype(a)
-    if low is not None:
-        return _low_product(a, b, bias, low)
+    if low is not None:  # eagerly the casts themselves (autograd records them), in a compiled graph the operator
+        return _Widened.apply(a, b, bias, low) if torch.compiler.is_compiling() else _widened(a, b, bias, low)
     if _onednn_applies(a, b, bias):
         return _product(a, b, bias)
     return a @ b if bias is None else torch.addmm(bias, a, b)
@@ -365,7 +358,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if torch.compiler.is_compiling():
             y = _Widened.apply(x.reshape(-1, x.shape[-1]), weight.t(), bias, low)
             return y.view(*x.shape[:-1], weight.shape[0])
-        with torch.autocast("cpu", enabled=False):  # (as one product of 2-d operands, the MLP's step took ~3% longer)
+        with torch.autocast("cpu", enabled=False):  # eagerly F.linear on the widened operands
             return linear(_wide(x, low), _wide(weight, low), _wide(bias, low)).to(low)
     if x.dim() >= 2 and _onednn_applies(x, weight, bias):
         y = _product(x.reshape(-1, x.shape[-1]), weight.t(), bias)
