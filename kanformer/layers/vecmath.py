@@ -6,7 +6,7 @@ live (a layer's nine features, their gradients, the hoisted constants) saves and
 B-spline layer-1 backward loop of a d 128 FFN (1024 tokens; the generated loop alone, one thread, 2-core development
 CPU) took 0.93 - 1.19 ms as generated and 0.43 - 0.51 ms with its one sigmoid taken out; RBF's, with three calls,
 1.45 - 1.82 ms, and 0.87 - 0.91 ms with the three in an inline form like this one (a degree-6 polynomial, the same
-exponent bits). In the FFN step: README, "Speed and memory", the paragraph marked ¶.
+exponent bits). In the FFN step: docs/speed_history.md, the paragraph marked ¶.
 
 ``loop_exp`` is Cephes' ``expf``: x = k ln2 + r (ln2 in two parts, Cody-Waite), a degree-7 polynomial in r, and
 2^k made in the exponent bits. At most 0.98 ulp from the exact exponential over 5 million points of [-87.3, 88]
