@@ -206,15 +206,16 @@ def machine(device: torch.device) -> str:
     return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def gemm_note(record: dict[str, Any] | None, widened: str | None = None) -> str:
+def gemm_note(record: dict[str, Any] | None, widened: str | None = None, whose: str = "the FFNs'") -> str:
     """The header's words on the fp32 CPU matmul library every FFN of the run used (layers/gemm.py), and on the
-    ``widened`` low-precision dtype (``bf16``, ``fp16``) whose products the FFNs took in fp32 (no native ones)."""
+    ``widened`` low-precision dtype (``bf16``, ``fp16``) whose products (``whose``) were taken in fp32 (no native
+    ones)."""
     if not record:
         return ""
     how = record["source"] if "times_ms" not in record else (
         f"{record['source']}: an MLP's six products {record['times_ms']['onednn']:.0f} ms routed to oneDNN against "
         f"{record['times_ms']['torch']:.0f} ms by PyTorch's own")
-    wide = f"the FFNs' {widened} products in fp32 (this CPU has no native {widened} products), " if widened else ""
+    wide = f"{whose} {widened} products in fp32 (this CPU has no native {widened} products), " if widened else ""
     return f"fp32 CPU products by {record['library']} ({how}), {wide}"
 
 

@@ -36,6 +36,7 @@ from kanformer import kanify
 from kanformer.evaluation.metrics import measure_training
 from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
+from kanformer.layers.widen import widened_autocast
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
 from kanformer.train.optim import ADAMW
@@ -92,7 +93,9 @@ class ModelArm:
 
     def turn(self, first: bool) -> None:
         a = self.args
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16), path(a.kernel):
+        # a CPU without native bf16 products takes the model's products in fp32, as training does (layers/widen.py)
+        with (torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16), path(a.kernel),
+              widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None)):
             if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
                 settle(self.model, self.batch)
             self.rounds.append(measure_training(self.model, self.batch, a.batch * a.seq, steps=a.steps,
@@ -149,7 +152,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"), {result['device']} [{result['machine']}], KAN path "
             f"{result['kernel']} (memory rule {result.get('kernel_memory', 'lean')}), "
             f"AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
-            f"{gemm_note(result.get('gemm_record'), 'bf16' if result.get('widened') else None)}"
+            f"{gemm_note(result.get('gemm_record'), 'bf16' if result.get('widened') else None, 'every')}"
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
             f"of the same-round ratios; range: lowest - highest round)")

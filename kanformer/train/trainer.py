@@ -35,6 +35,7 @@ from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, u
 from ..layers import autotune, gemm, refresh_checks
 from ..layers.budget import model_flops_per_token
 from ..layers.dispatch import set_kernel
+from ..layers.widen import widened_autocast
 from ..models import ADAPTERS
 from ..tasks import task_for
 from . import checkpoint as ckpt
@@ -627,6 +628,11 @@ class Trainer:
                        "layers": len(names)})
 
     # -- evaluation -----------------------------------------------------------------------------------------------
+    def _widened(self) -> contextlib.AbstractContextManager[bool]:
+        """Mixed precision on a CPU without native products for it: the model's products in fp32 (layers/widen.py)."""
+        acc = self.accelerator
+        return widened_autocast(self.cfg.train.mixed_precision if acc.device.type == "cpu" else None)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Token-weighted mean NLL over a fixed slice of the validation set (accuracy too for images)."""
@@ -636,9 +642,10 @@ class Trainer:
         n = min(n_val, self.cfg.train.eval_batches * self.cfg.train.batch_size * self.world)
         mine = torch.arange(self.rank, n, self.world)
         sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # nll sum, count, hits
-        for chunk in mine.split(self.cfg.train.batch_size):
-            batch = self._batch(chunk, train=False)
-            sums += torch.tensor(self.task.scores(model(**batch), batch), device=acc.device, dtype=torch.float64)
+        with self._widened():
+            for chunk in mine.split(self.cfg.train.batch_size):
+                batch = self._batch(chunk, train=False)
+                sums += torch.tensor(self.task.scores(model(**batch), batch), device=acc.device, dtype=torch.float64)
         sums = acc.reduce(sums, reduction="sum")
         model.train()
         return self.task.metrics(*sums.tolist())
@@ -678,6 +685,8 @@ class Trainer:
         # compiling)
         timed_tokens, timed_s = 0, 0.0
         compiled_model = t.compile != "none"  # the first step of this process compiles the model
+        widened = contextlib.ExitStack()
+        widened.enter_context(self._widened())
         try:
             while self.step < t.max_steps:
                 step_start, overhead0 = time.perf_counter(), autotune.overhead_seconds()
@@ -764,6 +773,7 @@ class Trainer:
             if finished:
                 self.export()
         finally:
+            widened.close()
             bar.close()
             if self.stream is not None:
                 self.stream.close()
