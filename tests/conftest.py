@@ -34,6 +34,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def native(monkeypatch):
+    """Pins whether this CPU's bf16 / fp16 products count as native (layers/gemm.py), for one test."""
+    from kanformer.layers import gemm
+
+    return lambda value: monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, value))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -42,12 +42,6 @@ def test_mm_equals_torch(library, layout):
     assert gemm._suits(a, b) == (layout != "transposed_tall")
 
 
-@pytest.fixture
-def native(monkeypatch):
-    """Pins whether this CPU's bf16 / fp16 products count as native (layers/gemm.py), for one test."""
-    return lambda value: monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, value))
-
-
 @needs_onednn
 def test_mm_leaves_other_dtypes_and_empty_operands_to_torch(library, native):
     library("onednn")

@@ -4,14 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kanformer.layers import gemm, widen
+from kanformer.layers import widen
 from kanformer.layers.widen import widened_autocast
-
-
-@pytest.fixture
-def native(monkeypatch):
-    """Pins whether this CPU's bf16 / fp16 products count as native (layers/gemm.py), for one test."""
-    return lambda value: monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, value))
 
 
 def _autocast_kernel(op: str = "aten::mm") -> str:
