@@ -686,8 +686,8 @@ class Trainer:
         timed_tokens, timed_s = 0, 0.0
         compiled_model = t.compile != "none"  # the first step of this process compiles the model
         widened = contextlib.ExitStack()
-        widened.enter_context(self._widened())
         try:
+            widened.enter_context(self._widened())
             while self.step < t.max_steps:
                 step_start, overhead0 = time.perf_counter(), autotune.overhead_seconds()
                 lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
