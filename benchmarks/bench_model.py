@@ -146,16 +146,14 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
             "widened": args.bf16 and device.type == "cpu" and not gemm.native_low_precision(torch.bfloat16)}
 
 
-WHOLE_MODEL = "all the model's"  # whose low-precision products a CPU without native ones takes in fp32
-
-
 def format_table(result: dict[str, Any]) -> str:
+    products = gemm_note(result.get("gemm_record"), "bf16" if result.get("widened") else None, "all the model's")
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}{', torch.compile of each model' if result.get('compiled') else ''}"
             f"), {result['device']} [{result['machine']}], KAN path "
             f"{result['kernel']} (memory rule {result.get('kernel_memory', 'lean')}), "
             f"AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
-            f"{gemm_note(result.get('gemm_record'), 'bf16' if result.get('widened') else None, WHOLE_MODEL)}"
+            f"{products}"
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
             f"of the same-round ratios; range: lowest - highest round)")

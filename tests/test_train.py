@@ -357,19 +357,19 @@ def test_mixed_precision_on_a_cpu_without_native_products_is_warned_of(tmp_path,
         AcceleratorState._shared_state.update(saved)
 
 
-def test_mixed_precision_on_a_cpu_without_native_products_trains_with_every_product_widened(tmp_path, monkeypatch):
+def test_mixed_precision_on_a_cpu_without_native_products_trains_with_every_product_widened(tmp_path, native):
     """There the run takes the whole model's products in fp32 (layers/widen.py; the demo's GPT-2: 532 -> 88 ms a
     step on an AVX2 CPU) in every training and evaluation forward, and leaves autocast's own kernels when it ends; its
     losses follow the run on PyTorch's own bf16 products within bf16's rounding."""
-    from kanformer.layers import gemm, widen
+    from kanformer.layers import widen
 
     saved = dict(AcceleratorState._shared_state)
     losses = {}
     try:
-        for native in (False, True):
+        for is_native in (False, True):
             AcceleratorState._reset_state()
-            monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, native))
-            cfg = _cfg(tmp_path, name=f"native_{native}", **{"train.mixed_precision": "bf16", "train.max_steps": 3,
+            native(is_native)
+            cfg = _cfg(tmp_path, name=f"native_{is_native}", **{"train.mixed_precision": "bf16", "train.max_steps": 3,
                                                               "train.log_every": 1, "train.eval_every": 2})
             trainer = Trainer(cfg)
             seen = []
@@ -378,9 +378,9 @@ def test_mixed_precision_on_a_cpu_without_native_products_trains_with_every_prod
                 (module.training, widen.active(), torch.is_autocast_enabled("cpu"))))
             trainer.fit()
             assert {s[0] for s in seen} == {True, False}  # training and evaluation forwards
-            assert all(s[2] for s in seen) and {s[1] for s in seen} == {not native}
+            assert all(s[2] for s in seen) and {s[1] for s in seen} == {not is_native}
             assert not widen.active()
-            losses[native] = [r["loss"] for r in _records(cfg.run_dir)] + [r["val_loss"]
+            losses[is_native] = [r["loss"] for r in _records(cfg.run_dir)] + [r["val_loss"]
                                                                            for r in _records(cfg.run_dir, "eval")]
     finally:
         AcceleratorState._reset_state()

@@ -58,6 +58,7 @@ _record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, 
 
 
 _LOW = (torch.bfloat16, torch.float16)
+MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # a run's mixed_precision, as a dtype
 
 
 def _native_support() -> dict[torch.dtype, bool]:
@@ -81,7 +82,7 @@ def native_low_precision(dtype: torch.dtype) -> bool:
 def low_precision_warning(mixed_precision: str) -> str | None:
     """What a run should know before it trains in ``mixed_precision`` (``no``, ``bf16``, ``fp16``) on this CPU: None
     where its products are native."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    dtype = MIXED_PRECISION_DTYPES.get(mixed_precision)
     if dtype is None or native_low_precision(dtype):
         return None
     from .autotune import cpu_isa, cpu_name

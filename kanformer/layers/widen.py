@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 
-from .gemm import native_low_precision
+from .gemm import MIXED_PRECISION_DTYPES, native_low_precision
 
 # The products and the attention that CPU autocast runs in its low dtype, by the name of the overload its kernel is
 # registered for (F.linear, torch.matmul, F.scaled_dot_product_attention, nn.Conv*d and the products they take).
 OPS = ("mm", "addmm", "bmm", "baddbmm", "addbmm", "linear", "matmul", "scaled_dot_product_attention",
        "conv1d", "conv2d", "conv3d", "conv1d.padding", "conv2d.padding", "conv3d.padding")
-_LOW = (torch.bfloat16, torch.float16)
 _state: dict[str, Any] = {"depth": 0, "lib": None}
 
 
@@ -72,8 +71,8 @@ def widened_autocast(dtype: torch.dtype | str | None) -> Iterator[bool]:
     elsewhere nothing changes. Yields whether the products are widened. Nests; the process's autocast kernels are
     restored when the outermost exits. It applies to the whole process (every thread's CPU autocast)."""
     if isinstance(dtype, str) or dtype is None:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)  # type: ignore[arg-type]
-    if dtype not in _LOW or native_low_precision(dtype):
+        dtype = MIXED_PRECISION_DTYPES.get(dtype)  # type: ignore[arg-type]
+    if dtype not in MIXED_PRECISION_DTYPES.values() or native_low_precision(dtype):
         yield False
         return
     if _state["depth"] == 0:
