@@ -23,7 +23,7 @@ import torch
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.optim import adamw
 
-from .bench_ffn import add_malloc_argument, machine, write_result
+from .bench_ffn import add_malloc_argument, machine, round_order, write_result
 from .bench_model import build_gpt2
 
 IMPLS = ("loop", "foreach", "fused")
@@ -53,7 +53,7 @@ def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[
         for _ in range(2):
             train_step(opt)
     for r in range(args.rounds + 1):  # the first round warms up
-        for impl, opt in opts.items():
+        for impl, opt in round_order(list(opts.items()), r):
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(args.steps):
@@ -83,7 +83,8 @@ def bench_arm(ffn: str, args: argparse.Namespace, device: torch.device) -> dict[
 def format_table(result: dict[str, Any]) -> str:
     head = (f"AdamW implementations, GPT-2 ({result['n_layer']} x {result['d_model']}, {result['batch']} x "
             f"{result['seq']} tokens), {result['device']} [{result['machine']}], {result['rounds']} rounds of "
-            f"{result['steps']} steps per implementation, interleaved (medians; x loop: median same-round ratio)")
+            f"{result['steps']} steps per implementation, interleaved, every other round in reverse order (medians; x "
+            f"loop: median same-round ratio)")
     lines = [head, "", "| FFN | tensors | impl | optimizer step ms | x loop | training step ms | x loop |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for row in result["rows"]:

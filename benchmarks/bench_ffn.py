@@ -3,7 +3,8 @@
 Each FFN gets the hidden width that matches the MLP of width 4*d_model (by parameters, or FLOPs with
 ``--match flops``). Timings: warm-up excluded, CUDA synchronised; the FFNs take turns, ``--rounds`` times, each turn
 one untimed step and the median of ``--repeats`` timed ones, so a machine that drifts (shared CPUs do, by 10-15 %
-within an hour) moves every FFN alike. A ratio is the median over the rounds of the FFN's time over the MLP's in the
+within an hour) moves every FFN alike; the order of the turns reverses from one round to the next
+(:func:`round_order`). A ratio is the median over the rounds of the FFN's time over the MLP's in the
 same round, with the lowest and highest round beside it. Activation memory: the bytes of the distinct tensors
 autograd saves for backward (parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks`` on any
 device; on CUDA also the peak allocated above the baseline.
@@ -130,6 +131,13 @@ class Arm:
         return row
 
 
+def round_order(arms: list[Any], r: int) -> list[Any]:
+    """The order of round ``r``'s turns: as given in even rounds (the first warms up, the reference first), reversed in
+    odd ones. Over each pair of rounds every arm's mean position is the same, so a drift within a round, or a turn's
+    cost to the turn after it, weighs on no arm more than another."""
+    return arms if r % 2 == 0 else arms[::-1]
+
+
 def _ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
     """Median, lowest and highest of the per-round ratios ``times[r] / ref[r]``."""
     ratios = [t / r for t, r in zip(times, ref, strict=True)]
@@ -156,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for arm in arms:
             arm.compile(kind)
     for r in range(rounds):
-        for arm in arms:  # the first round warms each arm up (compilation included); later turns take one step
+        for arm in round_order(arms, r):  # the first round warms each arm up (compilation included); later, one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
         print(f"  round {r + 1}/{rounds} done", flush=True)
     rows = [arm.row() for arm in arms]
@@ -174,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
-        "rounds": rounds, "machine": machine(device), "torch": torch.__version__,
+        "rounds": rounds, "order": "alternating", "machine": machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
         "cold": getattr(args, "cold", False), "gemm": gemm.library(), "gemm_record": gemm.record(),
         "widened": device.type == "cpu" and not gemm.native_low_precision(dtype),
@@ -255,8 +263,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"CPU malloc {result['malloc']}, "
             f"{gemm_note(result.get('gemm_record'), result['dtype'] if result.get('widened') else None)}"
             f"widths matched by {result['match']} to the GELU MLP (4*d), {result.get('rounds', 1)} rounds of "
-            f"{result['repeats']} steps per FFN, interleaved (times and ratios: medians; range: lowest - highest "
-            f"round). The machine: the GELU MLP's fwd+bwd step takes {result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "
+            f"{result['repeats']} steps per FFN, interleaved, every other round in reverse order (times and ratios: "
+            f"medians; range: lowest - highest round). The machine: the GELU MLP's fwd+bwd step takes "
+            f"{result['rows'][0]['fwd_bwd_s'] * 1e3:.1f} ms. "
             f"First step and auto's settling on "
             f"{'empty compiler and autotune caches (--cold)' if result.get('cold') else 'the caches this machine has'}")
     kinds = [k for k in COMPILED_KINDS if f"compiled_{k}_ratio" in result["rows"][0]]

@@ -30,6 +30,7 @@ from benchmarks.bench_ffn import (
     add_malloc_argument,
     gemm_note,
     machine,
+    round_order,
     write_result,
 )
 from kanformer import kanify
@@ -103,9 +104,9 @@ class ModelArm:
 
 
 def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Every arm takes a turn (``--steps`` timed steps) in each of ``--rounds`` rounds, interleaved as in bench_ffn:
-    a machine that drifts moves every arm alike. A throughput ratio is the median of the same-round ratios, with the
-    lowest and highest round."""
+    """Every arm takes a turn (``--steps`` timed steps) in each of ``--rounds`` rounds, interleaved as in bench_ffn
+    (every other round in reverse order): a machine that drifts moves every arm alike. A throughput ratio is the
+    median of the same-round ratios, with the lowest and highest round."""
     device = torch.device(args.device)
     rounds = getattr(args, "rounds", 1)
     names = ["mlp"] + [a for a in args.arms if a != "mlp"]
@@ -113,7 +114,7 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(names))
     arms = [ModelArm(ffn, args, device) for ffn in names]
     for r in range(rounds):
-        for arm in arms:
+        for arm in round_order(arms, r):
             arm.turn(first=r == 0)
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.ffn} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
                                                        for a in arms), flush=True)
@@ -141,6 +142,7 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
             "bf16": args.bf16,
             "compiled": getattr(args, "compile", False), "n_layer": args.n_layer,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
+            "order": "alternating",
             "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
             "gemm": gemm.library(), "gemm_record": gemm.record(),
             "widened": args.bf16 and device.type == "cpu" and not gemm.native_low_precision(torch.bfloat16)}
@@ -155,8 +157,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"AdamW {result.get('adamw', 'auto')}, CPU malloc {result['malloc']}, "
             f"{products}"
             f"parameters matched to the GELU MLP, "
-            f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved (ratios: medians "
-            f"of the same-round ratios; range: lowest - highest round)")
+            f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved, every other "
+            f"round in reverse order (ratios: medians of the same-round ratios; range: lowest - highest round)")
     lines = [head, "", "| FFN | params | tokens/s | x MLP | range | activations MB | x MLP | peak MB | x MLP |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = result["peak_key"]

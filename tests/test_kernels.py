@@ -401,21 +401,31 @@ def test_compile_fullgraph_kan_gpt2_matches_eager():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-5)
 
 
-def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path, capsys):
-    """Every FFN takes a turn per round; a ratio is the median of the same-round ratios, with their range."""
+def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path, capsys, monkeypatch):
+    """Every FFN takes a turn per round, every other round in reverse order; a ratio is the median of the same-round
+    ratios, with their range."""
     from benchmarks import bench_ffn
 
+    turns = []
+    timed = bench_ffn.Arm.time
+
+    def record(arm, *args):
+        turns.append(arm.name)
+        return timed(arm, *args)
+
+    monkeypatch.setattr(bench_ffn.Arm, "time", record)
     out = tmp_path / "ffn.json"
     with kernel("lean"):  # restored afterwards (the benchmark sets the process' path)
         bench_ffn.main(["--d-model", "16", "--tokens", "32", "--rounds", "3", "--repeats", "1", "--warmup", "1",
                         "--ffns", "chebyshev", "--kernel", "lean", "--malloc", "system", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["rounds"] == 3 and [r["ffn"] for r in result["rows"]] == ["mlp", "chebyshev"]
+    assert turns == ["mlp", "chebyshev", "chebyshev", "mlp", "mlp", "chebyshev"]
     mlp, cheb = result["rows"]
     assert mlp["time_ratio"] == mlp["time_ratio_low"] == mlp["time_ratio_high"] == 1.0
     assert 0 < cheb["time_ratio_low"] <= cheb["time_ratio"] <= cheb["time_ratio_high"]
     assert all(r["first_step_s"] > 0 and r["settled_s"] is None for r in result["rows"])  # pinned: nothing to settle
-    assert "3 rounds of 1 steps per FFN, interleaved" in capsys.readouterr().out
+    assert "3 rounds of 1 steps per FFN, interleaved, every other round in reverse order" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_ffn.main(["--rounds", "0"])
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
