@@ -43,6 +43,7 @@ from kanformer.train.allocator import current as current_malloc
 from kanformer.train.optim import ADAMW
 
 DEFAULT_ARMS = ["mlp", "swiglu", "bspline", "chebyshev", "rational", "rbf"]
+CONTROL = "mlp (control)"
 
 
 def build_gpt2(ffn: str, *, n_layer: int, d_model: int, n_head: int, seq: int, vocab: int, device: torch.device):
@@ -79,8 +80,9 @@ def settle(model: torch.nn.Module, batch: Any, timeout_s: float = 1800.0) -> Non
 class ModelArm:
     """One GPT-2 of the benchmark (its FFN kind), built once and timed a turn per round."""
 
-    def __init__(self, ffn: str, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, ffn: str, args: argparse.Namespace, device: torch.device, label: str | None = None) -> None:
         self.ffn, self.args, self.device = ffn, args, device
+        self.label = label or ffn  # the row's name: "mlp (control)" for the control arm
         self.model = build_gpt2(ffn, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq=args.seq,
                                 vocab=args.vocab, device=device)
         if getattr(args, "compile", False):  # as train.compile=model runs it
@@ -113,10 +115,12 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "compile", False):  # the arms' compiled models share their class' code: room for all in its cache
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(names))
     arms = [ModelArm(ffn, args, device) for ffn in names]
+    if getattr(args, "control", False):  # the MLP GPT-2 again, last: what an arm equal to the reference reads
+        arms.append(ModelArm("mlp", args, device, label=CONTROL))
     for r in range(rounds):
         for arm in round_order(arms, r):
             arm.turn(first=r == 0)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.ffn} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.label} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
                                                        for a in arms), flush=True)
     ref = arms[0]
     # CUDA's allocator peak per arm; on CPU the resident peak is the process's, which the interleaved arms share (what
@@ -126,7 +130,7 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     for arm in arms:
         tps = [s["train_tokens_per_s"] for s in arm.rounds]
         ratios = [s / m["train_tokens_per_s"] for s, m in zip(tps, ref.rounds, strict=True)]
-        row = {**arm.rounds[-1], "ffn": arm.ffn, "params": sum(p.numel() for p in arm.model.parameters()),
+        row = {**arm.rounds[-1], "ffn": arm.label, "params": sum(p.numel() for p in arm.model.parameters()),
                "train_tokens_per_s": statistics.median(tps), "throughput_ratio": statistics.median(ratios),
                "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
         rows.append(row)
@@ -328,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per arm and round")
     p.add_argument("--rounds", type=int, default=3, help="turns each arm takes, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--control", action="store_true",
+                   help="also time a second MLP GPT-2, identical to the reference, as the last arm: its ratio is what "
+                   "this run's noise alone reads (ideally 1.00)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each arm's model, as train.compile=model does (under auto, fused and lean the "

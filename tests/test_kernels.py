@@ -431,6 +431,34 @@ def test_ffn_benchmark_interleaves_rounds_and_reports_per_round_ratios(tmp_path,
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path, capsys, monkeypatch):
+    """bench_model: every arm takes a turn per round, every other round in reverse order; ``--control`` adds the MLP
+    GPT-2 again as the last arm, its row named so, with its same-round ratios to the reference."""
+    from benchmarks import bench_model
+
+    turns = []
+    taken = bench_model.ModelArm.turn
+
+    def record(arm, first):
+        turns.append(arm.label)
+        return taken(arm, first)
+
+    monkeypatch.setattr(bench_model.ModelArm, "turn", record)
+    out = tmp_path / "model.json"
+    with kernel("lean"):  # restored afterwards
+        bench_model.main(["--arms", "mlp", "chebyshev", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq",
+                          "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--rounds", "3", "--warmup", "1",
+                          "--kernel", "lean", "--malloc", "system", "--device", "cpu", "--control", "--json", str(out)])
+    result = json.loads(out.read_text())
+    order = ["mlp", "chebyshev", "mlp (control)"]
+    assert turns == order + order[::-1] + order
+    assert [r["ffn"] for r in result["rows"]] == order and result["order"] == "alternating"
+    reference, control = result["rows"][0], result["rows"][2]
+    assert control["params"] == reference["params"] and control["activation_ratio"] == 1.0
+    assert 0 < control["throughput_ratio_low"] <= control["throughput_ratio"] <= control["throughput_ratio_high"]
+    assert "| mlp (control) | " in capsys.readouterr().out
+
+
 def test_benchmark_ranges_span_the_runs_and_refuse_runs_of_other_settings(tmp_path, capsys):
     """``benchmarks.bench_ranges``: per FFN the range of the runs' ratios, bold only where every run met its target
     (1.15x; the wavelet 1.5x; baselines none); runs of different settings, or files that are no FFN benchmark result,
