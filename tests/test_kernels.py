@@ -493,8 +493,47 @@ def test_benchmark_ranges_span_the_runs_and_refuse_runs_of_other_settings(tmp_pa
     with pytest.raises(SystemExit, match=r"settings differ \(dtype 'fp32' in .*run0.json, 'bf16' here"):
         bench_ranges.main([paths[0], run(3, dtype="bf16")])
     (tmp_path / "other.json").write_text(json.dumps({"benchmark": "model"}))
-    with pytest.raises(SystemExit, match="other.json: not a result of benchmarks.bench_ffn"):
+    with pytest.raises(SystemExit, match="other.json: not a result of benchmarks.bench_ffn or benchmarks.bench_model"):
         bench_ranges.main([paths[0], str(tmp_path / "other.json")])
+
+
+def test_benchmark_ranges_over_gpt2_runs_count_the_runs_under_the_target_per_arm(tmp_path, capsys):
+    """``benchmarks.bench_ranges`` on ``bench_model`` results: per arm, over the runs that had it, the range of its
+    ratios, their number and how many fell under 0.85x (bold where none did; baselines and the control arm have no
+    target); a GPT-2 run among FFN runs, or one of another setting, is refused."""
+    from benchmarks import bench_ranges
+
+    def run(i: int, arms: dict[str, float], **settings: object) -> str:
+        rows = [{"ffn": "mlp", "train_tokens_per_s": 10000.0 + i, "throughput_ratio": 1.0, "activation_ratio": 1.0}]
+        rows += [{"ffn": name, "train_tokens_per_s": 9000.0, "throughput_ratio": r, "throughput_ratio_low": r - 0.1,
+                  "throughput_ratio_high": r + 0.1, "activation_ratio": 0.64} for name, r in arms.items()]
+        path = tmp_path / f"model{i}.json"
+        path.write_text(json.dumps({"benchmark": "model", "n_layer": 4, "d_model": 128, "seq": 64, "batch": 16,
+                                    "bf16": False, "compiled": False, "device": "cpu", "machine": "m", "rows": rows,
+                                    **settings}))
+        return str(path)
+
+    paths = [run(0, {"bspline": 0.90, "rbf": 0.84, "wavelet": 0.80}),
+             run(1, {"bspline": 0.86, "rbf": 0.91, "mlp (control)": 0.97}),
+             run(2, {"bspline": 0.95, "rbf": 0.83, "swiglu": 1.05, "mlp (control)": 1.04})]
+    bench_ranges.main([*paths, "--json", str(tmp_path / "summary.json")])
+    out = capsys.readouterr().out
+    assert "GPT-2 benchmark over 3 runs: 4 x 128, 16 x 64 tokens" in out
+    assert "the MLP GPT-2's tokens/s 10,000 / 10,001 / 10,002" in out
+    assert "| bspline | **0.86 - 0.95** | 3 | 0 | 0.90 / 0.86 / 0.95 | 0.76 - 1.05 | 0.64 |" in out
+    assert "| rbf | 0.83 - 0.91 | 3 | 2 | 0.84 / 0.91 / 0.83 |" in out
+    assert "| wavelet | 0.80 | 1 | 1 | 0.80 |" in out
+    assert "| mlp (control) | 0.97 - 1.04 | 2 | - |" in out and "| swiglu | 1.05 | 1 | - |" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["ffn"], r["within_target"], r["under_target"]) for r in summary["rows"]] == [
+        ("mlp", False, 0), ("bspline", True, 0), ("rbf", False, 2), ("wavelet", False, 1), ("mlp (control)", False, 0),
+        ("swiglu", False, 0)]
+    with pytest.raises(SystemExit, match=r"settings differ \(bf16 False in .*model0.json, True here"):
+        bench_ranges.main([paths[0], run(3, {"rbf": 0.9}, bf16=True)])
+    ffn = tmp_path / "ffn.json"
+    ffn.write_text(json.dumps({"benchmark": "ffn", "rows": [{"ffn": "mlp"}]}))
+    with pytest.raises(SystemExit, match=r"ffn.json: a 'ffn' benchmark's result among 'model' ones"):
+        bench_ranges.main([paths[0], str(ffn)])
 
 
 def test_ffn_benchmarks_cold_start_runs_on_fresh_caches_and_puts_the_old_ones_back(monkeypatch):
