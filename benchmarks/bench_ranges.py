@@ -66,6 +66,12 @@ def _span(values: list[float]) -> str:
     return lo if lo == hi else f"{lo} - {hi}"
 
 
+def _ratio_cells(values: list[float], within: bool) -> tuple[str, str]:
+    """A row's range cell (bold where every run met the target) and its per-run cell."""
+    span = _span(values)
+    return (f"**{span}**" if within else span), " / ".join(f"{v:.2f}" for v in values)
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of FFN benchmark runs (:func:`summarize_ffn`) or GPT-2 benchmark runs (:func:`summarize_model`)."""
     return summarize_model(runs) if runs[0]["benchmark"] == "model" else summarize_ffn(runs)
@@ -131,10 +137,8 @@ def format_table(s: dict[str, Any]) -> str:
     lines = [head, "", "| FFN | path | fwd+bwd x MLP | per run | single rounds | compiled reference x MLP | "
              "forward x MLP | saved act. x MLP |", "|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
-        span = _span(r["time_ratio"])
-        span = f"**{span}**" if r["within_target"] else span
-        lines.append(f"| {r['ffn']} | {', '.join(r['paths']) or '-'} | {span} | "
-                     f"{' / '.join(f'{v:.2f}' for v in r['time_ratio'])} | {_span(r['round_range'])} | "
+        lines.append(f"| {r['ffn']} | {', '.join(r['paths']) or '-'} | "
+                     f"{' | '.join(_ratio_cells(r['time_ratio'], r['within_target']))} | {_span(r['round_range'])} | "
                      f"{_span(r['compiled_reference_ratio'])} | {_span(r['fwd_time_ratio'])} | "
                      f"{_span(r['memory_ratio'])} |")
     return "\n".join(lines)
@@ -150,11 +154,9 @@ def format_model_table(s: dict[str, Any]) -> str:
     lines = [head, "", "| arm | tokens/s x MLP | runs | under the target | per run | single rounds | "
              "activations x MLP |", "|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
-        span = _span(r["throughput_ratio"])
-        span = f"**{span}**" if r["within_target"] else span
+        span, per_run = _ratio_cells(r["throughput_ratio"], r["within_target"])
         lines.append(f"| {r['ffn']} | {span} | {len(r['throughput_ratio'])} | "
-                     f"{'-' if r['target'] is None else r['under_target']} | "
-                     f"{' / '.join(f'{v:.2f}' for v in r['throughput_ratio'])} | {_span(r['round_range'])} | "
+                     f"{'-' if r['target'] is None else r['under_target']} | {per_run} | {_span(r['round_range'])} | "
                      f"{_span(r['activation_ratio'])} |")
     return "\n".join(lines)
 
