@@ -28,7 +28,7 @@ from typing import Any
 TARGET = 1.15  # the KAN FFNs' target: forward + backward within 1.15x the MLP's time
 TARGETS = {"wavelet": 1.5}
 MODEL_TARGET = 0.85  # the KAN GPT-2s' target: training tokens/s at least 0.85x the MLP GPT-2's
-BASELINES = ("mlp", "swiglu", "mlp (control)")
+BASELINES = ("mlp", "swiglu", "mlp (control)")  # the last: bench_model --control's arm (bench_model.CONTROL)
 SETTINGS = {"ffn": ("d_model", "tokens", "dtype", "autocast", "device", "match", "kernel", "malloc", "gemm"),
             "model": ("n_layer", "d_model", "seq", "batch", "bf16", "compiled", "device", "kernel", "kernel_memory",
                       "adamw", "malloc", "gemm")}
