@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     add_gemm_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    for flag in ("n_layer", "d_model", "n_head", "seq", "batch", "vocab", "steps", "rounds"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     autotune.set_kernel_memory(args.kernel_memory)
     configure_malloc(args.malloc)
     if args.gemm:

@@ -457,6 +457,9 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
     assert control["params"] == reference["params"] and control["activation_ratio"] == 1.0
     assert 0 < control["throughput_ratio_low"] <= control["throughput_ratio"] <= control["throughput_ratio_high"]
     assert "| mlp (control) | " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_model.main(["--rounds", "0"])
+    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_benchmark_ranges_span_the_runs_and_refuse_runs_of_other_settings(tmp_path, capsys):
