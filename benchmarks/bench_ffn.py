@@ -233,13 +233,16 @@ def add_gemm_argument(p: argparse.ArgumentParser) -> None:
                    "KANFORMER_GEMM or auto, measured once per machine)")
 
 
-def write_result(path: str | None, result: dict[str, Any]) -> None:
-    """A benchmark's result as JSON at ``path`` (``--json``; None: nothing), its folder made."""
+def write_result(path: str | None, result: dict[str, Any], quiet: bool = False) -> None:
+    """A benchmark's result as JSON at ``path`` (``--json``; None: nothing), its folder made; written beside and
+    renamed, so that a run killed mid-write leaves the last whole file."""
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
-        print(f"wrote {path}")
+        os.replace(path + ".tmp", path)
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def add_kernel_memory_argument(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,8 @@ import json
 import os
 import statistics
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -256,68 +258,113 @@ GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
 
-def gpu_checks(args: argparse.Namespace) -> dict[str, Any]:
+def gpu_checks(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every GPU check in one go, at the sizes of the targets (FFN: d_model 768, 16k tokens, bf16 autocast; model:
     GPT-2 small)."""
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA; this machine has none (run the CPU benchmarks without --gpu)")
-    return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE)
+    return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE, save=save)
 
 
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
-               model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5,
+               model_shape: dict[str, int], *, repeats: int = 10, steps: int = 5, rounds: int = 3,
                modes: tuple[str, ...] | None = None,
-               compiled: tuple[str, ...] = ("bspline", "rbf", "rational", "wavelet")) -> dict[str, Any]:
+               compiled: tuple[str, ...] = ("bspline", "rbf", "rational", "wavelet"),
+               save: Callable[[dict[str, Any]], None] | None = None,
+               evaluation_timeout_s: float = 120.0) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
     the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the
-    FFNs whose compiled model's path is checked too (check_fast_paths)."""
+    FFNs whose compiled model's path is checked too (check_fast_paths).
+
+    The checks run in stages, cheapest and most telling first (the eager paths before anything that compiles), and
+    ``save(result)`` is called after each: a run cut short by its time limit keeps what it measured. A stage that
+    raises is recorded under ``errors`` (its traceback) and the next one runs: on a machine nothing has run on yet,
+    one broken path must not hide the others' figures."""
     from benchmarks import bench_ffn
     from kanformer.layers import triton_kan
 
-    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__}
+    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__, "errors": {}, "stage_seconds": {}}
     triton = triton_kan.triton_available(torch.zeros(1, device=device))
     fast = modes or ("auto", "lean", "fused", *(("triton",) if triton else ()))
     out["kernels"] = list(fast)
+    # the paths that compile nothing before any that compiles, auto (what training runs) as soon as it can
+    eager = [m for m in ("lean", "triton", "auto") if m in fast]
+    order = eager + [m for m in fast if m not in eager]
+    out["correctness"], out["ffn"], out["model"] = [], {}, {}
     start = time.perf_counter()
-    out["correctness"] = check_fast_paths(device, fast, compiled)
-    print(f"correctness: {sum(r['ok'] for r in out['correctness'])}/{len(out['correctness'])} within tolerance",
-          flush=True)
-    out["ffn"] = {}
-    for mode in ("reference", *fast):
+
+    def stage(name: str, fn: Callable[[], None]) -> None:
+        began = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - recorded with its traceback; the run ends non-zero (main)
+            out["errors"][name] = traceback.format_exc()
+            print(f"{name} FAILED:\n{out['errors'][name]}", flush=True)
+        out["stage_seconds"][name] = round(time.perf_counter() - began, 2)
+        out["seconds"] = time.perf_counter() - start
+        if save:
+            save(out)
+
+    def correctness(modes_: tuple[str, ...], compiled_: tuple[str, ...]) -> None:
+        rows = check_fast_paths(device, modes_, compiled_)
+        if compiled_:  # only the compiled model's rows: the others were checked in the first stage
+            rows = [r for r in rows if r["mode"] == "compiled"]
+        out["correctness"] += rows
+        print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} within tolerance", flush=True)
+
+    def ffn(mode: str) -> None:
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
-                                warmup=2, repeats=repeats, **ffn_shape)
+                                warmup=2, repeats=repeats, rounds=rounds, **ffn_shape)
         with path(mode):
             res = bench_ffn.run(ns)
         res["kernel"] = mode
         print(bench_ffn.format_table(res), flush=True)
         out["ffn"][mode] = res
-    out["model"] = {}
-    for mode in fast:
+
+    def model(mode: str) -> None:
         ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
-                                   "steps": steps, "arms": ["mlp", "swiglu", *GPU_TARGETS]})
+                                   "steps": steps, "rounds": rounds, "arms": ["mlp", "swiglu", *GPU_TARGETS]})
         res = run_model_bench(ns)
         print(format_table(res), flush=True)
         out["model"][mode] = res
-    targets = {}
-    for mode in fast:
+
+    def evaluation() -> None:  # last: it forgets this process's choices
+        out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS, evaluation_timeout_s)
+        print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
+                          for k, v in out["evaluation_auto"].items()}), flush=True)
+
+    stage("correctness", lambda: correctness(tuple(fast), ()))
+    for mode in ("reference", *order):
+        stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
+    for mode in order:
+        stage(f"model/{mode}", lambda mode=mode: model(mode))
+    if compiled:
+        stage("correctness/compiled", lambda: correctness((), compiled))
+    out["targets"] = targets(out, fast)
+    out["autotune"] = autotune.decisions()  # what auto measured and chose for each FFN on this machine
+    if "auto" in fast:
+        stage("evaluation_auto", evaluation)
+    print(json.dumps(out["targets"], indent=2))
+    return out
+
+
+def targets(out: dict[str, Any], modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The targets per path and FFN with GPU targets, for the paths whose FFN and model benchmarks both ran."""
+    met = {}
+    for mode in modes:
+        if mode not in out["ffn"] or mode not in out["model"]:
+            continue
         rows = {r["ffn"]: r for r in out["ffn"][mode]["rows"]}
         model_rows = {r["ffn"]: r for r in out["model"][mode]["rows"]}
         for name in GPU_TARGETS:
-            targets[f"{mode}/{name}"] = {
+            met[f"{mode}/{name}"] = {
                 "time_ratio": rows[name]["time_ratio"], "memory_ratio": rows[name]["memory_ratio"],
                 "model_throughput_ratio": model_rows[name]["throughput_ratio"],
                 "met": rows[name]["time_ratio"] <= 1.3 and rows[name]["memory_ratio"] <= 1.3
                 and model_rows[name]["throughput_ratio"] >= 0.85}
-    out["targets"] = targets
-    out["autotune"] = autotune.decisions()  # what auto measured and chose for each FFN on this machine
-    if "auto" in fast:  # last: it forgets this process's choices
-        out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS)
-        print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
-                          for k, v in out["evaluation_auto"].items()}), flush=True)
-    out["seconds"] = time.perf_counter() - start
-    print(json.dumps(targets, indent=2))
-    return out
+    return met
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,13 +404,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.gemm:
         gemm.set_library(args.gemm)
     if args.gpu:
-        result = gpu_checks(args)
+        result = gpu_checks(args, save=lambda r: write_result(args.json, r, quiet=True))
     else:
         start = time.perf_counter()
         result = run_model_bench(args)
         result["seconds"] = time.perf_counter() - start
         print(format_table(result))
     write_result(args.json, result)
+    if result.get("errors"):
+        raise SystemExit(f"{len(result['errors'])} check(s) failed: {', '.join(result['errors'])} (tracebacks in the "
+                         f"output{' and ' + args.json if args.json else ''})")
 
 
 if __name__ == "__main__":

@@ -604,6 +604,47 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
 
 
+
+def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(monkeypatch, tmp_path):
+    """A check that breaks on a machine nothing has run on leaves its traceback in the result, the later stages still
+    run, the JSON is rewritten after every stage (a run cut short keeps what it measured), and main exits non-zero."""
+    import argparse
+    import json
+
+    from benchmarks import bench_ffn, bench_model
+
+    def fake_ffn(ns):
+        if ns.dtype != "bf16" or ns.rounds != 3:
+            raise AssertionError(ns)
+        return {"rows": [{"ffn": n, "time_ratio": 1.1, "memory_ratio": 0.5} for n in ["mlp", *bench_model.GPU_TARGETS]]}
+
+    def broken_model(ns):
+        raise RuntimeError(f"no kernel image for {ns.kernel}")
+
+    saved = []
+    monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled: [
+        {"ffn": "rbf", "mode": "compiled" if compiled else modes[0], "ok": True}])
+    monkeypatch.setattr(bench_ffn, "run", fake_ffn)
+    monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
+    monkeypatch.setattr(bench_model, "run_model_bench", broken_model)
+    out = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                 modes=("lean", "fused"), compiled=("rbf",),
+                                 save=lambda r: saved.append(json.loads(json.dumps(r))))
+    # eager paths first, then the ones that compile; every stage saved once, in that order
+    assert list(out["stage_seconds"]) == ["correctness", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
+                                          "model/fused", "correctness/compiled"]
+    assert len(saved) == 7 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert set(out["errors"]) == {"model/lean", "model/fused"}
+    assert "RuntimeError: no kernel image for fused" in out["errors"]["model/fused"]
+    assert [r["mode"] for r in out["correctness"]] == ["lean", "compiled"]
+    assert set(out["ffn"]) == {"reference", "lean", "fused"} and out["targets"] == {}  # no model figures, no targets
+
+    monkeypatch.setattr(bench_model, "gpu_checks", lambda args, save: out)
+    with pytest.raises(SystemExit, match="2 check\\(s\\) failed: model/lean, model/fused"):
+        bench_model.main(["--gpu", "--json", str(tmp_path / "gpu.json")])
+    assert json.loads((tmp_path / "gpu.json").read_text())["errors"] == out["errors"]
+
+
 _TRITON_SCRIPT = r"""
 import torch
 from kanformer import create_ffn, KANLinear
