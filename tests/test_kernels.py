@@ -801,3 +801,27 @@ def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     assert get_kernel() == before  # the process default is untouched
     kan_layers = [m for m in trainer.model.modules() if hasattr(m, "kernel_mode")]
     assert kan_layers and all(m.kernel_mode == "reference" for m in kan_layers)
+
+
+def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(tmp_path, capsys):
+    """`python -m benchmarks.profile_ffn`: the MLP first, then each ffn:kernel arm on its path, with the operators that
+    took the most time (their shares adding up to at most the whole), written as JSON; bad arms named."""
+    import json
+
+    from benchmarks import profile_ffn
+
+    out = tmp_path / "prof.json"
+    profile_ffn.main(["--arms", "rbf:lean", "--device", "cpu", "--d-model", "16", "--tokens", "64", "--warmup", "1",
+                      "--steps", "2", "--top", "5", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["ffn"], r["path"]) for r in rows] == [("mlp", "-"), ("rbf", "lean")]
+    for r in rows:
+        assert 0 < len(r["top"]) <= 5 and r["wall_ms"] > 0 and r["busy_ms"] > 0
+        assert sum(t["share"] for t in r["top"]) <= 1 + 1e-9
+        assert r["top"] == sorted(r["top"], key=lambda t: -t["ms_per_step"])
+    assert any(t["name"].startswith("LeanKANFunction") for t in rows[1]["top"])  # the lean path ran, not the reference
+    assert "rbf (path lean, hidden" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="Unknown FFN 'rfb'.*Available: .*rbf"):
+        profile_ffn.main(["--arms", "rfb:lean"])
+    with pytest.raises(SystemExit, match="Unknown KAN kernel 'fast'.*Available: auto, lean"):
+        profile_ffn.main(["--arms", "rbf:fast"])

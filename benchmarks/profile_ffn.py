@@ -1,0 +1,123 @@
+"""Where an FFN's training step spends its time: the GELU MLP and each named FFN (on the KAN path named with it) under
+``torch.profiler``, the operators and kernels that took the most device time (self time: CUDA kernels on a GPU, CPU
+operators on a CPU), and per step the wall time (median, timed apart from the profiler) beside the busy time the
+profiler adds up (on a GPU, a wall time well above it: the step waits on the host, launches and Python, not on the
+device).
+
+    python -m benchmarks.profile_ffn --device cuda --arms bspline:fused rational:triton --json out/prof.json
+    python -m benchmarks.profile_ffn --arms rbf:lean --d-model 128 --tokens 1024      # CPU
+
+Each arm is profiled on its own after ``--warmup`` untimed steps (compilation and ``auto``'s choice fall there), over
+``--steps`` steps of forward + backward, as bench_ffn times them; the JSON is rewritten after each arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.bench_ffn import DTYPES, Arm, machine, write_result
+from benchmarks.bench_model import path
+from kanformer import list_ffns
+from kanformer.evaluation.metrics import median_time
+from kanformer.layers.dispatch import KERNELS
+from kanformer.train.allocator import configure as configure_malloc
+
+
+def parse_arm(spec: str) -> tuple[str, str]:
+    """``ffn[:kernel]`` (kernel auto when left out) -> (ffn, kernel); unknown names raise naming the allowed ones."""
+    name, _, mode = spec.partition(":")
+    mode = mode or "auto"
+    if name not in list_ffns():
+        raise SystemExit(f"Unknown FFN {name!r} in --arms {spec!r}. Available: {', '.join(list_ffns())}")
+    if mode not in KERNELS:
+        raise SystemExit(f"Unknown KAN kernel {mode!r} in --arms {spec!r}. Available: {', '.join(KERNELS)}")
+    return name, mode
+
+
+def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """One FFN's step under the profiler: wall and device-busy milliseconds per step, and the top operators."""
+    dtype = DTYPES[args.dtype]
+    with path(mode):
+        torch.manual_seed(0)
+        arm = Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=dtype != torch.float32,
+                  match="params")
+        for _ in range(args.warmup):
+            arm.step()
+        # the wall time outside the profiler (its own overhead, largest in its first cycle, would swell it), a step
+        # synchronised at each end as bench_ffn times it
+        wall_ms = median_time(arm.step, device, warmup=0, repeats=args.steps) * 1e3
+        cuda = device.type == "cuda"
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+        with profile(activities=activities) as prof:
+            for _ in range(args.steps):
+                arm.step()
+            if cuda:
+                torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    # the self times add up to the busy time: on a GPU the kernels' (and copies') own events, not the operators that
+    # launched them, which carry the same time again
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0
+              and (not cuda or e.device_type == torch.autograd.DeviceType.CUDA)]
+    busy_ms = sum(getattr(e, key) for e in events) / 1e3 / args.steps
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    top = [{"name": e.key, "ms_per_step": getattr(e, key) / 1e3 / args.steps, "calls_per_step": e.count / args.steps,
+            "share": getattr(e, key) / 1e3 / args.steps / busy_ms if busy_ms else 0.0} for e in events[: args.top]]
+    return {"ffn": name, "kernel": mode if name not in ("mlp", "swiglu") else "-", "hidden": arm.hidden,
+            "path": arm.path, "wall_ms": wall_ms, "busy_ms": busy_ms, "busy_kind": "device" if cuda else "cpu",
+            "top": top}
+
+
+def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
+    ratio = "" if mlp is None or mlp is row else (f", {row['wall_ms'] / mlp['wall_ms']:.2f}x the MLP's wall time, "
+                                                 f"{row['busy_ms'] / mlp['busy_ms']:.2f}x its busy time")
+    lines = [f"{row['ffn']} (path {row['path']}, hidden {row['hidden']}): {row['wall_ms']:.2f} ms a step wall, "
+             f"{row['busy_ms']:.2f} ms {row['busy_kind']} busy{ratio}", "",
+             "| operator / kernel | ms a step | calls a step | share |", "|---|---:|---:|---:|"]
+    for t in row["top"]:
+        name = t["name"] if len(t["name"]) <= 90 else t["name"][:87] + "..."
+        lines.append(f"| `{name}` | {t['ms_per_step']:.3f} | {t['calls_per_step']:.0f} | {t['share']:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", default=["bspline:auto"],
+                   help=f"ffn[:kernel] each (kernel: one of {', '.join(KERNELS)}; default auto); the GELU MLP is "
+                   "profiled first")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="bf16 / fp16: autocast over fp32 parameters (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--d-model", type=int, default=768)
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation falls here)")
+    p.add_argument("--steps", type=int, default=5, help="profiled steps per arm")
+    p.add_argument("--top", type=int, default=15, help="operators listed per arm")
+    p.add_argument("--json", help="also write the results to this JSON file (after each arm)")
+    args = p.parse_args(argv)
+    for flag in ("d_model", "tokens", "steps", "top"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    device = torch.device(args.device)
+    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    arms = [("mlp", "auto")] + [parse_arm(s) for s in args.arms if parse_arm(s)[0] != "mlp"]
+    configure_malloc("keep")
+    result: dict[str, Any] = {"benchmark": "profile_ffn", "device": str(device), "machine": machine(device),
+                              "torch": torch.__version__, "d_model": args.d_model, "tokens": args.tokens,
+                              "dtype": args.dtype, "steps": args.steps, "rows": []}
+    print(f"FFN fwd+bwd under torch.profiler: d_model {args.d_model}, {args.tokens} tokens, {args.dtype}, "
+          f"{device} [{result['machine']}], {args.steps} steps per arm after {args.warmup} untimed", flush=True)
+    for name, mode in arms:
+        row = profile_arm(name, mode, args, device)
+        result["rows"].append(row)
+        print("\n" + format_arm(row, result["rows"][0]), flush=True)
+        write_result(args.json, result, quiet=True)
+
+
+if __name__ == "__main__":
+    main()
