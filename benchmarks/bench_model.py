@@ -254,6 +254,7 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
     return out
 
 
+GPU_STAGES = ("correctness", "ffn", "model", "evaluation_auto")  # the kinds of stage of the GPU check, in order
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
@@ -263,7 +264,9 @@ def gpu_checks(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] 
     GPT-2 small)."""
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA; this machine has none (run the CPU benchmarks without --gpu)")
-    return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE, save=save)
+    return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE, save=save,
+                      modes=tuple(args.gpu_kernels) if getattr(args, "gpu_kernels", None) else None,
+                      stages=tuple(getattr(args, "gpu_stages", None) or GPU_STAGES))
 
 
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
@@ -271,7 +274,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                modes: tuple[str, ...] | None = None,
                compiled: tuple[str, ...] = ("bspline", "rbf", "rational", "wavelet"),
                save: Callable[[dict[str, Any]], None] | None = None,
-               evaluation_timeout_s: float = 120.0) -> dict[str, Any]:
+               evaluation_timeout_s: float = 120.0, stages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
     the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the
@@ -280,7 +283,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     The checks run in stages, cheapest and most telling first (the eager paths before anything that compiles), and
     ``save(result)`` is called after each: a run cut short by its time limit keeps what it measured. A stage that
     raises is recorded under ``errors`` (its traceback) and the next one runs: on a machine nothing has run on yet,
-    one broken path must not hide the others' figures."""
+    one broken path must not hide the others' figures. ``stages``: the kinds of stage to run (``GPU_STAGES``; empty:
+    all), so that a short lease can go straight to the figures it lacks."""
     from benchmarks import bench_ffn
     from kanformer.layers import triton_kan
 
@@ -295,6 +299,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     start = time.perf_counter()
 
     def stage(name: str, fn: Callable[[], None]) -> None:
+        if stages and name.split("/")[0] not in stages and name not in stages:
+            return
         began = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
@@ -335,7 +341,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
                           for k, v in out["evaluation_auto"].items()}), flush=True)
 
-    stage("correctness", lambda: correctness(tuple(fast), ()))
+    stage("correctness/paths", lambda: correctness(tuple(fast), ()))
     for mode in ("reference", *order):
         stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
     for mode in order:
@@ -391,6 +397,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="the AdamW implementation, as training's train.adamw (auto: fused on CPU and CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
+    p.add_argument("--gpu-stages", nargs="+", choices=GPU_STAGES + ("correctness/paths", "correctness/compiled"),
+                   help="with --gpu: only these kinds of check, in their usual order (default: all; e.g. --gpu-stages "
+                   "model for the whole-model benchmark alone)")
+    p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
+                   help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
     add_kernel_memory_argument(p)
     add_malloc_argument(p)
     add_gemm_argument(p)

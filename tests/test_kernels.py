@@ -631,13 +631,23 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  modes=("lean", "fused"), compiled=("rbf",),
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
-    assert list(out["stage_seconds"]) == ["correctness", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
+    assert list(out["stage_seconds"]) == ["correctness/paths", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
                                           "model/fused", "correctness/compiled"]
     assert len(saved) == 7 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
     assert set(out["errors"]) == {"model/lean", "model/fused"}
     assert "RuntimeError: no kernel image for fused" in out["errors"]["model/fused"]
     assert [r["mode"] for r in out["correctness"]] == ["lean", "compiled"]
     assert set(out["ffn"]) == {"reference", "lean", "fused"} and out["targets"] == {}  # no model figures, no targets
+
+    # a short lease straight to the figures it lacks: the model stages alone, of the paths asked for
+    only = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                  modes=("lean", "fused"), compiled=("rbf",), stages=("model",))
+    assert list(only["stage_seconds"]) == ["model/lean", "model/fused"] and not only["correctness"]
+    seen = {}
+    monkeypatch.setattr(bench_model, "all_checks", lambda *a, **kw: seen.update(kw) or out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    bench_model.gpu_checks(argparse.Namespace(gpu_kernels=["fused"], gpu_stages=["ffn", "model"]))
+    assert seen["modes"] == ("fused",) and seen["stages"] == ("ffn", "model")
 
     monkeypatch.setattr(bench_model, "gpu_checks", lambda args, save: out)
     with pytest.raises(SystemExit, match="2 check\\(s\\) failed: model/lean, model/fused"):
