@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    arms = [("mlp", "auto")] + [parse_arm(s) for s in args.arms if parse_arm(s)[0] != "mlp"]
+    arms = [("mlp", "auto")] + [arm for arm in map(parse_arm, args.arms) if arm[0] != "mlp"]
     configure_malloc("keep")
     result: dict[str, Any] = {"benchmark": "profile_ffn", "device": str(device), "machine": machine(device),
                               "torch": torch.__version__, "d_model": args.d_model, "tokens": args.tokens,
