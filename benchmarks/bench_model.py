@@ -125,9 +125,10 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.label} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
                                                        for a in arms), flush=True)
     ref = arms[0]
-    # CUDA's allocator peak per arm; on CPU the resident peak is the process's, which the interleaved arms share (what
-    # one arm freed stays resident for the next, CPU malloc keep above all), so no per-arm figure: see activations
-    peak_key = "peak_allocated_bytes" if device.type == "cuda" else None
+    # CUDA's allocator peak per arm over what was allocated when its timed steps began (every arm's model stays
+    # resident); on CPU the resident peak is the process's, which the interleaved arms share (what one arm freed stays
+    # resident for the next, CPU malloc keep above all), so no per-arm figure: see activations
+    peak_key = "peak_allocated_growth_bytes" if device.type == "cuda" else None
     rows = []
     for arm in arms:
         tps = [s["train_tokens_per_s"] for s in arm.rounds]
@@ -165,7 +166,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"parameters matched to the GELU MLP, "
             f"{result.get('rounds', 1)} rounds of {result['steps']} timed steps per arm, interleaved, every other "
             f"round in reverse order (ratios: medians of the same-round ratios; range: lowest - highest round)")
-    lines = [head, "", "| FFN | params | tokens/s | x MLP | range | activations MB | x MLP | peak MB | x MLP |",
+    lines = [head, "", "| FFN | params | tokens/s | x MLP | range | activations MB | x MLP | step peak MB | x MLP |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = result["peak_key"]
     for r in result["rows"]:
@@ -175,7 +176,10 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{spread} | "
                      f"{r['activation_bytes'] / 2**20:.1f} | {r['activation_ratio']:.2f} | {peak} |")
     if not key:
-        lines += ["", "peak MB: CUDA only (on CPU the process's resident peak is shared by the interleaved arms)"]
+        lines += ["", "step peak MB: CUDA only (on CPU the process's resident peak is shared by the interleaved arms)"]
+    else:
+        lines += ["", "step peak MB: the allocator's peak during the timed steps over what was allocated as they began "
+                  "(activations, gradients, temporaries; every arm's weights and optimizer states left out)"]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import FFN
+from ..layers.autotune import saved_bytes
 from ..train.optim import adamw as build_adamw
 
 # Dense bf16 peak of one accelerator (FLOP/s), for MFU. Substring of torch.cuda.get_device_name -> peak.
@@ -243,6 +244,7 @@ def measure_inference(model: nn.Module, *, vocab_size: int, batch_size: int, pro
 
 
 _RSS_AT_RESET: list[int] = []
+_CUDA_AT_RESET: list[int] = []
 
 
 def _proc_status_kib(field: str) -> int | None:
@@ -256,18 +258,8 @@ def _proc_status_kib(field: str) -> int | None:
 def saved_activation_bytes(module: nn.Module, *args: Any, **kwargs: Any) -> int:
     """Bytes of the distinct storages autograd keeps for backward during ``module(*args, **kwargs)``, parameters
     excluded: the activation memory of a training step, measured the same way on every device."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(*args, **kwargs)
-    return sum(seen.values())
+    params = frozenset(p.untyped_storage().data_ptr() for p in module.parameters())
+    return saved_bytes(lambda: module(*args, **kwargs), exclude=params)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -275,6 +267,7 @@ def reset_peak_memory(device: torch.device) -> None:
     mark (writing 5 to /proc/self/clear_refs resets VmHWM)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        _CUDA_AT_RESET[:] = [torch.cuda.memory_allocated(device)]
         return
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -285,11 +278,15 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
-    """Peak memory since ``reset_peak_memory``: CUDA allocated / reserved; on CPU the process's resident peak and
-    its growth over the resident size at the reset (what the measured work added)."""
+    """Peak memory since ``reset_peak_memory``: CUDA allocated / reserved and the allocated peak's growth over what
+    was allocated at the reset; on CPU the process's resident peak and its growth over the resident size at the reset.
+    The growth is what the measured work added (a step's activations, gradients and temporaries), apart from whatever
+    else the process holds (other models, optimizer states)."""
     if device.type == "cuda":
-        return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
-                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+        peak = torch.cuda.max_memory_allocated(device)
+        base = _CUDA_AT_RESET[0] if _CUDA_AT_RESET else peak
+        return {"peak_allocated_bytes": peak, "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+                "peak_allocated_growth_bytes": max(0, peak - base)}
     hwm = _proc_status_kib("VmHWM")
     if hwm is None:
         return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

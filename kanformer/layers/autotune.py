@@ -454,14 +454,19 @@ def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
             "tokens": min(x.numel() // x.shape[-1], 256), "threads": torch.get_num_threads()}
 
 
-def _saved_bytes(fn: Any) -> int:
-    """Bytes of the distinct tensors autograd saves while ``fn()`` runs its forward."""
+def saved_bytes(fn: Any, exclude: frozenset[int] = frozenset()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs its forward, those whose
+    ``data_ptr`` is in ``exclude`` (e.g. the parameters') left out. The hook keeps a detached alias, not the tensor
+    itself: a saved output that held itself through its own graph would be a reference cycle that Python's collector
+    cannot see, and every measured step's activations would stay allocated for the rest of the process."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         with contextlib.suppress(Exception):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in exclude:
+                seen[storage.data_ptr()] = storage.nbytes()
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
@@ -526,7 +531,7 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str], backward: bool = 
     if backward and memory:
         mlp = create_ffn("mlp", ffn.d_model, 4 * ffn.d_model).to(x.device)
         with torch.enable_grad():
-            mlp_saved = _saved_bytes(lambda: mlp(xt))
+            mlp_saved = saved_bytes(lambda: mlp(xt))
     samples: dict[str, list[float]] = {}
     saved, dropped = {}, {}
 
@@ -546,7 +551,7 @@ def _measure(ffn: Any, x: torch.Tensor, candidates: list[str], backward: bool = 
     for path in list(samples) if backward and memory else ():
         def record(p: str = path) -> None:
             with torch.enable_grad():
-                saved[p] = _saved_bytes(lambda: _call(ffn, xt, p))
+                saved[p] = saved_bytes(lambda: _call(ffn, xt, p))
         attempt(path, record)
     times = {p: _median(v) for p, v in samples.items()}
     return {"times": times, "samples": samples, "saved": saved, "mlp_saved": mlp_saved, "dropped": dropped}

@@ -299,6 +299,7 @@ def welch_t_test(a: list[float], b: list[float]) -> float | None:
 
 METRICS = ("val_ppl", "val_bpb", "val_nll", "val_loss", "val_acc", "train_tokens_per_s", "generate_tokens_per_s",
            "prefill_tokens_per_s", "peak_rss_bytes", "peak_rss_growth_bytes", "peak_allocated_bytes",
+           "peak_allocated_growth_bytes",
            "activation_bytes", "mfu", "ffn_fwd_fraction", "ffn_bwd_fraction")
 
 
