@@ -258,7 +258,9 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
     return out
 
 
-GPU_STAGES = ("correctness", "ffn", "model", "evaluation_auto")  # the kinds of stage of the GPU check, in order
+# the kinds of stage of the GPU check, in order (model_compiled: the whole model under torch.compile, as
+# train.compile=model runs it, on auto: the configuration a GPU wants, the eager step's launches being host-bound)
+GPU_STAGES = ("correctness", "ffn", "model", "model_compiled", "evaluation_auto")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
@@ -333,12 +335,16 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         print(bench_ffn.format_table(res), flush=True)
         out["ffn"][mode] = res
 
-    def model(mode: str) -> None:
+    def model(mode: str, compiled_: bool = False) -> None:
         ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
-                                   "steps": steps, "rounds": rounds, "arms": ["mlp", "swiglu", *GPU_TARGETS]})
+                                   "steps": steps, "rounds": rounds, "arms": ["mlp", "swiglu", *GPU_TARGETS],
+                                   "compile": compiled_})
         res = run_model_bench(ns)
         print(format_table(res), flush=True)
-        out["model"][mode] = res
+        if compiled_:
+            out["model_compiled"] = res
+        else:
+            out["model"][mode] = res
 
     def evaluation() -> None:  # last: it forgets this process's choices
         out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS, evaluation_timeout_s)
@@ -350,6 +356,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
     for mode in order:
         stage(f"model/{mode}", lambda mode=mode: model(mode))
+    if "auto" in fast:
+        stage("model_compiled", lambda: model("auto", compiled_=True))
     if compiled:
         stage("correctness/compiled", lambda: correctness((), compiled))
     out["targets"] = targets(out, fast)
@@ -361,19 +369,25 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
 
 
 def targets(out: dict[str, Any], modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """The targets per path and FFN with GPU targets, for the paths whose FFN and model benchmarks both ran."""
+    """The targets per path and FFN with GPU targets, for the paths whose FFN and model benchmarks both ran. The model
+    throughput counts eager or, for auto, compiled (both models compiled, ``model_compiled``), whichever is higher:
+    ``model_throughput_from`` says which."""
     met = {}
+    compiled_rows = {r["ffn"]: r for r in (out.get("model_compiled") or {}).get("rows", [])}
     for mode in modes:
         if mode not in out["ffn"] or mode not in out["model"]:
             continue
         rows = {r["ffn"]: r for r in out["ffn"][mode]["rows"]}
         model_rows = {r["ffn"]: r for r in out["model"][mode]["rows"]}
         for name in GPU_TARGETS:
+            eager = model_rows[name]["throughput_ratio"]
+            compiled = compiled_rows[name]["throughput_ratio"] if mode == "auto" and name in compiled_rows else None
+            best = max(eager, compiled or 0.0)
             met[f"{mode}/{name}"] = {
                 "time_ratio": rows[name]["time_ratio"], "memory_ratio": rows[name]["memory_ratio"],
-                "model_throughput_ratio": model_rows[name]["throughput_ratio"],
-                "met": rows[name]["time_ratio"] <= 1.3 and rows[name]["memory_ratio"] <= 1.3
-                and model_rows[name]["throughput_ratio"] >= 0.85}
+                "model_throughput_ratio": eager, "compiled_model_throughput_ratio": compiled,
+                "model_throughput_from": "compiled" if compiled is not None and compiled > eager else "eager",
+                "met": rows[name]["time_ratio"] <= 1.3 and rows[name]["memory_ratio"] <= 1.3 and best >= 0.85}
     return met
 
 
@@ -403,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     p.add_argument("--gpu-stages", nargs="+", choices=GPU_STAGES + ("correctness/paths", "correctness/compiled"),
                    help="with --gpu: only these kinds of check, in their usual order (default: all; e.g. --gpu-stages "
-                   "model for the whole-model benchmark alone)")
+                   "model for the whole-model benchmark alone, model_compiled for it compiled whole)")
     p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
                    help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
     add_kernel_memory_argument(p)

@@ -643,6 +643,23 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     only = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
                                   modes=("lean", "fused"), compiled=("rbf",), stages=("model",))
     assert list(only["stage_seconds"]) == ["model/lean", "model/fused"] and not only["correctness"]
+
+    # auto's model also compiled whole (the configuration a GPU wants); its targets count the better of the two
+    def model_bench(ns):
+        ratio = 0.9 if ns.compile else 0.7
+        return {"rows": [{"ffn": n, "throughput_ratio": 1.0 if n == "mlp" else ratio}
+                         for n in ["mlp", "swiglu", *bench_model.GPU_TARGETS]]}
+
+    monkeypatch.setattr(bench_model, "run_model_bench", model_bench)
+    monkeypatch.setattr(bench_model, "format_table", lambda res: "")
+    both = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                  modes=("auto",), stages=("ffn", "model", "model_compiled"))
+    assert list(both["stage_seconds"]) == ["ffn/reference", "ffn/auto", "model/auto", "model_compiled"]
+    assert not both["errors"] and both["model_compiled"]["rows"][1]["throughput_ratio"] == 0.9
+    t = both["targets"]["auto/bspline"]
+    assert (t["model_throughput_ratio"], t["compiled_model_throughput_ratio"], t["model_throughput_from"]) == (
+        0.7, 0.9, "compiled") and t["met"]
+
     seen = {}
     monkeypatch.setattr(bench_model, "all_checks", lambda *a, **kw: seen.update(kw) or out)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
