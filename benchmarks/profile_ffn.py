@@ -6,6 +6,10 @@ device).
 
     python -m benchmarks.profile_ffn --device cuda --arms bspline:fused rational:triton --json out/prof.json
     python -m benchmarks.profile_ffn --arms rbf:lean --d-model 128 --tokens 1024      # CPU
+    python -m benchmarks.profile_ffn --device cuda --compile --arms bspline chebyshev   # as in a compiled model
+
+``--compile`` profiles ``torch.compile`` of each arm's FFN, the MLP's too: on the kit's paths the KAN FFN's lean
+Functions are traced into the graph, as ``train.compile=model`` runs them (``ffn:reference``: the compiled reference).
 
 Each arm is profiled on its own after ``--warmup`` untimed steps (compilation and ``auto``'s choice fall there), over
 ``--steps`` steps of forward + backward, as bench_ffn times them; the JSON is rewritten after each arm.
@@ -45,16 +49,21 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
         torch.manual_seed(0)
         arm = Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=dtype != torch.float32,
                   match="params")
+        step = arm.step
+        if args.compile:  # its first step (the compilation) falls before the warm-up
+            kind = "reference" if mode == "reference" else "kit"
+            arm.compile(kind)
+            step = lambda: arm.step_compiled(kind)  # noqa: E731
         for _ in range(args.warmup):
-            arm.step()
+            step()
         # the wall time outside the profiler (its own overhead, largest in its first cycle, would swell it), a step
         # synchronised at each end as bench_ffn times it
-        wall_ms = median_time(arm.step, device, warmup=0, repeats=args.steps) * 1e3
+        wall_ms = median_time(step, device, warmup=0, repeats=args.steps) * 1e3
         cuda = device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
         with profile(activities=activities) as prof:
             for _ in range(args.steps):
-                arm.step()
+                step()
             if cuda:
                 torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -67,14 +76,16 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
     top = [{"name": e.key, "ms_per_step": getattr(e, key) / 1e3 / args.steps, "calls_per_step": e.count / args.steps,
             "share": getattr(e, key) / 1e3 / args.steps / busy_ms if busy_ms else 0.0} for e in events[: args.top]]
     return {"ffn": name, "kernel": mode if name not in ("mlp", "swiglu") else "-", "hidden": arm.hidden,
-            "path": arm.path, "wall_ms": wall_ms, "busy_ms": busy_ms, "busy_kind": "device" if cuda else "cpu",
-            "top": top}
+            "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
+            "busy_kind": "device" if cuda else "cpu", "top": top}
 
 
 def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
     ratio = "" if mlp is None or mlp is row else (f", {row['wall_ms'] / mlp['wall_ms']:.2f}x the MLP's wall time, "
                                                  f"{row['busy_ms'] / mlp['busy_ms']:.2f}x its busy time")
-    lines = [f"{row['ffn']} (path {row['path']}, hidden {row['hidden']}): {row['wall_ms']:.2f} ms a step wall, "
+    compiled = ", torch.compile of it" if row.get("compiled") else ""
+    lines = [f"{row['ffn']} (path {row['path']}{compiled}, hidden {row['hidden']}): "
+             f"{row['wall_ms']:.2f} ms a step wall, "
              f"{row['busy_ms']:.2f} ms {row['busy_kind']} busy{ratio}", "",
              "| operator / kernel | ms a step | calls a step | share |", "|---|---:|---:|---:|"]
     for t in row["top"]:
@@ -93,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="bf16 / fp16: autocast over fp32 parameters (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--d-model", type=int, default=768)
     p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--compile", action="store_true",
+                   help="profile torch.compile of each arm's FFN (the MLP's too): what a compiled model runs")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation falls here)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps per arm")
     p.add_argument("--top", type=int, default=15, help="operators listed per arm")
@@ -109,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_malloc("keep")
     result: dict[str, Any] = {"benchmark": "profile_ffn", "device": str(device), "machine": machine(device),
                               "torch": torch.__version__, "d_model": args.d_model, "tokens": args.tokens,
-                              "dtype": args.dtype, "steps": args.steps, "rows": []}
-    print(f"FFN fwd+bwd under torch.profiler: d_model {args.d_model}, {args.tokens} tokens, {args.dtype}, "
+                              "dtype": args.dtype, "steps": args.steps, "compiled": args.compile, "rows": []}
+    print(f"FFN fwd+bwd{' compiled' if args.compile else ''} under torch.profiler: d_model {args.d_model}, "
+          f"{args.tokens} tokens, {args.dtype}, "
           f"{device} [{result['machine']}], {args.steps} steps per arm after {args.warmup} untimed", flush=True)
     for name, mode in arms:
         row = profile_arm(name, mode, args, device)

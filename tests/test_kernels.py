@@ -848,6 +848,12 @@ def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(
         assert r["top"] == sorted(r["top"], key=lambda t: -t["ms_per_step"])
     assert any(t["name"].startswith("LeanKANFunction") for t in rows[1]["top"])  # the lean path ran, not the reference
     assert "rbf (path lean, hidden" in capsys.readouterr().out
+    # --compile: torch.compile of the FFN, as a compiled model runs it (the MLP alone: compiling a KAN FFN here is slow)
+    profile_ffn.main(["--arms", "mlp", "--compile", "--device", "cpu", "--d-model", "16", "--tokens", "64", "--warmup",
+                      "1", "--steps", "2", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["compiled"] and any("Compiled" in t["name"] for t in row["top"]), [t["name"] for t in row["top"]]
+    assert "mlp (path -, torch.compile of it, hidden" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="Unknown FFN 'rfb'.*Available: .*rbf"):
         profile_ffn.main(["--arms", "rfb:lean"])
     with pytest.raises(SystemExit, match="Unknown KAN kernel 'fast'.*Available: auto, lean"):
