@@ -163,3 +163,38 @@ def test_kan_modules_answer_for_themselves(name):
         own = {k.rsplit("/", 1)[-1] for k in stats if k.startswith(f"kan/{module_name}/")}
         assert set(module.function_stats(rec.rows()[module_name])) <= own and "in_std" in own
     assert all(v == v for v in stats.values())  # finite telemetry (no NaN)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_padded_for_the_gpu_equals_its_own_width(monkeypatch, bias):
+    """On CUDA a SwiGLU whose hidden width is no multiple of 8 runs its step padded with zero units (aligned rows for
+    the GPU's matmul kernels): outputs and every gradient equal the unpadded step's; no padding on CPU, at an aligned
+    width, or where a projection has hooks. The padded branch is forced here on CPU."""
+    from types import SimpleNamespace
+
+    from kanformer.layers.baselines import SwiGLU
+
+    torch.manual_seed(0)
+    ffn = SwiGLU(16, 21, bias=bias)
+    cuda = SimpleNamespace(is_cuda=True)
+    assert ffn.hidden_pad(torch.zeros(1, 16)) == 0 and ffn.hidden_pad(cuda) == 3
+    assert SwiGLU(16, 24).hidden_pad(cuda) == 0
+    x = torch.randn(7, 16, requires_grad=True)
+
+    def step(pad):
+        monkeypatch.setattr(SwiGLU, "hidden_pad", lambda self, x: pad)
+        ffn.zero_grad()
+        x.grad = None
+        y = ffn(x)
+        (y * torch.linspace(-1, 1, 16)).sum().backward()
+        return [y.detach(), x.grad.clone(), *(p.grad.clone() for p in ffn.parameters())]
+
+    plain, padded = step(0), step(3)
+    assert [t.shape for t in plain] == [t.shape for t in padded]
+    for a, b in zip(plain, padded, strict=True):
+        torch.testing.assert_close(b, a)
+    monkeypatch.undo()
+    handle = ffn.up_proj.register_forward_hook(lambda *a: None)
+    assert ffn.hidden_pad(cuda) == 0  # the hook must see the call
+    handle.remove()
+    assert ffn.hidden_pad(cuda) == 3
