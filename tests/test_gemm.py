@@ -278,3 +278,22 @@ def test_only_cpu_inputs_choose_the_library(library, timings):
     assert calls == [] and gemm.chosen() == {}
     prepare_products(torch.empty(8, 4))
     assert calls == [1] and gemm.chosen()["library"] in ("torch", "onednn")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["mlp", "swiglu"])
+def test_flop_counter_counts_the_products_on_either_library_and_not_the_timing(library, timings, name):
+    """FlopCounterMode counts a baseline's products alike on oneDNN (its operator's formula) and PyTorch's own; the
+    library's first timing, started inside the counter, is not counted (it once added 230 GFLOP to a layer's)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ffn = create_ffn(name, 24, 40)
+    x = torch.randn(15, 24)
+    counts = {}
+    for lib in ("auto", "onednn", "torch"):
+        library(lib)
+        with FlopCounterMode(display=False) as counter:
+            ffn(x)
+        counts[lib] = counter.get_total_flops()
+    assert len(timings) == 1  # auto's timing ran inside the first counter
+    assert counts == dict.fromkeys(counts, ffn.flop_breakdown()["matmul"] * 15)

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import register_flop_formula
 
 LIBRARIES = ("auto", "torch", "onednn")
@@ -189,8 +190,9 @@ def _timed(width: int = 384, tokens: int = 2048) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in runs}
     # fp32 products, whatever the first call that asks for the library runs under: chosen inside bf16 autocast, the
     # timing once took PyTorch's side in bf16 (its fallback kernel on an AVX2 CPU: 0.68 s a product, 35 s in all) and
-    # kept oneDNN for the machine
-    with torch.autocast("cpu", enabled=False):
+    # kept oneDNN for the machine; and outside any dispatch mode the caller is in (a FlopCounterMode counted the
+    # timing's 230 GFLOP as a B-spline layer's)
+    with torch.autocast("cpu", enabled=False), _disable_current_modes():
         try:
             runs["onednn"](*products[0])
         except Exception as err:  # an unsupported build: PyTorch's own products
@@ -245,7 +247,9 @@ _LIB = torch.library.Library(_NS, "FRAGMENT")  # kept: the operator lives as lon
 _LIB.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 _LIB.impl("onednn_linear", _linear, "CPU")
 torch.library.register_fake(f"{_NS}::onednn_linear", _linear_fake, lib=_LIB)
-_onednn_linear = torch.ops.__getattr__(_NS).onednn_linear.default
+# getattr, not torch.ops.__getattr__: called directly, that makes the namespace afresh, dropping its operator packets,
+# and FlopCounterMode, which finds a formula by the packet, found none for onednn_linear (a GELU MLP counted 0 FLOPs)
+_onednn_linear = getattr(torch.ops, _NS).onednn_linear.default
 
 
 class _Recorded(torch.autograd.Function):
@@ -266,7 +270,7 @@ class _Recorded(torch.autograd.Function):
         return g_x, g_w, g.sum(0) if ctx.has_bias and need_bias else None
 
 
-@register_flop_formula(torch.ops.__getattr__(_NS).onednn_linear)
+@register_flop_formula(getattr(torch.ops, _NS).onednn_linear)
 def _flops(x_shape: Any, w_shape: Any, bias_shape: Any, out_shape: Any = None, **_: Any) -> int:
     """What ``FlopCounterMode`` counts for ``mm``: 2 FLOPs a multiply-add (the bias not counted, as for addmm)."""
     return 2 * x_shape[0] * x_shape[1] * w_shape[0]
@@ -311,7 +315,7 @@ def _widened_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, l
 _LIB.define("widened_mm(Tensor a, Tensor b, Tensor? bias, ScalarType low) -> Tensor")
 _LIB.impl("widened_mm", _widened, "CPU")
 torch.library.register_fake(f"{_NS}::widened_mm", _widened_fake, lib=_LIB)
-_widened_mm = torch.ops.__getattr__(_NS).widened_mm.default
+_widened_mm = getattr(torch.ops, _NS).widened_mm.default
 
 
 class _Widened(torch.autograd.Function):
@@ -335,7 +339,7 @@ class _Widened(torch.autograd.Function):
         return g_a, g_b, g_bias, None
 
 
-@register_flop_formula(torch.ops.__getattr__(_NS).widened_mm)
+@register_flop_formula(getattr(torch.ops, _NS).widened_mm)
 def _widened_flops(a_shape: Any, b_shape: Any, bias_shape: Any, low: Any = None, out_shape: Any = None,
                    **_: Any) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
