@@ -259,8 +259,9 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 
 
 # the kinds of stage of the GPU check, in order (model_compiled: the whole model under torch.compile, as
-# train.compile=model runs it, on auto: the configuration a GPU wants, the eager step's launches being host-bound)
-GPU_STAGES = ("correctness", "ffn", "model", "model_compiled", "evaluation_auto")
+# train.compile=model runs it, on auto: the configuration a GPU wants, the eager step's launches being host-bound;
+# profile: profile_ffn of the MLP and each FFN with a GPU target on auto, eager and then compiled, its kernels by time)
+GPU_STAGES = ("correctness", "ffn", "model", "model_compiled", "profile", "evaluation_auto")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
@@ -346,6 +347,15 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         else:
             out["model"][mode] = res
 
+    def profile(compiled_: bool) -> None:
+        from benchmarks import profile_ffn
+
+        ns = argparse.Namespace(**ffn_shape, dtype="bf16", warmup=3, steps=5, top=15, compile=compiled_)
+        rows = out.setdefault("profile", {})["compiled" if compiled_ else "eager"] = []
+        for name in ("mlp", *GPU_TARGETS):
+            rows.append(profile_ffn.profile_arm(name, "auto", ns, device))
+            print("\n" + profile_ffn.format_arm(rows[-1], rows[0]), flush=True)
+
     def evaluation() -> None:  # last: it forgets this process's choices
         out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS, evaluation_timeout_s)
         print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
@@ -358,6 +368,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         stage(f"model/{mode}", lambda mode=mode: model(mode))
     if "auto" in fast:
         stage("model_compiled", lambda: model("auto", compiled_=True))
+        stage("profile/eager", lambda: profile(False))
+        stage("profile/compiled", lambda: profile(True))
     if compiled:
         stage("correctness/compiled", lambda: correctness((), compiled))
     out["targets"] = targets(out, fast)
@@ -417,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     p.add_argument("--gpu-stages", nargs="+", choices=GPU_STAGES + ("correctness/paths", "correctness/compiled"),
                    help="with --gpu: only these kinds of check, in their usual order (default: all; e.g. --gpu-stages "
-                   "model for the whole-model benchmark alone, model_compiled for it compiled whole)")
+                   "model for the whole-model benchmark alone, model_compiled for it compiled whole, profile for "
+                   "where the FFN step's time goes)")
     p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
                    help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
     add_kernel_memory_argument(p)

@@ -611,7 +611,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     import argparse
     import json
 
-    from benchmarks import bench_ffn, bench_model
+    from benchmarks import bench_ffn, bench_model, profile_ffn
 
     def fake_ffn(ns):
         if ns.dtype != "bf16" or ns.rounds != 3:
@@ -652,9 +652,17 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
 
     monkeypatch.setattr(bench_model, "run_model_bench", model_bench)
     monkeypatch.setattr(bench_model, "format_table", lambda res: "")
+    profiled = []
+    monkeypatch.setattr(profile_ffn, "profile_arm", lambda name, mode, ns, device: profiled.append(
+        (name, mode, ns.compile, ns.dtype)) or {"ffn": name})
+    monkeypatch.setattr(profile_ffn, "format_arm", lambda row, mlp: "")
     both = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
-                                  modes=("auto",), stages=("ffn", "model", "model_compiled"))
-    assert list(both["stage_seconds"]) == ["ffn/reference", "ffn/auto", "model/auto", "model_compiled"]
+                                  modes=("auto",), stages=("ffn", "model", "model_compiled", "profile"))
+    assert list(both["stage_seconds"]) == ["ffn/reference", "ffn/auto", "model/auto", "model_compiled",
+                                           "profile/eager", "profile/compiled"]
+    names = ["mlp", *bench_model.GPU_TARGETS]
+    assert profiled == [(n, "auto", c, "bf16") for c in (False, True) for n in names]
+    assert [r["ffn"] for r in both["profile"]["compiled"]] == names
     assert not both["errors"] and both["model_compiled"]["rows"][1]["throughput_ratio"] == 0.9
     t = both["targets"]["auto/bspline"]
     assert (t["model_throughput_ratio"], t["compiled_model_throughput_ratio"], t["model_throughput_from"]) == (
