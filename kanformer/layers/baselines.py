@@ -96,7 +96,9 @@ class SwiGLU(FFN):
         pad = self.hidden_pad(x)
         if not pad:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate, up, down = self.gate_proj, self.up_proj, self.down_proj
-        rows = lambda t: None if t is None else F.pad(t, (0, 0, 0, pad) if t.dim() == 2 else (0, pad))  # noqa: E731
-        h = F.silu(linear(x, rows(gate.weight), rows(gate.bias))) * linear(x, rows(up.weight), rows(up.bias))
-        return linear(h, F.pad(down.weight, (0, pad)), down.bias)
+        def widened(proj: Linear) -> torch.Tensor:  # the projection onto the padded width: zero units appended
+            bias = None if proj.bias is None else F.pad(proj.bias, (0, pad))
+            return linear(x, F.pad(proj.weight, (0, 0, 0, pad)), bias)
+
+        h = F.silu(widened(self.gate_proj)) * widened(self.up_proj)
+        return linear(h, F.pad(self.down_proj.weight, (0, pad)), self.down_proj.bias)
