@@ -279,7 +279,10 @@ def test_fused_mode_pads_an_odd_feature_width_and_drops_the_padding_gradients(na
             with pytest.MonkeyPatch.context() as mp:  # without bf16 products, layers/gemm.py): the fp32 rule
                 mp.setattr(lean, "native_low_precision", lambda dtype, _n=native: _n)
                 assert lean._input_pad(basis, per_input, 47, state, *bf16) == pad, native
-        assert lean._input_pad(basis, per_input, 47, state, torch.bfloat16, torch.device("cuda")) == 1
+        cuda = torch.device("cuda")  # every width to a multiple of 8 (16-byte rows for bf16), however small
+        for width, pad in ((47, 1), (48, 0), (13, 3), (341, 3), (342, 2), (615, 1)):
+            assert lean._input_pad(basis, per_input, width, state, torch.bfloat16, cuda) == pad, width
+            assert lean.output_pad(width, cuda) == pad, width
     with kernel("lean"):
         assert lean._input_pad(basis, per_input, 47, state, *fp32) == 0  # eager lean: never padded
     with torch.no_grad():  # a LayerNorm away from its identity start

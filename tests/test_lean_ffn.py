@@ -69,6 +69,48 @@ def test_the_padded_hidden_is_layer_twos_padded_input(counted):
     _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", CHAINABLE)
+def test_on_cudas_widths_the_hidden_gradient_keeps_the_padded_width(name, counted, monkeypatch):
+    """CUDA's rule (``lean._cuda_pad``, forced here on CPU): 31 inputs and 61 hidden units are padded to 32 and 64, the
+    backward's products of layer 1 take the hidden gradient at the padded width (aligned rows for cuBLAS), against
+    zero rows of weights, and every result of the real shapes equals the reference's."""
+    monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
+    widths = []
+    backward = lean_ffn._lean_backward
+    monkeypatch.setattr(lean_ffn, "_lean_backward", lambda basis, x, coef, base, gy, *a, **k:
+                        widths.append((coef.shape[0], gy.shape[1])) or backward(basis, x, coef, base, gy, *a, **k))
+    ffn = _ffn(name, torch.float64, h=61)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x, (ffn.n_sum, ffn.n_mult) if name == "multkan" else None)
+    hidden = ffn.fc1.out_features
+    assert (p.pad1, p.pad2) == (1, -ffn.fc2.in_features % 8) and p.pad2
+    chained = _run(ffn, x, "fused")
+    assert counted, "the two-layer Function did not run"
+    if name not in ("multkan", "wavelet"):  # MultKAN's products and the wavelet's input-major layer 1: sliced
+        assert widths == [(D, D), (hidden, hidden + p.pad2)], widths
+    for pname, param in ffn.named_parameters():
+        assert chained[2][pname].shape == param.shape, pname
+    _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
+def test_on_cudas_widths_a_single_layer_pads_its_output_gradient(monkeypatch):
+    """The per-layer path under CUDA's rule: 61 outputs computed 64 wide, and the backward pads the output gradient to
+    the same width for its products; results equal the reference's."""
+    monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
+    monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": fn)
+    widths = []
+    backward = lean._lean_backward
+    monkeypatch.setattr(lean, "_lean_backward", lambda basis, x, coef, base, gy, *a, **k:
+                        widths.append(gy.shape[1]) or backward(basis, x, coef, base, gy, *a, **k))
+    torch.manual_seed(0)
+    layer = kan.KANLinear(D, 61, "bspline", grid_size=5, grid_range=(-2.5, 2.5)).double()
+    x = _inputs(torch.float64)
+    fused = _run(layer, x, "fused")
+    assert widths == [61]  # padded inside: the rows of the products are 64 wide
+    _close(fused, _run(layer, x, "reference"), rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["bspline", "rational", "multkan"])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_chained_ffn_equals_the_per_layer_path(name, autocast, counted, monkeypatch):

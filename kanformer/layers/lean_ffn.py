@@ -10,7 +10,9 @@ OpenMP regions) that do not shrink with the token count. At the demo's widths th
 
 Layer 2 reads layer 1's output inside the graph, so an output width padded for the matmul (``lean.output_pad``) is
 kept as layer 2's padded input where layer 2 pads its inputs to the same width (``lean._input_pad``), and sliced off
-otherwise. The two layers' computations are lean.py's ``_lean_forward`` and ``_lean_backward`` as they are: the
+otherwise; the backward hands layer 1 its output gradient at that padded width too (the extra columns meet zero rows
+of weights), so layer 1's backward products keep the aligned rows (on CUDA: 16-byte rows, ``lean._cuda_pad``). The
+two layers' computations are lean.py's ``_lean_forward`` and ``_lean_backward`` as they are: the
 results equal the per-layer path's to rounding.
 
 A MultKAN's hidden nodes (:func:`node_products`: layer 1's outputs passed on or multiplied in pairs) are made inside
@@ -185,7 +187,7 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     dtype = _compute_dtype(x)
     pad1 = _input_pad(b1, b1.n_basis + (fc1.base_weight is not None), fc1.in_features, state1, dtype, x.device)
     pad2 = _input_pad(b2, b2.n_basis + (fc2.base_weight is not None), fc2.in_features, state2, dtype, x.device)
-    if products is None and pad2 not in (0, output_pad(fc1.out_features)):
+    if products is None and pad2 not in (0, output_pad(fc1.out_features, x.device)):
         return None  # layer 2 pads to another width than layer 1's output has: no such rule today
     pre1, pre2 = b1.lean_pre_params(), b2.lean_pre_params()
     tag = f"{type(b1).__name__}{tuple(fc1.coef.shape)}+{pad1}/{tuple(fc2.coef.shape)}+{pad2}"
@@ -263,8 +265,9 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
         nodes = h if products is None else node_products(h, products[0], coef2.shape[1] - sum(products))
         g_coef2, g_base2, g_h, g_pre2, g_feats2 = _lean_backward(basis2, nodes, coef2, base2, gy.to(dtype), state2,
                                                                  dtype, need_w2, True, pre2, stats2)
-        if products is None:
-            g_h = g_h[:, : coef1.shape[0]].to(h.dtype)  # the per-layer path hands layer 1 its gradient in h's dtype
+        if products is None:  # in h's dtype, as the per-layer path hands it to layer 1; at h's padded width where
+            # h has one (layer 1's zero rows of weights take its columns): the products stay at an aligned width
+            g_h = (g_h if h.shape[1] == g_h.shape[1] and not own1 else g_h[:, : coef1.shape[0]]).to(h.dtype)
         else:  # the nodes' gradient in their dtype, as the per-layer path's layer 2 hands it to the products
             g_h = node_products_backward(h, g_h[:, : sum(products)].to(h.dtype), products[0])
         g_h_t = g_h.t()
@@ -277,7 +280,7 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
     if g_feats1 is not None or g_feats2 is not None:
         raise RuntimeError("a basis declined its analytic input gradient on the two-layer path (layers/lean_ffn.py "
                            "plans it only for bases that give one)")
-    g_bias1 = (g_h_t.sum(1) if own2 else g_h.sum(0)) if need_b1 else None
+    g_bias1 = (g_h_t.sum(1) if own2 else g_h[:, : coef1.shape[0]].sum(0)) if need_b1 else None
     g_bias2 = gy.sum(0) if need_b2 else None
     return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2, g_own1, g_own2
 
