@@ -2,7 +2,7 @@
 ``torch.profiler``, the operators and kernels that took the most device time (self time: CUDA kernels on a GPU, CPU
 operators on a CPU), and per step the wall time (median, timed apart from the profiler) beside the busy time the
 profiler adds up (on a GPU, a wall time well above it: the step waits on the host, launches and Python, not on the
-device).
+device). On a GPU also the host's side: kernel launches a step, and the host events by their own CPU time.
 
     python -m benchmarks.profile_ffn --device cuda --arms bspline:fused rational:triton --json out/prof.json
     python -m benchmarks.profile_ffn --arms rbf:lean --d-model 128 --tokens 1024      # CPU
@@ -75,9 +75,29 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
     events.sort(key=lambda e: getattr(e, key), reverse=True)
     top = [{"name": e.key, "ms_per_step": getattr(e, key) / 1e3 / args.steps, "calls_per_step": e.count / args.steps,
             "share": getattr(e, key) / 1e3 / args.steps / busy_ms if busy_ms else 0.0} for e in events[: args.top]]
-    return {"ffn": name, "kernel": mode if name not in ("mlp", "swiglu") else "-", "hidden": arm.hidden,
-            "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
-            "busy_kind": "device" if cuda else "cpu", "top": top}
+    row = {"ffn": name, "kernel": mode if name not in ("mlp", "swiglu") else "-", "hidden": arm.hidden,
+           "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
+           "busy_kind": "device" if cuda else "cpu", "top": top}
+    if cuda:  # where a step that waits on the host spends the host's time
+        row["host"] = host_summary(prof.key_averages(), args.steps, args.top)
+    return row
+
+
+LAUNCHES = ("LaunchKernel", "cuLaunch", "cudaLaunch")  # the runtime's and the driver's kernel launch calls
+
+
+def host_summary(averages: Any, steps: int, top: int) -> dict[str, Any]:
+    """The host side of a profiled step: kernel launches a step (the CUDA runtime's and driver's launch calls,
+    Triton's included), and the host events (operators, compiled regions, autograd Functions, runtime calls) by self
+    CPU time a step. Their self times add up to the host time spent inside profiled events; the rest of a step's wall
+    time is Python between them, or waiting."""
+    events = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU and e.self_cpu_time_total > 0]
+    launches = sum(e.count for e in averages if any(k in e.key for k in LAUNCHES)) / steps
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"launches_per_step": launches,
+            "self_ms_per_step": sum(e.self_cpu_time_total for e in events) / 1e3 / steps,
+            "top": [{"name": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                     "calls_per_step": e.count / steps} for e in events[:top]]}
 
 
 def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
@@ -89,9 +109,20 @@ def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
              f"{row['busy_ms']:.2f} ms {row['busy_kind']} busy{ratio}", "",
              "| operator / kernel | ms a step | calls a step | share |", "|---|---:|---:|---:|"]
     for t in row["top"]:
-        name = t["name"] if len(t["name"]) <= 90 else t["name"][:87] + "..."
-        lines.append(f"| `{name}` | {t['ms_per_step']:.3f} | {t['calls_per_step']:.0f} | {t['share']:.0%} |")
+        lines.append(f"| `{_short(t['name'])}` | {t['ms_per_step']:.3f} | {t['calls_per_step']:.0f} | "
+                     f"{t['share']:.0%} |")
+    host = row.get("host")
+    if host:
+        lines += ["", f"host: {host['launches_per_step']:.0f} kernel launches a step; "
+                  f"{host['self_ms_per_step']:.2f} ms a step inside profiled host events", "",
+                  "| host event | self ms a step | calls a step |", "|---|---:|---:|"]
+        lines += [f"| `{_short(t['name'])}` | {t['ms_per_step']:.3f} | {t['calls_per_step']:.0f} |"
+                  for t in host["top"]]
     return "\n".join(lines)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 90 else name[:87] + "..."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -869,3 +869,28 @@ def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(
         profile_ffn.main(["--arms", "rfb:lean"])
     with pytest.raises(SystemExit, match="Unknown KAN kernel 'fast'.*Available: auto, lean"):
         profile_ffn.main(["--arms", "rbf:fast"])
+
+
+def test_the_ffn_profile_sums_the_hosts_launches_and_events():
+    """On a GPU the profile adds the host's side of a step: launch calls a step (runtime and driver, Triton's too)
+    and the host events by self CPU time, device-side events left out; here on hand-made profiler averages."""
+    from types import SimpleNamespace
+
+    from benchmarks import profile_ffn
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def event(key, self_us, count, device=cpu):
+        return SimpleNamespace(key=key, self_cpu_time_total=self_us, count=count, device_type=device)
+
+    averages = [event("aten::mm", 400.0, 12), event("cudaLaunchKernel", 300.0, 40), event("cuLaunchKernelEx", 60.0, 8),
+                event("TorchDynamo Cache Lookup", 100.0, 4), event("nvjet_sm90_tst_kernel", 0.0, 12, cuda),
+                event("aten::empty", 0.0, 6)]
+    host = profile_ffn.host_summary(averages, steps=4, top=2)
+    assert host["launches_per_step"] == 12  # (40 + 8) / 4
+    assert host["self_ms_per_step"] == pytest.approx(0.86 / 4)  # 400 + 300 + 60 + 100 us over 4 steps
+    assert [t["name"] for t in host["top"]] == ["aten::mm", "cudaLaunchKernel"]
+    assert host["top"][0] == {"name": "aten::mm", "ms_per_step": 0.1, "calls_per_step": 3}
+    row = {"ffn": "bspline", "path": "fused", "hidden": 342, "wall_ms": 3.0, "busy_ms": 1.2, "busy_kind": "device",
+           "top": [], "host": host}
+    assert "host: 12 kernel launches a step; 0.21 ms" in profile_ffn.format_arm(row, None)
