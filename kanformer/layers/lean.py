@@ -241,8 +241,10 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
     feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(x.shape[0], -1)  # (N, B[+1]*I)
     o = coef.shape[0]
     pad = output_pad(o, x.device)
-    w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, pad))  # (O + pad, B[+1]*I)
-    y = mm(feats, w.T, None if bias is None else F.pad(bias.to(dtype), (0, pad)))  # (N, O + pad)
+    w, b = _basis_major(coef, base, dtype), None if bias is None else bias.to(dtype)  # (O, B[+1]*I), (O,)
+    if pad:  # zero rows of weights (a pad of nothing would copy them all the same)
+        w, b = F.pad(w, (0, 0, 0, pad)), None if b is None else F.pad(b, (0, pad))
+    y = mm(feats, w.T, b)  # (N, O + pad)
     return (y[:, :o].contiguous() if pad and not keep_pad else y), stats
 
 
@@ -288,9 +290,10 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     xl = _low(x)  # the pre-transform and its backward evaluate low-precision inputs in fp32
     u, _ = _pre(basis, xl, pre, stats)
     xb = x if base is not None else None
-    if gy.shape[1] == o and _aligned_rows(x.device):  # the per-layer path's: padded as the forward's output was
-        gy = F.pad(gy, (0, output_pad(o, x.device)))
-    w = F.pad(_basis_major(coef, base, dtype), (0, 0, 0, gy.shape[1] - o))  # (O + pad, B[+1]*I): gy's width
+    if gy.shape[1] == o and _aligned_rows(x.device) and output_pad(o, x.device):  # the per-layer path's: padded
+        gy = F.pad(gy, (0, output_pad(o, x.device)))  # as the forward's output was
+    w = _basis_major(coef, base, dtype)  # (O, B[+1]*I), with zero rows to gy's width
+    w = F.pad(w, (0, 0, 0, gy.shape[1] - o)) if gy.shape[1] > o else w
     if input_major:  # the basis' part as (B*I, O) @ (O, N); the base branch's (N, I) apart
         g_basis = mm(w[:, : b * i_in].T, gy.T).view(b, i_in, n)
         g_u, g_x, values = None, None, None
