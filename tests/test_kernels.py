@@ -112,6 +112,18 @@ def test_adapted_bspline_grid_takes_the_general_lean_path():
     _close(_run(layer, x, "lean"), _run(layer, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+def test_the_bspline_inverse_step_is_computed_once_per_grid():
+    """The fused state's 1/h is divided once per uniform grid check, not on every call, and follows the grid when it is
+    rebuilt (a grid extension: a new, coarser step)."""
+    layer = KANLinear(4, 3, grid_size=5, grid_range=(-2.0, 2.0))
+    t0, inv = layer.basis.fused_state()
+    assert layer.basis.fused_state()[1] is inv and layer.basis.triton_params()[1] is inv
+    torch.testing.assert_close(inv, torch.full((4,), 1.25))  # step 4 / 5
+    layer.extend_grid(10)  # the same range in ten intervals
+    t0, inv = layer.basis.fused_state()
+    torch.testing.assert_close(inv, torch.full((4,), 2.5))
+
+
 @pytest.mark.parametrize("basis", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])
 @pytest.mark.parametrize("mode", ["reference", "lean"])
 def test_gradcheck_float64(basis, mode):

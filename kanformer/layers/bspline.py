@@ -270,7 +270,7 @@ class BSplineBasis(Basis):
     def triton_params(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """(t0, 1/h, k) for the fused Triton kernels (layers/triton_kan.py), or None on a non-uniform grid."""
         uniform = self._uniform_now()
-        return None if uniform is None else (uniform[0], 1.0 / uniform[1], self.spline_order)
+        return None if uniform is None else (uniform[0], self._inverse_step(uniform[1]), self.spline_order)
 
     # The fused mode compiles elementwise forms instead: spline j at x is local piece k - (m - j) of the k+1 above
     # (zero for any other interval, NaN included), one expression per (token, input) and spline, value and slope
@@ -283,7 +283,17 @@ class BSplineBasis(Basis):
         uniform = self._uniform_now()
         if uniform is None:
             return None
-        return uniform[0], 1.0 / uniform[1]
+        return uniform[0], self._inverse_step(uniform[1])
+
+    def _inverse_step(self, h: torch.Tensor) -> torch.Tensor:
+        """1/h, computed once per step tensor the uniform check made (eagerly a division on every call, two kernel
+        launches a layer on a GPU), in a compiled graph by the graph."""
+        if torch.compiler.is_compiling():
+            return 1.0 / h
+        cache = getattr(self, "_inverse_cache", None)
+        if cache is None or cache[0] is not h:
+            cache = self._inverse_cache = (h, 1.0 / h)
+        return cache[1]
 
     def fused_terms(self, x: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
