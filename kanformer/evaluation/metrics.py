@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import FFN
-from ..layers.autotune import saved_bytes
+from ..layers.saved import saved_bytes
 from ..train.optim import adamw as build_adamw
 
 # Dense bf16 peak of one accelerator (FLOP/s), for MFU. Substring of torch.cuda.get_device_name -> peak.

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from . import gemm
+from .saved import saved_bytes
 
 MEMORY_RULES = ("lean", "fast")
 _memory = [os.environ.get("KANFORMER_KERNEL_MEMORY", "lean")]
@@ -452,25 +453,6 @@ def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
             "tokens": min(x.numel() // x.shape[-1], 256), "threads": torch.get_num_threads()}
-
-
-def saved_bytes(fn: Any, exclude: frozenset[int] = frozenset()) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs its forward, those whose
-    ``data_ptr`` is in ``exclude`` (e.g. the parameters') left out. The hook keeps a detached alias, not the tensor
-    itself: a saved output that held itself through its own graph would be a reference cycle that Python's collector
-    cannot see, and every measured step's activations would stay allocated for the rest of the process."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        with contextlib.suppress(Exception):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in exclude:
-                seen[storage.data_ptr()] = storage.nbytes()
-        return t.detach()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 _ROUNDS = 5  # timed steps per candidate, taken in turns
