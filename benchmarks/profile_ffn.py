@@ -69,7 +69,8 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     # the self times add up to the busy time: on a GPU the kernels' (and copies') own events, not the operators that
     # launched them, which carry the same time again
-    events = [e for e in prof.key_averages() if getattr(e, key) > 0
+    averages = prof.key_averages()
+    events = [e for e in averages if getattr(e, key) > 0
               and (not cuda or e.device_type == torch.autograd.DeviceType.CUDA)]
     busy_ms = sum(getattr(e, key) for e in events) / 1e3 / args.steps
     events.sort(key=lambda e: getattr(e, key), reverse=True)
@@ -79,7 +80,7 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
            "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
            "busy_kind": "device" if cuda else "cpu", "top": top}
     if cuda:  # where a step that waits on the host spends the host's time
-        row["host"] = host_summary(prof.key_averages(), args.steps, args.top)
+        row["host"] = host_summary(averages, args.steps, args.top)
     return row
 
 

@@ -71,8 +71,8 @@ def test_the_padded_hidden_is_layer_twos_padded_input(counted):
 
 @pytest.mark.parametrize("name", CHAINABLE)
 def test_on_cudas_widths_the_hidden_gradient_keeps_the_padded_width(name, counted, monkeypatch):
-    """CUDA's rule (``lean._cuda_pad``, forced here on CPU): 31 inputs and 61 hidden units are padded to 32 and 64, the
-    backward's products of layer 1 take the hidden gradient at the padded width (aligned rows for cuBLAS), against
+    """CUDA's rule (``gemm.aligned_pad``, forced here on CPU): 31 inputs and 61 hidden units are padded to 32 and 64,
+    the backward's products of layer 1 take the hidden gradient at the padded width (aligned rows for cuBLAS), against
     zero rows of weights, and every result of the real shapes equals the reference's."""
     monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
     widths = []

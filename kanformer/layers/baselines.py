@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .flops import ACTIVATION_FLOPS, SILU_FLOPS, linear_flops
-from .gemm import Linear, linear
+from .gemm import Linear, aligned_pad, linear
 from .registry import FFN, check_last_dim, register_ffn
 
 
@@ -84,12 +84,12 @@ class SwiGLU(FFN):
     def hidden_pad(self, x: torch.Tensor) -> int:
         """Zero hidden units added for the step: on CUDA up to a multiple of 8 (see the module's docstring); none
         where a projection is not this module's own plain Linear or has hooks (they would not see the padded call)."""
-        if not x.is_cuda or not self.hidden % 8:
+        if not x.is_cuda or not aligned_pad(self.hidden):
             return 0
         if any(type(p) is not Linear or p._forward_hooks or p._forward_pre_hooks or p._backward_hooks
                or p._backward_pre_hooks for p in (self.gate_proj, self.up_proj, self.down_proj)):
             return 0
-        return -self.hidden % 8
+        return aligned_pad(self.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, "FFN 'swiglu'")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, realized, scoped_kernel
-from .gemm import mm, native_low_precision
+from .gemm import aligned_pad, mm, native_low_precision
 from .triton_kan import bspline_kan, triton_available
 from .triton_kan import rational_backward as triton_rational_backward
 from .triton_kan import rational_forward as triton_rational_forward
@@ -168,7 +168,7 @@ def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor
     if (state is None and not basis.lean_paddable) or not _fused():
         return 0
     if _aligned_rows(device):
-        return _cuda_pad(width)
+        return aligned_pad(width)
     if dtype in _LOW_PRECISION and device.type == "cpu" and native_low_precision(dtype):
         return 0  # where the CPU has no such products, gemm.mm takes them in fp32: the fp32 rule
     pad = -width % 16
@@ -251,24 +251,15 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
 def output_pad(o: int, device: torch.device) -> int:
     """Zero output columns for a matmul-friendly width (rows of zeros in the weights, sliced off after): CPU BLAS
     (MKL) ran the parameter-matched width 171 ~25 % slower than 176; widths that are multiples of 4 (Chebyshev's 308
-    against 320) measured no gain worth the copies. On CUDA, :func:`_cuda_pad`."""
+    against 320) measured no gain worth the copies. On CUDA, ``gemm.aligned_pad``."""
     if _aligned_rows(device):
-        return _cuda_pad(o)
+        return aligned_pad(o)
     return -o % 16 if o % 4 else 0
 
 
 def _aligned_rows(device: torch.device) -> bool:
-    """Whether the layers' widths on ``device`` follow :func:`_cuda_pad` (CUDA) rather than the CPU BLAS' rules."""
+    """Whether the layers' widths on ``device`` follow ``gemm.aligned_pad`` (CUDA) rather than the CPU BLAS' rules."""
     return device.type == "cuda"
-
-
-def _cuda_pad(width: int) -> int:
-    """Zero columns that make a width on CUDA a multiple of 8, so each row of a bf16 operand starts 16-byte aligned
-    (the inputs' width for the features' rows, the outputs' for the output and its gradient). cuBLAS takes unaligned
-    rows to its slower fallback kernels: on an H200 (bf16, 16k tokens, d_model 768) the backward products of the RBF
-    FFN's 341-wide hidden gradient ran in sm75 ``align1`` kernels, 0.68 and 0.66 ms of a 2.42 ms step, and the
-    B-spline's 342-wide one in an sm80 ``align2`` kernel, 0.36 of 1.46 ms; the MLP's six products took 0.63 ms."""
-    return -width % 8
 
 
 def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, gy: torch.Tensor,
@@ -279,19 +270,21 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     """dL/dcoef, dL/dbase (when ``need_w``), dL/dx and dL/d(pre-transform parameters) from dL/dy, the pre-transform and
     the features recomputed. ``gy`` may come at the forward's padded output width (``output_pad``; the two-layer path
     hands layer 1 its gradient so), its extra columns meeting zero rows of weights; on CUDA an unpadded one is padded
-    here, so the products' rows are aligned (``_cuda_pad``). Where the basis has no analytic derivative, dL/dx covers
-    the base branch only (None without one), and the last result is dL/dfeatures of the basis (the caller differentiates
-    the recomputed basis by autograd); else that is None. ``input_major`` (for the basis' ``lean_params_backward``):
-    that result is the pair (dL/dfeatures of the basis (B, I, N), made so by the matmul itself; x transposed (I, N)),
-    the compiler's tiled transpose (eagerly, the copy took 1.0 against 0.14 ms at 2048 x 384). One compiled graph in the
-    fused mode, where the input gradient comes first and the recomputed features are the values of the same pass."""
+    here, so the products' rows are aligned (``gemm.aligned_pad``). Where the basis has no analytic derivative, dL/dx
+    covers the base branch only (None without one), and the last result is dL/dfeatures of the basis (the caller
+    differentiates the recomputed basis by autograd); else that is None. ``input_major`` (for the basis'
+    ``lean_params_backward``): that result is the pair (dL/dfeatures of the basis (B, I, N), made so by the matmul
+    itself; x transposed (I, N)), the compiler's tiled transpose (eagerly, the copy took 1.0 against 0.14 ms at 2048 x
+    384). One compiled graph in the fused mode, where the input gradient comes first and the recomputed features are the
+    values of the same pass."""
     n, i_in = x.shape
     o, _, b = coef.shape
     xl = _low(x)  # the pre-transform and its backward evaluate low-precision inputs in fp32
     u, _ = _pre(basis, xl, pre, stats)
     xb = x if base is not None else None
-    if gy.shape[1] == o and _aligned_rows(x.device) and output_pad(o, x.device):  # the per-layer path's: padded
-        gy = F.pad(gy, (0, output_pad(o, x.device)))  # as the forward's output was
+    pad = output_pad(o, x.device) if gy.shape[1] == o and _aligned_rows(x.device) else 0
+    if pad:  # the per-layer path's gradient, padded as the forward's output was
+        gy = F.pad(gy, (0, pad))
     w = _basis_major(coef, base, dtype)  # (O, B[+1]*I), with zero rows to gy's width
     w = F.pad(w, (0, 0, 0, gy.shape[1] - o)) if gy.shape[1] > o else w
     if input_major:  # the basis' part as (B*I, O) @ (O, N); the base branch's (N, I) apart

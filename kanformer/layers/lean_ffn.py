@@ -11,7 +11,7 @@ OpenMP regions) that do not shrink with the token count. At the demo's widths th
 Layer 2 reads layer 1's output inside the graph, so an output width padded for the matmul (``lean.output_pad``) is
 kept as layer 2's padded input where layer 2 pads its inputs to the same width (``lean._input_pad``), and sliced off
 otherwise; the backward hands layer 1 its output gradient at that padded width too (the extra columns meet zero rows
-of weights), so layer 1's backward products keep the aligned rows (on CUDA: 16-byte rows, ``lean._cuda_pad``). The
+of weights), so layer 1's backward products keep the aligned rows (on CUDA: 16-byte rows, ``gemm.aligned_pad``). The
 two layers' computations are lean.py's ``_lean_forward`` and ``_lean_backward`` as they are: the
 results equal the per-layer path's to rounding.
 
