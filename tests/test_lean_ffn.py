@@ -55,6 +55,45 @@ def test_chained_ffn_equals_the_reference_in_fp64(name, counted):
     _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of a tensor's value by the host, which on a GPU wait for everything queued before them: the
+    operator behind ``.item()`` and ``bool(tensor)``, and (``watch``) calls of ``tolist`` and ``numpy``, which read a
+    CPU tensor's memory without an operator."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def watch(self, monkeypatch):
+        for method in ("tolist", "numpy"):
+            original = getattr(torch.Tensor, method)
+
+            def counted(t, *args, _original=original, **kwargs):
+                self.reads += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, method, counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["lean", "fused"])
+@pytest.mark.parametrize("name", [*CHAINABLE, "rational"])
+def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, monkeypatch):
+    """The eager paths' forward and backward read no tensor's value on the host (the Fourier basis' lean features
+    read their frequencies with ``tolist`` until 2026-12-04): the GPU's queue never drains between the kernels."""
+    ffn = _ffn(name, torch.float32)
+    x = _inputs(torch.float32)
+    _run(ffn, x, mode)  # first calls: a basis' one-off checks (the B-spline's uniform grid) fall here
+    probe = _HostReads()
+    probe.watch(monkeypatch)
+    with probe, kernel(mode):
+        ffn(x.requires_grad_(True)).sum().backward()
+    assert probe.reads == 0, f"{name} on {mode}: {probe.reads} host reads a training step"
+
+
 def test_the_padded_hidden_is_layer_twos_padded_input(counted):
     """At these widths layer 1's output is computed 64 wide (zero columns) and layer 2 pads its inputs to 64: the
     plan takes the padded hidden as it is, and the gradients of the real shapes come back."""

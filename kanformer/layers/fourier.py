@@ -46,8 +46,9 @@ class FourierBasis(Basis):
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         k = self.num_frequencies
         out = x.new_empty(x.shape[0], 2 * k, x.shape[1])  # (N, 2K, I): cosines, then sines
-        for j, f in enumerate(self.frequencies.tolist()):
-            fx = x * f
+        freqs = self.frequencies.to(x.dtype)  # read on the device: a host read (``tolist``) waits for a GPU's queue
+        for j in range(k):
+            fx = x * freqs[j]
             torch.cos(fx, out=out[:, j])
             torch.sin(fx, out=out[:, k + j])
         return out
