@@ -477,6 +477,28 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_the_model_benchmark_compiles_each_arm_in_the_mode_asked_for(tmp_path, capsys, monkeypatch):
+    """``--compile --compile-mode reduce-overhead`` compiles every arm's model, the MLP's too, with CUDA graphs (on a
+    CPU its graphs run as in the default mode); the mode is in the result and its table's heading; the mode without
+    ``--compile`` is refused."""
+    from benchmarks import bench_model
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append(mode) or model)
+    out = tmp_path / "model.json"
+    bench_model.main(["--arms", "mlp", "chebyshev", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq",
+                      "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--rounds", "1", "--warmup", "1",
+                      "--kernel", "lean", "--malloc", "system", "--device", "cpu", "--compile", "--compile-mode",
+                      "reduce-overhead", "--json", str(out)])
+    assert compiled == ["reduce-overhead", "reduce-overhead"]
+    result = json.loads(out.read_text())
+    assert result["compiled"] and result["compile_mode"] == "reduce-overhead"
+    assert "torch.compile of each model (mode reduce-overhead)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_model.main(["--compile-mode", "reduce-overhead"])
+    assert "--compile-mode reduce-overhead compiles each model: add --compile" in capsys.readouterr().err
+
+
 def test_benchmark_ranges_span_the_runs_and_refuse_runs_of_other_settings(tmp_path, capsys):
     """``benchmarks.bench_ranges``: per FFN the range of the runs' ratios, bold only where every run met its target
     (1.15x; the wavelet 1.5x; baselines none); runs of different settings, or files that are no FFN benchmark result,
@@ -659,9 +681,10 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                   modes=("lean", "fused"), compiled=("rbf",), stages=("model",))
     assert list(only["stage_seconds"]) == ["model/lean", "model/fused"] and not only["correctness"]
 
-    # auto's model also compiled whole (the configuration a GPU wants); its targets count the better of the two
+    # auto's model also compiled whole (the configuration a GPU wants), and with CUDA graphs; its targets count the
+    # best of the three
     def model_bench(ns):
-        ratio = 0.9 if ns.compile else 0.7
+        ratio = (0.95 if ns.compile_mode == "reduce-overhead" else 0.9) if ns.compile else 0.7
         return {"rows": [{"ffn": n, "throughput_ratio": 1.0 if n == "mlp" else ratio}
                          for n in ["mlp", "swiglu", *bench_model.GPU_TARGETS]]}
 
@@ -675,13 +698,20 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                   modes=("auto",), stages=("ffn", "model", "model_compiled", "profile"))
     assert list(both["stage_seconds"]) == ["ffn/reference", "ffn/auto", "model/auto", "model_compiled",
                                            "profile/eager", "profile/compiled"]
+    assert "model_cudagraphs" not in both
     names = ["mlp", *bench_model.GPU_TARGETS]
     assert profiled == [(n, "auto", c, "bf16") for c in (False, True) for n in names]
     assert [r["ffn"] for r in both["profile"]["compiled"]] == names
     assert not both["errors"] and both["model_compiled"]["rows"][1]["throughput_ratio"] == 0.9
     t = both["targets"]["auto/bspline"]
     assert (t["model_throughput_ratio"], t["compiled_model_throughput_ratio"], t["model_throughput_from"]) == (
-        0.7, 0.9, "compiled") and t["met"]
+        0.7, 0.9, "compiled") and t["met"] and t["cudagraphs_model_throughput_ratio"] is None
+    graphed = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                     modes=("auto",), stages=("ffn", "model", "model_cudagraphs"))
+    assert list(graphed["stage_seconds"]) == ["ffn/reference", "ffn/auto", "model/auto", "model_cudagraphs"]
+    t = graphed["targets"]["auto/rbf"]
+    assert (t["compiled_model_throughput_ratio"], t["cudagraphs_model_throughput_ratio"],
+            t["model_throughput_from"]) == (None, 0.95, "cudagraphs")
 
     seen = {}
     monkeypatch.setattr(bench_model, "all_checks", lambda *a, **kw: seen.update(kw) or out)
