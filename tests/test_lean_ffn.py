@@ -133,6 +133,48 @@ def test_on_cudas_widths_the_hidden_gradient_keeps_the_padded_width(name, counte
     _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["bspline", "rbf"])
+def test_the_two_layer_graphs_pad_the_weights_and_drop_the_padded_gradients_themselves(name, counted, monkeypatch):
+    """Where layer 2's inputs are padded (CUDA's widths, forced here): both graphs take the weights as the parameters
+    hold them and pad them inside (no eager operator a tensor and call: on a GPU, launches the host waits on), the
+    per-function state comes padded once per grid (the same tensors on every call), and the backward gives each
+    weight's gradient at its parameter's shape, contiguous (not a strided view for autograd to copy again)."""
+    monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
+    calls = []
+
+    def record(fn, x=None, tag=""):
+        def call(*args):
+            out = fn(*args)
+            calls.append((fn.__name__, args, out))
+            return out
+        return call
+
+    monkeypatch.setattr(lean_ffn, "_kernel_fn", record)
+    ffn = _ffn(name, torch.float64, h=61)
+    x = _inputs(torch.float64)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+    assert p.pad2 == 3  # 61 hidden units -> 64
+    for _ in range(2):
+        _run(ffn, x, "fused")
+    forward = [args for fn, args, _ in calls if fn == "_ffn_forward"]
+    backward = [(args, out) for fn, args, out in calls if fn == "_ffn_backward"]
+    assert len(forward) == len(backward) == 2
+    fc2 = ffn.fc2
+    for layer2 in [args[4] for args in forward] + [args[5] for args, _ in backward]:
+        coef, base = layer2[0], layer2[1]
+        assert coef.shape == fc2.coef.shape and coef.data_ptr() == fc2.coef.data_ptr()  # the parameter itself
+        assert base.shape == fc2.base_weight.shape and base.data_ptr() == fc2.base_weight.data_ptr()
+    states = [args[4][3] for args in forward] + [args[5][2] for args, _ in backward]
+    if name == "bspline":
+        assert all(t.shape[-1] == 64 for t in states[0] if t.dim())
+        assert all(a is b for s in states[1:] for a, b in zip(states[0], s, strict=True))  # padded once
+    for _, out in backward:
+        g_coef2, g_base2 = out[5], out[6]
+        assert g_coef2.shape == fc2.coef.shape and g_coef2.is_contiguous()
+        assert g_base2.shape == fc2.base_weight.shape and g_base2.is_contiguous()
+
+
 def test_on_cudas_widths_a_single_layer_pads_its_output_gradient(monkeypatch):
     """The per-layer path under CUDA's rule: 61 outputs computed 64 wide, and the backward pads the output gradient to
     the same width for its products; results equal the reference's."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .dispatch import _TRITON, _fused, _kernel_fn, get_kernel, per_token, prepare_products, realized, scoped_kernel
 from .gemm import aligned_pad, mm, native_low_precision
@@ -199,19 +200,47 @@ def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: 
     if not pad:
         return coef, base, state, pre
     i = coef.shape[1]
+    coef, base = _pad_weights(pad, coef, base)
+    return coef, base, _pad_per_input(pad, i, state, keep=True), _pad_per_input(pad, i, pre)
 
-    def per_input(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
-        """0-d tensors as they are, per-input tensors (..., I) padded along their last dim (the ``fused_state`` /
-        ``lean_pre`` contract)."""
-        if ts is None:
-            return None
-        if any(t.dim() and t.shape[-1] != i for t in ts):
-            raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input (..., {i}) "
-                             f"to be padded, got shapes {[tuple(t.shape) for t in ts]}")
+
+def _pad_weights(pad: int, coef: torch.Tensor, base: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """coef (O, I, B) and base (O, I) with ``pad`` zero inputs. Inside a compiled graph (the two-layer path's), where
+    the pad joins the copy that lays the weights out basis-major (``_basis_major``): no pass of its own, and no eager
+    operator (on a GPU, two kernel launches a tensor)."""
+    if not pad:
+        return coef, base
+    return F.pad(coef, (0, 0, 0, pad)), None if base is None else F.pad(base, (0, pad))
+
+
+# padded copies of a basis' per-function state by the tensor they pad: the state (the B-spline's knot origin and
+# inverse step per input) changes only when its grid does, so it is padded once, not on every call
+_PADDED_STATE = WeakIdKeyDictionary()  # by identity: a tensor's == compares values
+
+
+def _pad_per_input(pad: int, i: int, ts: tuple[torch.Tensor, ...] | None, keep: bool = False
+                   ) -> tuple[torch.Tensor, ...] | None:
+    """0-d tensors as they are, per-input tensors (..., I) padded along their last dim (the ``fused_state`` /
+    ``lean_pre`` contract). ``keep``: each padded copy kept for the next call with the same tensor, unchanged since (its
+    version), for tensors that do not change from call to call (a basis' fused state)."""
+    if ts is None or not pad:
+        return ts
+    if any(t.dim() and t.shape[-1] != i for t in ts):
+        raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input (..., {i}) "
+                         f"to be padded, got shapes {[tuple(t.shape) for t in ts]}")
+    if not keep or torch.compiler.is_compiling():
         return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
-
-    base = None if base is None else F.pad(base, (0, pad))
-    return F.pad(coef, (0, 0, 0, pad)), base, per_input(state), per_input(pre)
+    out = []
+    for t in ts:
+        if not t.dim():
+            out.append(t)
+            continue
+        kept = _PADDED_STATE.get(t)
+        if kept is None or kept[0] != (t._version, pad):
+            kept = _PADDED_STATE[t] = ((t._version, pad), F.pad(t, (0, pad)))
+        out.append(kept[1])
+    return tuple(out)
 
 
 def _unpad(pad: int, i: int, g_coef: torch.Tensor | None, g_base: torch.Tensor | None,

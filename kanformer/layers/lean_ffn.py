@@ -80,8 +80,8 @@ from .lean import (
     _lean_backward,
     _lean_forward,
     _low_dtype,
-    _pad_inputs,
-    _pad_params,
+    _pad_per_input,
+    _pad_weights,
     _per_group,
     _unpad,
     input_major_backward,
@@ -215,7 +215,7 @@ def node_products_backward(sub: torch.Tensor, g: torch.Tensor, n_sum: int) -> to
 
 def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
                  dtype: torch.dtype, padded_hidden: bool, products: tuple[int, int] | None = None,
-                 input_major: tuple[int, int] = (0, 0)
+                 input_major: tuple[int, int] = (0, 0), pads: tuple[int, int] = (0, 0)
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...],
                             tuple[torch.Tensor, ...]]:
     """y; the two layers' inputs as the backward takes them (``input_major``: per layer, 0, or the number of its real
@@ -223,9 +223,11 @@ def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, .
     output, so the backward's loops read it along contiguous rows); the two pre-transforms' statistics. Layer 1's
     input is None where it is ``x`` itself; layer 2's is the hidden h it read (with layer 1's zero output columns where
     ``padded_hidden``; with ``products``, layer 1's output instead, the subnodes the nodes are made from). ``layer``:
-    (coef, base, bias, state, pre), padded for its inputs. One compiled graph in the fused mode."""
+    (coef, base, bias, state, pre), the state and pre-transform parameters padded for the layer's ``pads`` zero
+    inputs, the weights padded here. One compiled graph in the fused mode."""
     coef1, base1, bias1, state1, pre1 = layer1
     coef2, base2, bias2, state2, pre2 = layer2
+    (coef1, base1), (coef2, base2) = _pad_weights(pads[0], coef1, base1), _pad_weights(pads[1], coef2, base2)
     n1, n2 = input_major
     x_keep = x[:, :n1].t().contiguous() if n1 else None
     hidden, stats1 = _lean_forward(basis1, x, coef1, base1, bias1, state1, dtype, pre1, keep_pad=True)
@@ -241,15 +243,19 @@ def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, .
 
 def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, layer1: tuple[Any, ...],
                   layer2: tuple[Any, ...], gy: torch.Tensor, dtype: torch.dtype, need: tuple[bool, ...],
-                  products: tuple[int, int] | None = None) -> tuple[Any, ...]:
+                  products: tuple[int, int] | None = None, pads: tuple[int, int] = (0, 0)) -> tuple[Any, ...]:
     """Layer 2's backward, then layer 1's on its input gradient: (dx, dcoef1, dbase1, dpre1, dbias1, dcoef2, dbase2,
-    dpre2, dbias2, down1, down2). ``x``, ``h``: what the forward kept (``_ffn_forward``; with ``products``, h is the
-    subnodes and the nodes are made again). ``layer``: (coef, base, state, pre, stats, own), padded for its inputs;
-    ``own``: the basis' own parameters, () without. A layer with them runs input-major
-    (``lean.input_major_backward``), its input kept so, (I, N); where layer 1 does, dx comes back input-major too.
-    ``need``: (layer 1's weights, its bias, layer 2's weights, its bias). One compiled graph in the fused mode."""
+    dpre2, dbias2, down1, down2), the weights' and pre-transforms' gradients of the real inputs alone. ``x``, ``h``:
+    what the forward kept (``_ffn_forward``; with ``products``, h is the subnodes and the nodes are made again).
+    ``layer``: (coef, base, state, pre, stats, own), the state and pre-transform parameters padded for the layer's
+    ``pads`` zero inputs, the weights padded here; ``own``: the basis' own parameters, () without. A layer with them
+    runs input-major (``lean.input_major_backward``), its input kept so, (I, N); where layer 1 does, dx comes back
+    input-major too. ``need``: (layer 1's weights, its bias, layer 2's weights, its bias). One compiled graph in the
+    fused mode."""
     coef1, base1, state1, pre1, stats1, own1 = layer1
     coef2, base2, state2, pre2, stats2, own2 = layer2
+    n_in1, n_in2 = coef1.shape[1], coef2.shape[1]
+    (coef1, base1), (coef2, base2) = _pad_weights(pads[0], coef1, base1), _pad_weights(pads[1], coef2, base2)
     need_w1, need_b1, need_w2, need_b2 = need
     g_feats1 = g_feats2 = None
     g_own1: tuple[torch.Tensor, ...] = ()
@@ -282,7 +288,17 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
                            "plans it only for bases that give one)")
     g_bias1 = (g_h_t.sum(1) if own2 else g_h[:, : coef1.shape[0]].sum(0)) if need_b1 else None
     g_bias2 = gy.sum(0) if need_b2 else None
+    # the padded inputs' gradients dropped here, each real one made contiguous in the copy that lays it out (an eager
+    # slice after the graph left a strided view, which autograd copied again to the parameter's layout)
+    g_coef1, g_base1, g_pre1 = _contiguous(*_unpad(pads[0], n_in1, g_coef1, g_base1, g_pre1))
+    g_coef2, g_base2, g_pre2 = _contiguous(*_unpad(pads[1], n_in2, g_coef2, g_base2, g_pre2))
     return g_x, g_coef1, g_base1, g_pre1, g_bias1, g_coef2, g_base2, g_pre2, g_bias2, g_own1, g_own2
+
+
+def _contiguous(g_coef: torch.Tensor | None, g_base: torch.Tensor | None, g_pre: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    return (None if g_coef is None else g_coef.contiguous(), None if g_base is None else g_base.contiguous(),
+            tuple(g.contiguous() for g in g_pre))
 
 
 def _forward_tensors(p: Plan, x: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
@@ -296,13 +312,25 @@ def _forward_tensors(p: Plan, x: torch.Tensor, coef1: torch.Tensor, base1: torch
     pre = p.split_params(params)[0]
     with torch.autocast(x.device.type, enabled=False):
         x_, c1, w1, b1, c2, w2, b2, pre_ = _detached(x, coef1, base1, bias1, coef2, base2, bias2, pre)
-        pre1, pre2 = p.split_pre(pre_)
-        xp, c1, w1, s1, pre1 = _pad_inputs(p.pad1, x_, c1, w1, p.state1, pre1)
-        c2, w2, s2, pre2 = _pad_params(p.pad2, c2, w2, p.state2, pre2)
+        xp, (s1, s2), (pre1, pre2) = _padded(p, x_, p.split_pre(pre_))
         per_token(xp)
         return _kernel_fn(_ffn_forward, tag=p.tag)(
             p.basis1, p.basis2, xp, (c1, w1, b1, s1, pre1), (c2, w2, b2, s2, pre2), p.dtype, p.pad2 > 0,
-            p.products, (x.shape[1] if p.n_own1 else 0, coef2.shape[1] if p.n_own2 else 0))
+            p.products, (x.shape[1] if p.n_own1 else 0, coef2.shape[1] if p.n_own2 else 0), (p.pad1, p.pad2))
+
+
+def _padded(p: Plan, x: torch.Tensor | None, pre: tuple[Any, Any]
+            ) -> tuple[torch.Tensor | None, tuple[Any, Any], tuple[Any, Any]]:
+    """Layer 1's input with ``p.pad1`` zero inputs (eagerly: padded inside the graph, the compiler's feature loop
+    ran masked and scalar), and each layer's per-function state and pre-transform parameters padded likewise (the
+    state once per grid: ``lean._pad_per_input``); the weights are padded inside the graphs. ``x`` None: not padded
+    (an input-major layer 1's, which the backward takes as the forward kept it)."""
+    pre1, pre2 = pre
+    i1, i2 = p.basis1.in_features, p.basis2.in_features
+    if x is not None and p.pad1:
+        x = torch.nn.functional.pad(x, (0, p.pad1))
+    states = (_pad_per_input(p.pad1, i1, p.state1, keep=True), _pad_per_input(p.pad2, i2, p.state2, keep=True))
+    return x, states, (_pad_per_input(p.pad1, i1, pre1), _pad_per_input(p.pad2, i2, pre2))
 
 
 def _backward_tensors(p: Plan, x: torch.Tensor, h: torch.Tensor, coef1: torch.Tensor, base1: torch.Tensor | None,
@@ -317,23 +345,19 @@ def _backward_tensors(p: Plan, x: torch.Tensor, h: torch.Tensor, coef1: torch.Te
     pre, own1, own2 = p.split_params(params)
     pre1, pre2 = p.split_pre(pre)
     with torch.autocast(x.device.type, enabled=False):
-        if p.n_own1:  # x is input-major (I, N), unpadded: the weights are padded alone
-            xp, (c1, w1, s1, pre1p) = x, _pad_params(p.pad1, coef1, base1, p.state1, pre1)
-        else:
-            xp, c1, w1, s1, pre1p = _pad_inputs(p.pad1, x, coef1, base1, p.state1, pre1)
-        c2, w2, s2, pre2p = _pad_params(p.pad2, coef2, base2, p.state2, pre2)
+        # an input-major x (I, N) is unpadded: the weights are padded alone
+        xp, (s1, s2), (pre1p, pre2p) = _padded(p, None if p.n_own1 else x, (pre1, pre2))
+        xp = x if xp is None else xp
         per_token(gy, *stats1, *stats2)
         for kept, own in ((xp, p.n_own1), (h, p.n_own2)):
             per_token(kept, dim=-1 if own else 0)  # an input-major input's tokens are its columns
         g_x, g_c1, g_w1, g_pre1, g_b1, g_c2, g_w2, g_pre2, g_b2, g_own1, g_own2 = _kernel_fn(
             _ffn_backward, tag=p.tag)(
-            p.basis1, p.basis2, xp, h, (c1, w1, s1, pre1p, stats1, own1), (c2, w2, s2, pre2p, stats2, own2), gy,
-            p.dtype, need, p.products)
+            p.basis1, p.basis2, xp, h, (coef1, base1, s1, pre1p, stats1, own1),
+            (coef2, base2, s2, pre2p, stats2, own2), gy, p.dtype, need, p.products, (p.pad1, p.pad2))
         if p.n_own1:  # input-major (I, N): the compiler's tiled transpose in a graph of its own (lean.py)
             per_token(g_x, dim=-1)
             g_x = _kernel_fn(_add_transposed, tag=p.tag)(None, g_x)
-    g_c1, g_w1, g_pre1 = _unpad(p.pad1, n_in, g_c1, g_w1, g_pre1)
-    g_c2, g_w2, g_pre2 = _unpad(p.pad2, coef2.shape[1], g_c2, g_w2, g_pre2)
     g_params = tuple(g.to(t.dtype) for g, t in zip((*g_pre1, *g_pre2, *g_own1, *g_own2), params, strict=True))
     return g_x[:, :n_in].to(x.dtype), g_c1, g_w1, g_b1, g_c2, g_w2, g_b2, g_params
 
