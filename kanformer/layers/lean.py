@@ -151,10 +151,11 @@ def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor
     K = (B[+1]) * I is not a multiple of 4: I + pad becomes a multiple of 16. CPU BLAS (MKL) ran the backward's
     ``gy @ W`` ~40 % slower at B-spline's parameter-matched K = 9 * 171 = 1539 than at 9 * 176 = 1584 (2048 tokens,
     d 384: 17.9 against 12.9 ms; 9 * 172 = 1548: 17.1 ms), and at 1540 (Chebyshev's 5 * 308) as fast as at 1600;
-    interleaved FFN steps, B-spline d 384: 1.22 against 1.29x the MLP. Done on the eager side of the compiled graphs
-    (a pad inside them made the compiler's feature loop masked and scalar), in the per-function form (``state``:
-    elementwise terms, finite at zero inputs and zero state) or where the basis' lean forms work on each input alone
-    (``lean_paddable``: Chebyshev, Jacobi). A pre-transform (RBF's LayerNorm) gets the padded input
+    interleaved FFN steps, B-spline d 384: 1.22 against 1.29x the MLP. The input is padded on the eager side of the
+    compiled graphs (a pad inside them made the compiler's feature loop masked and scalar), and so is the state; the
+    two-layer path pads the weights inside its graphs (layers/lean_ffn.py). Padding applies in the per-function form
+    (``state``: elementwise terms, finite at zero inputs and zero state) or where the basis' lean forms work on each
+    input alone (``lean_paddable``: Chebyshev, Jacobi). A pre-transform (RBF's LayerNorm) gets the padded input
     and its per-input parameters padded with zeros, and reduces over the basis' ``in_features`` only (the Basis
     contract). The padded inputs' weights are zero, so they add nothing; their gradients are dropped. Not for a bf16 or
     fp16 matmul on a CPU with native products for it (``dtype``: the matmul's), whose BLAS measured no such penalty
