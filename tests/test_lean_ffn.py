@@ -175,6 +175,20 @@ def test_the_two_layer_graphs_pad_the_weights_and_drop_the_padded_gradients_them
         assert g_base2.shape == fc2.base_weight.shape and g_base2.is_contiguous()
 
 
+def test_a_state_made_under_inference_mode_is_padded_without_being_kept(counted, monkeypatch):
+    """An inference tensor has no version counter to check a kept copy against: a B-spline whose fused state is first
+    made under ``torch.inference_mode`` (pinned ``fused``, CUDA's widths forced so layer 2's inputs are padded) pads
+    it afresh and computes what the reference does."""
+    monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
+    ffn = _ffn("bspline", torch.float64, h=61)
+    x = _inputs(torch.float64)
+    with kernel("fused"), torch.inference_mode():
+        y = ffn(x)
+    assert counted, "the two-layer Function did not run"
+    with kernel("reference"), torch.no_grad():
+        torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
+
+
 def test_on_cudas_widths_a_single_layer_pads_its_output_gradient(monkeypatch):
     """The per-layer path under CUDA's rule: 61 outputs computed 64 wide, and the backward pads the output gradient to
     the same width for its products; results equal the reference's."""

@@ -234,8 +234,8 @@ def _pad_per_input(pad: int, i: int, ts: tuple[torch.Tensor, ...] | None, keep: 
         return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
     out = []
     for t in ts:
-        if not t.dim():
-            out.append(t)
+        if not t.dim() or t.is_inference():  # an inference tensor has no version to check a copy against
+            out.append(F.pad(t, (0, pad)) if t.dim() else t)
             continue
         kept = _PADDED_STATE.get(t)
         if kept is None or kept[0] != (t._version, pad):
