@@ -2,7 +2,9 @@
 ``torch.profiler``, the operators and kernels that took the most device time (self time: CUDA kernels on a GPU, CPU
 operators on a CPU), and per step the wall time (median, timed apart from the profiler) beside the busy time the
 profiler adds up (on a GPU, a wall time well above it: the step waits on the host, launches and Python, not on the
-device). On a GPU also the host's side: kernel launches a step, and the host events by their own CPU time.
+device). On a GPU also the host's side: kernel launches a step, and the host events by their own CPU time. On every
+device the eager operators a step: the ATen calls made outside any compiled graph and outside another operator, each a
+dispatch on the host (on a GPU, with its kernels), which the compiled graphs' own operators are not.
 
     python -m benchmarks.profile_ffn --device cuda --arms bspline:fused rational:triton --json out/prof.json
     python -m benchmarks.profile_ffn --arms rbf:lean --d-model 128 --tokens 1024      # CPU
@@ -79,9 +81,30 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
     row = {"ffn": name, "kernel": mode if name not in ("mlp", "swiglu") else "-", "hidden": arm.hidden,
            "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
            "busy_kind": "device" if cuda else "cpu", "top": top}
+    row["eager_ops_per_step"], row["eager_ops"] = eager_operators(prof.events(), args.steps)
     if cuda:  # where a step that waits on the host spends the host's time
         row["host"] = host_summary(averages, args.steps, args.top)
     return row
+
+
+COMPILED_REGIONS = ("Torch-Compiled Region", "CompiledFxGraph", "CompiledFunction")  # a compiled graph's events
+
+
+def eager_operators(events: Any, steps: int) -> tuple[float, dict[str, float]]:
+    """ATen calls a step made eagerly (``events``: the profiler's, with their parents): those with no ATen call and no
+    compiled graph among their parents, and per name, most first."""
+    counts: dict[str, int] = {}
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        parent = e.cpu_parent
+        while parent is not None and not (parent.name.startswith("aten::")
+                                          or any(k in parent.name for k in COMPILED_REGIONS)):
+            parent = parent.cpu_parent
+        if parent is None:
+            counts[e.name] = counts.get(e.name, 0) + 1
+    per_step = {k: v / steps for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return sum(per_step.values()), per_step
 
 
 LAUNCHES = ("LaunchKernel", "cuLaunch", "cudaLaunch")  # the runtime's and the driver's kernel launch calls
@@ -112,6 +135,9 @@ def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
     for t in row["top"]:
         lines.append(f"| `{_short(t['name'])}` | {t['ms_per_step']:.3f} | {t['calls_per_step']:.0f} | "
                      f"{t['share']:.0%} |")
+    if "eager_ops_per_step" in row:
+        names = ", ".join(f"{k.removeprefix('aten::')} {v:.3g}" for k, v in list(row["eager_ops"].items())[:8])
+        lines += ["", f"eager operators (outside compiled graphs): {row['eager_ops_per_step']:.0f} a step ({names})"]
     host = row.get("host")
     if host:
         lines += ["", f"host: {host['launches_per_step']:.0f} kernel launches a step; "

@@ -901,12 +901,17 @@ def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(
         assert r["top"] == sorted(r["top"], key=lambda t: -t["ms_per_step"])
     assert any(t["name"].startswith("LeanKANFunction") for t in rows[1]["top"])  # the lean path ran, not the reference
     assert "rbf (path lean, hidden" in capsys.readouterr().out
+    eager_mlp, mlp_ops = rows[0]["eager_ops"], {"aten::linear", "aten::mm", "aten::gelu", "aten::gelu_backward"}
+    assert mlp_ops <= set(eager_mlp), eager_mlp
     # --compile: torch.compile of the FFN, as a compiled model runs it (the MLP alone: compiling a KAN FFN here is slow)
     profile_ffn.main(["--arms", "mlp", "--compile", "--device", "cpu", "--d-model", "16", "--tokens", "64", "--warmup",
                       "1", "--steps", "2", "--json", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
     assert row["compiled"] and any("Compiled" in t["name"] for t in row["top"]), [t["name"] for t in row["top"]]
     assert "mlp (path -, torch.compile of it, hidden" in capsys.readouterr().out
+    # compiled, the products and the GELU run inside the graph: not among the eager operators
+    assert not mlp_ops & set(row["eager_ops"]), row["eager_ops"]
+    assert row["eager_ops_per_step"] < sum(eager_mlp.values())
     with pytest.raises(SystemExit, match="Unknown FFN 'rfb'.*Available: .*rbf"):
         profile_ffn.main(["--arms", "rfb:lean"])
     with pytest.raises(SystemExit, match="Unknown KAN kernel 'fast'.*Available: auto, lean"):
@@ -936,3 +941,28 @@ def test_the_ffn_profile_sums_the_hosts_launches_and_events():
     row = {"ffn": "bspline", "path": "fused", "hidden": 342, "wall_ms": 3.0, "busy_ms": 1.2, "busy_kind": "device",
            "top": [], "host": host}
     assert "host: 12 kernel launches a step; 0.21 ms" in profile_ffn.format_arm(row, None)
+
+
+def test_the_ffn_profile_counts_the_operators_made_outside_compiled_graphs():
+    """Eager operators a step: ATen calls under no other ATen call and no compiled graph (hand-made profiler events
+    with their parents), per name, most first."""
+    from types import SimpleNamespace
+
+    from benchmarks import profile_ffn
+
+    def event(name, parent=None):
+        return SimpleNamespace(name=name, cpu_parent=parent)
+
+    fn = event("LeanKANFFNFunction")
+    region = event("Torch-Compiled Region: 0/0", fn)
+    graph = event("## Call CompiledFxGraph abc ##", region)
+    pad = event("aten::pad", fn)
+    events = [fn, region, graph, pad, event("aten::constant_pad_nd", pad), event("aten::mm", graph),
+              event("aten::pad", fn), event("aten::to"), event("aten::empty", event("LeanKANFFNFunctionBackward"))]
+    total, per_name = profile_ffn.eager_operators(events, steps=2)
+    assert total == 2.0 and per_name == {"aten::pad": 1.0, "aten::to": 0.5, "aten::empty": 0.5}
+    assert list(per_name)[0] == "aten::pad"
+    row = {"ffn": "bspline", "path": "fused", "hidden": 61, "wall_ms": 3.0, "busy_ms": 1.2, "busy_kind": "cpu",
+           "top": [], "eager_ops_per_step": total, "eager_ops": per_name}
+    assert "eager operators (outside compiled graphs): 2 a step (pad 1, to 0.5, empty 0.5)" in profile_ffn.format_arm(
+        row, None)
