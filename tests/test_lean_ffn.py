@@ -135,10 +135,11 @@ def test_on_cudas_widths_the_hidden_gradient_keeps_the_padded_width(name, counte
 
 @pytest.mark.parametrize("name", ["bspline", "rbf"])
 def test_the_two_layer_graphs_pad_the_weights_and_drop_the_padded_gradients_themselves(name, counted, monkeypatch):
-    """Where layer 2's inputs are padded (CUDA's widths, forced here): both graphs take the weights as the parameters
-    hold them and pad them inside (no eager operator a tensor and call: on a GPU, launches the host waits on), the
-    per-function state comes padded once per grid (the same tensors on every call), and the backward gives each
-    weight's gradient at its parameter's shape, contiguous (not a strided view for autograd to copy again)."""
+    """Where layer 2's inputs are padded (CUDA's widths, forced here): both graphs take the weights (and a
+    pre-transform's parameters) as the parameters hold them and pad them inside (no eager operator a tensor and call:
+    on a GPU, launches the host waits on), the per-function state comes padded once per grid (the same tensors on
+    every call), and the backward gives each weight's gradient at its parameter's shape, contiguous (not a strided view
+    for autograd to copy again)."""
     monkeypatch.setattr(lean, "_aligned_rows", lambda device: True)
     calls = []
 
@@ -165,6 +166,10 @@ def test_the_two_layer_graphs_pad_the_weights_and_drop_the_padded_gradients_them
         coef, base = layer2[0], layer2[1]
         assert coef.shape == fc2.coef.shape and coef.data_ptr() == fc2.coef.data_ptr()  # the parameter itself
         assert base.shape == fc2.base_weight.shape and base.data_ptr() == fc2.base_weight.data_ptr()
+    pres = [args[4][4] for args in forward] + [args[5][3] for args, _ in backward]
+    if name == "rbf":  # its LayerNorm's weight and bias, padded inside the graphs too
+        norm = fc2.basis.norm
+        assert all(w.shape == norm.weight.shape and b.shape == norm.bias.shape for w, b in pres)
     states = [args[4][3] for args in forward] + [args[5][2] for args, _ in backward]
     if name == "bspline":
         assert all(t.shape[-1] == 64 for t in states[0] if t.dim())
