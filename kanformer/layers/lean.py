@@ -621,7 +621,8 @@ class LeanRationalLinearFunction(torch.autograd.Function):
             w = weight.to(dtype)
             y = mm(r, w.T, None if bias is None else bias.to(dtype))
         ctx.dtype, ctx.has_bias, ctx.mode = dtype, bias is not None, get_kernel()
-        ctx.save_for_backward(x, num, den, group_index, weight)
+        # the per-channel tables too (a few numbers a channel): the backward does not gather them again
+        ctx.save_for_backward(x, num, den, group_index, weight, a, b)
         return y
 
     @staticmethod
@@ -631,11 +632,10 @@ class LeanRationalLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, num, den, group_index, weight = ctx.saved_tensors
+        x, num, den, group_index, weight, a, b = ctx.saved_tensors
         dtype = ctx.dtype
         gy = gy.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            a, b = _channel_tables(num, den, group_index, _low_dtype(x.dtype))
             g_r = mm(gy, weight.to(dtype))  # dL/dR (N, C)
             per_token(x, g_r)
             r, g_x, g_a, g_b = _kernel_fn(rational_backward, x, tag=_tables_tag(a, b))(

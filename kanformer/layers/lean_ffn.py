@@ -629,7 +629,8 @@ class LeanRationalFFNFunction(torch.autograd.Function):
             y, h = _kernel_fn(_rational_ffn_forward, tag=tag)(x_, act1, w1_, b1, act2, w2_, b2, dtype)
         ctx.dtype, ctx.tag, ctx.has_bias1, ctx.has_bias2 = dtype, tag, bias1 is not None, bias2 is not None
         ctx.mode = get_kernel()
-        ctx.save_for_backward(x, h, num1, den1, group1, w1, num2, den2, group2, w2)
+        # the per-channel tables too (a few numbers a channel): the backward does not gather them again
+        ctx.save_for_backward(x, h, num1, den1, group1, w1, num2, den2, group2, w2, *act1, *act2)
         return y
 
     @staticmethod
@@ -641,13 +642,12 @@ class LeanRationalFFNFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, h, num1, den1, group1, w1, num2, den2, group2, w2 = ctx.saved_tensors
+        x, h, num1, den1, group1, w1, num2, den2, group2, w2, *tables = ctx.saved_tensors
         x, h = kept_for_recompute(x, h)
+        act1, act2 = tuple(tables[:2]), tuple(tables[2:])
         needs = ctx.needs_input_grad
         need = (needs[4], ctx.has_bias1 and needs[5], needs[9], ctx.has_bias2 and needs[10])
         with torch.autocast(x.device.type, enabled=False):
-            act1 = _channel_tables(num1, den1, group1, _low_dtype(x.dtype))
-            act2 = _channel_tables(num2, den2, group2, _low_dtype(h.dtype))
             per_token(x, h, gy)
             g_x, g_a1, g_b1, g_w1, g_bias1, g_a2, g_b2, g_w2, g_bias2 = _kernel_fn(_rational_ffn_backward, tag=ctx.tag)(
                 x, h, gy, act1, w1, act2, w2, ctx.dtype, need)
