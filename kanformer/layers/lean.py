@@ -230,18 +230,18 @@ def _pad_per_input(pad: int, i: int, ts: tuple[torch.Tensor, ...] | None, keep: 
     if any(t.dim() and t.shape[-1] != i for t in ts):
         raise ValueError(f"a basis' fused state and pre-transform parameters must be 0-d or per-input (..., {i}) "
                          f"to be padded, got shapes {[tuple(t.shape) for t in ts]}")
-    if not keep or torch.compiler.is_compiling():
-        return tuple(F.pad(t, (0, pad)) if t.dim() else t for t in ts)
-    out = []
-    for t in ts:
-        if not t.dim() or t.is_inference():  # an inference tensor has no version to check a copy against
-            out.append(F.pad(t, (0, pad)) if t.dim() else t)
-            continue
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        if not t.dim():
+            return t
+        if not keep or torch.compiler.is_compiling() or t.is_inference():  # an inference tensor has no version
+            return F.pad(t, (0, pad))
         kept = _PADDED_STATE.get(t)
         if kept is None or kept[0] != (t._version, pad):
             kept = _PADDED_STATE[t] = ((t._version, pad), F.pad(t, (0, pad)))
-        out.append(kept[1])
-    return tuple(out)
+        return kept[1]
+
+    return tuple(padded(t) for t in ts)
 
 
 def _unpad(pad: int, i: int, g_coef: torch.Tensor | None, g_base: torch.Tensor | None,

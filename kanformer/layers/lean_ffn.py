@@ -227,8 +227,7 @@ def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, .
     pre-transform's parameters padded here. One compiled graph in the fused mode."""
     coef1, base1, bias1, state1, pre1 = layer1
     coef2, base2, bias2, state2, pre2 = layer2
-    pre1, pre2 = _pad_per_input(pads[0], coef1.shape[1], pre1), _pad_per_input(pads[1], coef2.shape[1], pre2)
-    (coef1, base1), (coef2, base2) = _pad_weights(pads[0], coef1, base1), _pad_weights(pads[1], coef2, base2)
+    (coef1, base1, pre1), (coef2, base2, pre2) = _in_graph_pads(pads, (coef1, base1, pre1), (coef2, base2, pre2))
     n1, n2 = input_major
     x_keep = x[:, :n1].t().contiguous() if n1 else None
     hidden, stats1 = _lean_forward(basis1, x, coef1, base1, bias1, state1, dtype, pre1, keep_pad=True)
@@ -240,6 +239,15 @@ def _ffn_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, .
     nodes = node_products(sub, products[0], coef2.shape[1] - sum(products))  # layer 2's padded input width
     y, stats2 = _lean_forward(basis2, nodes, coef2, base2, bias2, state2, dtype, pre2)
     return y, x_keep, sub, stats1, stats2
+
+
+def _in_graph_pads(pads: tuple[int, int], *layers: tuple[Any, Any, Any]) -> list[tuple[Any, Any, Any]]:
+    """Each layer's (coef, base, pre-transform parameters) with its ``pads`` zero inputs, inside the two-layer graphs
+    (``_padded`` gives what is padded outside them)."""
+    out = []
+    for pad, (coef, base, pre) in zip(pads, layers, strict=True):
+        out.append((*_pad_weights(pad, coef, base), _pad_per_input(pad, coef.shape[1], pre)))
+    return out
 
 
 def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, layer1: tuple[Any, ...],
@@ -256,8 +264,7 @@ def _ffn_backward(basis1: Any, basis2: Any, x: torch.Tensor, h: torch.Tensor, la
     coef1, base1, state1, pre1, stats1, own1 = layer1
     coef2, base2, state2, pre2, stats2, own2 = layer2
     n_in1, n_in2 = coef1.shape[1], coef2.shape[1]
-    pre1, pre2 = _pad_per_input(pads[0], n_in1, pre1), _pad_per_input(pads[1], n_in2, pre2)
-    (coef1, base1), (coef2, base2) = _pad_weights(pads[0], coef1, base1), _pad_weights(pads[1], coef2, base2)
+    (coef1, base1, pre1), (coef2, base2, pre2) = _in_graph_pads(pads, (coef1, base1, pre1), (coef2, base2, pre2))
     need_w1, need_b1, need_w2, need_b2 = need
     g_feats1 = g_feats2 = None
     g_own1: tuple[torch.Tensor, ...] = ()
