@@ -9,10 +9,14 @@ two times, which one ``gemm.mm`` takes under oneDNN, and per FFN the step's six 
 Then whole training steps (forward + backward) of the FFNs named by ``--ffns`` (default: the MLP, RBF and B-spline;
 KAN FFNs on the ``fused`` path, which ``auto`` takes at these widths), each under both libraries in turns: each
 FFN's step on oneDNN against its step on PyTorch's products, and each KAN FFN against the MLP on the same library
-(medians of same-round ratios, with the lowest and highest round).
+(medians of same-round ratios, with the lowest and highest round). With ``--gpt2``, whole GPT-2 training steps
+instead (forward + backward + AdamW; 4 layers of ``--d-model``, 64-token sequences, ``--tokens`` a step, vocabulary
+1024, the FFNs' parameters matched to the MLP's: at d 128 / 1024 tokens, the demo's GPT-2 as ``bench_model`` times it),
+where the rest of the model keeps PyTorch's products under either library.
 
     python -m benchmarks.bench_gemm                        # d_model 384, 2048 tokens
     python -m benchmarks.bench_gemm --d-model 128 --tokens 1024 --ffns mlp rbf
+    python -m benchmarks.bench_gemm --d-model 128 --tokens 1024 --gpt2 --ffns mlp bspline rbf wavelet --rounds 8
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from kanformer.layers.budget import match_hidden
 from kanformer.layers.dispatch import kernel
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
+from kanformer.train.optim import adamw
 
-from .bench_ffn import Arm, add_malloc_argument, machine, write_result
+from .bench_ffn import Arm, add_malloc_argument, machine, round_order, write_result
 
 
 def _products(n: int, widths: list[tuple[int, int]], g: torch.Generator) -> list[tuple[str, Any, Any]]:
@@ -82,11 +87,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = _steps(args) if args.ffns else {}
     return {"benchmark": "gemm", "machine": machine(torch.device("cpu")), "torch": torch.__version__,
             "d_model": d, "tokens": n, "kan_hidden": hidden, "rows": rows, "totals": totals,
-            "library": library, "malloc": current_malloc(), "steps": steps}
+            "library": library, "malloc": current_malloc(), "steps": steps, "steps_of": "gpt2" if args.gpt2 else "ffn"}
+
+
+class GPT2Arm:
+    """A GPT-2 whose FFNs are ``name``'s (``bench_model.build_gpt2``), with its AdamW: ``step`` trains one batch."""
+
+    SEQ = 64
+
+    def __init__(self, name: str, d_model: int, tokens: int) -> None:
+        from .bench_model import build_gpt2
+
+        if tokens % self.SEQ:
+            raise SystemExit(f"--gpt2 takes --tokens in whole {self.SEQ}-token sequences, got {tokens}")
+        self.model = build_gpt2(name, n_layer=4, d_model=d_model, n_head=max(1, d_model // 32), seq=self.SEQ,
+                                vocab=1024, device=torch.device("cpu"))
+        self.optimizer = adamw(self.model.parameters(), lr=1e-4)  # the implementation training runs here
+        self.gen = torch.Generator().manual_seed(0)
+        self.shape = (tokens // self.SEQ, self.SEQ)
+
+    def step(self) -> None:
+        ids = torch.randint(0, 1024, self.shape, generator=self.gen)
+        self.model(input_ids=ids, labels=ids).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _steps(args: argparse.Namespace) -> dict[str, Any]:
-    """Each FFN's training step under both libraries, in turns (``--rounds`` rounds, median of ``--repeats``)."""
+    """Each FFN's training step (``--gpt2``: its GPT-2's) under both libraries, in turns (``--rounds`` rounds, median
+    of ``--repeats``)."""
     before = gemm.setting()
     names = ["mlp"] + [f for f in args.ffns if f != "mlp"]
     libs = ("torch", "onednn")
@@ -97,14 +126,17 @@ def _steps(args: argparse.Namespace) -> dict[str, Any]:
             for lib in libs:  # each library's compiled graphs (guarded on it) before anything is timed
                 gemm.set_library(lib)
                 for name in names:
-                    arms.setdefault(name, Arm(name, args.d_model, args.tokens, device=torch.device("cpu"),
-                                              dtype=torch.float32, autocast=False, match="params")).step()
-            for _ in range(args.rounds):
-                for lib in libs:
+                    if name not in arms:
+                        arms[name] = (GPT2Arm(name, args.d_model, args.tokens) if args.gpt2 else
+                                      Arm(name, args.d_model, args.tokens, device=torch.device("cpu"),
+                                          dtype=torch.float32, autocast=False, match="params"))
+                    arms[name].step()
+            for r in range(args.rounds):  # every other round in reverse order, as bench_ffn's rounds
+                for lib in round_order(list(libs), r):
                     gemm.set_library(lib)
-                    for name, arm in arms.items():
-                        arm.step()
-                        times[f"{name} {lib}"].append(_time(arm.step, args.repeats))
+                    for name in round_order(names, r):
+                        arms[name].step()
+                        times[f"{name} {lib}"].append(_time(arms[name].step, args.repeats))
     finally:
         gemm.set_library(before)
 
@@ -117,9 +149,10 @@ def _steps(args: argparse.Namespace) -> dict[str, Any]:
         t, o = times[f"{name} torch"], times[f"{name} onednn"]
         out[name] = {"torch_ms": statistics.median(t) * 1e3, "onednn_ms": statistics.median(o) * 1e3,
                      "onednn_over_torch": ratios(o, t)}
-        if name != "mlp":
-            out[name]["x_mlp_torch"] = ratios(t, times["mlp torch"])
-            out[name]["x_mlp_onednn"] = ratios(o, times["mlp onednn"])
+        if name != "mlp":  # the FFNs' step times over the MLP's; the GPT-2s' throughputs (tokens/s) over its
+            for lib, mine in (("torch", t), ("onednn", o)):
+                mlp = times[f"mlp {lib}"]
+                out[name][f"x_mlp_{lib}"] = ratios(mlp, mine) if args.gpt2 else ratios(mine, mlp)
     return out
 
 
@@ -142,9 +175,12 @@ def format_table(result: dict[str, Any]) -> str:
         def span(r: list[float]) -> str:
             return f"{r[0]:.2f} ({r[1]:.2f} - {r[2]:.2f})"
 
-        lines += ["", "FFN training steps (fused path), each library in turn (ratios: median (lowest - highest "
-                  "round)):",
-                  "", "| FFN | PyTorch ms | oneDNN ms | oneDNN / PyTorch | x MLP, PyTorch | x MLP, oneDNN |",
+        gpt2 = result.get("steps_of") == "gpt2"
+        what = ("GPT-2 training steps (4 layers, forward + backward + AdamW; KAN FFNs on the fused path)" if gpt2
+                else "FFN training steps (fused path)")
+        vs_mlp = "tokens/s x MLP" if gpt2 else "x MLP"
+        lines += ["", f"{what}, each library in turn (ratios: median (lowest - highest round)):",
+                  "", f"| FFN | PyTorch ms | oneDNN ms | oneDNN / PyTorch | {vs_mlp}, PyTorch | {vs_mlp}, oneDNN |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, r in result["steps"].items():
             vs = (f"{span(r['x_mlp_torch'])} | {span(r['x_mlp_onednn'])}" if "x_mlp_torch" in r else "- | -")
@@ -161,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ffns", nargs="*", default=["mlp", "rbf", "bspline"],
                    help="FFNs whose whole training steps are timed under both libraries (none: products only)")
+    p.add_argument("--gpt2", action="store_true",
+                   help="time the --ffns' GPT-2s (4 layers, 64-token sequences) instead of the FFNs alone")
     add_malloc_argument(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)

@@ -238,6 +238,14 @@ def test_the_library_is_timed_on_fp32_products_under_autocast_too(library, timin
     assert len(timings) == 1 and seen and not any(seen)
 
 
+def test_auto_keeps_onednn_only_where_the_baselines_products_ran_clearly_faster():
+    """A timing within noise of PyTorch's keeps PyTorch's products; a clear win (the development CPU's 0.92x, which
+    the old 0.9 threshold refused though oneDNN ran the MLP faster at every width) takes oneDNN."""
+    assert gemm._faster({"torch": 100.0, "onednn": 92.0}) == "onednn"
+    assert gemm._faster({"torch": 100.0, "onednn": 97.0}) == "torch"
+    assert gemm._faster({"torch": 100.0, "onednn": 120.0}) == "torch"
+
+
 @needs_onednn
 def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_path):
     library("auto")
@@ -266,6 +274,22 @@ def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
     assert {r["routed"] for r in result["rows"]} == {"torch", "onednn"}  # the MLP's first weight gradient: PyTorch
     assert result["steps"]["mlp"]["onednn_ms"] > 0 and len(result["rows"]) == 12
     assert f"CPU malloc {result['malloc']}" in out  # the allocator its steps ran on, as bench_ffn reports it
+
+
+@needs_onednn
+def test_the_gemm_benchmark_times_whole_gpt2_steps_under_both_libraries(capsys, tmp_path):
+    import json
+
+    from benchmarks.bench_gemm import main
+
+    main(["--d-model", "16", "--tokens", "64", "--rounds", "2", "--repeats", "1", "--ffns", "mlp", "--gpt2",
+          "--json", str(tmp_path / "g.json")])
+    assert "GPT-2 training steps (4 layers, forward + backward + AdamW" in capsys.readouterr().out
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["steps_of"] == "gpt2" and set(result["steps"]) == {"mlp"}
+    assert result["steps"]["mlp"]["torch_ms"] > 0 and result["steps"]["mlp"]["onednn_ms"] > 0
+    with pytest.raises(SystemExit, match="whole 64-token sequences, got 100"):
+        main(["--d-model", "16", "--tokens", "100", "--rounds", "1", "--repeats", "1", "--ffns", "mlp", "--gpt2"])
 
 
 @needs_onednn
