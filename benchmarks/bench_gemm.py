@@ -22,6 +22,7 @@ where the rest of the model keeps PyTorch's products under either library.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from typing import Any
@@ -98,10 +99,9 @@ class GPT2Arm:
     def __init__(self, name: str, d_model: int, tokens: int) -> None:
         from .bench_model import build_gpt2
 
-        if tokens % self.SEQ:
-            raise SystemExit(f"--gpt2 takes --tokens in whole {self.SEQ}-token sequences, got {tokens}")
-        self.model = build_gpt2(name, n_layer=4, d_model=d_model, n_head=max(1, d_model // 32), seq=self.SEQ,
-                                vocab=1024, device=torch.device("cpu"))
+        heads = math.gcd(d_model, max(1, d_model // 32))  # 32-wide heads where the width allows (d 128: 4)
+        self.model = build_gpt2(name, n_layer=4, d_model=d_model, n_head=heads, seq=self.SEQ, vocab=1024,
+                                device=torch.device("cpu"))
         self.optimizer = adamw(self.model.parameters(), lr=1e-4)  # the implementation training runs here
         self.gen = torch.Generator().manual_seed(0)
         self.shape = (tokens // self.SEQ, self.SEQ)
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("d_model", "tokens", "rounds", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.gpt2 and args.tokens % GPT2Arm.SEQ:
+        p.error(f"--gpt2 takes --tokens in whole {GPT2Arm.SEQ}-token sequences, got {args.tokens}")
     # as bench_ffn and bench_model run: under glibc's defaults a d 768 KAN layer's 113 MB of features (and a
     # product's output that size) are faulted in afresh on every call
     configure_malloc(args.malloc)
