@@ -886,12 +886,18 @@ def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     assert kan_layers and all(m.kernel_mode == "reference" for m in kan_layers)
 
 
-def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(tmp_path, capsys):
+def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(tmp_path, capsys, request):
     """`python -m benchmarks.profile_ffn`: the MLP first, then each ffn:kernel arm on its path, with the operators that
     took the most time (their shares adding up to at most the whole), written as JSON; bad arms named."""
     import json
 
     from benchmarks import profile_ffn
+    from kanformer.layers import gemm
+
+    # the MLP's products as ATen's linear and mm, whatever this machine's library (oneDNN's are the kit's operator)
+    before = gemm.setting()
+    request.addfinalizer(lambda: gemm.set_library(before))
+    gemm.set_library("torch")
 
     out = tmp_path / "prof.json"
     profile_ffn.main(["--arms", "rbf:lean", "--device", "cpu", "--d-model", "16", "--tokens", "64", "--warmup", "1",
