@@ -12,9 +12,11 @@ needs_onednn = pytest.mark.skipif(not gemm.onednn_available(), reason="PyTorch b
 
 
 @pytest.fixture
-def library():
-    """Pins the process's library for one test, restoring the setting after."""
+def library(monkeypatch):
+    """Pins the process's library for one test, restoring the setting after. Every product of the pinned library is
+    its own, however small (the tests' products are below ``gemm._SMALL_MACS``)."""
     before = gemm._setting[0]
+    monkeypatch.setattr(gemm, "_SMALL_MACS", 0)
     yield gemm.set_library
     gemm.set_library(before)
 
@@ -238,6 +240,24 @@ def test_the_library_is_timed_on_fp32_products_under_autocast_too(library, timin
     assert len(timings) == 1 and seen and not any(seen)
 
 
+@needs_onednn
+def test_small_eager_products_stay_on_pytorchs_under_onednn(monkeypatch):
+    """A product too small to win back oneDNN's call (generation's few tokens) is PyTorch's, eagerly; a training
+    step's is oneDNN's; inside a compiled graph the size decides nothing (its token count is symbolic)."""
+    monkeypatch.setattr(gemm, "_chosen", ["onednn"])
+    calls = []
+    real = gemm._onednn_linear
+    monkeypatch.setattr(gemm, "_onednn_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    w = torch.randn(512, 128)
+    small, large = torch.randn(4, 128), torch.randn(1024, 128)
+    _close(gemm.linear(small, w), small @ w.t())
+    assert calls == [] and not gemm._suits(small, w.t())
+    _close(gemm.linear(large, w), large @ w.t())
+    assert calls == [(1024, 128)] and gemm._suits(large, w.t())
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert gemm._suits(small, w.t())
+
+
 def test_auto_keeps_onednn_only_where_the_baselines_products_ran_clearly_faster():
     """A timing within noise of PyTorch's keeps PyTorch's products; a clear win (the development CPU's 0.92x, which
     the old 0.9 threshold refused though oneDNN ran the MLP faster at every width) takes oneDNN."""
@@ -261,10 +281,12 @@ def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_
 
 
 @needs_onednn
-def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path):
+def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path, monkeypatch):
     import json
 
     from benchmarks.bench_gemm import main
+
+    monkeypatch.setattr(gemm, "_SMALL_MACS", 0)  # its products as a real width's are routed (these are tiny)
 
     main(["--d-model", "16", "--tokens", "32", "--rounds", "1", "--repeats", "1", "--ffns", "mlp",
           "--json", str(tmp_path / "g.json")])

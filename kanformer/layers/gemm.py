@@ -56,7 +56,7 @@ LIBRARIES = ("auto", "torch", "onednn")
 # 0.92 on oneDNN's, the MLP's own step level)
 _CLEAR_WIN = 0.95
 _RULE = 3  # the version of the routing (_suits) and of the timing: a change is timed afresh (2: fp32 under autocast;
-# 3: the 0.95 threshold)
+# 3: the 0.95 threshold, small eager products on PyTorch's)
 _NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registers its own op
 
 _setting = [os.environ.get("KANFORMER_GEMM", "auto")]
@@ -230,13 +230,23 @@ def _faster(ms: dict[str, float]) -> str:
     return "onednn" if ms["onednn"] < _CLEAR_WIN * ms["torch"] else "torch"
 
 
+# Eager products of fewer multiply-adds stay on PyTorch's: oneDNN's call costs ~12 us more (the development CPU, d 128,
+# 1 - 16 rows: 18 - 35 against 6 - 22 us), which a product this small does not win back (at d 128 PyTorch's ran
+# faster up to 64 rows, 4.2 M multiply-adds; at d 384 oneDNN already at 1 row, 0.59 M). Generation's few-token
+# products are such: the demo's MLP GPT-2 generated 1,882 against 2,337 tokens/s with every product on oneDNN.
+_SMALL_MACS = 1 << 19
+
+
 def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether oneDNN takes ``a @ b``: always, but for a transposed ``a`` (a weight gradient, ``gy^T @ x``) with
-    more rows than the product has columns. On the development machine oneDNN ran those slower than MKL (a GELU
+    more rows than the product has columns, and, outside compiled graphs (whose token count is symbolic), a product
+    of fewer than ``_SMALL_MACS`` multiply-adds. On the development machine oneDNN ran the first slower than MKL (a GELU
     MLP's first weight gradient, 1536 x 2048 @ 2048 x 384: 20.9 against 15.7 ms) and every other product of an MLP's
     or a KAN FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x
     3456, 15.6 against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x)."""
     transposed = not a.is_contiguous() and a.t().is_contiguous()
+    if not torch.compiler.is_compiling() and a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_MACS:
+        return False
     return not transposed or a.shape[0] <= b.shape[1]
 
 
