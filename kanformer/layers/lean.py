@@ -190,26 +190,16 @@ def _pad_inputs(pad: int, x: torch.Tensor, coef: torch.Tensor, base: torch.Tenso
     ``pad`` zero inputs."""
     if not pad:
         return x, coef, base, state, pre
-    return (F.pad(x, (0, pad)), *_pad_params(pad, coef, base, state, pre))
-
-
-def _pad_params(pad: int, coef: torch.Tensor, base: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
-                pre: tuple[torch.Tensor, ...] | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None,
-                           tuple[torch.Tensor, ...] | None]:
-    """``_pad_inputs`` without the input: the layer's weights and per-input tensors for ``pad`` zero inputs."""
-    if not pad:
-        return coef, base, state, pre
     i = coef.shape[1]
     coef, base = _pad_weights(pad, coef, base)
-    return coef, base, _pad_per_input(pad, i, state, keep=True), _pad_per_input(pad, i, pre)
+    return F.pad(x, (0, pad)), coef, base, _pad_per_input(pad, i, state, keep=True), _pad_per_input(pad, i, pre)
 
 
 def _pad_weights(pad: int, coef: torch.Tensor, base: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """coef (O, I, B) and base (O, I) with ``pad`` zero inputs. Inside a compiled graph (the two-layer path's), where
-    the pad joins the copy that lays the weights out basis-major (``_basis_major``): no pass of its own, and no eager
-    operator (on a GPU, two kernel launches a tensor)."""
+    """coef (O, I, B) and base (O, I) with ``pad`` zero inputs: eagerly on the per-layer path (``_pad_inputs``);
+    inside the two-layer path's compiled graphs, where the pad joins the copy that lays the weights out basis-major
+    (``_basis_major``): no pass of its own, and no eager operator (on a GPU, two kernel launches a tensor)."""
     if not pad:
         return coef, base
     return F.pad(coef, (0, 0, 0, pad)), None if base is None else F.pad(base, (0, pad))
