@@ -243,7 +243,8 @@ def test_the_library_is_timed_on_fp32_products_under_autocast_too(library, timin
 @needs_onednn
 def test_small_eager_products_stay_on_pytorchs_under_onednn(monkeypatch):
     """A product too small to win back oneDNN's call (generation's few tokens) is PyTorch's, eagerly; a training
-    step's is oneDNN's; inside a compiled graph the size decides nothing (its token count is symbolic)."""
+    step's is oneDNN's; inside a compiled graph the size decides nothing at trace time (its token count is symbolic:
+    the operator decides when it runs, below)."""
     monkeypatch.setattr(gemm, "_chosen", ["onednn"])
     calls = []
     real = gemm._onednn_linear
@@ -256,6 +257,22 @@ def test_small_eager_products_stay_on_pytorchs_under_onednn(monkeypatch):
     assert calls == [(1024, 128)] and gemm._suits(large, w.t())
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert gemm._suits(small, w.t())
+
+
+@needs_onednn
+def test_the_operator_a_compiled_graph_calls_takes_small_products_to_pytorchs():
+    """The kit's oneDNN operator, as a compiled graph calls it with the token count of the call: a product of few
+    tokens (a generation step through the fused path's graphs) runs PyTorch's kernel, a training step's oneDNN's."""
+    w, bias = torch.randn(512, 128), torch.randn(512)
+
+    def kernels(x):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = gemm._onednn_linear(x, w, bias)
+        _close(y, torch.addmm(bias, x, w.t()))
+        return {e.key for e in prof.key_averages()}
+
+    assert "mkldnn::_linear_pointwise" not in kernels(torch.randn(4, 128))
+    assert "mkldnn::_linear_pointwise" in kernels(torch.randn(1024, 128))
 
 
 def test_auto_keeps_onednn_only_where_the_baselines_products_ran_clearly_faster():

@@ -94,6 +94,85 @@ def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, mo
     assert probe.reads == 0, f"{name} on {mode}: {probe.reads} host reads a training step"
 
 
+class _FewCalls(list):
+    """The token counts of the calls of the graph of few tokens; while ``forbid_copy`` is set, any path's
+    basis-major copy of the weights fails the test."""
+
+    forbid_copy = False
+
+
+@pytest.fixture
+def few(monkeypatch):
+    calls = _FewCalls()
+    forward, basis_major = lean_ffn._few_tokens_forward, lean._basis_major
+    monkeypatch.setattr(lean_ffn, "_few_tokens_forward", lambda *a: calls.append(a[2].shape[0]) or forward(*a))
+
+    def copy(*a):
+        assert not calls.forbid_copy, "the weights were laid out basis-major for a call of few tokens"
+        return basis_major(*a)
+
+    monkeypatch.setattr(lean, "_basis_major", copy)
+    return calls
+
+
+@pytest.mark.parametrize("name", CHAINABLE)
+def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copying_the_weights(name, counted, few):
+    """Generation's steps (a few tokens, no autograd) take a graph that multiplies the coefficients as they are stored:
+    equal to the reference in fp64, out-of-range inputs included; the two-layer Function does not run."""
+    ffn = _ffn(name, torch.float64)
+    x = _inputs(torch.float64, n=5)
+    with torch.no_grad():
+        few.forbid_copy = True
+        with kernel("fused"):
+            y = ffn(x)
+        few.forbid_copy = False
+        with kernel("reference"):
+            ref = ffn(x)
+    assert few == [5] and not counted
+    torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["bspline", "rbf", "multkan", "wavelet"])
+def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(name, counted, few, monkeypatch):
+    ffn = _ffn(name, torch.float32)
+    x = _inputs(torch.float32, n=3)
+    with torch.no_grad(), kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ffn(x)
+        monkeypatch.setattr(lean_ffn, "_FEW_TOKENS", 0)  # the training forward's graph
+        train = ffn(x)
+    assert few == [3] and counted and y.dtype == train.dtype == torch.bfloat16
+    assert ((y.float() - train.float()).norm() / train.float().norm()).item() < 1e-2
+
+
+def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):
+    """Beyond twice the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
+    amortised over many tokens); so does ``auto`` until the background compile holds the graph of few tokens."""
+    ffn = _ffn("bspline", torch.float32)
+    limit = lean_ffn._FEW_TOKENS * ffn.fc1.out_features
+    with kernel("fused"):
+        with torch.no_grad():
+            ffn(_inputs(torch.float32, n=limit + 1))
+        ffn(_inputs(torch.float32, n=5))
+    assert few == [] and len(counted) == 2
+
+
+def test_under_auto_few_tokens_wait_for_the_background_compile(monkeypatch):
+    ffn, x = _ffn("bspline", torch.float32), _inputs(torch.float32, n=3)
+    monkeypatch.setenv("KANFORMER_AUTOTUNE", "1")
+    ready = []
+    monkeypatch.setattr(dispatch, "autotune_compiled_ready", lambda f, t: bool(ready))
+    with dispatch.default_kernel("auto"):
+        assert not dispatch.few_tokens_compiled(ffn, x)
+        with kernel("fused"):
+            assert dispatch.few_tokens_compiled(ffn, x)  # pinned: compiled on its first call
+        ready.append(1)
+        assert dispatch.few_tokens_compiled(ffn, x)
+    monkeypatch.setenv("KANFORMER_AUTOTUNE", "0")  # auto's fixed rule compiles as it goes
+    ready.clear()
+    with dispatch.default_kernel("auto"):
+        assert dispatch.few_tokens_compiled(ffn, x)
+
+
 def test_the_padded_hidden_is_layer_twos_padded_input(counted):
     """At these widths layer 1's output is computed 64 wide (zero columns) and layer 2 pads its inputs to 64: the
     plan takes the padded hidden as it is, and the gradients of the real shapes come back."""
@@ -380,6 +459,22 @@ def test_fused_kernels_equal_reference(name):
     ffn = _ffn(name, torch.float32, **({"num_wavelets": 4} if name == "wavelet" else {}))
     x = _inputs(torch.float32)
     _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bspline", "rbf", "wavelet"])
+def test_the_compiled_graph_of_few_tokens_equals_the_reference(name, few):
+    """Compiled, at two token counts (one graph): the per-function state (B-spline), a pre-transform (RBF's LayerNorm),
+    parameters of the basis' own (the wavelet's)."""
+    ffn = _ffn(name, torch.float32, **({"num_wavelets": 4} if name == "wavelet" else {}))
+    with torch.no_grad():
+        for n in (3, 6):
+            x = _inputs(torch.float32, n=n)
+            with kernel("fused"):
+                y = ffn(x)
+            with kernel("reference"):
+                torch.testing.assert_close(y, ffn(x), rtol=1e-4, atol=1e-4)
+    assert few == [3, 6]
 
 
 @pytest.mark.slow

@@ -349,9 +349,7 @@ def _compile_state(warm: str) -> str:
     them) or ``failed: <why>``; starts that process the first time, and again once a failure is a day old."""
     record = _load()["compiled"].get(warm)
     kept_failure = _failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S
-    ready = (isinstance(record, dict) and record.get("state") == "ready"
-             and record.get("inductor_dir") == _inductor_dir() and Path(_inductor_dir()).is_dir())
-    if kept_failure or ready:
+    if kept_failure or _ready(record):
         return record["state"]
     proc = _workers.get(warm)
     if proc is None:
@@ -387,6 +385,18 @@ def _compile_state(warm: str) -> str:
 
 
 _RETRY_FAILED_S = 86400.0  # a failed compile is kept this long, then tried again
+
+
+def _ready(record: Any) -> bool:
+    """Whether a background compile's record says the compiler's cache, as this process has it, holds the helpers."""
+    return (isinstance(record, dict) and record.get("state") == "ready"
+            and record.get("inductor_dir") == _inductor_dir() and Path(_inductor_dir()).is_dir())
+
+
+def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
+    """Whether the background compile of ``ffn``'s fused helpers for inputs like ``x`` is done (as recorded; starts
+    nothing): the graph of few tokens without autograd is then in the compiler's cache too (``_warm``)."""
+    return _ready(_load()["compiled"].get(_keys(ffn, x)[1]))
 
 
 def _failed(record: Any) -> bool:
@@ -822,6 +832,7 @@ def forget() -> None:
 def _warm(spec: dict[str, Any]) -> None:
     """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice)."""
     from .dispatch import kernel
+    from .lean_ffn import few_tokens
     from .registry import create_ffn
 
     f = spec["ffn"]
@@ -838,4 +849,9 @@ def _warm(spec: dict[str, Any]) -> None:
             ffn(x).float().square().sum().backward()
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             compiled(x).float().square().sum().backward()
+    # the graph of few tokens without autograd (layers/lean_ffn.py: generation's steps), last, at two sizes too
+    for tokens in (2, 3):
+        if hasattr(ffn, "fc1") and few_tokens(ffn, tokens):
+            with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                ffn(torch.randn(tokens, f["d_model"], device=device))
 

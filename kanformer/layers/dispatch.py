@@ -36,6 +36,7 @@ import torch
 
 from .autotune import choice as autotune_choice
 from .autotune import compiled_forward, kernel_memory
+from .autotune import compiled_ready as autotune_compiled_ready
 from .autotune import enabled as autotune_enabled
 from .autotune import inference_path as autotune_inference_path
 from .gemm import library as gemm_library
@@ -112,6 +113,16 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     if not torch.is_grad_enabled():  # evaluation: training's compiled path where this process has one
         return autotune_inference_path(ffn, x) or own
     return autotune_choice(ffn, x)
+
+
+def few_tokens_compiled(ffn: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the fused path's graph for a call of few tokens without autograd (layers/lean_ffn.py) may run now:
+    where a path is pinned (or ``auto`` measures nothing), at once, compiled on its first call as every fused graph
+    is; under ``auto``, once the background compile has put it in the compiler's cache with the FFN's other helpers
+    (until then the call takes the forward graph training compiled), so no call compiles it from scratch."""
+    if _forced[0] or getattr(ffn, "kernel_mode", None) or _mode[0] != "auto" or not autotune_enabled():
+        return True
+    return autotune_compiled_ready(ffn, x)
 
 
 def prepare_products(x: torch.Tensor) -> None:

@@ -230,11 +230,17 @@ def _faster(ms: dict[str, float]) -> str:
     return "onednn" if ms["onednn"] < _CLEAR_WIN * ms["torch"] else "torch"
 
 
-# Eager products of fewer multiply-adds stay on PyTorch's: oneDNN's call costs ~12 us more (the development CPU, d 128,
+# Products of fewer multiply-adds stay on PyTorch's: oneDNN's call costs ~12 us more (the development CPU, d 128,
 # 1 - 16 rows: 18 - 35 against 6 - 22 us), which a product this small does not win back (at d 128 PyTorch's ran
 # faster up to 64 rows, 4.2 M multiply-adds; at d 384 oneDNN already at 1 row, 0.59 M). Generation's few-token
-# products are such: the demo's MLP GPT-2 generated 1,882 against 2,337 tokens/s with every product on oneDNN.
+# products are such: the demo's MLP GPT-2 generated 1,882 against 2,337 tokens/s with every product on oneDNN. Eager
+# code decides before the call (``_suits``: no autograd Function either); a compiled graph's token count is symbolic,
+# so there the operator decides on the shapes it is called with (``_linear``), and one graph serves every count.
 _SMALL_MACS = 1 << 19
+
+
+def _small(rows: int, inner: int, cols: int) -> bool:
+    return rows * inner * cols < _SMALL_MACS
 
 
 def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -245,7 +251,7 @@ def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
     or a KAN FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x
     3456, 15.6 against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x)."""
     transposed = not a.is_contiguous() and a.t().is_contiguous()
-    if not torch.compiler.is_compiling() and a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_MACS:
+    if not torch.compiler.is_compiling() and _small(a.shape[0], a.shape[1], b.shape[1]):
         return False
     return not transposed or a.shape[0] <= b.shape[1]
 
@@ -257,7 +263,10 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight^T (+ bias)`` by oneDNN: fp32 CPU 2-d operands, each row- or column-major."""
+    """``x @ weight^T (+ bias)`` by oneDNN: fp32 CPU 2-d operands, each row- or column-major; by PyTorch's where the
+    product is small (``_SMALL_MACS``: a compiled graph's call with few tokens, as generation makes)."""
+    if _small(x.shape[0], x.shape[1], weight.shape[0]):
+        return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(weight), bias, "none", [], "")
 
 
