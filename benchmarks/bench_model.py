@@ -6,6 +6,12 @@ same code path); the step is forward + backward + AdamW. Ratios are against the 
 
     python -m benchmarks.bench_model                                  # CPU: 4 layers, d_model 384, 4 x 256 tokens
     python -m benchmarks.bench_model --gpu --json benchmarks/out/gpu.json  # every GPU check in one go (see below)
+    python -m benchmarks.bench_model --generate 32                     # generation (greedy, KV cache) instead
+
+``--generate N`` times generation instead of training: each arm's GPT-2 generates N tokens greedily with its KV cache
+after a prompt of ``--seq`` - N tokens, ``--batch`` sequences at a time (``measure_inference``: tokens/s of the
+generation alone, the prompt's forward apart); under ``auto`` after the training steps that let it choose its paths,
+as a model generates after training.
 
 ``--gpu`` runs, on CUDA: the auto / lean / fused / Triton paths against the reference (outputs and gradients) on random
 and out-of-range inputs, and a compiled model's path (torch.compile of B-spline, RBF, GR-KAN and wavelet FFNs; the
@@ -38,7 +44,7 @@ from benchmarks.bench_ffn import (
     write_result,
 )
 from kanformer import kanify
-from kanformer.evaluation.metrics import measure_training
+from kanformer.evaluation.metrics import measure_inference, measure_training
 from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.layers.widen import widened_autocast
@@ -106,8 +112,14 @@ class ModelArm:
               widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None)):
             if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
                 settle(self.model, self.batch)
-            self.rounds.append(measure_training(self.model, self.batch, a.batch * a.seq, steps=a.steps,
-                                                warmup=a.warmup if first else 1, adamw=getattr(a, "adamw", "auto")))
+            warmup = a.warmup if first else 1
+            if getattr(a, "generate", 0):
+                self.rounds.append(measure_inference(self.model, vocab_size=a.vocab, batch_size=a.batch,
+                                                     prompt_len=a.seq - a.generate, new_tokens=a.generate,
+                                                     warmup=warmup, repeats=a.steps))
+            else:
+                self.rounds.append(measure_training(self.model, self.batch, a.batch * a.seq, steps=a.steps,
+                                                    warmup=warmup, adamw=getattr(a, "adamw", "auto")))
 
 
 def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,10 +134,12 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     arms = [ModelArm(ffn, args, device) for ffn in names]
     if getattr(args, "control", False):  # the MLP GPT-2 again, last: what an arm equal to the reference reads
         arms.append(ModelArm("mlp", args, device, label=CONTROL))
+    generate = getattr(args, "generate", 0)
+    metric = "generate_tokens_per_s" if generate else "train_tokens_per_s"
     for r in range(rounds):
         for arm in round_order(arms, r):
             arm.turn(first=r == 0)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.label} {a.rounds[-1]['train_tokens_per_s']:.0f} tok/s"
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{a.label} {a.rounds[-1][metric]:.0f} tok/s"
                                                        for a in arms), flush=True)
     ref = arms[0]
     # CUDA's allocator peak per arm over what was allocated when its timed steps began (every arm's model stays
@@ -134,14 +148,15 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     peak_key = "peak_allocated_growth_bytes" if device.type == "cuda" else None
     rows = []
     for arm in arms:
-        tps = [s["train_tokens_per_s"] for s in arm.rounds]
-        ratios = [s / m["train_tokens_per_s"] for s, m in zip(tps, ref.rounds, strict=True)]
+        tps = [s[metric] for s in arm.rounds]
+        ratios = [s / m[metric] for s, m in zip(tps, ref.rounds, strict=True)]
         row = {**arm.rounds[-1], "ffn": arm.label, "params": sum(p.numel() for p in arm.model.parameters()),
-               "train_tokens_per_s": statistics.median(tps), "throughput_ratio": statistics.median(ratios),
+               metric: statistics.median(tps), "throughput_ratio": statistics.median(ratios),
                "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
         rows.append(row)
     for r in rows:
-        r["activation_ratio"] = r["activation_bytes"] / rows[0]["activation_bytes"]
+        if not generate:
+            r["activation_ratio"] = r["activation_bytes"] / rows[0]["activation_bytes"]
         if peak_key and r.get(peak_key) and rows[0].get(peak_key):
             r["peak_ratio"] = r[peak_key] / rows[0][peak_key]
     del arms
@@ -152,7 +167,7 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
             "bf16": args.bf16,
             "compiled": getattr(args, "compile", False),
             "compile_mode": getattr(args, "compile_mode", "default") if getattr(args, "compile", False) else None,
-            "n_layer": args.n_layer,
+            "n_layer": args.n_layer, "generate": generate,
             "d_model": args.d_model, "seq": args.seq, "batch": args.batch, "steps": args.steps, "rounds": rounds,
             "order": "alternating",
             "peak_key": peak_key, "malloc": current_malloc(), "rows": rows, "autotune": autotune.decisions(),
@@ -161,6 +176,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    if result.get("generate"):
+        return format_generation_table(result)
     products = gemm_note(result.get("gemm_record"), "bf16" if result.get("widened") else None, "all the model's")
     head = (f"GPT-2 train step ({result['n_layer']} x {result['d_model']}, {result['batch']} x {result['seq']} tokens"
             f"{', bf16' if result['bf16'] else ''}{', torch.compile of each model' if result.get('compiled') else ''}"
@@ -186,6 +203,24 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         lines += ["", "step peak MB: the allocator's peak during the timed steps over what was allocated as they began "
                   "(activations, gradients, temporaries; every arm's weights and optimizer states left out)"]
+    return "\n".join(lines)
+
+
+def format_generation_table(result: dict[str, Any]) -> str:
+    products = gemm_note(result.get("gemm_record"), "bf16" if result.get("widened") else None, "all the model's")
+    n = result["generate"]
+    head = (f"GPT-2 generation ({result['n_layer']} x {result['d_model']}, {result['batch']} sequences, {n} tokens "
+            f"each greedily with the KV cache after a prompt of {result['seq'] - n}"
+            f"{', bf16' if result['bf16'] else ''}), {result['device']} [{result['machine']}], KAN path "
+            f"{result['kernel']}, CPU malloc {result['malloc']}, {products}parameters matched to the GELU MLP, "
+            f"{result.get('rounds', 1)} rounds of {result['steps']} timed generations per arm, interleaved, every "
+            f"other round in reverse order (ratios: medians of the same-round ratios; range: lowest - highest round)")
+    lines = [head, "", "| FFN | params | generated tokens/s | x MLP | range | prompt tokens/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['ffn']} | {r['params']:,} | {r['generate_tokens_per_s']:.0f} | {r['throughput_ratio']:.2f} "
+                     f"| {r['throughput_ratio_low']:.2f} - {r['throughput_ratio_high']:.2f} | "
+                     f"{r['prefill_tokens_per_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -436,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time a second MLP GPT-2, identical to the reference, as the last arm: its ratio is what "
                    "this run's noise alone reads (ideally 1.00)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="time generation instead of training: N new tokens a sequence, greedy, with the KV cache, "
+                   "after a prompt of --seq - N tokens")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each arm's model, as train.compile=model does (under auto, fused and lean the "
                    "KAN FFNs' lean Functions are traced into its graph; --kernel reference: the compiled reference)")
@@ -460,6 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.compile_mode != "default" and not args.compile:
         p.error(f"--compile-mode {args.compile_mode} compiles each model: add --compile")
+    if args.generate and not 0 < args.generate < args.seq:
+        p.error(f"--generate takes 1 - {args.seq - 1} new tokens (fewer than --seq {args.seq}, which the prompt and "
+                f"the new tokens share), got {args.generate}")
+    if args.generate and (args.compile or args.gpu):
+        p.error("--generate times the eager models' generate(): not with --compile or --gpu")
     for flag in ("n_layer", "d_model", "n_head", "seq", "batch", "vocab", "steps", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

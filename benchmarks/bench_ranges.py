@@ -31,7 +31,7 @@ MODEL_TARGET = 0.85  # the KAN GPT-2s' target: training tokens/s at least 0.85x 
 BASELINES = ("mlp", "swiglu", "mlp (control)")  # the last: bench_model --control's arm (bench_model.CONTROL)
 SETTINGS = {"ffn": ("d_model", "tokens", "dtype", "autocast", "device", "match", "kernel", "malloc", "gemm"),
             "model": ("n_layer", "d_model", "seq", "batch", "bf16", "compiled", "device", "kernel", "kernel_memory",
-                      "adamw", "malloc", "gemm")}
+                      "adamw", "malloc", "gemm", "generate")}
 
 
 def load(paths: list[str]) -> list[dict[str, Any]]:
@@ -110,7 +110,7 @@ def summarize_model(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for name in names:
         mine = [x for run in runs for x in run["rows"] if x["ffn"] == name]
-        target = None if name in BASELINES else MODEL_TARGET
+        target = None if name in BASELINES or runs[0].get("generate") else MODEL_TARGET  # a target for training
         ratios = [x["throughput_ratio"] for x in mine]
         rows.append({
             "ffn": name, "target": target, "throughput_ratio": ratios,
@@ -118,11 +118,12 @@ def summarize_model(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "within_target": target is not None and min(ratios) >= target,
             "round_range": [min(x.get("throughput_ratio_low", x["throughput_ratio"]) for x in mine),
                             max(x.get("throughput_ratio_high", x["throughput_ratio"]) for x in mine)],
-            "activation_ratio": [x["activation_ratio"] for x in mine],
+            "activation_ratio": [x["activation_ratio"] for x in mine if "activation_ratio" in x],
         })
+    metric = "generate_tokens_per_s" if runs[0].get("generate") else "train_tokens_per_s"
     return {"benchmark": "model", **{k: runs[0].get(k) for k in SETTINGS["model"]}, "runs": len(runs),
             "machines": sorted({run.get("machine", "?") for run in runs}),
-            "mlp_tokens_per_s": [run["rows"][0]["train_tokens_per_s"] for run in runs], "rows": rows}
+            "mlp_tokens_per_s": [run["rows"][0][metric] for run in runs], "rows": rows}
 
 
 def format_table(s: dict[str, Any]) -> str:
@@ -145,12 +146,13 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def format_model_table(s: dict[str, Any]) -> str:
-    head = (f"GPT-2 benchmark over {s['runs']} runs: {s['n_layer']} x {s['d_model']}, {s['batch']} x {s['seq']} "
-            f"tokens{', bf16' if s['bf16'] else ''}{', compiled' if s['compiled'] else ''}, {s['device']} "
+    what = f" (generation, {s['generate']} new tokens a sequence)" if s.get("generate") else ""
+    head = (f"GPT-2 benchmark{what} over {s['runs']} runs: {s['n_layer']} x {s['d_model']}, {s['batch']} x "
+            f"{s['seq']} tokens{', bf16' if s['bf16'] else ''}{', compiled' if s['compiled'] else ''}, {s['device']} "
             f"[{', '.join(s['machines'])}]; the MLP GPT-2's tokens/s "
             f"{' / '.join(f'{t:,.0f}' for t in s['mlp_tokens_per_s'])}. Ranges: lowest - highest of the runs' median "
-            f"same-round ratios to the MLP GPT-2, over the runs that had the arm; bold: every run at or above the "
-            f"target ({MODEL_TARGET}x)")
+            f"same-round ratios to the MLP GPT-2, over the runs that had the arm"
+            + ("" if s.get("generate") else f"; bold: every run at or above the target ({MODEL_TARGET}x)"))
     lines = [head, "", "| arm | tokens/s x MLP | runs | under the target | per run | single rounds | "
              "activations x MLP |", "|---|---|---|---|---|---|---|"]
     for r in s["rows"]:

@@ -480,6 +480,38 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_the_model_benchmark_times_generation_and_its_ranges_carry_no_training_target(tmp_path, capsys):
+    """``--generate N``: each arm's GPT-2 generates N tokens after a prompt of --seq - N, in interleaved rounds,
+    tokens/s against the MLP GPT-2's; bench_ranges summarises such runs without the training target, and keeps them
+    apart from training runs; a count that leaves no prompt, or a compiled model, is refused."""
+    from benchmarks import bench_model, bench_ranges
+
+    out = tmp_path / "generate.json"
+    tiny = ["--arms", "mlp", "chebyshev", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq", "8",
+            "--batch", "2", "--vocab", "32", "--steps", "1", "--rounds", "2", "--warmup", "1", "--kernel", "lean",
+            "--malloc", "system", "--device", "cpu"]
+    with kernel("lean"):
+        bench_model.main([*tiny, "--generate", "3", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["generate"] == 3 and [r["ffn"] for r in result["rows"]] == ["mlp", "chebyshev"]
+    for row in result["rows"]:
+        assert row["generate_tokens_per_s"] > 0 and row["prefill_tokens_per_s"] > 0 and "activation_ratio" not in row
+        assert row["throughput_ratio_low"] <= row["throughput_ratio"] <= row["throughput_ratio_high"]
+    assert "3 tokens each greedily with the KV cache after a prompt of 5" in capsys.readouterr().out
+    summary = bench_ranges.summarize(bench_ranges.load([str(out), str(out)]))
+    assert [r["target"] for r in summary["rows"]] == [None, None]
+    assert "generation, 3 new tokens a sequence" in bench_ranges.format_table(summary)
+    training = {**result, "generate": 0}
+    (tmp_path / "train.json").write_text(json.dumps(training))
+    with pytest.raises(SystemExit, match="settings differ"):
+        bench_ranges.load([str(out), str(tmp_path / "train.json")])
+    for bad, message in ((["--generate", "8"], "--generate takes 1 - 7 new tokens"),
+                         (["--generate", "3", "--compile"], "not with --compile or --gpu")):
+        with pytest.raises(SystemExit):
+            bench_model.main([*tiny, *bad])
+        assert message in capsys.readouterr().err
+
+
 def test_the_model_benchmark_compiles_each_arm_in_the_mode_asked_for(tmp_path, capsys, monkeypatch):
     """``--compile --compile-mode reduce-overhead`` compiles every arm's model, the MLP's too, with CUDA graphs (on a
     CPU its graphs run as in the default mode); the mode is in the result and its table's heading; the mode without

@@ -467,11 +467,12 @@ def _few_tokens_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple
 
 
 def _few_tokens_call(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor | None:
-    """``_few_tokens_forward`` of ``x`` (N, I) where it serves this call (else None): no autograd, no inference mode
-    (which the compiled graphs are not made for), at most ``_FEW_TOKENS`` x the hidden width tokens, its compiled
-    graph to be had without compiling it now (``dispatch.few_tokens_compiled``)."""
-    if (p.opaque or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or not few_tokens(ffn, x.shape[0])
-            or not few_tokens_compiled(ffn, x)):
+    """``_few_tokens_forward`` of ``x`` (N, I) where it serves this call (else None): not inside a compiled model
+    (whose graph compiles the Function with the rest), no autograd, no inference mode (which the compiled graphs are
+    not made for), at most ``_FEW_TOKENS`` x the hidden width tokens, its compiled graph to be had without compiling
+    it now (``dispatch.few_tokens_compiled``)."""
+    if (torch.compiler.is_compiling() or torch.is_grad_enabled() or torch.is_inference_mode_enabled()
+            or not few_tokens(ffn, x.shape[0]) or not few_tokens_compiled(ffn, x)):
         return None
     fc1, fc2 = ffn.fc1, ffn.fc2
     pre1, pre2 = fc1.basis.lean_pre_params(), fc2.basis.lean_pre_params()
