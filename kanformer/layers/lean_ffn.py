@@ -430,11 +430,10 @@ class LeanKANFFNFunction(torch.autograd.Function):
 # autograd of at most ``_FEW_TOKENS`` x the hidden width tokens lays the features out instead, input-major (N, I, B),
 # so the coefficients (O, I, B) serve the product as they are stored, and the base branch takes a product of its own:
 # no copy of the weights, no padding, nothing kept. FFN forward without autograd, 2-core development CPU, fp32, one
-# process, the graph of few tokens against the training forward's (ms): d 128, 4 tokens, B-spline 0.22 / 0.54, RBF
-# 0.22 / 0.48, the wavelet 0.25 / 0.47, Chebyshev 0.16 / 0.37 (the GELU MLP ~0.07); d 384, 4 tokens, 0.45 / 0.75,
-# 0.42 / 0.94, 0.56 / 0.99, 0.34 / 1.12; level at ~4 x the hidden width (d 128, 256 tokens: B-spline 0.84 / 1.25, RBF
-# 1.10 / 0.80; d 384, 1024 tokens: 17.2 / 17.7, 17.7 / 17.1).
-_FEW_TOKENS = 2  # x the hidden width (layer 1's outputs)
+# process, this graph against the training forward's, the B-spline FFN (ms; docs/speed.md, *Generation*): d 128
+# (hidden 57), 4 tokens 0.23 / 0.27, 32 tokens 0.47 / 0.52, 64 level (0.45 / 0.43), 128 0.97 / 0.85; d 384 (hidden
+# 171), 4 tokens 0.52 / 1.34, 128 tokens 3.05 / 4.43, 256 5.05 / 6.48, 512 level (8.85 / 9.57; Chebyshev 7.95 / 7.98).
+_FEW_TOKENS = 1  # x the hidden width (layer 1's outputs)
 
 
 def few_tokens(ffn: Any, tokens: int) -> bool:
