@@ -398,6 +398,14 @@ def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
     assert first["step"] == 1 and first["wall_s"] + first["compile_s"] < 60
 
 
+def test_the_background_compile_runs_in_the_token_range_of_the_process():
+    """Above 4,096 tokens the C++ backend sums in chunks, and a graph compiled below that range is compiled again
+    above it: the background compile runs at few tokens, but on the process's side of that bound."""
+    ffn = create_ffn("bspline", D, H)
+    assert [autotune._ffn_spec(ffn, torch.randn(n, D))["tokens"] for n in (3, 1024, 4096, 4097, 16384)] == [
+        3, 256, 256, 4097, 4097]
+
+
 def test_a_compile_found_ready_is_remembered_until_forget(auto, monkeypatch):
     """Calls of few tokens ask on every call whether the background compile is done: once found done, the record is
     not read again (~28 us a read: ~9 % of a generation step's tokens/s), until ``forget``."""

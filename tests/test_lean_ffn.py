@@ -463,18 +463,24 @@ def test_fused_kernels_equal_reference(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rbf", "wavelet"])
-def test_the_compiled_graph_of_few_tokens_equals_the_reference(name, few):
+def test_the_compiled_graph_of_few_tokens_equals_the_reference(name):
     """Compiled, at two token counts (one graph): the per-function state (B-spline), a pre-transform (RBF's LayerNorm),
     parameters of the basis' own (the wavelet's)."""
+    from torch._dynamo.utils import counters
+
     ffn = _ffn(name, torch.float32, **({"num_wavelets": 4} if name == "wavelet" else {}))
+    graphs = []
     with torch.no_grad():
         for n in (3, 6):
             x = _inputs(torch.float32, n=n)
             with kernel("fused"):
                 y = ffn(x)
+            graphs.append(counters["stats"]["unique_graphs"])
             with kernel("reference"):
                 torch.testing.assert_close(y, ffn(x), rtol=1e-4, atol=1e-4)
-    assert few == [3, 6]
+    assert graphs[0] == graphs[1], "the second token count compiled again"
+    assert any(key.startswith("_few_tokens_forward[") and f"{ffn.fc1.basis.__class__.__name__}" in key
+               for key in dispatch._COMPILED)
 
 
 @pytest.mark.slow

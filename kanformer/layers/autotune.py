@@ -473,7 +473,20 @@ _pending_spec: dict[str, dict[str, Any]] = {}
 def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
-            "tokens": min(x.numel() // x.shape[-1], 256), "threads": torch.get_num_threads()}
+            "tokens": _warm_tokens(x.numel() // x.shape[-1]), "threads": torch.get_num_threads()}
+
+
+# The compiler's C++ backend sums an fp32 reduction of more than 4,096 elements in chunks (its cascade sum), so a graph
+# compiled for at most 4,096 tokens is guarded to that range and compiled afresh above it: a fused backward's sums over
+# the tokens (the bias's gradient, the wavelet's parameters') compiled at 256 tokens recompiled at 5,000 (B-spline FFN,
+# d 128), in the call that loads the background compile's graphs; compiled at 4,097 it served 4,098 - 16,384 as one.
+_SUM_CHUNK = 4096
+
+
+def _warm_tokens(tokens: int) -> int:
+    """The token count the background compile runs at for a process at ``tokens``: small (a quick compile), but in the
+    range of ``tokens`` on either side of the C++ backend's chunked sums (``_SUM_CHUNK``)."""
+    return min(tokens, 256) if tokens <= _SUM_CHUNK else _SUM_CHUNK + 1
 
 
 _ROUNDS = 5  # timed steps per candidate, taken in turns
