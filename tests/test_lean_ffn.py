@@ -145,7 +145,7 @@ def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(n
 
 
 def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):
-    """Beyond twice the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
+    """Beyond the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
     amortised over many tokens); so does ``auto`` until the background compile holds the graph of few tokens."""
     ffn = _ffn("bspline", torch.float32)
     limit = lean_ffn._FEW_TOKENS * ffn.fc1.out_features
