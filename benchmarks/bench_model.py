@@ -226,14 +226,17 @@ def format_generation_table(result: dict[str, Any]) -> str:
 
 LEAN_FFNS = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet", "rational", "multkan"]
 GPU_TARGETS = ["bspline", "rbf", "chebyshev", "rational"]  # the FFNs with GPU targets (<= 1.3x MLP time, memory)
+FEW_TOKENS = 4  # the correctness check's call without autograd of a generation step's few tokens (its first rows,
+# far-out-of-range ones included): at most the hidden width, so the fused path takes its graph of few tokens
 
 
 def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused"),
                      compiled: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Relative error of each fast path against the reference (output, input gradient, every parameter gradient;
-    and the output of a forward without autograd, as evaluation runs it) on random and far-out-of-range inputs,
-    fp32 and bf16 autocast. For the FFNs in ``compiled`` also a compiled model's path (mode ``compiled``:
-    ``torch.compile(ffn, fullgraph=True)`` under ``auto``, the lean Functions traced into its graph)."""
+    and the output of a forward without autograd, as evaluation runs it, and of one of ``FEW_TOKENS`` tokens, as a
+    generation step runs it) on random and far-out-of-range inputs, fp32 and bf16 autocast. For the FFNs in
+    ``compiled`` also a compiled model's path (mode ``compiled``: ``torch.compile(ffn, fullgraph=True)`` under
+    ``auto``, the lean Functions traced into its graph)."""
     from kanformer import create_ffn
 
     rows = []
@@ -256,14 +259,15 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
                 with torch.no_grad(), kernel(mode), torch.autocast(device.type, dtype=torch.bfloat16,
                                                                    enabled=autocast):
                     y_eval = fn(x)
+                    y_few = fn(x[:FEW_TOKENS])  # a generation step's call: the fused path's graph of few tokens
                 results[label] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters()),
-                                  y_eval.float()]
+                                  y_eval.float(), y_few.float()]
             for label, _, _ in runs[1:]:
                 errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
                         for a, b in zip(results[label], results["reference"], strict=True)]
                 tol = 2e-2 if autocast else 1e-4
                 rows.append({"ffn": name, "mode": label, "bf16": autocast, "max_rel_err": max(errs),
-                             "eval_rel_err": errs[-1], "ok": max(errs) <= tol})
+                             "eval_rel_err": errs[-2], "few_tokens_rel_err": errs[-1], "ok": max(errs) <= tol})
     return rows
 
 
@@ -301,10 +305,13 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 
 # the kinds of stage of the GPU check, in order (model_compiled: the whole model under torch.compile, as
 # train.compile=model runs it, on auto: the configuration a GPU wants, the eager step's launches being host-bound;
-# model_cudagraphs: the same with torch.compile's mode reduce-overhead, each graph's kernels replayed as a CUDA graph,
+# generate: the eager models' generation tokens/s, a few tokens per FFN call, on auto (what a process that trained
+# takes, its graph of few tokens included) or else the first path checked; model_cudagraphs: the same with
+# torch.compile's mode reduce-overhead, each graph's kernels replayed as a CUDA graph,
 # for a model too small for its host to keep the GPU busy; profile: profile_ffn of the MLP and each FFN with a GPU
 # target on auto, eager and then compiled, its kernels by time)
-GPU_STAGES = ("correctness", "ffn", "model", "model_compiled", "model_cudagraphs", "profile", "evaluation_auto")
+GPU_STAGES = ("correctness", "ffn", "model", "generate", "model_compiled", "model_cudagraphs", "profile",
+              "evaluation_auto")
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
 COMPILE_MODES = ("default", "reduce-overhead")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
@@ -381,13 +388,15 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         print(bench_ffn.format_table(res), flush=True)
         out["ffn"][mode] = res
 
-    def model(mode: str, compiled_: bool = False, compile_mode: str = "default") -> None:
+    def model(mode: str, compiled_: bool = False, compile_mode: str = "default", generate: int = 0) -> None:
         ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
                                    "steps": steps, "rounds": rounds, "arms": ["mlp", "swiglu", *GPU_TARGETS],
-                                   "compile": compiled_, "compile_mode": compile_mode})
+                                   "compile": compiled_, "compile_mode": compile_mode, "generate": generate})
         res = run_model_bench(ns)
         print(format_table(res), flush=True)
-        if compile_mode == "reduce-overhead":
+        if generate:
+            out["generate"] = res
+        elif compile_mode == "reduce-overhead":
             out["model_cudagraphs"] = res
         elif compiled_:
             out["model_compiled"] = res
@@ -413,6 +422,10 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
     for mode in order:
         stage(f"model/{mode}", lambda mode=mode: model(mode))
+    # generation after the training benchmarks, whose steps settled auto's choices (a process that trained generates
+    # on them): 32 new tokens (at most half the sequence) after the rest of it as the prompt
+    stage("generate", lambda: model("auto" if "auto" in fast else order[0],
+                                    generate=min(32, model_shape.get("seq", 64) // 2)))
     if "auto" in fast:
         stage("model_compiled", lambda: model("auto", compiled_=True))
         stage("model_cudagraphs", lambda: model("auto", compiled_=True, compile_mode="reduce-overhead"))
@@ -487,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", action="store_true", help="run every GPU check (needs CUDA) and write one JSON")
     p.add_argument("--gpu-stages", nargs="+", choices=GPU_STAGES + ("correctness/paths", "correctness/compiled"),
                    help="with --gpu: only these kinds of check, in their usual order (default: all; e.g. --gpu-stages "
-                   "model for the whole-model benchmark alone, model_compiled for it compiled whole, "
+                   "model for the whole-model benchmark alone, generate for the models' generation tokens/s, "
+                   "model_compiled for it compiled whole, "
                    "model_cudagraphs for it compiled with CUDA graphs, profile for where the FFN step's time goes)")
     p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
                    help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
@@ -502,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--generate takes 1 - {args.seq - 1} new tokens (fewer than --seq {args.seq}, which the prompt and "
                 f"the new tokens share), got {args.generate}")
     if args.generate and (args.compile or args.gpu):
-        p.error("--generate times the eager models' generate(): not with --compile or --gpu")
+        p.error("--generate times the eager models' generate(): not with --compile or --gpu (the GPU check's own "
+                "generation stage: --gpu --gpu-stages generate)")
     for flag in ("n_layer", "d_model", "n_head", "seq", "batch", "vocab", "steps", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

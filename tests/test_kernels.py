@@ -674,6 +674,11 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
     assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
+    # a generation step's few tokens checked against the reference too, and the models' generation timed
+    assert all(0 <= r["few_tokens_rel_err"] <= r["max_rel_err"] for r in out["correctness"])
+    gen = out["generate"]
+    assert gen["generate"] == 8 and gen["kernel"] == "lean" and [r["ffn"] for r in gen["rows"]][:2] == ["mlp", "swiglu"]
+    assert all(r["generate_tokens_per_s"] > 0 for r in gen["rows"]) and gen["rows"][0]["throughput_ratio"] == 1
 
 
 
@@ -704,9 +709,10 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
     assert list(out["stage_seconds"]) == ["correctness/paths", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
-                                          "model/fused", "correctness/compiled"]
-    assert len(saved) == 7 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
-    assert set(out["errors"]) == {"model/lean", "model/fused"}
+                                          "model/fused", "generate", "correctness/compiled"]
+    assert len(saved) == 8 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert set(out["errors"]) == {"model/lean", "model/fused", "generate"}
+    assert "RuntimeError: no kernel image for lean" in out["errors"]["generate"]  # no auto: the first path checked
     assert "RuntimeError: no kernel image for fused" in out["errors"]["model/fused"]
     assert [r["mode"] for r in out["correctness"]] == ["lean", "compiled"]
     assert set(out["ffn"]) == {"reference", "lean", "fused"} and out["targets"] == {}  # no model figures, no targets
@@ -755,7 +761,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     assert seen["modes"] == ("fused",) and seen["stages"] == ("ffn", "model")
 
     monkeypatch.setattr(bench_model, "gpu_checks", lambda args, save: out)
-    with pytest.raises(SystemExit, match="2 check\\(s\\) failed: model/lean, model/fused"):
+    with pytest.raises(SystemExit, match="3 check\\(s\\) failed: model/lean, model/fused, generate"):
         bench_model.main(["--gpu", "--json", str(tmp_path / "gpu.json")])
     assert json.loads((tmp_path / "gpu.json").read_text())["errors"] == out["errors"]
 
