@@ -88,6 +88,7 @@ from .lean import (
     _per_group,
     _pre,
     _silu,
+    _terms,
     _unpad,
     input_major_backward,
     output_pad,
@@ -433,6 +434,10 @@ class LeanKANFFNFunction(torch.autograd.Function):
 # process, this graph against the training forward's, the B-spline FFN (ms; docs/speed.md, *Generation*): d 128
 # (hidden 57), 4 tokens 0.23 / 0.27, 32 tokens 0.47 / 0.52, 64 level (0.45 / 0.43), 128 0.97 / 0.85; d 384 (hidden
 # 171), 4 tokens 0.52 / 1.34, 128 tokens 3.05 / 4.43, 256 5.05 / 6.48, 512 level (8.85 / 9.57; Chebyshev 7.95 / 7.98).
+# The values are written input-major as each function's come: stacked basis-major and transposed after, the graph made
+# one more pass and one more parallel region a layer (the graph alone, one process, 12 interleaved rounds, in us: d 128
+# / 4 tokens B-spline 110 -> 106 and 133 -> 112, RBF 112 -> 106, Chebyshev 84 -> 78, the wavelet 132 -> 115; d 128 /
+# 32 tokens B-spline 216 -> 205, RBF 170 -> 167; d 384 / 4 tokens B-spline 392 -> 380, RBF 445 -> 420).
 _FEW_TOKENS = 1  # x the hidden width (layer 1's outputs)
 
 
@@ -448,7 +453,10 @@ def _few_tokens_layer(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: tor
     the base branch's product: ``_lean_forward``'s y without its copy of the weights."""
     n, o = x.shape[0], coef.shape[0]
     u, _ = _pre(basis, x, pre)
-    feats = _features(basis, u, None, state, dtype).transpose(1, 2).reshape(n, -1)  # (N, B, I) -> (N, I B)
+    if state is not None:  # each function's values written input-major as they come: (N, I, B)
+        feats = torch.stack([v.to(dtype) for v in _terms(basis, _low(u), state)[0]], dim=2).reshape(n, -1)
+    else:  # (N, B, I) -> (N, I B)
+        feats = _features(basis, u, None, state, dtype).transpose(1, 2).reshape(n, -1)
     y = mm(feats, coef.to(dtype).reshape(o, -1).t(), None if bias is None else bias.to(dtype))
     if base is not None:
         y = y + mm(_silu(_low(x)).to(dtype), base.to(dtype).t())
