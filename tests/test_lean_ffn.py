@@ -144,6 +144,28 @@ def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(n
     assert ((y.float() - train.float()).norm() / train.float().norm()).item() < 1e-2
 
 
+def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unchanged(counted, few, monkeypatch):
+    """Under bf16 autocast, calls of few tokens multiply bf16 copies of the weights made once (as autocast keeps its
+    casts of the MLP's weights), made afresh once a weight is written in place, and dropped by a training call."""
+    ffn = _ffn("bspline", torch.float32)
+    x = _inputs(torch.float32, n=3)
+    with torch.no_grad(), kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = ffn(x)
+        kept = lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1]
+        assert kept.dtype == torch.bfloat16 and torch.equal(kept, ffn.fc1.coef.to(torch.bfloat16))
+        assert torch.equal(ffn(x), first) and lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1] is kept  # not cast again
+        ffn.fc1.coef.mul_(2.0)  # written in place (an optimizer step, a load): a new copy, new outputs
+        y = ffn(x)
+        assert torch.equal(lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1], ffn.fc1.coef.to(torch.bfloat16))
+        monkeypatch.setattr(lean_ffn, "_FEW_TOKENS", 0)  # the training forward's graph, on the written weights
+        train = ffn(x)
+    assert few == [3, 3, 3] and not torch.equal(y, first)
+    assert ((y.float() - train.float()).norm() / train.float().norm()).item() < 1e-2
+    with kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+        ffn(x).float().sum().backward()
+    assert len(lean_ffn._LOW_WEIGHTS) == 0  # training drops them
+
+
 def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):
     """Beyond the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
     amortised over many tokens); so does ``auto`` until the background compile holds the graph of few tokens."""
