@@ -260,6 +260,41 @@ def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(
         torch.testing.assert_close(y, ffn(x[:40]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fastest", ["fused", "reference"])
+def test_one_token_takes_the_path_timed_for_it_once_its_graph_is_compiled(auto, monkeypatch, fastest):
+    """A generation step of one sequence: the reference until the background compile has made its graph (a compiled
+    graph specialises size 1: anything else would compile now), then the path timed for one token, forward only, in a
+    bucket of its own, even where training chose fused (at one token the graph's fixed costs may exceed the
+    reference's)."""
+    ready, timed = [False], []
+    monkeypatch.setattr(autotune, "_compile_state", lambda warm: "ready")
+    monkeypatch.setattr(autotune, "compiled_ready", lambda ffn, x: ready[0])
+    monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "0")  # timed at the first call its graph is compiled for
+
+    def measure(ffn, x, candidates, backward=True):
+        timed.append((x.shape[0], list(candidates), backward))
+        if backward:  # training's: fused
+            return {"times": {"lean": 2.0, "fused": 1.0, "reference": 3.0},
+                    "saved": {"lean": 0, "fused": 0, "reference": 0}, "mlp_saved": 1, "dropped": {}}
+        return {"times": {"reference": 1.0 if fastest == "reference" else 3.0, "fused": 2.0}, "saved": {},
+                "mlp_saved": 0, "dropped": {}}
+
+    monkeypatch.setattr(autotune, "_measure", measure)
+    ffn, x = create_ffn("bspline", D, H), torch.randn(64, D)
+    _step(ffn, x)
+    assert [r["path"] for r in autotune.decisions().values()] == ["fused"]
+    timed.clear()
+    with torch.no_grad():
+        assert dispatch.resolve(ffn, x[:1]) is None and not timed  # its graph not compiled yet
+        ready[0] = True
+        path = None if fastest == "reference" else "fused"
+        assert dispatch.resolve(ffn, x[:1]) == path and timed == [(1, ["reference", "fused"], False)]
+        assert dispatch.resolve(ffn, x[:1]) == path and len(timed) == 1  # kept
+        assert dispatch.resolve(ffn, x[:40]) == "fused" and len(timed) == 1  # more tokens: training's, untimed
+    (key,) = [k for k in autotune.decisions() if k.endswith(" | eval")]
+    assert " | tokens<=1 | " in key
+
+
 def test_an_evaluation_only_process_times_its_forward_paths_once_the_compile_is_ready(auto, monkeypatch):
     """Without a training choice, an evaluation runs the reference until it has lasted long enough for a background
     compile to pay, then (compile ready) times the reference against fused, forward only, keeps the faster on disk,
@@ -433,8 +468,10 @@ def test_the_background_compile_fills_the_cache_the_process_loads(tmp_path):
             "deadline = time.monotonic() + 500\n"
             "while not autotune.decisions(ffn) and time.monotonic() < deadline:\n"
             "    ffn(x).square().mean().backward(); time.sleep(0.1)\n"
-            "with torch.no_grad(): ffn(x[:3])\n"  # generation's few tokens: that graph compiled in the background too
-            "print(json.dumps([[r['path'], r.get('dropped', {})] for r in autotune.decisions().values()]"
+            "with torch.no_grad(): ffn(x[:3]); ffn(x[:1])\n"  # generation's few tokens, one token (a path timed for
+            # it, the graph of few tokens specialised to it): compiled in the background too
+            "print(json.dumps([[k.endswith(' | eval'), r['path'], r.get('dropped', {})]"
+            " for k, r in autotune.decisions().items()]"
             " + [counters['inductor']['fxgraph_cache_miss'], counters['inductor']['fxgraph_cache_hit'],"
             " any('|few' in key for key in dispatch._COMPILED)]))")
     env = {k: v for k, v in os.environ.items() if k not in ("KANFORMER_KERNEL", "OMP_NUM_THREADS")}
@@ -443,9 +480,11 @@ def test_the_background_compile_fills_the_cache_the_process_loads(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     *decided, misses, hits, few = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(decided) == 1, "auto chose nothing within 500 s"
-    ((path, dropped),) = decided
+    training = [d for d in decided if not d[0]]
+    assert len(training) == 1, "auto chose nothing within 500 s"
+    ((_, path, dropped),) = training
     assert "fused" not in dropped and "compiled" not in dropped  # both compiled by the background process
+    assert [d[:2] for d in decided if d[0]] in ([[True, "fused"]], [[True, "reference"]])  # one token: timed
     assert misses == 0 and hits >= 3 and few, (path, misses, hits, few)
 
 

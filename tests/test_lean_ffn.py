@@ -115,11 +115,18 @@ def few(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("tiny", [True, False])
 @pytest.mark.parametrize("name", CHAINABLE)
-def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copying_the_weights(name, counted, few):
-    """Generation's steps (a few tokens, no autograd) take a graph that multiplies the coefficients as they are stored:
-    equal to the reference in fp64, out-of-range inputs included; the two-layer Function does not run."""
+def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copying_the_weights(name, tiny, counted,
+                                                                                                 few, monkeypatch):
+    """Generation's steps (a few tokens, no autograd) take a graph that multiplies the coefficients as they are stored
+    (``tiny``: its products as sums in its own loops; else the matmul library's): equal to the reference in fp64,
+    out-of-range inputs included; the two-layer Function does not run."""
+    if not tiny:
+        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
+        monkeypatch.setattr(lean_ffn, "_TINY_TOKENS", {})
     ffn = _ffn(name, torch.float64)
+    assert (lean_ffn.tiny_tokens(ffn, torch.float64) >= 5) == tiny
     x = _inputs(torch.float64, n=5)
     with torch.no_grad():
         few.forbid_copy = True
@@ -132,8 +139,11 @@ def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copy
     torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("tiny", [True, False])
 @pytest.mark.parametrize("name", ["bspline", "rbf", "multkan", "wavelet"])
-def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(name, counted, few, monkeypatch):
+def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(name, tiny, counted, few, monkeypatch):
+    if not tiny:
+        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32, n=3)
     with torch.no_grad(), kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -485,16 +495,20 @@ def test_fused_kernels_equal_reference(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rbf", "wavelet"])
-def test_the_compiled_graph_of_few_tokens_equals_the_reference(name):
+def test_the_compiled_graph_of_few_tokens_equals_the_reference(name, monkeypatch):
     """Compiled, at two token counts (one graph): the per-function state (B-spline), a pre-transform (RBF's LayerNorm),
-    parameters of the basis' own (the wavelet's)."""
+    parameters of the basis' own (the wavelet's); products as sums in the graph's loops (B-spline, the wavelet; and
+    one token, a graph of its own) and the matmul library's (RBF)."""
     from torch._dynamo.utils import counters
 
+    if name == "rbf":
+        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
+        monkeypatch.setattr(lean_ffn, "_TINY_TOKENS", {})
     ffn = _ffn(name, torch.float32, **({"num_wavelets": 4} if name == "wavelet" else {}))
     graphs = []
     with torch.no_grad():
-        for n in (3, 6):
-            x = _inputs(torch.float32, n=n)
+        for n in (3, 6, 1) if name == "bspline" else (3, 6):
+            x = _inputs(torch.float32, n=max(n, 2))[:n]  # one token: a far-out-of-range row
             with kernel("fused"):
                 y = ffn(x)
             graphs.append(counters["stats"]["unique_graphs"])

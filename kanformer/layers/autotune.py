@@ -757,8 +757,8 @@ def _eval_candidates(ffn: Any, x: torch.Tensor, warm: str) -> tuple[list[str], d
         candidates.append("triton")
     record = _load()["compiled"].get(warm)
     started = warm in _workers or isinstance(record, dict)
-    waited = time.monotonic() - _eval_since.setdefault(warm, time.monotonic())
-    if not started and waited < eval_compile_after_s():
+    since = _eval_since.setdefault(warm, time.monotonic())  # read first: with 0 s to wait, the first call waits none
+    if not started and time.monotonic() - since < eval_compile_after_s():
         return (candidates, dropped) if len(candidates) > 1 else None
     state = _compile_state(warm)
     if state == "pending":
@@ -811,15 +811,27 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
     only, per token-count bucket and cached on disk like training's: the reference against ``fused`` once the
     compiler's cache holds the FFN's helpers, which a background compile puts there when the evaluation has lasted
     ``eval_compile_after_s()`` (the reference meanwhile); where Triton kernels apply (CUDA), against them at once
-    (and ``fused`` if ready). One token (a generation step: compiled graphs specialise size 1) and
-    ``torch.inference_mode`` (which the compiled graphs are guarded against) take the reference."""
-    if x.numel() <= x.shape[-1] or torch.is_inference_mode_enabled():
+    (and ``fused`` if ready). ``torch.inference_mode`` (which the compiled graphs are guarded against) takes the
+    reference.
+
+    One token (a generation step of one sequence) takes the reference until the background compile is done (a
+    compiled graph specialises size 1, so anything else would compile now; the background process compiles the
+    graph of few tokens for one token too), and then the path timed for it, in every process: the fused path's is
+    the graph of few tokens, whose fixed costs at one token may exceed the reference's (2-core CPU, d 128, ms: the
+    B-spline's reference 0.33, RBF's 0.20, Chebyshev's 0.14)."""
+    if torch.is_inference_mode_enabled():
         return None
     key, warm = _keys(ffn, x)
+    evaluation = key.rsplit(" | ", 1)[0] + " | eval"
+    if x.numel() <= x.shape[-1]:
+        if evaluation not in _choices and not compiled_ready(ffn, x):
+            return None
+        path = _eval_choice(ffn, x, evaluation, warm)
+        return None if path == "reference" else path
     for k, path in _choices.items():
         if path in ("fused", "triton") and k.startswith(warm + " | ") and not k.endswith(" | eval"):
             return path
-    path = _eval_choice(ffn, x, key.rsplit(" | ", 1)[0] + " | eval", warm)
+    path = _eval_choice(ffn, x, evaluation, warm)
     return None if path == "reference" else path
 
 
@@ -857,7 +869,7 @@ def forget() -> None:
 def _warm(spec: dict[str, Any]) -> None:
     """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice)."""
     from .dispatch import kernel
-    from .lean_ffn import few_tokens
+    from .lean_ffn import few_tokens, tiny_tokens
     from .registry import create_ffn
 
     f = spec["ffn"]
@@ -874,9 +886,12 @@ def _warm(spec: dict[str, Any]) -> None:
             ffn(x).float().square().sum().backward()
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             compiled(x).float().square().sum().backward()
-    # the graph of few tokens without autograd (layers/lean_ffn.py: generation's steps), last, at two sizes too
-    for tokens in (2, 3):
-        if hasattr(ffn, "fc1") and few_tokens(ffn, tokens):
-            with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                ffn(torch.randn(tokens, f["d_model"], device=device))
+    # the graphs of few tokens without autograd (layers/lean_ffn.py: generation's steps), last, at two sizes too: the
+    # one whose products are sums in its loops (the fewest tokens), and the one whose products are the matmul library's
+    if hasattr(ffn, "fc1"):
+        past = tiny_tokens(ffn, dtype) + 1  # the fewest tokens past the tiny ones
+        for tokens in sorted({1, 2, 3, past, past + 1}):  # one token: a compiled graph specialises that size
+            if few_tokens(ffn, tokens):
+                with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                    ffn(torch.randn(tokens, f["d_model"], device=device))
 

@@ -440,6 +440,8 @@ class LeanKANFFNFunction(torch.autograd.Function):
 # / 4 tokens B-spline 110 -> 106 and 133 -> 112, RBF 112 -> 106, Chebyshev 84 -> 78, the wavelet 132 -> 115; d 128 /
 # 32 tokens B-spline 216 -> 205, RBF 170 -> 167; d 384 / 4 tokens B-spline 392 -> 380, RBF 445 -> 420).
 _FEW_TOKENS = 1  # x the hidden width (layer 1's outputs)
+_TINY_MACS = 1 << 21  # up to this many multiply-adds (tokens x weights), the products are sums in the graph's loops,
+_TINY_TOKENS = {torch.float32: 2, torch.float64: 2}  # and up to this many tokens at any width (1 in low precision)
 
 
 # Low-precision copies of the weights calls of few tokens multiply (under bf16 / fp16 autocast), by the parameter they
@@ -471,31 +473,48 @@ def few_tokens(ffn: Any, tokens: int) -> bool:
     return tokens <= _FEW_TOKENS * ffn.fc1.out_features
 
 
+def tiny_tokens(ffn: Any, dtype: torch.dtype) -> int:
+    """Up to how many tokens the graph of few tokens takes its products as sums in its own loops (``_few_product``),
+    its matmuls computing in ``dtype``: tokens x the FFN's weights at most ``_TINY_MACS`` multiply-adds, and at any
+    width ``_TINY_TOKENS``."""
+    weights = sum(t.numel() for fc in (ffn.fc1, ffn.fc2) for t in (fc.coef, fc.base_weight) if t is not None)
+    return max(_TINY_MACS // max(1, weights), _TINY_TOKENS.get(dtype, 1))
+
+
+def _few_product(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, tiny: bool) -> torch.Tensor:
+    """``a`` (N, K) times ``w`` (O, K) transposed, plus ``bias``; ``tiny``: as sums in the graph's own loops (in fp32,
+    rounded once, as a low-precision product accumulates), not a call of the matmul library."""
+    if not tiny:
+        return mm(a, w.t(), bias)
+    y = (_low(a)[:, None, :] * _low(w)[None]).sum(-1)
+    return (y if bias is None else y + _low(bias)).to(a.dtype)
+
+
 def _few_tokens_layer(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None,
                       bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
-                      pre: tuple[torch.Tensor, ...] | None, dtype: torch.dtype) -> torch.Tensor:
+                      pre: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, tiny: bool) -> torch.Tensor:
     """One layer's output from input-major features (N, I B) and the coefficients (O, I, B) as they are stored, plus
-    the base branch's product: ``_lean_forward``'s y without its copy of the weights."""
+    the base branch's product: ``_lean_forward``'s y without its copy of the weights (``tiny``: ``_few_product``'s)."""
     n, o = x.shape[0], coef.shape[0]
     u, _ = _pre(basis, x, pre)
     if state is not None:  # each function's values written input-major as they come: (N, I, B)
         feats = torch.stack([v.to(dtype) for v in _terms(basis, _low(u), state)[0]], dim=2).reshape(n, -1)
     else:  # (N, B, I) -> (N, I B)
         feats = _features(basis, u, None, state, dtype).transpose(1, 2).reshape(n, -1)
-    y = mm(feats, coef.to(dtype).reshape(o, -1).t(), None if bias is None else bias.to(dtype))
+    y = _few_product(feats, coef.to(dtype).reshape(o, -1), None if bias is None else bias.to(dtype), tiny)
     if base is not None:
-        y = y + mm(_silu(_low(x)).to(dtype), base.to(dtype).t())
+        y = y + _few_product(_silu(_low(x)).to(dtype), base.to(dtype), None, tiny)
     return y
 
 
 def _few_tokens_forward(basis1: Any, basis2: Any, x: torch.Tensor, layer1: tuple[Any, ...], layer2: tuple[Any, ...],
-                        dtype: torch.dtype, products: tuple[int, int] | None) -> torch.Tensor:
-    """y of both layers for a call of few tokens without autograd; ``layer``: (coef, base, bias, state, pre), unpadded.
-    One compiled graph in the fused mode."""
-    h = _few_tokens_layer(basis1, x, *layer1, dtype)
+                        dtype: torch.dtype, products: tuple[int, int] | None, tiny: bool = False) -> torch.Tensor:
+    """y of both layers for a call of few tokens without autograd; ``layer``: (coef, base, bias, state, pre), unpadded;
+    ``tiny``: ``tiny_tokens``. One compiled graph in the fused mode, and one more for ``tiny``."""
+    h = _few_tokens_layer(basis1, x, *layer1, dtype, tiny)
     if products is not None:
         h = node_products(h, products[0])
-    return _few_tokens_layer(basis2, h, *layer2, dtype)
+    return _few_tokens_layer(basis2, h, *layer2, dtype, tiny)
 
 
 def _few_tokens_call(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor | None:
@@ -512,7 +531,8 @@ def _few_tokens_call(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor | None:
     with torch.autocast(x.device.type, enabled=False):
         per_token(x)
         return _kernel_fn(_few_tokens_forward, tag=p.tag + "|few")(
-            p.basis1, p.basis2, x, (*w1, p.state1, pre1), (*w2, p.state2, pre2), p.dtype, p.products)
+            p.basis1, p.basis2, x, (*w1, p.state1, pre1), (*w2, p.state2, pre2), p.dtype, p.products,
+            x.shape[0] <= tiny_tokens(ffn, p.dtype))
 
 
 def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
