@@ -87,6 +87,25 @@ def settle(model: torch.nn.Module, batch: Any, timeout_s: float = 1800.0) -> Non
     model.zero_grad(set_to_none=True)
 
 
+def settle_generation(model: torch.nn.Module, vocab: int, device: torch.device, timeout_s: float = 1800.0) -> None:
+    """Short generations until no background compile runs: the FFNs' graphs of few tokens compile apart, started by
+    generation's first calls (layers/autotune.py); then one more, in which ``auto`` times one token's path."""
+    deadline = time.monotonic() + timeout_s
+    ids = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def generate() -> None:
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2,
+                           do_sample=False, pad_token_id=0)
+
+    while True:
+        generate()
+        if not autotune.busy() or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    generate()
+
+
 class ModelArm:
     """One GPT-2 of the benchmark (its FFN kind), built once and timed a turn per round."""
 
@@ -112,6 +131,8 @@ class ModelArm:
               widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None)):
             if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
                 settle(self.model, self.batch)
+                if getattr(a, "generate", 0):
+                    settle_generation(self.model, a.vocab, self.device)
             warmup = a.warmup if first else 1
             if getattr(a, "generate", 0):
                 self.rounds.append(measure_inference(self.model, vocab_size=a.vocab, batch_size=a.batch,

@@ -394,19 +394,30 @@ def _ready(record: Any) -> bool:
 
 
 _ready_keys: set[str] = set()  # warm keys this process found compiled: asked on every call of few tokens
+_FEW = " | few"  # a warm key's suffix for its graphs of few tokens, compiled apart
 
 
 def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
-    """Whether the background compile of ``ffn``'s fused helpers for inputs like ``x`` is done (as recorded; starts
-    nothing): the graph of few tokens without autograd is then in the compiler's cache too (``_warm``). Once found
-    so, remembered: reading the record (the compiler's directory, a stat of it) took ~28 us, which in a generation
-    step of the demo's B-spline GPT-2 cost ~9 % of its tokens/s."""
+    """Whether the graphs of few tokens without autograd of ``ffn`` for inputs like ``x`` are in the compiler's cache
+    (as recorded by their background compile). They are compiled apart from the FFN's other helpers, after them,
+    when the first call that would take them comes (a process that only trains never compiles them, and training's
+    switch does not wait for them); until then, False. Once found so, remembered: reading the record (the compiler's
+    directory, a stat of it) took ~28 us, which in a generation step of the demo's B-spline GPT-2 cost ~9 % of its
+    tokens/s."""
     warm = _keys(ffn, x)[1]
-    if warm in _ready_keys:
+    few = warm + _FEW
+    if few in _ready_keys:
         return True
-    if _ready(_load()["compiled"].get(warm)):
-        _ready_keys.add(warm)
+    if _ready(_load()["compiled"].get(few)):
+        _ready_keys.add(few)
         return True
+    if _ready(_load()["compiled"].get(warm)):  # the FFN's own compile done: its graphs of few tokens next
+        if few not in _pending_spec:
+            _pending_spec[few] = {**_ffn_spec(ffn, x), "few": True}
+        if _compile_state(few) == "ready":
+            _ready_keys.add(few)
+            return True
+        _refresh()
     return False
 
 
@@ -879,6 +890,16 @@ def _warm(spec: dict[str, Any]) -> None:
     ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
     dtype = getattr(torch, f["dtype"])
     autocast = dtype in (torch.float16, torch.bfloat16)
+    if f.get("few"):
+        # the graphs of few tokens without autograd (layers/lean_ffn.py: generation's steps), at two sizes too: the
+        # one whose products are sums in its loops (the fewest tokens), and the one whose products are the matmul
+        # library's; one token, which a compiled graph specialises
+        past = tiny_tokens(ffn, dtype) + 1  # the fewest tokens past the tiny ones
+        for tokens in sorted({1, 2, 3, past, past + 1}):
+            if hasattr(ffn, "fc1") and few_tokens(ffn, tokens):
+                with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                    ffn(torch.randn(tokens, f["d_model"], device=device))
+        return
     compiled = compiled_forward(ffn)  # the "compiled" candidate: the reference, compiled
     for tokens in (f["tokens"], f["tokens"] + 1):  # two sizes: the dynamic-shape graphs the main process will load
         x = torch.randn(tokens, f["d_model"], device=device, requires_grad=True)
@@ -886,12 +907,4 @@ def _warm(spec: dict[str, Any]) -> None:
             ffn(x).float().square().sum().backward()
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             compiled(x).float().square().sum().backward()
-    # the graphs of few tokens without autograd (layers/lean_ffn.py: generation's steps), last, at two sizes too: the
-    # one whose products are sums in its loops (the fewest tokens), and the one whose products are the matmul library's
-    if hasattr(ffn, "fc1"):
-        past = tiny_tokens(ffn, dtype) + 1  # the fewest tokens past the tiny ones
-        for tokens in sorted({1, 2, 3, past, past + 1}):  # one token: a compiled graph specialises that size
-            if few_tokens(ffn, tokens):
-                with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                    ffn(torch.randn(tokens, f["d_model"], device=device))
 

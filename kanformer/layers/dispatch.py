@@ -118,8 +118,9 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
 def few_tokens_compiled(ffn: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether the fused path's graph for a call of few tokens without autograd (layers/lean_ffn.py) may run now:
     where a path is pinned (or ``auto`` measures nothing), at once, compiled on its first call as every fused graph
-    is; under ``auto``, once the background compile has put it in the compiler's cache with the FFN's other helpers
-    (until then the call takes the forward graph training compiled), so no call compiles it from scratch."""
+    is; under ``auto``, once a background compile of its own has put it in the compiler's cache (started by such a
+    call once the FFN's other helpers are compiled; until then the call takes the forward graph training compiled),
+    so no call compiles it from scratch."""
     if _forced[0] or getattr(ffn, "kernel_mode", None) or _mode[0] != "auto" or not autotune_enabled():
         return True
     return autotune_compiled_ready(ffn, x)

@@ -440,8 +440,16 @@ class LeanKANFFNFunction(torch.autograd.Function):
 # / 4 tokens B-spline 110 -> 106 and 133 -> 112, RBF 112 -> 106, Chebyshev 84 -> 78, the wavelet 132 -> 115; d 128 /
 # 32 tokens B-spline 216 -> 205, RBF 170 -> 167; d 384 / 4 tokens B-spline 392 -> 380, RBF 445 -> 420).
 _FEW_TOKENS = 1  # x the hidden width (layer 1's outputs)
-_TINY_MACS = 1 << 21  # up to this many multiply-adds (tokens x weights), the products are sums in the graph's loops,
-_TINY_TOKENS = {torch.float32: 2, torch.float64: 2}  # and up to this many tokens at any width (1 in low precision)
+# For the fewest tokens the graph's products are sums in its own loops (``_few_product``): a call of the matmul
+# library, its threads' start and a copy in and out, cost more there than the arithmetic. The graph alone, one
+# process, 10 interleaved rounds, us, products by the library / as sums: d 128 B-spline 1 token 73 / 52, 2 98 / 77, 4
+# 117 / 96, 8 144 / 129, 12 134 / 129, 16 141 / 153, 24 163 / 206 (Chebyshev 2 74 / 45, 16 137 / 123, 24 166 / 163;
+# RBF 2 97 / 71, 8 124 / 114; the wavelet 2 98 / 91, 8 147 / 149); d 384 B-spline 1 172 / 108, 2 263 / 172, 3 343 /
+# 276, 8 395 / 510, bf16 2 251 / 170, 4 276 / 281; Chebyshev bf16 1 172 / 91, 2 177 / 148, 3 183 / 250; d 768
+# B-spline 1 835 / 434, 2 1,462 / 1,029, 3 1,843 / 1,841; Chebyshev bf16 1 482 / 269, 2 337 / 456. The sums win up
+# to about 2^21 multiply-adds (tokens x weights) at d 128, and at every width for one token (two in fp32).
+_TINY_MACS = 1 << 21
+_TINY_TOKENS = {torch.float32: 2, torch.float64: 2}  # the fewest tokens at any width (1 in low precision)
 
 
 # Low-precision copies of the weights calls of few tokens multiply (under bf16 / fp16 autocast), by the parameter they
@@ -477,7 +485,8 @@ def tiny_tokens(ffn: Any, dtype: torch.dtype) -> int:
     """Up to how many tokens the graph of few tokens takes its products as sums in its own loops (``_few_product``),
     its matmuls computing in ``dtype``: tokens x the FFN's weights at most ``_TINY_MACS`` multiply-adds, and at any
     width ``_TINY_TOKENS``."""
-    weights = sum(t.numel() for fc in (ffn.fc1, ffn.fc2) for t in (fc.coef, fc.base_weight) if t is not None)
+    weights = sum(t.numel() for fc in (ffn.fc1, ffn.fc2) for t in (getattr(fc, "coef", None),
+                                                                   getattr(fc, "base_weight", None)) if t is not None)
     return max(_TINY_MACS // max(1, weights), _TINY_TOKENS.get(dtype, 1))
 
 
