@@ -878,7 +878,8 @@ def forget() -> None:
 
 # -- the background compile ----------------------------------------------------------------------------------------
 def _warm(spec: dict[str, Any]) -> None:
-    """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice)."""
+    """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice); with
+    ``few`` in its FFN's spec, its graphs of few tokens without autograd instead (``compiled_ready``)."""
     from .dispatch import kernel
     from .lean_ffn import few_tokens, tiny_tokens
     from .registry import create_ffn
