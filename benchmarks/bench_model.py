@@ -24,12 +24,16 @@ time, as they did for the eager KAN FFNs on the H200); the targets evaluated; on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import statistics
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -252,15 +256,17 @@ FEW_TOKENS = 4  # the correctness check's call without autograd of a generation 
 
 
 def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused"),
-                     compiled: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                     compiled: tuple[str, ...] = (), rows: list[dict[str, Any]] | None = None
+                     ) -> list[dict[str, Any]]:
     """Relative error of each fast path against the reference (output, input gradient, every parameter gradient;
     and the output of a forward without autograd, as evaluation runs it, and of one of ``FEW_TOKENS`` tokens, as a
     generation step runs it) on random and far-out-of-range inputs, fp32 and bf16 autocast. For the FFNs in
     ``compiled`` also a compiled model's path (mode ``compiled``: ``torch.compile(ffn, fullgraph=True)`` under
-    ``auto``, the lean Functions traced into its graph)."""
+    ``auto``, the lean Functions traced into its graph). The rows are appended to ``rows`` as they come (a check cut
+    short keeps those), and returned."""
     from kanformer import create_ffn
 
-    rows = []
+    rows = [] if rows is None else rows
     for name in LEAN_FFNS:
         for autocast in (False, True):
             torch.manual_seed(0)
@@ -336,6 +342,31 @@ GPU_STAGES = ("correctness", "ffn", "model", "generate", "model_compiled", "mode
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
 COMPILE_MODES = ("default", "reduce-overhead")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
+
+
+class BudgetSpent(BaseException):
+    """Raised in the check in flight when the GPU check's time budget runs out. A BaseException, so that no
+    ``except Exception`` on the way (a stage's own, the recorder's) takes it for the check's failure."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`BudgetSpent` in this (the main) thread once ``seconds`` have passed, wherever it runs (between
+    two bytecodes: a call into C returns first)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("a time budget needs the main thread (it is kept by SIGALRM)")
+
+    def spent(signum: int, frame: Any) -> None:
+        raise BudgetSpent
+
+    previous = signal.signal(signal.SIGALRM, spent)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
 
@@ -346,7 +377,8 @@ def gpu_checks(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] 
         raise SystemExit("--gpu needs CUDA; this machine has none (run the CPU benchmarks without --gpu)")
     return all_checks(args, torch.device("cuda"), GPU_FFN_SHAPE, GPU_MODEL_SHAPE, save=save,
                       modes=tuple(args.gpu_kernels) if getattr(args, "gpu_kernels", None) else None,
-                      stages=tuple(getattr(args, "gpu_stages", None) or GPU_STAGES))
+                      stages=tuple(getattr(args, "gpu_stages", None) or GPU_STAGES),
+                      budget_s=getattr(args, "gpu_budget_s", None))
 
 
 def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[str, int],
@@ -354,7 +386,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                modes: tuple[str, ...] | None = None,
                compiled: tuple[str, ...] = ("bspline", "rbf", "rational", "wavelet"),
                save: Callable[[dict[str, Any]], None] | None = None,
-               evaluation_timeout_s: float = 120.0, stages: tuple[str, ...] = ()) -> dict[str, Any]:
+               evaluation_timeout_s: float = 120.0, stages: tuple[str, ...] = (),
+               budget_s: float | None = None) -> dict[str, Any]:
     """Correctness of the fast paths, the FFN benchmark per KAN path, the whole-model benchmark, and the targets
     (<= 1.3x MLP time and activation memory per FFN, >= 0.85x MLP model throughput) evaluated; one dict. ``modes``:
     the KAN paths to check (default: auto, lean, fused, and triton where Triton runs on ``device``); ``compiled``: the
@@ -364,11 +397,16 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     ``save(result)`` is called after each: a run cut short by its time limit keeps what it measured. A stage that
     raises is recorded under ``errors`` (its traceback) and the next one runs: on a machine nothing has run on yet,
     one broken path must not hide the others' figures. ``stages``: the kinds of stage to run (``GPU_STAGES``; empty:
-    all), so that a short lease can go straight to the figures it lacks."""
+    all), so that a short lease can go straight to the figures it lacks.
+
+    ``budget_s``: the checks' time limit. When it runs out, the stage in flight is cut (``cut``: its name; what it had
+    stored stays), the stages left are listed under ``skipped``, and the targets and ``auto``'s choices are still
+    written: a machine lent for minutes ends with a complete record, not a process killed mid-stage."""
     from benchmarks import bench_ffn
     from kanformer.layers import triton_kan
 
-    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__, "errors": {}, "stage_seconds": {}}
+    out: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__, "errors": {}, "stage_seconds": {},
+                           "budget_s": budget_s, "cut": None, "skipped": []}
     triton = triton_kan.triton_available(torch.zeros(1, device=device))
     fast = modes or ("auto", "lean", "fused", *(("triton",) if triton else ()))
     out["kernels"] = list(fast)
@@ -377,14 +415,28 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     order = eager + [m for m in fast if m not in eager]
     out["correctness"], out["ffn"], out["model"] = [], {}, {}
     start = time.perf_counter()
+    if budget_s is not None and not budget_s > 0:
+        raise ValueError(f"the GPU check's budget must be a positive number of seconds, got {budget_s!r}")
+
+    def left() -> float:
+        return math.inf if budget_s is None else budget_s - (time.perf_counter() - start)
 
     def stage(name: str, fn: Callable[[], None]) -> None:
         if stages and name.split("/")[0] not in stages and name not in stages:
             return
+        if left() <= 0:
+            out["skipped"].append(name)
+            print(f"== {name}: skipped (the {budget_s:g} s budget is spent)", flush=True)
+            return
         began = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
-            fn()
+            with deadline(left()) if budget_s is not None else contextlib.nullcontext():
+                fn()
+        except BudgetSpent:
+            out["cut"] = name
+            print(f"{name}: cut after {time.perf_counter() - began:.0f} s (the {budget_s:g} s budget is spent)",
+                  flush=True)
         except Exception:  # noqa: BLE001 - recorded with its traceback; the run ends non-zero (main)
             out["errors"][name] = traceback.format_exc()
             print(f"{name} FAILED:\n{out['errors'][name]}", flush=True)
@@ -394,10 +446,13 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
             save(out)
 
     def correctness(modes_: tuple[str, ...], compiled_: tuple[str, ...]) -> None:
-        rows = check_fast_paths(device, modes_, compiled_)
-        if compiled_:  # only the compiled model's rows: the others were checked in the first stage
-            rows = [r for r in rows if r["mode"] == "compiled"]
-        out["correctness"] += rows
+        rows: list[dict[str, Any]] = []
+        try:
+            rows = check_fast_paths(device, modes_, compiled_, rows=rows)
+        finally:  # a stage cut by the budget keeps the rows it checked
+            if compiled_:  # only the compiled model's rows: the others were checked in the first stage
+                rows = [r for r in rows if r["mode"] == "compiled"]
+            out["correctness"] += rows
         print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} within tolerance", flush=True)
 
     def ffn(mode: str) -> None:
@@ -459,6 +514,9 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     if "auto" in fast:
         stage("evaluation_auto", evaluation)
     print(json.dumps(out["targets"], indent=2))
+    if out["cut"] or out["skipped"]:
+        print(f"the {budget_s:g} s budget ran out: cut {out['cut'] or '-'}; skipped "
+              f"{', '.join(out['skipped']) or '-'} (--gpu-stages runs them alone)", flush=True)
     return out
 
 
@@ -526,6 +584,9 @@ def main(argv: list[str] | None = None) -> None:
                    "model_cudagraphs for it compiled with CUDA graphs, profile for where the FFN step's time goes)")
     p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
                    help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
+    p.add_argument("--gpu-budget-s", type=float, metavar="S",
+                   help="with --gpu: stop the checks after S seconds: the stage in flight is cut, the rest skipped, "
+                   "the targets and auto's choices still written (for a machine lent for minutes; default: no limit)")
     add_kernel_memory_argument(p)
     add_malloc_argument(p)
     add_gemm_argument(p)
@@ -536,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.generate and not 0 < args.generate < args.seq:
         p.error(f"--generate takes 1 - {args.seq - 1} new tokens (fewer than --seq {args.seq}, which the prompt and "
                 f"the new tokens share), got {args.generate}")
+    if args.gpu_budget_s is not None and not (args.gpu and args.gpu_budget_s > 0):
+        p.error(f"--gpu-budget-s takes a positive number of seconds, with --gpu (got {args.gpu_budget_s:g}"
+                f"{'' if args.gpu else ', without --gpu'})")
     if args.generate and (args.compile or args.gpu):
         p.error("--generate times the eager models' generate(): not with --compile or --gpu (the GPU check's own "
                 "generation stage: --gpu --gpu-stages generate)")

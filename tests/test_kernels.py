@@ -4,6 +4,7 @@ dispatch switches; torch.compile(fullgraph=True) of a KAN GPT-2."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -699,7 +700,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
         raise RuntimeError(f"no kernel image for {ns.kernel}")
 
     saved = []
-    monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled: [
+    monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [
         {"ffn": "rbf", "mode": "compiled" if compiled else modes[0], "ok": True}])
     monkeypatch.setattr(bench_ffn, "run", fake_ffn)
     monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
@@ -764,6 +765,55 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     with pytest.raises(SystemExit, match="3 check\\(s\\) failed: model/lean, model/fused, generate"):
         bench_model.main(["--gpu", "--json", str(tmp_path / "gpu.json")])
     assert json.loads((tmp_path / "gpu.json").read_text())["errors"] == out["errors"]
+
+
+def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monkeypatch, capsys):
+    """``--gpu-budget-s``: the stage in flight when the budget runs out is cut wherever it runs (here in a sleep, as a
+    wait on a background compile would be), the later stages are skipped, nothing is recorded as an error, and the
+    targets of what ran and auto's choices are still written."""
+    import argparse
+    import time
+
+    from benchmarks import bench_ffn, bench_model
+
+    def ffn(ns):
+        return {"rows": [{"ffn": n, "time_ratio": 1.1, "memory_ratio": 0.5} for n in ["mlp", *bench_model.GPU_TARGETS]]}
+
+    def model(ns):
+        if ns.kernel == "fused":
+            time.sleep(30)  # cut by the budget long before it ends
+        return {"rows": [{"ffn": n, "throughput_ratio": 1.0 if n == "mlp" else 0.9}
+                         for n in ["mlp", "swiglu", *bench_model.GPU_TARGETS]]}
+
+    monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [])
+    monkeypatch.setattr(bench_ffn, "run", ffn)
+    monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
+    monkeypatch.setattr(bench_model, "run_model_bench", model)
+    monkeypatch.setattr(bench_model, "format_table", lambda res: "")
+    began = time.perf_counter()
+    out = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                 modes=("lean", "fused"), compiled=("rbf",), budget_s=1.5)
+    assert time.perf_counter() - began < 10
+    assert out["cut"] == "model/fused" and out["skipped"] == ["generate", "correctness/compiled"]
+    assert not out["errors"] and set(out["model"]) == {"lean"} and list(out["stage_seconds"])[-1] == "model/fused"
+    assert set(out["targets"]) == {f"lean/{n}" for n in bench_model.GPU_TARGETS} and "autotune" in out
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind
+
+    def checks(device, modes, compiled, rows):  # one FFN checked, the next one's compile cut
+        rows.append({"ffn": "bspline", "mode": modes[0], "ok": True})
+        time.sleep(30)
+
+    monkeypatch.setattr(bench_model, "check_fast_paths", checks)
+    out = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
+                                 modes=("lean",), stages=("correctness",), budget_s=0.5)
+    assert out["cut"] == "correctness/paths" and out["correctness"] == [{"ffn": "bspline", "mode": "lean", "ok": True}]
+
+    for argv, why in ((["--gpu", "--gpu-budget-s", "0"], "got 0)"),
+                      (["--gpu-budget-s", "60"], "got 60, without --gpu")):
+        with pytest.raises(SystemExit) as exited:
+            bench_model.main(argv)
+        assert exited.value.code == 2 and f"--gpu-budget-s takes a positive number of seconds, with --gpu ({why}" in (
+            capsys.readouterr().err)
 
 
 _TRITON_SCRIPT = r"""
