@@ -48,7 +48,7 @@ from benchmarks.bench_ffn import (
     write_result,
 )
 from kanformer import kanify
-from kanformer.evaluation.metrics import measure_inference, measure_training
+from kanformer.evaluation.metrics import measure_inference, measure_training, settle
 from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.layers.widen import widened_autocast
@@ -78,38 +78,6 @@ def path(mode: str) -> Any:
     return default_kernel("auto") if mode == "auto" else kernel(mode)
 
 
-def settle(model: torch.nn.Module, batch: Any, timeout_s: float = 1800.0) -> None:
-    """Training steps until no background compile runs and one more step has let ``auto`` choose."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        model(**batch()).loss.backward()
-        model.zero_grad(set_to_none=True)
-        if not autotune.busy() or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    model(**batch()).loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
-def settle_generation(model: torch.nn.Module, vocab: int, device: torch.device, timeout_s: float = 1800.0) -> None:
-    """Short generations until no background compile runs: the FFNs' graphs of few tokens compile apart, started by
-    generation's first calls (layers/autotune.py); then one more, in which ``auto`` times one token's path."""
-    deadline = time.monotonic() + timeout_s
-    ids = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(0)).to(device)
-
-    def generate() -> None:
-        with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2,
-                           do_sample=False, pad_token_id=0)
-
-    while True:
-        generate()
-        if not autotune.busy() or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    generate()
-
-
 class ModelArm:
     """One GPT-2 of the benchmark (its FFN kind), built once and timed a turn per round."""
 
@@ -128,15 +96,17 @@ class ModelArm:
         ids = torch.randint(0, self.args.vocab, (self.args.batch, self.args.seq), generator=self.gen).to(self.device)
         return {"input_ids": ids, "labels": ids}
 
+    def train_step(self) -> None:
+        self.model(**self.batch()).loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
     def turn(self, first: bool) -> None:
         a = self.args
         # a CPU without native bf16 products takes the model's products in fp32, as training does (layers/widen.py)
         with (torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16), path(a.kernel),
               widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None)):
-            if first and a.kernel == "auto":  # time the paths auto settles on, not the interim while it compiles
-                settle(self.model, self.batch)
-                if getattr(a, "generate", 0):
-                    settle_generation(self.model, a.vocab, self.device)
+            if first and a.kernel == "auto" and getattr(a, "generate", 0):  # a model generates after training:
+                settle(self.train_step, "training")  # the training steps let auto settle first (as they did there)
             warmup = a.warmup if first else 1
             if getattr(a, "generate", 0):
                 self.rounds.append(measure_inference(self.model, vocab_size=a.vocab, batch_size=a.batch,
@@ -342,6 +312,7 @@ GPU_STAGES = ("correctness", "ffn", "model", "generate", "model_compiled", "mode
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
 COMPILE_MODES = ("default", "reduce-overhead")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
+GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
 
 
 class BudgetSpent(BaseException):
@@ -364,10 +335,10 @@ def deadline(seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-GPU_MODEL_SHAPE = {"n_layer": 12, "d_model": 768, "n_head": 12, "seq": 1024, "batch": 4, "vocab": 50257}
+        try:  # an alarm due just now may still raise here: the handler is put back whatever happens
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def gpu_checks(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ score every token once; checkpoint evaluation writes results.json."""
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -105,6 +106,52 @@ def test_measuring_saved_activations_keeps_nothing_alive_afterwards():
     assert [r() for r in alive] == [None] * len(alive)
 
 
+def test_throughput_is_timed_once_the_background_compiles_are_done(monkeypatch, capsys):
+    """A first call of ``auto`` starts a background compile and runs an interim path beside it (on 2 cores, with one
+    of them): ``settle`` keeps calling until the compile is done, then once more (the call that takes its paths), and
+    says how long it waited; the training and generation measurements time only after it; it gives up after its
+    timeout, saying so; with nothing compiling it adds no call after a warm-up."""
+    from kanformer.evaluation import metrics
+    from kanformer.layers import autotune
+
+    polls = iter([True, True, True, False])  # busy while the step's first calls run, done at the fourth look
+    monkeypatch.setattr(autotune, "busy", lambda: next(polls, False))
+    monkeypatch.setattr(metrics.time, "sleep", lambda s: None)
+    calls = []
+    waited = metrics.settle(lambda: calls.append(1), "training")
+    assert len(calls) == 1 + 2 + 1 and waited >= 0  # the first call, one per busy look after it, one after the compile
+    err = capsys.readouterr().err
+    assert "timing training once the background compile of the KAN paths is done" in err and "s waited" in err
+
+    monkeypatch.setattr(autotune, "busy", lambda: True)
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: next(clock))
+    assert metrics.settle(lambda: None, "generation", timeout_s=250) >= 250
+    assert "still runs after 250 s: generation timed meanwhile" in capsys.readouterr().err
+
+    monkeypatch.setattr(autotune, "busy", lambda: False)
+    calls.clear()
+    assert metrics.settle(lambda: calls.append(1), "training", first_call=False) == 0.0 and not calls
+
+    # the measurements report the wait beside their figures
+    monkeypatch.setattr(metrics.time, "monotonic", time.monotonic)
+    net = nn.Sequential(nn.Embedding(16, 8), nn.Linear(8, 16))
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, labels=None):
+            logits = self.net(input_ids)
+            loss = None if labels is None else nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            return CausalLMOutput(loss=loss, logits=logits)
+
+    ids = torch.randint(0, 16, (2, 4))
+    out = metrics.measure_training(Tiny(), lambda: {"input_ids": ids, "labels": ids}, 8, steps=1, warmup=1)
+    assert out["train_settle_s"] == 0.0 and out["train_tokens_per_s"] > 0
+
+
 def test_checkpoint_evaluation_writes_results(tmp_path):
     from kanformer.cli import main
     from kanformer.evaluation.validation import evaluate_checkpoint
@@ -119,6 +166,7 @@ def test_checkpoint_evaluation_writes_results(tmp_path):
     assert m["val_tokens"] == 2048 and m["val_ppl"] == pytest.approx(math.exp(m["val_nll"]))
     assert m["val_bpb"] == pytest.approx(m["val_nll"] * m["val_tokens"] / math.log(2) / m["val_bytes"])
     assert m["train_tokens_per_s"] > 0 and m["generate_tokens_per_s"] > 0 and m["prefill_tokens_per_s"] > 0
+    assert m["train_settle_s"] == m["generate_settle_s"] == 0.0  # the lean path: nothing compiled to wait for
     assert 0 < m["ffn_fwd_fraction"] < 1 and 0 < m["ffn_bwd_fraction"] < 1
     assert m["peak_rss_bytes"] > 0 and m["mfu"] is None  # no declared peak on CPU
     assert m["ffn_params"] > 0 and m["flops_per_token"] > 0

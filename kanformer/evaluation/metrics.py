@@ -8,7 +8,9 @@ Conventions, stated once:
   the first window has >= ``context - stride`` tokens of context (Hugging Face's "perplexity of fixed-length
   models" recipe, with windows overlapping by at least one token so none is skipped).
 * Bits per byte = total NLL / (ln 2 * UTF-8 bytes of the scored text): comparable across tokenizers.
-* Timings exclude warm-up and synchronise CUDA; training throughput is forward + backward + optimizer step.
+* Timings exclude warm-up and synchronise CUDA; training throughput is forward + backward + optimizer step. They are
+  taken once no background compile of ``auto`` runs (:func:`settle`): the paths a long run trains and generates on,
+  with both cores of a 2-core machine (the seconds waited are reported beside the figures).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import FFN
+from ..layers import FFN, autotune
 from ..layers.saved import saved_bytes
 from ..train.optim import adamw as build_adamw
 
@@ -187,10 +190,45 @@ class _FFNTimer:
             h.remove()
 
 
+# How long a measurement waits for background compiles before it times what runs meanwhile (and says so)
+SETTLE_TIMEOUT_S = 900.0
+
+
+def settle(step: Callable[[], Any], what: str, timeout_s: float = SETTLE_TIMEOUT_S, *, first_call: bool = True
+           ) -> float:
+    """Run ``step`` (first once, with ``first_call``: where no call warmed up yet) until no background compile of
+    ``auto`` runs (layers/autotune.py: a KAN FFN's fused helpers, and
+    its graphs of few tokens, compile in a process of their own, started by the first calls that want them), then
+    once more, in which ``auto`` loads what they made and takes its paths. The seconds waited (0 where nothing
+    compiled). A figure timed meanwhile measures the interim paths with one core of a 2-core machine taken by the
+    compile: a fresh machine's ``make demo`` table read the B-spline GPT-2's training at 0.27x the MLP's and its
+    generation at 0.10x, each arm's evaluation timed while the compile its own first calls had started ran beside it
+    (2026-12-05, the development CPU; ~0.9x and ~0.6x once settled)."""
+    began = time.monotonic()
+    if first_call:
+        step()
+    if not autotune.busy():
+        return 0.0
+    print(f"kanformer: timing {what} once the background compile of the KAN paths is done (at most "
+          f"{timeout_s:.0f} s) ...", file=sys.stderr, flush=True)
+    while autotune.busy():
+        if time.monotonic() - began > timeout_s:
+            print(f"kanformer: the background compile still runs after {timeout_s:.0f} s: {what} timed meanwhile",
+                  file=sys.stderr, flush=True)
+            return time.monotonic() - began
+        time.sleep(1.0)
+        step()
+    step()
+    waited = time.monotonic() - began
+    print(f"kanformer: compiled; timing {what} ({waited:.0f} s waited)", file=sys.stderr, flush=True)
+    return waited
+
+
 def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.Tensor]], tokens_per_batch: int, *,
                      steps: int = 5, warmup: int = 2, lr: float = 1e-4, adamw: str = "auto") -> dict[str, Any]:
     """Training throughput of a copy of ``model`` (AdamW step included: implementation ``adamw``, as training's
-    ``train.adamw``), the FFN share of the step, and memory."""
+    ``train.adamw``), the FFN share of the step, and memory; timed after :func:`settle` (``train_settle_s``: the
+    seconds it waited for background compiles)."""
     device = next(model.parameters()).device
     model = copy.deepcopy(model).train()
     opt = build_adamw(model.parameters(), impl=adamw, lr=lr)
@@ -203,6 +241,7 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
 
     for _ in range(warmup):
         step()
+    settled_s = settle(step, "training", first_call=warmup == 0)
     reset_peak_memory(device)
     _sync(device)
     t0 = time.perf_counter()
@@ -220,7 +259,8 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
     finally:
         timer.remove()
     out = {"train_tokens_per_s": steps * tokens_per_batch / elapsed, "train_step_s": elapsed / steps,
-           "ffn_fwd_fraction": timer.fwd / hooked, "ffn_bwd_fraction": timer.bwd / hooked}
+           "ffn_fwd_fraction": timer.fwd / hooked, "ffn_bwd_fraction": timer.bwd / hooked,
+           "train_settle_s": settled_s}
     out.update(memory)
     return out
 
@@ -228,7 +268,9 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
 @torch.no_grad()
 def measure_inference(model: nn.Module, *, vocab_size: int, batch_size: int, prompt_len: int, new_tokens: int,
                       warmup: int = 1, repeats: int = 3, pad_token_id: int = 0) -> dict[str, float]:
-    """Prefill tokens/s (one forward over the prompts) and generation tokens/s (greedy, KV cache)."""
+    """Prefill tokens/s (one forward over the prompts) and generation tokens/s (greedy, KV cache), timed after
+    :func:`settle` (``generate_settle_s``: the seconds it waited for background compiles) on a prefill and a generation
+    of two tokens: a generation's first calls of few tokens start the compile of their own graphs."""
     device = next(model.parameters()).device
     model.eval()
     ids = torch.randint(0, vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
@@ -236,11 +278,16 @@ def measure_inference(model: nn.Module, *, vocab_size: int, batch_size: int, pro
     def timed(fn: Callable[[], Any]) -> float:
         return median_time(fn, device, warmup=warmup, repeats=repeats)
 
+    def generate(n: int) -> Any:
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=pad_token_id)
+
+    settled_s = settle(lambda: (model(input_ids=ids), generate(2)), "generation")
     prefill = timed(lambda: model(input_ids=ids))
-    gen = timed(lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id))
+    gen = timed(lambda: generate(new_tokens))
     return {"prefill_tokens_per_s": batch_size * prompt_len / prefill,
-            "generate_tokens_per_s": batch_size * new_tokens / max(gen - prefill, 1e-9)}
+            "generate_tokens_per_s": batch_size * new_tokens / max(gen - prefill, 1e-9),
+            "generate_settle_s": settled_s}
 
 
 _RSS_AT_RESET: list[int] = []
