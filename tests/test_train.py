@@ -44,8 +44,9 @@ def test_loss_goes_down(tmp_path, preset, ffn):
 def test_compiling_inside_a_step_is_reported_apart_from_the_training_throughput(tmp_path):
     """What compiles inside a training step (here a torch.compile'd function a hook calls in the first step, as a
     pinned ``fused`` path's helpers compile in their first call) is ``compile_s``, not training time in ``wall_s``
-    and ``tokens_per_s``."""
-    cfg = _cfg(tmp_path, **{"ffn.name": "mlp", "train.max_steps": 2, "train.log_every": 1, "train.eval_every": 1000})
+    and ``tokens_per_s``; ``recent_tokens_per_s`` (what the progress bar shows) counts the steps since the last
+    record."""
+    cfg = _cfg(tmp_path, **{"ffn.name": "mlp", "train.max_steps": 3, "train.log_every": 1, "train.eval_every": 1000})
     trainer = Trainer(cfg)
     fn, first_call = torch.compile(lambda t: t * 2 + 1), []
 
@@ -57,11 +58,16 @@ def test_compiling_inside_a_step_is_reported_apart_from_the_training_throughput(
 
     trainer.model.register_forward_pre_hook(hook)
     trainer.fit()
-    first, second = _records(cfg.run_dir)
+    first, second, third = _records(cfg.run_dir)
     assert first["compile_s"] >= 0.8 * first_call[0] > 0
     assert second["compile_s"] == first["compile_s"]  # nothing compiled in the second step
     assert first["wall_s"] > 0 and second["tokens_per_s"] > 0
-    assert "tokens_per_s" not in first  # its one step compiled: no step of training time alone to divide by
+    assert "tokens_per_s" not in first and "recent_tokens_per_s" not in first  # its one step compiled: no step of
+    # training time alone to divide by
+    assert second["recent_tokens_per_s"] == second["tokens_per_s"]  # the one step timed so far
+    # the run's figure is the steps' tokens over their time; the recent ones each step's alone (equal tokens a step)
+    assert third["tokens_per_s"] == pytest.approx(2 / (1 / second["recent_tokens_per_s"]
+                                                       + 1 / third["recent_tokens_per_s"]), rel=1e-9)
 
 
 def test_exact_resume(tmp_path):

@@ -684,6 +684,9 @@ class Trainer:
         # that compiled only in part has no measurable training time of its own; a compiled model's first is all
         # compiling)
         timed_tokens, timed_s = 0, 0.0
+        # and since the last record: the speed now (the first steps under auto run lean beside its background compile,
+        # which the whole run's figure averages in for hundreds of steps)
+        recent_tokens, recent_s = 0, 0.0
         compiled_model = t.compile != "none"  # the first step of this process compiles the model
         widened = contextlib.ExitStack()
         try:
@@ -738,6 +741,7 @@ class Trainer:
                 self.wall_s += step_s - compile_s
                 if compile_s <= 0.0:
                     timed_tokens, timed_s = timed_tokens + self.tokens_per_step(), timed_s + step_s
+                    recent_tokens, recent_s = recent_tokens + self.tokens_per_step(), recent_s + step_s
                 loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
                     mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
@@ -746,10 +750,13 @@ class Trainer:
                     if timed_s > 0:  # none before this process's first step that compiled nothing
                         last.update(tokens_per_s=timed_tokens / timed_s,
                                     data_frac=(self.data_s - data0) / max(self.wall_s - wall0, 1e-9))
+                    if recent_s > 0:
+                        last["recent_tokens_per_s"] = recent_tokens / recent_s
+                    recent_tokens, recent_s = 0, 0.0
                     last.update(compile_s=self.compile_s, skipped_steps=self.skipped_steps)
                     self._log(last)
                     self._record_kernel_choices()
-                    tok_s = last.get("tokens_per_s")
+                    tok_s = last.get("recent_tokens_per_s", last.get("tokens_per_s"))
                     bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s="-" if tok_s is None else f"{tok_s:.0f}")
                 if self.step % t.eval_every == 0 or self.step == t.max_steps:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
