@@ -176,6 +176,28 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
     assert len(lean_ffn._LOW_WEIGHTS) == 0  # training drops them
 
 
+def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchanged(counted):
+    """A GR-KAN call without autograd runs its forward's graph without the Function, on per-channel coefficient tables
+    made once (the Function makes them in every call), made afresh once a parameter is written in place; it computes
+    what the Function computes, which a call with autograd takes."""
+    ffn = _ffn("rational", torch.float64)
+    x = _inputs(torch.float64)
+    act = ffn.act1
+    with kernel("fused"):
+        with torch.no_grad():
+            first = ffn(x)
+            kept = lean_ffn._TABLES[act.numerator][1]
+            assert torch.equal(ffn(x), first) and lean_ffn._TABLES[act.numerator][1] is kept  # not gathered again
+            act.denominator.mul_(1.5)  # written in place (an optimizer step, a load): new tables, new outputs
+            y = ffn(x)
+            tables = lean_ffn._TABLES[act.numerator][1]
+            assert all(torch.equal(a, b) for a, b in zip(tables, lean._channel_tables(
+                act.numerator, act.denominator, act.group_index, torch.float64), strict=True))
+        assert not counted and not torch.equal(y, first)  # no Function ran
+        train = ffn(x)
+    assert counted == [1] and torch.equal(y, train.detach())
+
+
 def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):
     """Beyond the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
     amortised over many tokens); so does ``auto`` until the background compile holds the graph of few tokens."""

@@ -750,6 +750,43 @@ def _rational_linear_backward(x: torch.Tensor, gy: torch.Tensor, act: tuple[torc
     return g_x, g_a, g_b, (mm(gy_.T, r) if need_w else None), (gy.sum(0) if need_b else None)
 
 
+def _rational_tag(num1: torch.Tensor, den1: torch.Tensor, w1: torch.Tensor) -> str:
+    """The compiled-copy tag of a GR-KAN FFN's two-pair helpers (dispatch._kernel_fn)."""
+    return f"{tuple(num1.shape)}{tuple(den1.shape)}{tuple(w1.shape)}"
+
+
+# GR-KAN's per-channel coefficient tables for calls without autograd, by the numerator parameter they gather: made on
+# every call (eager gathers and copies outside the graph, four a table), they took about a quarter of a generation
+# step's FFN call (4 tokens, d 128, 2-core CPU). A table serves while its parameters and group index are unchanged
+# (their versions and storages; a write through ``.data`` goes unseen, as by ``_LOW_WEIGHTS``); a few numbers a channel.
+_TABLES = WeakIdKeyDictionary()
+
+
+def _kept_tables(num: torch.Tensor, den: torch.Tensor, group: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lean._channel_tables`` of a GroupRational's parameters, as an earlier call without autograd made them while
+    they are unchanged since."""
+    key = tuple((t._version, t.data_ptr()) for t in (num, den, group)) + (dtype,)
+    kept = _TABLES.get(num)
+    if kept is None or kept[0] != key:
+        kept = _TABLES[num] = (key, _channel_tables(num.detach(), den.detach(), group, dtype))
+    return kept[1]
+
+
+def _rational_ffn_no_grad(ffn: Any, x: torch.Tensor) -> torch.Tensor:
+    """``LeanRationalFFNFunction``'s forward for a call without autograd (x: (N, d_model)): the same compiled graph,
+    on the per-channel tables kept from the last such call (``_kept_tables``), and no Function."""
+    a1, a2 = ffn.act1, ffn.act2
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        act1 = _kept_tables(a1.numerator, a1.denominator, a1.group_index, _low_dtype(x.dtype))
+        act2 = _kept_tables(a2.numerator, a2.denominator, a2.group_index, _low_dtype(dtype))
+        x_, w1, b1, w2, b2 = _detached(x, ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias)
+        per_token(x_)
+        return _kernel_fn(_rational_ffn_forward, tag=_rational_tag(a1.numerator, a1.denominator, w1))(
+            x_, act1, w1, b1, act2, w2, b2, dtype)[0]
+
+
 class LeanRationalFFNFunction(torch.autograd.Function):
     """A GR-KAN FFN ``fc2(act2(fc1(act1(x))))`` saving x and the hidden pre-activations: the two pairs of
     lean.py's ``LeanRationalLinearFunction`` in one Function, one compiled graph each way."""
@@ -759,7 +796,7 @@ class LeanRationalFFNFunction(torch.autograd.Function):
                 w1: torch.Tensor, bias1: torch.Tensor | None, num2: torch.Tensor, den2: torch.Tensor,
                 group2: torch.Tensor, w2: torch.Tensor, bias2: torch.Tensor | None) -> torch.Tensor:
         dtype = _compute_dtype(x)
-        tag = f"{tuple(num1.shape)}{tuple(den1.shape)}{tuple(w1.shape)}"
+        tag = _rational_tag(num1, den1, w1)
         with torch.autocast(x.device.type, enabled=False):
             x_, n1, d1, w1_, b1, n2, d2, w2_, b2 = _detached(x, num1, den1, w1, bias1, num2, den2, w2, bias2)
             act1 = _channel_tables(n1, d1, group1, _low_dtype(x.dtype))
@@ -800,7 +837,11 @@ class LeanRationalFFNFunction(torch.autograd.Function):
 
 
 def lean_rational_ffn(ffn: Any, x: torch.Tensor) -> torch.Tensor:
-    """A GR-KAN FFN (``act1``, ``fc1``, ``act2``, ``fc2``) through the two-pair Function."""
+    """A GR-KAN FFN (``act1``, ``fc1``, ``act2``, ``fc2``) through the two-pair Function; a call without autograd (not
+    in inference mode, which the compiled graphs are not made for, nor inside a compiled model) through its forward's
+    graph alone (``_rational_ffn_no_grad``)."""
+    if not (torch.is_grad_enabled() or torch.is_inference_mode_enabled() or torch.compiler.is_compiling()):
+        return _rational_ffn_no_grad(ffn, x.reshape(-1, ffn.d_model)).reshape(x.shape)
     a1, a2 = ffn.act1, ffn.act2
     y = LeanRationalFFNFunction.apply(x.reshape(-1, ffn.d_model), a1.numerator, a1.denominator, a1.group_index,
                                       ffn.fc1.weight, ffn.fc1.bias, a2.numerator, a2.denominator, a2.group_index,
