@@ -179,7 +179,7 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
 def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchanged(counted):
     """A GR-KAN call without autograd runs its forward's graph without the Function, on per-channel coefficient tables
     made once (the Function makes them in every call), made afresh once a parameter is written in place; it computes
-    what the Function computes, which a call with autograd takes."""
+    what the Function computes, which a call with autograd takes (and drops the kept tables)."""
     ffn = _ffn("rational", torch.float64)
     x = _inputs(torch.float64)
     act = ffn.act1
@@ -195,7 +195,7 @@ def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchang
                 act.numerator, act.denominator, act.group_index, torch.float64), strict=True))
         assert not counted and not torch.equal(y, first)  # no Function ran
         train = ffn(x)
-    assert counted == [1] and torch.equal(y, train.detach())
+    assert counted == [1] and torch.equal(y, train.detach()) and len(lean_ffn._TABLES) == 0
 
 
 def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):

@@ -758,7 +758,8 @@ def _rational_tag(num1: torch.Tensor, den1: torch.Tensor, w1: torch.Tensor) -> s
 # GR-KAN's per-channel coefficient tables for calls without autograd, by the numerator parameter they gather: made on
 # every call (eager gathers and copies outside the graph, four a table), they took about a quarter of a generation
 # step's FFN call (4 tokens, d 128, 2-core CPU). A table serves while its parameters and group index are unchanged
-# (their versions and storages; a write through ``.data`` goes unseen, as by ``_LOW_WEIGHTS``); a few numbers a channel.
+# (their versions and storages; a write through ``.data`` goes unseen, as by ``_LOW_WEIGHTS``), and the first call with
+# autograd (training, whose parameters change from step to step) drops them all; a few numbers a channel.
 _TABLES = WeakIdKeyDictionary()
 
 
@@ -842,6 +843,8 @@ def lean_rational_ffn(ffn: Any, x: torch.Tensor) -> torch.Tensor:
     graph alone (``_rational_ffn_no_grad``)."""
     if not (torch.is_grad_enabled() or torch.is_inference_mode_enabled() or torch.compiler.is_compiling()):
         return _rational_ffn_no_grad(ffn, x.reshape(-1, ffn.d_model)).reshape(x.shape)
+    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and _TABLES:  # (a compiled graph reads no dict)
+        _TABLES.clear()
     a1, a2 = ffn.act1, ffn.act2
     y = LeanRationalFFNFunction.apply(x.reshape(-1, ffn.d_model), a1.numerator, a1.denominator, a1.group_index,
                                       ffn.fc1.weight, ffn.fc1.bias, a2.numerator, a2.denominator, a2.group_index,
