@@ -408,10 +408,11 @@ def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
     few = warm + _FEW
     if few in _ready_keys:
         return True
-    if _ready(_load()["compiled"].get(few)):
+    compiled = _load()["compiled"]
+    if _ready(compiled.get(few)):
         _ready_keys.add(few)
         return True
-    if _ready(_load()["compiled"].get(warm)):  # the FFN's own compile done: its graphs of few tokens next
+    if _ready(compiled.get(warm)):  # the FFN's own compile done: its graphs of few tokens next
         if few not in _pending_spec:
             _pending_spec[few] = {**_ffn_spec(ffn, x), "few": True}
         if _compile_state(few) == "ready":

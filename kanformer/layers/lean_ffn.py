@@ -52,6 +52,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -465,15 +466,32 @@ _TINY_TOKENS = {torch.float32: 2, torch.float64: 2}  # the fewest tokens at any 
 _LOW_WEIGHTS = WeakIdKeyDictionary()
 
 
+def _kept(store: WeakIdKeyDictionary, sources: tuple[torch.Tensor, ...], dtype: torch.dtype,
+          make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``store`` under ``sources[0]`` while every tensor of ``sources`` is unchanged (its version
+    and storage) and ``dtype`` is the same: what calls without autograd derive from parameters (``_LOW_WEIGHTS``,
+    ``_TABLES``), dropped by the first call with autograd (``_drop_kept``)."""
+    key = tuple((t._version, t.data_ptr()) for t in sources) + (dtype,)
+    kept = store.get(sources[0])
+    if kept is None or kept[0] != key:
+        kept = store[sources[0]] = (key, make())
+    return kept[1]
+
+
+def _drop_kept() -> None:
+    """Outside a compiled graph (which reads no dict), a call with autograd (training: the parameters change from step
+    to step) drops what calls without autograd kept."""
+    if not torch.compiler.is_compiling() and torch.is_grad_enabled():
+        for store in (_LOW_WEIGHTS, _TABLES):
+            if store:
+                store.clear()
+
+
 def _low_weight(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``t`` in ``dtype``: the copy an earlier call of few tokens made, while ``t`` is unchanged since."""
     if t is None or t.dtype == dtype:
         return t
-    key = (t._version, t.data_ptr(), dtype)
-    kept = _LOW_WEIGHTS.get(t)
-    if kept is None or kept[0] != key:
-        kept = _LOW_WEIGHTS[t] = (key, t.detach().to(dtype))
-    return kept[1]
+    return _kept(_LOW_WEIGHTS, (t,), dtype, lambda: t.detach().to(dtype))
 
 
 def few_tokens(ffn: Any, tokens: int) -> bool:
@@ -550,8 +568,7 @@ def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
     through the graph made for it (``_few_tokens_call``)."""
     fc1, fc2 = ffn.fc1, ffn.fc2
     x2 = x.reshape(-1, fc1.in_features)
-    if not torch.compiler.is_compiling() and _LOW_WEIGHTS and torch.is_grad_enabled():  # training: the weights
-        _LOW_WEIGHTS.clear()  # change from step to step
+    _drop_kept()
     y = _few_tokens_call(ffn, x2, p)
     if y is not None:
         return y.reshape(*x.shape[:-1], fc2.out_features)
@@ -767,11 +784,7 @@ def _kept_tables(num: torch.Tensor, den: torch.Tensor, group: torch.Tensor, dtyp
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``lean._channel_tables`` of a GroupRational's parameters, as an earlier call without autograd made them while
     they are unchanged since."""
-    key = tuple((t._version, t.data_ptr()) for t in (num, den, group)) + (dtype,)
-    kept = _TABLES.get(num)
-    if kept is None or kept[0] != key:
-        kept = _TABLES[num] = (key, _channel_tables(num.detach(), den.detach(), group, dtype))
-    return kept[1]
+    return _kept(_TABLES, (num, den, group), dtype, lambda: _channel_tables(num.detach(), den.detach(), group, dtype))
 
 
 def _rational_ffn_no_grad(ffn: Any, x: torch.Tensor) -> torch.Tensor:
@@ -843,8 +856,7 @@ def lean_rational_ffn(ffn: Any, x: torch.Tensor) -> torch.Tensor:
     graph alone (``_rational_ffn_no_grad``)."""
     if not (torch.is_grad_enabled() or torch.is_inference_mode_enabled() or torch.compiler.is_compiling()):
         return _rational_ffn_no_grad(ffn, x.reshape(-1, ffn.d_model)).reshape(x.shape)
-    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and _TABLES:  # (a compiled graph reads no dict)
-        _TABLES.clear()
+    _drop_kept()
     a1, a2 = ffn.act1, ffn.act2
     y = LeanRationalFFNFunction.apply(x.reshape(-1, ffn.d_model), a1.numerator, a1.denominator, a1.group_index,
                                       ffn.fc1.weight, ffn.fc1.bias, a2.numerator, a2.denominator, a2.group_index,
