@@ -11,6 +11,13 @@ device; on CUDA also the peak allocated above the baseline.
 
     python -m benchmarks.bench_ffn                          # d_model 384, 2048 tokens, fp32, CPU
     python -m benchmarks.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --json out.json
+
+``--compile-options JSON ...`` times each KAN FFN's step again under each set of compiler options for the fused path's
+helpers (layers/compile_options.py; ``--kernel fused`` makes sure they run), interleaved with the rest, and checks its
+outputs and gradients against the step without them (``max rel. err``)::
+
+    python -m benchmarks.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --kernel fused \
+        --ffns bspline rbf --compile-options '{"cpp_wrapper": true}' '{"triton.cudagraphs": true}'
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
 from kanformer.layers import autotune, gemm
+from kanformer.layers.compile_options import compile_options, options_tag, parse
 from kanformer.layers.dispatch import get_kernel, kernel, set_kernel
 from kanformer.train.allocator import MALLOC_CHOICES
 from kanformer.train.allocator import configure as configure_malloc
@@ -72,6 +80,43 @@ class Arm:
             self.path = "-"
         self.compiled: dict[str, Any] = {}  # kind -> torch.compile of the FFN (COMPILED_KINDS)
         self.compile_s: dict[str, float] = {}
+        self.options: list[dict[str, Any]] = []  # compiler options timed beside the plain step (add_options)
+        self.options_first_s: dict[int, float] = {}
+        self.options_err: dict[int, float] = {}
+        self.options_failed: dict[int, str] = {}  # why a set of options failed here
+
+    def add_options(self, options: list[dict[str, Any]]) -> None:
+        """Each set of compiler ``options`` gets timed turns of its own (its first step, which compiles, kept apart),
+        its outputs and gradients checked against the step without them. Only a KAN FFN's helpers take them."""
+        if not hasattr(self.ffn, "_forward"):
+            return
+        plain = self.outputs()
+        self.options = options
+        for i, opts in enumerate(options):
+            t0 = time.perf_counter()
+            try:
+                with compile_options(opts):
+                    got = self.outputs()
+            except Exception as err:  # noqa: BLE001 - an option this machine cannot compile: reported in its row
+                self.options_failed[i] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                continue
+            self.options_first_s[i] = time.perf_counter() - t0
+            self.options_err[i] = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                                      for a, b in zip(got, plain, strict=True))
+            self.times[f"options_{i}"] = []
+
+    def outputs(self) -> list[torch.Tensor]:
+        """y, dL/dx and every parameter's gradient of one step, in fp32."""
+        try:
+            with self.ctx():
+                y = self.ffn(self.x)
+            y.backward(self.grad.to(y.dtype))
+            grads = [self.x.grad] + [p.grad for p in self.ffn.parameters() if p.grad is not None]
+            return [t.detach().to(torch.float32, copy=True) for t in (y, *grads)]  # a replayed graph reuses its own
+        finally:  # also after a failure: the next step's gradients start from none
+            self.x.grad = None
+            for p in self.ffn.parameters():
+                p.grad = None
 
     def compile(self, kind: str) -> None:
         """``torch.compile`` of the FFN, ``kind`` as COMPILED_KINDS says; its first step's seconds kept."""
@@ -108,6 +153,11 @@ class Arm:
         for kind in self.compiled:
             self.times[f"compiled_{kind}"].append(median_time(lambda k=kind: self.step_compiled(k), self.device,
                                                               warmup=1, repeats=repeats))
+        for i, opts in enumerate(self.options):
+            if i not in self.options_failed:
+                with compile_options(opts):
+                    self.times[f"options_{i}"].append(median_time(self.step, self.device, warmup=1,
+                                                                  repeats=repeats))
 
     def row(self) -> dict[str, Any]:
         with self.ctx():
@@ -116,6 +166,13 @@ class Arm:
                "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
                "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path,
                "first_step_s": self.first_step_s, "settled_s": self.settled_s}
+        for i in range(len(self.options)):
+            if i in self.options_failed:
+                row[f"options_{i}_error"] = self.options_failed[i]
+                continue
+            row[f"options_{i}_s"] = statistics.median(self.times[f"options_{i}"])
+            row[f"options_{i}_first_step_s"] = self.options_first_s[i]
+            row[f"options_{i}_max_rel_err"] = self.options_err[i]
         for kind in self.compiled:
             row[f"compiled_{kind}_s"] = statistics.median(self.times[f"compiled_{kind}"])
             with self.ctx(), self._path(kind):
@@ -163,6 +220,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind in kinds:
         for arm in arms:
             arm.compile(kind)
+    options = list(getattr(args, "compile_options", None) or [])
+    for arm in arms:
+        arm.add_options(options)
     for r in range(rounds):
         for arm in round_order(arms, r):  # the first round warms each arm up (compilation included); later, one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
@@ -179,6 +239,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
             row[f"compiled_{kind}_memory_ratio"] = (row[f"compiled_{kind}_saved_activation_bytes"]
                                                     / rows[0]["saved_activation_bytes"])
+        for i in (i for i in range(len(arm.options)) if i not in arm.options_failed):  # against the MLP, and
+            # against the same FFN's step without the options
+            row[f"options_{i}_ratio"] = _ratios(arm.times[f"options_{i}"], ref.times["fwd_bwd"])[0]
+            row[f"options_{i}_vs_plain"] = _ratios(arm.times[f"options_{i}"], arm.times["fwd_bwd"])[0]
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
@@ -186,6 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
         "cold": getattr(args, "cold", False), "gemm": gemm.library(), "gemm_record": gemm.record(),
         "widened": device.type == "cpu" and not gemm.native_low_precision(dtype),
+        "compile_options": options,
     }
 
 
@@ -272,11 +337,14 @@ def format_table(result: dict[str, Any]) -> str:
             f"First step and auto's settling on "
             f"{'empty compiler and autotune caches (--cold)' if result.get('cold') else 'the caches this machine has'}")
     kinds = [k for k in COMPILED_KINDS if f"compiled_{k}_ratio" in result["rows"][0]]
+    options = result.get("compile_options") or []
     lines = [head, "",
              "| FFN | path | hidden | params | MFLOPs/token | fwd+bwd ms | x MLP | range | fwd ms | x MLP | "
              "saved act. MB | x MLP | first step s | auto settled s |"
-             + "".join(f" compiled {k} x MLP | its saved act. x MLP | its first step s |" for k in kinds),
-             "|---|---|" + "---:|" * (12 + 3 * len(kinds))]
+             + "".join(f" compiled {k} x MLP | its saved act. x MLP | its first step s |" for k in kinds)
+             + "".join(f" with {options_tag(o)} x MLP | x without | max rel. err | its first step s |"
+                       for o in options),
+             "|---|---|" + "---:|" * (12 + 3 * len(kinds) + 4 * len(options))]
     for r in result["rows"]:
         spread = f"{r['time_ratio_low']:.2f} - {r['time_ratio_high']:.2f}" if "time_ratio_low" in r else ""
         settled = "-" if r["settled_s"] is None else f"{r['settled_s']:.1f}"
@@ -288,7 +356,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['saved_activation_bytes'] / 2**20:.1f} | {r['memory_ratio']:.2f} | {r['first_step_s']:.2f} | "
             f"{settled} |"
             + "".join(f" {r[f'compiled_{k}_ratio']:.2f} | {r[f'compiled_{k}_memory_ratio']:.2f} | "
-                      f"{r[f'compiled_{k}_first_step_s']:.1f} |" for k in kinds))
+                      f"{r[f'compiled_{k}_first_step_s']:.1f} |" for k in kinds)
+            + "".join(f" {r[f'options_{i}_ratio']:.2f} | {r[f'options_{i}_vs_plain']:.2f} | "
+                      f"{r[f'options_{i}_max_rel_err']:.1e} | {r[f'options_{i}_first_step_s']:.1f} |"
+                      if f"options_{i}_ratio" in r else (" failed | - | - | - |" if f"options_{i}_error" in r
+                                                         else " - | - | - | - |") for i in range(len(options))))
+    failed = [f"- {r['ffn']} with {options_tag(o)}: {r[f'options_{i}_error']}" for r in result["rows"]
+              for i, o in enumerate(options) if f"options_{i}_error" in r]
+    if failed:
+        lines += ["", "Compile options that failed:", *failed]
     return "\n".join(lines)
 
 
@@ -312,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compiled-kit", action="store_true",
                    help="also time torch.compile of each FFN as a compiled model runs it under --kernel (auto, fused, "
                    "lean: the lean two-layer Function traced into the graph where it applies), interleaved")
+    p.add_argument("--compile-options", nargs="+", metavar="JSON", default=[],
+                   help="also time each KAN FFN's step under each of these sets of compiler options for the fused "
+                   "path's helpers (a JSON object each, e.g. '{\"cpp_wrapper\": true}'; layers/compile_options.py), "
+                   "interleaved, its outputs and gradients checked against the step without them")
     add_kernel_memory_argument(p)
     p.add_argument("--cold", action="store_true",
                    help="start on empty compiler and autotune caches (fresh temporary directories): each FFN's first "
@@ -326,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("d_model", "tokens", "repeats", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    try:
+        args.compile_options = [parse(text, "--compile-options") for text in args.compile_options]
+    except ValueError as err:
+        p.error(str(err))
     set_kernel(args.kernel)
     autotune.set_kernel_memory(args.kernel_memory)
     configure_malloc(args.malloc)

@@ -307,8 +307,12 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 # torch.compile's mode reduce-overhead, each graph's kernels replayed as a CUDA graph,
 # for a model too small for its host to keep the GPU busy; profile: profile_ffn of the MLP and each FFN with a GPU
 # target on auto, eager and then compiled, its kernels by time)
-GPU_STAGES = ("correctness", "ffn", "model", "generate", "model_compiled", "model_cudagraphs", "profile",
-              "evaluation_auto")
+# ffn_options: the fused FFN step of GPU_OPTION_FFNS under each of GPU_COMPILE_OPTIONS against the default (its host's
+# launches: layers/compile_options.py), outputs and gradients checked
+GPU_STAGES = ("correctness", "ffn", "model", "generate", "ffn_options", "model_compiled", "model_cudagraphs",
+              "profile", "evaluation_auto")
+GPU_COMPILE_OPTIONS = ({"cpp_wrapper": True}, {"triton.cudagraphs": True})
+GPU_OPTION_FFNS = ["bspline", "rbf"]
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
 COMPILE_MODES = ("default", "reduce-overhead")
 GPU_FFN_SHAPE = {"d_model": 768, "tokens": 16384}
@@ -426,14 +430,18 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
             out["correctness"] += rows
         print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} within tolerance", flush=True)
 
-    def ffn(mode: str) -> None:
-        ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params", ffns=None,
-                                warmup=2, repeats=repeats, rounds=rounds, **ffn_shape)
+    def ffn(mode: str, options: tuple[dict[str, Any], ...] = ()) -> None:
+        ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params",
+                                ffns=GPU_OPTION_FFNS if options else None, warmup=2, repeats=repeats, rounds=rounds,
+                                compile_options=list(options), **ffn_shape)
         with path(mode):
             res = bench_ffn.run(ns)
         res["kernel"] = mode
         print(bench_ffn.format_table(res), flush=True)
-        out["ffn"][mode] = res
+        if options:
+            out["ffn_options"] = res
+        else:
+            out["ffn"][mode] = res
 
     def model(mode: str, compiled_: bool = False, compile_mode: str = "default", generate: int = 0) -> None:
         ns = argparse.Namespace(**{**vars(args), **model_shape, "bf16": True, "kernel": mode, "device": str(device),
@@ -473,6 +481,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
     # on them): 32 new tokens (at most half the sequence) after the rest of it as the prompt
     stage("generate", lambda: model("auto" if "auto" in fast else order[0],
                                     generate=min(32, model_shape.get("seq", 64) // 2)))
+    if "fused" in fast:
+        stage("ffn_options", lambda: ffn("fused", GPU_COMPILE_OPTIONS))
     if "auto" in fast:
         stage("model_compiled", lambda: model("auto", compiled_=True))
         stage("model_cudagraphs", lambda: model("auto", compiled_=True, compile_mode="reduce-overhead"))

@@ -691,9 +691,12 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
 
     from benchmarks import bench_ffn, bench_model, profile_ffn
 
+    timed = []
+
     def fake_ffn(ns):
         if ns.dtype != "bf16" or ns.rounds != 3:
             raise AssertionError(ns)
+        timed.append((ns.ffns, ns.compile_options))
         return {"rows": [{"ffn": n, "time_ratio": 1.1, "memory_ratio": 0.5} for n in ["mlp", *bench_model.GPU_TARGETS]]}
 
     def broken_model(ns):
@@ -710,8 +713,11 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
     assert list(out["stage_seconds"]) == ["correctness/paths", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
-                                          "model/fused", "generate", "correctness/compiled"]
-    assert len(saved) == 8 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+                                          "model/fused", "generate", "ffn_options", "correctness/compiled"]
+    assert len(saved) == 9 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    # the fused step under each set of compiler options the GPU's host may want, of the FFNs named for it, apart
+    assert timed[-1] == (bench_model.GPU_OPTION_FFNS, list(bench_model.GPU_COMPILE_OPTIONS))
+    assert timed[:-1] == [(None, [])] * 3 and "rows" in out["ffn_options"]
     assert set(out["errors"]) == {"model/lean", "model/fused", "generate"}
     assert "RuntimeError: no kernel image for lean" in out["errors"]["generate"]  # no auto: the first path checked
     assert "RuntimeError: no kernel image for fused" in out["errors"]["model/fused"]
@@ -794,7 +800,7 @@ def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monke
     out = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
                                  modes=("lean", "fused"), compiled=("rbf",), budget_s=1.5)
     assert time.perf_counter() - began < 10
-    assert out["cut"] == "model/fused" and out["skipped"] == ["generate", "correctness/compiled"]
+    assert out["cut"] == "model/fused" and out["skipped"] == ["generate", "ffn_options", "correctness/compiled"]
     assert not out["errors"] and set(out["model"]) == {"lean"} and list(out["stage_seconds"])[-1] == "model/fused"
     assert set(out["targets"]) == {f"lean/{n}" for n in bench_model.GPU_TARGETS} and "autotune" in out
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind

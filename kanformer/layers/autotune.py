@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from . import gemm
+from .compile_options import get_compile_options, options_tag
 from .saved import saved_bytes
 
 MEMORY_RULES = ("lean", "fast")
@@ -233,6 +234,9 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
         warm += f" | threads={torch.get_num_threads()}"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library
         warm += f" | gemm={gemm.library()}"
+    options = get_compile_options()
+    if options:  # the fused helpers compiled with these (layers/compile_options.py): graphs and timings of their own
+        warm += f" | compile={options_tag(options)}"
     return f"{warm} | tokens<={_bucket(tokens)} | memory={kernel_memory()}", warm
 
 
@@ -462,7 +466,8 @@ def _start_worker(warm: str) -> subprocess.Popen:
     # graphs it will load
     env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": str(spec["ffn"]["threads"]),
            "TORCHINDUCTOR_COMPILE_THREADS": "1",
-           "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting())}  # CUDA runs choose none
+           "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting()),  # CUDA runs choose none
+           "KANFORMER_COMPILE_OPTIONS": options_tag(get_compile_options())}  # as set here, by API or environment
     # this very copy of the code, which may not be the ``kanformer`` the interpreter would import: a checkpoint's copy
     # (``from_pretrained`` with ``trust_remote_code``: a package under the modules cache of transformers, maybe with no
     # kanformer installed) or a checkout put on ``sys.path`` at run time; its directory goes last on the path, so the

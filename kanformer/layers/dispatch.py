@@ -39,6 +39,7 @@ from .autotune import compiled_forward, kernel_memory
 from .autotune import compiled_ready as autotune_compiled_ready
 from .autotune import enabled as autotune_enabled
 from .autotune import inference_path as autotune_inference_path
+from .compile_options import get_compile_options, options_tag
 from .gemm import library as gemm_library
 from .triton_kan import triton_available
 
@@ -208,7 +209,7 @@ def use_lean(available: bool = True) -> bool:
     return torch.is_grad_enabled()
 
 
-_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by "qualified name[tag]"
+_COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by "qualified name[tag]" (+ compile options)
 _TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
 _FUSED_FAILED: list[str] = []  # why compiling failed in this process (auto then stays on the lean path)
 
@@ -254,14 +255,15 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         return _TRITON[fn.__name__]
     if not _fused():
         return fn
-    key = f"{fn.__qualname__}[{tag}]"
+    options = get_compile_options()  # each set of options its own copies
+    key = f"{fn.__qualname__}[{tag}]{options_tag(options)}"
     if key not in _COMPILED:
         # a distinct code object, so a distinct compile cache, under its own name: dynamo keeps the sizes each
         # function has met by file, line and name (its automatic dynamic shapes), and copies sharing a name shared
         # that record: the second layer width any copy met made the width symbolic in every copy compiled after
         code = fn.__code__.replace(co_name=key, co_qualname=key)
         copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        _COMPILED[key] = torch.compile(copy)  # static but for the dims marked with per_token
+        _COMPILED[key] = torch.compile(copy, options=options or None)  # static but for the dims per_token marks
     if mode == "fused":
         return _COMPILED[key]
     return functools.partial(_compiled_or_eager, fn, _COMPILED[key])
