@@ -8,7 +8,7 @@ import torch
 from kanformer import create_ffn
 from kanformer.layers import autotune, compile_options, dispatch, lean_ffn
 from kanformer.layers.compile_options import get_compile_options, options_tag, set_compile_options
-from kanformer.layers.dispatch import kernel
+from kanformer.layers.dispatch import default_kernel, kernel
 
 
 @pytest.fixture
@@ -91,11 +91,12 @@ def test_ffn_benchmark_times_the_kit_under_compile_options_and_checks_its_output
         return real(options)
 
     monkeypatch.setattr(bench_ffn, "compile_options", options_here)
-    out = tmp_path / "ffn.json"
-    with kernel("fused"):
+    out, before = tmp_path / "ffn.json", dispatch.get_kernel()
+    with default_kernel("fused"), kernel("fused"):  # the benchmark sets the process's default: the old one put back
         bench_ffn.main(["--d-model", "8", "--tokens", "16", "--rounds", "2", "--repeats", "1", "--warmup", "1",
                         "--ffns", "chebyshev", "--kernel", "fused", "--compile-options", '{"max_autotune": true}',
                         '{"cpp_wrapper": true}', "--json", str(out)])
+    assert dispatch.get_kernel() == before
     result = json.loads(out.read_text())
     mlp, cheb = result["rows"]
     assert result["compile_options"] == [{"max_autotune": True}, {"cpp_wrapper": True}]

@@ -39,6 +39,7 @@ def test_loss_goes_down(tmp_path, preset, ffn):
     assert info["git_sha"] and info["torch"] == torch.__version__ and info["kanify"]["ffn"] == ffn
     assert info["matmul_library"]["library"] in ("torch", "onednn")  # the FFNs' fp32 products (layers/gemm.py)
     assert info["adamw"] == "fused"  # train.adamw auto on CPU (kanformer/train/optim.py)
+    assert info["compile_options"] == {}  # the fused helpers' compiler options (layers/compile_options.py): none set
 
 
 def test_compiling_inside_a_step_is_reported_apart_from_the_training_throughput(tmp_path):

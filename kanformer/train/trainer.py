@@ -34,6 +34,7 @@ from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from ..layers import autotune, gemm, refresh_checks
 from ..layers.budget import model_flops_per_token
+from ..layers.compile_options import get_compile_options
 from ..layers.dispatch import set_kernel
 from ..layers.widen import widened_autocast
 from ..models import ADAPTERS
@@ -287,7 +288,8 @@ class Trainer:
         save_config(self.cfg, self.run_dir / "config.yaml")
         info = {**versions(), "world_size": self.world, "device": str(self.accelerator.device),
                 "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters()),
-                "adamw": running_impl(self.optimizer)}
+                "adamw": running_impl(self.optimizer),
+                "compile_options": get_compile_options()}  # the fused helpers' compiler options (usually none)
         if self.is_text:
             info["data"] = self.lm.meta
         if self.kanify_report is not None:
