@@ -1,10 +1,10 @@
 """The compiler's options for the fused path's helpers (``torch.compile(..., options=...)``), process-wide.
 
-On CUDA the eager fused FFN step waits on its host: the compiled graphs' Python wrappers launch each kernel, and the
-step's kernels took about a third of its time on an H200 (docs/speed.md, *GPU*). Options such as ``cpp_wrapper``
-(the kernels launched from C++) or ``triton.cudagraphs`` (a graph's kernels replayed as one CUDA graph) may shorten
-that; ``python -m benchmarks.bench_ffn --compile-options '{"cpp_wrapper": true}'`` times the kit's path under them
-against the default in one process, and the GPU check does so on a GPU (``bench_model --gpu``, stage
+On CUDA the eager fused FFN step waits on its host: the compiled graphs' Python wrappers launch each kernel, and on an
+H200 the B-spline FFN's step took 3.0 ms of wall time against 1.2 ms of kernels (docs/speed.md, *GPU*). Options such
+as ``cpp_wrapper`` (the kernels launched from C++) or ``triton.cudagraphs`` (a graph's kernels replayed as one CUDA
+graph) may shorten that; ``python -m benchmarks.bench_ffn --compile-options '{"cpp_wrapper": true}'`` times the kit's
+path under them against the default in one process, and the GPU check does so on a GPU (``bench_model --gpu``, stage
 ``ffn_options``). Set them with ``KANFORMER_COMPILE_OPTIONS`` (a JSON object; inherited by ``auto``'s background
 compiles) or :func:`set_compile_options`. Each set of options compiles copies of the helpers of its own, and
 ``autotune`` keys its timings and background compiles on them. A compiled model's graph (``train.compile``) is
