@@ -10,6 +10,9 @@ dispatch on the host (on a GPU, with its kernels), which the compiled graphs' ow
     python -m benchmarks.profile_ffn --arms rbf:lean --d-model 128 --tokens 1024      # CPU
     python -m benchmarks.profile_ffn --device cuda --compile --arms bspline chebyshev   # as in a compiled model
 
+``--compile-options JSON`` profiles every arm under that set of compiler options for the fused path's helpers
+(layers/compile_options.py; ``ffn:fused`` arms), to see what they change on the host.
+
 ``--compile`` profiles ``torch.compile`` of each arm's FFN, the MLP's too: on the kit's paths the KAN FFN's lean
 Functions are traced into the graph, as ``train.compile=model`` runs them (``ffn:reference``: the compiled reference).
 
@@ -29,6 +32,7 @@ from benchmarks.bench_ffn import DTYPES, Arm, machine, write_result
 from benchmarks.bench_model import path
 from kanformer import list_ffns
 from kanformer.evaluation.metrics import median_time
+from kanformer.layers.compile_options import compile_options, options_tag, parse
 from kanformer.layers.dispatch import KERNELS
 from kanformer.train.allocator import configure as configure_malloc
 
@@ -164,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--compile", action="store_true",
                    help="profile torch.compile of each arm's FFN (the MLP's too): what a compiled model runs")
+    p.add_argument("--compile-options", metavar="JSON", default="",
+                   help="compiler options for the fused path's helpers, a JSON object (e.g. '{\"cpp_wrapper\": "
+                   "true}'; layers/compile_options.py), in force for every arm")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation falls here)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps per arm")
     p.add_argument("--top", type=int, default=15, help="operators listed per arm")
@@ -174,21 +181,28 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
+    try:
+        options = parse(args.compile_options, "--compile-options")
+    except ValueError as err:
+        p.error(str(err))
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     arms = [("mlp", "auto")] + [arm for arm in map(parse_arm, args.arms) if arm[0] != "mlp"]
     configure_malloc("keep")
     result: dict[str, Any] = {"benchmark": "profile_ffn", "device": str(device), "machine": machine(device),
                               "torch": torch.__version__, "d_model": args.d_model, "tokens": args.tokens,
-                              "dtype": args.dtype, "steps": args.steps, "compiled": args.compile, "rows": []}
+                              "dtype": args.dtype, "steps": args.steps, "compiled": args.compile,
+                              "compile_options": options, "rows": []}
     print(f"FFN fwd+bwd{' compiled' if args.compile else ''} under torch.profiler: d_model {args.d_model}, "
           f"{args.tokens} tokens, {args.dtype}, "
-          f"{device} [{result['machine']}], {args.steps} steps per arm after {args.warmup} untimed", flush=True)
-    for name, mode in arms:
-        row = profile_arm(name, mode, args, device)
-        result["rows"].append(row)
-        print("\n" + format_arm(row, result["rows"][0]), flush=True)
-        write_result(args.json, result, quiet=True)
+          f"{device} [{result['machine']}], {args.steps} steps per arm after {args.warmup} untimed"
+          f"{f', compile options {options_tag(options)}' if options else ''}", flush=True)
+    with compile_options(options):
+        for name, mode in arms:
+            row = profile_arm(name, mode, args, device)
+            result["rows"].append(row)
+            print("\n" + format_arm(row, result["rows"][0]), flush=True)
+            write_result(args.json, result, quiet=True)
 
 
 if __name__ == "__main__":

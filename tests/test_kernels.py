@@ -1015,8 +1015,23 @@ def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(
     # compiled, the products and the GELU run inside the graph: not among the eager operators
     assert not mlp_ops & set(row["eager_ops"]), row["eager_ops"]
     assert row["eager_ops_per_step"] < sum(eager_mlp.values())
+    # --compile-options: every arm profiled under them, the process's own put back after, the JSON naming them
+    from kanformer.layers.compile_options import get_compile_options
+
+    seen = []
+    real = profile_ffn.profile_arm
+    request.addfinalizer(lambda: setattr(profile_ffn, "profile_arm", real))
+    profile_ffn.profile_arm = lambda *a: seen.append(dict(get_compile_options())) or real(*a)
+    profile_ffn.main(["--arms", "rbf:lean", "--device", "cpu", "--d-model", "16", "--tokens", "64", "--warmup", "1",
+                      "--steps", "1", "--compile-options", '{"cpp_wrapper": true}', "--json", str(out)])
+    assert seen == [{"cpp_wrapper": True}] * 2 and get_compile_options() == {}
+    assert json.loads(out.read_text())["compile_options"] == {"cpp_wrapper": True}
+    assert 'compile options {"cpp_wrapper":true}' in capsys.readouterr().out
     with pytest.raises(SystemExit, match="Unknown FFN 'rfb'.*Available: .*rbf"):
         profile_ffn.main(["--arms", "rfb:lean"])
+    with pytest.raises(SystemExit):
+        profile_ffn.main(["--compile-options", "{cpp_wrapper}"])
+    assert "--compile-options is not JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="Unknown KAN kernel 'fast'.*Available: auto, lean"):
         profile_ffn.main(["--arms", "rbf:fast"])
 
