@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -53,6 +54,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILED_KINDS = ("reference", "kit")
 
 
+@dataclasses.dataclass
+class OptionRun:
+    """One set of compiler options an Arm is timed under (``--compile-options``): its turns' times, its first
+    (compiling) step, its outputs' largest relative difference from the plain step's, or why it failed here."""
+
+    options: dict[str, Any]
+    times: list[float] = dataclasses.field(default_factory=list)
+    first_s: float = 0.0
+    max_rel_err: float = 0.0
+    error: str | None = None
+
+
 class Arm:
     """One FFN of the benchmark: its module, inputs and timed steps (forward + backward; forward only)."""
 
@@ -80,10 +93,7 @@ class Arm:
             self.path = "-"
         self.compiled: dict[str, Any] = {}  # kind -> torch.compile of the FFN (COMPILED_KINDS)
         self.compile_s: dict[str, float] = {}
-        self.options: list[dict[str, Any]] = []  # compiler options timed beside the plain step (add_options)
-        self.options_first_s: dict[int, float] = {}
-        self.options_err: dict[int, float] = {}
-        self.options_failed: dict[int, str] = {}  # why a set of options failed here
+        self.option_runs: list[OptionRun] = []  # compiler options timed beside the plain step (add_options)
 
     def add_options(self, options: list[dict[str, Any]]) -> None:
         """Each set of compiler ``options`` gets timed turns of its own (its first step, which compiles, kept apart),
@@ -91,19 +101,19 @@ class Arm:
         if not hasattr(self.ffn, "_forward"):
             return
         plain = self.outputs()
-        self.options = options
-        for i, opts in enumerate(options):
+        for opts in options:
+            run = OptionRun(opts)
+            self.option_runs.append(run)
             t0 = time.perf_counter()
             try:
                 with compile_options(opts):
                     got = self.outputs()
             except Exception as err:  # noqa: BLE001 - an option this machine cannot compile: reported in its row
-                self.options_failed[i] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                run.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
                 continue
-            self.options_first_s[i] = time.perf_counter() - t0
-            self.options_err[i] = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-                                      for a, b in zip(got, plain, strict=True))
-            self.times[f"options_{i}"] = []
+            run.first_s = time.perf_counter() - t0
+            run.max_rel_err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                                  for a, b in zip(got, plain, strict=True))
 
     def outputs(self) -> list[torch.Tensor]:
         """y, dL/dx and every parameter's gradient of one step, in fp32."""
@@ -153,11 +163,10 @@ class Arm:
         for kind in self.compiled:
             self.times[f"compiled_{kind}"].append(median_time(lambda k=kind: self.step_compiled(k), self.device,
                                                               warmup=1, repeats=repeats))
-        for i, opts in enumerate(self.options):
-            if i not in self.options_failed:
-                with compile_options(opts):
-                    self.times[f"options_{i}"].append(median_time(self.step, self.device, warmup=1,
-                                                                  repeats=repeats))
+        for run in self.option_runs:
+            if run.error is None:
+                with compile_options(run.options):
+                    run.times.append(median_time(self.step, self.device, warmup=1, repeats=repeats))
 
     def row(self) -> dict[str, Any]:
         with self.ctx():
@@ -166,13 +175,13 @@ class Arm:
                "flops_per_token": self.ffn.flops_per_token(), "fwd_bwd_s": statistics.median(self.times["fwd_bwd"]),
                "fwd_s": statistics.median(self.times["fwd"]), "saved_activation_bytes": act, "path": self.path,
                "first_step_s": self.first_step_s, "settled_s": self.settled_s}
-        for i in range(len(self.options)):
-            if i in self.options_failed:
-                row[f"options_{i}_error"] = self.options_failed[i]
+        for i, run in enumerate(self.option_runs):
+            if run.error is not None:
+                row[f"options_{i}_error"] = run.error
                 continue
-            row[f"options_{i}_s"] = statistics.median(self.times[f"options_{i}"])
-            row[f"options_{i}_first_step_s"] = self.options_first_s[i]
-            row[f"options_{i}_max_rel_err"] = self.options_err[i]
+            row[f"options_{i}_s"] = statistics.median(run.times)
+            row[f"options_{i}_first_step_s"] = run.first_s
+            row[f"options_{i}_max_rel_err"] = run.max_rel_err
         for kind in self.compiled:
             row[f"compiled_{kind}_s"] = statistics.median(self.times[f"compiled_{kind}"])
             with self.ctx(), self._path(kind):
@@ -239,10 +248,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
             row[f"compiled_{kind}_memory_ratio"] = (row[f"compiled_{kind}_saved_activation_bytes"]
                                                     / rows[0]["saved_activation_bytes"])
-        for i in (i for i in range(len(arm.options)) if i not in arm.options_failed):  # against the MLP, and
-            # against the same FFN's step without the options
-            row[f"options_{i}_ratio"] = _ratios(arm.times[f"options_{i}"], ref.times["fwd_bwd"])[0]
-            row[f"options_{i}_vs_plain"] = _ratios(arm.times[f"options_{i}"], arm.times["fwd_bwd"])[0]
+        for i, run in enumerate(arm.option_runs):  # against the MLP, and against its own step without the options
+            if run.error is None:
+                row[f"options_{i}_ratio"] = _ratios(run.times, ref.times["fwd_bwd"])[0]
+                row[f"options_{i}_vs_plain"] = _ratios(run.times, arm.times["fwd_bwd"])[0]
     return {
         "benchmark": "ffn", "d_model": args.d_model, "tokens": args.tokens, "dtype": args.dtype,
         "autocast": autocast, "match": args.match, "device": str(device), "repeats": args.repeats,
