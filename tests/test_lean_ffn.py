@@ -56,9 +56,11 @@ def test_chained_ffn_equals_the_reference_in_fp64(name, counted):
 
 
 class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts reads of a tensor's value by the host, which on a GPU wait for everything queued before them: the
+    """Counts what waits, on a GPU, for everything queued before it: reads of a tensor's value by the host (the
     operator behind ``.item()`` and ``bool(tensor)``, and (``watch``) calls of ``tolist`` and ``numpy``, which read a
-    CPU tensor's memory without an operator."""
+    CPU tensor's memory without an operator), and tensors of more than one value made from the host's data
+    (``torch.tensor`` of a list: on a GPU a copy from pageable memory, which synchronises; a Python scalar written
+    into a slice is a fill, not counted)."""
 
     def __init__(self):
         super().__init__()
@@ -76,14 +78,17 @@ class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.reads += func is torch.ops.aten._local_scalar_dense.default
+        self.reads += func is torch.ops.aten.lift_fresh.default and args[0].dim() > 0
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("mode", ["lean", "fused"])
 @pytest.mark.parametrize("name", [*CHAINABLE, "rational"])
 def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, monkeypatch):
-    """The eager paths' forward and backward read no tensor's value on the host (the Fourier basis' lean features
-    read their frequencies with ``tolist`` until 2026-12-04): the GPU's queue never drains between the kernels."""
+    """The eager paths' forward and backward read no tensor's value on the host and copy no host data to the device
+    (the Fourier basis' lean features read their frequencies with ``tolist`` until 2026-12-04; the B-spline's lean
+    path made its local polynomials' matrix from a list in each layer's forward and backward until 2026-12-05): the
+    GPU's queue never drains between the kernels."""
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     _run(ffn, x, mode)  # first calls: a basis' one-off checks (the B-spline's uniform grid) fall here
@@ -92,6 +97,9 @@ def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, mo
     with probe, kernel(mode):
         ffn(x.requires_grad_(True)).sum().backward()
     assert probe.reads == 0, f"{name} on {mode}: {probe.reads} host reads a training step"
+    with probe, kernel(mode), torch.no_grad():  # a generation step's call: few tokens, no autograd
+        ffn(x[:3].detach())
+    assert probe.reads == 0, f"{name} on {mode}: {probe.reads} host reads in a call of few tokens without autograd"
 
 
 class _FewCalls(list):

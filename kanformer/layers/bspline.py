@@ -57,6 +57,21 @@ def _local_polynomials(order: int, derivative: bool = False) -> list[list[float]
     return _POLYNOMIALS[key]
 
 
+_MATRICES: dict[tuple[int, bool, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _local_matrix(order: int, derivative: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``_local_polynomials`` as a tensor on ``device``, made once per device and dtype: made from the host's list in
+    every call, the eager lean path copied it to a GPU in each layer's forward and backward, a copy that waits for
+    the device's queue to drain (six a B-spline FFN training step). In a compiled graph, a constant."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(_local_polynomials(order, derivative), device=device, dtype=dtype)
+    key = (order, derivative, torch.device(device), dtype)
+    if key not in _MATRICES:
+        _MATRICES[key] = torch.tensor(_local_polynomials(order, derivative), device=device, dtype=dtype)
+    return _MATRICES[key]
+
+
 def _polynomials(order: int, derivative: bool) -> list[list[float]]:
     def add(p: list[float], q: list[float]) -> list[float]:
         n = max(len(p), len(q))
@@ -260,7 +275,7 @@ class BSplineBasis(Basis):
         """The order+1 splines non-zero in an interval (value r is spline m - order + r) at local coordinate t,
         ``(order+1, N, I)``: fixed polynomials of t (``_local_polynomials``), so one small matmul with the powers of
         t; with ``derivative`` their derivatives d/dt (divide by h for d/dx)."""
-        coef = torch.tensor(_local_polynomials(order, derivative), device=t.device, dtype=t.dtype)  # (order+1, P)
+        coef = _local_matrix(order, derivative, t.device, t.dtype)  # (order+1, P)
         powers = t.new_empty(coef.shape[1], *t.shape)  # (P, N, I): 1, t, t^2, ...
         powers[0] = 1
         for p in range(1, coef.shape[1]):
