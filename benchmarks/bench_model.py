@@ -33,6 +33,7 @@ import statistics
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -225,6 +226,25 @@ FEW_TOKENS = 4  # the correctness check's call without autograd of a generation 
 # far-out-of-range ones included): at most the hidden width, so the fused path takes its graph of few tokens
 
 
+def count_syncs(device: torch.device, fn: Callable[[], Any]) -> dict[str, Any] | None:
+    """The synchronising CUDA operations ``fn()`` makes (``torch.cuda.set_sync_debug_mode("warn")``'s warnings: a
+    value read back, a copy from pageable host memory, an explicit synchronize), each of which drains the GPU's queue
+    and stalls a step whose host runs ahead of its kernels: ``{"syncs": n, "at": [the first five Python lines that
+    made one]}``. None off CUDA, where nothing is queued."""
+    if device.type != "cuda":
+        return None
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    found = [w for w in caught if "synchronizing" in str(w.message)]
+    return {"syncs": len(found), "at": [f"{w.filename}:{w.lineno}" for w in found[:5]]}
+
+
 def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused"),
                      compiled: tuple[str, ...] = (), rows: list[dict[str, Any]] | None = None
                      ) -> list[dict[str, Any]]:
@@ -232,7 +252,9 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
     and the output of a forward without autograd, as evaluation runs it, and of one of ``FEW_TOKENS`` tokens, as a
     generation step runs it) on random and far-out-of-range inputs, fp32 and bf16 autocast. For the FFNs in
     ``compiled`` also a compiled model's path (mode ``compiled``: ``torch.compile(ffn, fullgraph=True)`` under
-    ``auto``, the lean Functions traced into its graph). The rows are appended to ``rows`` as they come (a check cut
+    ``auto``, the lean Functions traced into its graph). On CUDA each pinned path's row also counts the synchronising
+    operations of one more training step and generation call (``syncs``: ``count_syncs``; eager ``auto``, which may
+    still be timing its candidates, is not counted). The rows are appended to ``rows`` as they come (a check cut
     short keeps those), and returned."""
     from kanformer import create_ffn
 
@@ -246,7 +268,8 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
             runs = [(mode, mode, ffn) for mode in ("reference", *modes)]
             if name in compiled:
                 runs.append(("compiled", "auto", torch.compile(ffn, fullgraph=True)))
-            results = {}
+            results: dict[str, list[torch.Tensor]] = {}
+            syncs: dict[str, dict[str, Any] | None] = {}
             for label, mode, fn in runs:
                 xr = x.clone().requires_grad_(True)
                 ffn.zero_grad()
@@ -259,13 +282,28 @@ def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fu
                     y_few = fn(x[:FEW_TOKENS])  # a generation step's call: the fused path's graph of few tokens
                 results[label] = [y.detach().float(), xr.grad.float(), *(p.grad.float() for p in ffn.parameters()),
                                   y_eval.float(), y_few.float()]
+                if label != "reference" and (mode != "auto" or label == "compiled"):
+                    ffn.zero_grad()  # new gradients: the results hold this run's (``float`` of fp32 is no copy)
+                    syncs[label] = count_syncs(device, lambda fn=fn, mode=mode, x=x, bf16=autocast: _step_and_few(
+                        fn, x, mode, bf16))
             for label, _, _ in runs[1:]:
                 errs = [((a - b).norm() / b.norm().clamp_min(1e-12)).item()
                         for a, b in zip(results[label], results["reference"], strict=True)]
                 tol = 2e-2 if autocast else 1e-4
                 rows.append({"ffn": name, "mode": label, "bf16": autocast, "max_rel_err": max(errs),
-                             "eval_rel_err": errs[-2], "few_tokens_rel_err": errs[-1], "ok": max(errs) <= tol})
+                             "eval_rel_err": errs[-2], "few_tokens_rel_err": errs[-1], "ok": max(errs) <= tol,
+                             "syncs": syncs.get(label)})
     return rows
+
+
+def _step_and_few(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str, autocast: bool) -> None:
+    """One forward + backward on ``mode`` and one call of ``FEW_TOKENS`` tokens without autograd, as a training step
+    and a generation step make them (nothing read back)."""
+    with kernel(mode), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        y = fn(x.clone().requires_grad_(True))
+        with torch.no_grad():
+            fn(x[:FEW_TOKENS])
+    y.float().square().mean().backward()
 
 
 def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], names: list[str],
@@ -429,6 +467,10 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                 rows = [r for r in rows if r["mode"] == "compiled"]
             out["correctness"] += rows
         print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} within tolerance", flush=True)
+        for r in rows:  # on CUDA: what drains the GPU's queue in a step of a pinned path
+            if r.get("syncs") and r["syncs"]["syncs"]:
+                print(f"  {r['ffn']} {r['mode']} {'bf16' if r['bf16'] else 'fp32'}: {r['syncs']['syncs']} "
+                      f"synchronising operations a step, at {', '.join(r['syncs']['at'])}", flush=True)
 
     def ffn(mode: str, options: tuple[dict[str, Any], ...] = ()) -> None:
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params",

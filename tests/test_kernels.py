@@ -677,10 +677,53 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
     # a generation step's few tokens checked against the reference too, and the models' generation timed
     assert all(0 <= r["few_tokens_rel_err"] <= r["max_rel_err"] for r in out["correctness"])
+    assert all(r["syncs"] is None for r in out["correctness"])  # counted on CUDA only
     gen = out["generate"]
     assert gen["generate"] == 8 and gen["kernel"] == "lean" and [r["ffn"] for r in gen["rows"]][:2] == ["mlp", "swiglu"]
     assert all(r["generate_tokens_per_s"] > 0 for r in gen["rows"]) and gen["rows"][0]["throughput_ratio"] == 1
 
+
+
+def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeypatch):
+    """On CUDA every pinned path's correctness row counts the synchronising operations of a training step and a
+    generation call (torch.cuda's sync debug mode, faked here: it warns from the line that synchronised), the mode
+    put back after, even when the step raises; off CUDA nothing is counted."""
+    import warnings
+
+    from benchmarks import bench_model
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        warnings.warn("an unrelated warning", stacklevel=1)
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # one line thrice: each counted
+
+    found = bench_model.count_syncs(torch.device("cuda"), step)
+    assert found["syncs"] == 3 and len(found["at"]) == 3 and found["at"][0].endswith(f"test_kernels.py:{_line(step)}")
+    assert modes == ["warn", 0]
+    with pytest.raises(ZeroDivisionError):
+        bench_model.count_syncs(torch.device("cuda"), lambda: 1 / 0)
+    assert modes[-1] == 0
+    assert bench_model.count_syncs(torch.device("cpu"), step) is None
+
+    steps = []
+    monkeypatch.setattr(bench_model, "count_syncs", lambda device, fn: fn() or steps.append(1) or {"syncs": 0})
+    monkeypatch.setattr(bench_model, "LEAN_FFNS", ["bspline"])
+    rows = bench_model.check_fast_paths(torch.device("cpu"), ("auto", "lean"))
+    assert [(r["mode"], r["bf16"], r["syncs"]) for r in rows] == [
+        ("auto", False, None), ("lean", False, {"syncs": 0}), ("auto", True, None), ("lean", True, {"syncs": 0})]
+    assert len(steps) == 2 and all(r["ok"] for r in rows)
+
+
+def _line(fn):
+    """The line of ``fn``'s first ``warnings.warn("called a synchronizing ...")``."""
+    import inspect
+
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if "synchronizing" in line)
 
 
 def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(monkeypatch, tmp_path):
