@@ -84,14 +84,18 @@ def _count_optimizer_steps(trainer):
 
 
 @pytest.mark.parametrize("micro", [0, 1])
-def test_a_nan_during_gradient_accumulation_skips_one_step_only(tmp_path, micro):
+def test_a_nan_during_gradient_accumulation_skips_one_step_only(tmp_path, micro, caplog):
     cfg = _cfg(tmp_path, **{"train.max_steps": 10, "train.grad_accum": 2, "train.batch_size": 4,
                             "train.log_every": 1, "train.save_every": 100})
     trainer = Trainer(cfg)
     first = 2 * 3 + micro + 1  # forward number of step 3's micro-batch `micro` (two forwards per step)
-    _nan_at(trainer, (first, first + 1))  # + 1: the diagnostic forward that names the module
+    # and the diagnostic forward that names the module: after the step's last micro-batch (whose numbers are read
+    # once, after its backward), on the batch of the first non-finite loss
+    _nan_at(trainer, (first, 2 * 4 + 1))
     steps = _count_optimizer_steps(trainer)
-    assert trainer.fit()["finished"] and trainer.skipped_steps == 1
+    with caplog.at_level("WARNING"):
+        assert trainer.fit()["finished"] and trainer.skipped_steps == 1
+    assert "step 3: non-finite loss; first at transformer.h.1.mlp.ffn.fc1" in caplog.text
     assert steps["n"] == 9  # every other step updated the weights (before the fix: 5 of 10, then nothing)
     losses = _losses(cfg.run_dir)
     assert losses[3] is None and all(x is not None for i, x in enumerate(losses) if i != 3)

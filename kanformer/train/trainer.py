@@ -243,9 +243,15 @@ class Trainer:
             self._read_ahead(step, micro)
         if self.stream is not None:
             self.stream_passes = max(self.stream_passes, self._passes[(step, micro)])
+        device = self.accelerator.device
         moved: dict[int, torch.Tensor] = {}  # input_ids and labels are one tensor: moved once
-        batch = {k: moved.setdefault(id(v), v.to(self.accelerator.device))
-                 for k, v in self._ahead[(step, micro)].items()}
+        batch = {}
+        for k, v in self._ahead[(step, micro)].items():
+            if id(v) not in moved:
+                # to a GPU from pinned memory, without waiting: from pageable memory the copy waits for the device's
+                # queue to drain (the pinned block is not reused before its copy is done: PyTorch's host allocator)
+                moved[id(v)] = v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v.to(device)
+            batch[k] = moved[id(v)]
         self.data_s += time.perf_counter() - start
         return batch
 
@@ -657,6 +663,62 @@ class Trainer:
         limit = self.cfg.data.max_epochs
         return self.stream is not None and limit is not None and self.stream_passes > limit
 
+    def _stop_flags(self, stop_at: int | None) -> tuple[bool, bool]:
+        """(stop after this step, the streamed corpus spent), agreed by every rank; one process reads no device."""
+        stop, spent = self._stop_requested or self.step == stop_at, self._stream_spent()
+        if self.world == 1:
+            return stop, spent
+        flags = torch.tensor([float(stop), float(spent)], device=self.accelerator.device)
+        stop, spent = (self.accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        return stop, spent
+
+    def _forward_backward(self) -> tuple[bool, float, float]:
+        """This step's micro-batches, forward and backward, then the gradient norm (clipped where ``train.grad_clip``
+        is set): (ok, the mean loss, the gradient norm), ok False where the step must be skipped (it was reported).
+
+        The host reads the step's numbers (the losses, whether each was finite on every rank, the norm) once, after
+        the last backward: on a GPU every read waits for the device's queue to drain, and read per micro-batch (a
+        loss's finiteness before its backward, its value after it), the host could not queue the next kernels while
+        the device ran. So a non-finite loss is found after its backward ran, on every rank (a sharded model's
+        collectives stay matched), and the step is skipped as before: no optimizer step, the first such micro-batch's
+        forward run again to name the module."""
+        t, acc = self.cfg.train, self.accelerator
+        losses, batches = [], []
+        for micro in range(t.grad_accum):
+            batch = self._train_batch(self.step, micro)
+            with acc.accumulate(self.model):
+                loss = self.model(**batch).loss
+                acc.backward(loss)
+            losses.append(loss.detach().float().reshape(()))
+            batches.append(batch)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = (acc.clip_grad_norm_(params, t.grad_clip) if t.grad_clip > 0
+                else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        loss_t = torch.stack(losses)
+        bad = torch.zeros(self.world, t.grad_accum, device=loss_t.device)  # rank x micro-batch: a non-finite loss
+        bad[self.rank] = (~torch.isfinite(loss_t)).float()
+        if self.world > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        numbers = [loss_t.sum().reshape(1), bad.flatten()]
+        if torch.is_tensor(norm):  # a sharded model's norm may come as a DTensor: its full value
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            numbers.append(norm.detach().float().reshape(1).to(loss_t.device))
+        read = torch.cat(numbers).tolist()  # the step's one read
+        loss_sum, flags = read[0], read[1: 1 + bad.numel()]
+        # DeepSpeed clips inside its own step and may give no norm (None): unknown, not non-finite
+        grad_norm = read[-1] if torch.is_tensor(norm) else float("nan" if norm is None else norm)
+        first = next((m for m in range(t.grad_accum) if any(flags[r * t.grad_accum + m] for r in range(self.world))),
+                     None)
+        if first is not None:
+            self._nonfinite_loss([r for r in range(self.world) if flags[r * t.grad_accum + first]], batches[first])
+            return False, float("nan"), float("nan")
+        if not math.isfinite(grad_norm) and norm is not None:
+            name = next((n for n, p in acc.unwrap_model(self.model).named_parameters()
+                         if p.grad is not None and not torch.isfinite(p.grad).all()), "<another rank>")
+            self._nonfinite("gradient", name, list(range(self.world)))
+            return False, float("nan"), grad_norm
+        return True, loss_sum / t.grad_accum, grad_norm
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         """First SIGINT / SIGTERM: checkpoint after this step, then stop. Second: stop now, saving nothing (once
         the native operation under way returns). Third: the default action, which ends the process at once."""
@@ -699,32 +761,10 @@ class Trainer:
                            min_lr_ratio=t.min_lr_ratio)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                # accelerate's accumulation counter follows the step, so a step left early (a non-finite loss)
-                # cannot put its gradient sync and its optimizer step out of phase for the rest of the run
+                # accelerate's accumulation counter follows the step, so its gradient sync and its optimizer step stay
+                # in phase whatever a step before did
                 acc.step = self.step * t.grad_accum
-                loss_sum, ok = 0.0, True
-                for micro in range(t.grad_accum):
-                    batch = self._train_batch(self.step, micro)
-                    with acc.accumulate(self.model):
-                        loss = self.model(**batch).loss
-                        bad_ranks = self._nonfinite_ranks(loss.detach())
-                        if bad_ranks:  # every rank skips the rest of this step: no backward, no collective
-                            ok = False
-                            self._nonfinite_loss(bad_ranks, batch)
-                            break
-                        acc.backward(loss)
-                        loss_sum += loss.detach().float().item()
-                grad_norm = float("nan")
-                if ok:
-                    params = [p for p in self.model.parameters() if p.grad is not None]
-                    norm = (acc.clip_grad_norm_(params, t.grad_clip) if t.grad_clip > 0
-                            else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-                    grad_norm = float(norm)
-                    if not math.isfinite(grad_norm):
-                        ok = False
-                        bad = next((n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                                    if p.grad is not None and not torch.isfinite(p.grad).all()), "<another rank>")
-                        self._nonfinite("gradient", bad, list(range(self.world)))
+                ok, loss_value, grad_norm = self._forward_backward()
                 if ok:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -744,7 +784,6 @@ class Trainer:
                 if compile_s <= 0.0:
                     timed_tokens, timed_s = timed_tokens + self.tokens_per_step(), timed_s + step_s
                     recent_tokens, recent_s = recent_tokens + self.tokens_per_step(), recent_s + step_s
-                loss_value = loss_sum / t.grad_accum if ok else float("nan")
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
                     mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
                     last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
@@ -764,9 +803,7 @@ class Trainer:
                     self._log({"type": "eval", "step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen,
                                "wall_s": self.wall_s, **self.evaluate()})
                 bar.update(1)
-                flags = torch.tensor([float(self._stop_requested or self.step == stop_at), float(self._stream_spent())],
-                                     device=acc.device)
-                stop, spent = (acc.reduce(flags, reduction="sum") > 0).tolist()
+                stop, spent = self._stop_flags(stop_at)
                 if spent:
                     raise ValueError(
                         f"step {self.step}: the streamed corpus {self.cfg.data.dataset!r} ran out: a rank began pass "
