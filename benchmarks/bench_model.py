@@ -24,6 +24,7 @@ time, as they did for the eager KAN FFNs on the H200); the targets evaluated; on
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -229,8 +230,8 @@ FEW_TOKENS = 4  # the correctness check's call without autograd of a generation 
 def count_syncs(device: torch.device, fn: Callable[[], Any]) -> dict[str, Any] | None:
     """The synchronising CUDA operations ``fn()`` makes (``torch.cuda.set_sync_debug_mode("warn")``'s warnings: a
     value read back, a copy from pageable host memory, an explicit synchronize), each of which drains the GPU's queue
-    and stalls a step whose host runs ahead of its kernels: ``{"syncs": n, "at": [the first five Python lines that
-    made one]}``. None off CUDA, where nothing is queued."""
+    and stalls a step whose host runs ahead of its kernels: ``{"syncs": n, "at": {Python line: how many it made}}``,
+    the five lines that made the most. None off CUDA, where nothing is queued."""
     if device.type != "cuda":
         return None
     previous = torch.cuda.get_sync_debug_mode()
@@ -241,8 +242,8 @@ def count_syncs(device: torch.device, fn: Callable[[], Any]) -> dict[str, Any] |
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    found = [w for w in caught if "synchronizing" in str(w.message)]
-    return {"syncs": len(found), "at": [f"{w.filename}:{w.lineno}" for w in found[:5]]}
+    found = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchronizing" in str(w.message))
+    return {"syncs": sum(found.values()), "at": dict(found.most_common(5))}
 
 
 def check_fast_paths(device: torch.device, modes: tuple[str, ...] = ("lean", "fused"),
@@ -347,7 +348,9 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 # target on auto, eager and then compiled, its kernels by time)
 # ffn_options: the fused FFN step of GPU_OPTION_FFNS under each of GPU_COMPILE_OPTIONS against the default (its host's
 # launches: layers/compile_options.py), outputs and gradients checked
-GPU_STAGES = ("correctness", "ffn", "model", "generate", "ffn_options", "model_compiled", "model_cudagraphs",
+# train: the trainer itself (benchmarks/check_training.py): the debug GPT-2 trained, resumed exactly, and the
+# synchronising operations a step makes
+GPU_STAGES = ("correctness", "train", "ffn", "model", "generate", "ffn_options", "model_compiled", "model_cudagraphs",
               "profile", "evaluation_auto")
 GPU_COMPILE_OPTIONS = ({"cpp_wrapper": True}, {"triton.cudagraphs": True})
 GPU_OPTION_FFNS = ["bspline", "rbf"]
@@ -470,7 +473,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         for r in rows:  # on CUDA: what drains the GPU's queue in a step of a pinned path
             if r.get("syncs") and r["syncs"]["syncs"]:
                 print(f"  {r['ffn']} {r['mode']} {'bf16' if r['bf16'] else 'fp32'}: {r['syncs']['syncs']} "
-                      f"synchronising operations a step, at {', '.join(r['syncs']['at'])}", flush=True)
+                      f"synchronising operations a step, at {r['syncs']['at']}", flush=True)
 
     def ffn(mode: str, options: tuple[dict[str, Any], ...] = ()) -> None:
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params",
@@ -509,12 +512,19 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
             rows.append(profile_ffn.profile_arm(name, "auto", ns, device))
             print("\n" + profile_ffn.format_arm(rows[-1], rows[0]), flush=True)
 
+    def training() -> None:
+        from benchmarks.check_training import check_training
+
+        out["train"] = check_training(device)
+        print(json.dumps({k: v for k, v in out["train"].items() if k != "losses"}), flush=True)
+
     def evaluation() -> None:  # last: it forgets this process's choices
         out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS, evaluation_timeout_s)
         print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
                           for k, v in out["evaluation_auto"].items()}), flush=True)
 
     stage("correctness/paths", lambda: correctness(tuple(fast), ()))
+    stage("train", training)
     for mode in ("reference", *order):
         stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
     for mode in order:

@@ -678,6 +678,8 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     # a generation step's few tokens checked against the reference too, and the models' generation timed
     assert all(0 <= r["few_tokens_rel_err"] <= r["max_rel_err"] for r in out["correctness"])
     assert all(r["syncs"] is None for r in out["correctness"])  # counted on CUDA only
+    # the trainer trained, resumed exactly; its synchronisations are counted on CUDA only
+    assert out["train"]["ok"] and out["train"]["resume_max_abs_diff"] == 0 and "syncs_per_step" not in out["train"]
     gen = out["generate"]
     assert gen["generate"] == 8 and gen["kernel"] == "lean" and [r["ffn"] for r in gen["rows"]][:2] == ["mlp", "swiglu"]
     assert all(r["generate_tokens_per_s"] > 0 for r in gen["rows"]) and gen["rows"][0]["throughput_ratio"] == 1
@@ -702,7 +704,8 @@ def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeyp
             warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # one line thrice: each counted
 
     found = bench_model.count_syncs(torch.device("cuda"), step)
-    assert found["syncs"] == 3 and len(found["at"]) == 3 and found["at"][0].endswith(f"test_kernels.py:{_line(step)}")
+    [(where, count)] = found["at"].items()
+    assert found["syncs"] == count == 3 and where.endswith(f"test_kernels.py:{_line(step)}")
     assert modes == ["warn", 0]
     with pytest.raises(ZeroDivisionError):
         bench_model.count_syncs(torch.device("cuda"), lambda: 1 / 0)
@@ -732,7 +735,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     import argparse
     import json
 
-    from benchmarks import bench_ffn, bench_model, profile_ffn
+    from benchmarks import bench_ffn, bench_model, check_training, profile_ffn
 
     timed = []
 
@@ -748,6 +751,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     saved = []
     monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [
         {"ffn": "rbf", "mode": "compiled" if compiled else modes[0], "ok": True}])
+    monkeypatch.setattr(check_training, "check_training", lambda device: {"ok": True, "losses": [2.0, 1.0]})
     monkeypatch.setattr(bench_ffn, "run", fake_ffn)
     monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
     monkeypatch.setattr(bench_model, "run_model_bench", broken_model)
@@ -755,9 +759,11 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  modes=("lean", "fused"), compiled=("rbf",),
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
-    assert list(out["stage_seconds"]) == ["correctness/paths", "ffn/reference", "ffn/lean", "ffn/fused", "model/lean",
-                                          "model/fused", "generate", "ffn_options", "correctness/compiled"]
-    assert len(saved) == 9 and set(saved[1]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert list(out["stage_seconds"]) == ["correctness/paths", "train", "ffn/reference", "ffn/lean", "ffn/fused",
+                                          "model/lean", "model/fused", "generate", "ffn_options",
+                                          "correctness/compiled"]
+    assert len(saved) == 10 and set(saved[2]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert out["train"] == {"ok": True, "losses": [2.0, 1.0]}  # the trainer's check, early: it compiles nothing
     # the fused step under each set of compiler options the GPU's host may want, of the FFNs named for it, apart
     assert timed[-1] == (bench_model.GPU_OPTION_FFNS, list(bench_model.GPU_COMPILE_OPTIONS))
     assert timed[:-1] == [(None, [])] * 3 and "rows" in out["ffn_options"]
@@ -823,7 +829,7 @@ def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monke
     import argparse
     import time
 
-    from benchmarks import bench_ffn, bench_model
+    from benchmarks import bench_ffn, bench_model, check_training
 
     def ffn(ns):
         return {"rows": [{"ffn": n, "time_ratio": 1.1, "memory_ratio": 0.5} for n in ["mlp", *bench_model.GPU_TARGETS]]}
@@ -835,6 +841,7 @@ def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monke
                          for n in ["mlp", "swiglu", *bench_model.GPU_TARGETS]]}
 
     monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [])
+    monkeypatch.setattr(check_training, "check_training", lambda device: {"ok": True})
     monkeypatch.setattr(bench_ffn, "run", ffn)
     monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
     monkeypatch.setattr(bench_model, "run_model_bench", model)

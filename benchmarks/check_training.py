@@ -1,0 +1,92 @@
+"""The trainer on a device, as the GPU check runs it (``bench_model --gpu``, stage ``train``): the debug GPT-2 with a
+KAN FFN trained a few steps, resumed exactly from a checkpoint, and the synchronising operations a training step makes.
+
+    python -m benchmarks.check_training            # on CUDA where there is one, else on the CPU
+
+On a GPU every read of a device value by the host (a loss printed, a flag tested) waits for the queue to drain, so the
+host cannot queue the next kernels while the device runs; the trainer reads the step's numbers once, after its last
+backward (``Trainer._forward_backward``). What a step costs is counted as the difference between two runs of different
+lengths, so what a run does once (evaluation, checkpoint, export) cancels out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_model import count_syncs
+
+
+def _config(root: Path, name: str, ffn: str, steps: int, kernel: str, **over: Any) -> Any:
+    from kanformer.config import load_config
+
+    settings = {"ffn.name": ffn, "train.max_steps": steps, "train.log_every": 1, "train.save_every": 1000,
+                "train.eval_every": 1000, "train.kernel": kernel, **over}
+    return load_config(preset="debug", overrides=[f"out_dir={root}", f"name={name}", "log.wandb=disabled",
+                                                 *(f"{k}={v}" for k, v in settings.items())])
+
+
+def _losses(run_dir: Path) -> list[float | None]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+
+def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, stop: int = 6,
+                   kernel: str = "lean") -> dict[str, Any]:
+    """Train the debug GPT-2 with ``ffn`` FFNs for ``steps`` steps straight, and again stopped at ``stop`` and
+    resumed from its checkpoint: whether the losses match (``resume_max_abs_diff``), the loss's fall, the throughput
+    of the straight run; and, on CUDA, the synchronising operations a training step makes (``syncs_per_step``: those
+    of a run of 2k steps less those of one of k, over k). ``kernel``: the KAN path (pinned, so that no choice is timed
+    inside the counted steps). The trainer picks its device as a run does (accelerate: a GPU where there is one);
+    ``device`` says which device's synchronisations to count."""
+    from kanformer.train import train
+
+    out: dict[str, Any] = {"ffn": ffn, "kernel": kernel, "steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        straight = _config(root, "straight", ffn, steps, kernel)
+        summary = train(straight)
+        part = _config(root, "parts", ffn, steps, kernel)
+        train(part, stop_at=stop)
+        train(part, resume="auto")
+        a, b = _losses(straight.run_dir), _losses(part.run_dir)
+        finite = all(x is not None for x in a + b) and len(a) == len(b) == steps
+        out.update(finished=bool(summary.get("finished")), losses=a,
+                   resume_max_abs_diff=max(abs(x - y) for x, y in zip(a, b, strict=True)) if finite else None)
+        records = [json.loads(line) for line in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in records if r["type"] == "train"][-1]
+        out.update(tokens_per_s=last.get("tokens_per_s"), compile_s=last.get("compile_s"))
+        counts = []
+        for n in (stop, 2 * stop):
+            run = _config(root, f"syncs{n}", ffn, n, kernel)
+            counts.append(count_syncs(device, lambda run=run: train(run)))
+        if counts[0] is not None:  # the lines whose count grew with the steps
+            out["syncs_per_step"] = (counts[1]["syncs"] - counts[0]["syncs"]) / stop
+            out["syncs_at"] = {k: (v - counts[0]["at"].get(k, 0)) / stop for k, v in counts[1]["at"].items()
+                               if v > counts[0]["at"].get(k, 0)}
+    out["ok"] = bool(out["finished"] and out["resume_max_abs_diff"] is not None
+                     and out["resume_max_abs_diff"] <= 1e-5 and a[-1] < a[0])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ffn", default="bspline")
+    p.add_argument("--kernel", default="lean", help="the KAN path, pinned (default lean: nothing compiles)")
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = check_training(device, args.ffn, kernel=args.kernel)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
