@@ -46,8 +46,9 @@ class Task:
         """Model inputs of rows ``x`` (token blocks)."""
         return {"input_ids": x, "labels": x}
 
-    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
-        """(summed NLL, count, hits) of one evaluation batch (count: predicted tokens or examples)."""
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(summed NLL, count, hits) of one evaluation batch (count: predicted tokens or examples), a float64 tensor
+        on the model's device: summed there over the batches and read once (on a GPU each read drains the queue)."""
         raise NotImplementedError
 
     def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
@@ -68,9 +69,10 @@ class CausalLM(Task):
     auto_class = "AutoModelForCausalLM"
     quality = ("val_loss", "val_ppl")
 
-    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         count = batch["labels"][:, 1:].numel()
-        return out.loss.double().item() * count, count, 0
+        loss = out.loss.double()
+        return torch.stack([loss * count, loss.new_full((), count), loss.new_zeros(())])
 
 
 class MaskedLM(Task):
@@ -109,12 +111,12 @@ class MaskedLM(Task):
         self.mask_id = vocab_size - 1  # the last id stands for the mask token
         return super().random_batch(m, vocab_size - 1, batch_size, generator)
 
-    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["labels"]
         chosen = labels != -100
-        count = int(chosen.sum())
-        hits = int((out.logits.argmax(-1)[chosen] == labels[chosen]).sum())
-        return out.loss.double().item() * count, count, hits
+        count = chosen.sum().double()
+        hits = ((out.logits.argmax(-1) == labels) & chosen).sum().double()  # no boolean indexing: it reads a size
+        return torch.stack([out.loss.double() * count, count, hits])
 
     def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
         return {**super().metrics(nll, count, hits), "val_acc": hits / count}
@@ -134,10 +136,11 @@ class ImageClassification(Task):
         x = torch.randn(batch_size, 1, m.image_size, m.image_size, generator=generator)
         return {"pixel_values": x, "labels": torch.zeros(batch_size, dtype=torch.long)}
 
-    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+    def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         count = len(batch["labels"])
-        hits = int((out.logits.argmax(-1) == batch["labels"]).sum())
-        return out.loss.double().item() * count, count, hits
+        loss = out.loss.double()
+        return torch.stack([loss * count, loss.new_full((), count), (out.logits.argmax(-1) == batch["labels"]).sum()
+                            .double()])
 
     def metrics(self, nll: float, count: float, hits: float) -> dict[str, float]:
         return {"val_loss": nll / count, "val_acc": hits / count}

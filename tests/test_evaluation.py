@@ -8,10 +8,21 @@ import time
 import pytest
 import torch
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutput
+from torch.nn import functional as F
+from transformers.modeling_outputs import CausalLMOutput, ImageClassifierOutput, MaskedLMOutput
 
 from kanformer.config import load_config
-from kanformer.evaluation.metrics import bits_per_byte, lm_nll, nll_sum, param_counts, perplexity, sliding_windows
+from kanformer.evaluation.metrics import (
+    bits_per_byte,
+    classification_metrics,
+    lm_nll,
+    nll_sum,
+    param_counts,
+    perplexity,
+    sliding_windows,
+)
+from kanformer.tasks import CausalLM, ImageClassification, MaskedLM
+from tests.device_reads import DeviceReads
 
 
 class Uniform(nn.Module):
@@ -77,6 +88,55 @@ def test_sliding_windows_score_every_token_once(n, context, stride):
     total, count = lm_nll(bigram, tokens, context=context, stride=stride)
     full, full_count = nll_sum(bigram(tokens[None]).logits, tokens[None])
     assert count == full_count and total == pytest.approx(full, rel=1e-5)  # a bigram needs no more context
+
+
+class Classifier(nn.Module):
+    """Class scores from the pixels' mean: enough to be scored."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(classes))
+
+    def forward(self, pixel_values):
+        return ImageClassifierOutput(logits=pixel_values.mean((1, 2, 3))[:, None] * self.w)
+
+
+def test_the_evaluation_loops_read_the_device_once(monkeypatch):
+    """Perplexity's, the image classifier's and each task's scores are summed on the device and read once, however
+    many batches (on a GPU every read drains the queue: the host could not prepare the next batch while the device
+    ran the last)."""
+    bigram, reads = Bigram(30), []
+    for n in (200, 400):  # 24 and 49 windows, batches of 2
+        tokens = torch.randint(0, 30, (n,))
+        with DeviceReads().watch(monkeypatch) as probe:
+            total, count = lm_nll(bigram, tokens, context=16, stride=8, batch_size=2)
+        reads.append(probe.reads)
+        full, full_count = nll_sum(bigram(tokens[None]).logits, tokens[None])
+        assert count == full_count == n - 1 and total == pytest.approx(full, rel=1e-5)
+    assert reads == [1, 1]
+    model, x, y = Classifier(3), torch.randn(40, 1, 4, 4), torch.randint(0, 3, (40,))
+    for batch_size in (20, 5):
+        with DeviceReads().watch(monkeypatch) as probe:
+            metrics = classification_metrics(model, x, y, batch_size=batch_size)
+        assert probe.reads == 1
+        logits = model(x).logits
+        assert metrics["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+        assert metrics["val_acc"] == (logits.argmax(-1) == y).sum().item() / len(y)
+    # each task's scores of a batch: a tensor, nothing read; the masked LM's hits where the labels are, only
+    ids = torch.randint(0, 30, (2, 8))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5] = ids[0, 3], 7
+    logits = F.one_hot(ids, 30).float()  # predicts every input token
+    loss = F.cross_entropy(logits.reshape(-1, 30), labels.reshape(-1), ignore_index=-100)
+    cases = [(CausalLM(), {"input_ids": ids, "labels": ids}, [loss.item() * 14, 14, 0]),
+             (MaskedLM(0.15), {"input_ids": ids, "labels": labels}, [loss.item() * 2, 2, 1 + (ids[1, 5] == 7)]),
+             (ImageClassification(), {"labels": torch.tensor([1, 2])}, [loss.item() * 2, 2, 1])]
+    for task, batch, want in cases:
+        out = MaskedLMOutput(loss=loss, logits=logits if "input_ids" in batch else torch.eye(3)[[1, 0]])
+        with DeviceReads().watch(monkeypatch) as probe:
+            got = task.scores(out, batch)
+        assert probe.reads == 0 and got.dtype == torch.float64
+        assert got.tolist() == pytest.approx([float(w) for w in want])
 
 
 def test_param_counts_exclude_embeddings_and_count_tied_heads_once():

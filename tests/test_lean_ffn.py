@@ -7,6 +7,7 @@ import torch
 from kanformer import create_ffn
 from kanformer.layers import dispatch, kan, lean, lean_ffn, multkan, rational
 from kanformer.layers.dispatch import kernel
+from tests.device_reads import DeviceReads
 from tests.test_kernels import _close, _run
 
 CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "multkan", "wavelet"]
@@ -55,33 +56,6 @@ def test_chained_ffn_equals_the_reference_in_fp64(name, counted):
     _close(chained, _run(ffn, x, "reference"), rtol=1e-9, atol=1e-10)
 
 
-class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts what waits, on a GPU, for everything queued before it: reads of a tensor's value by the host (the
-    operator behind ``.item()`` and ``bool(tensor)``, and (``watch``) calls of ``tolist`` and ``numpy``, which read a
-    CPU tensor's memory without an operator), and tensors of more than one value made from the host's data
-    (``torch.tensor`` of a list: on a GPU a copy from pageable memory, which synchronises; a Python scalar written
-    into a slice is a fill, not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def watch(self, monkeypatch):
-        for method in ("tolist", "numpy"):
-            original = getattr(torch.Tensor, method)
-
-            def counted(t, *args, _original=original, **kwargs):
-                self.reads += 1
-                return _original(t, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, method, counted)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
-        self.reads += func is torch.ops.aten.lift_fresh.default and args[0].dim() > 0
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("mode", ["lean", "fused"])
 @pytest.mark.parametrize("name", [*CHAINABLE, "rational"])
 def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, monkeypatch):
@@ -92,8 +66,7 @@ def test_a_training_step_reads_no_value_back_to_the_host(name, mode, counted, mo
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32)
     _run(ffn, x, mode)  # first calls: a basis' one-off checks (the B-spline's uniform grid) fall here
-    probe = _HostReads()
-    probe.watch(monkeypatch)
+    probe = DeviceReads().watch(monkeypatch)
     with probe, kernel(mode):
         ffn(x.requires_grad_(True)).sum().backward()
     assert probe.reads == 0, f"{name} on {mode}: {probe.reads} host reads a training step"

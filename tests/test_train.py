@@ -13,6 +13,7 @@ from accelerate.state import AcceleratorState
 from kanformer.config import load_config
 from kanformer.train import NonFiniteError, Trainer, train
 from kanformer.train import checkpoint as ckpt
+from tests.device_reads import DeviceReads
 
 
 def _cfg(tmp_path, preset="debug", name="run", **over):
@@ -203,44 +204,45 @@ def _inject_nan(trainer, at_call):
     trainer.model.transformer.h[1].mlp.ffn.fc1.register_forward_hook(hook)
 
 
-class _DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """What would wait on a GPU for its queue to drain: a value read by the host (``.item()``, ``float``, ``bool``
-    and, watched, ``tolist``) or a tensor of host data made on the device (``torch.tensor`` of a list)."""
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.reads = 0
-        tolist = torch.Tensor.tolist
-
-        def counted(t, *args):
-            self.reads += 1
-            return tolist(t, *args)
-
-        monkeypatch.setattr(torch.Tensor, "tolist", counted)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
-        self.reads += func is torch.ops.aten.lift_fresh.default and args[0].numel() > 0 and args[0].dim() > 0
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("accum", [1, 2])
 def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch, accum):
     """The step's numbers (each micro-batch's loss and its finiteness, the gradient norm) are read once, after the
     last backward: on a GPU each read drains the queue. Counted as the difference between runs of 6 and 3 steps, so
-    what a run does once (evaluation, checkpoint, export) cancels out; before, a step made five such reads, and two
-    more for each further micro-batch."""
+    what a run does once (evaluation, checkpoint, export, and the host's reads of its data, read ahead in one go:
+    READ_AHEAD) cancels out; before, a step made five such reads, and two more for each further micro-batch."""
     counts = []
     for steps in (3, 6):
         cfg = _cfg(tmp_path, name=f"s{steps}", **{"ffn.name": "chebyshev", "train.max_steps": steps,
                                                   "train.grad_accum": accum, "train.log_every": 1000,
                                                   "train.eval_every": 1000, "train.save_every": 1000})
         trainer = Trainer(cfg)
-        probe = _DeviceReads(monkeypatch)
+        probe = DeviceReads().watch(monkeypatch)
         with probe:
             assert trainer.fit()["finished"]
         counts.append(probe.reads)
     assert (counts[1] - counts[0]) / 3 == 1, counts
+
+
+@pytest.mark.parametrize("preset", ["debug", "debug_vit"])
+def test_an_evaluation_reads_the_device_once(tmp_path, monkeypatch, preset):
+    """The trainer's evaluation sums each batch's scores on the device (Task.scores) and reads them once (with the
+    ranks' reduction), however many batches it scores. Its batches come ready, as a first evaluation made them: the
+    host's own reads of host data making them (a token index, a memory-mapped shard) wait for no device."""
+    reads, metrics = [], []
+    for batches in (2, 4):
+        trainer = Trainer(_cfg(tmp_path, preset, name=f"e{batches}", **{"train.eval_batches": batches}))
+        made, make = [], trainer._batch
+        monkeypatch.setattr(trainer, "_batch", lambda *a, made=made, make=make, **k: made.append(make(*a, **k))
+                            or made[-1])
+        first = trainer.evaluate()
+        ready = iter(made)
+        monkeypatch.setattr(trainer, "_batch", lambda *a, ready=ready, **k: next(ready))
+        with DeviceReads().watch(monkeypatch) as probe:
+            metrics.append(trainer.evaluate())
+        reads.append(probe.reads)
+        assert metrics[-1] == first and len(made) == batches
+    assert reads == [1, 1] and all(m["val_loss"] > 0 for m in metrics)
+    assert ("val_acc" in metrics[0]) == (preset == "debug_vit")
 
 
 def test_nonfinite_loss_is_skipped_and_named(tmp_path, caplog):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.device import to_device
 from ..models import ARCHITECTURES
 from ..tasks import CausalLM, MaskedLM, task_of
 
@@ -140,7 +141,7 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
 
     context = min(context or ckpt.context, ckpt.context)
     stride = stride or max(1, context // 2)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=ckpt.device)
     n_tokens = n_bytes = n_docs = 0
     pending: list[tuple[torch.Tensor, int]] = []  # (window ids, tokens it scores at its end)
 
@@ -152,13 +153,16 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
         for group in by_len.values():
             for i in range(0, len(group), batch_size):
                 chunk = group[i: i + batch_size]
-                ids = torch.stack([w for w, _ in chunk]).to(ckpt.device)
-                logits = ckpt.model(input_ids=ids[:, :-1]).logits.float()  # a window's last token is only a target
-                labels = ids[:, 1:].clone()
+                ids = torch.stack([w for w, _ in chunk])
+                labels = ids[:, 1:].clone()  # masked on the host: a write per row on the device is a launch per row
                 for row, (w, n_new) in enumerate(chunk):
                     labels[row, : len(w) - 1 - n_new] = -100
+                ids, labels = to_device(ids, ckpt.device), to_device(labels, ckpt.device)
+                logits = ckpt.model(input_ids=ids[:, :-1]).logits.float()  # a window's last token is only a target
+                # summed on the device, read once at the end (on a GPU a read per batch drains the queue, and the
+                # host could not tokenize the next documents while the device ran)
                 total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                         ignore_index=-100, reduction="sum").item()
+                                         ignore_index=-100, reduction="sum").double()
         pending.clear()
 
     for text in docs:
@@ -179,6 +183,7 @@ def score_documents(ckpt: Checkpoint, docs: Iterator[str], *, tokens: int, conte
     flush()
     if n_tokens == 0:
         raise ValueError("the data holds no text to score")
+    total = total.item()
     return {"nll": total / n_tokens, "ppl": perplexity(total, n_tokens), "bpb": bits_per_byte(total, n_bytes),
             "tokens": n_tokens, "bytes": n_bytes, "documents": n_docs, "context": context, "stride": stride}
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.device import to_device
 from ..layers import FFN, autotune
 from ..layers.saved import saved_bytes
 from ..train.optim import adamw as build_adamw
@@ -68,10 +69,18 @@ def median_time(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1,
 def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """Summed next-token NLL and the number of scored tokens; ``labels`` of -100 are not scored.
     ``logits`` (B, T, V) predict ``labels`` shifted by one, as in causal LMs."""
+    total, count = _nll_sums(logits, labels).tolist()
+    return total, int(count)
+
+
+def _nll_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``nll_sum`` as a float64 tensor (NLL, count) on the logits' device, nothing read: a loop over batches sums
+    these there and reads once (on a GPU each read drains the queue, and the host could not prepare the next batch
+    while the device ran)."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                            reduction="sum")
-    return loss.item(), int((labels != -100).sum())
+    return torch.stack([loss.double(), (labels != -100).sum().double()])
 
 
 def sliding_windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -98,7 +107,7 @@ def lm_nll(model: nn.Module, tokens: torch.Tensor, *, context: int, stride: int 
     stride = stride or context
     device = next(model.parameters()).device
     model.eval()
-    total, count = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     windows = sliding_windows(len(tokens), context, stride)
     by_len: dict[int, list[tuple[int, int, int]]] = {}
     for w in windows:  # equal-length windows batch together
@@ -106,13 +115,14 @@ def lm_nll(model: nn.Module, tokens: torch.Tensor, *, context: int, stride: int 
     for group in by_len.values():
         for i in range(0, len(group), batch_size):
             chunk = group[i: i + batch_size]
-            ids = torch.stack([tokens[b:e] for b, e, _ in chunk]).to(device)
-            labels = ids.clone()
+            ids = torch.stack([tokens[b:e] for b, e, _ in chunk])
+            labels = ids.clone()  # masked on the host: a write per row on the device is a launch per row
             for row, (b, e, n_new) in enumerate(chunk):
                 labels[row, : (e - b) - n_new] = -100
-            s, c = nll_sum(model(input_ids=ids).logits, labels)
-            total, count = total + s, count + c
-    return total, count
+            ids, labels = to_device(ids, device), to_device(labels, device)
+            sums += _nll_sums(model(input_ids=ids).logits, labels)
+    total, count = sums.tolist()  # read once
+    return total, int(count)
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
@@ -128,12 +138,13 @@ def classification_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, b
                            ) -> dict[str, float]:
     device = next(model.parameters()).device
     model.eval()
-    total, correct = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed there, read once
     for i in range(0, len(y), batch_size):
-        logits = model(pixel_values=x[i: i + batch_size].to(device)).logits.float()
-        target = y[i: i + batch_size].to(device)
-        total += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(-1) == target).sum())
+        logits = model(pixel_values=to_device(x[i: i + batch_size], device)).logits.float()
+        target = to_device(y[i: i + batch_size], device)
+        sums += torch.stack([F.cross_entropy(logits, target, reduction="sum").double(),
+                             (logits.argmax(-1) == target).sum().double()])
+    total, correct = sums.tolist()
     return {"val_loss": total / len(y), "val_acc": correct / len(y)}
 
 

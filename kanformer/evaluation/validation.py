@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from ..config import RunConfig, load_config
+from ..data.device import batch_to_device
 from ..layers.budget import model_flops_per_token
 from ..tasks import CausalLM, Task, task_for
 from ..train.provenance import versions
@@ -31,13 +32,13 @@ def masked_lm_scores(model: Any, task: Task, blocks: torch.Tensor, *, batch_size
     """(summed NLL, predicted tokens, hits) of a masked LM over token ``blocks`` ``(n, context)``, the masks seeded by
     block index: the same for every checkpoint."""
     model.eval()
-    sums = [0.0, 0, 0]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     for start in range(0, len(blocks), batch_size):
-        batch = task.batch(blocks[start: start + batch_size], torch.Generator().manual_seed(start))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        for i, value in enumerate(task.scores(model(**batch), batch)):
-            sums[i] += value
-    return sums[0], sums[1], sums[2]
+        batch = batch_to_device(task.batch(blocks[start: start + batch_size], torch.Generator().manual_seed(start)),
+                                device)
+        sums += task.scores(model(**batch), batch)
+    nll, count, hits = sums.tolist()  # read once
+    return nll, int(count), int(hits)
 
 
 def find_run_config(checkpoint: Path) -> Path:
@@ -105,7 +106,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
 
         def batch() -> dict[str, torch.Tensor]:
             x = blocks[torch.randint(0, len(blocks), (bsz,), generator=gen)]
-            return {k: v.to(device) for k, v in task.batch(x, gen).items()}
+            return batch_to_device(task.batch(x, gen), device)
 
     else:
         images = load_images(cfg.data, cfg.model.image_size)
@@ -113,7 +114,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
 
         def batch() -> dict[str, torch.Tensor]:
             i = torch.randint(0, len(images.val_y), (bsz,), generator=gen)
-            return {"pixel_values": images.val_x[i].to(device), "labels": images.val_y[i].to(device)}
+            return batch_to_device({"pixel_values": images.val_x[i], "labels": images.val_y[i]}, device)
 
     metrics.update(measure_training(model, batch, bsz * seq, steps=throughput_steps))
     metrics.update(param_counts(model))

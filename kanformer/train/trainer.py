@@ -30,6 +30,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_config
+from ..data.device import batch_to_device, to_device
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from ..layers import autotune, gemm, refresh_checks
@@ -243,15 +244,7 @@ class Trainer:
             self._read_ahead(step, micro)
         if self.stream is not None:
             self.stream_passes = max(self.stream_passes, self._passes[(step, micro)])
-        device = self.accelerator.device
-        moved: dict[int, torch.Tensor] = {}  # input_ids and labels are one tensor: moved once
-        batch = {}
-        for k, v in self._ahead[(step, micro)].items():
-            if id(v) not in moved:
-                # to a GPU from pinned memory, without waiting: from pageable memory the copy waits for the device's
-                # queue to drain (the pinned block is not reused before its copy is done: PyTorch's host allocator)
-                moved[id(v)] = v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v.to(device)
-            batch[k] = moved[id(v)]
+        batch = batch_to_device(self._ahead[(step, micro)], self.accelerator.device)  # to a GPU without waiting
         self.data_s += time.perf_counter() - start
         return batch
 
@@ -261,14 +254,14 @@ class Trainer:
         if self.is_text:  # evaluation: the same masks for every arm and every evaluation
             x = (self.lm.train if train else self.lm.val)[idx]
             g = torch.Generator().manual_seed(int(idx[0]) if len(idx) else 0)
-            return {k: v.to(device) for k, v in self.task.batch(x, g).items()}
+            return batch_to_device(self.task.batch(x, g), device)
         x = (self.images.train_x if train else self.images.val_x)[idx]
         if train and self.cfg.data.augment:
             from ..data import augment
 
             x = augment(x, torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step * 131 + self.rank))
         y = (self.images.train_y if train else self.images.val_y)[idx]
-        return {"pixel_values": x.to(device), "labels": y.to(device)}
+        return {"pixel_values": to_device(x, device), "labels": to_device(y, device)}
 
     def tokens_per_step(self) -> int:
         return self.global_batch * self.seq_len  # ViT: a token per patch, plus [CLS]
@@ -653,7 +646,7 @@ class Trainer:
         with self._widened():
             for chunk in mine.split(self.cfg.train.batch_size):
                 batch = self._batch(chunk, train=False)
-                sums += torch.tensor(self.task.scores(model(**batch), batch), device=acc.device, dtype=torch.float64)
+                sums += self.task.scores(model(**batch), batch).to(sums.device)
         sums = acc.reduce(sums, reduction="sum")
         model.train()
         return self.task.metrics(*sums.tolist())
