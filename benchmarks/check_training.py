@@ -62,8 +62,8 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
         last = [r for r in records if r["type"] == "train"][-1]
         out.update(tokens_per_s=last.get("tokens_per_s"), compile_s=last.get("compile_s"))
         counts = []
-        for n in (stop, 2 * stop):
-            run = _config(root, f"syncs{n}", ffn, n, kernel)
+        for n in (stop, 2 * stop):  # steps alone: no record a step (a record reads the loss it logs)
+            run = _config(root, f"syncs{n}", ffn, n, kernel, **{"train.log_every": 1000})
             counts.append(count_syncs(device, lambda run=run: train(run)))
         if counts[0] is not None:  # the lines whose count grew with the steps
             out["syncs_per_step"] = (counts[1]["syncs"] - counts[0]["syncs"]) / stop

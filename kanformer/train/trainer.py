@@ -778,7 +778,8 @@ class Trainer:
                     timed_tokens, timed_s = timed_tokens + self.tokens_per_step(), timed_s + step_s
                     recent_tokens, recent_s = recent_tokens + self.tokens_per_step(), recent_s + step_s
                 if t.log_every and (self.step % t.log_every == 0 or self.step == t.max_steps):
-                    mean_loss = acc.reduce(torch.tensor(loss_value, device=acc.device), reduction="mean").item()
+                    mean_loss = loss_value if self.world == 1 else acc.reduce(
+                        torch.tensor(loss_value, device=acc.device), reduction="mean").item()
                     last = {"type": "train", "step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens": self.tokens_seen, "flops": self.flops_seen, "wall_s": self.wall_s}
                     if timed_s > 0:  # none before this process's first step that compiled nothing
