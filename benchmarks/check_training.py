@@ -37,21 +37,23 @@ def _losses(run_dir: Path) -> list[float | None]:
 
 
 def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, stop: int = 6,
-                   kernel: str = "lean") -> dict[str, Any]:
+                   kernel: str = "lean", precision: str | None = None) -> dict[str, Any]:
     """Train the debug GPT-2 with ``ffn`` FFNs for ``steps`` steps straight, and again stopped at ``stop`` and
     resumed from its checkpoint: whether the losses match (``resume_max_abs_diff``), the loss's fall, the throughput
     of the straight run; and, on CUDA, the synchronising operations a training step makes (``syncs_per_step``: those
     of a run of 2k steps less those of one of k, over k). ``kernel``: the KAN path (pinned, so that no choice is timed
-    inside the counted steps). The trainer picks its device as a run does (accelerate: a GPU where there is one);
-    ``device`` says which device's synchronisations to count."""
+    inside the counted steps); ``precision``: ``train.mixed_precision`` (default: bf16 on CUDA, as a GPU run trains,
+    else no). The trainer picks its device as a run does (accelerate: a GPU where there is one); ``device`` says which
+    device's synchronisations to count."""
     from kanformer.train import train
 
-    out: dict[str, Any] = {"ffn": ffn, "kernel": kernel, "steps": steps}
+    precision = precision or ("bf16" if device.type == "cuda" else "no")
+    out: dict[str, Any] = {"ffn": ffn, "kernel": kernel, "steps": steps, "mixed_precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        straight = _config(root, "straight", ffn, steps, kernel)
+        straight = _config(root, "straight", ffn, steps, kernel, **{"train.mixed_precision": precision})
         summary = train(straight)
-        part = _config(root, "parts", ffn, steps, kernel)
+        part = _config(root, "parts", ffn, steps, kernel, **{"train.mixed_precision": precision})
         train(part, stop_at=stop)
         train(part, resume="auto")
         a, b = _losses(straight.run_dir), _losses(part.run_dir)
@@ -63,7 +65,8 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
         out.update(tokens_per_s=last.get("tokens_per_s"), compile_s=last.get("compile_s"))
         counts = []
         for n in (stop, 2 * stop):  # steps alone: no record a step (a record reads the loss it logs)
-            run = _config(root, f"syncs{n}", ffn, n, kernel, **{"train.log_every": 1000})
+            run = _config(root, f"syncs{n}", ffn, n, kernel, **{"train.log_every": 1000,
+                                                                 "train.mixed_precision": precision})
             counts.append(count_syncs(device, lambda run=run: train(run)))
         if counts[0] is not None:  # the lines whose count grew with the steps
             out["syncs_per_step"] = (counts[1]["syncs"] - counts[0]["syncs"]) / stop
@@ -78,10 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ffn", default="bspline")
     p.add_argument("--kernel", default="lean", help="the KAN path, pinned (default lean: nothing compiles)")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"],
+                   help="train.mixed_precision (default: bf16 on CUDA, else no)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = check_training(device, args.ffn, kernel=args.kernel)
+    result = check_training(device, args.ffn, kernel=args.kernel, precision=args.precision)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
