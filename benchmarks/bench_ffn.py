@@ -18,6 +18,10 @@ outputs and gradients against the step without them (``max rel. err``)::
 
     python -m benchmarks.bench_ffn --device cuda --dtype bf16 --d-model 768 --tokens 16384 --kernel fused \
         --ffns bspline rbf --compile-options '{"cpp_wrapper": true}' '{"triton.cudagraphs": true}'
+
+``--cuda-graphs`` (CUDA only) times each FFN's step, the MLP's too, replayed as CUDA graphs
+(``torch.cuda.make_graphed_callables``: the forward's kernels one graph, the backward's another), beside the plain
+step: what the kernels cost once the host's launches are gone, graphed against graphed.
 """
 
 from __future__ import annotations
@@ -94,6 +98,11 @@ class Arm:
         self.compiled: dict[str, Any] = {}  # kind -> torch.compile of the FFN (COMPILED_KINDS)
         self.compile_s: dict[str, float] = {}
         self.option_runs: list[OptionRun] = []  # compiler options timed beside the plain step (add_options)
+        self.graphed: OptionRun | None = None  # the step replayed as CUDA graphs (add_graphed)
+        self.graphed_module: Any = None
+        # CUDA graphs take autocast without its cast cache (torch.cuda.make_graphed_callables refuses it)
+        self.graph_ctx: Callable[[], Any] = (
+            (lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=False)) if autocast else torch.enable_grad)
 
     def add_options(self, options: list[dict[str, Any]]) -> None:
         """Each set of compiler ``options`` gets timed turns of its own (its first step, which compiles, kept apart),
@@ -115,11 +124,38 @@ class Arm:
             run.max_rel_err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
                                   for a, b in zip(got, plain, strict=True))
 
-    def outputs(self) -> list[torch.Tensor]:
-        """y, dL/dx and every parameter's gradient of one step, in fp32."""
+    def add_graphed(self) -> None:
+        """The step replayed as CUDA graphs (``torch.cuda.make_graphed_callables`` of the FFN: its forward's kernels
+        one graph, its backward's another, so the host launches two graphs where it launched each kernel and ran the
+        Python between them), timed in turns of its own, its capture kept apart, its outputs and gradients checked
+        against the plain step's. On a step whose host sets its time (the eager fused KAN FFN on the H200) this is
+        what the kernels alone cost; whatever the path records at capture (auto's choice, a grid's check) is fixed
+        in the graphs. A failure here (no CUDA, an operation a graph cannot hold) is reported in the row."""
+        run = self.graphed = OptionRun({"cuda_graphs": True})
+        plain = self.outputs()
+        t0 = time.perf_counter()
         try:
-            with self.ctx():
-                y = self.ffn(self.x)
+            with self.graph_ctx():
+                # allow_unused_input: a parameter without a gradient in this step is no failure of the graphs
+                self.graphed_module = torch.cuda.make_graphed_callables(self.ffn, (self.x,), allow_unused_input=True)
+            got = self.outputs(self.graphed_module, self.graph_ctx)
+        except Exception as err:  # noqa: BLE001 - reported in its row
+            run.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            self.graphed_module = None
+            return
+        run.first_s = time.perf_counter() - t0
+        run.max_rel_err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                              for a, b in zip(got, plain, strict=True))
+
+    def step_graphed(self) -> None:
+        self.step(self.graphed_module, self.graph_ctx)
+
+    def outputs(self, module: Any = None, ctx: Callable[[], Any] | None = None) -> list[torch.Tensor]:
+        """y, dL/dx and every parameter's gradient of one step (of ``module``, under ``ctx``: by default the FFN's),
+        in fp32."""
+        try:
+            with (ctx or self.ctx)():
+                y = (module if module is not None else self.ffn)(self.x)
             y.backward(self.grad.to(y.dtype))
             grads = [self.x.grad] + [p.grad for p in self.ffn.parameters() if p.grad is not None]
             return [t.detach().to(torch.float32, copy=True) for t in (y, *grads)]  # a replayed graph reuses its own
@@ -144,8 +180,8 @@ class Arm:
     def _path(kind: str) -> contextlib.AbstractContextManager[Any]:
         return kernel("reference") if kind == "reference" else contextlib.nullcontext()
 
-    def step(self, module: Any = None) -> None:
-        with self.ctx():
+    def step(self, module: Any = None, ctx: Callable[[], Any] | None = None) -> None:
+        with (ctx or self.ctx)():
             y = (module if module is not None else self.ffn)(self.x)
         y.backward(self.grad.to(y.dtype))
         self.x.grad = None
@@ -167,6 +203,8 @@ class Arm:
             if run.error is None:
                 with compile_options(run.options):
                     run.times.append(median_time(self.step, self.device, warmup=1, repeats=repeats))
+        if self.graphed is not None and self.graphed.error is None:
+            self.graphed.times.append(median_time(self.step_graphed, self.device, warmup=1, repeats=repeats))
 
     def row(self) -> dict[str, Any]:
         with self.ctx():
@@ -182,6 +220,12 @@ class Arm:
             row[f"options_{i}_s"] = statistics.median(run.times)
             row[f"options_{i}_first_step_s"] = run.first_s
             row[f"options_{i}_max_rel_err"] = run.max_rel_err
+        if self.graphed is not None:
+            if self.graphed.error is not None:
+                row["graphed_error"] = self.graphed.error
+            else:
+                row.update(graphed_s=statistics.median(self.graphed.times), graphed_first_step_s=self.graphed.first_s,
+                           graphed_max_rel_err=self.graphed.max_rel_err)
         for kind in self.compiled:
             row[f"compiled_{kind}_s"] = statistics.median(self.times[f"compiled_{kind}"])
             with self.ctx(), self._path(kind):
@@ -230,8 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for arm in arms:
             arm.compile(kind)
     options = list(getattr(args, "compile_options", None) or [])
+    graphs = getattr(args, "cuda_graphs", False)
     for arm in arms:
         arm.add_options(options)
+        if graphs:
+            arm.add_graphed()
     for r in range(rounds):
         for arm in round_order(arms, r):  # the first round warms each arm up (compilation included); later, one step
             arm.time(args.warmup if r == 0 else 1, args.repeats)
@@ -248,6 +295,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
             row[f"compiled_{kind}_memory_ratio"] = (row[f"compiled_{kind}_saved_activation_bytes"]
                                                     / rows[0]["saved_activation_bytes"])
+        if "graphed_s" in row:  # against the MLP's step graphed alike, and against its own plain step
+            row["graphed_vs_plain"] = _ratios(arm.graphed.times, arm.times["fwd_bwd"])[0]
+            if "graphed_s" in rows[0]:
+                row["graphed_ratio"] = _ratios(arm.graphed.times, ref.graphed.times)[0]
         for i, run in enumerate(arm.option_runs):  # against the MLP, and against its own step without the options
             if run.error is None:
                 row[f"options_{i}_ratio"] = _ratios(run.times, ref.times["fwd_bwd"])[0]
@@ -259,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "malloc": current_malloc(), "rows": rows,
         "cold": getattr(args, "cold", False), "gemm": gemm.library(), "gemm_record": gemm.record(),
         "widened": device.type == "cpu" and not gemm.native_low_precision(dtype),
-        "compile_options": options,
+        "compile_options": options, "cuda_graphs": graphs,
     }
 
 
@@ -374,6 +425,17 @@ def format_table(result: dict[str, Any]) -> str:
               for i, o in enumerate(options) if f"options_{i}_error" in r]
     if failed:
         lines += ["", "Compile options that failed:", *failed]
+    if result.get("cuda_graphs"):
+        lines += ["", "The step replayed as CUDA graphs (make_graphed_callables of each FFN, the MLP's too):",
+                  "", "| FFN | graphed ms | x MLP graphed | x its plain step | max rel. err | capture s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in result["rows"]:
+            if "graphed_s" in r:
+                ratio = f"{r['graphed_ratio']:.2f}" if "graphed_ratio" in r else "-"
+                lines.append(f"| {r['ffn']} | {r['graphed_s'] * 1e3:.2f} | {ratio} | {r['graphed_vs_plain']:.2f} | "
+                             f"{r['graphed_max_rel_err']:.1e} | {r['graphed_first_step_s']:.1f} |")
+            else:
+                lines.append(f"| {r['ffn']} | failed: {r.get('graphed_error', '-')} | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -401,6 +463,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time each KAN FFN's step under each of these sets of compiler options for the fused "
                    "path's helpers (a JSON object each, e.g. '{\"cpp_wrapper\": true}'; layers/compile_options.py), "
                    "interleaved, its outputs and gradients checked against the step without them")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time each FFN's step replayed as CUDA graphs (torch.cuda.make_graphed_callables; the "
+                   "MLP's too), interleaved, its outputs and gradients checked against the plain step: what the "
+                   "kernels cost without the host's launches (CUDA only)")
     add_kernel_memory_argument(p)
     p.add_argument("--cold", action="store_true",
                    help="start on empty compiler and autotune caches (fresh temporary directories): each FFN's first "
@@ -415,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("d_model", "tokens", "repeats", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.cuda_graphs and torch.device(args.device).type != "cuda":
+        p.error(f"--cuda-graphs replays CUDA graphs: it needs --device cuda (got {args.device})")
     try:
         args.compile_options = [parse(text, "--compile-options") for text in args.compile_options]
     except ValueError as err:

@@ -352,8 +352,10 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 # launches: layers/compile_options.py), outputs and gradients checked
 # train: the trainer itself (benchmarks/check_training.py): the debug GPT-2 trained, resumed exactly, and the
 # synchronising operations a step makes
-GPU_STAGES = ("correctness", "train", "ffn", "model", "generate", "ffn_options", "model_compiled", "model_cudagraphs",
-              "profile", "evaluation_auto")
+# ffn_graphed: the FFN step of the MLP and each of GPU_TARGETS replayed as CUDA graphs (bench_ffn --cuda-graphs)
+# beside the plain step: what the kernels cost once the host's launches are gone
+GPU_STAGES = ("correctness", "train", "ffn", "model", "generate", "ffn_options", "ffn_graphed", "model_compiled",
+              "model_cudagraphs", "profile", "evaluation_auto")
 GPU_COMPILE_OPTIONS = ({"cpp_wrapper": True}, {"triton.cudagraphs": True})
 GPU_OPTION_FFNS = ["bspline", "rbf"]
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
@@ -477,16 +479,19 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                 print(f"  {r['ffn']} {r['mode']} {'bf16' if r['bf16'] else 'fp32'}: {r['syncs']['syncs']} "
                       f"synchronising operations a step, at {r['syncs']['at']}", flush=True)
 
-    def ffn(mode: str, options: tuple[dict[str, Any], ...] = ()) -> None:
+    def ffn(mode: str, options: tuple[dict[str, Any], ...] = (), graphed: bool = False) -> None:
         ns = argparse.Namespace(device=str(device), dtype="bf16", no_autocast=False, match="params",
-                                ffns=GPU_OPTION_FFNS if options else None, warmup=2, repeats=repeats, rounds=rounds,
-                                compile_options=list(options), **ffn_shape)
+                                ffns=GPU_OPTION_FFNS if options else GPU_TARGETS if graphed else None, warmup=2,
+                                repeats=repeats, rounds=rounds, compile_options=list(options), cuda_graphs=graphed,
+                                **ffn_shape)
         with path(mode):
             res = bench_ffn.run(ns)
         res["kernel"] = mode
         print(bench_ffn.format_table(res), flush=True)
         if options:
             out["ffn_options"] = res
+        elif graphed:
+            out["ffn_graphed"] = res
         else:
             out["ffn"][mode] = res
 
@@ -537,6 +542,8 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
                                     generate=min(32, model_shape.get("seq", 64) // 2)))
     if "fused" in fast:
         stage("ffn_options", lambda: ffn("fused", GPU_COMPILE_OPTIONS))
+    # the eager step with the host's launches gone: each FFN's step (the MLP's too) replayed as CUDA graphs
+    stage("ffn_graphed", lambda: ffn("auto" if "auto" in fast else order[0], graphed=True))
     if "auto" in fast:
         stage("model_compiled", lambda: model("auto", compiled_=True))
         stage("model_cudagraphs", lambda: model("auto", compiled_=True, compile_mode="reduce-overhead"))

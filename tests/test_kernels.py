@@ -661,6 +661,7 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     """`python -m benchmarks.bench_model --gpu` runs on CUDA only; its every step is exercised here, small, on CPU."""
     import argparse
 
+    from benchmarks import bench_model
     from benchmarks.bench_model import all_checks
 
     args = argparse.Namespace(warmup=1, arms=None)
@@ -680,10 +681,53 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert all(r["syncs"] is None for r in out["correctness"])  # counted on CUDA only
     # the trainer trained, resumed exactly; its synchronisations are counted on CUDA only
     assert out["train"]["ok"] and out["train"]["resume_max_abs_diff"] == 0 and "syncs_per_step" not in out["train"]
+    # CUDA graphs need CUDA: each FFN's row says so, and the stage is no error
+    graphed = out["ffn_graphed"]["rows"]
+    assert [r["ffn"] for r in graphed] == ["mlp", *bench_model.GPU_TARGETS] and "ffn_graphed" not in out["errors"]
+    assert all("graphed_error" in r and "graphed_s" not in r for r in graphed)
     gen = out["generate"]
     assert gen["generate"] == 8 and gen["kernel"] == "lean" and [r["ffn"] for r in gen["rows"]][:2] == ["mlp", "swiglu"]
     assert all(r["generate_tokens_per_s"] > 0 for r in gen["rows"]) and gen["rows"][0]["throughput_ratio"] == 1
 
+
+
+def test_the_ffn_benchmark_times_each_step_replayed_as_cuda_graphs(monkeypatch, capsys):
+    """``bench_ffn --cuda-graphs``: each FFN's step (the MLP's too) through ``torch.cuda.make_graphed_callables``,
+    timed in turns beside the plain step, its outputs and gradients checked against it, its ratios graphed against
+    graphed and against its own plain step; one that fails to graph is reported in its row. CUDA itself is faked
+    here (the graphed module runs the FFN as it is); the flag refuses a CPU device."""
+    import argparse
+
+    from benchmarks import bench_ffn
+
+    captured = []
+
+    def graphed(module, sample_args, allow_unused_input=False):
+        assert allow_unused_input and sample_args[0].requires_grad
+        if module.name == "rbf":
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        captured.append((module.name, torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled()))
+        return lambda x: module(x) * 1.0  # a copy of the output, as a replayed graph hands it
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", graphed)
+    ns = argparse.Namespace(device="cpu", dtype="bf16", no_autocast=False, match="params", ffns=["chebyshev", "rbf"],
+                            warmup=1, repeats=1, rounds=2, compile_options=[], cuda_graphs=True, d_model=16,
+                            tokens=32)
+    with kernel("lean"):
+        res = bench_ffn.run(ns)
+    # captured under autocast without its cast cache (make_graphed_callables refuses the cache)
+    assert captured == [("mlp", True, False), ("chebyshev", True, False)]
+    mlp, cheb, rbf = res["rows"]
+    assert res["cuda_graphs"] and mlp["graphed_ratio"] == 1 and mlp["graphed_max_rel_err"] == 0
+    assert cheb["graphed_ratio"] > 0 and cheb["graphed_vs_plain"] > 0 and cheb["graphed_max_rel_err"] == 0
+    assert cheb["graphed_first_step_s"] > 0 and "graphed_s" not in rbf
+    assert rbf["graphed_error"] == "RuntimeError: operation not permitted when stream is capturing"
+    table = bench_ffn.format_table(res)
+    assert "| FFN | graphed ms | x MLP graphed | x its plain step | max rel. err | capture s |" in table
+    assert "| rbf | failed: RuntimeError: operation not permitted when stream is capturing |" in table
+    with pytest.raises(SystemExit):
+        bench_ffn.main(["--cuda-graphs", "--device", "cpu"])
+    assert "--cuda-graphs replays CUDA graphs: it needs --device cuda (got cpu)" in capsys.readouterr().err
 
 
 def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeypatch):
@@ -745,7 +789,7 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     def fake_ffn(ns):
         if ns.dtype != "bf16" or ns.rounds != 3:
             raise AssertionError(ns)
-        timed.append((ns.ffns, ns.compile_options))
+        timed.append((ns.ffns, ns.compile_options, ns.cuda_graphs))
         return {"rows": [{"ffn": n, "time_ratio": 1.1, "memory_ratio": 0.5} for n in ["mlp", *bench_model.GPU_TARGETS]]}
 
     def broken_model(ns):
@@ -763,13 +807,15 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
     assert list(out["stage_seconds"]) == ["correctness/paths", "train", "ffn/reference", "ffn/lean", "ffn/fused",
-                                          "model/lean", "model/fused", "generate", "ffn_options",
+                                          "model/lean", "model/fused", "generate", "ffn_options", "ffn_graphed",
                                           "correctness/compiled"]
-    assert len(saved) == 10 and set(saved[2]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert len(saved) == 11 and set(saved[2]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
     assert out["train"] == {"ok": True, "losses": [2.0, 1.0]}  # the trainer's check, early: it compiles nothing
     # the fused step under each set of compiler options the GPU's host may want, of the FFNs named for it, apart
-    assert timed[-1] == (bench_model.GPU_OPTION_FFNS, list(bench_model.GPU_COMPILE_OPTIONS))
-    assert timed[:-1] == [(None, [])] * 3 and "rows" in out["ffn_options"]
+    assert timed[-2] == (bench_model.GPU_OPTION_FFNS, list(bench_model.GPU_COMPILE_OPTIONS), False)
+    assert timed[:-2] == [(None, [], False)] * 3 and "rows" in out["ffn_options"]
+    # and each FFN with a GPU target, the MLP beside it, replayed as CUDA graphs, on the first path checked
+    assert timed[-1] == (bench_model.GPU_TARGETS, [], True) and out["ffn_graphed"]["kernel"] == "lean"
     assert set(out["errors"]) == {"model/lean", "model/fused", "generate"}
     assert "RuntimeError: no kernel image for lean" in out["errors"]["generate"]  # no auto: the first path checked
     assert "RuntimeError: no kernel image for fused" in out["errors"]["model/fused"]
@@ -853,7 +899,8 @@ def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monke
     out = bench_model.all_checks(argparse.Namespace(), torch.device("cpu"), {"d_model": 8, "tokens": 8}, {},
                                  modes=("lean", "fused"), compiled=("rbf",), budget_s=1.5)
     assert time.perf_counter() - began < 10
-    assert out["cut"] == "model/fused" and out["skipped"] == ["generate", "ffn_options", "correctness/compiled"]
+    assert out["cut"] == "model/fused" and out["skipped"] == ["generate", "ffn_options", "ffn_graphed",
+                                                              "correctness/compiled"]
     assert not out["errors"] and set(out["model"]) == {"lean"} and list(out["stage_seconds"])[-1] == "model/fused"
     assert set(out["targets"]) == {f"lean/{n}" for n in bench_model.GPU_TARGETS} and "autotune" in out
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind
