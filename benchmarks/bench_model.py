@@ -104,11 +104,24 @@ class ModelArm:
         self.model(**self.batch()).loss.backward()
         self.model.zero_grad(set_to_none=True)
 
+    def _contexts(self) -> contextlib.ExitStack:
+        """What a turn runs under: bf16 autocast where asked, the path, and on a CPU without native bf16 products the
+        model's products in fp32, as training does (layers/widen.py)."""
+        a, stack = self.args, contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16))
+        stack.enter_context(path(a.kernel))
+        stack.enter_context(widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None))
+        return stack
+
+    def syncs(self) -> dict[str, Any] | None:
+        """The synchronising operations of one training step's forward and backward (``count_syncs``; None off
+        CUDA): what the model itself, the FFNs and the attention included, makes the host wait for."""
+        with self._contexts():
+            return count_syncs(self.device, self.train_step)
+
     def turn(self, first: bool) -> None:
         a = self.args
-        # a CPU without native bf16 products takes the model's products in fp32, as training does (layers/widen.py)
-        with (torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16), path(a.kernel),
-              widened_autocast(torch.bfloat16 if a.bf16 and self.device.type == "cpu" else None)):
+        with self._contexts():
             if first and a.kernel == "auto" and getattr(a, "generate", 0):  # a model generates after training:
                 settle(self.train_step, "training")  # the training steps let auto settle first (as they did there)
             warmup = a.warmup if first else 1
@@ -152,6 +165,8 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
         row = {**arm.rounds[-1], "ffn": arm.label, "params": sum(p.numel() for p in arm.model.parameters()),
                metric: statistics.median(tps), "throughput_ratio": statistics.median(ratios),
                "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
+        if not generate:
+            row["syncs"] = arm.syncs()
         rows.append(row)
     for r in rows:
         if not generate:
@@ -202,6 +217,11 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         lines += ["", "step peak MB: the allocator's peak during the timed steps over what was allocated as they began "
                   "(activations, gradients, temporaries; every arm's weights and optimizer states left out)"]
+    waits = [f"{r['ffn']} {r['syncs']['syncs']} (at {r['syncs']['at']})" for r in result["rows"]
+             if (r.get("syncs") or {}).get("syncs")]
+    if any(r.get("syncs") is not None for r in result["rows"]):
+        lines.append("synchronising CUDA operations in a training step's forward and backward: "
+                     + ("; ".join(waits) if waits else "none, in any arm"))
     return "\n".join(lines)
 
 

@@ -463,6 +463,14 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
         return taken(arm, first)
 
     monkeypatch.setattr(bench_model.ModelArm, "turn", record)
+    counted = iter([0, 2, 0])  # CUDA's sync count, faked: a step of each arm runs under it, the second waits twice
+
+    def syncs(device, fn):
+        fn()
+        n = next(counted)
+        return {"syncs": n, "at": {"attention.py:7": n} if n else {}}
+
+    monkeypatch.setattr(bench_model, "count_syncs", syncs)
     out = tmp_path / "model.json"
     with kernel("lean"):  # restored afterwards
         bench_model.main(["--arms", "mlp", "chebyshev", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq",
@@ -475,7 +483,11 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
     reference, control = result["rows"][0], result["rows"][2]
     assert control["params"] == reference["params"] and control["activation_ratio"] == 1.0
     assert 0 < control["throughput_ratio_low"] <= control["throughput_ratio"] <= control["throughput_ratio_high"]
-    assert "| mlp (control) | " in capsys.readouterr().out
+    assert [r["syncs"]["syncs"] for r in result["rows"]] == [0, 2, 0]
+    printed = capsys.readouterr().out
+    assert "| mlp (control) | " in printed
+    assert ("synchronising CUDA operations in a training step's forward and backward: chebyshev 2 (at "
+            "{'attention.py:7': 2})") in printed
     with pytest.raises(SystemExit):
         bench_model.main(["--rounds", "0"])
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
