@@ -115,8 +115,11 @@ class ModelArm:
 
     def syncs(self) -> dict[str, Any] | None:
         """The synchronising operations of one training step's forward and backward (``count_syncs``; None off
-        CUDA): what the model itself, the FFNs and the attention included, makes the host wait for."""
+        CUDA): what the model itself, the FFNs and the attention included, makes the host wait for. After one step
+        uncounted: the turns ran copies of this model, and a module's one-off checks (the B-spline's uniform grid,
+        read once per grid) fall there."""
         with self._contexts():
+            self.train_step()
             return count_syncs(self.device, self.train_step)
 
     def turn(self, first: bool) -> None:
@@ -165,7 +168,7 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
         row = {**arm.rounds[-1], "ffn": arm.label, "params": sum(p.numel() for p in arm.model.parameters()),
                metric: statistics.median(tps), "throughput_ratio": statistics.median(ratios),
                "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
-        if not generate:
+        if not generate and not getattr(args, "compile", False):  # eager: a compiled model's own copy would compile
             row["syncs"] = arm.syncs()
         rows.append(row)
     for r in rows:
