@@ -72,8 +72,12 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
             out["syncs_per_step"] = (counts[1]["syncs"] - counts[0]["syncs"]) / stop
             out["syncs_at"] = {k: (v - counts[0]["at"].get(k, 0)) / stop for k, v in counts[1]["at"].items()
                                if v > counts[0]["at"].get(k, 0)}
+    # a CPU resumes to the last bit; a GPU's kernels may sum in a different order from run to run (atomics in an
+    # embedding's backward), so there the losses are held to 1e-2 (not measured on a GPU yet: the figure is in the
+    # result, to set the bound from)
+    out["resume_tolerance"] = tolerance = 1e-5 if device.type == "cpu" else 1e-2
     out["ok"] = bool(out["finished"] and out["resume_max_abs_diff"] is not None
-                     and out["resume_max_abs_diff"] <= 1e-5 and a[-1] < a[0])
+                     and out["resume_max_abs_diff"] <= tolerance and a[-1] < a[0])
     return out
 
 
