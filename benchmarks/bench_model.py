@@ -119,8 +119,7 @@ class ModelArm:
         uncounted: the turns ran copies of this model, and a module's one-off checks (the B-spline's uniform grid,
         read once per grid) fall there."""
         with self._contexts():
-            self.train_step()
-            return count_syncs(self.device, self.train_step)
+            return count_syncs(self.device, self.train_step, warmup=1)
 
     def turn(self, first: bool) -> None:
         a = self.args
@@ -252,13 +251,16 @@ FEW_TOKENS = 4  # the correctness check's call without autograd of a generation 
 # far-out-of-range ones included): at most the hidden width, so the fused path takes its graph of few tokens
 
 
-def count_syncs(device: torch.device, fn: Callable[[], Any]) -> dict[str, Any] | None:
+def count_syncs(device: torch.device, fn: Callable[[], Any], warmup: int = 0) -> dict[str, Any] | None:
     """The synchronising CUDA operations ``fn()`` makes (``torch.cuda.set_sync_debug_mode("warn")``'s warnings: a
     value read back, a copy from pageable host memory, an explicit synchronize), each of which drains the GPU's queue
     and stalls a step whose host runs ahead of its kernels: ``{"syncs": n, "at": {Python line: how many it made}}``,
-    the five lines that made the most. None off CUDA, where nothing is queued."""
+    the five lines that made the most, after ``warmup`` calls uncounted. None off CUDA, where nothing is queued (and
+    nothing is called)."""
     if device.type != "cuda":
         return None
+    for _ in range(warmup):
+        fn()
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -465,7 +465,8 @@ def test_model_benchmark_alternates_its_rounds_and_times_a_control_arm(tmp_path,
     monkeypatch.setattr(bench_model.ModelArm, "turn", record)
     counted = iter([0, 2, 0])  # CUDA's sync count, faked: a step of each arm runs under it, the second waits twice
 
-    def syncs(device, fn):
+    def syncs(device, fn, warmup=0):
+        assert warmup == 1  # the arm's own model's one-off checks fall before the count
         fn()
         n = next(counted)
         return {"syncs": n, "at": {"attention.py:7": n} if n else {}}
@@ -763,10 +764,22 @@ def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeyp
     [(where, count)] = found["at"].items()
     assert found["syncs"] == count == 3 and where.endswith(f"test_kernels.py:{_line(step)}")
     assert modes == ["warn", 0]
+    calls = []
+
+    def warm_then_step():  # each call synchronises thrice (step) and once more in the warm-up
+        calls.append(1)
+        if len(calls) <= 2:
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        step()
+
+    with warnings.catch_warnings(record=True) as outside:  # the warm-up's, not counted
+        warnings.simplefilter("always")
+        assert bench_model.count_syncs(torch.device("cuda"), warm_then_step, warmup=2)["syncs"] == 3
+    assert len(calls) == 3 and sum("synchronizing" in str(w.message) for w in outside) == 8
     with pytest.raises(ZeroDivisionError):
         bench_model.count_syncs(torch.device("cuda"), lambda: 1 / 0)
     assert modes[-1] == 0
-    assert bench_model.count_syncs(torch.device("cpu"), step) is None
+    assert bench_model.count_syncs(torch.device("cpu"), warm_then_step, warmup=2) is None and len(calls) == 3
 
     steps = []
     monkeypatch.setattr(bench_model, "count_syncs", lambda device, fn: fn() or steps.append(1) or {"syncs": 0})
