@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from kanformer.evaluation.interleaved import machine, round_order
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.optim import adamw
 
-from .bench_ffn import add_malloc_argument, machine, round_order, write_result
+from .bench_ffn import add_malloc_argument, write_result
 from .bench_model import build_gpt2
 
 IMPLS = ("loop", "foreach", "fused")

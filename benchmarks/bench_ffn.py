@@ -43,6 +43,7 @@ from unittest import mock
 import torch
 
 from kanformer import create_ffn, list_ffns, match_hidden
+from kanformer.evaluation.interleaved import machine, round_order, same_round_ratios
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
 from kanformer.layers import autotune, gemm
 from kanformer.layers.compile_options import compile_options, options_tag, parse
@@ -241,17 +242,10 @@ class Arm:
         return row
 
 
-def round_order(arms: list[Any], r: int) -> list[Any]:
-    """The order of round ``r``'s turns: as given in even rounds (the first warms up, the reference first), reversed in
-    odd ones. Over each pair of rounds every arm's mean position is the same, so a drift within a round, or a turn's
-    cost to the turn after it, weighs on no arm more than another."""
-    return arms if r % 2 == 0 else arms[::-1]
-
-
 def _ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
     """Median, lowest and highest of the per-round ratios ``times[r] / ref[r]``."""
-    ratios = [t / r for t, r in zip(times, ref, strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    ratios = same_round_ratios(times, ref)
+    return ratios["median"], ratios["low"], ratios["high"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,13 +324,6 @@ def cold_caches(cold: bool) -> Iterator[None]:
     finally:
         autotune.forget()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def machine(device: torch.device) -> str:
-    """The GPU's name, or the CPU and its thread count: what a benchmark table names as its machine."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def gemm_note(record: dict[str, Any] | None, widened: str | None = None, whose: str = "the FFNs'") -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from kanformer.evaluation.interleaved import machine, round_order
 from kanformer.layers import gemm
 from kanformer.layers.budget import match_hidden
 from kanformer.layers.dispatch import kernel
@@ -36,7 +37,7 @@ from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
 from kanformer.train.optim import adamw
 
-from .bench_ffn import Arm, add_malloc_argument, machine, round_order, write_result
+from .bench_ffn import Arm, add_malloc_argument, write_result
 
 
 def _products(n: int, widths: list[tuple[int, int]], g: torch.Generator) -> list[tuple[str, Any, Any]]:

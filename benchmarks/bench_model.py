@@ -45,12 +45,11 @@ from benchmarks.bench_ffn import (
     add_kernel_memory_argument,
     add_malloc_argument,
     gemm_note,
-    machine,
-    round_order,
     write_result,
 )
 from kanformer import kanify
 from kanformer.data.device import to_device
+from kanformer.evaluation.interleaved import machine, round_order, same_round_ratios
 from kanformer.evaluation.metrics import measure_inference, measure_training, settle
 from kanformer.layers import autotune, gemm
 from kanformer.layers.dispatch import default_kernel, kernel
@@ -163,10 +162,10 @@ def run_model_bench(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for arm in arms:
         tps = [s[metric] for s in arm.rounds]
-        ratios = [s / m[metric] for s, m in zip(tps, ref.rounds, strict=True)]
+        ratios = same_round_ratios(tps, [m[metric] for m in ref.rounds])
         row = {**arm.rounds[-1], "ffn": arm.label, "params": sum(p.numel() for p in arm.model.parameters()),
-               metric: statistics.median(tps), "throughput_ratio": statistics.median(ratios),
-               "throughput_ratio_low": min(ratios), "throughput_ratio_high": max(ratios)}
+               metric: statistics.median(tps), "throughput_ratio": ratios["median"],
+               "throughput_ratio_low": ratios["low"], "throughput_ratio_high": ratios["high"]}
         if not generate and not getattr(args, "compile", False):  # eager: a compiled model's own copy would compile
             row["syncs"] = arm.syncs()
         rows.append(row)

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench_ffn import DTYPES, Arm, machine, write_result
+from benchmarks.bench_ffn import DTYPES, Arm, write_result
 from benchmarks.bench_model import path
 from kanformer import list_ffns
+from kanformer.evaluation.interleaved import machine
 from kanformer.evaluation.metrics import median_time
 from kanformer.layers.compile_options import compile_options, options_tag, parse
 from kanformer.layers.dispatch import KERNELS

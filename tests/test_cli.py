@@ -39,7 +39,7 @@ base: {{preset: debug, train: {{max_steps: 2, eval_every: 2, save_every: 2}}}}
 arms: [{{name: cheb, ffn: {{name: chebyshev}}}}]
 baselines: {{ffns: [mlp], match: [params]}}
 seeds: [0]
-eval: {{tokens: 256, throughput_steps: 1}}
+eval: {{tokens: 256, throughput_steps: 1, speed_rounds: 1, speed_steps: 1}}
 """)
     main(["compare", "--config", str(cmp_yaml)])
     rows = json.loads((tmp_path / "c" / "comparison.json").read_text())["arms"]

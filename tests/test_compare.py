@@ -21,7 +21,7 @@ arms:
   - {{name: bspline, ffn: {{name: bspline, kwargs: {{grid_size: 4}}}}}}
 baselines: {{ffns: [mlp, swiglu], match: [params, flops]}}
 seeds: [0]
-eval: {{tokens: 1024, throughput_steps: 1}}
+eval: {{tokens: 1024, throughput_steps: 1, speed_rounds: 2, speed_steps: 1}}
 """
     path = tmp_path / "tiny.yaml"
     path.write_text(text)
@@ -59,11 +59,23 @@ def test_tiny_compare_writes_outputs_and_skips_finished_arms(tmp_path, monkeypat
         assert (root / name).stat().st_size > 1000
     arm = data["arms"][0]
     assert arm["val_ppl"]["mean"] > 1 and len(arm["seeds"]) == 1
+    # the speed columns: every arm timed in this process, taking turns, against the parameter-matched MLP
+    speed = json.loads((root / "speed.json").read_text())
+    assert data["speed"]["reference"] == speed["reference"] == "mlp@params" and data["speed"]["rounds"] == 2
+    assert set(speed["arms"]) == {a["arm"] for a in data["arms"]}
+    for row in data["arms"]:
+        x = row["speed"]["train_x_reference"]
+        assert len(row["speed"]["train_rounds"]) == len(row["speed"]["generate_rounds"]) == 2
+        assert x["low"] <= x["median"] <= x["high"] and row["speed"]["train_tokens_per_s"] > 0
+    assert data["arms"][1]["arm"] == "mlp@params" and data["arms"][1]["speed"]["train_x_reference"]["rounds"] == [1, 1]
+    assert "train x mlp@params | gen tok/s | gen x mlp@params |" in table and "| 1.00 (1.00 - 1.00) |" in table
+    assert "taking turns in 2 rounds" in table
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
 
     monkeypatch.setattr("kanformer.train.train", no_training)
+    monkeypatch.setattr("kanformer.studies.speed.time_checkpoints", no_training)  # the speed measured is reused
     logs = []
     cfg.eval.extra_data = ["files:" + str(tmp_path / "ood.txt")]  # an out-of-domain column, added afterwards
     (tmp_path / "ood.txt").write_text("An out-of-domain document about the weather.\n" * 40)
@@ -74,6 +86,70 @@ def test_tiny_compare_writes_outputs_and_skips_finished_arms(tmp_path, monkeypat
     assert again["extra_metrics"] == [key] and all(a[key]["mean"] > 0 for a in again["arms"])
     assert set(again["arms"][0]["extra_p_values"][key]) == set(again["arms"][0]["p_values"])  # the same baselines
     assert f"bits/byte on files:{tmp_path / 'ood.txt'}" in (root / "comparison.md").read_text()
+
+
+def test_comparison_speed_is_stored_reused_and_timed_again_when_its_inputs_change(tmp_path, monkeypatch):
+    from kanformer.studies import speed
+
+    finals = {}
+    for name in ("kan", "mlp@params", "gone"):
+        finals[name] = tmp_path / name / "final"
+        finals[name].mkdir(parents=True)
+        if name != "gone":
+            (finals[name] / "config.json").write_text("{}")
+    calls = []
+
+    def timed(ordered, cfg, device, *, rounds, steps, log):
+        calls.append((list(ordered), rounds, steps))
+        return {"reference": next(iter(ordered)), "arms": {n: {"train_tokens_per_s": len(calls)} for n in ordered}}
+
+    monkeypatch.setattr(speed, "time_checkpoints", timed)
+    cfg, logs = compare.base_run_config(_config(tmp_path)), []
+
+    def measure(finals_=finals, reference="mlp@params", rounds=2, steps=3, **kw):
+        return speed.comparison_speed(tmp_path, finals_, reference, cfg, rounds=rounds, steps=steps, log=logs.append,
+                                      **kw)
+
+    first = measure()
+    assert calls == [(["mlp@params", "kan"], 2, 3)]  # the reference first; a deleted checkpoint left out, and said
+    assert any("gone" in line for line in logs) and first["key"]["arms"] == {
+        "kan": str(finals["kan"]), "mlp@params": str(finals["mlp@params"])}
+    assert measure() == first and measure(report_only=True) == first and len(calls) == 1  # stored, reused
+    assert measure(rounds=3, report_only=True) is None and len(calls) == 1  # report only: nothing timed
+    assert measure(rounds=3)["arms"]["kan"]["train_tokens_per_s"] == 2 and calls[-1] == (["mlp@params", "kan"], 3, 3)
+    assert measure(steps=4) and len(calls) == 3
+    assert measure(rounds=0) is None and measure(reference="absent") is None and len(calls) == 3
+    assert speed.reference_arm([("kan", "kan"), ("swiglu@params", "baseline"), ("mlp@params", "baseline")]) == \
+        "mlp@params"
+    assert speed.reference_arm([("kan", "kan"), ("swiglu@flops=kan", "baseline")]) == "swiglu@flops=kan"
+    assert speed.reference_arm([("kan", "kan")]) == "kan"
+
+
+def test_the_table_without_the_interleaved_timing_shows_the_runs_own():
+    summary = {"quality_metric": "val_nll", "arms": [
+        {"arm": "kan", "ffn": "bspline", "hidden": 8, "match": "params", "matched_to": "stock MLP",
+         "also_matches": [], "ffn_params": 10, "val_ppl": {"mean": 9.0, "std": 0.0, "values": [9.0]},
+         "train_tokens_per_s": {"mean": 1234.0, "std": 0.0, "values": [1234.0]}}]}
+    table = compare.markdown_table(summary)
+    header, rule, row = table.splitlines()
+    assert "| train tok/s | gen tok/s | activations MB |" in header and "| 1234 | - | - |" in row
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert "timed once at its own moment" in compare.speed_note(None)
+    summary["speed"] = {"reference": "mlp@params"}
+    header, rule, row = compare.markdown_table(summary).splitlines()
+    assert "| train tok/s | train x mlp@params | gen tok/s | gen x mlp@params |" in header
+    assert "| - | - | - | - |" in row
+    assert header.count("|") == rule.count("|") == row.count("|")
+
+
+def test_same_round_ratios():
+    from kanformer.evaluation.interleaved import round_order, same_round_ratios
+
+    assert same_round_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == {"median": 2.0, "low": 1.5, "high": 3.0,
+                                                                   "rounds": [2.0, 1.5, 3.0]}
+    with pytest.raises(ValueError, match="one value per round on both sides, got 2 and 1"):
+        same_round_ratios([1.0, 2.0], [1.0])
+    assert round_order([1, 2, 3], 0) == [1, 2, 3] and round_order([1, 2, 3], 1) == [3, 2, 1]
 
 
 def test_welch_t_test():
@@ -90,6 +166,10 @@ def test_compare_config_errors(tmp_path):
         load_compare_config(_write(tmp_path, "arms_: []"))
     with pytest.raises(ValueError, match="at least one arm"):
         load_compare_config(_write(tmp_path, "name: x"))
+    with pytest.raises(ValueError, match=r"eval.speed_rounds must be an integer >= 0, got -1"):
+        _config(tmp_path, **{"eval.speed_rounds": -1})
+    with pytest.raises(ValueError, match=r"eval.speed_steps must be an integer >= 1, got 0"):
+        _config(tmp_path, **{"eval.speed_steps": 0})
     assert compare.BASELINE_MATCHES == ("params", "flops", "time")
 
 
@@ -119,9 +199,12 @@ base: {{preset: debug_vit, train: {{max_steps: 3, eval_every: 3, save_every: 3}}
 arms: [{{name: rbf, ffn: {{name: rbf}}}}]
 baselines: {{ffns: [mlp], match: [params]}}
 seeds: [0]
-eval: {{throughput_steps: 1}}
+eval: {{throughput_steps: 1, speed_rounds: 1, speed_steps: 1}}
 """)
     summary = run_compare(load_compare_config(path), log=lambda *_: None)
     assert summary["quality_metric"] == "val_loss"
     assert 0 <= summary["arms"][0]["val_acc"]["mean"] <= 1
-    assert "| rbf | rbf (" in (tmp_path / "vit" / "comparison.md").read_text()
+    table = (tmp_path / "vit" / "comparison.md").read_text()
+    assert "| rbf | rbf (" in table and "train x mlp@params" in table
+    assert summary["arms"][0]["speed"]["train_tokens_per_s"] > 0 and "generate_tokens_per_s" not in summary["arms"][0][
+        "speed"]  # an image classifier generates nothing

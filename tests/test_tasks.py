@@ -84,7 +84,7 @@ base: {{preset: debug_llama, train: {{max_steps: 4, eval_every: 4, save_every: 4
 arms: [{{name: cheb, ffn: {{name: chebyshev}}}}]
 baselines: {{ffns: [swiglu, mlp], match: [params]}}
 seeds: [0]
-eval: {{tokens: 512, throughput_steps: 1}}
+eval: {{tokens: 512, throughput_steps: 1, speed_rounds: 1, speed_steps: 1}}
 """)
     cfg = load_compare_config(path)
     arms = {a.name: a for a in plan_arms(cfg)}

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
 from ..layers.budget import ffn_flops, ffn_params, match_hidden
+from ..layers.registry import check_positive_int
 from ..tasks import StockFFN, stock_ffn, task_for
 
 BASELINE_MATCHES = ("params", "flops", "time")
@@ -46,7 +47,11 @@ class EvalSpec:
     tokens: int = 65536
     context: int | None = None
     stride: int | None = None
-    throughput_steps: int = 5
+    throughput_steps: int = 5  # each run's own evaluation times this many training steps
+    # the speed columns: every arm's final checkpoint timed in one process, taking turns (studies/speed.py); 0 rounds:
+    # the runs' own timings instead
+    speed_rounds: int = 4
+    speed_steps: int = 10
     # out-of-domain columns: every arm also scored on these text sources (same token budget, each arm's own
     # tokenizer; kanformer.evaluation.datasets) and lm-evaluation-harness tasks (pip install 'kanformer[lmeval]')
     extra_data: list[str] = field(default_factory=list)
@@ -60,6 +65,8 @@ class EvalSpec:
 
         if self.extra_split not in SPLITS:
             raise ValueError(f"eval.extra_split must be one of {', '.join(SPLITS)}, got {self.extra_split!r}")
+        check_positive_int("eval.speed_rounds", self.speed_rounds, minimum=0)  # 0: no interleaved timing
+        check_positive_int("eval.speed_steps", self.speed_steps)
 
 
 @dataclass
@@ -234,9 +241,25 @@ def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> 
             result = json.loads(path.read_text())
             results.setdefault(arm.name, []).append({"seed": seed, "run_dir": str(run_cfg.run_dir),
                                                      **result["metrics"], **extra_metrics(result)})
-    summary = summarise(cfg, arms, results)
+    speed = arms_speed(cfg, arms, results, report_only=report_only, log=log)
+    summary = summarise(cfg, arms, results, speed)
     write_outputs(cfg, summary)
     return summary
+
+
+def arms_speed(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]], *,
+               report_only: bool = False, log=print) -> dict[str, Any] | None:
+    """The trained arms timed in one process, taking turns (studies/speed.py), each from its first seed's final
+    checkpoint."""
+    from .speed import comparison_speed, reference_arm
+
+    trained = [a for a in arms if results.get(a.name)]
+    if not trained:
+        return None
+    finals = {a.name: Path(results[a.name][0]["run_dir"]) / "final" for a in trained}
+    reference = reference_arm([(a.name, a.role) for a in trained])
+    return comparison_speed(cfg.root, finals, reference, base_run_config(cfg), rounds=cfg.eval.speed_rounds,
+                            steps=cfg.eval.speed_steps, report_only=report_only, log=log)
 
 
 def evaluate_extra(e: EvalSpec, final: Path, path: Path, *, log=print) -> None:
@@ -303,7 +326,10 @@ METRICS = ("val_ppl", "val_bpb", "val_nll", "val_loss", "val_acc", "train_tokens
            "activation_bytes", "mfu", "ffn_fwd_fraction", "ffn_bwd_fraction")
 
 
-def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[str, Any]]],
+              speed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each arm's metrics over its seeds, p-values against its baselines, and its interleaved speed (``speed``,
+    studies/speed.py) where measured."""
     quality = "val_nll" if any("val_nll" in r for rs in results.values() for r in rs) else "val_loss"
     wanted = [f"bpb@{d}" for d in cfg.eval.extra_data]
     extra = [k for k in dict.fromkeys(k for rs in results.values() for r in rs for k in r if k not in METRICS)
@@ -324,6 +350,8 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
             if values:
                 row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1
                             else 0.0, "values": values}
+        if speed and arm.name in speed["arms"]:
+            row["speed"] = {k: v for k, v in speed["arms"][arm.name].items() if k != "checkpoint"}
         rows.append(row)
     by_name = {r["arm"]: r for r in rows}
     for row in rows:
@@ -340,8 +368,11 @@ def summarise(cfg: CompareConfig, arms: list[Arm], results: dict[str, list[dict[
                     if key in row and key in other:
                         row["extra_p_values"].setdefault(key, {})[other["arm"]] = welch_t_test(
                             row[key]["values"], other[key]["values"])
-    return {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows, "extra_metrics": extra,
-            "base": base_run_config(cfg).to_dict(), "eval": vars(cfg.eval)}
+    out = {"name": cfg.name, "quality_metric": quality, "seeds": cfg.seeds, "arms": rows, "extra_metrics": extra,
+           "base": base_run_config(cfg).to_dict(), "eval": vars(cfg.eval)}
+    if speed:
+        out["speed"] = {k: v for k, v in speed.items() if k not in ("arms", "key")}
+    return out
 
 
 def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -351,14 +382,28 @@ def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> 
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(row[key]["values"]) > 1 else f"{m:.{digits}f}"
 
 
+def _speed_cells(row: dict[str, Any], kind: str, interleaved: bool) -> list[str]:
+    """A row's tokens/s of ``kind`` (``train``, ``generate``), and with the interleaved timing its ratio to the
+    reference arm: median (lowest - highest round). Without it, the runs' own timings, mean ± std over seeds."""
+    if not interleaved:
+        return [_fmt(row, f"{kind}_tokens_per_s", digits=0)]
+    speed = row.get("speed", {})
+    if f"{kind}_tokens_per_s" not in speed:
+        return ["-", "-"]
+    x = speed[f"{kind}_x_reference"]
+    return [f"{speed[f'{kind}_tokens_per_s']:.0f}", f"{x['median']:.2f} ({x['low']:.2f} - {x['high']:.2f})"]
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     text = summary["quality_metric"] == "val_nll"
     q_head = "val ppl | val bits/byte" if text else "val loss | val acc"
     extra = summary.get("extra_metrics", [])
+    speed = summary.get("speed")
+    speed_head = [f"{kind} tok/s" + (f" | {kind} x {speed['reference']}" if speed else "") for kind in ("train", "gen")]
     lines = [f"| arm | FFN (hidden) | matched | params | FFN params | MFLOPs/token | {q_head} | "
-             + "".join(f"{k.replace('bpb@', 'bits/byte on ')} | " for k in extra) + "train tok/s | "
-             f"gen tok/s | activations MB | p-values (Welch, {summary['quality_metric']}) |",
-             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---|"]
+             + "".join(f"{k.replace('bpb@', 'bits/byte on ')} | " for k in extra) + " | ".join(speed_head)
+             + f" | activations MB | p-values (Welch, {summary['quality_metric']}) |",
+             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(extra) + 2 * (2 if speed else 1)) + "---:|---|"]
     for r in summary["arms"]:
         quality = (f"{_fmt(r, 'val_ppl')} | {_fmt(r, 'val_bpb', digits=3)}" if text else
                    f"{_fmt(r, 'val_loss', digits=3)} | {_fmt(r, 'val_acc', digits=3)}")
@@ -369,9 +414,24 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {r['arm']} | {r['ffn']} ({r['hidden']}) | {matched} | {r.get('params', 0):,} | {r['ffn_params']:,} | "
             f"{r.get('flops_per_token', 0) / 1e6:.2f} | {quality} | "
-            + "".join(f"{_fmt(r, k, digits=4)} | " for k in extra) + f"{_fmt(r, 'train_tokens_per_s', digits=0)} | "
-            f"{_fmt(r, 'generate_tokens_per_s', digits=0)} | {_fmt(r, 'activation_bytes', 1 / 2**20, 1)} | {pv} |")
+            + "".join(f"{_fmt(r, k, digits=4)} | " for k in extra)
+            + " | ".join(_speed_cells(r, "train", bool(speed)) + _speed_cells(r, "generate", bool(speed)))
+            + f" | {_fmt(r, 'activation_bytes', 1 / 2**20, 1)} | {pv} |")
     return "\n".join(lines)
+
+
+def speed_note(speed: dict[str, Any] | None) -> str:
+    """The header's words on the speed columns: how and where they were timed."""
+    if not speed:
+        return (" Speed: each run's own evaluation, timed once at its own moment (`eval.speed_rounds: 0`, or not "
+                "measured yet): on a shared machine such timings move by tens of percent between runs.")
+    ref, what = speed["reference"], f"{speed['steps']} training steps of {speed['tokens_per_step']} tokens"
+    precision = "" if speed["mixed_precision"] == "no" else f" under {speed['mixed_precision']} autocast"
+    return (f" Speed: every arm's final checkpoint (first seed) timed in one process on {speed['machine']}, taking "
+            f"turns in {speed['rounds']} rounds (every other round in reverse order) of {what} each (random "
+            f"tokens, AdamW included, eager{precision}) and, for a language model, a greedy generation; "
+            f"`x {ref}`: the median of the arm's same-round ratios to {ref}, (lowest - highest round). The runs' own "
+            f"timings are in comparison.json (`train_tokens_per_s`).")
 
 
 def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
@@ -385,7 +445,7 @@ def write_outputs(cfg: CompareConfig, summary: dict[str, Any]) -> None:
               f"mean ± std over seeds. Same data order, token budget and schedule for every arm; quality on "
               f"{cfg.eval.tokens} validation tokens. FLOPs: forward per token (kanformer.layers.flops). Activations: "
               f"bytes autograd saves for backward in one training step (peak memory per device in comparison.json)."
-              f"\n\n")
+              f"{speed_note(summary.get('speed'))}\n\n")
     (root / "comparison.md").write_text(header + table + "\n")
     (root / "comparison.json").write_text(dumps(summary, indent=2, default=str))
     summary["plots"] = comparison_plots(summary, root)
@@ -400,9 +460,10 @@ def _wandb_summary(cfg: CompareConfig, summary: dict[str, Any]) -> None:
 
     extra = summary.get("extra_metrics", [])
     columns = ["arm", "ffn", "hidden", "params", "flops_per_token", summary["quality_metric"], "train_tokens_per_s",
-               *extra]
+               *extra, "train_x_reference"]
     data = [[r["arm"], r["ffn"], r["hidden"], r.get("params"), r.get("flops_per_token"),
-             *(r.get(k, {}).get("mean") for k in (summary["quality_metric"], "train_tokens_per_s", *extra))]
+             *(r.get(k, {}).get("mean") for k in (summary["quality_metric"], "train_tokens_per_s", *extra)),
+             r.get("speed", {}).get("train_x_reference", {}).get("median")]
             for r in summary["arms"]]
     run = wandb.init(project=summary["base"]["log"]["project"], group=cfg.name, name=f"{cfg.name}-summary",
                      job_type="summary", dir=str(cfg.root), mode=mode, reinit="finish_previous")

@@ -54,13 +54,22 @@ def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
 
     quality = "val_ppl" if summary["quality_metric"] == "val_nll" else "val_acc"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    speed = summary.get("speed")  # the interleaved timing (studies/speed.py): ratios to its reference arm
     for i, row in enumerate(summary["arms"]):
-        if quality in row and "train_tokens_per_s" in row:
-            ax.errorbar(row["train_tokens_per_s"]["mean"], row[quality]["mean"], xerr=row["train_tokens_per_s"]["std"],
-                        yerr=row[quality]["std"], fmt="o" if row["role"] == "kan" else "s", color=colors[i % 10],
-                        label=row["arm"], capsize=3)
-    _save(fig, ax, out / "quality_vs_throughput.png", title=f"{summary['name']}: quality vs speed",
-          xlabel="training throughput (tokens/s)",
+        if quality not in row:
+            continue
+        if speed and "speed" in row:
+            x = row["speed"]["train_x_reference"]
+            at, err = x["median"], [[x["median"] - x["low"]], [x["high"] - x["median"]]]
+        elif not speed and "train_tokens_per_s" in row:
+            at, err = row["train_tokens_per_s"]["mean"], row["train_tokens_per_s"]["std"]
+        else:
+            continue
+        ax.errorbar(at, row[quality]["mean"], xerr=err, yerr=row[quality]["std"],
+                    fmt="o" if row["role"] == "kan" else "s", color=colors[i % 10], label=row["arm"], capsize=3)
+    xlabel = (f"training tokens/s x {speed['reference']}'s (arms timed in turns: median, lowest - highest round)"
+              if speed else "training throughput (tokens/s)")
+    _save(fig, ax, out / "quality_vs_throughput.png", title=f"{summary['name']}: quality vs speed", xlabel=xlabel,
           ylabel="validation perplexity" if quality == "val_ppl" else "validation accuracy", written=written)
     return written
 
