@@ -118,7 +118,9 @@ def test_comparison_speed_is_stored_reused_and_timed_again_when_its_inputs_chang
     assert measure(rounds=3, report_only=True) is None and len(calls) == 1  # report only: nothing timed
     assert measure(rounds=3)["arms"]["kan"]["train_tokens_per_s"] == 2 and calls[-1] == (["mlp@params", "kan"], 3, 3)
     assert measure(steps=4) and len(calls) == 3
-    assert measure(rounds=0) is None and measure(reference="absent") is None and len(calls) == 3
+    cfg.train.compile = "regional"  # timed as the runs trained: another set-up is another measurement
+    assert measure(steps=4)["key"]["training"]["compile"] == "regional" and len(calls) == 4
+    assert measure(rounds=0) is None and measure(reference="absent") is None and len(calls) == 4
     assert speed.reference_arm([("kan", "kan"), ("swiglu@params", "baseline"), ("mlp@params", "baseline")]) == \
         "mlp@params"
     assert speed.reference_arm([("kan", "kan"), ("swiglu@flops=kan", "baseline")]) == "swiglu@flops=kan"

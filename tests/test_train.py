@@ -122,6 +122,25 @@ def test_a_compiled_model_trains_resumes_and_exports_as_the_eager_one(tmp_path, 
             compiled.train.compile = mode
             train(compiled, **run)
             assert graphs["unique_graphs"] >= 1, mode  # compiled indeed
+        # a comparison's speed turns time each checkpoint as its run trained: compiled, block by block here (their
+        # generation is not what this checks: a compiled generation would compile its own graphs)
+        from kanformer.studies import speed
+        from kanformer.studies.speed import time_checkpoints
+
+        monkeypatch.setattr(speed, "measure_inference", lambda *a, **k: {"generate_tokens_per_s": 1.0})
+        timed_models, compile_for_training = [], speed.compile_for_training
+
+        def compiled_as_trained(model, mode):
+            timed_models.append(compile_for_training(model, mode))
+            return timed_models[-1]
+
+        monkeypatch.setattr(speed, "compile_for_training", compiled_as_trained)
+        timed = time_checkpoints({"compiled": compiled.run_dir / "final", "eager": eager.run_dir / "final"}, compiled,
+                                 torch.device("cpu"), rounds=1, steps=1, log=lambda *_: None)
+        blocks = [b for m in timed_models for b in m.transformer.h]
+        assert len(blocks) == 4 and all(b._compiled_call_impl is not None for b in blocks)  # 2 arms x 2 blocks
+        assert timed["compile"] == "regional" and timed["kernel"] == "lean"
+        assert timed["arms"]["eager"]["train_x_reference"]["median"] > 0 and timed["reference"] == "compiled"
     finally:
         torch._dynamo.reset()
     a, b = ([r["loss"] for r in _records(cfg.run_dir)] for cfg in (eager, compiled))

@@ -236,10 +236,11 @@ def settle(step: Callable[[], Any], what: str, timeout_s: float = SETTLE_TIMEOUT
 
 
 def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.Tensor]], tokens_per_batch: int, *,
-                     steps: int = 5, warmup: int = 2, lr: float = 1e-4, adamw: str = "auto") -> dict[str, Any]:
+                     steps: int = 5, warmup: int = 2, lr: float = 1e-4, adamw: str = "auto",
+                     details: bool = True) -> dict[str, Any]:
     """Training throughput of a copy of ``model`` (AdamW step included: implementation ``adamw``, as training's
-    ``train.adamw``), the FFN share of the step, and memory; timed after :func:`settle` (``train_settle_s``: the
-    seconds it waited for background compiles)."""
+    ``train.adamw``), and with ``details`` the FFN share of the step, and memory; timed after :func:`settle`
+    (``train_settle_s``: the seconds it waited for background compiles)."""
     device = next(model.parameters()).device
     model = copy.deepcopy(model).train()
     opt = build_adamw(model.parameters(), impl=adamw, lr=lr)
@@ -260,6 +261,10 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
         step()
     _sync(device)
     elapsed = time.perf_counter() - t0
+    out = {"train_tokens_per_s": steps * tokens_per_batch / elapsed, "train_step_s": elapsed / steps,
+           "train_settle_s": settled_s}
+    if not details:
+        return out
     memory = memory_stats(device)
     memory["activation_bytes"] = saved_activation_bytes(model, **make_batch())
     timer = _FFNTimer(model, device)
@@ -269,10 +274,7 @@ def measure_training(model: nn.Module, make_batch: Callable[[], dict[str, torch.
         hooked = time.perf_counter() - t1
     finally:
         timer.remove()
-    out = {"train_tokens_per_s": steps * tokens_per_batch / elapsed, "train_step_s": elapsed / steps,
-           "ffn_fwd_fraction": timer.fwd / hooked, "ffn_bwd_fraction": timer.bwd / hooked,
-           "train_settle_s": settled_s}
-    out.update(memory)
+    out.update(ffn_fwd_fraction=timer.fwd / hooked, ffn_bwd_fraction=timer.bwd / hooked, **memory)
     return out
 
 

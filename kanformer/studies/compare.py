@@ -4,8 +4,9 @@
 
 Every arm trains from the same base run config (same data order, token budget, schedule) for every seed, is
 evaluated on the same validation token budget, and lands in ``<out_dir>/<name>/``: ``comparison.md``,
-``comparison.json`` and PNG plots. Finished (arm, seed) runs are skipped when the command is run again, and an
-interrupted run resumes from its last checkpoint.
+``comparison.json`` and PNG plots. The speed columns time every arm's trained model in this one process, the arms
+taking turns (studies/speed.py, ``speed.json``). Finished (arm, seed) runs are skipped when the command is run again,
+and an interrupted run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class EvalSpec:
     throughput_steps: int = 5  # each run's own evaluation times this many training steps
     # the speed columns: every arm's final checkpoint timed in one process, taking turns (studies/speed.py); 0 rounds:
     # the runs' own timings instead
-    speed_rounds: int = 4
-    speed_steps: int = 10
+    speed_rounds: int = 6
+    speed_steps: int = 8
     # out-of-domain columns: every arm also scored on these text sources (same token budget, each arm's own
     # tokenizer; kanformer.evaluation.datasets) and lm-evaluation-harness tasks (pip install 'kanformer[lmeval]')
     extra_data: list[str] = field(default_factory=list)
@@ -426,10 +427,11 @@ def speed_note(speed: dict[str, Any] | None) -> str:
         return (" Speed: each run's own evaluation, timed once at its own moment (`eval.speed_rounds: 0`, or not "
                 "measured yet): on a shared machine such timings move by tens of percent between runs.")
     ref, what = speed["reference"], f"{speed['steps']} training steps of {speed['tokens_per_step']} tokens"
-    precision = "" if speed["mixed_precision"] == "no" else f" under {speed['mixed_precision']} autocast"
+    setup = ("eager" if speed.get("compile", "none") == "none" else f"compile {speed['compile']}") + (
+        "" if speed.get("mixed_precision", "no") == "no" else f", {speed['mixed_precision']} autocast")
     return (f" Speed: every arm's final checkpoint (first seed) timed in one process on {speed['machine']}, taking "
             f"turns in {speed['rounds']} rounds (every other round in reverse order) of {what} each (random "
-            f"tokens, AdamW included, eager{precision}) and, for a language model, a greedy generation; "
+            f"tokens, AdamW included, as the runs trained: {setup}) and, for a language model, a greedy generation; "
             f"`x {ref}`: the median of the arm's same-round ratios to {ref}, (lowest - highest round). The runs' own "
             f"timings are in comparison.json (`train_tokens_per_s`).")
 

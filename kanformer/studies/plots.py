@@ -67,7 +67,7 @@ def comparison_plots(summary: dict[str, Any], out: Path) -> list[str]:
             continue
         ax.errorbar(at, row[quality]["mean"], xerr=err, yerr=row[quality]["std"],
                     fmt="o" if row["role"] == "kan" else "s", color=colors[i % 10], label=row["arm"], capsize=3)
-    xlabel = (f"training tokens/s x {speed['reference']}'s (arms timed in turns: median, lowest - highest round)"
+    xlabel = (f"training tokens/s x {speed['reference']} (median of rounds; bars: lowest - highest)"
               if speed else "training throughput (tokens/s)")
     _save(fig, ax, out / "quality_vs_throughput.png", title=f"{summary['name']}: quality vs speed", xlabel=xlabel,
           ylabel="validation perplexity" if quality == "val_ppl" else "validation accuracy", written=written)

@@ -7,11 +7,11 @@ first seed: every seed has the same architecture) takes a turn in each of ``eval
 round in reverse order (evaluation/interleaved.py), and an arm's speed is the median of its same-round ratios to the
 reference arm (the parameter-matched GELU MLP where the comparison has one), with the lowest and highest round.
 
-A turn loads its arm's checkpoint, times ``eval.speed_steps`` training steps on random tokens (AdamW included, under
-the run's mixed precision, eager, as each run's evaluation times it) and, for a causal LM, a greedy generation, then
-frees the model: one arm's model at a time is resident, however many arms the comparison has. The result is written
-to ``<out_dir>/<name>/speed.json`` and reused while the arms' checkpoints, the rounds, the steps and the machine are
-the same.
+A turn loads its arm's checkpoint, times ``eval.speed_steps`` training steps on random tokens as the run trained (its
+``train.kernel``, ``kernel_memory``, ``compile``, ``adamw``, ``cpu_malloc`` and mixed precision) and, for a causal LM,
+a greedy generation, then frees the model: one arm's model at a time is resident, however many arms the comparison
+has. The result is written to ``<out_dir>/<name>/speed.json`` and reused while the arms' checkpoints, the rounds, the
+steps, that training set-up and the machine are the same.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ from ..config import RunConfig
 from ..data.device import batch_to_device
 from ..evaluation.interleaved import machine, round_order, same_round_ratios
 from ..evaluation.metrics import measure_inference, measure_training
+from ..layers import autotune
+from ..layers.dispatch import set_kernel
 from ..layers.gemm import MIXED_PRECISION_DTYPES
 from ..layers.widen import widened_autocast
-from ..tasks import CausalLM, task_for
+from ..tasks import CausalLM, Task, task_for
+from ..train.allocator import configure as configure_malloc
+from ..train.model_factory import compile_for_training
 
 SPEED_FILE = "speed.json"
 GENERATE_BATCH = 4  # prompts per generation, as each run's evaluation generates
@@ -62,7 +66,7 @@ def comparison_speed(root: Path, finals: dict[str, Path], reference: str, cfg: R
             return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     key = {"arms": {name: str(path) for name, path in finals.items()}, "reference": reference, "rounds": rounds,
-           "steps": steps, "mixed_precision": cfg.train.mixed_precision, "machine": machine(device)}
+           "steps": steps, "training": training_setup(cfg), "machine": machine(device)}
     path = root / SPEED_FILE
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -81,6 +85,13 @@ def comparison_speed(root: Path, finals: dict[str, Path], reference: str, cfg: R
     return result
 
 
+def training_setup(cfg: RunConfig) -> dict[str, Any]:
+    """What of the run's training the speed turns reproduce."""
+    t = cfg.train
+    return {"kernel": t.kernel, "kernel_memory": t.kernel_memory, "compile": t.compile, "adamw": t.adamw,
+            "mixed_precision": t.mixed_precision, "cpu_malloc": t.cpu_malloc}
+
+
 def time_checkpoints(finals: dict[str, Path], cfg: RunConfig, device: torch.device, *, rounds: int, steps: int,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Interleaved training (and generation) tokens/s of each checkpoint; the first is the reference."""
@@ -88,43 +99,60 @@ def time_checkpoints(finals: dict[str, Path], cfg: RunConfig, device: torch.devi
     m, batch_size = cfg.model, cfg.train.batch_size
     seq = task.seq_len(m)
     generates = isinstance(task, CausalLM)
+    t = cfg.train
     turns: dict[str, dict[str, list[float]]] = {name: {"train": [], "generate": []} for name in finals}
     log(f"speed: {len(finals)} arms x {rounds} rounds of {steps} training steps"
         + (" and a generation" if generates else "") + f", taking turns ({machine(device)})")
-    for r in range(rounds):
-        for name in round_order(list(finals), r):
-            with _quiet_loading():
-                model = task.auto().from_pretrained(finals[name]).to(device)
-            vocab = getattr(model.config, "vocab_size", 0)  # an image classifier's inputs are pixels
-            batch = batch_to_device(task.random_batch(m, vocab, batch_size, torch.Generator().manual_seed(r)), device)
-            with _precision(cfg, device):
-                trained = measure_training(model, lambda b=batch: b, batch_size * seq, steps=steps,
-                                           warmup=2 if r == 0 else 1)
-                turns[name]["train"].append(trained["train_tokens_per_s"])
-                if generates:
-                    eos = model.config.eos_token_id
-                    made = measure_inference(model, vocab_size=vocab, batch_size=GENERATE_BATCH,
-                                             prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
-                                             pad_token_id=eos if isinstance(eos, int) else 0)
-                    turns[name]["generate"].append(made["generate_tokens_per_s"])
-            del model, batch
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        log(f"speed round {r + 1}/{rounds}: " + ", ".join(f"{name} {turns[name]['train'][-1]:,.0f}"
-                                                          for name in finals) + " training tokens/s")
+    if device.type == "cpu":  # as the trainer sets it (for the process, for good): a process that trained nothing had
+        configure_malloc(t.cpu_malloc)  # the system's, and its steps faulted their transients' pages in each time
+    memory_rule = autotune.kernel_memory()
+    autotune.set_kernel_memory(t.kernel_memory)  # for the process, as the trainer sets it; restored below
+    try:
+        for r in range(rounds):
+            for name in round_order(list(finals), r):
+                _turn(finals[name], cfg, device, task, r, steps, turns[name])
+            log(f"speed round {r + 1}/{rounds}: " + ", ".join(f"{name} {turns[name]['train'][-1]:,.0f}"
+                                                              for name in finals) + " training tokens/s")
+    finally:
+        autotune.set_kernel_memory(memory_rule)
     reference = next(iter(finals))
     arms = {}
-    for name, t in turns.items():
+    for name, times in turns.items():
         arm: dict[str, Any] = {"checkpoint": str(finals[name])}
         for kind in ("train", "generate"):
-            if t[kind]:
-                arm[f"{kind}_tokens_per_s"] = statistics.median(t[kind])
-                arm[f"{kind}_rounds"] = t[kind]
-                arm[f"{kind}_x_reference"] = same_round_ratios(t[kind], turns[reference][kind])
+            if times[kind]:
+                arm[f"{kind}_tokens_per_s"] = statistics.median(times[kind])
+                arm[f"{kind}_rounds"] = times[kind]
+                arm[f"{kind}_x_reference"] = same_round_ratios(times[kind], turns[reference][kind])
         arms[name] = arm
     return {"reference": reference, "device": str(device), "machine": machine(device), "rounds": rounds,
-            "steps": steps, "tokens_per_step": batch_size * seq, "mixed_precision": cfg.train.mixed_precision,
-            "arms": arms}
+            "steps": steps, "tokens_per_step": batch_size * seq, **training_setup(cfg), "arms": arms}
+
+
+def _turn(final: Path, cfg: RunConfig, device: torch.device, task: Task, r: int, steps: int,
+          times: dict[str, list[float]]) -> None:
+    """One arm's turn in round ``r``: its checkpoint loaded, set up as its run trained, timed, freed."""
+    t, m, batch_size = cfg.train, cfg.model, cfg.train.batch_size
+    seq = task.seq_len(m)
+    with _quiet_loading():
+        model = task.auto().from_pretrained(final).to(device)
+    if t.kernel is not None:
+        set_kernel(model, t.kernel)
+    vocab = getattr(model.config, "vocab_size", 0)  # an image classifier's inputs are pixels
+    batch = batch_to_device(task.random_batch(m, vocab, batch_size, torch.Generator().manual_seed(r)), device)
+    with _precision(cfg, device):
+        trained = measure_training(compile_for_training(model, t.compile), lambda b=batch: b, batch_size * seq,
+                                   steps=steps, warmup=2 if r == 0 else 1, adamw=t.adamw, details=False)
+        times["train"].append(trained["train_tokens_per_s"])
+        if isinstance(task, CausalLM):
+            eos = model.config.eos_token_id
+            made = measure_inference(model, vocab_size=vocab, batch_size=GENERATE_BATCH,
+                                     prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
+                                     pad_token_id=eos if isinstance(eos, int) else 0)
+            times["generate"].append(made["generate_tokens_per_s"])
+    del model, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

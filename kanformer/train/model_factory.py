@@ -30,3 +30,21 @@ def build_model(cfg: RunConfig, *, vocab_size: int | None = None, eos_token_id: 
         model = task.new_model(m, vocab_size=vocab_size, eos_token_id=eos_token_id, labels=labels, channels=channels)
     report = kanify(model, f.name, layers=f.layers, match=f.match, hidden=f.hidden, **f.kwargs)
     return model, report
+
+
+def compile_for_training(model: Any, mode: str, unwrapped: Any | None = None) -> Any:
+    """``model`` as ``train.compile`` (``mode``: none | model | regional) trains it: compiled whole (the wrapper
+    returned), each transformer block compiled in place (``unwrapped``: the model itself, where ``model`` is
+    accelerate's wrapper of it), or as it is."""
+    from ..layers import refresh_checks
+    from ..models import ADAPTERS
+
+    if mode == "none":
+        return model
+    inner = model if unwrapped is None else unwrapped
+    refresh_checks(inner)  # what the compiled graphs read of the bases (whatever wrote their tensors)
+    if mode == "model":
+        return torch.compile(model)
+    for block in ADAPTERS[inner.config.model_type.removeprefix("kan_")].blocks(inner):
+        block.compile()
+    return model

@@ -33,18 +33,17 @@ from ..config import RunConfig, save_config
 from ..data.device import batch_to_device, to_device
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
-from ..layers import autotune, gemm, refresh_checks
+from ..layers import autotune, gemm
 from ..layers.budget import model_flops_per_token
 from ..layers.compile_options import get_compile_options
 from ..layers.dispatch import set_kernel
 from ..layers.widen import widened_autocast
-from ..models import ADAPTERS
 from ..tasks import task_for
 from . import checkpoint as ckpt
 from .allocator import configure as configure_malloc
 from .grids import extend_grids, grid_layers, union_rows, update_grids
 from .metrics import append_metrics, truncate_after
-from .model_factory import build_model
+from .model_factory import build_model, compile_for_training
 from .optim import build_optimizer, lr_at, running_impl
 from .provenance import versions
 from .runlock import RunLock
@@ -352,14 +351,7 @@ class Trainer:
                     if p in old_optimizer.state:
                         self.optimizer.state[p] = old_optimizer.state[p]
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-        if t.compile != "none":
-            refresh_checks(model)  # what the compiled graphs read of the bases (whatever wrote their tensors)
-        if t.compile == "model":
-            self.model = torch.compile(self.model)
-        elif t.compile == "regional":
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            for block in ADAPTERS[unwrapped.config.model_type.removeprefix("kan_")].blocks(unwrapped):
-                block.compile()
+        self.model = compile_for_training(self.model, t.compile, self.accelerator.unwrap_model(self.model))
 
     def _resume_path(self, resume: str | None) -> Path | None:
         """The checkpoint to resume: the main process checks files against their digests (``auto``: the newest
