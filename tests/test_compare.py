@@ -121,6 +121,12 @@ def test_comparison_speed_is_stored_reused_and_timed_again_when_its_inputs_chang
     cfg.train.compile = "regional"  # timed as the runs trained: another set-up is another measurement
     assert measure(steps=4)["key"]["training"]["compile"] == "regional" and len(calls) == 4
     assert measure(rounds=0) is None and measure(reference="absent") is None and len(calls) == 4
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(speed, "time_checkpoints", fails)  # the runs stand; the table falls back to their timings
+    assert measure(steps=5) is None and "the timing in turns failed (RuntimeError: out of memory)" in logs[-1]
     assert speed.reference_arm([("kan", "kan"), ("swiglu@params", "baseline"), ("mlp@params", "baseline")]) == \
         "mlp@params"
     assert speed.reference_arm([("kan", "kan"), ("swiglu@flops=kan", "baseline")]) == "swiglu@flops=kan"

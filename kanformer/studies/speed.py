@@ -75,7 +75,13 @@ def comparison_speed(root: Path, finals: dict[str, Path], reference: str, cfg: R
     if report_only:
         return None
     order = [reference] + [name for name in finals if name != reference]
-    result = time_checkpoints({name: finals[name] for name in order}, cfg, device, rounds=rounds, steps=steps, log=log)
+    try:
+        result = time_checkpoints({name: finals[name] for name in order}, cfg, device, rounds=rounds, steps=steps,
+                                  log=log)
+    except Exception as e:  # the trained runs are safe on disk: the table falls back to their own timings
+        log(f"speed: the timing in turns failed ({type(e).__name__}: {e}); the table shows each run's own timing "
+            f"(run the command again to retry, or set eval.speed_rounds: 0)")
+        return None
     result["key"] = key
     from ..train.metrics import dumps
 
