@@ -131,9 +131,10 @@ class ImageClassification(Task):
     def seq_len(self, m: Any) -> int:
         return (m.image_size // m.patch_size) ** 2 + 1  # a token per patch, plus [CLS]
 
-    def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator
+    def random_batch(self, m: Any, vocab_size: int, batch_size: int, generator: torch.Generator, channels: int = 1
                      ) -> dict[str, torch.Tensor]:
-        x = torch.randn(batch_size, 1, m.image_size, m.image_size, generator=generator)
+        """Random images of ``channels`` channels (a checkpoint's ``config.num_channels``; 1: the built-in data's)."""
+        x = torch.randn(batch_size, channels, m.image_size, m.image_size, generator=generator)
         return {"pixel_values": x, "labels": torch.zeros(batch_size, dtype=torch.long)}
 
     def scores(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+import transformers
 
 from kanformer.layers.budget import ffn_flops, ffn_params
 from kanformer.studies import compare
@@ -216,3 +218,16 @@ eval: {{throughput_steps: 1, speed_rounds: 1, speed_steps: 1}}
     assert "| rbf | rbf (" in table and "train x mlp@params" in table
     assert summary["arms"][0]["speed"]["train_tokens_per_s"] > 0 and "generate_tokens_per_s" not in summary["arms"][0][
         "speed"]  # an image classifier generates nothing
+    # an RGB checkpoint's turns take images of its three channels
+    from kanformer.studies import speed
+
+    rgb = tmp_path / "rgb"
+    model = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "vit/runs/rbf-s0/final")
+    model.config.num_channels = model.vit.embeddings.patch_embeddings.num_channels = 3
+    projection = model.vit.embeddings.patch_embeddings.projection
+    projection.weight = torch.nn.Parameter(projection.weight.repeat(1, 3, 1, 1) / 3)
+    projection.in_channels = 3
+    model.save_pretrained(rgb)
+    cfg = compare.base_run_config(load_compare_config(path))
+    timed = speed.time_checkpoints({"rgb": rgb}, cfg, torch.device("cpu"), rounds=1, steps=1, log=lambda *_: None)
+    assert timed["arms"]["rgb"]["train_tokens_per_s"] > 0

@@ -144,8 +144,10 @@ def _turn(final: Path, cfg: RunConfig, device: torch.device, task: Task, r: int,
         model = task.auto().from_pretrained(final).to(device)
     if t.kernel is not None:
         set_kernel(model, t.kernel)
-    vocab = getattr(model.config, "vocab_size", 0)  # an image classifier's inputs are pixels
-    batch = batch_to_device(task.random_batch(m, vocab, batch_size, torch.Generator().manual_seed(r)), device)
+    vocab = getattr(model.config, "vocab_size", 0)  # an image classifier's inputs are pixels, its channels its own
+    images = {} if task.text else {"channels": getattr(model.config, "num_channels", 1)}
+    batch = batch_to_device(task.random_batch(m, vocab, batch_size, torch.Generator().manual_seed(r), **images),
+                            device)
     with _precision(cfg, device):
         trained = measure_training(compile_for_training(model, t.compile), lambda b=batch: b, batch_size * seq,
                                    steps=steps, warmup=2 if r == 0 else 1, adamw=t.adamw, details=False)
