@@ -127,7 +127,7 @@ def test_a_compiled_model_trains_resumes_and_exports_as_the_eager_one(tmp_path, 
         from kanformer.studies import speed
         from kanformer.studies.speed import time_checkpoints
 
-        monkeypatch.setattr(speed, "measure_inference", lambda *a, **k: {"generate_tokens_per_s": 1.0})
+        monkeypatch.setattr(speed, "measure_generation", lambda *a, **k: {"generate_tokens_per_s": 1.0})
         timed_models, compile_for_training = [], speed.compile_for_training
 
         def compiled_as_trained(model, mode):

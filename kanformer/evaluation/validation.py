@@ -41,6 +41,13 @@ def masked_lm_scores(model: Any, task: Task, blocks: torch.Tensor, *, batch_size
     return nll, int(count), int(hits)
 
 
+def measure_generation(model: Any, seq: int, *, vocab_size: int, pad_token_id: int) -> dict[str, float]:
+    """A causal LM's prefill and generation tokens/s as a comparison reports them: 4 prompts of half its context (at
+    most 64 tokens), as many new tokens (at most 32)."""
+    return measure_inference(model, vocab_size=vocab_size, batch_size=4, prompt_len=min(64, seq // 2),
+                             new_tokens=min(32, seq // 2), pad_token_id=pad_token_id)
+
+
 def find_run_config(checkpoint: Path) -> Path:
     for candidate in (checkpoint / "run_config.yaml", checkpoint.parent / "config.yaml"):
         if candidate.is_file():
@@ -96,9 +103,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: RunConfig | None = None, *,
             n_bytes = len(tokenizer.decode(stream[1: n + 1]).encode("utf-8"))
             metrics.update(val_nll=total / n, val_ppl=perplexity(total, n), val_bpb=bits_per_byte(total, n_bytes),
                            val_tokens=n, val_bytes=n_bytes)
-            metrics.update(measure_inference(model, vocab_size=len(tokenizer), batch_size=4,
-                                             prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
-                                             pad_token_id=tokenizer.eos_token_id))
+            metrics.update(measure_generation(model, seq, vocab_size=len(tokenizer),
+                                              pad_token_id=tokenizer.eos_token_id))
         else:  # masked LM: masked-token loss, perplexity and accuracy on the first `tokens` validation tokens
             n_blocks = max(1, min(len(blocks), tokens // blocks.block_size))
             sums = masked_lm_scores(model, task, blocks[torch.arange(n_blocks)], batch_size=bsz, device=device)

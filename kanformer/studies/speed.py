@@ -29,7 +29,8 @@ import torch
 from ..config import RunConfig
 from ..data.device import batch_to_device
 from ..evaluation.interleaved import machine, round_order, same_round_ratios
-from ..evaluation.metrics import measure_inference, measure_training
+from ..evaluation.metrics import measure_training
+from ..evaluation.validation import measure_generation
 from ..layers import autotune
 from ..layers.dispatch import set_kernel
 from ..layers.gemm import MIXED_PRECISION_DTYPES
@@ -39,7 +40,6 @@ from ..train.allocator import configure as configure_malloc
 from ..train.model_factory import compile_for_training
 
 SPEED_FILE = "speed.json"
-GENERATE_BATCH = 4  # prompts per generation, as each run's evaluation generates
 
 
 def reference_arm(names_roles: list[tuple[str, str]]) -> str:
@@ -154,9 +154,7 @@ def _turn(final: Path, cfg: RunConfig, device: torch.device, task: Task, r: int,
         times["train"].append(trained["train_tokens_per_s"])
         if isinstance(task, CausalLM):
             eos = model.config.eos_token_id
-            made = measure_inference(model, vocab_size=vocab, batch_size=GENERATE_BATCH,
-                                     prompt_len=min(64, seq // 2), new_tokens=min(32, seq // 2),
-                                     pad_token_id=eos if isinstance(eos, int) else 0)
+            made = measure_generation(model, seq, vocab_size=vocab, pad_token_id=eos if isinstance(eos, int) else 0)
             times["generate"].append(made["generate_tokens_per_s"])
     del model, batch
     if device.type == "cuda":

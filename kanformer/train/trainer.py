@@ -30,7 +30,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_config
-from ..data.device import batch_to_device, to_device
+from ..data.device import batch_to_device
 from ..data.order import example_indices, rank_positions
 from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from ..layers import autotune, gemm
@@ -260,7 +260,7 @@ class Trainer:
 
             x = augment(x, torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step * 131 + self.rank))
         y = (self.images.train_y if train else self.images.val_y)[idx]
-        return {"pixel_values": to_device(x, device), "labels": to_device(y, device)}
+        return batch_to_device({"pixel_values": x, "labels": y}, device)
 
     def tokens_per_step(self) -> int:
         return self.global_batch * self.seq_len  # ViT: a token per patch, plus [CLS]
