@@ -1059,6 +1059,29 @@ def test_compiled_cpu_loops_take_exp_and_sigmoid_inline_within_an_ulp():
     torch.testing.assert_close(torch.compile(vecmath.loop_exp)(xd), torch.exp(xd), rtol=1e-14, atol=0, equal_nan=True)
 
 
+def test_compiled_cpu_loops_take_tanh_inline_within_two_ulps():
+    """vecmath's tanh (the Chebyshev and Jacobi layers' fused forms) is arithmetic in a compiled CPU fp32 graph, with
+    no call of the library's tanh, within 1e-7 of the exact value and 2e-7 relative; +-1 at the infinities, NaN stays
+    NaN, tiny inputs pass through; everywhere else (eager, fp64) it is torch.tanh itself."""
+    from torch._inductor.utils import run_and_get_code
+
+    spread = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 3
+    specials = torch.tensor([1e-30, -1e-30, 0.625, -0.625, 100.0, float("inf"), float("-inf"), float("nan")])
+    x = torch.cat([torch.linspace(-12, 12, 400_001), spread, specials])
+    y, code = run_and_get_code(torch.compile(vecmath.loop_tanh), x)
+    assert "tanh" not in "".join(code).replace("loop_tanh", "")  # no library call in the loop
+    ref = torch.tanh(x[:-1].double())
+    err = (y[:-1].double() - ref).abs()
+    assert err.max() <= 1e-7  # 8.9e-8 measured
+    assert (err / ref.abs().clamp_min(1e-38)).max() <= 2e-7  # 1.5e-7 measured
+    assert y[-8] == x[-8] and y[-7] == x[-7] and y[-3] == 1.0 and y[-2] == -1.0
+    assert y[-1].isnan()
+    torch.testing.assert_close(vecmath.loop_tanh(x), torch.tanh(x), rtol=0, atol=0, equal_nan=True)  # eager
+    xd = x.double()
+    torch.testing.assert_close(torch.compile(vecmath.loop_tanh)(xd), torch.tanh(xd), rtol=1e-14, atol=1e-300,
+                               equal_nan=True)
+
+
 def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     """set_kernel(model, mode) is the model's own state: another model keeps the process's path, a kernel(...)
     block still forces one on both, and a trainer with train.kernel leaves the process default alone."""
