@@ -269,6 +269,11 @@ def test_fused_forms_equal_the_lean_forms_in_fp64(name, kw):
     (silu_grad,) = torch.autograd.grad(torch.nn.functional.silu(xr), xr, g_feats[:, -1])
     torch.testing.assert_close(g_base, silu_grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(torch.stack(kept, dim=1), basis.lean_features(x), rtol=1e-9, atol=1e-12)
+    # folded (no pre-transform: the base branch's gradient first, the basis' terms added to it): the whole dL/dx
+    g_all, none, kept = lean._input_grads(basis, x, x, g_feats, state, analytic=True, fold=True)
+    assert none is None
+    torch.testing.assert_close(g_all, g_x + silu_grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.stack(kept, dim=1), basis.lean_features(x), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.slow
