@@ -16,6 +16,19 @@ dispatch on the host (on a GPU, with its kernels), which the compiled graphs' ow
 ``--compile`` profiles ``torch.compile`` of each arm's FFN, the MLP's too: on the kit's paths the KAN FFN's lean
 Functions are traced into the graph, as ``train.compile=model`` runs them (``ffn:reference``: the compiled reference).
 
+On a CPU, ``--cpu-kernels`` times each compiled C++ loop of the fused graphs under the profiler (the compiler's
+``cpp.enable_kernel_profile``), so the table names the loops rather than the graph that calls them; ``--loop-widths``
+says, for every compiled CPU loop that touches a bf16 / fp16 value, the vector width the compiler gave it. PyTorch's
+C++ code generator gives a fused loop bf16's width (32 lanes on AVX-512) only when every computation fused into it
+touches a low-precision value; one that computes in fp32 alone drops the loop to fp32's 16 lanes, where each bf16 load
+and store is a masked half-width one (docs/speed.md, *A third machine*: what cost the B-spline FFN 1.18 -> 1.11x the
+MLP's step on a Zen 5). Such loops are listed as *mixed*. The arms compile afresh for it (compiler caches off for
+their first steps), on the path they name (``bspline:fused``; ``auto`` compiles in a background process it cannot
+see)::
+
+    python -m benchmarks.profile_ffn --device cpu --dtype bf16 --d-model 384 --tokens 2048 --arms bspline:fused \
+        rbf:fused --cpu-kernels --loop-widths
+
 Each arm is profiled on its own after ``--warmup`` untimed steps (compilation and ``auto``'s choice fall there), over
 ``--steps`` steps of forward + backward, as bench_ffn times them; the JSON is rewritten after each arm.
 """
@@ -23,6 +36,7 @@ Each arm is profiled on its own after ``--warmup`` untimed steps (compilation an
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 import torch
@@ -49,20 +63,92 @@ def parse_arm(spec: str) -> tuple[str, str]:
     return name, mode
 
 
+class LoopWidths:
+    """Records, while active, each compiled CPU loop's bodies (one per computation fused into it), how many touch a
+    bf16 / fp16 value and the vector width chosen (``torch._inductor.codegen.cpp``'s tiling choice; private API: where
+    this PyTorch has none of it, ``available`` is False and nothing is recorded)."""
+
+    def __init__(self) -> None:
+        try:
+            from torch._inductor.codegen import cpp
+            self._cpp = cpp
+            self.available = all(hasattr(cpp, a) for a in ("TilingSelect", "_get_loop_body", "get_loop_body_lowp_fp"))
+        except ImportError:
+            self.available = False
+        self.loops: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LoopWidths:
+        if self.available:
+            cpp, original = self._cpp, self._cpp.TilingSelect.select_tiling
+            self._original = original
+
+            def select_tiling(tiling: Any, fn_list: Any, var_sizes_list: Any) -> Any:
+                chosen = original(tiling, fn_list, var_sizes_list)
+                try:
+                    low = [cpp.get_loop_body_lowp_fp(b)[0] for b in cpp._get_loop_body(fn_list)]
+                except Exception:  # noqa: BLE001 - a diagnostic: a loop it cannot read is left out
+                    return chosen
+                if any(t is not None for t in low):
+                    self.loops.append({"sizes": str(var_sizes_list[0]), "bodies": len(low),
+                                       "low_precision_bodies": sum(t is not None for t in low),
+                                       "lanes": list(chosen[0])})
+                return chosen
+
+            cpp.TilingSelect.select_tiling = select_tiling
+        import torch._inductor.config as inductor_config
+
+        self._config = inductor_config
+        self._caches = inductor_config.force_disable_caches
+        inductor_config.force_disable_caches = True  # a cached graph is not generated again: nothing to see
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.available:
+            self._cpp.TilingSelect.select_tiling = self._original
+        self._config.force_disable_caches = self._caches
+
+    def summary(self) -> dict[str, Any]:
+        """The loops touching low-precision values; ``mixed``: those with a body that does not, vectorised at fewer
+        lanes than this CPU's bf16 vectors hold (an fp32 loop's width, or scalar)."""
+        lanes = 0
+        if self.available:
+            from torch._inductor import cpu_vec_isa
+
+            isa = cpu_vec_isa.pick_vec_isa()
+            lanes = isa.nelements(dtype=torch.bfloat16) if isa else 0
+        mixed = [r for r in self.loops if r["low_precision_bodies"] < r["bodies"]
+                 and (not r["lanes"] or max(r["lanes"]) < lanes)]
+        return {"available": self.available, "bf16_lanes": lanes, "loops": self.loops, "mixed": mixed}
+
+
+def format_widths(widths: dict[str, Any]) -> str:
+    if not widths["available"]:
+        return "loop widths: not readable on this PyTorch (its C++ code generator's tiling choice moved)"
+    loops, mixed = widths["loops"], widths["mixed"]
+    lines = [f"loop widths: {len(loops)} compiled CPU loops touch low-precision values; {len(mixed)} mixed (a body "
+             f"in fp32 alone), at fewer lanes than bf16's {widths['bf16_lanes']}" + (":" if mixed else "")]
+    lines += [f"  {r['sizes']}: {r['low_precision_bodies']} of {r['bodies']} bodies low-precision, "
+              f"{max(r['lanes']) if r['lanes'] else 'scalar'} lanes" for r in mixed]
+    return "\n".join(lines)
+
+
 def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """One FFN's step under the profiler: wall and device-busy milliseconds per step, and the top operators."""
     dtype = DTYPES[args.dtype]
+    # the GPU check (bench_model --gpu) calls this with a namespace of its own, without the CPU-only flags
+    widths = LoopWidths() if getattr(args, "loop_widths", False) and name not in ("mlp", "swiglu") else None
     with path(mode):
-        torch.manual_seed(0)
-        arm = Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=dtype != torch.float32,
-                  match="params")
-        step = arm.step
-        if args.compile:  # its first step (the compilation) falls before the warm-up
-            kind = "reference" if mode == "reference" else "kit"
-            arm.compile(kind)
-            step = lambda: arm.step_compiled(kind)  # noqa: E731
-        for _ in range(args.warmup):
-            step()
+        with widths or contextlib.nullcontext():  # the compilation: the Arm's first step, the compile, the warm-up
+            torch.manual_seed(0)
+            arm = Arm(name, args.d_model, args.tokens, device=device, dtype=dtype, autocast=dtype != torch.float32,
+                      match="params")
+            step = arm.step
+            if args.compile:  # its first step (the compilation) falls before the warm-up
+                kind = "reference" if mode == "reference" else "kit"
+                arm.compile(kind)
+                step = lambda: arm.step_compiled(kind)  # noqa: E731
+            for _ in range(args.warmup):
+                step()
         # the wall time outside the profiler (its own overhead, largest in its first cycle, would swell it), a step
         # synchronised at each end as bench_ffn times it
         wall_ms = median_time(step, device, warmup=0, repeats=args.steps) * 1e3
@@ -87,6 +173,8 @@ def profile_arm(name: str, mode: str, args: argparse.Namespace, device: torch.de
            "path": arm.path, "compiled": bool(args.compile), "wall_ms": wall_ms, "busy_ms": busy_ms,
            "busy_kind": "device" if cuda else "cpu", "top": top}
     row["eager_ops_per_step"], row["eager_ops"] = eager_operators(prof.events(), args.steps)
+    if widths is not None:
+        row["loop_widths"] = widths.summary()
     if cuda:  # where a step that waits on the host spends the host's time
         row["host"] = host_summary(averages, args.steps, args.top)
     return row
@@ -143,6 +231,8 @@ def format_arm(row: dict[str, Any], mlp: dict[str, Any] | None) -> str:
     if "eager_ops_per_step" in row:
         names = ", ".join(f"{k.removeprefix('aten::')} {v:.3g}" for k, v in list(row["eager_ops"].items())[:8])
         lines += ["", f"eager operators (outside compiled graphs): {row['eager_ops_per_step']:.0f} a step ({names})"]
+    if "loop_widths" in row:
+        lines += ["", format_widths(row["loop_widths"])]
     host = row.get("host")
     if host:
         lines += ["", f"host: {host['launches_per_step']:.0f} kernel launches a step; "
@@ -172,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-options", metavar="JSON", default="",
                    help="compiler options for the fused path's helpers, a JSON object (e.g. '{\"cpp_wrapper\": "
                    "true}'; layers/compile_options.py), in force for every arm")
+    p.add_argument("--cpu-kernels", action="store_true",
+                   help="on a CPU, time each compiled C++ loop (cpp.enable_kernel_profile), not only the graphs")
+    p.add_argument("--loop-widths", action="store_true",
+                   help="on a CPU, the vector width of each compiled loop touching bf16 / fp16 values; mixed loops "
+                   "listed (compiles each KAN arm afresh; name its path, e.g. bspline:fused)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation falls here)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps per arm")
     p.add_argument("--top", type=int, default=15, help="operators listed per arm")
@@ -187,13 +282,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         p.error(str(err))
     device = torch.device(args.device)
+    if (args.cpu_kernels or args.loop_widths) and device.type != "cpu":
+        p.error("--cpu-kernels and --loop-widths read the compiler's C++ loops: CPU only (--device cpu)")
+    if args.loop_widths and args.warmup < 1:
+        p.error("--loop-widths reads the loops compiled in the warm-up: --warmup must be >= 1")
+    if args.cpu_kernels:
+        torch._inductor.config.cpp.enable_kernel_profile = True
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     arms = [("mlp", "auto")] + [arm for arm in map(parse_arm, args.arms) if arm[0] != "mlp"]
     configure_malloc("keep")
     result: dict[str, Any] = {"benchmark": "profile_ffn", "device": str(device), "machine": machine(device),
                               "torch": torch.__version__, "d_model": args.d_model, "tokens": args.tokens,
                               "dtype": args.dtype, "steps": args.steps, "compiled": args.compile,
-                              "compile_options": options, "rows": []}
+                              "compile_options": options, "cpu_kernels": args.cpu_kernels, "rows": []}
     print(f"FFN fwd+bwd{' compiled' if args.compile else ''} under torch.profiler: d_model {args.d_model}, "
           f"{args.tokens} tokens, {args.dtype}, "
           f"{device} [{result['machine']}], {args.steps} steps per arm after {args.warmup} untimed"

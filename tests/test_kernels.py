@@ -1133,6 +1133,48 @@ def test_two_models_with_different_paths_in_one_process(monkeypatch, tmp_path):
     assert kan_layers and all(m.kernel_mode == "reference" for m in kan_layers)
 
 
+def test_loop_widths_flag_a_bf16_loop_that_a_fp32_only_computation_narrows():
+    """The profiler's ``--loop-widths`` observer: a compiled CPU loop writing bf16 values, with a reused tanh that the
+    compiler stores apart in fp32 (a body touching no bf16 value), runs at fp32's width and is listed as mixed; the
+    same loop without it is not. Caches are off while it watches, and back as they were after."""
+    import torch._inductor.config as inductor_config
+
+    from benchmarks.profile_ffn import LoopWidths, format_widths
+
+    x, g = torch.randn(64, 64), torch.randn(64, 64).bfloat16()
+
+    def with_tanh(x, g):
+        s = torch.tanh(x)  # reused: stored apart
+        return (g.float() * s).bfloat16(), (g.float() + s).bfloat16()
+
+    def without(x, g):
+        s = x * 2
+        return (g.float() * s).bfloat16(), (g.float() + s).bfloat16()
+
+    caches = inductor_config.force_disable_caches
+    found = {}
+    for fn in (with_tanh, without):
+        torch._dynamo.reset()
+        with LoopWidths() as widths:
+            assert inductor_config.force_disable_caches
+            torch.compile(fn)(x, g)
+        assert inductor_config.force_disable_caches == caches
+        found[fn.__name__] = widths.summary()
+    if not found["without"]["available"]:
+        pytest.skip("this PyTorch's C++ code generator has no readable tiling choice")
+    if not found["without"]["bf16_lanes"]:
+        pytest.skip("no vector instructions for bf16 on this CPU")
+    assert found["without"]["loops"] and not found["without"]["mixed"]
+    (mixed,) = found["with_tanh"]["mixed"]
+    assert mixed["low_precision_bodies"] < mixed["bodies"] and max(mixed["lanes"]) < found["with_tanh"]["bf16_lanes"]
+    assert "1 mixed" in format_widths(found["with_tanh"]) and "0 mixed" in format_widths(found["without"])
+    from benchmarks import profile_ffn
+
+    for flag in ("--loop-widths", "--cpu-kernels"):  # they read the C++ loops: refused elsewhere, naming why
+        with pytest.raises(SystemExit):
+            profile_ffn.main(["--device", "cuda", flag])
+
+
 def test_the_ffn_profile_lists_each_arms_top_operators_and_refuses_unknown_arms(tmp_path, capsys, request):
     """`python -m benchmarks.profile_ffn`: the MLP first, then each ffn:kernel arm on its path, with the operators that
     took the most time (their shares adding up to at most the whole), written as JSON; bad arms named."""

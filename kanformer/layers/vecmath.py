@@ -16,12 +16,14 @@ instead of 0 or a subnormal, and above e^88 (~1.7e38) that value instead of inf 
 
 ``loop_tanh`` is Cephes' ``tanhf``: for |x| > 0.625, (1 - e^(-2|x|)) / (1 + e^(-2|x|)) with the sign of x
 (``loop_exp``), else an odd polynomial of degree 11. Within 9e-8 of the exact value over 2 million points of [-12,
-12], 1.5e-7 relative (the test bounds it); +-1 at the infinities, NaN stays NaN. Besides the call, ``torch.tanh`` cost
-the Chebyshev and Jacobi layers' bf16 loops their width: the compiler stores a reused tanh on its own (a "heavy"
-operation), in a loop body that touches no bf16 value, and a loop with such a body runs at fp32's vector width, the
-features' bf16 loads and stores masked at half width. Inline, it is computed where it is used and the loop keeps
-bf16's width: the FFN step, d 384, 2048 tokens, bf16 autocast, 2-core Zen 5, same-process A/B: Chebyshev 1.14 -> 1.08x
-the MLP's, Jacobi 1.13 -> 1.06x; fp32 level (0.86 both ways).
+12], 1.5e-7 relative (the test bounds it); +-1 at the infinities, NaN stays NaN. In the Chebyshev and Jacobi layers'
+fused loops it replaced the library's tanh (a call, with every vector register saved and reloaded around it): the FFN
+step, d 384, 2048 tokens, bf16 autocast, 2-core Zen 5, same-process A/B: Chebyshev 1.14 -> 1.08x the MLP's, Jacobi
+1.13 -> 1.06x; fp32 level at d 384 (0.86 both ways), 0.95 -> 0.91 and 0.93 -> 0.91 at d 128; bf16 level at d 768. The
+compiler still stores the reused tanh apart (about 50 operations, its threshold for inlining), in a loop body that
+touches no bf16 value, so those layer-1 loops keep fp32's vector width (``python -m benchmarks.profile_ffn
+--loop-widths``); a shorter form without the polynomial (1e-7 absolute, not relative, near 0) measured no clear gain
+(1.10 -> 1.09, 1.09 -> 1.05).
 """
 
 from __future__ import annotations
