@@ -1,4 +1,4 @@
-"""Forward+backward time and activation memory of every registered FFN against the GELU MLP, in one process.
+r"""Forward+backward time and activation memory of every registered FFN against the GELU MLP, in one process.
 
 Each FFN gets the hidden width that matches the MLP of width 4*d_model (by parameters, or FLOPs with
 ``--match flops``). Timings: warm-up excluded, CUDA synchronised; the FFNs take turns, ``--rounds`` times, each turn

@@ -1,4 +1,4 @@
-"""Where an FFN's training step spends its time: the GELU MLP and each named FFN (on the KAN path named with it) under
+r"""Where an FFN's training step spends its time: the GELU MLP and each named FFN (on the KAN path named with it) under
 ``torch.profiler``, the operators and kernels that took the most device time (self time: CUDA kernels on a GPU, CPU
 operators on a CPU), and per step the wall time (median, timed apart from the profiler) beside the busy time the
 profiler adds up (on a GPU, a wall time well above it: the step waits on the host, launches and Python, not on the

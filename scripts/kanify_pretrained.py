@@ -1,4 +1,4 @@
-"""KAN-ify a pretrained or kanformer-trained checkpoint with a fitted start; the same as `kanformer kanify`.
+r"""KAN-ify a pretrained or kanformer-trained checkpoint with a fitted start; the same as `kanformer kanify`.
 
     python scripts/kanify_pretrained.py runs/compare/readme_cpu/runs/mlp_params-s0/final --ffn rational \
         --out runs/warmstart/gpt2_rational

@@ -1,4 +1,4 @@
-"""Scaling sweeps: arms x sizes x seeds, fitted scaling laws, plots (the same as ``kanformer sweep``).
+r"""Scaling sweeps: arms x sizes x seeds, fitted scaling laws, plots (the same as ``kanformer sweep``).
 
     python scripts/sweep.py --config configs/sweeps/cpu_ladder.yaml               # run in-process, then report
     python scripts/sweep.py --config configs/sweeps/gpu_ladder.yaml --emit commands.sh \

@@ -1,4 +1,4 @@
-"""Pretrain or finetune a KAN (or baseline) GPT-2 / Llama / BERT / ViT: the same as ``kanformer train``.
+r"""Pretrain or finetune a KAN (or baseline) GPT-2 / Llama / BERT / ViT: the same as ``kanformer train``.
 
     python scripts/train.py --preset debug
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/train.py \
