@@ -126,6 +126,11 @@ def test_sweep_config_errors(tmp_path):
         _sweep_config(tmp_path, "chinchilla")
     with pytest.raises(ValueError, match="reference 'gelu' is not an arm"):
         _sweep_config(tmp_path, extra="reference: gelu")
+    # a comparison's own evaluation keys are refused by name, not accepted and ignored
+    for key in ("speed_rounds=3", "tasks=[hellaswag]", "extra_data=[wikitext2]"):
+        with pytest.raises(ValueError, match=rf"Unknown config key 'eval\.{key.split('=')[0]}'\. Known keys here: "
+                                             r"context, stride, throughput_steps, tokens"):
+            load_sweep_config(tmp_path / "sweep.yaml", [f"eval.{key}"])
 
 
 def test_tiny_isoflop_sweep_reports_parabola_minima(tmp_path):

@@ -44,11 +44,19 @@ class BaselineSpec:
 
 
 @dataclass
-class EvalSpec:
+class RunEvalSpec:
+    """How each run's final checkpoint is evaluated (a sweep's ``eval`` section: these keys alone)."""
+
     tokens: int = 65536
     context: int | None = None
     stride: int | None = None
     throughput_steps: int = 5  # each run's own evaluation times this many training steps
+
+
+@dataclass
+class EvalSpec(RunEvalSpec):
+    """A comparison's ``eval`` section: each run's evaluation, and the columns only a comparison makes."""
+
     # the speed columns: every arm's final checkpoint timed in one process, taking turns (studies/speed.py); 0 rounds:
     # the runs' own timings instead
     speed_rounds: int = 6

@@ -21,7 +21,7 @@ import yaml
 
 from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from, save_config
 from ..tasks import task_for
-from .compare import ArmSpec, EvalSpec, _slug, check_arm_names
+from .compare import ArmSpec, RunEvalSpec, _slug, check_arm_names
 
 MODES = ("tokens_per_param", "isoflop")
 
@@ -39,7 +39,8 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     world_size: int = 1  # processes per run when launched on a cluster: sets steps from the global batch
     reference: str | None = None  # arm the compute multipliers are relative to (default: the first arm)
-    eval: EvalSpec = field(default_factory=EvalSpec)
+    # each run's evaluation; a comparison's own columns (speed rounds, extra data, harness tasks) are not a sweep's
+    eval: RunEvalSpec = field(default_factory=RunEvalSpec)
 
     def __post_init__(self) -> None:
         self.arms = [a if isinstance(a, ArmSpec) else _build(ArmSpec, a, f"arms[{i}]") for i, a in enumerate(self.arms)]
