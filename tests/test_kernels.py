@@ -125,6 +125,19 @@ def test_the_bspline_inverse_step_is_computed_once_per_grid():
     torch.testing.assert_close(inv, torch.full((4,), 2.5))
 
 
+def test_the_uniform_grid_verdict_is_read_eagerly_without_the_check(monkeypatch):
+    """An eager call reads the B-spline's cached uniform-grid verdict directly (behind ``torch.compiler.disable``, every
+    call paid its wrapper); the check itself runs again once the grid is written, and only then."""
+    basis = KANLinear(4, 3, grid_size=5).basis
+    checks = []
+    check = basis._check_uniform
+    monkeypatch.setattr(basis, "_check_uniform", lambda: checks.append(1) or check())
+    assert basis._uniform() is not None and basis.fused_state() is not None and checks == []  # the build's verdict
+    with torch.no_grad():
+        basis.grid[:, 4:] += 0.25  # written in place: a new version, a non-uniform grid
+    assert basis._uniform() is None and basis.fused_state() is None and checks == [1]
+
+
 @pytest.mark.parametrize("basis", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])
 @pytest.mark.parametrize("mode", ["reference", "lean"])
 def test_gradcheck_float64(basis, mode):

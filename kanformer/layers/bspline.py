@@ -115,6 +115,9 @@ def _poly(coeffs: list[float], t: torch.Tensor) -> torch.Tensor:
     return value
 
 
+_MISS = object()  # no verdict cached (``BSplineBasis._cached_uniform``)
+
+
 @register_basis("bspline")
 class BSplineBasis(Basis):
     per_input = ("grid",)
@@ -224,13 +227,27 @@ class BSplineBasis(Basis):
     # interval m = floor(s) and t = s - m they follow de Boor's local triangle (The NURBS Book, A2.2), whose knot
     # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. Adapted
     # (non-uniform) grids use the reference recursion, differentiated by autograd in the backward.
-    @torch.compiler.disable
     def _uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(t0, h) per input when every knot step is equal, else None. Cached per grid tensor and version: the check
-        reads a value back from the device, which must not happen on every forward."""
-        cache = getattr(self, "_uniform_cache", None)
-        if cache is not None and cache[0] is self.grid and cache[1] == self.grid._version:
-            return cache[2]
+        reads a value back from the device, which must not happen on every forward. Eagerly a cached verdict is read
+        here; the check itself runs outside any compiled graph (``_check_uniform``). Behind ``torch.compiler.disable``
+        the cached read paid the wrapper on every call (two an eager B-spline FFN call; ~2.5 us each, 2-core CPU)."""
+        if not torch.compiler.is_compiling():
+            cached = self._cached_uniform()
+            if cached is not _MISS:
+                return cached
+        return self._check_uniform()
+
+    def _cached_uniform(self) -> Any:
+        """The verdict cached for the grid tensor as it is now, else ``_MISS``."""
+        grid, cache = self.grid, getattr(self, "_uniform_cache", None)
+        return cache[2] if cache is not None and cache[0] is grid and cache[1] == grid._version else _MISS
+
+    @torch.compiler.disable
+    def _check_uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cached = self._cached_uniform()
+        if cached is not _MISS:
+            return cached
         result = None
         if self.spline_order >= 1:
             steps = self.grid[:, 1:] - self.grid[:, :-1]  # (I, G+2k)

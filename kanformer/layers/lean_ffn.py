@@ -508,6 +508,12 @@ def tiny_tokens(ffn: Any, dtype: torch.dtype) -> int:
     return max(_TINY_MACS // max(1, weights), _TINY_TOKENS.get(dtype, 1))
 
 
+def _tiny(ffn: Any, tokens: int, dtype: torch.dtype) -> bool:
+    """``tokens <= tiny_tokens(ffn, dtype)``, the weights not counted where the token count alone decides (a
+    generation step of one sequence: one token)."""
+    return tokens <= _TINY_TOKENS.get(dtype, 1) or tokens <= tiny_tokens(ffn, dtype)
+
+
 def _few_product(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, tiny: bool) -> torch.Tensor:
     """``a`` (N, K) times ``w`` (O, K) transposed, plus ``bias``; ``tiny``: as sums in the graph's own loops (in fp32,
     rounded once, as a low-precision product accumulates), not a call of the matmul library."""
@@ -555,11 +561,14 @@ def _few_tokens_call(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor | None:
     fc1, fc2 = ffn.fc1, ffn.fc2
     pre1, pre2 = fc1.basis.lean_pre_params(), fc2.basis.lean_pre_params()
     w1, w2 = ((_low_weight(t, p.dtype) for t in (fc.coef, fc.base_weight, fc.bias)) for fc in (fc1, fc2))
+    per_token(x)
+    args = (p.basis1, p.basis2, x, (*w1, p.state1, pre1), (*w2, p.state2, pre2), p.dtype, p.products,
+            _tiny(ffn, x.shape[0], p.dtype))
+    call = _kernel_fn(_few_tokens_forward, tag=p.tag + "|few")
+    if not torch.is_autocast_enabled(x.device.type):  # entering a context costs a few us, a few-token call ~50
+        return call(*args)
     with torch.autocast(x.device.type, enabled=False):
-        per_token(x)
-        return _kernel_fn(_few_tokens_forward, tag=p.tag + "|few")(
-            p.basis1, p.basis2, x, (*w1, p.state1, pre1), (*w2, p.state2, pre2), p.dtype, p.products,
-            x.shape[0] <= tiny_tokens(ffn, p.dtype))
+        return call(*args)
 
 
 def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
