@@ -245,6 +245,8 @@ class BSplineBasis(Basis):
 
     @torch.compiler.disable
     def _check_uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The check, outside any compiled graph (it reads a value back), and its verdict cached; a verdict already
+        cached for this grid is returned as it is (a call from inside a graph reads the cache here)."""
         cached = self._cached_uniform()
         if cached is not _MISS:
             return cached
