@@ -157,6 +157,31 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
     assert len(lean_ffn._LOW_WEIGHTS) == 0  # training drops them
 
 
+def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_unchanged(few):
+    """Without autograd the wavelet's wavelet-major translations and inverse scales are made once (six eager operators
+    a layer made them in every call), made afresh once a parameter is written in place, made afresh and dropped by a
+    call with autograd; the few-token graph computes the same with them; a model holding them pickles."""
+    import io
+
+    ffn = _ffn("wavelet", torch.float64)
+    basis = ffn.fc1.basis
+    x = _inputs(torch.float64, n=3)
+    with torch.no_grad(), kernel("fused"):
+        first = ffn(x)
+        kept = basis.fused_state()
+        assert basis.fused_state() is kept and torch.equal(ffn(x), first)
+        basis.log_scale.add_(0.1)  # written in place (an optimizer step, a load): new state, new outputs
+        fresh = basis.fused_state()
+        assert fresh is not kept and torch.equal(fresh[1], torch.exp(-basis.log_scale).T)
+        y = ffn(x)
+        with kernel("reference"):
+            torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-12)
+        torch.save(ffn, io.BytesIO())
+    assert few == [3, 3, 3] and not torch.equal(y, first)
+    with torch.enable_grad():
+        assert basis.fused_state() is not fresh and basis._kept_state is None  # autograd: afresh, none kept
+
+
 def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchanged(counted):
     """A GR-KAN call without autograd runs its forward's graph without the Function, on per-channel coefficient tables
     made once (the Function makes them in every call), made afresh once a parameter is written in place; it computes
