@@ -160,7 +160,8 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
 def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_unchanged(few):
     """Without autograd the wavelet's wavelet-major translations and inverse scales are made once (six eager operators
     a layer made them in every call), made afresh once a parameter is written in place, made afresh and dropped by a
-    call with autograd; the few-token graph computes the same with them; a model holding them pickles."""
+    call with autograd, not kept under inference mode; the few-token graph computes the same with them; a model holding
+    them pickles."""
     import io
 
     ffn = _ffn("wavelet", torch.float64)
@@ -180,6 +181,9 @@ def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_u
     assert few == [3, 3, 3] and not torch.equal(y, first)
     with torch.enable_grad():
         assert basis.fused_state() is not fresh and basis._kept_state is None  # autograd: afresh, none kept
+    with torch.inference_mode():
+        basis.fused_state()
+    assert basis._kept_state is None  # what inference mode makes is not kept for calls outside it
 
 
 def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchanged(counted):

@@ -131,7 +131,8 @@ class WaveletBasis(Basis):
         if torch.compiler.is_compiling():
             with torch.no_grad():
                 return self.fused_state_from(t, s)
-        if torch.is_grad_enabled() or t.is_inference() or s.is_inference():  # an inference tensor has no version
+        if (torch.is_grad_enabled() or torch.is_inference_mode_enabled()  # what inference mode makes stays in it
+                or t.is_inference() or s.is_inference()):  # an inference tensor has no version
             self._kept_state = None
             with torch.no_grad():
                 return self.fused_state_from(t, s)
