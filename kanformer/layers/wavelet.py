@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from .bspline import _check_grid_range
 from .kan import KANFFN, Basis, register_basis
@@ -132,7 +133,8 @@ class WaveletBasis(Basis):
             with torch.no_grad():
                 return self.fused_state_from(t, s)
         if (torch.is_grad_enabled() or torch.is_inference_mode_enabled()  # what inference mode makes stays in it
-                or t.is_inference() or s.is_inference()):  # an inference tensor has no version
+                or t.is_inference() or s.is_inference()  # an inference tensor has no version
+                or t.is_meta or is_fake(t)):  # nor values: nothing worth keeping
             self._kept_state = None
             with torch.no_grad():
                 return self.fused_state_from(t, s)
