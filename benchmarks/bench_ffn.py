@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -137,8 +138,12 @@ class Arm:
         t0 = time.perf_counter()
         try:
             with self.graph_ctx():
-                # allow_unused_input: a parameter without a gradient in this step is no failure of the graphs
-                self.graphed_module = torch.cuda.make_graphed_callables(self.ffn, (self.x,), allow_unused_input=True)
+                # a shallow copy (the same parameters and submodules): make_graphed_callables replaces a module's
+                # forward in place, and on the FFN itself every later plain step, and the saved-activation count, ran
+                # the graphs (the first GPU run: the MLP's count read 0). allow_unused_input: a parameter without a
+                # gradient in this step is no failure of the graphs
+                self.graphed_module = torch.cuda.make_graphed_callables(copy.copy(self.ffn), (self.x,),
+                                                                        allow_unused_input=True)
             got = self.outputs(self.graphed_module, self.graph_ctx)
         except Exception as err:  # noqa: BLE001 - reported in its row
             run.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
@@ -248,6 +253,11 @@ def _ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
     return ratios["median"], ratios["low"], ratios["high"]
 
 
+def _per(value: float, base: float) -> float:
+    """``value / base``; NaN where the base is 0 (a table with a ratio of nothing, not a crash of the whole run)."""
+    return value / base if base else float("nan")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -283,12 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["time_ratio"], row["time_ratio_low"], row["time_ratio_high"] = _ratios(arm.times["fwd_bwd"],
                                                                                    ref.times["fwd_bwd"])
         row["fwd_time_ratio"] = _ratios(arm.times["fwd"], ref.times["fwd"])[0]
-        row["memory_ratio"] = row["saved_activation_bytes"] / rows[0]["saved_activation_bytes"]
+        row["memory_ratio"] = _per(row["saved_activation_bytes"], rows[0]["saved_activation_bytes"])
         for kind in arm.compiled:
             row[f"compiled_{kind}_ratio"] = _ratios(arm.times[f"compiled_{kind}"], ref.times["fwd_bwd"])[0]
             row[f"compiled_{kind}_first_step_s"] = arm.compile_s[kind]
-            row[f"compiled_{kind}_memory_ratio"] = (row[f"compiled_{kind}_saved_activation_bytes"]
-                                                    / rows[0]["saved_activation_bytes"])
+            row[f"compiled_{kind}_memory_ratio"] = _per(row[f"compiled_{kind}_saved_activation_bytes"],
+                                                        rows[0]["saved_activation_bytes"])
         if "graphed_s" in row:  # against the MLP's step graphed alike, and against its own plain step
             row["graphed_vs_plain"] = _ratios(arm.graphed.times, arm.times["fwd_bwd"])[0]
             if "graphed_s" in rows[0]:

@@ -731,15 +731,23 @@ def test_the_ffn_benchmark_times_each_step_replayed_as_cuda_graphs(monkeypatch, 
 
     from benchmarks import bench_ffn
 
-    captured = []
+    captured, built = [], []
 
     def graphed(module, sample_args, allow_unused_input=False):
         assert allow_unused_input and sample_args[0].requires_grad
         if module.name == "rbf":
             raise RuntimeError("operation not permitted when stream is capturing\nmore")
         captured.append((module.name, torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled()))
-        return lambda x: module(x) * 1.0  # a copy of the output, as a replayed graph hands it
+        plain = module.forward
+        module.forward = lambda x: plain(x) * 1.0  # as torch's: the forward replaced in place, the module returned
+        return module
 
+    def create(*args, **kwargs):
+        built.append(bench_ffn_create(*args, **kwargs))
+        return built[-1]
+
+    bench_ffn_create = bench_ffn.create_ffn
+    monkeypatch.setattr(bench_ffn, "create_ffn", create)
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", graphed)
     ns = argparse.Namespace(device="cpu", dtype="bf16", no_autocast=False, match="params", ffns=["chebyshev", "rbf"],
                             warmup=1, repeats=1, rounds=2, compile_options=[], cuda_graphs=True, d_model=16,
@@ -749,6 +757,8 @@ def test_the_ffn_benchmark_times_each_step_replayed_as_cuda_graphs(monkeypatch, 
     # captured under autocast without its cast cache (make_graphed_callables refuses the cache)
     assert captured == [("mlp", True, False), ("chebyshev", True, False)]
     mlp, cheb, rbf = res["rows"]
+    # the graphs replace a copy's forward: the FFNs the plain steps and the saved-activation count run are untouched
+    assert len(built) == 3 and not any("forward" in vars(ffn) for ffn in built) and mlp["memory_ratio"] == 1
     assert res["cuda_graphs"] and mlp["graphed_ratio"] == 1 and mlp["graphed_max_rel_err"] == 0
     assert cheb["graphed_ratio"] > 0 and cheb["graphed_vs_plain"] > 0 and cheb["graphed_max_rel_err"] == 0
     assert cheb["graphed_first_step_s"] > 0 and "graphed_s" not in rbf
