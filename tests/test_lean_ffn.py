@@ -157,6 +157,60 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
     assert len(lean_ffn._LOW_WEIGHTS) == 0  # training drops them
 
 
+def test_a_call_of_few_tokens_like_the_last_runs_on_its_kept_arguments_until_anything_it_read_changes(
+        counted, few, monkeypatch):
+    """A generation step's call in the state of the FFN's last (settings, modules, tensors) calls the graph of few
+    tokens on that call's arguments, the path's Python skipped; a weight written in place or replaced, a grid moved,
+    another path, token count or autocast takes the whole path again, and each result equals the reference; a call
+    with autograd drops what is kept, which does not keep the FFN alive."""
+    import gc
+    import weakref
+
+    ffn = _ffn("bspline", torch.float64)
+    whole = []
+    path = ffn._call
+    monkeypatch.setattr(ffn, "_call", lambda x: whole.append(x.shape[0]) or path(x))
+    x = _inputs(torch.float64, n=3)
+
+    def check(x, whole_path):
+        before, calls = len(whole), len(few)
+        with kernel("fused"):
+            y = ffn(x)
+        assert len(few) == calls + 1 and (len(whole) > before) == whole_path
+        with kernel("reference"):
+            torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
+        return y
+
+    with torch.no_grad():
+        first = check(x, True)
+        assert torch.equal(check(x, False), first)  # kept
+        ffn.fc1.coef.mul_(2.0)  # written in place (a load, an optimizer step)
+        check(x, True)
+        check(x, False)
+        ffn.fc1.basis.grid.mul_(1.25)  # the grid moved (uniform still): the basis' state with it
+        check(x, True)
+        ffn.fc2.bias = torch.nn.Parameter(ffn.fc2.bias + 1.0)  # replaced
+        check(x, True)
+        check(x[:2], True)  # another token count
+        check(x[:2], False)
+        before = len(whole)
+        with kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert ffn(x[:2]).dtype == torch.bfloat16 and len(whole) == before + 1  # another autocast state
+        assert len(lean_ffn._RECALLED) == 1
+    assert not counted  # the two-layer Function never ran
+    with kernel("fused"):
+        ffn(x).sum().backward()
+    assert len(lean_ffn._RECALLED) == 0  # a call with autograd drops it
+    other = _ffn("rbf", torch.float64)
+    with torch.no_grad(), kernel("fused"):
+        other(x)
+    assert len(lean_ffn._RECALLED) == 1
+    ref = weakref.ref(other)
+    del other
+    gc.collect()
+    assert ref() is None and len(lean_ffn._RECALLED) == 0
+
+
 def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_unchanged(few):
     """Without autograd the wavelet's wavelet-major translations and inverse scales are made once (six eager operators
     a layer made them in every call), made afresh once a parameter is written in place, made afresh and dropped by a

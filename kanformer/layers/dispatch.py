@@ -116,6 +116,12 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     return autotune_choice(ffn, x)
 
 
+def path_state() -> tuple[str | None, str | None, str]:
+    """The path settings in force now: a ``kernel(...)`` block's, the running module's own, the process default (what
+    decides a call's path beside the modules' own ``kernel_mode``; layers/lean_ffn.py's ``recall`` compares them)."""
+    return _forced[0], _scoped[0], _mode[0]
+
+
 def few_tokens_compiled(ffn: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether the fused path's graph for a call of few tokens without autograd (layers/lean_ffn.py) may run now:
     where a path is pinned (or ``auto`` measures nothing), at once, compiled on its first call as every fused graph
