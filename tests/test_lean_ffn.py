@@ -211,6 +211,28 @@ def test_a_call_of_few_tokens_like_the_last_runs_on_its_kept_arguments_until_any
     assert ref() is None and len(lean_ffn._RECALLED) == 0
 
 
+def test_gr_kan_s_call_without_autograd_like_the_last_runs_on_its_kept_arguments(counted, monkeypatch):
+    """GR-KAN's call without autograd (its forward's graph, no Function) keeps its arguments as the KAN FFNs' graph of
+    few tokens does: the path's Python skipped while nothing changed, the whole path once a rational's coefficients
+    are written, each result equal to the reference."""
+    ffn = _ffn("rational", torch.float64)
+    whole = []
+    path = ffn._call
+    monkeypatch.setattr(ffn, "_call", lambda x: whole.append(1) or path(x))
+    x = _inputs(torch.float64, n=3)
+    with torch.no_grad():
+        for written, whole_path in ((False, True), (False, False), (True, True), (False, False)):
+            if written:
+                ffn.act2.numerator.mul_(1.5)
+            before = len(whole)
+            with kernel("fused"):
+                y = ffn(x)
+            assert (len(whole) > before) == whole_path
+            with kernel("reference"):
+                torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
+    assert not counted and len(lean_ffn._RECALLED) == 1  # the Function never ran
+
+
 def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_unchanged(few):
     """Without autograd the wavelet's wavelet-major translations and inverse scales are made once (six eager operators
     a layer made them in every call), made afresh once a parameter is written in place, made afresh and dropped by a

@@ -609,15 +609,16 @@ def lean_kan_ffn(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor:
 # the kit's Python decided it all again in every call (the path, the two-layer plan, the weights' low-precision
 # copies, the basis' state, the graph's arguments): d 128, 4 tokens, B-spline FFN, 2-core Zen 5, the call took 117 us
 # pinned to ``fused`` and 133 under ``auto`` (settled), the graph of few tokens' own call 63, the MLP's whole call 49.
-# A call that the graph of few tokens served is now remembered with what decided it (``_call_state``: the input's
-# shape, dtype and device, autocast, the path settings, hooks, compile options) and what it read (every module,
+# A call that the graph of few tokens served (GR-KAN's: its forward's graph, ``_rational_ffn_no_grad``) is now
+# remembered with what decided it (``_call_state``: the input's shape, dtype and device, autocast, the path settings,
+# its layers' own paths and hooks, compile options, the thresholds of few tokens) and what it read (every module,
 # parameter and buffer of the FFN, by identity, and each tensor's version and storage); a next call where all of these
 # are the same calls the graph with the kept arguments. Anything else (a parameter written in place or replaced, a grid
 # moved, another path, autocast or token count) takes the whole path again, which remembers afresh. A write through
 # ``.data`` (no version) goes unseen, as by the kept weights (``_low_weight``), and as the graph's guards would not see
 # it either. The first call with autograd drops what is kept (``_drop_kept``).
 _RECALLED = WeakIdKeyDictionary()  # ffn -> _Recall
-_SERVED: list[Any] = [None]  # the FFN a ``recall`` runs the whole path of, then what the graph of few tokens ran
+_SERVED: list[Any] = [None]  # the FFN a ``recall`` runs the whole path of, then what its graph ran
 
 
 @dataclass(frozen=True, repr=False)  # its tensors are the FFN's: not printed
@@ -641,9 +642,10 @@ def _call_state(ffn: Any, x: torch.Tensor) -> tuple[Any, ...] | None:
         return None
     device = x.device.type
     autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device)
-    fc1, fc2 = ffn.fc1, ffn.fc2
-    return (x.shape, x.dtype, x.device, autocast, path_state(), ffn.kernel_mode, fc1.kernel_mode, fc2.kernel_mode,
-            _global_hooks() or _hooked(fc1) or _hooked(fc2), _FEW_TOKENS, _TINY_MACS, _TINY_TOKENS)
+    layers = tuple(ffn._modules.values())  # a KAN FFN's two KANLinears, GR-KAN's rationals and linears
+    return (x.shape, x.dtype, x.device, autocast, path_state(), ffn.kernel_mode,
+            tuple(getattr(m, "kernel_mode", None) for m in layers), _global_hooks() or any(map(_hooked, layers)),
+            _FEW_TOKENS, _TINY_MACS, _TINY_TOKENS)
 
 
 def _members(ffn: Any, modules: tuple[torch.nn.Module, ...]) -> list[Any]:
@@ -914,8 +916,16 @@ def _rational_ffn_no_grad(ffn: Any, x: torch.Tensor) -> torch.Tensor:
         act2 = _kept_tables(a2.numerator, a2.denominator, a2.group_index, _low_dtype(dtype))
         x_, w1, b1, w2, b2 = _detached(x, ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias)
         per_token(x_)
-        return _kernel_fn(_rational_ffn_forward, tag=_rational_tag(a1.numerator, a1.denominator, w1))(
-            x_, act1, w1, b1, act2, w2, b2, dtype)[0]
+        call = _kernel_fn(_rational_ffn_forward, tag=_rational_tag(a1.numerator, a1.denominator, w1))
+        y = call(x_, act1, w1, b1, act2, w2, b2, dtype)[0]
+    if _SERVED[0] is ffn:  # a ``recall`` of this FFN waits: what it keeps for the FFN's next such call
+        _SERVED[0] = (ffn, y, functools.partial(_first, call), (), (act1, w1, b1, act2, w2, b2, dtype),
+                      torch.is_autocast_enabled(x.device.type))
+    return y
+
+
+def _first(call: Any, *args: Any) -> torch.Tensor:
+    return call(*args)[0]
 
 
 class LeanRationalFFNFunction(torch.autograd.Function):
