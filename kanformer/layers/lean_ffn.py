@@ -693,7 +693,7 @@ def recall(ffn: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tenso
         served = _SERVED[0]
     finally:
         _SERVED[0] = None
-    if served is not ffn and served[0] is ffn and served[1].data_ptr() == y.data_ptr():  # y is that graph's
+    if isinstance(served, tuple) and served[0] is ffn and served[1].data_ptr() == y.data_ptr():  # y: that graph's
         modules = tuple(m for m in ffn.modules() if m is not ffn)
         members = tuple(_members(ffn, modules))
         tensors = tuple(t for t in members if isinstance(t, torch.Tensor))
