@@ -177,8 +177,10 @@ def test_a_call_of_few_tokens_like_the_last_runs_on_its_kept_arguments_until_any
         with kernel("fused"):
             y = ffn(x)
         assert len(few) == calls + 1 and (len(whole) > before) == whole_path
-        with kernel("reference"):
+        before = len(whole)
+        with kernel("reference"):  # another path: the whole of it, not the kept graph
             torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
+        assert len(few) == calls + 1 and len(whole) == before + 1
         return y
 
     with torch.no_grad():
@@ -228,8 +230,9 @@ def test_gr_kan_s_call_without_autograd_like_the_last_runs_on_its_kept_arguments
             with kernel("fused"):
                 y = ffn(x)
             assert (len(whole) > before) == whole_path
-            with kernel("reference"):
+            with kernel("reference"):  # another path: the whole of it
                 torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
+            assert len(whole) == before + 1 + whole_path
     assert not counted and len(lean_ffn._RECALLED) == 1  # the Function never ran
 
 
