@@ -474,7 +474,7 @@ def _kept(store: WeakIdKeyDictionary, sources: tuple[torch.Tensor, ...], dtype: 
     """``make()``, kept in ``store`` under ``sources[0]`` while every tensor of ``sources`` is unchanged (its version
     and storage) and ``dtype`` is the same: what calls without autograd derive from parameters (``_LOW_WEIGHTS``,
     ``_TABLES``), dropped by the first call with autograd (``_drop_kept``)."""
-    key = tuple((t._version, t.data_ptr()) for t in sources) + (dtype,)
+    key = (*_versions(sources), dtype)
     kept = store.get(sources[0])
     if kept is None or kept[0] != key:
         kept = store[sources[0]] = (key, make())
@@ -660,6 +660,7 @@ def _members(ffn: Any, modules: tuple[torch.nn.Module, ...]) -> list[Any]:
 
 
 def _versions(tensors: tuple[torch.Tensor, ...]) -> list[tuple[int, int]]:
+    """Each tensor's version and storage: what an in-place write or a new storage changes."""
     return [(t._version, t.data_ptr()) for t in tensors]
 
 
