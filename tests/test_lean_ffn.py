@@ -236,33 +236,32 @@ def test_gr_kan_s_call_without_autograd_like_the_last_runs_on_its_kept_arguments
     assert not counted and len(lean_ffn._RECALLED) == 1  # the Function never ran
 
 
-def test_the_wavelet_keeps_its_state_without_autograd_while_its_parameters_are_unchanged(few):
-    """Without autograd the wavelet's wavelet-major translations and inverse scales are made once (six eager operators
-    a layer made them in every call), made afresh once a parameter is written in place, made afresh and dropped by a
-    call with autograd, not kept under inference mode; the few-token graph computes the same with them; a model holding
-    them pickles."""
+def test_the_wavelets_kept_call_takes_the_whole_path_once_a_scale_is_written(counted, few, monkeypatch):
+    """The wavelet's wavelet-major translations and inverse scales, made from its parameters by the whole path, are
+    among the kept call's arguments: a log-scale written in place takes the whole path, which makes them afresh; each
+    result equals the reference's; a model after a kept call pickles (nothing it keeps is the module's)."""
     import io
 
     ffn = _ffn("wavelet", torch.float64)
-    basis = ffn.fc1.basis
+    whole = []
+    path = ffn._call
+    monkeypatch.setattr(ffn, "_call", lambda x: whole.append(1) or path(x))
     x = _inputs(torch.float64, n=3)
-    with torch.no_grad(), kernel("fused"):
-        first = ffn(x)
-        kept = basis.fused_state()
-        assert basis.fused_state() is kept and torch.equal(ffn(x), first)
-        basis.log_scale.add_(0.1)  # written in place (an optimizer step, a load): new state, new outputs
-        fresh = basis.fused_state()
-        assert fresh is not kept and torch.equal(fresh[1], torch.exp(-basis.log_scale).T)
-        y = ffn(x)
-        with kernel("reference"):
-            torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-12)
+    outputs = []
+    with torch.no_grad():
+        for written, whole_path in ((False, True), (False, False), (True, True), (False, False)):
+            if written:
+                ffn.fc1.basis.log_scale.add_(0.1)  # an optimizer step, a load
+            before = len(whole)
+            with kernel("fused"):
+                outputs.append(ffn(x))
+            assert (len(whole) > before) == whole_path
+            with kernel("reference"):  # another path: the whole of it
+                torch.testing.assert_close(outputs[-1], ffn(x), rtol=1e-9, atol=1e-12)
+            assert len(whole) == before + 1 + whole_path
+        monkeypatch.setattr(ffn, "_call", path)  # the counting wrapper does not pickle
         torch.save(ffn, io.BytesIO())
-    assert few == [3, 3, 3] and not torch.equal(y, first)
-    with torch.enable_grad():
-        assert basis.fused_state() is not fresh and basis._kept_state is None  # autograd: afresh, none kept
-    with torch.inference_mode():
-        basis.fused_state()
-    assert basis._kept_state is None  # what inference mode makes is not kept for calls outside it
+    assert few == [3] * 4 and not counted and not torch.equal(outputs[1], outputs[2])
 
 
 def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchanged(counted):

@@ -20,13 +20,11 @@ branch (on by default, as in Wav-KAN).
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import is_fake
 
 from .bspline import _check_grid_range
 from .kan import KANFFN, Basis, register_basis
@@ -122,36 +120,10 @@ class WaveletBasis(Basis):
         """The translations and inverse scales wavelet-major, (W, I) each: wavelet j's row for all inputs is contiguous
         (their gradients reach the parameters through ``lean_params``). Two arguments of the compiled graphs, not 2W
         rows of their own: each graph argument costs its guards, checks and pad on every call (see ``lean_params``).
-
-        Without autograd (evaluation, generation) they are kept while both parameters are unchanged (their versions and
-        storages; a write through ``.data``, which counts no version, goes unseen, as by the few-token graphs' kept
-        weights): made afresh, they were six eager operators a layer, ~10 us each layer (a four-token FFN call, d 128,
-        2-core CPU: 134 - 139 us made afresh, 110 - 117 kept; the MLP's 47 - 49). A call with autograd (training: the
-        parameters change every step) makes them afresh and drops the kept ones."""
-        t, s = self.translation, self.log_scale
-        if torch.compiler.is_compiling():
-            with torch.no_grad():
-                return self.fused_state_from(t, s)
-        if (torch.is_grad_enabled() or torch.is_inference_mode_enabled()  # what inference mode makes stays in it
-                or t.is_inference() or s.is_inference()  # an inference tensor has no version
-                or t.is_meta or is_fake(t)):  # nor values: nothing worth keeping
-            self._kept_state = None
-            with torch.no_grad():
-                return self.fused_state_from(t, s)
-        key = (t._version, s._version, t.data_ptr(), s.data_ptr(), t.dtype, s.dtype)
-        kept = getattr(self, "_kept_state", None)
-        # the very tensors (held weakly: a new tensor may take a freed one's address and version, as a sharded model's
-        # gathered parameters do), unchanged since
-        if kept is None or kept[0]() is not t or kept[1]() is not s or kept[2] != key:
-            kept = self._kept_state = (weakref.ref(t), weakref.ref(s), key, self.fused_state_from(t, s))
-        return kept[3]
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The module's state without the kept wavelet-major state (weak references do not pickle; a copy makes its
-        own)."""
-        state = self.__dict__.copy()
-        state.pop("_kept_state", None)
-        return state
+        A generation step's repeated call does not make them again: the kept call (``lean_ffn.recall``) runs the graph
+        of few tokens on the arguments it was last given."""
+        with torch.no_grad():
+            return self.fused_state_from(self.translation, self.log_scale)
 
     def lean_spec(self) -> str:
         return f"{self.name}|{self.in_features}|num_wavelets={self.num_wavelets}|wavelet={self.wavelet!r}"
