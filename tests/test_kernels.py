@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kanformer import KANLinear, create_ffn, kanify
-from kanformer.layers import dispatch, kan, lean, lean_ffn, vecmath
+from kanformer.layers import dispatch, few_tokens, kan, lean, lean_ffn, lean_rational, vecmath
 from kanformer.layers.dispatch import get_kernel, kernel, set_kernel, use_lean
 from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
@@ -813,7 +813,8 @@ def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeyp
     monkeypatch.setattr(bench_model, "count_syncs", lambda device, fn: fn() or steps.append(1) or {"syncs": 0})
     monkeypatch.setattr(bench_model, "LEAN_FFNS", ["bspline"])
     monkeypatch.setattr(dispatch, "resolve", lambda ffn, x: "lean")  # auto's row, not its timing, is the point
-    for module in (lean, lean_ffn):  # the compiled helpers as the eager code they compile: nothing compiles
+    # the compiled helpers as the eager code they compile: nothing compiles
+    for module in (lean, lean_ffn, lean_rational, few_tokens):
         monkeypatch.setattr(module, "_kernel_fn", lambda fn, x=None, tag="": fn)
     rows = bench_model.check_fast_paths(torch.device("cpu"), ("auto", "lean"))
     assert [(r["mode"], r["bf16"], r["syncs"]) for r in rows] == [

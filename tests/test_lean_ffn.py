@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import dispatch, kan, lean, lean_ffn, multkan, rational
+from kanformer.layers import dispatch, few_tokens, kan, lean, lean_ffn, lean_rational, multkan, rational
 from kanformer.layers.dispatch import kernel
 from tests.device_reads import DeviceReads
 from tests.test_kernels import _close, _run
@@ -28,10 +28,10 @@ def counted(monkeypatch):
     """Calls of the two Functions; the compiled helpers, theirs and the per-layer path's, run as the eager code they
     compile (no compiler: fast, and exact enough for fp64)."""
     calls = []
-    for fn in (lean_ffn.LeanKANFFNFunction, lean_ffn.LeanRationalFFNFunction):
+    for fn in (lean_ffn.LeanKANFFNFunction, lean_rational.LeanRationalFFNFunction):
         apply = fn.apply
         monkeypatch.setattr(fn, "apply", lambda *a, _apply=apply: calls.append(1) or _apply(*a))
-    for module in (lean_ffn, lean):
+    for module in (lean_ffn, lean_rational, few_tokens, lean):
         monkeypatch.setattr(module, "_kernel_fn", lambda fn, x=None, tag="": fn)
     return calls
 
@@ -85,8 +85,8 @@ class _FewCalls(list):
 @pytest.fixture
 def few(monkeypatch):
     calls = _FewCalls()
-    forward, basis_major = lean_ffn._few_tokens_forward, lean._basis_major
-    monkeypatch.setattr(lean_ffn, "_few_tokens_forward", lambda *a: calls.append(a[2].shape[0]) or forward(*a))
+    forward, basis_major = few_tokens._few_tokens_forward, lean._basis_major
+    monkeypatch.setattr(few_tokens, "_few_tokens_forward", lambda *a: calls.append(a[2].shape[0]) or forward(*a))
 
     def copy(*a):
         assert not calls.forbid_copy, "the weights were laid out basis-major for a call of few tokens"
@@ -104,10 +104,10 @@ def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copy
     (``tiny``: its products as sums in its own loops; else the matmul library's): equal to the reference in fp64,
     out-of-range inputs included; the two-layer Function does not run."""
     if not tiny:
-        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
-        monkeypatch.setattr(lean_ffn, "_TINY_TOKENS", {})
+        monkeypatch.setattr(few_tokens, "_TINY_MACS", 0)
+        monkeypatch.setattr(few_tokens, "_TINY_TOKENS", {})
     ffn = _ffn(name, torch.float64)
-    assert (lean_ffn.tiny_tokens(ffn, torch.float64) >= 5) == tiny
+    assert (few_tokens.tiny_tokens(ffn, torch.float64) >= 5) == tiny
     x = _inputs(torch.float64, n=5)
     with torch.no_grad():
         few.forbid_copy = True
@@ -124,12 +124,12 @@ def test_a_call_of_few_tokens_without_autograd_equals_the_reference_without_copy
 @pytest.mark.parametrize("name", ["bspline", "rbf", "multkan", "wavelet"])
 def test_under_bf16_autocast_few_tokens_compute_what_the_training_forward_does(name, tiny, counted, few, monkeypatch):
     if not tiny:
-        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
+        monkeypatch.setattr(few_tokens, "_TINY_MACS", 0)
     ffn = _ffn(name, torch.float32)
     x = _inputs(torch.float32, n=3)
     with torch.no_grad(), kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
         y = ffn(x)
-        monkeypatch.setattr(lean_ffn, "_FEW_TOKENS", 0)  # the training forward's graph
+        monkeypatch.setattr(few_tokens, "_FEW_TOKENS", 0)  # the training forward's graph
         train = ffn(x)
     assert few == [3] and counted and y.dtype == train.dtype == torch.bfloat16
     assert ((y.float() - train.float()).norm() / train.float().norm()).item() < 1e-2
@@ -142,19 +142,19 @@ def test_few_tokens_under_autocast_keep_low_precision_weights_while_they_are_unc
     x = _inputs(torch.float32, n=3)
     with torch.no_grad(), kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
         first = ffn(x)
-        kept = lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1]
+        kept = few_tokens._LOW_WEIGHTS[ffn.fc1.coef][1]
         assert kept.dtype == torch.bfloat16 and torch.equal(kept, ffn.fc1.coef.to(torch.bfloat16))
-        assert torch.equal(ffn(x), first) and lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1] is kept  # not cast again
+        assert torch.equal(ffn(x), first) and few_tokens._LOW_WEIGHTS[ffn.fc1.coef][1] is kept  # not cast again
         ffn.fc1.coef.mul_(2.0)  # written in place (an optimizer step, a load): a new copy, new outputs
         y = ffn(x)
-        assert torch.equal(lean_ffn._LOW_WEIGHTS[ffn.fc1.coef][1], ffn.fc1.coef.to(torch.bfloat16))
-        monkeypatch.setattr(lean_ffn, "_FEW_TOKENS", 0)  # the training forward's graph, on the written weights
+        assert torch.equal(few_tokens._LOW_WEIGHTS[ffn.fc1.coef][1], ffn.fc1.coef.to(torch.bfloat16))
+        monkeypatch.setattr(few_tokens, "_FEW_TOKENS", 0)  # the training forward's graph, on the written weights
         train = ffn(x)
     assert few == [3, 3, 3] and not torch.equal(y, first)
     assert ((y.float() - train.float()).norm() / train.float().norm()).item() < 1e-2
     with kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
         ffn(x).float().sum().backward()
-    assert len(lean_ffn._LOW_WEIGHTS) == 0  # training drops them
+    assert len(few_tokens._LOW_WEIGHTS) == 0  # training drops them
 
 
 def test_a_call_of_few_tokens_like_the_last_runs_on_its_kept_arguments_until_anything_it_read_changes(
@@ -198,19 +198,19 @@ def test_a_call_of_few_tokens_like_the_last_runs_on_its_kept_arguments_until_any
         before = len(whole)
         with kernel("fused"), torch.autocast("cpu", dtype=torch.bfloat16):
             assert ffn(x[:2]).dtype == torch.bfloat16 and len(whole) == before + 1  # another autocast state
-        assert len(lean_ffn._RECALLED) == 1
+        assert len(few_tokens._RECALLED) == 1
     assert not counted  # the two-layer Function never ran
     with kernel("fused"):
         ffn(x).sum().backward()
-    assert len(lean_ffn._RECALLED) == 0  # a call with autograd drops it
+    assert len(few_tokens._RECALLED) == 0  # a call with autograd drops it
     other = _ffn("rbf", torch.float64)
     with torch.no_grad(), kernel("fused"):
         other(x)
-    assert len(lean_ffn._RECALLED) == 1
+    assert len(few_tokens._RECALLED) == 1
     ref = weakref.ref(other)
     del other
     gc.collect()
-    assert ref() is None and len(lean_ffn._RECALLED) == 0
+    assert ref() is None and len(few_tokens._RECALLED) == 0
 
 
 def test_gr_kan_s_call_without_autograd_like_the_last_runs_on_its_kept_arguments(counted, monkeypatch):
@@ -233,7 +233,7 @@ def test_gr_kan_s_call_without_autograd_like_the_last_runs_on_its_kept_arguments
             with kernel("reference"):  # another path: the whole of it
                 torch.testing.assert_close(y, ffn(x), rtol=1e-9, atol=1e-10)
             assert len(whole) == before + 1 + whole_path
-    assert not counted and len(lean_ffn._RECALLED) == 1  # the Function never ran
+    assert not counted and len(few_tokens._RECALLED) == 1  # the Function never ran
 
 
 def test_the_wavelets_kept_call_takes_the_whole_path_once_a_scale_is_written(counted, few, monkeypatch):
@@ -274,23 +274,23 @@ def test_gr_kan_without_autograd_keeps_its_channel_tables_while_they_are_unchang
     with kernel("fused"):
         with torch.no_grad():
             first = ffn(x)
-            kept = lean_ffn._TABLES[act.numerator][1]
-            assert torch.equal(ffn(x), first) and lean_ffn._TABLES[act.numerator][1] is kept  # not gathered again
+            kept = few_tokens._TABLES[act.numerator][1]
+            assert torch.equal(ffn(x), first) and few_tokens._TABLES[act.numerator][1] is kept  # not gathered again
             act.denominator.mul_(1.5)  # written in place (an optimizer step, a load): new tables, new outputs
             y = ffn(x)
-            tables = lean_ffn._TABLES[act.numerator][1]
+            tables = few_tokens._TABLES[act.numerator][1]
             assert all(torch.equal(a, b) for a, b in zip(tables, lean._channel_tables(
                 act.numerator, act.denominator, act.group_index, torch.float64), strict=True))
         assert not counted and not torch.equal(y, first)  # no Function ran
         train = ffn(x)
-    assert counted == [1] and torch.equal(y, train.detach()) and len(lean_ffn._TABLES) == 0
+    assert counted == [1] and torch.equal(y, train.detach()) and len(few_tokens._TABLES) == 0
 
 
 def test_more_tokens_or_autograd_take_the_two_layer_function(counted, few):
     """Beyond the hidden width, or with autograd, the call takes the Function (its forward copies the weights,
     amortised over many tokens); so does ``auto`` until the background compile holds the graph of few tokens."""
     ffn = _ffn("bspline", torch.float32)
-    limit = lean_ffn._FEW_TOKENS * ffn.fc1.out_features
+    limit = few_tokens._FEW_TOKENS * ffn.fc1.out_features
     with kernel("fused"):
         with torch.no_grad():
             ffn(_inputs(torch.float32, n=limit + 1))
@@ -584,11 +584,11 @@ def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():
         assert lean_ffn.plan(wavelet, x) is None
     gr = _ffn("rational", torch.float32)
     with kernel("fused"):
-        assert lean_ffn.rational_chainable(gr, x)
+        assert lean_rational.rational_chainable(gr, x)
         gr.act2.register_forward_pre_hook(lambda *a: None)
-        assert not lean_ffn.rational_chainable(gr, x)
+        assert not lean_rational.rational_chainable(gr, x)
     with kernel("lean"):
-        assert not lean_ffn.rational_chainable(_ffn("rational", torch.float32), x)
+        assert not lean_rational.rational_chainable(_ffn("rational", torch.float32), x)
 
 
 @pytest.mark.slow
@@ -612,8 +612,8 @@ def test_the_compiled_graph_of_few_tokens_equals_the_reference(name, monkeypatch
     from torch._dynamo.utils import counters
 
     if name == "rbf":
-        monkeypatch.setattr(lean_ffn, "_TINY_MACS", 0)
-        monkeypatch.setattr(lean_ffn, "_TINY_TOKENS", {})
+        monkeypatch.setattr(few_tokens, "_TINY_MACS", 0)
+        monkeypatch.setattr(few_tokens, "_TINY_TOKENS", {})
     ffn = _ffn(name, torch.float32, **({"num_wavelets": 4} if name == "wavelet" else {}))
     graphs = []
     with torch.no_grad():
@@ -727,7 +727,7 @@ def test_a_compiled_model_traces_gr_kans_function():
     x = _inputs(torch.float32)
     with kernel("fused"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.compiler, "is_compiling", lambda: True)  # what the plan sees while a graph is traced
-        assert lean_ffn.rational_chainable(ffn, x)
+        assert lean_rational.rational_chainable(ffn, x)
     _close(_run_compiled(ffn, x, "auto"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-4)
 
 

@@ -887,7 +887,7 @@ def _warm(spec: dict[str, Any]) -> None:
     """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice); with
     ``few`` in its FFN's spec, its graphs of few tokens without autograd instead (``compiled_ready``)."""
     from .dispatch import kernel
-    from .lean_ffn import few_tokens, tiny_tokens
+    from .few_tokens import few_tokens, tiny_tokens
     from .registry import create_ffn
 
     f = spec["ffn"]
@@ -898,7 +898,7 @@ def _warm(spec: dict[str, Any]) -> None:
     dtype = getattr(torch, f["dtype"])
     autocast = dtype in (torch.float16, torch.bfloat16)
     if f.get("few"):
-        # the graphs of few tokens without autograd (layers/lean_ffn.py: generation's steps), at two sizes too: the
+        # the graphs of few tokens without autograd (layers/few_tokens.py: generation's steps), at two sizes too: the
         # one whose products are sums in its loops (the fewest tokens), and the one whose products are the matmul
         # library's; one token, which a compiled graph specialises
         past = tiny_tokens(ffn, dtype) + 1  # the fewest tokens past the tiny ones

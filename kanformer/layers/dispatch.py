@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.nn.modules import module as _module
 
 from .autotune import choice as autotune_choice
 from .autotune import compiled_forward, kernel_memory
@@ -101,6 +102,15 @@ def scoped_kernel(mode: str | None) -> contextlib.AbstractContextManager[None]:
     return _holding(_scoped, (mode if mode is None else _check(mode)) or _scoped[0])
 
 
+def on_forward_path(mode: str | None, backward: Any, ctx: Any, gy: torch.Tensor) -> Any:
+    """``backward(ctx, gy)`` of a Function whose forward ran on the path ``mode``, on that path; traced into a compiled
+    model's graph, as it is (no path to set there)."""
+    if torch.compiler.is_compiling():
+        return backward(ctx, gy)
+    with scoped_kernel(mode):
+        return backward(ctx, gy)
+
+
 def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The path for one call of a KAN FFN: its own ``kernel_mode`` (None: the process's), except that under
     ``auto`` a training call takes the path ``autotune`` measured fastest for this FFN, shapes and machine, and a
@@ -118,12 +128,24 @@ def resolve(ffn: torch.nn.Module, x: torch.Tensor) -> str | None:
 
 def path_state() -> tuple[str | None, str | None, str]:
     """The path settings in force now: a ``kernel(...)`` block's, the running module's own, the process default (what
-    decides a call's path beside the modules' own ``kernel_mode``; layers/lean_ffn.py's ``recall`` compares them)."""
+    decides a call's path beside the modules' own ``kernel_mode``; layers/few_tokens.py's ``recall`` compares them)."""
     return _forced[0], _scoped[0], _mode[0]
 
 
+def _hooked(layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` has hooks of its own (they see every layer's call: the per-layer path serves it)."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                or layer._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Whether modules' global hooks are registered (they see every layer's call: the per-layer path serves)."""
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks)
+
+
 def few_tokens_compiled(ffn: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether the fused path's graph for a call of few tokens without autograd (layers/lean_ffn.py) may run now:
+    """Whether the fused path's graph for a call of few tokens without autograd (layers/few_tokens.py) may run now:
     where a path is pinned (or ``auto`` measures nothing), at once, compiled on its first call as every fused graph
     is; under ``auto``, once a background compile of its own has put it in the compiler's cache (started by such a
     call once the FFN's other helpers are compiled; until then the call takes the forward graph training compiled),

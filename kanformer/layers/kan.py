@@ -25,9 +25,10 @@ from einops import rearrange
 from torch import nn
 
 from .dispatch import scoped_kernel, tuned_call, use_lean
+from .few_tokens import recall
 from .flops import SILU_FLOPS, linear_flops
 from .lean import lean_kan_linear
-from .lean_ffn import lean_kan_ffn, recall
+from .lean_ffn import lean_kan_ffn
 from .lean_ffn import plan as ffn_plan
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, rms
 
@@ -504,7 +505,7 @@ class KANFFN(FFN):
         return {k: a[k] + b[k] for k in a}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/lean_ffn.py)
+        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return tuned_call(self, x, self._forward)

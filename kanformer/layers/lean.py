@@ -520,6 +520,23 @@ def lean_kan_linear(x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | No
                                  *(pre or ()), *own)
 
 
+# -- MultKAN: the hidden nodes between two layers (layers/lean_ffn.py's graphs, layers/few_tokens.py's) ---------
+def node_products(sub: torch.Tensor, n_sum: int, pad: int = 0) -> torch.Tensor:
+    """MultKAN's hidden nodes (..., S + M) from its S + 2M subnodes: the first S pass on, each following pair
+    multiplies; with ``pad`` zero columns appended (layer 2's padded inputs)."""
+    parts = [sub[..., :n_sum], sub[..., n_sum::2] * sub[..., n_sum + 1::2]]
+    if pad:
+        parts.append(sub.new_zeros(*sub.shape[:-1], pad))
+    return torch.cat(parts, dim=-1)
+
+
+def node_products_backward(sub: torch.Tensor, g: torch.Tensor, n_sum: int) -> torch.Tensor:
+    """dL/dsubnodes (..., S + 2M) from dL/dnodes ``g`` (..., S + M) of :func:`node_products`."""
+    g_prod = g[..., n_sum:]
+    pairs = torch.stack([g_prod * sub[..., n_sum + 1::2], g_prod * sub[..., n_sum::2]], dim=-1).flatten(-2)
+    return torch.cat([g[..., :n_sum], pairs], dim=-1)
+
+
 # -- GR-KAN: rational activation fused with the linear layer after it --------------------------------------------
 # Coefficients are coefficient-major here, (J, C): power j of every channel is one contiguous row, so a compiled loop
 # over channels reads them with vector loads (the (C, J) layout makes those strided gathers: ~4x slower on CPU).

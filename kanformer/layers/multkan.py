@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from .dispatch import tuned_call
+from .few_tokens import recall
 from .kan import KANLinear, get_basis_class, list_bases
-from .lean_ffn import lean_kan_ffn, node_products, recall
+from .lean import node_products
+from .lean_ffn import lean_kan_ffn
 from .lean_ffn import plan as ffn_plan
 from .registry import FFN, check_last_dim, register_ffn
 
@@ -72,7 +74,7 @@ class MultKANFFN(FFN):
         return node_products(self.fc1(x), self.n_sum)  # (..., S + 2M) -> (..., H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/lean_ffn.py)
+        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return tuned_call(self, x, self._forward)

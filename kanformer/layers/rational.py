@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dispatch import tuned_call, use_lean
+from .few_tokens import recall
 from .flops import linear_flops
 from .lean import lean_rational_linear
-from .lean_ffn import lean_rational_ffn, rational_chainable, recall
+from .lean_rational import lean_rational_ffn, rational_chainable
 from .registry import FFN, KANModule, check_last_dim, check_positive_int, copy_units, register_ffn, rms
 
 _INIT_TARGETS = {
@@ -238,14 +239,14 @@ class RationalFFN(FFN):
         return "mimetic"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/lean_ffn.py)
+        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
-        if rational_chainable(self, x):  # both pairs in one Function (layers/lean_ffn.py; traced when compiling)
+        if rational_chainable(self, x):  # both pairs in one Function (layers/lean_rational.py; traced when compiling)
             return lean_rational_ffn(self, x)
         if use_lean():  # act -> linear fused twice, each saving only its input (layers/lean.py)
             h = lean_rational_linear(x.reshape(-1, self.d_model), self.act1, self.fc1)

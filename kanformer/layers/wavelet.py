@@ -120,7 +120,7 @@ class WaveletBasis(Basis):
         """The translations and inverse scales wavelet-major, (W, I) each: wavelet j's row for all inputs is contiguous
         (their gradients reach the parameters through ``lean_params``). Two arguments of the compiled graphs, not 2W
         rows of their own: each graph argument costs its guards, checks and pad on every call (see ``lean_params``).
-        A generation step's repeated call does not make them again: the kept call (``lean_ffn.recall``) runs the graph
+        A generation step's repeated call does not make them again: the kept call (``few_tokens.recall``) runs the graph
         of few tokens on the arguments it was last given."""
         with torch.no_grad():
             return self.fused_state_from(self.translation, self.log_scale)
