@@ -144,7 +144,8 @@ def _few_tokens_layer(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: tor
                       bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
                       pre: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, tiny: bool) -> torch.Tensor:
     """One layer's output from input-major features (N, I B) and the coefficients (O, I, B) as they are stored, plus
-    the base branch's product: ``_lean_forward``'s y without its copy of the weights (``tiny``: ``_few_product``'s)."""
+    the base branch's product: ``lean._lean_forward``'s y without its copy of the weights (``tiny``:
+    ``_few_product``'s)."""
     n, o = x.shape[0], coef.shape[0]
     u, _ = _pre(basis, x, pre)
     if state is not None:  # each function's values written input-major as they come: (N, I, B)
@@ -202,7 +203,7 @@ def _call_few(call: Any, args: tuple[Any, ...], autocast: bool, device: str) -> 
 # the kit's Python decided it all again in every call (the path, the two-layer plan, the weights' low-precision
 # copies, the basis' state, the graph's arguments): d 128, 4 tokens, B-spline FFN, 2-core Zen 5, the call took 117 us
 # pinned to ``fused`` and 133 under ``auto`` (settled), the graph of few tokens' own call 63, the MLP's whole call 49.
-# A call that the graph of few tokens served (GR-KAN's: its forward's graph, ``_rational_ffn_no_grad``) is now
+# A call that the graph of few tokens served (GR-KAN's: its forward's graph, ``lean_rational._rational_ffn_no_grad``) is
 # remembered with what decided it (``_call_state``: the input's shape, dtype and device, autocast, the path settings,
 # its layers' own paths and hooks, compile options, the thresholds of few tokens) and what it read (every module,
 # parameter and buffer of the FFN, by identity, and each tensor's version and storage); a next call where all of these
