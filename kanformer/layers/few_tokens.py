@@ -185,8 +185,7 @@ def _few_tokens_call(ffn: Any, x: torch.Tensor, p: Plan) -> torch.Tensor | None:
     call = _kernel_fn(_few_tokens_forward, tag=p.tag + "|few")
     autocast = torch.is_autocast_enabled(x.device.type)
     y = _call_few(call, args, autocast, x.device.type)
-    if _SERVED[0] is ffn:  # a ``recall`` of this FFN waits: what it keeps for the FFN's next such call
-        _SERVED[0] = (ffn, y, call, args[:2], args[3:], autocast)
+    served(ffn, y, call, args[:2], args[3:], autocast)
     return y
 
 
@@ -213,6 +212,14 @@ def _call_few(call: Any, args: tuple[Any, ...], autocast: bool, device: str) -> 
 # it either. The first call with autograd drops what is kept (``_drop_kept``).
 _RECALLED = WeakIdKeyDictionary()  # ffn -> _Recall
 _SERVED: list[Any] = [None]  # the FFN a ``recall`` runs the whole path of, then what its graph ran
+
+
+def served(ffn: Any, y: torch.Tensor, call: Any, head: tuple[Any, ...], tail: tuple[Any, ...], autocast: bool
+           ) -> None:
+    """Where a ``recall`` of ``ffn`` waits, what its graph just ran (``y = call(*head, x, *tail)``, under ``autocast``
+    or not): what the recall keeps for the FFN's next such call. Called by each graph a kept call may run."""
+    if _SERVED[0] is ffn:
+        _SERVED[0] = (ffn, y, call, head, tail, autocast)
 
 
 @dataclass(frozen=True, repr=False)  # its tensors are the FFN's: not printed

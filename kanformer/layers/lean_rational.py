@@ -23,7 +23,7 @@ from .dispatch import (
     traced,
     use_lean,
 )
-from .few_tokens import _SERVED, _drop_kept, _kept_tables
+from .few_tokens import _drop_kept, _kept_tables, served
 from .gemm import mm
 from .lean import (
     _channel_tables,
@@ -103,9 +103,8 @@ def _rational_ffn_no_grad(ffn: Any, x: torch.Tensor) -> torch.Tensor:
         per_token(x_)
         call = _kernel_fn(_rational_ffn_forward, tag=_rational_tag(a1.numerator, a1.denominator, w1))
         y = call(x_, act1, w1, b1, act2, w2, b2, dtype)[0]
-    if _SERVED[0] is ffn:  # a ``recall`` of this FFN waits: what it keeps for the FFN's next such call
-        _SERVED[0] = (ffn, y, functools.partial(_first, call), (), (act1, w1, b1, act2, w2, b2, dtype),
-                      torch.is_autocast_enabled(x.device.type))
+    served(ffn, y, functools.partial(_first, call), (), (act1, w1, b1, act2, w2, b2, dtype),
+           torch.is_autocast_enabled(x.device.type))
     return y
 
 
