@@ -195,8 +195,9 @@ def test_time_matched_baseline_is_planned_from_measured_steps(tmp_path):
     arms = plan_arms(cfg, step_time=timer)
     (baseline,) = [a for a in arms if a.role == "baseline"]
     assert baseline.name == "mlp@time=bspline" and baseline.hidden >= 1
-    # the matched width's step takes about as long as the KAN arm's (loose: shared machines are noisy)
-    kan_s, mlp_s = timer(arms[0].ffn), timer(baseline.ffn)
+    # the matched width's step takes about as long as the KAN arm's (loose: shared machines are noisy), each timed
+    # afresh three times and the fastest kept (one slow measurement, 4.3x once in a CI run, is the machine's)
+    kan_s, mlp_s = (min(compare._step_timer(cfg)(ffn) for _ in range(3)) for ffn in (arms[0].ffn, baseline.ffn))
     assert 0.3 < mlp_s / kan_s < 3
 
 
