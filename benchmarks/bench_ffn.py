@@ -342,9 +342,12 @@ def gemm_note(record: dict[str, Any] | None, widened: str | None = None, whose: 
     ones)."""
     if not record:
         return ""
-    how = record["source"] if "times_ms" not in record else (
+    how = record["source"] if "times_ms" not in record or record["source"] == "set" else (
         f"{record['source']}: an MLP's six products {record['times_ms']['onednn']:.0f} ms routed to oneDNN against "
         f"{record['times_ms']['torch']:.0f} ms by PyTorch's own")
+    if record["library"] == "onednn" and record.get("transposed"):  # layers/gemm.py: _transposed_class
+        how += "; transposed operands of many rows: " + ", ".join(
+            f"{kind.replace('_', ' ')} by {lib}" for kind, lib in record["transposed"].items())
     wide = f"{whose} {widened} products in fp32 (this CPU has no native {widened} products), " if widened else ""
     return f"fp32 CPU products by {record['library']} ({how}), {wide}"
 

@@ -26,22 +26,30 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @needs_onednn
-@pytest.mark.parametrize("layout", ["rows", "transposed_tall", "transposed_wide", "sliced"])
-def test_mm_equals_torch(library, layout):
+@pytest.mark.parametrize("layout", ["rows", "transposed_tall", "input_major", "transposed_wide", "sliced"])
+def test_mm_equals_torch(library, layout, monkeypatch):
     library("onednn")
+    gemm.library()
     g = torch.Generator().manual_seed(0)
+    kind = None
     if layout == "rows":
         a, b = torch.randn(37, 24, generator=g), torch.randn(40, 24, generator=g).t()
-    elif layout == "transposed_tall":  # a weight gradient with more rows than columns: PyTorch's
-        a, b = torch.randn(50, 40, generator=g).t(), torch.randn(50, 9, generator=g)
+    elif layout == "transposed_tall":  # a weight gradient with more rows than columns: the machine's timing routes it
+        a, b, kind = torch.randn(50, 40, generator=g).t(), torch.randn(50, 9, generator=g), "weight_grad"
+    elif layout == "input_major":  # W^T @ gy^T, more rows than columns: routed by its own timing
+        a, b, kind = torch.randn(7, 40, generator=g).t(), torch.randn(9, 7, generator=g).t(), "input_major"
     elif layout == "transposed_wide":
         a, b = torch.randn(50, 9, generator=g).t(), torch.randn(50, 40, generator=g)
     else:  # neither row- nor column-major: copied first (oneDNN ran such strides ~700x slower)
         a, b = torch.randn(37, 30, generator=g)[:, :24], torch.randn(24, 48, generator=g)[:, ::2]
     bias = torch.randn(b.shape[1], generator=g)
-    _close(gemm.mm(a, b), a @ b)
-    _close(gemm.mm(a, b, bias), torch.addmm(bias, a, b))
-    assert gemm._suits(a, b) == (layout != "transposed_tall")
+    assert gemm._transposed_class(a, b) == kind
+    for route in ("torch", "onednn") if kind else (None,):
+        if kind:
+            monkeypatch.setitem(gemm._routes, kind, route)
+        _close(gemm.mm(a, b), a @ b)
+        _close(gemm.mm(a, b, bias), torch.addmm(bias, a, b))
+        assert gemm._suits(a, b) == (route != "torch")
 
 
 @needs_onednn
@@ -114,11 +122,18 @@ def test_autograd_records_only_the_products_it_needs(library):
 
 
 @needs_onednn
-@pytest.mark.parametrize("path", ["lean", "fused"])
-def test_kan_fast_paths_on_onednn_equal_reference(library, path):
-    """A KAN FFN's lean path (eager and compiled) with oneDNN's products against its reference."""
+@pytest.mark.parametrize("path", ["lean", "fused", "wavelet-lean"])
+def test_kan_fast_paths_on_onednn_equal_reference(library, path, monkeypatch):
+    """A KAN FFN's lean path (eager and compiled) with oneDNN's products against its reference; the wavelet's, whose
+    backward takes its features' gradient input-major (8 x 12 rows, 33 columns), with that product on oneDNN's."""
     library("onednn")
-    ffn = create_ffn("chebyshev", 12, 20)  # the products are the same for every basis; this one compiles quickly
+    gemm.library()
+    name, path = path.split("-") if "-" in path else ("chebyshev", path)  # chebyshev compiles quickly
+    monkeypatch.setitem(gemm._routes, "input_major", "onednn")
+    calls = []
+    real = gemm._onednn_linear
+    monkeypatch.setattr(gemm, "_onednn_linear", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    ffn = create_ffn(name, 12, 20)
     x = torch.randn(33, 12)
     grads = {}
     for mode in ("reference", path):
@@ -130,6 +145,8 @@ def test_kan_fast_paths_on_onednn_equal_reference(library, path):
         ffn.zero_grad(set_to_none=True)
     for got, want in zip(grads[path], grads["reference"], strict=True):
         _close(got, want)
+    if name == "wavelet":
+        assert (8 * 12, 20) in calls  # layer 1's input-major product, B I x O, by oneDNN
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -330,6 +347,33 @@ def test_the_gemm_benchmark_times_whole_gpt2_steps_under_both_libraries(capsys, 
     with pytest.raises(SystemExit):  # before anything is timed
         main(["--d-model", "16", "--tokens", "100", "--rounds", "1", "--repeats", "1", "--ffns", "mlp", "--gpt2"])
     assert "--gpt2 takes --tokens in whole 64-token sequences, got 100" in capsys.readouterr().err
+
+
+@needs_onednn
+def test_transposed_products_go_by_class_as_the_machine_timed_them(library, timings, monkeypatch):
+    """Products whose first operand is transposed with more rows than columns take, class by class, the library that
+    ran that class faster on the machine (oneDNN's only where clearly), as timed with the library; a pinned oneDNN
+    routes them so too, from the same cached timing."""
+    library("auto")
+    timed = gemm.record()
+    assert set(timed["transposed"]) == set(timed["transposed_ms"]) == {"weight_grad", "input_major"}
+    for kind, ms in timed["transposed_ms"].items():
+        assert set(ms) == {"torch", "onednn"} and timed["transposed"][kind] == gemm._faster(ms)
+    g = torch.Generator().manual_seed(0)
+    gy, x, w = (torch.randn(*s, generator=g) for s in ((512, 256), (512, 64), (28, 576)))
+    cases = {"weight_grad": (gy.t(), x), "input_major": (w.t(), torch.randn(512, 28, generator=g).t())}
+    for kind, (a, b) in cases.items():
+        assert gemm._transposed_class(a, b) == kind
+        assert gemm._suits(a, b) == (timed["transposed"][kind] == "onednn")
+        for route in ("torch", "onednn"):
+            monkeypatch.setitem(gemm._routes, kind, route)
+            assert gemm._suits(a, b) == (route == "onednn")
+    assert gemm._transposed_class(x.t(), gy) is None  # fewer rows than columns (the second weight gradient)
+    assert gemm._transposed_class(x, w[:, :64].t()) is None  # a row-major first operand
+    library("onednn")
+    pinned = gemm.record()
+    assert pinned["source"] == "set" and pinned["library"] == "onednn" and len(timings) == 1
+    assert pinned["transposed"] == timed["transposed"] and gemm._routes == timed["transposed"]
 
 
 @needs_onednn

@@ -5,8 +5,10 @@ On a CPU, PyTorch's fp32 ``mm`` calls the BLAS it was built with, MKL in the x86
 Architecture processors"), while oneDNN, in the same wheel, runs its AVX-512 kernels (``ONEDNN_VERBOSE=1``:
 "brg_matmul:avx512_core"). There, at d 384 / 2048 tokens, oneDNN took 0.53 - 0.88x MKL's time on eleven of the
 twelve products of an MLP's and a B-spline FFN's training steps (transposed operands included) and 1.26x on the
-twelfth (see ``_suits``); at d 128 / 1024 tokens the two were level (``python -m evals.bench_gemm``). bf16 and fp16
-products already go to oneDNN inside PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
+twelfth, a transposed first operand with more rows than the product has columns; on a Zen 5 oneDNN ran that one at
+0.62x MKL's time, so such products take the library that ran them faster on the machine (``_suits``); at d 128 / 1024
+tokens the two were level (``python -m evals.bench_gemm``). bf16 and fp16 products already go to oneDNN inside
+PyTorch, CUDA ones to cuBLAS: only fp32 CPU products have a choice.
 
 :func:`mm` and :func:`linear` route such a product through oneDNN (``torch.ops.mkldnn._linear_pointwise``, inside an
 operator of this module, so compiled graphs call it as one node, with its autograd formula where autograd records the
@@ -17,7 +19,11 @@ library on both sides. The reference paths, which define the layers, keep PyTorc
 The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``torch`` or ``onednn``. ``auto`` times a
 GELU MLP's six products of a training step (d 384, 1536 hidden units, 2048 tokens: the benchmarks' reference shape)
 both ways, as :func:`mm` routes them under oneDNN against PyTorch's own, and keeps oneDNN where it is faster by more
-than the timing's noise (< 0.95x): the baseline's speed decides, for every FFN alike. The choice is made once per
+than the timing's noise (< 0.95x): the baseline's speed decides, for every FFN alike. Under oneDNN, products whose
+first operand is transposed with more rows than the product has columns go by class, each timed both ways at the same
+shape (``_transposed_products``): weight gradients (the MLP's first, ``gy^T @ x``: a long sum over the tokens) and
+input-major feature gradients (``W^T @ gy^T``: a short sum over a layer's outputs, the wavelet FFN's backward); each
+class stays on PyTorch's unless oneDNN ran it clearly faster. The choice is made once per
 machine, vector instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in ``gemm.json`` beside the
 autotune cache (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a checkpoint's copy of these
 files included, runs its products the same way. It is made in eager code before anything is compiled; compiled graphs
@@ -55,13 +61,16 @@ LIBRARIES = ("auto", "torch", "onednn")
 # (the demo's GPT-2, RBF x MLP in same-process A/Bs of the two libraries: 0.85 - 0.87 on PyTorch's products, 0.90 -
 # 0.92 on oneDNN's, the MLP's own step level)
 _CLEAR_WIN = 0.95
-_RULE = 3  # the version of the routing (_suits) and of the timing: a change is timed afresh (2: fp32 under autocast;
-# 3: the 0.95 threshold, small eager products on PyTorch's)
+_RULE = 4  # the version of the routing (_suits) and of the timing: a change is timed afresh (2: fp32 under autocast;
+# 3: the 0.95 threshold, small eager products on PyTorch's; 4: transposed products by class, timed)
 _NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registers its own op
 
 _setting = [os.environ.get("KANFORMER_GEMM", "auto")]
 _chosen: list[str | None] = [None]  # the library in force, once resolved (read by compiled graphs: guarded)
-_record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, reason?}
+_record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, transposed?, transposed_ms?, reason?}
+# under oneDNN, the library of each class of products with a transposed first operand of many rows (_transposed_class):
+# the machine's timing's, once chosen (read by compiled graphs: guarded); a class not in it stays on PyTorch's
+_routes: dict[str, str] = {}
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -133,6 +142,7 @@ def set_library(name: str) -> None:
     _setting[0] = _check(name)
     _chosen[0] = None
     _record.clear()
+    _routes.clear()
 
 
 def setting() -> str:
@@ -166,12 +176,11 @@ def record() -> dict[str, Any]:
 
 def _resolve() -> str:
     setting = _check(_setting[0])
-    if setting != "auto":
-        if setting == "onednn" and not onednn_available():
-            raise ValueError("matmul library 'onednn' needs a PyTorch built with oneDNN (mkldnn); "
-                             "use auto or torch")
+    if setting == "torch":
         _record.update(library=setting, source="set")
         return setting
+    if setting == "onednn" and not onednn_available():
+        raise ValueError("matmul library 'onednn' needs a PyTorch built with oneDNN (mkldnn); use auto or torch")
     if not onednn_available():
         _record.update(library="torch", source="no oneDNN in this PyTorch")
         return "torch"
@@ -188,41 +197,69 @@ def _resolve() -> str:
             source = "timed"
         else:
             source = "cache"
+    _routes.update(kept.get("transposed", {}))
+    if setting == "onednn":  # pinned: the machine's timing still routes its transposed products
+        _record.update({k: v for k, v in kept.items() if k.startswith("transposed")}, library="onednn", source="set")
+        return "onednn"
     _record.update(kept, source=source)
     return kept["library"]
+
+
+def _transposed_products(width: int, tokens: int, g: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One product of each class of :func:`_transposed_class` at the reference shape: the GELU MLP's first weight
+    gradient, (4 width, tokens) @ (tokens, width); and a parameter-matched KAN layer's input-major feature gradient (8
+    basis functions and the base branch on ``width`` inputs, 4 width / 9 outputs), (9 width, outputs) @ (outputs,
+    tokens), as the wavelet FFN's backward takes it."""
+    gy, x = torch.randn(tokens, 4 * width, generator=g), torch.randn(tokens, width, generator=g)
+    outputs = max(1, round(4 * width / 9))
+    w, g_out = torch.randn(outputs, 9 * width, generator=g), torch.randn(tokens, outputs, generator=g)
+    return {"weight_grad": (gy.t(), x), "input_major": (w.t(), g_out.t())}
+
+
+def _in_turns(runs: dict[str, Any], products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int
+              ) -> dict[str, float]:
+    """ms a pass over ``products`` (``repeats`` passes a turn) of each of ``runs`` (name -> fn(a, b)), the runs taking
+    turns: 8 rounds, the first warming up; medians."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(8):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                for a, b in products:
+                    run(a, b)
+            if r:
+                times[name].append((time.perf_counter() - start) / repeats)
+    return {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
 
 
 def _timed(width: int = 384, tokens: int = 2048) -> dict[str, Any]:
     """A GELU MLP's six products (``width``, 4 x ``width`` hidden units, ``tokens``) routed as :func:`mm` routes them
     under oneDNN, against all six by PyTorch's own, in turns (7 rounds, each of >= ~3 GFLOP): the baseline's speed
-    decides, for every FFN alike."""
+    decides, for every FFN alike. Before them, what routes them: one product of each class of transposed first operand
+    (``_transposed_products``) both ways, in turns, each class oneDNN's where it ran clearly faster (``_faster``)."""
     g = torch.Generator().manual_seed(0)
     products = []
     for i, o in ((width, 4 * width), (4 * width, width)):
         x, w, gy = (torch.randn(*s, generator=g) for s in ((tokens, i), (o, i), (tokens, o)))
         products += [(x, w.t()), (gy, w), (gy.t(), x)]  # forward, input gradient, weight gradient
     repeats = max(1, round(3e9 / (6 * 2 * tokens * width * 4 * width)))
-    runs: dict[str, Any] = {"torch": lambda a, b: a @ b, "onednn": _product}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    both: dict[str, Any] = {"torch": lambda a, b: a @ b, "onednn": lambda a, b: _onednn_linear(a, b.t(), None)}
     # fp32 products, whatever the first call that asks for the library runs under: chosen inside bf16 autocast, the
     # timing once took PyTorch's side in bf16 (its fallback kernel on an AVX2 CPU: 0.68 s a product, 35 s in all) and
     # kept oneDNN for the machine; and outside any dispatch mode the caller is in (a FlopCounterMode counted the
     # timing's 230 GFLOP as a B-spline layer's)
     with torch.autocast("cpu", enabled=False), _disable_current_modes():
         try:
-            runs["onednn"](*products[0])
+            both["onednn"](*products[0])
         except Exception as err:  # an unsupported build: PyTorch's own products
             return {"library": "torch", "reason": f"oneDNN failed: {type(err).__name__}: {err}".splitlines()[0]}
-        for r in range(8):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    for a, b in products:
-                        run(a, b)
-                if r:  # the first round warms up
-                    times[name].append((time.perf_counter() - start) / repeats)
-    ms = {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
-    return {"library": _faster(ms), "times_ms": ms}
+        by_class = {kind: _in_turns(both, [pair], 2 * repeats)
+                    for kind, pair in _transposed_products(width, tokens, g).items()}
+        transposed = {kind: _faster(ms) for kind, ms in by_class.items()}
+        _routes.clear()
+        _routes.update(transposed)  # the MLP's products timed as they will be routed
+        ms = _in_turns({"torch": both["torch"], "onednn": _product}, products, repeats)
+    return {"library": _faster(ms), "times_ms": ms, "transposed": transposed, "transposed_ms": by_class}
 
 
 def _faster(ms: dict[str, float]) -> str:
@@ -243,17 +280,28 @@ def _small(rows: int, inner: int, cols: int) -> bool:
     return rows * inner * cols < _SMALL_MACS
 
 
+def _transposed_class(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """For ``a @ b`` with ``a`` transposed (column-major) and more rows than the product has columns, its class:
+    ``weight_grad`` where ``b`` is row-major (``gy^T @ x``: the sum runs over the tokens), else ``input_major``
+    (``W^T @ gy^T``: over a layer's outputs); None for every other product."""
+    if a.is_contiguous() or not a.t().is_contiguous() or a.shape[0] <= b.shape[1]:
+        return None
+    return "weight_grad" if b.is_contiguous() else "input_major"
+
+
 def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether oneDNN takes ``a @ b``: always, but for a transposed ``a`` (a weight gradient, ``gy^T @ x``) with
-    more rows than the product has columns, and, outside compiled graphs (whose token count is symbolic), a product
-    of fewer than ``_SMALL_MACS`` multiply-adds. On the development machine oneDNN ran the first slower than MKL (a GELU
-    MLP's first weight gradient, 1536 x 2048 @ 2048 x 384: 20.9 against 15.7 ms) and every other product of an MLP's
-    or a KAN FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x
-    3456, 15.6 against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x)."""
-    transposed = not a.is_contiguous() and a.t().is_contiguous()
+    """Whether oneDNN takes ``a @ b``: always, but for a transposed ``a`` with more rows than the product has columns,
+    whose class (:func:`_transposed_class`) takes the library the machine's timing ran faster (PyTorch's unless
+    oneDNN's clearly), and, outside compiled graphs (whose token count is symbolic), a product of fewer than
+    ``_SMALL_MACS`` multiply-adds. On the development machine (Zen 4) oneDNN ran a GELU MLP's first weight gradient,
+    1536 x 2048 @ 2048 x 384, slower than MKL (20.9 against 15.7 ms) and every other product of an MLP's or a KAN
+    FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x 3456, 15.6
+    against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x); on a Zen 5 that weight gradient
+    took 7.2 against 11.7 ms, and the wavelet FFN's input-major product, 3456 x 171 @ 171 x 2048, 5.8 against 12.4."""
     if not torch.compiler.is_compiling() and _small(a.shape[0], a.shape[1], b.shape[1]):
         return False
-    return not transposed or a.shape[0] <= b.shape[1]
+    kind = _transposed_class(a, b)
+    return kind is None or _routes.get(kind) == "onednn"
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
