@@ -376,6 +376,25 @@ def test_transposed_products_go_by_class_as_the_machine_timed_them(library, timi
     assert pinned["transposed"] == timed["transposed"] and gemm._routes == timed["transposed"]
 
 
+def test_autotune_keys_its_fp32_cpu_compiles_on_the_products_routing(monkeypatch):
+    """A compiled graph's fp32 CPU products are the library's as routed: another routing of the transposed products
+    (a machine timed afresh) is another key for ``auto``'s background compile and timing, not graphs made for the
+    other one."""
+    from kanformer.layers import autotune
+
+    ffn, x = create_ffn("chebyshev", 12, 20), torch.randn(33, 12)
+    monkeypatch.setattr(gemm, "_chosen", ["onednn"])
+    keys = {}
+    both, one = {"weight_grad": "onednn", "input_major": "onednn"}, {"weight_grad": "torch", "input_major": "onednn"}
+    for routes in (both, one):
+        monkeypatch.setattr(gemm, "_routes", routes)
+        keys[gemm.routing()] = autotune._keys(ffn, x)[1]
+    assert list(keys) == ["onednn", "onednn; weight_grad by torch"]
+    assert [k.endswith(f"gemm={r}") for r, k in keys.items()] == [True, True]
+    monkeypatch.setattr(gemm, "_chosen", ["torch"])
+    assert gemm.routing() == "torch"
+
+
 @needs_onednn
 def test_only_cpu_inputs_choose_the_library(library, timings):
     from kanformer.layers.dispatch import prepare_products

@@ -232,8 +232,8 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (see _start_worker)
         warm += f" | threads={torch.get_num_threads()}"
-    if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library
-        warm += f" | gemm={gemm.library()}"
+    if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
+        warm += f" | gemm={gemm.routing()}"
     options = get_compile_options()
     if options:  # the fused helpers compiled with these (layers/compile_options.py): graphs and timings of their own
         warm += f" | compile={options_tag(options)}"

@@ -71,6 +71,7 @@ _record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, 
 # under oneDNN, the library of each class of products with a transposed first operand of many rows (_transposed_class):
 # the machine's timing's, once chosen (read by compiled graphs: guarded); a class not in it stays on PyTorch's
 _routes: dict[str, str] = {}
+TRANSPOSED_CLASSES = ("weight_grad", "input_major")
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -161,6 +162,16 @@ def library() -> str:
             return "torch"
         _chosen[0] = _resolve()
     return _chosen[0]
+
+
+def routing() -> str:
+    """The library in force and, under oneDNN, each class of transposed products (:func:`_transposed_class`) it leaves
+    to PyTorch's (``onednn``; ``onednn; weight_grad by torch``): what a compiled graph's fp32 CPU products are made
+    for, as autotune keys its compiles and timings."""
+    lib = library()
+    if lib != "onednn":
+        return lib
+    return lib + "".join(f"; {kind} by torch" for kind in TRANSPOSED_CLASSES if _routes.get(kind) != "onednn")
 
 
 def chosen() -> dict[str, Any]:
