@@ -23,11 +23,11 @@ than the timing's noise (< 0.95x): the baseline's speed decides, for every FFN a
 first operand is transposed with more rows than the product has columns go by class, each timed both ways at the same
 shape (``_transposed_products``): weight gradients (the MLP's first, ``gy^T @ x``: a long sum over the tokens) and
 input-major feature gradients (``W^T @ gy^T``: a short sum over a layer's outputs, the wavelet FFN's backward); each
-class stays on PyTorch's unless oneDNN ran it clearly faster. The choice is made once per
-machine, vector instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in ``gemm.json`` beside the
-autotune cache (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a checkpoint's copy of these
-files included, runs its products the same way. It is made in eager code before anything is compiled; compiled graphs
-are guarded on it.
+class stays on PyTorch's unless oneDNN ran it clearly faster, and a pinned ``onednn`` routes them by the same timing.
+The choice is made once per machine, vector instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in
+``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a
+checkpoint's copy of these files included, runs its products the same way. It is made in eager code before anything
+is compiled; compiled graphs are guarded on it.
 
 **Low precision without native products.** PyTorch's bf16 and fp16 CPU products are oneDNN's only where oneDNN
 supports the dtype on the CPU (AVX-512 or AMX); elsewhere they run PyTorch's own fallback kernel: on a 2-core AMD EPYC
