@@ -28,8 +28,12 @@ setup-data:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)) || \
 		echo "dataset-fashion-mnist not installed: Fashion-MNIST runs and tests will be skipped"
 
+# One test worker per core, at most four (each takes its share of the cores: tests/conftest.py); tests are handed
+# out one at a time, so that the longest ones do not queue behind each other.
+TEST_WORKERS ?= -n auto --maxprocesses 4 --dist worksteal
+
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q -m "not gpu" --durations=20
+	$(OFFLINE) $(PY) -m pytest -q -m "not gpu" $(TEST_WORKERS) --durations=20
 
 test-all: setup
 	$(OFFLINE) $(PY) -m pytest -q

@@ -16,6 +16,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("KANFORMER_KERNEL", "lean")
 
 
+# `make test` runs the suite on one pytest-xdist worker per core: each worker's PyTorch (and what it starts) takes
+# its share of the cores, so that the workers' OpenMP threads do not contend for them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    torch.set_num_threads(_THREADS)
+
+
 def _session_directory(variable: str, prefix: str) -> None:
     """A temporary directory for ``variable`` unless the caller set one, removed when the session's process ends."""
     if variable not in os.environ:
