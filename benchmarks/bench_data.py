@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kanformer.layers.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PART_BYTES = 100_000_000
@@ -233,14 +234,8 @@ def fetch_vs_step(folder: Path, repeats: int = 640) -> dict[str, float]:
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+def machine_name() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def prepare_run(pattern: str, out: Path, vocab: int, num_proc: int, work: Path) -> dict[str, Any]:
@@ -278,7 +273,7 @@ def main() -> None:
         print(f"generating {args.gigabytes:g} GB of text in {text_dir} ...", flush=True)
         generate_corpus(text_dir, int(args.gigabytes * 1e9))
         (text_dir / "done").touch()
-    result: dict[str, Any] = {"benchmark": "data", "machine": cpu_name(), "num_proc": args.num_proc,
+    result: dict[str, Any] = {"benchmark": "data", "machine": machine_name(), "num_proc": args.num_proc,
                               "vocab": args.vocab, "prepare": {}, "train": {}}
     labels = () if args.skip_prepare else (("100MB", str(text_dir / "part_000.jsonl")),
                                            ("all", str(text_dir / "part_*.jsonl")))

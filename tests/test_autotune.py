@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn, set_kernel
-from kanformer.layers import autotune, dispatch
+from kanformer.layers import autotune, background_compile, dispatch, machine
 
 D, H = 16, 12
 
@@ -39,9 +39,15 @@ def auto_compiling(auto, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
-    for name in ("_workers", "_pending_spec"):
-        monkeypatch.setattr(autotune, name, {})
+    monkeypatch.setattr(autotune, "_pending_spec", {})
+    _workers(monkeypatch, {})
     return auto
+
+
+def _workers(monkeypatch, table):
+    """``table`` for this test as the process's background compiles, in both modules that hold it."""
+    monkeypatch.setattr(background_compile, "workers", table)
+    monkeypatch.setattr(autotune, "_workers", table)
 
 
 def _step(ffn, x):
@@ -94,12 +100,12 @@ def test_a_choice_timed_under_other_vector_instructions_is_timed_again(auto):
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)
     code = ("import torch, json; from kanformer import create_ffn\n"
-            "from kanformer.layers import autotune, dispatch, gemm\n"
+            "from kanformer.layers import autotune, dispatch, gemm, machine\n"
             "dispatch._mode[0] = 'auto'\n"
             "autotune._compile_state = lambda warm: 'failed: no compiler in this test'\n"
             "gemm._timed = lambda: {'library': 'torch', 'times_ms': {}}\n"
             f"ffn = create_ffn('chebyshev', {D}, {H}); ffn(torch.randn(64, {D})).sum().backward()\n"
-            "print(json.dumps([autotune.cpu_isa(), gemm.record().get('source')]"
+            "print(json.dumps([machine.cpu_isa(), gemm.record().get('source')]"
             " + [v['source'] for v in autotune.decisions().values()]))")
     env = {**os.environ, "KANFORMER_KERNEL": "auto", "ATEN_CPU_CAPABILITY": "default"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -124,8 +130,8 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_a_step(auto, monkeyp
         def no_home():
             raise RuntimeError("Could not determine home directory.")
 
-        monkeypatch.setattr(autotune.Path, "home", staticmethod(no_home))
-    monkeypatch.setattr(autotune, "_memory_only", {})
+        monkeypatch.setattr(machine.Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(machine, "_memory_only", {})
     timed = []
     real = autotune._measure
     monkeypatch.setattr(autotune, "_measure", lambda *a, **k: timed.append(1) or real(*a, **k))
@@ -147,7 +153,7 @@ def test_a_pinned_path_is_never_tuned(auto):
         _step(create_ffn("chebyshev", D, H), x)
     with torch.no_grad():  # a short evaluation, the compiler failed: the reference, nothing timed or started
         create_ffn("chebyshev", D, H)(x)
-    assert autotune.decisions() == {} and not _cache(auto)["choices"] and not autotune._workers
+    assert autotune.decisions() == {} and not _cache(auto)["choices"] and not background_compile.workers
 
 
 def test_memory_rule_lean_keeps_activations_at_most_the_mlps_and_fast_takes_the_fastest(auto, monkeypatch):
@@ -364,7 +370,7 @@ def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compile
     started = []
     # the background process ends at once: the compiler failed, so the timing runs no compile of its own
     ended = Worker(1, b"RuntimeError: no compiler in this test")
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or ended)
+    monkeypatch.setattr(background_compile, "start", lambda warm, spec: started.append(warm) or ended)
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     warm = autotune._keys(ffn, x)[1]
     _step(ffn, x)
@@ -400,12 +406,12 @@ def test_no_timing_beside_another_ffns_background_compile(auto, monkeypatch):
         def poll(self):
             return None
 
-    monkeypatch.setattr(autotune, "_workers", {"another FFN": Running()})
+    _workers(monkeypatch, {"another FFN": Running()})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     assert dispatch.resolve(ffn, x) == "lean"
     _step(ffn, x)
     assert autotune.decisions() == {}
-    monkeypatch.setattr(autotune, "_workers", {})
+    _workers(monkeypatch, {})
     _step(ffn, x)
     (record,) = autotune.decisions().values()
     assert record["source"] == "timed" and set(record["times_ms"]) >= {"lean", "reference"}
@@ -451,14 +457,13 @@ def test_the_graphs_of_few_tokens_compile_apart_when_asked_and_are_remembered(au
     ffn, x = create_ffn("bspline", D, H), torch.randn(3, D)
     warm = autotune._keys(ffn, x)[1]
     started = []
-    monkeypatch.setattr(autotune, "_start_worker", lambda key: started.append((key, autotune._pending_spec[key]))
-                        or Worker())
+    monkeypatch.setattr(background_compile, "start", lambda key, spec: started.append((key, spec)) or Worker())
     assert not autotune.compiled_ready(ffn, x) and not started  # the FFN's own compile not done: nothing starts
     autotune._store("compiled", warm, {"state": "ready", "inductor_dir": autotune._inductor_dir(), "since": 0.0})
     assert not autotune.compiled_ready(ffn, x) and not autotune.compiled_ready(ffn, x)
     ((key, spec),) = started  # started once
     assert key == warm + autotune._FEW and spec["few"] and spec["name"] == "bspline"
-    autotune._workers[key].returncode = 0  # done
+    background_compile.workers[key].returncode = 0  # done
     reads = []
     ready = autotune._ready
     monkeypatch.setattr(autotune, "_ready", lambda record: reads.append(1) or ready(record))
@@ -533,13 +538,13 @@ def test_a_background_compile_that_fails_is_recorded_once(auto_compiling, monkey
                                                                 "tokens": 8, "threads": 1})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)  # starts the process; lean meanwhile
-    (proc,) = autotune._workers.values()
+    (proc,) = background_compile.workers.values()
     proc.wait(timeout=120)
     _step(ffn, x)  # reads its end: fused dropped with the reason, the others timed
     (record,) = autotune.decisions().values()
     assert "Unknown FFN 'no_such_ffn'" in record["dropped"]["fused"]
     (state,) = _cache(auto_compiling)["compiled"].values()
-    assert state["state"].startswith("failed") and len(autotune._workers) == 1
+    assert state["state"].startswith("failed") and len(background_compile.workers) == 1
 
 
 def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(auto_compiling, monkeypatch):
@@ -549,12 +554,12 @@ def test_a_background_compile_that_cannot_start_drops_fused_and_the_step_runs(au
     def no_process(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(autotune.subprocess, "Popen", no_process)
+    monkeypatch.setattr(background_compile.subprocess, "Popen", no_process)
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)
     (record,) = autotune.decisions().values()
     assert record["dropped"]["fused"].startswith("failed: could not start the background compile (BlockingIOError")
-    assert record["source"] == "timed" and not autotune._workers
+    assert record["source"] == "timed" and not background_compile.workers
 
 
 def test_the_background_compile_runs_the_copy_of_the_code_that_started_it(tmp_path):
@@ -568,10 +573,10 @@ def test_the_background_compile_runs_the_copy_of_the_code_that_started_it(tmp_pa
     write_portable_code(copy)
     (copy / "__init__.py").write_text("")
     code = ("import sys, json; sys.path.insert(0, sys.argv[1])\n"
-            "from checkpoint_code import autotune\n"
-            "autotune._pending_spec['w'] = {'name': 'no_such_ffn', 'd_model': 8, 'hidden': 8, 'kwargs': {},"
+            "from checkpoint_code import background_compile\n"
+            "spec = {'name': 'no_such_ffn', 'd_model': 8, 'hidden': 8, 'kwargs': {},"
             " 'dtype': 'float32', 'device': 'cpu', 'tokens': 8, 'threads': 1}\n"
-            "proc = autotune._start_worker('w'); proc.wait(timeout=120); proc.log.seek(0)\n"
+            "proc = background_compile.start('w', spec); proc.wait(timeout=120); proc.log.seek(0)\n"
             "print(json.dumps([proc.returncode, proc.log.read().decode()]))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
                          env={**os.environ, "KANFORMER_CACHE": str(tmp_path / "cache")}, timeout=300)
@@ -585,7 +590,7 @@ def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_fa
     """The background process killed by a signal (the out-of-memory killer on a small machine, say) may have met a
     passing cause: it is started once more, and only a second kill is kept as the fused path's failure."""
     started = []
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Worker(-9))
+    monkeypatch.setattr(background_compile, "start", lambda warm, spec: started.append(warm) or Worker(-9))
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)  # started; lean meanwhile
     _step(ffn, x)  # killed: started once more
@@ -601,7 +606,7 @@ def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(
     its cause may have passed (a full disk, a compiler installed since); once it compiles, the FFN is timed again with
     fused among the candidates, and the new choice replaces the old on disk."""
     started, timed = [], []
-    monkeypatch.setattr(autotune, "_start_worker", lambda warm: started.append(warm) or Worker())  # running
+    monkeypatch.setattr(background_compile, "start", lambda warm, spec: started.append(warm) or Worker())  # running
     monkeypatch.setattr(autotune, "_inductor_dir", lambda: str(tmp_path))  # the compiler's cache, there
     monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates, **kw: timed.append(candidates) or {
         "times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {}, "dropped": {},
@@ -618,7 +623,7 @@ def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(
     autotune._store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 2 * 86400})
     _step(ffn, x)  # two days old: compiled again, lean meanwhile, nothing decided
     assert started == [warm] and autotune.decisions() == {} and "trying it again" in capsys.readouterr().err
-    autotune._workers[warm].returncode = 0
+    background_compile.workers[warm].returncode = 0
     _step(ffn, x)  # compiled this time: timed again, fused among the candidates
     (record,) = autotune.decisions().values()
     assert record["source"] == "timed" and record["path"] == "fused" and "fused" in timed[0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import autotune, compile_options, dispatch, lean_ffn
+from kanformer.layers import autotune, background_compile, compile_options, dispatch, lean_ffn
 from kanformer.layers.compile_options import get_compile_options, options_tag, set_compile_options
 from kanformer.layers.dispatch import default_kernel, kernel
 
@@ -68,12 +68,8 @@ def test_each_set_of_options_compiles_copies_of_its_own_and_autotune_keys_on_it(
     with compile_options.compile_options({"cpp_wrapper": True}):
         key2, warm2 = autotune._keys(ffn, x)
         started = {}
-        monkeypatch.setattr(autotune.subprocess, "Popen", lambda *a, env, **kw: started.update(env) or Proc())
-        autotune._pending_spec["w"] = {"threads": 1}
-        try:
-            autotune._start_worker("w")
-        finally:
-            del autotune._pending_spec["w"]
+        monkeypatch.setattr(background_compile.subprocess, "Popen", lambda *a, env, **kw: started.update(env) or Proc())
+        background_compile.start("w", {"threads": 1})
     assert "compile=" not in warm and warm2 == warm + ' | compile={"cpp_wrapper":true}' and key2 != key
     assert json.loads(started["KANFORMER_COMPILE_OPTIONS"]) == {"cpp_wrapper": True}  # the worker compiles the same
 

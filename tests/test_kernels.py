@@ -647,14 +647,14 @@ def test_ffn_benchmarks_cold_start_runs_on_fresh_caches_and_puts_the_old_ones_ba
     """``--cold``: the compiler's and the autotuner's caches point into a fresh temporary directory for the run (the
     background compiles inherit the environment), which is removed after; the environment is restored."""
     from benchmarks.bench_ffn import cold_caches
-    from kanformer.layers import autotune
+    from kanformer.layers import machine
 
     monkeypatch.setenv("KANFORMER_CACHE", "/kept/kanformer")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     with cold_caches(True):
         fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).parent
         assert fresh.is_dir() and not any(fresh.iterdir())
-        assert autotune.cache_path() == fresh / "kanformer" / "autotune.json"
+        assert machine.cache_path("autotune.json") == fresh / "kanformer" / "autotune.json"
     assert not fresh.exists() and os.environ["KANFORMER_CACHE"] == "/kept/kanformer"
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
     with cold_caches(False):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..layers import autotune
+from ..layers.machine import cpu_name
 
 T = TypeVar("T")
 
@@ -39,4 +39,4 @@ def machine(device: torch.device) -> str:
     """The GPU's name, or the CPU and its thread count: what a timing table names as its machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{autotune.cpu_name()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"

@@ -20,9 +20,9 @@ in force and the versions, so a later process reuses it without timing; ``decisi
 and the trainer records them in the run's ``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
-makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (this module's
-``_warm``) compiles them for this FFN configuration (and this process's thread count, for which the
-compiler makes its C++ loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
+makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (background_compile.py)
+compiles them for this FFN configuration (and this process's thread count, for which the compiler makes its C++
+loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
 cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped and the
 reason kept with the choice; a background process killed by a signal is started once more first. A failed compile is
 tried again a day later, and a choice timed without ``fused`` for that reason is timed again once it compiles.
@@ -44,19 +44,13 @@ is done.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
-import hashlib
-import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,18 +59,21 @@ from typing import Any
 import torch
 
 from . import gemm
+from .background_compile import launch, warm_tokens
+from .background_compile import workers as _workers
 from .compile_options import get_compile_options, options_tag
+from .machine import fingerprint, fingerprint_id, locked_cache
 from .saved import saved_bytes
 
 MEMORY_RULES = ("lean", "fast")
 _memory = [os.environ.get("KANFORMER_KERNEL_MEMORY", "lean")]
 _choices: dict[str, str] = {}  # key -> path, this process
 _decided: dict[str, dict[str, Any]] = {}  # key -> record, for decisions()
-_workers: dict[str, subprocess.Popen] = {}  # warm key -> background compile
 _seconds = [0.0]  # time spent timing candidates in this process (compiling from cache included)
 _compiling_inside = [0.0]  # the compiler's seconds within _seconds
 _compile_record = [0.0, 0.0]  # compile_seconds() so far, and the compiler's own record at that reading
-_disk: dict[str, Any] = {}
+_disk: dict[str, Any] = {}  # this machine's section of the cache file (machine.py)
+_CACHE_FILE = "autotune.json"
 _compiled_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> torch.compile of its forward
 
 
@@ -161,48 +158,7 @@ def decisions(model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]
     return {k: dict(v) for k, v in _decided.items() if k.split(" | ", 1)[0] in mine}
 
 
-# -- keys and the disk cache ---------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` knows)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The vector instructions PyTorch's CPU kernels and the compiler's C++ loops use here (``AVX512``, ``AVX2``, ...):
-    the CPU's widest unless ``ATEN_CPU_CAPABILITY`` narrows it, so one machine times differently under each."""
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def fingerprint() -> dict[str, Any]:
-    """What a timing depends on besides the FFN: the machine and the versions."""
-    try:
-        from importlib.metadata import version
-        kanformer_version = version("kanformer")
-    except Exception:  # a checkpoint's copy of these files, without the package
-        kanformer_version = "portable"
-    here = Path(__file__).resolve().parent  # the layer code itself: an edit (or another copy) is timed afresh
-    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:12]
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "cpu_isa": cpu_isa(),
-            "torch": torch.__version__, "kanformer": kanformer_version, "layers_code": code,
-            "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _fingerprint_id() -> str:
-    return hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_path(name: str = "autotune.json") -> Path:
-    root = os.environ.get("KANFORMER_CACHE") or Path.home() / ".cache" / "kanformer"
-    return Path(root) / name
-
-
+# -- keys and this machine's section of the disk cache (machine.py) ----------------------------------------------
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
@@ -230,7 +186,7 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     tokens = x.numel() // x.shape[-1]
     dtype = _compute_dtype(x)
     warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
-    if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (see _start_worker)
+    if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
         warm += f" | gemm={gemm.routing()}"
@@ -248,68 +204,13 @@ def _inductor_dir() -> str:
         return os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "torchinductor"))
 
 
-_memory_only: dict[str, dict[str, Any]] = {}  # a cache file this process could not write -> its contents, kept here
-
-
-@contextlib.contextmanager
-def _locked_cache(name: str = "autotune.json") -> Any:
-    """The whole cache file ``name``, read under an exclusive lock; what the block leaves in the dict is written
-    back. Where the file cannot be written (a read-only or full disk, no home directory for the default), this
-    process keeps it in memory from then on, with one warning: a later process times again, but no step fails."""
-    path: Path | None = None
-    try:
-        path = cache_path(name)
-    except RuntimeError as err:  # Path.home() found no home directory for the default
-        failure: Exception = err
-    where = f"~/.cache/kanformer/{name}" if path is None else str(path)
-    if where in _memory_only:
-        yield _memory_only[where]
-        return
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(path.with_suffix(".lock"), "w")
-        except OSError as err:
-            path, failure = None, err
-    if path is None:
-        yield _in_memory(where, {}, failure)
-        return
-    with lock:
-        with contextlib.suppress(ImportError):  # POSIX; elsewhere writers may race (a lost entry is timed again)
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            data = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            data = {}  # a damaged cache only costs a re-timing
-        yield data
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            _in_memory(where, data, err)
-
-
-def _in_memory(where: str, data: dict[str, Any], err: Exception) -> dict[str, Any]:
-    """``data``, now this process's copy of the cache file at ``where``, which it could not write (``err``)."""
-    _memory_only[where] = data
-    warnings.warn(f"kanformer: cannot write the cache {where} ({type(err).__name__}: {err}); this process keeps "
-                  "its timed choices in memory and a later one times them again. Set KANFORMER_CACHE to a writable "
-                  "directory to keep them.", RuntimeWarning, stacklevel=2)
-    return data
-
-
 def _section(data: dict[str, Any]) -> dict[str, Any]:
-    return data.setdefault(_fingerprint_id(), {"fingerprint": fingerprint(), "choices": {}, "compiled": {}})
+    return data.setdefault(fingerprint_id(), {"fingerprint": fingerprint(), "choices": {}, "compiled": {}})
 
 
 def _load() -> dict[str, Any]:
     if not _disk:
-        with _locked_cache() as data:
+        with locked_cache(_CACHE_FILE) as data:
             _disk.update(_section(data))
     return _disk
 
@@ -325,7 +226,7 @@ def _refresh(every_s: float = 5.0) -> None:
 
 
 def _store(kind: str, key: str, value: Any) -> None:
-    with _locked_cache() as data:
+    with locked_cache(_CACHE_FILE) as data:
         _section(data)[kind][key] = value
         _disk.clear()
         _disk.update(_section(data))
@@ -438,72 +339,17 @@ def _timed_without_a_compile_now_had(cached: dict[str, Any], warm: str) -> bool:
             and not _compile_state(warm).startswith("failed"))
 
 
+_pending_spec: dict[str, dict[str, Any]] = {}  # warm key -> what its background compile is to compile
+
+
 def _launch(warm: str) -> str:
-    """Starts the background compile of ``warm``: ``pending``, or ``failed: <why>`` where no process is to be had (a
-    process limit, a sandbox), which this process alone keeps."""
-    try:
-        _workers[warm] = _start_worker(warm)
-    except OSError as err:
-        return f"failed: could not start the background compile ({type(err).__name__}: {err})"
-    return "pending"
-
-
-@atexit.register
-def _stop_workers() -> None:
-    """A process that ends leaves no compile running behind it (what was compiled stays in the compiler's cache)."""
-    for proc in _workers.values():
-        if proc.poll() is None:
-            proc.terminate()
-
-
-def _start_worker(warm: str) -> subprocess.Popen:
-    spec = {"warm": warm, "ffn": _pending_spec[warm]}
-    # the compiler on one thread, so the training it runs beside keeps the other cores (at normal priority: on a busy
-    # small machine a low-priority compile never finished); its few warm-up calls on this process's thread count,
-    # for which the compiler makes its C++ loops and which its cache keys on: compiled on one thread, the graphs missed
-    # a 2-thread process's cache, whose switching call then compiled them again (RBF FFN, d 128, 2-core CPU: 29.7 s
-    # against 5.7 s loading them); the matmul library this process runs (layers/gemm.py), so the worker compiles the
-    # graphs it will load
-    env = {**os.environ, "KANFORMER_AUTOTUNE": "0", "OMP_NUM_THREADS": str(spec["ffn"]["threads"]),
-           "TORCHINDUCTOR_COMPILE_THREADS": "1",
-           "KANFORMER_GEMM": gemm.chosen().get("library", gemm.setting()),  # CUDA runs choose none
-           "KANFORMER_COMPILE_OPTIONS": options_tag(get_compile_options())}  # as set here, by API or environment
-    # this very copy of the code, which may not be the ``kanformer`` the interpreter would import: a checkpoint's copy
-    # (``from_pretrained`` with ``trust_remote_code``: a package under the modules cache of transformers, maybe with no
-    # kanformer installed) or a checkout put on ``sys.path`` at run time; its directory goes last on the path, so the
-    # user's own ``PYTHONPATH`` keeps its precedence
-    package = __package__ or "kanformer.layers"
-    root = str(Path(__file__).resolve().parents[len(package.split("."))])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
-    log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
-    # the module as the package imports it (``-m`` would run a second copy of it as ``__main__``, with a warning)
-    code = f"import json, sys; from {package} import autotune; autotune._warm(json.loads(sys.argv[1]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=log,
-                            env=env)
-    proc.log = log
-    return proc
-
-
-_pending_spec: dict[str, dict[str, Any]] = {}
+    return launch(warm, _pending_spec[warm])
 
 
 def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
-            "tokens": _warm_tokens(x.numel() // x.shape[-1]), "threads": torch.get_num_threads()}
-
-
-# The compiler's C++ backend sums an fp32 reduction of more than 4,096 elements in chunks (its cascade sum), so a graph
-# compiled for at most 4,096 tokens is guarded to that range and compiled afresh above it: a fused backward's sums over
-# the tokens (the bias's gradient, the wavelet's parameters') compiled at 256 tokens recompiled at 5,000 (B-spline FFN,
-# d 128), in the call that loads the background compile's graphs; compiled at 4,097 it served 4,098 - 16,384 as one.
-_SUM_CHUNK = 4096
-
-
-def _warm_tokens(tokens: int) -> int:
-    """The token count the background compile runs at for a process at ``tokens``: small (a quick compile), but in the
-    range of ``tokens`` on either side of the C++ backend's chunked sums (``_SUM_CHUNK``)."""
-    return min(tokens, 256) if tokens <= _SUM_CHUNK else _SUM_CHUNK + 1
+            "tokens": warm_tokens(x.numel() // x.shape[-1]), "threads": torch.get_num_threads()}
 
 
 _ROUNDS = 5  # timed steps per candidate, taken in turns
@@ -880,38 +726,3 @@ def forget() -> None:
     _decided.clear()
     _disk.clear()
     _pending_spec.clear()
-
-
-# -- the background compile ----------------------------------------------------------------------------------------
-def _warm(spec: dict[str, Any]) -> None:
-    """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice); with
-    ``few`` in its FFN's spec, its graphs of few tokens without autograd instead (``compiled_ready``)."""
-    from .dispatch import kernel
-    from .few_tokens import few_tokens, tiny_tokens
-    from .registry import create_ffn
-
-    f = spec["ffn"]
-    torch.set_num_threads(f["threads"])  # the compiled loops are made for it (and its cache entries keyed on it)
-    torch.manual_seed(0)
-    device = torch.device(f["device"])
-    ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
-    dtype = getattr(torch, f["dtype"])
-    autocast = dtype in (torch.float16, torch.bfloat16)
-    if f.get("few"):
-        # the graphs of few tokens without autograd (layers/few_tokens.py: generation's steps), at two sizes too: the
-        # one whose products are sums in its loops (the fewest tokens), and the one whose products are the matmul
-        # library's; one token, which a compiled graph specialises
-        past = tiny_tokens(ffn, dtype) + 1  # the fewest tokens past the tiny ones
-        for tokens in sorted({1, 2, 3, past, past + 1}):
-            if hasattr(ffn, "fc1") and few_tokens(ffn, tokens):
-                with kernel("fused"), torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                    ffn(torch.randn(tokens, f["d_model"], device=device))
-        return
-    compiled = compiled_forward(ffn)  # the "compiled" candidate: the reference, compiled
-    for tokens in (f["tokens"], f["tokens"] + 1):  # two sizes: the dynamic-shape graphs the main process will load
-        x = torch.randn(tokens, f["d_model"], device=device, requires_grad=True)
-        with kernel("fused"), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            ffn(x).float().square().sum().backward()
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            compiled(x).float().square().sum().backward()
-

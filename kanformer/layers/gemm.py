@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import register_flop_formula
 
+from .machine import cpu_isa, cpu_name, locked_cache
+
 LIBRARIES = ("auto", "torch", "onednn")
 # oneDNN is kept below this fraction of PyTorch's own time. Repeated timings on one machine agree within ~1% (the
 # development CPU: 0.917, 0.919, 0.921); at 0.9 that machine, where oneDNN ran the MLP's products faster at every width
@@ -112,8 +114,6 @@ def low_precision_warning(mixed_precision: str) -> str | None:
     dtype = MIXED_PRECISION_DTYPES.get(mixed_precision)
     if dtype is None or native_low_precision(dtype):
         return None
-    from .autotune import cpu_isa, cpu_name
-
     return (f"mixed_precision {mixed_precision} on a CPU without native {mixed_precision} matrix products "
             f"({cpu_name()}, {cpu_isa()}): PyTorch's own {mixed_precision} products run ~100x slower than fp32 here, "
             f"so the run takes every product in fp32 on the rounded operands ({mixed_precision}'s numerics, and "
@@ -195,13 +195,11 @@ def _resolve() -> str:
     if not onednn_available():
         _record.update(library="torch", source="no oneDNN in this PyTorch")
         return "torch"
-    from .autotune import _locked_cache, cpu_isa, cpu_name
-
     # keyed by the machine (and the vector instructions in force), PyTorch and this rule only, not the layer code or
     # the model: every process on a machine (a resumed run's, a checkpoint's copy of these files) runs its products the
     # same way, whatever it runs first
     key = f"{cpu_name()} | {os.cpu_count()} cores | {cpu_isa()} | torch {torch.__version__} | rule {_RULE}"
-    with _locked_cache("gemm.json") as data:  # one timing per machine: ranks starting together wait for the first's
+    with locked_cache("gemm.json") as data:  # one timing per machine: ranks starting together wait for the first's
         kept = data.get(key)
         if kept is None:
             kept = data[key] = _timed()
