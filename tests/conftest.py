@@ -20,7 +20,8 @@ os.environ.setdefault("KANFORMER_KERNEL", "lean")
 # its share of the cores, so that the workers' OpenMP threads do not contend for them.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _THREADS = max(1, _CORES // _WORKERS)
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
     torch.set_num_threads(_THREADS)
 
