@@ -53,6 +53,8 @@ def native(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
+    if _WORKERS > 1:  # the slow tests first, so that the workers end on short ones together, not one on a long one
+        items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

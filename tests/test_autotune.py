@@ -235,6 +235,7 @@ def test_the_chosen_path_equals_the_reference(auto):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bspline", "rational"])
 def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(auto, monkeypatch, name):
     """Without autograd, ``auto`` runs the fused path its training chose (its forward graphs as they are: in bf16 the
@@ -600,6 +601,7 @@ def test_a_killed_background_compile_is_started_once_more_before_it_counts_as_fa
     assert len(started) == 2 and record["dropped"]["fused"] == "failed: killed by signal 9, twice"
 
 
+@pytest.mark.slow
 def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(auto_compiling, monkeypatch, tmp_path,
                                                                              capsys):
     """A failed compile is kept a day (a choice timed without fused is reused meanwhile), then started once more, since

@@ -185,6 +185,7 @@ def test_low_precision_without_native_products_is_multiplied_in_fp32(native, dty
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "chebyshev"])
 def test_a_compiled_graph_keeps_the_widened_products(native, name):
     """Inside a compiled graph (bf16 autocast, no native bf16 products) every product of the FFN, forward and backward,

@@ -207,6 +207,7 @@ def test_lean_rbf_recomputes_its_layernorm():
         assert n * 16 * 2 <= sum(_saved_numels(layer, x))  # the reference saves the normalised input as well
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lean", "fused"])
 def test_lean_rbf_without_an_analytic_derivative_differentiates_through_the_layernorm(monkeypatch, mode):
     """A basis that declines the analytic input gradient gets it by autograd through the recomputed pre-transform

@@ -27,6 +27,7 @@ def test_public_api_keeps_its_top_level_names():
         assert hasattr(kanformer, name), name
 
 
+@pytest.mark.slow
 def test_former_benchmark_module_paths_still_run():
     for module in ("evals.bench_model", "evals.bench_ffn"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)

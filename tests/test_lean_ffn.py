@@ -670,6 +670,7 @@ def test_fused_helpers_compile_one_graph_for_every_token_count(name):
     dispatch._COMPILED.clear()
 
 
+@pytest.mark.slow
 def test_a_pre_transform_without_parameters_runs_on_both_paths(counted, monkeypatch):
     """``lean_pre_params() == ()`` is a pre-transform (with no parameters), not its absence: the two-layer Function
     applies it as the per-layer path does."""
@@ -696,6 +697,7 @@ def _run_compiled(ffn, x, mode):
     return _run(ffn, x, mode, call=torch.compile(ffn, fullgraph=True))
 
 
+@pytest.mark.slow
 def test_a_compiled_model_traces_the_two_layer_function_and_checks_the_grid_it_read(monkeypatch):
     """Inside a compiled graph (a compiled model) the fused path's two-layer Function is traced with the rest: equal to
     the reference, no graph break. The B-spline's uniform-grid verdict, which a graph cannot read back, comes from its
@@ -813,6 +815,7 @@ def test_inside_a_compiled_graph_gr_kans_tables_are_buffers_of_their_own(monkeyp
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["chebyshev", "rational"])
 def test_a_compiled_model_keeps_the_lean_memory_under_the_lean_rule(name):
     """Inside a compiled graph the backward recomputes the features from the inputs the forward kept, under the ``lean``

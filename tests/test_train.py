@@ -101,6 +101,7 @@ def test_a_resumed_checkpoint_keeps_the_adamw_it_was_saved_with(tmp_path, caplog
     assert json.loads((resumed.run_dir / "versions.json").read_text())["adamw"] == "loop"
 
 
+@pytest.mark.slow
 def test_a_compiled_model_trains_resumes_and_exports_as_the_eager_one(tmp_path, monkeypatch):
     """``train.compile``: the compiled model takes the eager model's steps (a B-spline KAN, whose graphs read the
     trainer's check of the grid), a run compiled whole resumes compiled block by block, and the export loads with
