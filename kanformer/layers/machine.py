@@ -2,8 +2,9 @@
 
 ``auto``'s path choices (autotune.py) and the matmul library's timing (gemm.py) are measured once per machine and
 kept in JSON files under ``KANFORMER_CACHE`` (default ``~/.cache/kanformer``), keyed by what the measurement depends
-on: the CPU, its vector instructions in force, the versions (``fingerprint``). ``locked_cache`` reads and writes such
-a file whole under a lock, so that processes starting together (a machine's ranks) time once.
+on: autotune's by ``fingerprint`` (the CPU, its vector instructions in force, the versions, the layer code), gemm's by
+the CPU, its vector instructions and PyTorch alone. ``locked_cache`` reads and writes such a file whole under a lock,
+so that processes starting together (a machine's ranks) time once.
 """
 
 from __future__ import annotations
