@@ -40,14 +40,8 @@ def auto_compiling(auto, monkeypatch):
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_pending_spec", {})
-    _workers(monkeypatch, {})
+    monkeypatch.setattr(background_compile, "workers", {})
     return auto
-
-
-def _workers(monkeypatch, table):
-    """``table`` for this test as the process's background compiles, in both modules that hold it."""
-    monkeypatch.setattr(background_compile, "workers", table)
-    monkeypatch.setattr(autotune, "_workers", table)
 
 
 def _step(ffn, x):
@@ -407,12 +401,12 @@ def test_no_timing_beside_another_ffns_background_compile(auto, monkeypatch):
         def poll(self):
             return None
 
-    _workers(monkeypatch, {"another FFN": Running()})
+    monkeypatch.setattr(background_compile, "workers", {"another FFN": Running()})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     assert dispatch.resolve(ffn, x) == "lean"
     _step(ffn, x)
     assert autotune.decisions() == {}
-    _workers(monkeypatch, {})
+    monkeypatch.setattr(background_compile, "workers", {})
     _step(ffn, x)
     (record,) = autotune.decisions().values()
     assert record["source"] == "timed" and set(record["times_ms"]) >= {"lean", "reference"}

@@ -58,9 +58,8 @@ from typing import Any
 
 import torch
 
-from . import gemm
-from .background_compile import launch, warm_tokens
-from .background_compile import workers as _workers
+from . import background_compile, gemm
+from .background_compile import launch, warm_tokens  # (this form also tells a checkpoint's loader to copy the file)
 from .compile_options import get_compile_options, options_tag
 from .machine import fingerprint, fingerprint_id, locked_cache
 from .saved import saved_bytes
@@ -256,7 +255,7 @@ def _compile_state(warm: str) -> str:
     kept_failure = _failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S
     if kept_failure or _ready(record):
         return record["state"]
-    proc = _workers.get(warm)
+    proc = background_compile.workers.get(warm)
     if proc is None:
         if _waiting_for_first_rank(warm, record):  # one compile per machine: the first local rank's
             _refresh()
@@ -280,7 +279,7 @@ def _compile_state(warm: str) -> str:
               "once more", file=sys.stderr)
         state = _launch(warm)
         if state == "pending":
-            _workers[warm].again = True
+            background_compile.workers[warm].again = True
         return state
     why = f"killed by signal {-proc.returncode}, twice" if proc.returncode < 0 else (
         err[-1] if err else f"exit {proc.returncode}")
@@ -528,7 +527,7 @@ def _following(key: str, warm: str) -> bool:
     a machine then runs one path (ranks timing at once on shared cores disturb each other's timings, and ranks on
     different paths differ in rounding and in speed, the slowest setting the pace). Up to ``_FOLLOW_S``, then it
     times its own; at once where it compiled ``warm`` itself (the first rank did not: it will not time it either)."""
-    if os.environ.get("LOCAL_RANK", "0") == "0" or warm in _workers:
+    if os.environ.get("LOCAL_RANK", "0") == "0" or warm in background_compile.workers:
         return False
     since = _follow_since.setdefault(key, time.monotonic())
     if time.monotonic() - since > _FOLLOW_S:
@@ -619,7 +618,7 @@ def _eval_candidates(ffn: Any, x: torch.Tensor, warm: str) -> tuple[list[str], d
     if _has_triton(ffn, x):
         candidates.append("triton")
     record = _load()["compiled"].get(warm)
-    started = warm in _workers or isinstance(record, dict)
+    started = warm in background_compile.workers or isinstance(record, dict)
     since = _eval_since.setdefault(warm, time.monotonic())  # read first: with 0 s to wait, the first call waits none
     if not started and time.monotonic() - since < eval_compile_after_s():
         return (candidates, dropped) if len(candidates) > 1 else None
@@ -700,7 +699,7 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
 
 def busy() -> bool:
     """Whether a background compile of this process is still running."""
-    return any(proc.poll() is None for proc in _workers.values())
+    return any(proc.poll() is None for proc in background_compile.workers.values())
 
 
 def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:
