@@ -296,6 +296,24 @@ def test_one_token_takes_the_path_timed_for_it_once_its_graph_is_compiled(auto, 
     assert " | tokens<=1 | " in key
 
 
+def test_forget_restarts_the_evaluations_clock_as_a_new_process_would(auto, monkeypatch):
+    """An evaluation's wait before a background compile is counted from its first call in this process; ``forget``
+    starts it afresh (it once kept the first call's time, so a later test of the same configuration timed at once)."""
+    states, timed = [], []
+    monkeypatch.setattr(autotune, "_compile_state", lambda warm: states.append(warm) or "ready")
+    monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates, backward=True: timed.append(candidates) or {
+        "times": {"reference": 3.0, "fused": 1.0}, "saved": {}, "mlp_saved": 0, "dropped": {}})
+    monkeypatch.setenv("KANFORMER_EVAL_COMPILE_AFTER_S", "0.3")
+    ffn, x = create_ffn("rational", D, H), torch.randn(64, D)
+    with torch.no_grad():
+        assert dispatch.resolve(ffn, x) is None and not states  # the clock starts
+        time.sleep(0.4)
+        autotune.forget()
+        assert dispatch.resolve(ffn, x) is None and not states and not timed  # a new clock: nothing asked or timed
+        time.sleep(0.4)
+        assert dispatch.resolve(ffn, x) == "fused" and states and timed == [["reference", "fused"]]  # it has lasted
+
+
 def test_an_evaluation_only_process_times_its_forward_paths_once_the_compile_is_ready(auto, monkeypatch):
     """Without a training choice, an evaluation runs the reference until it has lasted long enough for a background
     compile to pay, then (compile ready) times the reference against fused, forward only, keeps the faster on disk,

@@ -717,11 +717,14 @@ def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:
 
 
 def forget() -> None:
-    """Drop this process's choices, the matmul library's included (the disk cache stays): the next call reads the
-    cache or times again."""
+    """Drop this process's choices, the matmul library's included (the disk cache stays), and its clocks of waiting
+    (for another rank's choice, a compile, an evaluation's start): the next call reads the cache or times again, as
+    a new process's would."""
     gemm.set_library(gemm.setting())
     _choices.clear()
     _ready_keys.clear()
     _decided.clear()
     _disk.clear()
     _pending_spec.clear()
+    for since in (_follow_since, _compile_wait_since, _eval_since):
+        since.clear()
