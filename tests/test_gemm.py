@@ -316,19 +316,27 @@ def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_
 
 
 @needs_onednn
-def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_grad", ["torch", "onednn"])
+def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path, monkeypatch, library, weight_grad):
+    """The products' table routes each as the machine's timing does (a stand-in here: weight gradients by
+    ``weight_grad``), in a process that has not asked for the library before too (it once read the routing before
+    choosing the library, so every weight gradient read as PyTorch's)."""
     import json
 
     from benchmarks.bench_gemm import main
 
-    monkeypatch.setattr(gemm, "_SMALL_MACS", 0)  # its products as a real width's are routed (these are tiny)
-
+    monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gemm, "_timed", lambda: {"library": "onednn", "times_ms": {"torch": 2.0, "onednn": 1.0},
+                                                 "transposed": {"weight_grad": weight_grad, "input_major": "onednn"}})
+    library("auto")  # nothing chosen yet in this process (its products are routed as a real width's: the fixture)
     main(["--d-model", "16", "--tokens", "32", "--rounds", "1", "--repeats", "1", "--ffns", "mlp",
           "--json", str(tmp_path / "g.json")])
     out = capsys.readouterr().out
     assert "| mlp | layer 1 weight grad 64x32 @ 32x16 |" in out and "| bspline | layer 2 forward" in out
     result = json.loads((tmp_path / "g.json").read_text())
-    assert {r["routed"] for r in result["rows"]} == {"torch", "onednn"}  # the MLP's first weight gradient: PyTorch
+    (first,) = [r for r in result["rows"] if r["ffn"] == "mlp" and r["product"].startswith("layer 1 weight grad")]
+    assert first["routed"] == weight_grad  # the MLP's first weight gradient, gy^T @ x: a long sum over the tokens
+    assert {r["routed"] for r in result["rows"]} == {weight_grad, "onednn"}
     assert result["steps"]["mlp"]["onednn_ms"] > 0 and len(result["rows"]) == 12
     assert f"CPU malloc {result['malloc']}" in out  # the allocator its steps ran on, as bench_ffn reports it
 
