@@ -1,5 +1,6 @@
 import atexit
 import os
+import random
 import shutil
 import tempfile
 
@@ -52,8 +53,17 @@ def native(monkeypatch):
     return lambda value: monkeypatch.setattr(gemm, "_NATIVE", dict.fromkeys(gemm._LOW, value))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
+                     help="run the tests in an order shuffled by SEED, to find tests that hold only in file order "
+                          "(the workers hand tests out in no fixed order)")
+
+
 def pytest_collection_modifyitems(config, items):
-    if _WORKERS > 1:  # the slow tests first, so that the workers end on short ones together, not one on a long one
+    seed = config.getoption("--shuffle")
+    if seed is not None:  # every worker collects alike, so each shuffles alike
+        random.Random(seed).shuffle(items)
+    elif _WORKERS > 1:  # the slow tests first, so that the workers end on short ones together, not one on a long one
         items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
