@@ -318,9 +318,9 @@ def test_auto_times_once_per_machine_then_reads_the_cache(library, timings, tmp_
 @needs_onednn
 @pytest.mark.parametrize("weight_grad", ["torch", "onednn"])
 def test_the_gemm_benchmark_reports_products_and_steps(capsys, tmp_path, monkeypatch, library, weight_grad):
-    """The products' table routes each as the machine's timing does (a stand-in here: weight gradients by
-    ``weight_grad``), in a process that has not asked for the library before too (it once read the routing before
-    choosing the library, so every weight gradient read as PyTorch's)."""
+    """The products' table routes each product as the machine's timing does (a stand-in here: weight gradients by
+    ``weight_grad``), in a process that had chosen no library before the benchmark ran too (the table once read the
+    routing before the library was chosen, and so gave every weight gradient to PyTorch's)."""
     import json
 
     from benchmarks.bench_gemm import main
