@@ -90,6 +90,7 @@ class ModelArm:
                                 vocab=args.vocab, device=device)
         if getattr(args, "compile", False):  # as train.compile=model runs it
             mode = getattr(args, "compile_mode", "default")
+            gemm.choose_for(self.model)  # the fp32 CPU products' library chosen before the graphs are traced
             self.model = torch.compile(self.model, mode=None if mode == "default" else mode)
         self.gen = torch.Generator().manual_seed(0)
         self.rounds: list[dict[str, Any]] = []

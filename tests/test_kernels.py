@@ -548,17 +548,21 @@ def test_the_model_benchmark_times_generation_and_its_ranges_carry_no_training_t
 def test_the_model_benchmark_compiles_each_arm_in_the_mode_asked_for(tmp_path, capsys, monkeypatch):
     """``--compile --compile-mode reduce-overhead`` compiles every arm's model, the MLP's too, with CUDA graphs (on a
     CPU its graphs run as in the default mode); the mode is in the result and its table's heading; the mode without
-    ``--compile`` is refused."""
+    ``--compile`` is refused. The fp32 CPU products' library is chosen before the first model is compiled, as
+    ``train.compile`` chooses it (traced before a choice, the graphs took PyTorch's products)."""
     from benchmarks import bench_model
+    from kanformer.layers import gemm
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append(mode) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append((mode, gemm.chosen())) or model)
+    gemm.set_library(gemm.setting())  # no library chosen, as in a new process
     out = tmp_path / "model.json"
     bench_model.main(["--arms", "mlp", "chebyshev", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq",
                       "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--rounds", "1", "--warmup", "1",
                       "--kernel", "lean", "--malloc", "system", "--device", "cpu", "--compile", "--compile-mode",
                       "reduce-overhead", "--json", str(out)])
-    assert compiled == ["reduce-overhead", "reduce-overhead"]
+    assert [mode for mode, _ in compiled] == ["reduce-overhead", "reduce-overhead"]
+    assert all(library for _, library in compiled), compiled
     result = json.loads(out.read_text())
     assert result["compiled"] and result["compile_mode"] == "reduce-overhead"
     assert "torch.compile of each model (mode reduce-overhead)" in capsys.readouterr().out

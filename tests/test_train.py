@@ -11,6 +11,7 @@ import transformers
 from accelerate.state import AcceleratorState
 
 from kanformer.config import load_config
+from kanformer.layers import gemm
 from kanformer.train import NonFiniteError, Trainer, train
 from kanformer.train import checkpoint as ckpt
 from tests.device_reads import DeviceReads
@@ -117,6 +118,7 @@ def test_a_compiled_model_trains_resumes_and_exports_as_the_eager_one(tmp_path, 
     compiled = _cfg(tmp_path, name="compiled", **over)
     graphs = torch._dynamo.utils.counters["stats"]
     torch._dynamo.reset()
+    gemm.set_library(gemm.setting())  # no matmul library chosen, as in a new process: the trainer chooses it first
     try:
         for mode, run in (("model", {"stop_at": 3}), ("regional", {"resume": "auto"})):
             graphs.clear()
@@ -146,6 +148,10 @@ def test_a_compiled_model_trains_resumes_and_exports_as_the_eager_one(tmp_path, 
         torch._dynamo.reset()
     a, b = ([r["loss"] for r in _records(cfg.run_dir)] for cfg in (eager, compiled))
     assert len(a) == len(b) == 6
+    # the graphs' products on the library the eager run's FFNs chose (traced before a choice, they took PyTorch's)
+    libraries = [json.loads((cfg.run_dir / "versions.json").read_text())["matmul_library"]["library"]
+                 for cfg in (eager, compiled)]
+    assert libraries[0] == libraries[1], libraries
     # each part's first step compiled the model: its time is compile_s, and the throughput starts with the next
     speeds = [r.get("tokens_per_s") for r in _records(compiled.run_dir)]
     assert speeds[0] is None and speeds[3] is None and all(0 < s < 1e8 for s in speeds[1:3] + speeds[4:]), speeds

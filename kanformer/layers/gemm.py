@@ -27,7 +27,9 @@ class stays on PyTorch's unless oneDNN ran it clearly faster, and a pinned ``one
 The choice is made once per machine, vector instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in
 ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a
 checkpoint's copy of these files included, runs its products the same way. It is made in eager code before anything
-is compiled; compiled graphs are guarded on it.
+is compiled (an FFN's first call; the trainer's ``train.compile`` before it compiles the model); compiled graphs are
+guarded on it. A model compiled by hand before any eager call of its FFNs takes PyTorch's products in its graphs:
+call :func:`library` first.
 
 **Low precision without native products.** PyTorch's bf16 and fp16 CPU products are oneDNN's only where oneDNN
 supports the dtype on the CPU (AVX-512 or AMX); elsewhere they run PyTorch's own fallback kernel: on a 2-core AMD EPYC
@@ -156,12 +158,21 @@ def onednn_available() -> bool:
 
 
 def library() -> str:
-    """The library in force, chosen now if not yet (under ``torch.compile`` before any eager choice: ``torch``)."""
+    """The library in force, chosen now if not yet (under ``torch.compile`` before any eager choice: ``torch``, so
+    call this before compiling a CPU model by hand, as ``train.compile`` does)."""
     if _chosen[0] is None:
         if torch.compiler.is_compiling():
             return "torch"
         _chosen[0] = _resolve()
     return _chosen[0]
+
+
+def choose_for(module: torch.nn.Module) -> None:
+    """The library chosen now, in eager code, where ``module`` has parameters on a CPU: before ``torch.compile`` of it,
+    whose graphs traced before any choice take PyTorch's products (and an operator run eagerly inside them, the wavelet
+    FFN's, would choose it mid-step, so that the next step compiled the model again)."""
+    if any(p.device.type == "cpu" for p in module.parameters()):
+        library()
 
 
 def routing() -> str:
