@@ -640,7 +640,7 @@ def test_a_compiled_wavelet_ffn_runs_the_fused_paths_helpers_and_keeps_its_memor
     ffn = _ffn("wavelet", torch.float32, num_wavelets=4)
     x = _inputs(torch.float32, n=256)
     weights = sum(p.numel() * p.element_size() for p in ffn.parameters())
-    gemm.library()  # chosen before compiling, as train.compile does (else the graph's products and the op's differ)
+    gemm.choose_for(ffn)  # the library chosen before compiling, as train.compile does (else the graph and op differ)
     compiled = torch.compile(ffn, fullgraph=True)
     _close(_run(ffn, x, "fused", call=compiled), _run(ffn, x, "fused"), rtol=1e-6, atol=1e-6)
     x.requires_grad_(True)
