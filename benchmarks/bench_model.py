@@ -51,7 +51,7 @@ from kanformer import kanify
 from kanformer.data.device import to_device
 from kanformer.evaluation.interleaved import machine, round_order, same_round_ratios
 from kanformer.evaluation.metrics import measure_inference, measure_training, settle
-from kanformer.layers import autotune, gemm
+from kanformer.layers import autotune, gemm, loop_moves
 from kanformer.layers.dispatch import default_kernel, kernel
 from kanformer.layers.widen import widened_autocast
 from kanformer.train.allocator import configure as configure_malloc
@@ -91,6 +91,7 @@ class ModelArm:
         if getattr(args, "compile", False):  # as train.compile=model runs it
             mode = getattr(args, "compile_mode", "default")
             gemm.choose_for(self.model)  # the fp32 CPU products' library chosen before the graphs are traced
+            loop_moves.install()  # as train.compile does
             self.model = torch.compile(self.model, mode=None if mode == "default" else mode)
         self.gen = torch.Generator().manual_seed(0)
         self.rounds: list[dict[str, Any]] = []

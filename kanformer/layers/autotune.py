@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from . import background_compile, gemm
+from . import background_compile, gemm, loop_moves
 from .background_compile import launch, warm_tokens  # (this form also tells a checkpoint's loader to copy the file)
 from .compile_options import get_compile_options, options_tag
 from .machine import fingerprint, fingerprint_id, locked_cache
@@ -81,6 +81,7 @@ def compiled_forward(ffn: Any) -> Any:
     kit's other paths trace its lean Function: dispatch.traced; this candidate is the reference, compiled)."""
     fn = _compiled_fns.get(ffn)
     if fn is None:
+        loop_moves.install()  # as the fused helpers are compiled (layers/loop_moves.py)
         fn = _compiled_fns[ffn] = functools.partial(_on_reference, torch.compile(ffn._forward, dynamic=True))
     return fn
 
@@ -187,6 +188,8 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
+        if not loop_moves.enabled():  # and their moves as generated (layers/loop_moves.py)
+            warm += " | loop_moves=off"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
         warm += f" | gemm={gemm.routing()}"
     options = get_compile_options()

@@ -42,6 +42,7 @@ from .autotune import enabled as autotune_enabled
 from .autotune import inference_path as autotune_inference_path
 from .compile_options import get_compile_options, options_tag
 from .gemm import library as gemm_library
+from .loop_moves import install as install_loop_moves
 from .triton_kan import triton_available
 
 KERNELS = ("auto", "lean", "fused", "triton", "reference")
@@ -291,6 +292,7 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         # that record: the second layer width any copy met made the width symbolic in every copy compiled after
         code = fn.__code__.replace(co_name=key, co_qualname=key)
         copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        install_loop_moves()  # its C++ loops' half-vector bf16 moves unmasked (layers/loop_moves.py)
         _COMPILED[key] = torch.compile(copy, options=options or None)  # static but for the dims per_token marks
     if mode == "fused":
         return _COMPILED[key]

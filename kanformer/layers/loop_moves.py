@@ -1,0 +1,166 @@
+"""Half-vector bf16 / fp16 loads and stores in compiled CPU loops as plain half-width moves.
+
+PyTorch's C++ code generator gives a fused loop fp32's vector width (16 lanes on AVX-512) when any computation fused
+into it touches no low-precision value (``python -m benchmarks.profile_ffn --loop-widths`` lists such loops). Its
+bf16 / fp16 loads and stores then move half a 16-bit vector each, and ATen's vector library makes every such partial
+move a masked one (AVX-512: a masked 512-bit load or store; AVX2: a copy through a buffer). On the 2-core Zen 5 of the
+development machine a stream of masked 32-byte loads and stores took 1.41 - 1.53 ms where plain 256-bit ones took
+0.55 - 0.57 ms (14 MB copied, one thread; the same bytes). RBF's LayerNorm keeps its layers' fused loops at fp32's
+width, and its layer-1 backward loop, which reads nine bf16 gradient blocks a token and writes eight bf16 feature
+blocks, took 2.9 ms of a 24.6 ms FFN step (d 384, 2048 tokens, bf16 autocast), 1.6 ms with the moves made plain.
+
+:func:`install` makes them plain: each C++ kernel's source is rewritten before it is compiled, every load of a 16-bit
+vector through ``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a
+16-bit vector with one unmasked half-width instruction (AVX-512, AVX2) and hand everything else to ATen as before. The
+bytes moved are the same, so results are bit for bit those of the unrewritten loop (the tests compare them). The
+compiler caches its graphs as generated and the rewrite is applied each time a kernel is loaded, so a process without
+it (``KANFORMER_LOOP_MOVES=0``) reads the same cache and compiles its own kernels. Installed for the process by the
+kit's compile sites (the fused helpers, the compiled reference, a compiled model): every C++ kernel compiled in the
+process after that takes it, a user's own compiled code too. Where a rewritten kernel fails to compile, the original
+source is compiled instead and the failure kept in :data:`failures`. ``cpp_wrapper`` graphs (one C++ module for the
+whole graph) are not rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+_PREFIX = "#include <torch/csrc/inductor/cpp_prefix.h>\n"
+_MARK = "namespace kf_vec {"
+_HELPERS = _MARK + r"""
+template <typename T> constexpr bool lowp16 = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+template <typename T>
+inline at::vec::Vectorized<T> loadu(const void* p, int64_t count = at::vec::Vectorized<T>::size()) {
+  if constexpr (lowp16<T>) {
+    if (count == at::vec::Vectorized<T>::size() / 2) {
+#if defined(CPU_CAPABILITY_AVX512)
+      return at::vec::Vectorized<T>(_mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(CPU_CAPABILITY_AVX2)
+      return at::vec::Vectorized<T>(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+    }
+  }
+  return at::vec::Vectorized<T>::loadu(p, count);
+}
+template <typename V> struct lowp16_vec : std::false_type {};
+template <typename T> struct lowp16_vec<at::vec::Vectorized<T>> : std::bool_constant<lowp16<T>> {};
+template <typename V, typename P> inline void store(const V& v, P p) { v.store(p); }
+template <typename V, typename P> inline void store(const V& v, P p, int64_t count) {
+  if constexpr (lowp16_vec<V>::value) {
+    if (count == V::size() / 2) {
+#if defined(CPU_CAPABILITY_AVX512)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(__m512i(v)));
+      return;
+#elif defined(CPU_CAPABILITY_AVX2)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(__m256i(v)));
+      return;
+#endif
+    }
+  }
+  v.store(p, count);
+}
+}  // namespace kf_vec
+"""
+_LOADS = {f"at::vec::Vectorized<{t}>::loadu(": f"kf_vec::loadu<{t}>(" for t in ("at::BFloat16", "at::Half")}
+_STORE = re.compile(r"\b(tmp\w*)\.store\(")
+
+failures: list[str] = []  # kernels whose rewritten source failed to compile (the original compiled instead)
+_state: dict[str, Any] = {"installed": False, "rewritten": 0, "suspended": False}
+
+
+def enabled() -> bool:
+    """Whether this process rewrites its loops' moves (``KANFORMER_LOOP_MOVES``: ``0`` turns it off)."""
+    value = os.environ.get("KANFORMER_LOOP_MOVES", "1").strip().lower()
+    if value not in ("0", "1", "off", "on", ""):
+        raise ValueError(f"KANFORMER_LOOP_MOVES={value!r}: allowed 1 / on (the default) or 0 / off")
+    return value not in ("0", "off")
+
+
+def rewrite(source: str) -> str:
+    """``source`` (a compiled CPU kernel's C++) with its 16-bit vector loads and its vector stores through the
+    helpers; unchanged where it moves no 16-bit value, is not an inductor kernel, or was rewritten already."""
+    if _PREFIX not in source or _MARK in source or not any(t in source for t in ("at::BFloat16", "at::Half")):
+        return source
+    out, moves = source, 0
+    for old, new in _LOADS.items():
+        moves += out.count(old)
+        out = out.replace(old, new)
+    out, stores = _STORE.subn(r"kf_vec::store(\1, ", out)
+    if not moves and not stores:
+        return source
+    return out.replace(_PREFIX, _PREFIX + _HELPERS, 1)
+
+
+def install() -> bool:
+    """Rewrites, from now on, every C++ kernel this process compiles (see the module's docstring); once per process,
+    nothing where ``KANFORMER_LOOP_MOVES=0`` or this PyTorch compiles its kernels otherwise. Whether installed."""
+    if _state["installed"]:
+        return True
+    if not enabled():
+        return False
+    try:
+        from torch._inductor.async_compile import AsyncCompile
+        from torch._inductor.codecache import CodeCacheFuture, CppPythonBindingsCodeCache, LambdaFuture
+    except ImportError:
+        return False
+    original = getattr(AsyncCompile, "cpp_pybinding", None)
+    if original is None:
+        return False
+
+    @functools.wraps(original)
+    def cpp_pybinding(self: Any, argtypes: list[str], source_code: str) -> Any:
+        new = source_code if _state["suspended"] else rewrite(source_code)
+        if new is source_code:
+            return original(self, argtypes, source_code)
+        _state["rewritten"] += 1
+        try:
+            result = original(self, argtypes, new)
+        except Exception as err:  # noqa: BLE001 - a helper this compiler refuses: the kernel as generated
+            return _fallback(err, lambda: original(self, argtypes, source_code))
+        if isinstance(result, CodeCacheFuture):  # compiled in a worker: its failure shows when the graph waits
+            def settle() -> Any:
+                try:
+                    return result.result()
+                except Exception as err:  # noqa: BLE001 - as above
+                    return _fallback(err, lambda: CppPythonBindingsCodeCache.load_pybinding(argtypes, source_code))
+            return LambdaFuture(settle, getattr(result, "future", None))
+        return result
+
+    AsyncCompile.cpp_pybinding = cpp_pybinding
+    _state["installed"] = True
+    return True
+
+
+def _fallback(err: BaseException, compile_original: Any) -> Any:
+    failures.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
+    if len(failures) == 1:
+        warnings.warn(f"kanformer: a compiled CPU loop with its half-vector moves made plain failed to compile "
+                      f"({failures[0]}); it and any other such loop run as generated (KANFORMER_LOOP_MOVES=0 skips "
+                      "the rewrite)", stacklevel=2)
+    return compile_original()
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Kernels loaded inside compile as generated (an A/B of the rewrite in one process; a kernel already loaded
+    stays as it was loaded)."""
+    was, _state["suspended"] = _state["suspended"], True
+    try:
+        yield
+    finally:
+        _state["suspended"] = was
+
+
+def installed() -> bool:
+    return bool(_state["installed"])
+
+
+def rewritten() -> int:
+    """Kernels rewritten in this process so far (each load of a kernel counts)."""
+    return int(_state["rewritten"])

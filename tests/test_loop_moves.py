@@ -1,0 +1,110 @@
+"""Half-vector bf16 / fp16 moves of compiled CPU loops made plain (layers/loop_moves.py): the rewrite, its switch,
+and the same bits from a rewritten loop as from the loop as generated."""
+
+import pytest
+import torch
+
+from kanformer.layers import autotune, loop_moves
+
+_KERNEL = """
+#include <torch/csrc/inductor/cpp_prefix.h>
+extern "C"  void  kernel(const at::BFloat16* in_ptr0, const float* in_ptr1, at::BFloat16* out_ptr0, float* out_ptr1)
+{
+    auto tmp0 = at::vec::Vectorized<at::BFloat16>::loadu(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
+    auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
+    auto tmp2 = at::vec::Vectorized<at::Half>::loadu(in_ptr2 + static_cast<int64_t>(x1));
+    tmp3.store(out_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
+    tmp_acc0_vec.store(out_ptr1 + static_cast<int64_t>(x0));
+}
+"""
+
+
+def test_the_rewrite_moves_16_bit_vectors_through_the_helpers_and_leaves_the_rest():
+    out = loop_moves.rewrite(_KERNEL)
+    assert out.count("namespace kf_vec {") == 1  # the helpers once, after the kernel's prefix
+    assert out.index("namespace kf_vec {") > out.index("cpp_prefix.h")
+    assert "kf_vec::loadu<at::BFloat16>(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));" in out
+    assert "kf_vec::loadu<at::Half>(in_ptr2 + static_cast<int64_t>(x1));" in out
+    assert "at::vec::Vectorized<float>::loadu(in_ptr1" in out  # fp32 loads as generated
+    assert "kf_vec::store(tmp3, out_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));" in out
+    assert "kf_vec::store(tmp_acc0_vec, out_ptr1 + static_cast<int64_t>(x0));" in out
+    assert ".store(" not in out.split("}  // namespace kf_vec")[1]  # every store of the kernel through the helper
+    assert loop_moves.rewrite(out) is out  # rewritten once only
+    fp32_only = _KERNEL.replace("at::BFloat16", "float").replace("at::Half", "float")
+    assert loop_moves.rewrite(fp32_only) is fp32_only  # no 16-bit value: as generated
+    assert loop_moves.rewrite(_KERNEL.replace("cpp_prefix.h", "other.h")) is not None
+    not_a_kernel = _KERNEL.replace("#include <torch/csrc/inductor/cpp_prefix.h>\n", "")
+    assert loop_moves.rewrite(not_a_kernel) is not_a_kernel
+
+
+def test_the_switch_takes_on_and_off_and_names_them_otherwise(monkeypatch):
+    for value, on in (("1", True), ("on", True), ("", True), ("0", False), ("OFF", False)):
+        monkeypatch.setenv("KANFORMER_LOOP_MOVES", value)
+        assert loop_moves.enabled() is on
+    monkeypatch.setenv("KANFORMER_LOOP_MOVES", "maybe")
+    with pytest.raises(ValueError, match=r"KANFORMER_LOOP_MOVES='maybe': allowed 1 / on \(the default\) or 0 / off"):
+        loop_moves.enabled()
+
+
+def test_autotune_keys_a_process_without_the_rewrite_apart(monkeypatch):
+    """Its loops are other code (timed and compiled apart); with it on, the key is as before."""
+    from kanformer import create_ffn
+    ffn, x = create_ffn("rbf", 16, 24), torch.randn(8, 16)
+    monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
+    on = autotune._keys(ffn, x)[1]
+    monkeypatch.setenv("KANFORMER_LOOP_MOVES", "0")
+    off = autotune._keys(ffn, x)[1]
+    assert "loop_moves" not in on and off.replace(" | loop_moves=off", "") == on and off != on
+
+
+def _mixed(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One loop over the rows and columns: a body in fp32 alone (the row sums of an fp32 value) beside bodies that load
+    and store bf16, so the loop takes fp32's vector width and moves half a bf16 vector at a time (as RBF's layers)."""
+    y = (b * 0.5).exp()
+    return (y * a.float()).to(torch.bfloat16), y.sum(-1)
+
+
+def _compiled_fresh(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch._inductor import config
+    from torch._inductor.codecache import PyCodeCache
+    torch._dynamo.reset()
+    PyCodeCache.cache_clear()  # the graph's module executed afresh, so its kernels are loaded now
+    with config.patch(force_disable_caches=True):
+        return torch.compile(_mixed, dynamic=False)(a, b)
+
+
+def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch):
+    monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
+    assert loop_moves.install() and loop_moves.installed()
+    a = (torch.randn(64, 200) * 3).to(torch.bfloat16)  # a width with a tail: the last partial vector too
+    b = torch.randn(64, 200)
+    before = loop_moves.rewritten()
+    got = _compiled_fresh(a, b)
+    assert loop_moves.rewritten() > before  # its kernel rewritten
+    with loop_moves.suspended():
+        mid = loop_moves.rewritten()
+        plain = _compiled_fresh(a, b)
+        assert loop_moves.rewritten() == mid  # as generated
+    torch._dynamo.reset()
+    assert not loop_moves.failures
+    for g, p in zip(got, plain, strict=True):
+        assert g.dtype == p.dtype and torch.equal(g, p)
+    eager = _mixed(a, b)
+    torch.testing.assert_close(got[0].float(), eager[0].float(), rtol=1e-2, atol=1e-2)
+
+
+def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_generated(monkeypatch):
+    monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
+    assert loop_moves.install()
+    rewrite = loop_moves.rewrite
+    monkeypatch.setattr(loop_moves, "rewrite", lambda src: (
+        src if rewrite(src) is src else rewrite(src).replace("namespace kf_vec {", "#error no such helper\n", 1)))
+    monkeypatch.setattr(loop_moves, "failures", [])
+    a, b = (torch.randn(8, 40) * 3).to(torch.bfloat16), torch.randn(8, 40)
+    with pytest.warns(UserWarning, match="failed to compile .* run as generated"):
+        got = _compiled_fresh(a, b)
+    torch._dynamo.reset()
+    assert loop_moves.failures and "CppCompileError" in loop_moves.failures[0]  # kept, and the kernel as generated ran
+    eager = _mixed(a, b)
+    torch.testing.assert_close(got[0].float(), eager[0].float(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got[1], eager[1])
