@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kanformer.layers import autotune, loop_moves
+from kanformer.layers.vecmath import loop_exp
 
 _KERNEL = """
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -15,6 +16,21 @@ extern "C"  void  kernel(const at::BFloat16* in_ptr0, const float* in_ptr1, at::
     auto tmp2 = at::vec::Vectorized<at::Half>::loadu(in_ptr2 + static_cast<int64_t>(x1));
     tmp3.store(out_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
     tmp_acc0_vec.store(out_ptr1 + static_cast<int64_t>(x0));
+    auto tmp75 = at::vec::convert<int32_t,2,float,2>(tmp38);
+    auto tmp82 =
+    [&]()
+    {
+        __at_align__ std::array<int32_t, 32> tmpbuf0;
+        tmp81.store(tmpbuf0.data(), static_cast<int64_t>(32));
+        __at_align__ std::array<float, 32> tmpbuf_out;
+        for (int i = 0; i < static_cast<int64_t>(32); i++)
+        {
+            tmpbuf_out[i] = c10::bit_cast<float>(tmpbuf0[i]);
+        }
+        return  at::vec::VectorizedN<float, 2>::loadu(tmpbuf_out.data(), static_cast<int64_t>(32));
+    }
+    ()
+    ;
 }
 """
 
@@ -29,6 +45,9 @@ def test_the_rewrite_moves_16_bit_vectors_through_the_helpers_and_leaves_the_res
     assert "kf_vec::store(tmp3, out_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));" in out
     assert "kf_vec::store(tmp_acc0_vec, out_ptr1 + static_cast<int64_t>(x0));" in out
     assert ".store(" not in out.split("}  // namespace kf_vec")[1]  # every store of the kernel through the helper
+    assert "auto tmp75 = kf_vec::to_int32<2>(tmp38);" in out
+    assert "auto tmp82 =\n    kf_vec::bits_to_float(tmp81)\n    ;" in out  # the lambda through memory replaced
+    assert "tmpbuf" not in out
     assert loop_moves.rewrite(out) is out  # rewritten once only
     fp32_only = _KERNEL.replace("at::BFloat16", "float").replace("at::Half", "float")
     assert loop_moves.rewrite(fp32_only) is fp32_only  # no 16-bit value: as generated
@@ -57,40 +76,43 @@ def test_autotune_keys_a_process_without_the_rewrite_apart(monkeypatch):
     assert "loop_moves" not in on and off.replace(" | loop_moves=off", "") == on and off != on
 
 
-def _mixed(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One loop over the rows and columns: a body in fp32 alone (the row sums of an fp32 value) beside bodies that load
-    and store bf16, so the loop takes fp32's vector width and moves half a bf16 vector at a time (as RBF's layers)."""
+def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Two loops: one over a and b with a body in fp32 alone (the row sums of an fp32 value) beside bodies that load
+    and store bf16, so the loop takes fp32's vector width and moves half a bf16 vector at a time (as RBF's layers);
+    one over c (another shape, a loop of its own) whose every body touches bf16, at bf16's width, with the kit's
+    inline exponential (two fp32 vectors a step on AVX-512, each converted to int32 and cast back: the B-spline's)."""
     y = (b * 0.5).exp()
-    return (y * a.float()).to(torch.bfloat16), y.sum(-1)
+    return (y * a.float()).to(torch.bfloat16), y.sum(-1), loop_exp(c.float() * 0.3).to(torch.bfloat16)
 
 
-def _compiled_fresh(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _compiled_fresh(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
     from torch._inductor import config
     from torch._inductor.codecache import PyCodeCache
     torch._dynamo.reset()
     PyCodeCache.cache_clear()  # the graph's module executed afresh, so its kernels are loaded now
     with config.patch(force_disable_caches=True):
-        return torch.compile(_mixed, dynamic=False)(a, b)
+        return torch.compile(_mixed, dynamic=False)(*args)
 
 
 def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch):
     monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
     assert loop_moves.install() and loop_moves.installed()
     a = (torch.randn(64, 200) * 3).to(torch.bfloat16)  # a width with a tail: the last partial vector too
-    b = torch.randn(64, 200)
+    b, c = torch.randn(64, 200), (torch.randn(37, 96) * 20).to(torch.bfloat16)
     before = loop_moves.rewritten()
-    got = _compiled_fresh(a, b)
+    got = _compiled_fresh(a, b, c)
     assert loop_moves.rewritten() > before  # its kernel rewritten
     with loop_moves.suspended():
         mid = loop_moves.rewritten()
-        plain = _compiled_fresh(a, b)
+        plain = _compiled_fresh(a, b, c)
         assert loop_moves.rewritten() == mid  # as generated
     torch._dynamo.reset()
     assert not loop_moves.failures
     for g, p in zip(got, plain, strict=True):
         assert g.dtype == p.dtype and torch.equal(g, p)
-    eager = _mixed(a, b)
-    torch.testing.assert_close(got[0].float(), eager[0].float(), rtol=1e-2, atol=1e-2)
+    eager = _mixed(a, b, c)
+    for g, e in zip(got, eager, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_generated(monkeypatch):
@@ -100,11 +122,10 @@ def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_ge
     monkeypatch.setattr(loop_moves, "rewrite", lambda src: (
         src if rewrite(src) is src else rewrite(src).replace("namespace kf_vec {", "#error no such helper\n", 1)))
     monkeypatch.setattr(loop_moves, "failures", [])
-    a, b = (torch.randn(8, 40) * 3).to(torch.bfloat16), torch.randn(8, 40)
+    a, b, c = (torch.randn(8, 40) * 3).to(torch.bfloat16), torch.randn(8, 40), torch.randn(5, 8).to(torch.bfloat16)
     with pytest.warns(UserWarning, match="failed to compile .* run as generated"):
-        got = _compiled_fresh(a, b)
+        got = _compiled_fresh(a, b, c)
     torch._dynamo.reset()
     assert loop_moves.failures and "CppCompileError" in loop_moves.failures[0]  # kept, and the kernel as generated ran
-    eager = _mixed(a, b)
-    torch.testing.assert_close(got[0].float(), eager[0].float(), rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(got[1], eager[1])
+    for g, e in zip(got, _mixed(a, b, c), strict=True):
+        torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)

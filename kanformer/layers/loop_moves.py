@@ -48,6 +48,19 @@ inline at::vec::Vectorized<T> loadu(const void* p, int64_t count = at::vec::Vect
   }
   return at::vec::Vectorized<T>::loadu(p, count);
 }
+inline at::vec::Vectorized<float> bits_to_float(const at::vec::Vectorized<int32_t>& v) {
+  return at::vec::cast<float>(v);
+}
+template <int N> inline at::vec::VectorizedN<float, N> bits_to_float(const at::vec::VectorizedN<int32_t, N>& v) {
+  at::vec::VectorizedN<float, N> r;
+  for (int i = 0; i < N; i++) r[i] = at::vec::cast<float>(v[i]);
+  return r;
+}
+template <int N> inline at::vec::VectorizedN<int32_t, N> to_int32(const at::vec::VectorizedN<float, N>& v) {
+  at::vec::VectorizedN<int32_t, N> r;
+  for (int i = 0; i < N; i++) r[i] = at::vec::convert<int32_t>(v[i]);
+  return r;
+}
 template <typename V> struct lowp16_vec : std::false_type {};
 template <typename T> struct lowp16_vec<at::vec::Vectorized<T>> : std::bool_constant<lowp16<T>> {};
 template <typename V, typename P> inline void store(const V& v, P p) { v.store(p); }
@@ -69,6 +82,17 @@ template <typename V, typename P> inline void store(const V& v, P p, int64_t cou
 """
 _LOADS = {f"at::vec::Vectorized<{t}>::loadu(": f"kf_vec::loadu<{t}>(" for t in ("at::BFloat16", "at::Half")}
 _STORE = re.compile(r"\b(tmp\w*)\.store\(")
+# the code generator's bit cast of an int32 vector to float (2^k of the inline exponentials, vecmath.py): a lambda that
+# stores the vector, copies it element by element and loads it back
+_BITCAST = re.compile(
+    r"\[&\]\(\)\s*\{\s*__at_align__ std::array<int32_t, (\d+)> tmpbuf0;\s*(tmp\w+)\.store\(tmpbuf0\.data\(\), "
+    r"static_cast<int64_t>\((\w+)\)\);\s*__at_align__ std::array<float, \1> tmpbuf_out;\s*"
+    r"for \(int i = 0; i < static_cast<int64_t>\(\3\); i\+\+\)\s*\{\s*"
+    r"tmpbuf_out\[i\] = c10::bit_cast<float>\(tmpbuf0\[i\]\);\s*\}\s*"
+    r"return\s+at::vec::(?:VectorizedN<float, ?\d+>|Vectorized<float>)::loadu\(tmpbuf_out\.data\(\), "
+    r"static_cast<int64_t>\(\3\)\);\s*\}\s*\(\)")
+# float -> int32 of several vectors, which ATen converts element by element
+_TO_INT32 = re.compile(r"at::vec::convert<int32_t,(\d+),float,\1>\(")
 
 failures: list[str] = []  # kernels whose rewritten source failed to compile (the original compiled instead)
 _state: dict[str, Any] = {"installed": False, "rewritten": 0, "suspended": False}
@@ -87,7 +111,9 @@ def rewrite(source: str) -> str:
     helpers; unchanged where it moves no 16-bit value, is not an inductor kernel, or was rewritten already."""
     if _PREFIX not in source or _MARK in source or not any(t in source for t in ("at::BFloat16", "at::Half")):
         return source
-    out, moves = source, 0
+    out, casts = _BITCAST.subn(r"kf_vec::bits_to_float(\2)", source)
+    out, converts = _TO_INT32.subn(r"kf_vec::to_int32<\1>(", out)
+    moves = casts + converts
     for old, new in _LOADS.items():
         moves += out.count(old)
         out = out.replace(old, new)
