@@ -1,4 +1,5 @@
-"""Half-vector bf16 / fp16 loads and stores in compiled CPU loops as plain half-width moves.
+"""Compiled CPU loops' element-by-element moves made vector ones: half-vector bf16 / fp16 loads and stores, and the
+inline exponential's float -> int32 conversion and bit cast at bf16's loop width.
 
 PyTorch's C++ code generator gives a fused loop fp32's vector width (16 lanes on AVX-512) when any computation fused
 into it touches no low-precision value (``python -m benchmarks.profile_ffn --loop-widths`` lists such loops). Its
@@ -9,16 +10,23 @@ development machine a stream of masked 32-byte loads and stores took 1.41 - 1.53
 width, and its layer-1 backward loop, which reads nine bf16 gradient blocks a token and writes eight bf16 feature
 blocks, took 2.9 ms of a 24.6 ms FFN step (d 384, 2048 tokens, bf16 autocast), 1.6 ms with the moves made plain.
 
-:func:`install` makes them plain: each C++ kernel's source is rewritten before it is compiled, every load of a 16-bit
-vector through ``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a
-16-bit vector with one unmasked half-width instruction (AVX-512, AVX2) and hand everything else to ATen as before. The
-bytes moved are the same, so results are bit for bit those of the unrewritten loop (the tests compare them). The
-compiler caches its graphs as generated and the rewrite is applied each time a kernel is loaded, so a process without
-it (``KANFORMER_LOOP_MOVES=0``) reads the same cache and compiles its own kernels. Installed for the process by the
-kit's compile sites (the fused helpers, the compiled reference, a compiled model): every C++ kernel compiled in the
-process after that takes it, a user's own compiled code too. Where a rewritten kernel fails to compile, the original
-source is compiled instead and the failure kept in :data:`failures`. ``cpp_wrapper`` graphs (one C++ module for the
-whole graph) are not rewritten.
+A loop at bf16's width computes in pairs of fp32 vectors (``VectorizedN<float, 2>`` on AVX-512), for which ATen has
+no float -> int32 conversion but an element-by-element one, and the code generator bit-casts int32 to float (the 2^k
+of ``vecmath.loop_exp``) by storing the vector, copying it element by element and loading it back (at fp32's width
+the C++ compiler reduces that copy to nothing; at two vectors it stays a scalar loop). In the B-spline's layer-1
+backward loop (its SiLU's exponential) the two took about a fifth of the loop's samples under ``perf``.
+
+:func:`install` rewrites each C++ kernel's source before it is compiled: every load of a 16-bit vector goes through
+``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a 16-bit vector with
+one unmasked half-width instruction (AVX-512, AVX2) and hand everything else to ATen as before; the conversion and the
+bit cast of several vectors go through ``kf_vec::to_int32`` and ``kf_vec::bits_to_float``, one vector instruction per
+vector. The values are the same, so results are bit for bit those of the unrewritten loop (the tests compare them).
+The compiler caches its graphs as generated and the rewrite is applied each time a kernel is loaded, so a process
+without it (``KANFORMER_LOOP_MOVES=0``) reads the same cache and compiles its own kernels. Installed for the process by
+the kit's compile sites (the fused helpers, the compiled reference, a compiled model): every C++ kernel compiled in
+the process after that takes it, a user's own compiled code too; kernels with no bf16 / fp16 value are left as they
+are. Where a rewritten kernel fails to compile, the original source is compiled instead, with a warning, and the
+failure kept in :data:`failures`. ``cpp_wrapper`` graphs (one C++ module for the whole graph) are not rewritten.
 """
 
 from __future__ import annotations
