@@ -66,14 +66,18 @@ def test_the_switch_takes_on_and_off_and_names_them_otherwise(monkeypatch):
 
 
 def test_autotune_keys_a_process_without_the_rewrite_apart(monkeypatch):
-    """Its loops are other code (timed and compiled apart); with it on, the key is as before."""
+    """Its loops are other code (timed and compiled apart); with it on, the key is as before. A process that has
+    installed it keeps it whatever the variable says later, and is keyed so."""
     from kanformer import create_ffn
     ffn, x = create_ffn("rbf", 16, 24), torch.randn(8, 16)
+    monkeypatch.setitem(loop_moves._state, "installed", False)  # as a new process starts
     monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
     on = autotune._keys(ffn, x)[1]
     monkeypatch.setenv("KANFORMER_LOOP_MOVES", "0")
     off = autotune._keys(ffn, x)[1]
     assert "loop_moves" not in on and off.replace(" | loop_moves=off", "") == on and off != on
+    monkeypatch.setitem(loop_moves._state, "installed", True)
+    assert autotune._keys(ffn, x)[1] == on
 
 
 def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -85,26 +89,33 @@ def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
     return (y * a.float()).to(torch.bfloat16), y.sum(-1), loop_exp(c.float() * 0.3).to(torch.bfloat16)
 
 
-def _compiled_fresh(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _compiled_fresh(*args: torch.Tensor, simdlen: int | None = None) -> tuple[torch.Tensor, ...]:
     from torch._inductor import config
     from torch._inductor.codecache import PyCodeCache
     torch._dynamo.reset()
     PyCodeCache.cache_clear()  # the graph's module executed afresh, so its kernels are loaded now
-    with config.patch(force_disable_caches=True):
+    with config.patch({"force_disable_caches": True, "cpp.simdlen": simdlen}):
         return torch.compile(_mixed, dynamic=False)(*args)
 
 
-def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch):
+def _vector_isas() -> list[int | None]:
+    """This CPU's vector widths to compile for: its own (None), and 256 bits (AVX2's helpers) where it has AVX-512."""
+    isa = torch.backends.cpu.get_cpu_capability()
+    return [None, 256] if isa.startswith("AVX512") else [None]
+
+
+@pytest.mark.parametrize("simdlen", _vector_isas())
+def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch, simdlen):
     monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
     assert loop_moves.install() and loop_moves.installed()
     a = (torch.randn(64, 200) * 3).to(torch.bfloat16)  # a width with a tail: the last partial vector too
     b, c = torch.randn(64, 200), (torch.randn(37, 96) * 20).to(torch.bfloat16)
     before = loop_moves.rewritten()
-    got = _compiled_fresh(a, b, c)
+    got = _compiled_fresh(a, b, c, simdlen=simdlen)
     assert loop_moves.rewritten() > before  # its kernel rewritten
     with loop_moves.suspended():
         mid = loop_moves.rewritten()
-        plain = _compiled_fresh(a, b, c)
+        plain = _compiled_fresh(a, b, c, simdlen=simdlen)
         assert loop_moves.rewritten() == mid  # as generated
     torch._dynamo.reset()
     assert not loop_moves.failures

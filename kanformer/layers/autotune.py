@@ -188,7 +188,7 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
-        if not loop_moves.enabled():  # and their moves as generated (layers/loop_moves.py)
+        if not loop_moves.active():  # and their moves as generated (layers/loop_moves.py)
             warm += " | loop_moves=off"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
         warm += f" | gemm={gemm.routing()}"

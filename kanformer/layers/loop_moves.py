@@ -195,6 +195,12 @@ def installed() -> bool:
     return bool(_state["installed"])
 
 
+def active() -> bool:
+    """Whether this process's kernels take the rewrite: installed, or to be when the kit first compiles (what
+    ``autotune`` keys on; the switch is read once, at the install)."""
+    return installed() or enabled()
+
+
 def rewritten() -> int:
     """Kernels rewritten in this process so far (each load of a kernel counts)."""
     return int(_state["rewritten"])
