@@ -115,8 +115,9 @@ def enabled() -> bool:
 
 
 def rewrite(source: str) -> str:
-    """``source`` (a compiled CPU kernel's C++) with its 16-bit vector loads and its vector stores through the
-    helpers; unchanged where it moves no 16-bit value, is not an inductor kernel, or was rewritten already."""
+    """``source`` (a compiled CPU kernel's C++) with its 16-bit vector loads, its vector stores, and its conversions
+    and bit casts of several vectors through the helpers; unchanged where it holds no 16-bit value or nothing to
+    rewrite, is not an inductor kernel, or was rewritten already."""
     if _PREFIX not in source or _MARK in source or not any(t in source for t in ("at::BFloat16", "at::Half")):
         return source
     out, casts = _BITCAST.subn(r"kf_vec::bits_to_float(\2)", source)
