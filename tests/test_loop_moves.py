@@ -140,3 +140,37 @@ def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_ge
     assert loop_moves.failures and "CppCompileError" in loop_moves.failures[0]  # kept, and the kernel as generated ran
     for g, e in zip(got, _mixed(a, b, c), strict=True):
         torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+def test_the_kits_compile_sites_install_it(monkeypatch):
+    """The fused helpers, autotune's compiled reference and ``train.compile`` each install the rewrite before they
+    compile (as a new process would start: not installed)."""
+    from torch._inductor.async_compile import AsyncCompile
+
+    from kanformer import create_ffn
+    from kanformer.layers import dispatch
+    from kanformer.layers.dispatch import kernel
+    from kanformer.train.model_factory import compile_for_training
+
+    monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
+    monkeypatch.setattr(AsyncCompile, "cpp_pybinding", AsyncCompile.cpp_pybinding)  # as it was, after the test
+    monkeypatch.setattr(dispatch, "_COMPILED", {})
+    for site in ("fused helpers", "compiled reference", "compiled model"):
+        monkeypatch.setitem(loop_moves._state, "installed", False)
+        if site == "fused helpers":
+            with kernel("fused"):
+                dispatch._kernel_fn(_double, tag="loop-moves-wiring")
+        elif site == "compiled reference":
+            autotune.compiled_forward(create_ffn("chebyshev", 8, 12))
+        else:
+            compile_for_training(torch.nn.Linear(4, 4), "model")
+        assert loop_moves.installed(), site
+    monkeypatch.setitem(loop_moves._state, "installed", False)
+    monkeypatch.setenv("KANFORMER_LOOP_MOVES", "0")  # switched off: none of them installs it
+    with kernel("fused"):
+        dispatch._kernel_fn(_double, tag="loop-moves-wiring-off")
+    assert not loop_moves.installed() and not loop_moves.active()
