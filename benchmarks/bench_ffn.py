@@ -46,9 +46,9 @@ import torch
 from kanformer import create_ffn, list_ffns, match_hidden
 from kanformer.evaluation.interleaved import machine, round_order, same_round_ratios
 from kanformer.evaluation.metrics import median_time, saved_activation_bytes
-from kanformer.layers import autotune, gemm, loop_moves
+from kanformer.layers import autotune, gemm
 from kanformer.layers.compile_options import compile_options, options_tag, parse
-from kanformer.layers.dispatch import get_kernel, kernel, set_kernel
+from kanformer.layers.dispatch import get_kernel, kernel, prepare_compile, set_kernel
 from kanformer.train.allocator import MALLOC_CHOICES
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
@@ -172,7 +172,7 @@ class Arm:
 
     def compile(self, kind: str) -> None:
         """``torch.compile`` of the FFN, ``kind`` as COMPILED_KINDS says; its first step's seconds kept."""
-        loop_moves.install()  # as the kit's own compiled helpers have it (a no-op once they ran)
+        prepare_compile(self.ffn)  # as the kit's own compiled helpers have it (a no-op once they ran)
         self.compiled[kind] = torch.compile(self.ffn)
         self.times[f"compiled_{kind}"] = []
         t0 = time.perf_counter()

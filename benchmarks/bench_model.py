@@ -51,8 +51,8 @@ from kanformer import kanify
 from kanformer.data.device import to_device
 from kanformer.evaluation.interleaved import machine, round_order, same_round_ratios
 from kanformer.evaluation.metrics import measure_inference, measure_training, settle
-from kanformer.layers import autotune, gemm, loop_moves
-from kanformer.layers.dispatch import default_kernel, kernel
+from kanformer.layers import autotune, gemm
+from kanformer.layers.dispatch import default_kernel, kernel, prepare_compile
 from kanformer.layers.widen import widened_autocast
 from kanformer.train.allocator import configure as configure_malloc
 from kanformer.train.allocator import current as current_malloc
@@ -90,8 +90,7 @@ class ModelArm:
                                 vocab=args.vocab, device=device)
         if getattr(args, "compile", False):  # as train.compile=model runs it
             mode = getattr(args, "compile_mode", "default")
-            gemm.choose_for(self.model)  # the fp32 CPU products' library chosen before the graphs are traced
-            loop_moves.install()  # as train.compile does
+            prepare_compile(self.model)  # as train.compile does
             self.model = torch.compile(self.model, mode=None if mode == "default" else mode)
         self.gen = torch.Generator().manual_seed(0)
         self.rounds: list[dict[str, Any]] = []

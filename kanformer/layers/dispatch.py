@@ -41,6 +41,7 @@ from .autotune import compiled_ready as autotune_compiled_ready
 from .autotune import enabled as autotune_enabled
 from .autotune import inference_path as autotune_inference_path
 from .compile_options import get_compile_options, options_tag
+from .gemm import choose_for as choose_gemm_for
 from .gemm import library as gemm_library
 from .loop_moves import install as install_loop_moves
 from .triton_kan import triton_available
@@ -241,6 +242,14 @@ def use_lean(available: bool = True) -> bool:
 _COMPILED: dict[str, Any] = {}  # fused mode: torch.compile'd helpers by "qualified name[tag]" (+ compile options)
 _TRITON: dict[str, Any] = {}  # helper name -> its hand-written Triton kernel (filled below, once the helpers exist)
 _FUSED_FAILED: list[str] = []  # why compiling failed in this process (auto then stays on the lean path)
+
+
+def prepare_compile(module: torch.nn.Module) -> None:
+    """What ``torch.compile`` of ``module`` (a model, an FFN) needs done first, in eager code: the fp32 CPU products'
+    library chosen (``gemm.choose_for``: graphs traced before a choice take PyTorch's products) and the C++ loops'
+    rewrite installed (``loop_moves``), as the fused helpers have them. ``train.compile`` and the benchmarks call it."""
+    choose_gemm_for(module)
+    install_loop_moves()
 
 
 def _fused() -> bool:

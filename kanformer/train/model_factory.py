@@ -36,15 +36,15 @@ def compile_for_training(model: Any, mode: str, unwrapped: Any | None = None) ->
     """``model`` as ``train.compile`` (``mode``: none | model | regional) trains it: compiled whole (the wrapper
     returned), each transformer block compiled in place (``unwrapped``: the model itself, where ``model`` is
     accelerate's wrapper of it), or as it is."""
-    from ..layers import gemm, loop_moves, refresh_checks
+    from ..layers import refresh_checks
+    from ..layers.dispatch import prepare_compile
     from ..models import ADAPTERS
 
     if mode == "none":
         return model
     inner = model if unwrapped is None else unwrapped
     refresh_checks(inner)  # what the compiled graphs read of the bases (whatever wrote their tensors)
-    gemm.choose_for(inner)  # the fp32 CPU products' library, chosen in eager code before the graphs are traced
-    loop_moves.install()  # the C++ loops' half-vector bf16 moves unmasked, as in the fused helpers
+    prepare_compile(inner)  # the matmul library chosen and the loops' rewrite installed, before any graph is traced
     if mode == "model":
         return torch.compile(model)
     for block in ADAPTERS[inner.config.model_type.removeprefix("kan_")].blocks(inner):
