@@ -168,7 +168,7 @@ class RBFBasis(Basis):
         for j in range(n):
             d = d0 - j
             value = torch.where(d * d > _CUT, 0.0, torch.where(up, chain[j], chain[n - 1 - j]))
-            terms.append((value, value * d * (-2 * self.inv_width)))
+            terms.append((value, value * (d * (-2 * self.inv_width))))
         return terms
 
     def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
