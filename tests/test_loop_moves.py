@@ -137,7 +137,9 @@ def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_ge
     with pytest.warns(UserWarning, match="failed to compile .* run as generated"):
         got = _compiled_fresh(a, b, c)
     torch._dynamo.reset()
-    assert loop_moves.failures and "CppCompileError" in loop_moves.failures[0]  # kept, and the kernel as generated ran
+    # kept with the compiler's own error line, and the kernel as generated ran
+    assert loop_moves.failures and "CppCompileError" in loop_moves.failures[0]
+    assert "error: #error no such helper" in loop_moves.failures[0]
     for g, e in zip(got, _mixed(a, b, c), strict=True):
         torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)
 

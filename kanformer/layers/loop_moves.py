@@ -173,12 +173,20 @@ def install() -> bool:
 
 
 def _fallback(err: BaseException, compile_original: Any) -> Any:
-    failures.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
+    failures.append(_reason(err))
     if len(failures) == 1:
         warnings.warn(f"kanformer: a compiled CPU loop with its half-vector moves made plain failed to compile "
                       f"({failures[0]}); it and any other such loop run as generated (KANFORMER_LOOP_MOVES=0 skips "
                       "the rewrite)", stacklevel=2)
     return compile_original()
+
+
+def _reason(err: BaseException) -> str:
+    """The failure's first line, and the compiler's first ``error:`` line where its message holds one (a C++ compile
+    error's first line says only that it is one)."""
+    lines = f"{type(err).__name__}: {err}".splitlines()
+    errors = [line.strip() for line in lines[1:] if "error:" in line]
+    return (lines[0] + (f" ({errors[0]})" if errors else ""))[:400]
 
 
 @contextlib.contextmanager
