@@ -134,7 +134,7 @@ def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_ge
         src if rewrite(src) is src else rewrite(src).replace("namespace kf_vec {", "#error no such helper\n", 1)))
     monkeypatch.setattr(loop_moves, "failures", [])
     a, b, c = (torch.randn(8, 40) * 3).to(torch.bfloat16), torch.randn(8, 40), torch.randn(5, 8).to(torch.bfloat16)
-    with pytest.warns(UserWarning, match="failed to compile .* run as generated"):
+    with pytest.warns(UserWarning, match="failed to compile .* runs as generated"):
         got = _compiled_fresh(a, b, c)
     torch._dynamo.reset()
     # kept with the compiler's own error line, and the kernel as generated ran
