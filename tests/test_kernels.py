@@ -1081,7 +1081,7 @@ def test_compiled_cpu_loops_take_exp_and_sigmoid_inline_within_an_ulp():
     assert "<<" in "".join(code) and ".exp()" not in "".join(code)  # 2^k made in the exponent bits
     ref = torch.exp(x[:-3].double())
     ulp = torch.nextafter(ref.float(), torch.tensor(float("inf"))).double() - ref.float().double()
-    assert ((y[:-3].double() - ref).abs() / ulp).max() <= 1.0  # 0.98 measured over 5 million points
+    assert ((y[:-3].double() - ref).abs() / ulp).max() <= 1.0  # 0.993 measured over 5 million points
     assert 1e-38 < y[-3] < 2e-38 and 1e38 < y[-2] < 2e38 and y[-1].isnan()  # clamped to normal numbers; NaN stays
     s = torch.compile(vecmath.loop_sigmoid)(x[:-3])
     torch.testing.assert_close(s, torch.sigmoid(x[:-3]), rtol=3e-7, atol=1e-7)
