@@ -84,9 +84,12 @@ def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
     """Two loops: one over a and b with a body in fp32 alone (the row sums of an fp32 value) beside bodies that load
     and store bf16, so the loop takes fp32's vector width and moves half a bf16 vector at a time (as RBF's layers);
     one over c (another shape, a loop of its own) whose every body touches bf16, at bf16's width, with the kit's
-    inline exponential (two fp32 vectors a step on AVX-512, each converted to int32 and cast back: the B-spline's)."""
+    inline exponential (two fp32 vectors a step on AVX-512, each converted to int32 and cast back: the B-spline's).
+    The first loop also stores a boolean mask (ATen's ``VecMask``, whose ``store`` is not a const member: RBF's
+    compiled reference keeps its cut so)."""
     y = (b * 0.5).exp()
-    return (y * a.float()).to(torch.bfloat16), y.sum(-1), loop_exp(c.float() * 0.3).to(torch.bfloat16)
+    return ((y * a.float()).to(torch.bfloat16), y.sum(-1), loop_exp(c.float() * 0.3).to(torch.bfloat16),
+            a.float() > b)
 
 
 def _compiled_fresh(*args: torch.Tensor, simdlen: int | None = None) -> tuple[torch.Tensor, ...]:

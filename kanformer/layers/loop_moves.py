@@ -71,8 +71,9 @@ template <int N> inline at::vec::VectorizedN<int32_t, N> to_int32(const at::vec:
 }
 template <typename V> struct lowp16_vec : std::false_type {};
 template <typename T> struct lowp16_vec<at::vec::Vectorized<T>> : std::bool_constant<lowp16<T>> {};
-template <typename V, typename P> inline void store(const V& v, P p) { v.store(p); }
-template <typename V, typename P> inline void store(const V& v, P p, int64_t count) {
+// the value by copy: ATen's VecMask::store is not a const member (a stored boolean mask)
+template <typename V, typename P> inline void store(V v, P p) { v.store(p); }
+template <typename V, typename P> inline void store(V v, P p, int64_t count) {
   if constexpr (lowp16_vec<V>::value) {
     if (count == V::size() / 2) {
 #if defined(CPU_CAPABILITY_AVX512)
