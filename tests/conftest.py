@@ -45,6 +45,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _rewritten_loops_compile():
+    """A compiled C++ loop whose rewritten moves (layers/loop_moves.py) fail to compile runs as generated, with one
+    warning a test would not notice (a stored boolean mask hid so for a session): any such failure fails the test in
+    which it happened."""
+    from kanformer.layers import loop_moves
+
+    failures, before = loop_moves.failures, len(loop_moves.failures)
+    yield
+    assert len(failures) == before, f"a rewritten compiled loop failed to compile: {failures[before:]}"
+
+
 @pytest.fixture
 def native(monkeypatch):
     """Pins whether this CPU's bf16 / fp16 products count as native (layers/gemm.py), for one test."""
