@@ -2,6 +2,8 @@
 place in autotune's keys and at the kit's compile sites, and the same bits from a rewritten loop as from the loop as
 generated."""
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -51,7 +53,12 @@ def test_the_rewrite_moves_16_bit_vectors_through_the_helpers_and_leaves_the_res
     assert "tmpbuf" not in out
     assert loop_moves.rewrite(out) is out  # rewritten once only
     fp32_only = _KERNEL.replace("at::BFloat16", "float").replace("at::Half", "float")
-    assert loop_moves.rewrite(fp32_only) is fp32_only  # no 16-bit value: as generated
+    out = loop_moves.rewrite(fp32_only)  # no 16-bit value: its bit cast alone (GCC's copy through memory of it
+    assert "kf_vec::bits_to_float(tmp81)" in out and "tmpbuf" not in out  # failed store forwarding on an Intel)
+    kernel = out.split("}  // namespace kf_vec")[1]
+    assert kernel.count(".store(") == 2 and "kf_vec::loadu" not in kernel and "kf_vec::to_int32" not in kernel
+    no_cast = fp32_only.split("    auto tmp82 =")[0] + "}\n"
+    assert loop_moves.rewrite(no_cast) is no_cast  # nothing to rewrite: as generated
     not_a_kernel = _KERNEL.replace("#include <torch/csrc/inductor/cpp_prefix.h>\n", "")
     assert loop_moves.rewrite(not_a_kernel) is not_a_kernel
 
@@ -92,13 +99,18 @@ def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
             a.float() > b)
 
 
-def _compiled_fresh(*args: torch.Tensor, simdlen: int | None = None) -> tuple[torch.Tensor, ...]:
+def _fp32_exp(d: torch.Tensor) -> torch.Tensor:
+    """A kernel with no bf16 value: the inline exponential in fp32, whose bit cast alone is rewritten."""
+    return loop_exp(d * 0.7)
+
+
+def _compiled_fresh(*args: torch.Tensor, simdlen: int | None = None, fn: Any = _mixed) -> Any:
     from torch._inductor import config
     from torch._inductor.codecache import PyCodeCache
     torch._dynamo.reset()
     PyCodeCache.cache_clear()  # the graph's module executed afresh, so its kernels are loaded now
     with config.patch({"force_disable_caches": True, "cpp.simdlen": simdlen}):
-        return torch.compile(_mixed, dynamic=False)(*args)
+        return torch.compile(fn, dynamic=False)(*args)
 
 
 def _vector_isas() -> list[int | None]:
@@ -116,10 +128,16 @@ def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch, s
     before = loop_moves.rewritten()
     got = _compiled_fresh(a, b, c, simdlen=simdlen)
     assert loop_moves.rewritten() > before  # its kernel rewritten
+    d = torch.randn(23, 45) * 20
+    got_fp32 = _compiled_fresh(d, simdlen=simdlen, fn=_fp32_exp)
+    assert loop_moves.rewritten() > before + 1
     with loop_moves.suspended():
         mid = loop_moves.rewritten()
         plain = _compiled_fresh(a, b, c, simdlen=simdlen)
+        plain_fp32 = _compiled_fresh(d, simdlen=simdlen, fn=_fp32_exp)
         assert loop_moves.rewritten() == mid  # as generated
+    assert torch.equal(got_fp32, plain_fp32)
+    torch.testing.assert_close(got_fp32, torch.exp(d * 0.7), rtol=3e-7, atol=0)  # ~1 ulp each
     torch._dynamo.reset()
     assert not loop_moves.failures
     for g, p in zip(got, plain, strict=True):

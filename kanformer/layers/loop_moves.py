@@ -1,5 +1,5 @@
-"""Compiled CPU loops' element-by-element moves made vector ones: half-vector bf16 / fp16 loads and stores, and the
-inline exponential's float -> int32 conversion and bit cast at bf16's loop width.
+"""Compiled CPU loops' element-by-element moves made vector ones: half-vector bf16 / fp16 loads and stores, the inline
+exponential's float -> int32 conversion at bf16's loop width, and its bit cast at any width.
 
 PyTorch's C++ code generator gives a fused loop fp32's vector width (16 lanes on AVX-512) when any computation fused
 into it touches no low-precision value (``python -m benchmarks.profile_ffn --loop-widths`` lists such loops). Its
@@ -10,11 +10,16 @@ development machine a stream of masked 32-byte loads and stores took 1.41 - 1.53
 width, and its layer-1 backward loop, which reads nine bf16 gradient blocks a token and writes eight bf16 feature
 blocks, took 2.9 ms of a 24.6 ms FFN step (d 384, 2048 tokens, bf16 autocast), 1.6 ms with the moves made plain.
 
-A loop at bf16's width computes in pairs of fp32 vectors (``VectorizedN<float, 2>`` on AVX-512), for which ATen has
-no float -> int32 conversion but an element-by-element one, and the code generator bit-casts int32 to float (the 2^k
-of ``vecmath.loop_exp``) by storing the vector, copying it element by element and loading it back (at fp32's width
-the C++ compiler reduces that copy to nothing; at two vectors it stays a scalar loop). In the B-spline's layer-1
-backward loop (its SiLU's exponential) the two took about a fifth of the loop's samples under ``perf``.
+A loop at bf16's width computes in pairs of fp32 vectors (``VectorizedN<float, 2>`` on AVX-512), for which ATen has no
+float -> int32 conversion but an element-by-element one, and the code generator bit-casts int32 to float (the 2^k of
+``vecmath.loop_exp``) by storing the vector, copying it element by element and loading it back. At two vectors the copy
+stays a scalar loop: in the B-spline's layer-1 backward loop (its SiLU's exponential) the two took about a fifth of the
+loop's samples under ``perf``. At fp32's width GCC 12 reduced the copy to nothing on the AMD machines; on an Intel Xeon
+with AMX (``-march=native``, which GCC 12 takes for a Rocket Lake: 256-bit vectors preferred) it stores the 512-bit
+vector as two 256-bit halves and multiplies by the whole reloaded at once, a load the CPU cannot forward from the two
+stores: a third of the samples of RBF's hottest fp32 loop fell on the instruction after that load. So fp32 kernels
+take the bit cast's rewrite too (the FFN step x the MLP's, d 384 fp32, there: B-spline 1.18 -> 1.15, RBF 1.25 -> 1.19,
+the wavelet 1.28 -> 1.19; docs/speed.md, *A fourth machine*).
 
 :func:`install` rewrites each C++ kernel's source before it is compiled: every load of a 16-bit vector goes through
 ``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a 16-bit vector with
@@ -24,9 +29,10 @@ vector. The values are the same, so results are bit for bit those of the unrewri
 The compiler caches its graphs as generated and the rewrite is applied each time a kernel is loaded, so a process
 without it (``KANFORMER_LOOP_MOVES=0``) reads the same cache and compiles its own kernels. Installed for the process by
 the kit's compile sites (the fused helpers, the compiled reference, a compiled model): every C++ kernel compiled in
-the process after that takes it, a user's own compiled code too; kernels with no bf16 / fp16 value are left as they
-are. Where a rewritten kernel fails to compile, the original source is compiled instead, with a warning, and the
-failure kept in :data:`failures`. ``cpp_wrapper`` graphs (one C++ module for the whole graph) are not rewritten.
+the process after that takes it, a user's own compiled code too; in kernels with no bf16 / fp16 value only the bit
+casts are rewritten. Where a rewritten kernel fails to compile, the original source is compiled instead, with a
+warning, and the failure kept in :data:`failures`. ``cpp_wrapper`` graphs (one C++ module for the whole graph) are
+not rewritten.
 """
 
 from __future__ import annotations
@@ -117,11 +123,13 @@ def enabled() -> bool:
 
 def rewrite(source: str) -> str:
     """``source`` (a compiled CPU kernel's C++) with its 16-bit vector loads, its vector stores, and its conversions
-    and bit casts of several vectors through the helpers; unchanged where it holds no 16-bit value or nothing to
-    rewrite, is not an inductor kernel, or was rewritten already."""
-    if _PREFIX not in source or _MARK in source or not any(t in source for t in ("at::BFloat16", "at::Half")):
+    and bit casts of several vectors through the helpers (where it holds no 16-bit value: its bit casts alone);
+    unchanged where there is nothing to rewrite, it is not an inductor kernel, or it was rewritten already."""
+    if _PREFIX not in source or _MARK in source:
         return source
     out, casts = _BITCAST.subn(r"kf_vec::bits_to_float(\2)", source)
+    if not any(t in source for t in ("at::BFloat16", "at::Half")):  # an fp32 loop: its bit casts alone
+        return out.replace(_PREFIX, _PREFIX + _HELPERS, 1) if casts else source
     out, converts = _TO_INT32.subn(r"kf_vec::to_int32<\1>(", out)
     moves = casts + converts
     for old, new in _LOADS.items():
