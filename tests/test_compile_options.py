@@ -74,6 +74,28 @@ def test_each_set_of_options_compiles_copies_of_its_own_and_autotune_keys_on_it(
     assert json.loads(started["KANFORMER_COMPILE_OPTIONS"]) == {"cpp_wrapper": True}  # the worker compiles the same
 
 
+def test_gr_kans_helpers_compile_with_their_own_options_under_the_processs(fresh_options, monkeypatch):
+    """GR-KAN's helpers recompute R(x) in each loop (dispatch.HELPER_OPTIONS); the process's options add to theirs and
+    win where both set one; the KAN bases' helpers take the process's alone."""
+    from kanformer.layers import lean, lean_rational
+
+    made = []
+    monkeypatch.setattr(dispatch, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None: made.append((fn.__name__, options)) or fn)
+    own = {"realize_cpu_opcount_threshold": 1000, "realize_reads_threshold": 100}
+    with kernel("fused"):
+        for fn in (lean.rational_values, lean.rational_backward, lean_rational._rational_ffn_forward,
+                   lean_rational._rational_ffn_backward, lean_ffn._ffn_forward):
+            dispatch._kernel_fn(fn, tag="T")
+        with compile_options.compile_options({"cpp_wrapper": True, "realize_reads_threshold": 8}):
+            dispatch._kernel_fn(lean.rational_backward, tag="T")
+            dispatch._kernel_fn(lean_ffn._ffn_forward, tag="T")
+    assert made == [("rational_values", own), ("rational_backward", own), ("_rational_ffn_forward", own),
+                    ("_rational_ffn_backward", own), ("_ffn_forward", None),
+                    ("rational_backward", {**own, "cpp_wrapper": True, "realize_reads_threshold": 8}),
+                    ("_ffn_forward", {"cpp_wrapper": True, "realize_reads_threshold": 8})]
+
+
 @pytest.mark.slow
 def test_ffn_benchmark_times_the_kit_under_compile_options_and_checks_its_outputs(fresh_options, tmp_path, capsys,
                                                                                   monkeypatch):

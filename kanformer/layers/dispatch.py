@@ -272,6 +272,20 @@ def per_token(*tensors: torch.Tensor, dim: int = 0) -> None:
         torch._dynamo.maybe_mark_dynamic(t, dim % t.dim())
 
 
+# Compiler options a fused helper is compiled with unless the process's own (layers/compile_options.py) set them: by the
+# helper's qualified name. GR-KAN's: its rational R(x) = P(x) / Q(x) is recomputed in every loop that reads it rather
+# than stored in fp32 between the loops. By default the compiler keeps a value that more than one loop reads, in a
+# buffer of its own, where it reads more than 4 buffers or takes more than 50 operations: the backward's helpers wrote
+# R and z in fp32 (N, C) and read them back down the columns for the coefficient gradients' sums. d 384 on an
+# Intel Xeon with AMX, FFN step x the MLP's: bf16 1.20 - 1.32 -> 0.93 - 0.99 (seven runs; one process timing both: 1.12
+# -> 0.97), fp32 1.16 -> 1.12 (one process). Not for the KAN bases: with the same options in a same-process A/B the
+# B-spline's step took 0.97x its time, RBF's 0.95x after a 13-minute compile, Chebyshev's, Jacobi's, MultKAN's and the
+# wavelet's 1.03 - 1.07x.
+_RECOMPUTE = {"realize_cpu_opcount_threshold": 1000, "realize_reads_threshold": 100}
+HELPER_OPTIONS: dict[str, dict[str, Any]] = {name: _RECOMPUTE for name in (
+    "rational_values", "rational_backward", "_rational_ffn_forward", "_rational_ffn_backward")}
+
+
 def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     """``fn`` itself; its hand-written Triton kernel (layers/triton_kan.py) where one exists and runs on ``x``
     (kernels auto / triton); or, when ``_fused()``, its torch.compile'd version (one fused loop: C++ on CPU, Triton
@@ -293,7 +307,8 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         return _TRITON[fn.__name__]
     if not _fused():
         return fn
-    options = get_compile_options()  # each set of options its own copies
+    # each set of options its own copies; a helper's own defaults (``HELPER_OPTIONS``) under the process's
+    options = {**HELPER_OPTIONS.get(fn.__qualname__, {}), **get_compile_options()}
     key = f"{fn.__qualname__}[{tag}]{options_tag(options)}"
     if key not in _COMPILED:
         # a distinct code object, so a distinct compile cache, under its own name: dynamo keeps the sizes each
