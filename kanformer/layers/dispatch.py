@@ -275,10 +275,10 @@ def per_token(*tensors: torch.Tensor, dim: int = 0) -> None:
 # Compiler options a fused helper is compiled with unless the process's own (layers/compile_options.py) set them: by the
 # helper's qualified name. GR-KAN's: its rational R(x) = P(x) / Q(x) is recomputed in every loop that reads it rather
 # than stored in fp32 between the loops. By default the compiler keeps a value that more than one loop reads, in a
-# buffer of its own, where it reads more than 4 buffers or takes more than 50 operations: the backward's helpers wrote
-# R and z in fp32 (N, C) and read them back down the columns for the coefficient gradients' sums. d 384 on an
-# Intel Xeon with AMX, FFN step x the MLP's: bf16 1.20 - 1.32 -> 0.93 - 0.99 (seven runs; one process timing both: 1.12
-# -> 0.97), fp32 1.16 -> 1.12 (one process). Not for the KAN bases: with the same options in a same-process A/B the
+# buffer of its own, where it reads more than 4 buffers or takes more than 50 operations: the backward's helpers wrote R
+# and z in fp32 (N, C) and read them back down the columns for the coefficient gradients' sums. d 384 on an Intel Xeon
+# with AMX, FFN step x the MLP's: bf16 1.20 - 1.32 (five runs) -> 0.95 - 1.00 (eight; one process timing both: 1.12 ->
+# 0.97), fp32 1.16 -> 1.12 (one process). Not for the KAN bases: with the same options in a same-process A/B the
 # B-spline's step took 0.97x its time, RBF's 0.95x after a 13-minute compile, Chebyshev's, Jacobi's, MultKAN's and the
 # wavelet's 1.03 - 1.07x.
 _RECOMPUTE = {"realize_cpu_opcount_threshold": 1000, "realize_reads_threshold": 100}
