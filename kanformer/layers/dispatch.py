@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import types
@@ -286,6 +287,15 @@ HELPER_OPTIONS: dict[str, dict[str, Any]] = {name: _RECOMPUTE for name in (
     "rational_values", "rational_backward", "_rational_ffn_forward", "_rational_ffn_backward")}
 
 
+@functools.cache
+def _helper_options(name: str, process: str) -> tuple[dict[str, Any], str]:
+    """(options, their tag) for the helper ``name`` under the process's options (their tag): its own defaults
+    (``HELPER_OPTIONS``, read once a helper and process setting) beneath the process's. Cached: each call of a helper
+    asks."""
+    options = {**HELPER_OPTIONS.get(name, {}), **(json.loads(process) if process else {})}
+    return options, options_tag(options)
+
+
 def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
     """``fn`` itself; its hand-written Triton kernel (layers/triton_kan.py) where one exists and runs on ``x``
     (kernels auto / triton); or, when ``_fused()``, its torch.compile'd version (one fused loop: C++ on CPU, Triton
@@ -307,9 +317,8 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         return _TRITON[fn.__name__]
     if not _fused():
         return fn
-    # each set of options its own copies; a helper's own defaults (``HELPER_OPTIONS``) under the process's
-    options = {**HELPER_OPTIONS.get(fn.__qualname__, {}), **get_compile_options()}
-    key = f"{fn.__qualname__}[{tag}]{options_tag(options)}"
+    options, named = _helper_options(fn.__qualname__, options_tag(get_compile_options()))  # each its own copies
+    key = f"{fn.__qualname__}[{tag}]{named}"
     if key not in _COMPILED:
         # a distinct code object, so a distinct compile cache, under its own name: dynamo keeps the sizes each
         # function has met by file, line and name (its automatic dynamic shapes), and copies sharing a name shared
@@ -317,7 +326,7 @@ def _kernel_fn(fn: Any, x: torch.Tensor | None = None, tag: str = "") -> Any:
         code = fn.__code__.replace(co_name=key, co_qualname=key)
         copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
         install_loop_moves()  # its C++ loops' half-vector bf16 moves unmasked (layers/loop_moves.py)
-        _COMPILED[key] = torch.compile(copy, options=options or None)  # static but for the dims per_token marks
+        _COMPILED[key] = torch.compile(copy, options=dict(options) or None)  # static but for the dims per_token marks
     if mode == "fused":
         return _COMPILED[key]
     return functools.partial(_compiled_or_eager, fn, _COMPILED[key])
