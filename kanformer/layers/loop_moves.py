@@ -184,8 +184,8 @@ def install() -> bool:
 def _fallback(err: BaseException, compile_original: Any) -> Any:
     failures.append(_reason(err))
     if len(failures) == 1:
-        warnings.warn(f"kanformer: a compiled CPU loop with its half-vector moves made plain failed to compile "
-                      f"({failures[0]}); it runs as generated, as will any other whose rewrite fails "
+        warnings.warn(f"kanformer: a compiled CPU loop with its moves rewritten (half-vector moves, bit casts) failed "
+                      f"to compile ({failures[0]}); it runs as generated, as will any other whose rewrite fails "
                       "(KANFORMER_LOOP_MOVES=0 skips the rewrite)", stacklevel=2)
     return compile_original()
 
