@@ -1093,6 +1093,22 @@ def test_compiled_cpu_loops_take_exp_and_sigmoid_inline_within_an_ulp():
     torch.testing.assert_close(torch.compile(vecmath.loop_exp)(xd), torch.exp(xd), rtol=1e-14, atol=0, equal_nan=True)
 
 
+def test_bounded_inline_exp_leaves_the_clamp_out_and_keeps_the_bits():
+    """``loop_exp(x, bounded=True)`` (the caller keeps x in range: RBF's recurrence) compiles without the clamp's
+    max / min and gives the clamped form's bits inside the range; NaN stays NaN. Eager, it is torch.exp."""
+    from torch._inductor.utils import run_and_get_code
+
+    x = torch.cat([torch.linspace(-87.3, 88.0, 100_001), torch.tensor([float("nan")])])
+    clamped, code = run_and_get_code(torch.compile(vecmath.loop_exp), x)
+    assert "maximum" in "".join(code) and "minimum" in "".join(code)
+    bounded, code = run_and_get_code(torch.compile(lambda t: vecmath.loop_exp(t, bounded=True)), x)
+    source = "".join(code)
+    assert "<<" in source and "maximum" not in source and "minimum" not in source
+    torch.testing.assert_close(bounded, clamped, rtol=0, atol=0, equal_nan=True)
+    assert bounded[-1].isnan()
+    torch.testing.assert_close(vecmath.loop_exp(x, bounded=True), torch.exp(x), rtol=0, atol=0, equal_nan=True)
+
+
 def test_compiled_cpu_loops_take_tanh_inline_within_two_ulps():
     """vecmath's tanh (the Chebyshev and Jacobi layers' fused forms) is arithmetic in a compiled CPU fp32 graph, with
     no call of the library's tanh, within 1e-7 of the exact value and 2e-7 relative; +-1 at the infinities, NaN stays

@@ -29,6 +29,8 @@ from .registry import check_positive_int, register_ffn
 from .vecmath import loop_exp
 
 _CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
+_ROOT_CUT = math.sqrt(_CUT)
+_T_FLOOR = -9.0  # fused_terms' distance from the nearer outer centre, floored below -sqrt(80): exp(-t^2) stays normal
 
 
 def _square_cut(d: torch.Tensor) -> torch.Tensor:
@@ -155,21 +157,32 @@ class RBFBasis(Basis):
         step, not two, and the compiled loop waits less on it (Zen 5, d 384 bf16, the FFN step x the MLP's, four
         pairs of processes: 1.107 - 1.140 against 1.139 - 1.163 with ``(v * ratio) * e^(1 - 2i)``; a tree of the
         ratio's powers gained nothing more, 1.114 / 1.150). Each slope likewise multiplies the value by ``d * -2 / h``,
-        made apart from it (four pairs more: 1.105 - 1.130 against 1.135 - 1.173 with ``(value * d) * -2 / h``)."""
+        made apart from it (four pairs more: 1.105 - 1.130 against 1.135 - 1.173 with ``(value * d) * -2 / h``).
+
+        Fewer operations an element, for CPUs whose products are fast enough for the loops to weigh (an Intel Xeon
+        with AMX): the cut is taken on t, the i-th centre from the nearer end cut where t < i - sqrt(80) (t <= 3.5,
+        so |t - i| > sqrt(80) only there), one comparison a centre instead of d, d^2 and a comparison; t is floored at
+        -9, below which every centre is cut, so both exponentials' arguments stay in range and lose their clamps
+        (``loop_exp(bounded=True)``); and each slope is ``value * (d0 * -2/h - j * -2/h)``, d0 scaled once. On that
+        Xeon, d 384, 2048 tokens, bf16 autocast, one process timing both forms (8 rounds): the FFN step 1.17x the
+        MLP's against 1.29x, its compiled loops 10.3 against 11.0 ms a step (profiler); fp32 level (1.18 both)."""
         n = self.num_grids
         d0 = self.widths(u)
         up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
         t = torch.where(up, d0, (n - 1) - d0)
-        v, ratio = loop_exp(-t * t), loop_exp(2 * t)  # inline in a compiled CPU loop
-        chain = [v]
-        for i in range(1, n):  # each step's factor apart from the chain: one product a step, not two in a row
-            v = v * (ratio * math.exp(1 - 2 * i))
-            chain.append(v)
+        t = torch.where(t < _T_FLOOR, _T_FLOOR, t)  # every centre cut below it; NaN stays NaN
+        v, ratio = loop_exp(-(t * t), bounded=True), loop_exp(2 * t, bounded=True)  # inline in a compiled CPU loop
+        chain = []
+        for i in range(n):  # each step's factor apart from the chain: one product a step, not two in a row
+            if i:
+                v = v * (ratio * math.exp(1 - 2 * i))
+            chain.append(torch.where(t < i - _ROOT_CUT, 0.0, v))  # the i-th centre from the nearer end: |t - i| > cut
+        scale = -2 * self.inv_width
+        d_scaled = d0 * scale
         terms = []
         for j in range(n):
-            d = d0 - j
-            value = torch.where(d * d > _CUT, 0.0, torch.where(up, chain[j], chain[n - 1 - j]))
-            terms.append((value, value * (d * (-2 * self.inv_width))))
+            value = torch.where(up, chain[j], chain[n - 1 - j])
+            terms.append((value, value * (d_scaled - j * scale)))
         return terms
 
     def lean_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

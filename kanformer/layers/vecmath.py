@@ -51,11 +51,14 @@ def inline(x: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def loop_exp(x: torch.Tensor) -> torch.Tensor:
-    """e^x: inline arithmetic in a compiled CPU fp32 graph (see the module's docstring), else ``torch.exp``."""
+def loop_exp(x: torch.Tensor, bounded: bool = False) -> torch.Tensor:
+    """e^x: inline arithmetic in a compiled CPU fp32 graph (see the module's docstring), else ``torch.exp``.
+    ``bounded``: the caller keeps x within [-87.3, 88] (or NaN), so the clamp is left out (in the compiled loop it is
+    two NaN-propagating max / min of three instructions each); outside that range the result is garbage."""
     if not inline(x):
         return torch.exp(x)
-    x = x.clamp(_LO, _HI)
+    if not bounded:
+        x = x.clamp(_LO, _HI)
     k = torch.floor(x * _LOG2E + 0.5)
     r = x - k * _LN2_HI - k * _LN2_LO
     # the polynomial by Estrin's scheme, in pairs of terms, not Horner's one term after another: its chain of dependent
