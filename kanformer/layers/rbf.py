@@ -30,7 +30,9 @@ from .vecmath import loop_exp
 
 _CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
 _ROOT_CUT = math.sqrt(_CUT)
-_T_FLOOR = -9.0  # fused_terms' distance from the nearer outer centre, floored below -sqrt(80): exp(-t^2) stays normal
+# fused_terms' distance from the nearer outer centre is floored here: below -sqrt(80), where every centre is cut, and
+# above -sqrt(87.3), so exp(-t^2) and exp(2t) stay in loop_exp's range without its clamp (``bounded=True``)
+_T_FLOOR = -9.0
 
 
 def _square_cut(d: torch.Tensor) -> torch.Tensor:
