@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kanformer import KANLinear, create_ffn, kanify
 from kanformer.layers import dispatch, few_tokens, kan, lean, lean_ffn, lean_rational, vecmath
@@ -1067,6 +1068,29 @@ def test_rbf_tail_is_cut_to_zero_before_subnormals():
         torch.testing.assert_close(values, expected, rtol=rtol[name], atol=0, msg=name)
         assert not ((values != 0) & (values.abs() < tiny)).any(), name
     assert (expected == 0).any() and (expected > 0).any()
+    # nor inside the recurrence: every operation's result, checked as it is made (a product cut only after it was
+    # made ran into the subnormal range for inputs ~2.3 - 9 widths outside the outer centres)
+    made = _SubnormalResults()
+    with made:
+        per_function(x)
+    assert made.ops > 20 and not made.found, made.found
+
+
+class _SubnormalResults(TorchDispatchMode):
+    """Counts the operations run under it, and keeps those whose fp32 result holds subnormal values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops, self.found = 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+            n = int(((out != 0) & (out.abs() < torch.finfo(torch.float32).tiny)).sum())
+            if n:
+                self.found.append((str(func), n))
+        return out
 
 
 def test_compiled_cpu_loops_take_exp_and_sigmoid_inline_within_an_ulp():
