@@ -2,11 +2,13 @@
 
 Legend: N tokens, I inputs, G = ``num_grids`` centres.
 
-``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres c_g = lo + g h evenly spaced over ``grid_range`` and
-width h equal to their spacing, cut to exactly zero more than sqrt(80) ~ 8.9 widths from the centre (below e^-80 ~
-1.8e-35: the tail would otherwise reach fp32's subnormal range, where CPU arithmetic is ~100x slower, and it carries
-nothing). Every form measures the distance in widths as d_g = (x - lo) / h - g, so they agree to rounding. FastKAN
-shows these Gaussians approximate the cubic B splines of Liu et al. at a fraction of the cost.
+``f_g(x) = exp(-((LN(x) - c_g) / h)^2)`` with G centres c_g = lo + g h evenly spaced over ``grid_range`` and width h
+equal to their spacing, cut to exactly zero more than sqrt(50) ~ 7.1 widths from the centre (below e^-50 ~ 1.9e-22,
+which carries nothing beside a feature of order 1 in fp32). Uncut, the tail reaches fp32's subnormal range, where CPU
+arithmetic takes microcode assists (~100x slower); cut at e^-80 the values stayed normal, but their products with a
+training step's gradients (1e-5 and less) did not (see ``fused_terms``). Every form measures the distance in widths as
+d_g = (x - lo) / h - g, so they agree to rounding. FastKAN shows these Gaussians approximate the cubic B splines of
+Liu et al. at a fraction of the cost.
 
 Out-of-range rule: the input is layer-normalised per token before the Gaussians (FastKAN's LayerNorm), so the
 centres see unit-scale features; the SiLU base branch (on by default) sees the raw input.
@@ -28,9 +30,9 @@ from .kan import KANFFN, Basis, register_basis
 from .registry import check_positive_int, register_ffn
 from .vecmath import loop_exp
 
-_CUT = 80.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
+_CUT = 50.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
 _ROOT_CUT = math.sqrt(_CUT)
-# fused_terms' distance from the nearer outer centre is floored here: below -sqrt(80), where every centre is cut, and
+# fused_terms' distance from the nearer outer centre is floored here: below -sqrt(50), where every centre is cut, and
 # above -sqrt(87.3), so exp(-t^2) and exp(2t) stay in loop_exp's range without its clamp (``bounded=True``)
 _T_FLOOR = -9.0
 
@@ -162,21 +164,24 @@ class RBFBasis(Basis):
         made apart from it (four pairs more: 1.105 - 1.130 against 1.135 - 1.173 with ``(value * d) * -2 / h``).
 
         Fewer operations an element, for CPUs whose products are fast enough for the loops to weigh (an Intel Xeon
-        with AMX): the cut is taken on t, the i-th centre from the nearer end cut where t < i - sqrt(80) (t <= 3.5,
-        so |t - i| > sqrt(80) only there), one comparison a centre instead of d, d^2 and a comparison; t is floored at
+        with AMX): the cut is taken on t, the i-th centre from the nearer end cut where t < i - sqrt(cut) (t <= 3.5,
+        so |t - i| > sqrt(cut) only there), one comparison a centre instead of d, d^2 and a comparison; t is floored at
         -9, below which every centre is cut, so both exponentials' arguments stay in range and lose their clamps
         (``loop_exp(bounded=True)``); and each slope is ``value * (d0 * -2/h - j * -2/h)``, d0 scaled once. On that
         Xeon, d 384, 2048 tokens, bf16 autocast, one process timing both forms (8 rounds): the FFN step 1.17x the
         MLP's against 1.29x, its compiled loops 10.3 against 11.0 ms a step (profiler); fp32 level (1.18 both).
 
         Each step's cut is taken on the previous value before its product, not on the product: a product is then
-        exactly zero or at least e^-80. Cut after it, the chain ran on past the cut into fp32's subnormal range (one
+        exactly zero or at least e^-cut. Cut after it, the chain ran on past the cut into fp32's subnormal range (one
         subnormal product or two for every element more than ~2.3 widths outside the outer centres: with 8 centres the
         last step's exp(-(t - 7)^2) is subnormal for t in (-3.2, -2.3)), which Intel CPUs take in microcode assists.
         Same values, bit for bit (eager and compiled, fp32 / bf16 / fp64). On that Xeon, the same process timing both
         (6 rounds), d 384, 2048 tokens: with the LayerNorms' gains at 1 (the benchmarks' inputs, few elements out
         there) level, fp32 0.98x, bf16 1.01x; with gains of 3 (fp32) / 2 (bf16), the FFN step took 1.11x / 1.17x its
-        time at gain 1 cut after the product, 0.99x / 1.00x cut before."""
+        time at gain 1 cut after the product, 0.99x / 1.00x cut before. The cut is at e^-50, not e^-80 as it was:
+        values near e^-80 times a training step's gradients (the bench's upstream gradient scaled by 1e-5) still made
+        subnormal products in the backward's loop and the weights' gradient product; gains of 3, fp32, same process:
+        1.05x the step at gain 1 cut at e^-80, 1.00x at e^-50."""
         n = self.num_grids
         d0 = self.widths(u)
         up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
@@ -184,9 +189,9 @@ class RBFBasis(Basis):
         t = torch.where(t < _T_FLOOR, _T_FLOOR, t)  # every centre cut below it; NaN stays NaN
         v, ratio = loop_exp(-(t * t), bounded=True), loop_exp(2 * t, bounded=True)  # inline in a compiled CPU loop
         chain = [torch.where(t < -_ROOT_CUT, 0.0, v)]
-        for i in range(1, n):  # the i-th centre from the nearer end is cut where t < i - sqrt(80) (|t - i| > cut):
+        for i in range(1, n):  # the i-th centre from the nearer end is cut where t < i - sqrt(cut) (|t - i| beyond):
             # the cut taken on the previous value before the product, so a product is exactly zero or at least
-            # e^-80, never subnormal; each step's factor made apart from the chain (one product a step)
+            # e^-cut, never subnormal; each step's factor made apart from the chain (one product a step)
             chain.append(torch.where(t < i - _ROOT_CUT, 0.0, chain[-1]) * (ratio * math.exp(1 - 2 * i)))
         scale = -2 * self.inv_width
         d_scaled = d0 * scale
