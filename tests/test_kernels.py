@@ -1077,6 +1077,32 @@ def test_rbf_tail_is_cut_to_zero_before_subnormals():
     assert made.ops > 20 and not made.found, made.found
 
 
+
+def test_wavelet_tail_is_cut_to_zero_before_subnormals():
+    """The wavelet's Gaussian factor is exact inside 10 scales of its translation and exactly zero beyond, on the
+    reference, lean and compiled per-function forms alike: no value or slope, nor its product with a gradient of
+    1e-10, is an fp32 subnormal (the compiled loops' clamped exponential left ~1e-38 there, and such products took
+    microcode assists)."""
+    basis = KANLinear(D, H, "wavelet").basis
+    x = torch.linspace(-12, 12, 2000 * D).view(-1, D)  # with the initial scales (4/7), beyond 20 scales out
+    state = basis.fused_state()
+    def per_function(x):
+        terms = [basis.fused_term(x, j, *state) for j in range(basis.num_wavelets)]
+        return torch.stack([v for v, _ in terms], dim=-1), torch.stack([s for _, s in terms], dim=-1)
+
+    u = (x.double().unsqueeze(-1) - basis.translation.double()) * torch.exp(-basis.log_scale.double())  # (N, I, W)
+    expected = torch.where(u * u > 100, 0.0, (1 - u * u) * torch.exp(-0.5 * u * u))
+    values, slopes = torch.compile(per_function)(x)  # the fused loops' form, inline exp
+    forms = {"reference": basis(x), "lean": basis.lean_features(x).transpose(1, 2), "per-function": per_function(x)[0],
+             "compiled per-function": values}
+    tiny = torch.finfo(torch.float32).tiny
+    for name, got in forms.items():
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6, msg=name)
+        assert torch.equal(got == 0, expected == 0), name  # zero exactly where cut (and at u^2 = 1 alone besides)
+    for t in (values, slopes, values * 1e-10, slopes * 1e-10):
+        assert not ((t != 0) & (t.abs() < tiny)).any()
+    assert (expected == 0).any() and ((u * u > 90) & (expected != 0)).any()
+
 class _SubnormalResults(TorchDispatchMode):
     """Counts the operations run under it, and keeps those whose fp32 result holds subnormal values."""
 

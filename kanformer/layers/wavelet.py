@@ -14,7 +14,13 @@ Mother wavelets (u = (x - t) / s):
   dog          -u exp(-u^2 / 2)               (first derivative of a Gaussian)
 
 Out-of-range rule: wavelets decay away from their translations, so far inputs are carried by the SiLU base
-branch (on by default, as in Wav-KAN).
+branch (on by default, as in Wav-KAN). The Gaussian factor is cut to exactly zero beyond 10 scales (|u| > 10, below
+e^-50 ~ 1.9e-22) on every path: its tail otherwise reached fp32's subnormal range, or, in the compiled loops' clamped
+exponential, stayed at ~1e-38, and its products with a training step's gradients were subnormal, each a microcode
+assist on CPUs. With scales a third of their initial ones (many inputs beyond 13 scales) and the bench's upstream
+gradient scaled by 1e-5 (d 384, 2048 tokens, an Intel Xeon, one process timing the two, 6 rounds), the FFN step took
+1.40x (fp32) / 1.53x (bf16 autocast) its time at the initial scales; cut, 0.99x / 0.97x, and at the initial scales
+the cut cost nothing (0.995x the uncut form's step, fp32).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .vecmath import loop_exp
 # FLOPs per wavelet: u = (x - t) * exp(-log s) (2; the exp is per feature, not per token), u^2 (1),
 # exp(-u^2/2) (2), then the wavelet's own factor.
 _WAVELET_FLOPS = {"mexican_hat": 5 + 2, "morlet": 5 + 3, "dog": 5 + 2}
+_CUT = 100.0  # u^2 beyond which the Gaussian factor exp(-u^2 / 2) is exactly zero (below e^-50)
 
 
 @register_basis("wavelet")
@@ -80,7 +87,7 @@ class WaveletBasis(Basis):
         inv_scale = torch.exp(-self.log_scale).to(x.dtype)  # (I, W)
         u = (x.unsqueeze(-1) - self.translation.to(x.dtype)) * inv_scale  # (N, I, W)
         u2 = u.square()
-        return self._psi(u, u2, torch.exp(-0.5 * u2))
+        return self._psi(u, u2, torch.where(u2 > _CUT, 0.0, torch.exp(-0.5 * u2)))
 
     def _psi(self, u: torch.Tensor, u2: torch.Tensor, gauss: torch.Tensor) -> torch.Tensor:
         """The mother wavelet at u, given u^2 and exp(-u^2 / 2)."""
@@ -103,7 +110,7 @@ class WaveletBasis(Basis):
         inv_scale = inv_scale.to(x.dtype)
         u = (x - t.to(x.dtype)) * inv_scale
         u2 = u.square()
-        gauss = loop_exp(-0.5 * u2)  # inline in a compiled CPU loop
+        gauss = torch.where(u2 > _CUT, 0.0, loop_exp(-0.5 * u2))  # inline in a compiled CPU loop; the tail cut
         if self.wavelet == "mexican_hat":
             slope = (u2 - 3) * u
         elif self.wavelet == "morlet":
