@@ -106,12 +106,20 @@ def test_lean_equals_reference_under_bf16_autocast(name):
     _close_under_bf16_autocast(name, "lean")
 
 
-def test_adapted_bspline_grid_takes_the_general_lean_path():
-    layer = KANLinear(D, D, grid_size=5).double()
-    layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
-    assert layer.basis._uniform() is None
-    x = _inputs(torch.float64)
-    _close(_run(layer, x, "lean"), _run(layer, x, "reference"), rtol=1e-9, atol=1e-10)
+def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused():
+    """An adapted (non-uniform) grid: eager lean runs the reference basis (autograd through it); fused, the Cox-de Boor
+    recursion elementwise on the knot tables, with analytic slopes, for every spline order."""
+    for k in (0, 1, 3):
+        layer = KANLinear(D, D, grid_size=5, spline_order=k).double()
+        layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
+        assert layer.basis._uniform() is None
+        knots, inv_spans = layer.basis.fused_state()
+        m = 5 + 2 * k + 1
+        assert knots.shape == (m, D) and inv_spans.shape == (k * m - k * (k + 1) // 2, D)
+        x = torch.cat([_inputs(torch.float64), layer.basis.grid.T[:, :D]])  # the knots themselves too
+        ref = _run(layer, x, "reference")
+        _close(_run(layer, x, "lean"), ref, rtol=1e-9, atol=1e-10)
+        _close(_run(layer, x, "fused"), ref, rtol=1e-9, atol=1e-10)
 
 
 def test_the_bspline_inverse_step_is_computed_once_per_grid():
@@ -136,7 +144,8 @@ def test_the_uniform_grid_verdict_is_read_eagerly_without_the_check(monkeypatch)
     assert basis._uniform() is not None and basis.fused_state() is not None and checks == []  # the build's verdict
     with torch.no_grad():
         basis.grid[:, 4:] += 0.25  # written in place: a new version, a non-uniform grid
-    assert basis._uniform() is None and basis.fused_state() is None and checks == [1]
+    assert basis._uniform() is None and basis.fused_state()[0].shape == (12, 4) and checks == [1]  # the knot tables
+    assert basis.fused_state()[1] is basis.fused_state()[1]  # made once per grid version
 
 
 @pytest.mark.parametrize("basis", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])

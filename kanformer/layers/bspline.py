@@ -43,6 +43,14 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([left, interior, right], dim=1)
 
 
+def _knot_tables(grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (I, M) knot vector per input as ``BSplineBasis._knot_terms`` reads it: the knots knot-major, (M, I), and for
+    each order p = 1..k the inverse spans 1 / (t_j+p - t_j), j = 0..M-1-p, stacked, (R, I) with R = kM - k(k+1)/2."""
+    spans = [grid[:, p:] - grid[:, :-p] for p in range(1, k + 1)]
+    inv = torch.cat([1.0 / s for s in spans], dim=1) if spans else grid.new_zeros(grid.shape[0], 0)
+    return grid.T.contiguous(), inv.T.contiguous()
+
+
 _POLYNOMIALS: dict[tuple[int, bool], list[list[float]]] = {}
 
 
@@ -226,7 +234,8 @@ class BSplineBasis(Basis):
     # On a uniform knot vector (per input: start t_0, step h) only k+1 splines are non-zero at x: with s = (x - t_0)/h,
     # interval m = floor(s) and t = s - m they follow de Boor's local triangle (The NURBS Book, A2.2), whose knot
     # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. Adapted
-    # (non-uniform) grids use the reference recursion, differentiated by autograd in the backward.
+    # (non-uniform) grids use the reference recursion here, differentiated by autograd in the backward; the fused mode
+    # compiles the recursion elementwise with its slopes instead (``_knot_terms``).
     def _uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(t0, h) per input when every knot step is equal, else None. Cached per grid tensor and version: the check
         reads a value back from the device, which must not happen on every forward. Eagerly a cached verdict is read
@@ -313,11 +322,21 @@ class BSplineBasis(Basis):
     # evaluated per j, cost 2.4x the operations: the B-spline layer's backward graph took 0.85 against 0.71 ms at 1024
     # tokens, 128 -> 57.)
     def fused_state(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(t0, 1/h) per input for ``fused_terms``; None on a non-uniform grid (the lean form serves)."""
+        """(t0, 1/h) per input for ``fused_terms``, each (I,); on an adapted (non-uniform) grid the knot tables
+        (``_knot_tables``: (M, I) and (R, I)). Inside a compiled model's graph, None on a non-uniform grid: the
+        reference serves it there, which the model's compiler fuses itself."""
         uniform = self._uniform_now()
         if uniform is None:
-            return None
+            return None if torch.compiler.is_compiling() else self._knot_state()
         return uniform[0], self._inverse_step(uniform[1])
+
+    def _knot_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_knot_tables`` of the grid, made once per grid tensor and version (a grid update writes it in place)."""
+        cache = getattr(self, "_knot_cache", None)
+        if cache is None or cache[0] is not self.grid or cache[1] != self.grid._version:
+            with torch.no_grad():
+                cache = self._knot_cache = (self.grid, self.grid._version, _knot_tables(self.grid, self.spline_order))
+        return cache[2]
 
     def _inverse_step(self, h: torch.Tensor) -> torch.Tensor:
         """1/h, computed once per step tensor the uniform check made (eagerly a division on every call, two kernel
@@ -331,12 +350,15 @@ class BSplineBasis(Basis):
 
     def fused_terms(self, x: torch.Tensor, t0: torch.Tensor, inv_h: torch.Tensor
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The interval, the k+1 local polynomials and their slopes (in units of x) once, then each spline's k+1
-        selects. Written per spline (the polynomials inside the loop), the compiled C++ loops came out identical after
-        the compiler's common-subexpression elimination, but dynamo first traced ~4x the bytecode (61,862 against
-        15,974 steps for the FFN's four graphs): a fresh process's first B-spline FFN step on a warm compiler cache,
-        mostly that tracing, took 9.4 - 10.0 s against 6.0 - 7.9 s now (d 384, 2048 tokens), 5.7 - 6.1 against 2.5 -
-        3.6 s (d 128); a cold compile (d 128) 53.8 against 46.1 s."""
+        """On a uniform grid (``t0``, ``inv_h`` per input, (I,)): the interval, the k+1 local polynomials and their
+        slopes (in units of x) once, then each spline's k+1 selects; on an adapted one (the knot tables, 2-d),
+        ``_knot_terms``. Written per spline (the polynomials inside the loop), the compiled C++ loops came out
+        identical after the compiler's common-subexpression elimination, but dynamo first traced ~4x the bytecode
+        (61,862 against 15,974 steps for the FFN's four graphs): a fresh process's first B-spline FFN step on a warm
+        compiler cache, mostly that tracing, took 9.4 - 10.0 s against 6.0 - 7.9 s now (d 384, 2048 tokens), 5.7 - 6.1
+        against 2.5 - 3.6 s (d 128); a cold compile (d 128) 53.8 against 46.1 s."""
+        if t0.dim() == 2:
+            return self._knot_terms(x, t0, inv_h)
         inv_h = inv_h.to(x.dtype)
         s = (x - t0.to(x.dtype)) * inv_h  # (N, I): position in units of h from the first knot
         m = torch.floor(s)  # the interval; spline j is its local piece k - (m - j), or zero
@@ -356,6 +378,33 @@ class BSplineBasis(Basis):
                 slope = torch.where(at[j + k - r], slopes[r], slope)
             out.append((value, slope))
         return out
+
+    def _knot_terms(self, x: torch.Tensor, knots: torch.Tensor, inv_spans: torch.Tensor
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every spline and its slope on an adapted grid, by the Cox-de Boor recursion written elementwise (the
+        reference's, with its divisions by knot spans as products with their inverses): ``knots`` (M, I) and
+        ``inv_spans`` (R, I) from ``_knot_tables``, rows per knot, each contiguous over the inputs. Order 0 is the
+        indicator of x's knot interval (zero outside the grid, NaN included); order p mixes neighbours, B_j,p = (x -
+        t_j) / (t_j+p - t_j) B_j,p-1 + (t_j+p+1 - x) / (t_j+p+1 - t_j+1) B_j+1,p-1; the slope of spline j is
+        k (B_j,k-1 / (t_j+k - t_j) - B_j+1,k-1 / (t_j+k+1 - t_j+1)). All G + 2k of order 0 are made, not the
+        k + 1 non-zero at x (no gather of each element's knots in a vector loop): about twice the uniform form's
+        operations an element, in the same single loop."""
+        knots, inv_spans = knots.to(x.dtype), inv_spans.to(x.dtype)
+        m, k = knots.shape[0], self.spline_order
+        d = [x - knots[j] for j in range(m)]
+        at_or_above = [d[j] >= 0 for j in range(m)]  # NaN: False
+        bases = [(at_or_above[j] & ~at_or_above[j + 1]).to(x.dtype) for j in range(m - 1)]
+        lower = bases
+        row = 0
+        for p in range(1, k + 1):
+            inv = [inv_spans[row + j] for j in range(m - p)]  # 1 / (t_j+p - t_j)
+            row += m - p
+            lower = bases
+            bases = [d[j] * inv[j] * lower[j] - d[j + p + 1] * inv[j + 1] * lower[j + 1] for j in range(m - 1 - p)]
+        if not k:
+            return [(b, torch.zeros_like(b)) for b in bases]
+        inv = [inv_spans[row - (m - k) + j] for j in range(m - k)]  # order k's inverse spans
+        return [(bases[j], k * (inv[j] * lower[j] - inv[j + 1] * lower[j + 1])) for j in range(m - 1 - k)]
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()

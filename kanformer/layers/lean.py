@@ -474,9 +474,11 @@ class LeanKANFunction(torch.autograd.Function):
                     xr = _low(x).detach().requires_grad_(True)
                     pr = tuple(p.detach().requires_grad_(True) for p in pre) if pre is not None else None
                     values = basis.lean_features(_pre(basis, xr, pr)[0])
-                    grads = torch.autograd.grad(values, [xr, *(pr or ()), *own], g_feats.to(values.dtype),
-                                                allow_unused=True)
-                g_x = grads[0] if g_x is None else g_x + grads[0]
+                    inputs = [xr, *(pr or ()), *own]
+                    grads = (torch.autograd.grad(values, inputs, g_feats.to(values.dtype), allow_unused=True)
+                             if values.requires_grad else (None,) * len(inputs))  # piecewise constant: order-0 splines
+                g_x0 = torch.zeros_like(xr) if grads[0] is None else grads[0]
+                g_x = g_x0 if g_x is None else g_x + g_x0
                 g_params = tuple(grads[1:])
             g_bias = gy.sum(0).to(coef.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
         g_params = tuple(None if g is None else g.to(p.dtype) for g, p in zip(g_params, params, strict=True))
