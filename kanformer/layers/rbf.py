@@ -180,8 +180,8 @@ class RBFBasis(Basis):
         there) level, fp32 0.98x, bf16 1.01x; with gains of 3 (fp32) / 2 (bf16), the FFN step took 1.11x / 1.17x its
         time at gain 1 cut after the product, 0.99x / 1.00x cut before. The cut is at e^-50, not e^-80 as it was:
         values near e^-80 times a training step's gradients (the bench's upstream gradient scaled by 1e-5) still made
-        subnormal products in the backward's loop and the weights' gradient product; gains of 3, fp32, same process:
-        1.05x the step at gain 1 cut at e^-80, 1.00x at e^-50."""
+        subnormal products in the backward; gains of 3, fp32, same process: 1.05x the step at gain 1 cut at e^-80,
+        1.00x at e^-50."""
         n = self.num_grids
         d0 = self.widths(u)
         up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
