@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from kanformer import KANLinear, create_ffn, kanify
 from kanformer.layers import dispatch, few_tokens, kan, lean, lean_ffn, lean_rational, vecmath
+from kanformer.layers.bspline import BSplineBasis
 from kanformer.layers.dispatch import get_kernel, kernel, set_kernel, use_lean
 from kanformer.layers.rbf import RBFBasis
 from tests.tiny_models import build
@@ -106,9 +107,14 @@ def test_lean_equals_reference_under_bf16_autocast(name):
     _close_under_bf16_autocast(name, "lean")
 
 
-def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused():
+def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused(monkeypatch):
     """An adapted (non-uniform) grid: eager lean runs the reference basis (autograd through it); fused, the Cox-de Boor
-    recursion elementwise on the knot tables, with analytic slopes, for every spline order."""
+    recursion elementwise on the knot tables, with analytic slopes, for every spline order (its helpers run as the
+    eager code they compile, exact in fp64; compiled: tests/test_lean_ffn.py)."""
+    monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": fn)
+    knot_calls = []
+    knot_terms = BSplineBasis._knot_terms
+    monkeypatch.setattr(BSplineBasis, "_knot_terms", lambda *a: knot_calls.append(1) or knot_terms(*a))
     for k in (0, 1, 3):
         layer = KANLinear(D, D, grid_size=5, spline_order=k).double()
         layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
@@ -119,7 +125,10 @@ def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when
         x = torch.cat([_inputs(torch.float64), layer.basis.grid.T[:, :D]])  # the knots themselves too
         ref = _run(layer, x, "reference")
         _close(_run(layer, x, "lean"), ref, rtol=1e-9, atol=1e-10)
+        assert not knot_calls
         _close(_run(layer, x, "fused"), ref, rtol=1e-9, atol=1e-10)
+        assert knot_calls, "the fused path did not take the knot form"
+        knot_calls.clear()
 
 
 def test_the_bspline_inverse_step_is_computed_once_per_grid():
