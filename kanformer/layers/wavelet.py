@@ -20,7 +20,7 @@ exponential, stayed at ~1e-38, and its products with a training step's gradients
 assist on CPUs. With scales a third of their initial ones (many inputs beyond 13 scales) and the bench's upstream
 gradient scaled by 1e-5 (d 384, 2048 tokens, an Intel Xeon, one process timing the two, 6 rounds), the FFN step took
 1.40x (fp32) / 1.53x (bf16 autocast) its time at the initial scales; cut, 0.99x / 0.97x. At the initial scales (no
-input out there) the cut costs its comparison and select: fp32 0.995x the uncut form's step, bf16 1.03 - 1.06x (three
+input out there) the cut costs its comparison and select: fp32 0.995x the uncut form's step, bf16 1.02 - 1.06x (four
 runs; the bf16 step's loops weigh more beside its products). Its multiplication by the comparison cost the same; the
 exponential's argument floored beside the cut, 1.18x.
 """
