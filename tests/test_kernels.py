@@ -728,6 +728,7 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert [(r["ffn"], r["bf16"]) for r in out["correctness"] if r["mode"] == "compiled"] == [("chebyshev", False),
                                                                                               ("chebyshev", True)]
     assert all(r["eval_rel_err"] <= r["max_rel_err"] for r in out["correctness"])  # evaluation's forward checked too
+    assert ("bspline (adapted grid)", "lean", False) in [(r["ffn"], r["mode"], r["bf16"]) for r in out["correctness"]]
     assert set(out["ffn"]) == {"reference", "lean"} and set(out["model"]) == {"lean"}
     assert len(out["targets"]) == 4 and all(isinstance(t["met"], bool) for t in out["targets"].values())
     assert out["model"]["lean"]["rows"][0]["ffn"] == "mlp" and out["model"]["lean"]["rows"][0]["throughput_ratio"] == 1
@@ -836,6 +837,7 @@ def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeyp
     steps = []
     monkeypatch.setattr(bench_model, "count_syncs", lambda device, fn: fn() or steps.append(1) or {"syncs": 0})
     monkeypatch.setattr(bench_model, "LEAN_FFNS", ["bspline"])
+    monkeypatch.setattr(bench_model, "GRID_ADAPTED", [])
     monkeypatch.setattr(dispatch, "resolve", lambda ffn, x: "lean")  # auto's row, not its timing, is the point
     # the compiled helpers as the eager code they compile: nothing compiles
     for module in (lean, lean_ffn, lean_rational, few_tokens):
