@@ -394,8 +394,7 @@ class BSplineBasis(Basis):
         d = [x - knots[j] for j in range(m)]
         at_or_above = [d[j] >= 0 for j in range(m)]  # NaN: False
         bases = [(at_or_above[j] & ~at_or_above[j + 1]).to(x.dtype) for j in range(m - 1)]
-        lower = bases
-        row = 0
+        lower, row = bases, 0
         for p in range(1, k + 1):
             inv = [inv_spans[row + j] for j in range(m - p)]  # 1 / (t_j+p - t_j)
             row += m - p
