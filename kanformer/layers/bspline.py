@@ -249,8 +249,19 @@ class BSplineBasis(Basis):
 
     def _cached_uniform(self) -> Any:
         """The verdict cached for the grid tensor as it is now, else ``_MISS``."""
-        grid, cache = self.grid, getattr(self, "_uniform_cache", None)
+        return self._grid_cached("_uniform_cache")
+
+    def _grid_cached(self, attr: str) -> Any:
+        """What ``_grid_cache`` stored under ``attr`` for the grid tensor as it is now (the same tensor, unwritten
+        since), else ``_MISS``."""
+        grid, cache = self.grid, getattr(self, attr, None)
         return cache[2] if cache is not None and cache[0] is grid and cache[1] == grid._version else _MISS
+
+    def _grid_cache(self, attr: str, value: Any) -> Any:
+        """``value`` stored under ``attr`` for the grid tensor as it is now, and returned. The entry holds the grid,
+        so its identity stays unique while it is cached."""
+        setattr(self, attr, (self.grid, self.grid._version, value))
+        return value
 
     @torch.compiler.disable
     def _check_uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -264,8 +275,7 @@ class BSplineBasis(Basis):
             steps = self.grid[:, 1:] - self.grid[:, :-1]  # (I, G+2k)
             if torch.allclose(steps, steps[:, :1].expand_as(steps), rtol=1e-5, atol=0):
                 result = (self.grid[:, 0].clone(), steps.mean(dim=1))  # (I,), (I,)
-        self._uniform_cache = (self.grid, self.grid._version, result)  # holds the grid: its identity stays unique
-        return result
+        return self._grid_cache("_uniform_cache", result)
 
     def _traced_uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``_uniform`` inside a compiled graph, which reads no values back: the last eager check's verdict and (t0, h)
@@ -332,11 +342,11 @@ class BSplineBasis(Basis):
 
     def _knot_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``_knot_tables`` of the grid, made once per grid tensor and version (a grid update writes it in place)."""
-        cache = getattr(self, "_knot_cache", None)
-        if cache is None or cache[0] is not self.grid or cache[1] != self.grid._version:
+        cached = self._grid_cached("_knot_cache")
+        if cached is _MISS:
             with torch.no_grad():
-                cache = self._knot_cache = (self.grid, self.grid._version, _knot_tables(self.grid, self.spline_order))
-        return cache[2]
+                cached = self._grid_cache("_knot_cache", _knot_tables(self.grid, self.spline_order))
+        return cached
 
     def _inverse_step(self, h: torch.Tensor) -> torch.Tensor:
         """1/h, computed once per step tensor the uniform check made (eagerly a division on every call, two kernel
@@ -402,7 +412,7 @@ class BSplineBasis(Basis):
             bases = [d[j] * inv[j] * lower[j] - d[j + p + 1] * inv[j + 1] * lower[j + 1] for j in range(m - 1 - p)]
         if not k:
             return [(b, torch.zeros_like(b)) for b in bases]
-        inv = [inv_spans[row - (m - k) + j] for j in range(m - k)]  # order k's inverse spans
+        # the last order's inverse spans (inv) and lower-order splines (lower) give the slopes
         return [(bases[j], k * (inv[j] * lower[j] - inv[j + 1] * lower[j + 1])) for j in range(m - 1 - k)]
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
