@@ -131,6 +131,27 @@ def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when
         knot_calls.clear()
 
 
+def test_repeated_knots_make_zero_splines_on_every_path(monkeypatch):
+    """Knots fitted to tied data without the uniform blend (``grid_eps=0``: half of the inputs exactly zero, as after a
+    ReLU) repeat; the recursion's terms over an empty span are zero (0/0 = 0), not NaN, on the reference, the eager
+    lean path and the knot form, with every gradient finite and the paths equal."""
+    monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": fn)
+    layer = KANLinear(D, D, grid_size=5, spline_order=3).double()
+    data = torch.randn(400, D, dtype=torch.float64).clamp_min(0)  # half zeros: several quantile knots at 0
+    layer.update_grid(data, grid_eps=0.0)
+    interior = layer.basis.interior_knots()
+    assert ((interior[:, 1:] - interior[:, :-1]) == 0).any(), "no knot repeated: the case is not exercised"
+    knots, inv_spans = layer.basis.fused_state()
+    assert torch.isfinite(inv_spans).all() and (inv_spans == 0).any()
+    x = torch.cat([_inputs(torch.float64), data[:16], layer.basis.grid.T[:, :D]])
+    ref = _run(layer, x, "reference")
+    for part in [ref[0], ref[1], *ref[2].values()]:
+        assert torch.isfinite(part).all()
+    assert ref[0].abs().sum() > 0
+    _close(_run(layer, x, "lean"), ref, rtol=1e-9, atol=1e-10)
+    _close(_run(layer, x, "fused"), ref, rtol=1e-9, atol=1e-10)
+
+
 def test_the_bspline_inverse_step_is_computed_once_per_grid():
     """The fused state's 1/h is divided once per uniform grid check, not on every call, and follows the grid when it is
     rebuilt (a grid extension: a new, coarser step)."""

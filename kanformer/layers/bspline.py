@@ -43,10 +43,20 @@ def _extend_knots(interior: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([left, interior, right], dim=1)
 
 
+def _spans(grid: torch.Tensor, p: int) -> torch.Tensor:
+    """The knot spans t_j+p - t_j of an (I, M) knot vector, infinite where knots repeat (zero span): the Cox-de Boor
+    recursion's convention 0/0 = 0, so that a term over an empty span vanishes (its lower-order spline is zero there)
+    instead of making NaN. Repeated knots come from ``fit_grid_to`` with ``grid_eps=0`` on tied data (a ReLU's
+    zeros)."""
+    span = grid[:, p:] - grid[:, :-p]
+    return torch.where(span > 0, span, torch.full_like(span, float("inf")))
+
+
 def _knot_tables(grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An (I, M) knot vector per input as ``BSplineBasis._knot_terms`` reads it: the knots knot-major, (M, I), and for
-    each order p = 1..k the inverse spans 1 / (t_j+p - t_j), j = 0..M-1-p, stacked, (R, I) with R = kM - k(k+1)/2."""
-    spans = [grid[:, p:] - grid[:, :-p] for p in range(1, k + 1)]
+    each order p = 1..k the inverse spans 1 / (t_j+p - t_j), j = 0..M-1-p, stacked, (R, I) with R = kM - k(k+1)/2
+    (zero for an empty span, ``_spans``)."""
+    spans = [_spans(grid, p) for p in range(1, k + 1)]
     inv = torch.cat([1.0 / s for s in spans], dim=1) if spans else grid.new_zeros(grid.shape[0], 0)
     return grid.T.contiguous(), inv.T.contiguous()
 
@@ -179,8 +189,9 @@ class BSplineBasis(Basis):
         x = x.unsqueeze(-1)  # (N, I, 1)
         bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)  # (N, I, G+2k)
         for p in range(1, self.spline_order + 1):
-            left = (x - grid[:, : -(p + 1)]) / (grid[:, p:-1] - grid[:, : -(p + 1)])
-            right = (grid[:, p + 1:] - x) / (grid[:, p + 1:] - grid[:, 1:-p])
+            spans = _spans(grid, p)  # (I, G+2k+1-p); repeated knots: infinite, the term zero (0/0 = 0)
+            left = (x - grid[:, : -(p + 1)]) / spans[:, :-1]
+            right = (grid[:, p + 1:] - x) / spans[:, 1:]
             bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, I, G+2k-p)
         return bases  # (N, I, G+k)
 
@@ -195,7 +206,8 @@ class BSplineBasis(Basis):
 
     def fit_grid_to(self, x: torch.Tensor, *, margin: float = 0.01, grid_eps: float = 0.02) -> None:
         """Knots at data quantiles, blended with a uniform grid over the data range (weight ``grid_eps``),
-        which keeps knots distinct even for a constant feature (efficient-kan's rule)."""
+        which keeps knots distinct even for a constant feature (efficient-kan's rule). With ``grid_eps=0`` tied data
+        repeat knots; the splines over an empty span are then zero (``_spans``)."""
         if not 0.0 <= grid_eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps!r}")
         g = self.grid_size
