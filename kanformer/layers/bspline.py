@@ -133,7 +133,7 @@ def _poly(coeffs: list[float], t: torch.Tensor) -> torch.Tensor:
     return value
 
 
-_MISS = object()  # no verdict cached (``BSplineBasis._cached_uniform``)
+_MISS = object()  # nothing cached for the grid as it is now (``BSplineBasis._grid_cached``)
 
 
 @register_basis("bspline")
@@ -254,14 +254,10 @@ class BSplineBasis(Basis):
         here; the check itself runs outside any compiled graph (``_check_uniform``). Behind ``torch.compiler.disable``
         the cached read paid the wrapper on every call (two an eager B-spline FFN call; ~2.5 us each, 2-core CPU)."""
         if not torch.compiler.is_compiling():
-            cached = self._cached_uniform()
+            cached = self._grid_cached("_uniform_cache")
             if cached is not _MISS:
                 return cached
         return self._check_uniform()
-
-    def _cached_uniform(self) -> Any:
-        """The verdict cached for the grid tensor as it is now, else ``_MISS``."""
-        return self._grid_cached("_uniform_cache")
 
     def _grid_cached(self, attr: str) -> Any:
         """What ``_grid_cache`` stored under ``attr`` for the grid tensor as it is now (the same tensor, unwritten
@@ -279,7 +275,7 @@ class BSplineBasis(Basis):
     def _check_uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The check, outside any compiled graph (it reads a value back), and its verdict cached; a verdict already
         cached for this grid is returned as it is (a call from inside a graph reads the cache here)."""
-        cached = self._cached_uniform()
+        cached = self._grid_cached("_uniform_cache")
         if cached is not _MISS:
             return cached
         result = None
