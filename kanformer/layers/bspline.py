@@ -49,7 +49,7 @@ def _spans(grid: torch.Tensor, p: int) -> torch.Tensor:
     instead of making NaN. Repeated knots come from ``fit_grid_to`` with ``grid_eps=0`` on tied data (a ReLU's
     zeros)."""
     span = grid[:, p:] - grid[:, :-p]
-    return torch.where(span > 0, span, torch.full_like(span, float("inf")))
+    return torch.where(span == 0, torch.full_like(span, float("inf")), span)
 
 
 def _knot_tables(grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
