@@ -261,6 +261,35 @@ def test_evaluation_takes_the_compiled_path_training_chose_and_compiles_nothing(
         torch.testing.assert_close(y, ffn(x[:40]), rtol=1e-5, atol=1e-5)
 
 
+def test_the_compiled_choice_runs_its_graphs_for_an_input_that_takes_no_gradient(auto, monkeypatch):
+    """``torch.compile`` of the reference, chosen for training, is compiled (in the background) and timed for an input
+    that takes a gradient; a training call on one that takes none (behind frozen layers, or on data directly) runs
+    the same graphs, where it had compiled them afresh in the step, and gives the reference's gradients. Nor does a
+    table a library fills on first use become a guard (einops' backends: the graphs were compiled again in the call
+    after the first einops call of a process)."""
+    import einops._backends
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(einops._backends, "_type2backend", {})  # as in a process that has not called einops yet
+
+    compile_ = torch.compile  # the compiler's guards, without its C++ (the graphs are dynamo's either way)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setattr(dispatch, "autotune_choice", lambda ffn, x: "compiled")
+    torch.manual_seed(0)
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    _step(ffn, x.clone().requires_grad_(True))  # as the background compile and the timing ran it
+    graphs = counters["stats"]["unique_graphs"]
+    ffn.zero_grad()
+    _step(ffn, x)
+    assert counters["stats"]["unique_graphs"] == graphs and not x.requires_grad and x.grad is None
+    got = [p.grad.clone() for p in ffn.parameters()]
+    ffn.zero_grad()
+    with dispatch.kernel("reference"):
+        _step(ffn, x)
+    for a, b in zip(got, [p.grad for p in ffn.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("fastest", ["fused", "reference"])
 def test_one_token_takes_the_path_timed_for_it_once_its_graph_is_compiled(auto, monkeypatch, fastest):
     """A generation step of one sequence: the reference until the background compile has made its graph (a compiled

@@ -172,6 +172,12 @@ def tuned_call(ffn: torch.nn.Module, x: torch.Tensor, body: Any) -> torch.Tensor
     if mode is None:  # the usual pinned case: the process's path (nothing to trace under torch.compile)
         return body(x)
     if mode == "compiled":  # auto measured torch.compile of this FFN's reference fastest
+        if torch.is_grad_enabled() and not x.requires_grad:
+            # its graphs are guarded on the input taking a gradient, and were compiled (in the background) and timed
+            # for one that does; an input that takes none (an FFN behind frozen layers, or on data directly) had them
+            # compiled afresh, in the step (Chebyshev FFN, d 16): an alias of it that takes one (a gradient computed
+            # and dropped) runs those graphs
+            x = x.detach().requires_grad_()
         return compiled_forward(ffn)(x)
     with scoped_kernel(mode):
         return body(x)

@@ -389,8 +389,10 @@ class KANLinear(KANModule):
         if use_lean(self.basis.has_lean):
             return lean_kan_linear(x2, self.coef, self.base_weight, self.bias, self.basis).reshape(
                 *lead, self.out_features)
-        feats = rearrange(self.features(x2), "n i b -> n (i b)")  # (N, I*B)
-        y = F.linear(feats, rearrange(self.coef, "o i b -> o (i b)"), self.bias)  # (N, O)
+        # flatten, not einops: traced by torch.compile (the ``compiled`` path), einops' lazily filled table of
+        # backends became a guard, and the graphs were compiled again in the call after the one that filled it
+        feats = self.features(x2).flatten(1)  # (N, I, B) -> (N, I*B)
+        y = F.linear(feats, self.coef.flatten(1), self.bias)  # (O, I, B) -> (O, I*B); (N, O)
         if self.base_weight is not None:
             y = y + F.linear(F.silu(x2), self.base_weight)
         return y.reshape(*lead, self.out_features)
