@@ -685,7 +685,11 @@ def test_a_compiled_wavelet_ffn_runs_the_fused_paths_helpers_and_keeps_its_memor
     weights = sum(p.numel() * p.element_size() for p in ffn.parameters())
     gemm.choose_for(ffn)  # the library chosen before compiling, as train.compile does (else the graph and op differ)
     compiled = torch.compile(ffn, fullgraph=True)
-    _close(_run(ffn, x, "fused", call=compiled), _run(ffn, x, "fused"), rtol=1e-6, atol=1e-6)
+    # fp32's tolerance for sums over the 256 tokens taken in another order: the eager path runs the helpers' own
+    # graphs, the compiled model has them inlined in its graph, fused as the compiler likes; in one CI run of about
+    # ten, 132 of fc1.coef's 7,812 gradients differed by up to 3.4e-5 (4.6e-4 relative), equal in the others (which
+    # worker state chose another order was not found). Which path ran is the memory check's to tell
+    _close(_run(ffn, x, "fused", call=compiled), _run(ffn, x, "fused"), rtol=1e-4, atol=1e-4)
     x.requires_grad_(True)
     with kernel("fused"):
         eager, saved = saved_activation_bytes(ffn, x), saved_activation_bytes(compiled, x)
