@@ -1,10 +1,12 @@
 """Compute-matched comparisons: baselines within 1% of their targets, outputs written, finished arms skipped."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 import transformers
+import yaml
 
 from kanformer.layers.budget import ffn_flops, ffn_params
 from kanformer.studies import compare
@@ -207,6 +209,16 @@ def test_time_matched_baseline_is_planned_from_measured_steps(tmp_path):
     (baseline,) = [a for a in arms if a.role == "baseline"]
     assert baseline.name == "mlp@time=bspline" and baseline.hidden >= 1
     assert 0 < timer(arms[0].ffn) == timer(arms[0].ffn) < 60 and measured[0] == arms[0].ffn
+    # a comparison run again (interrupted, or to report) keeps the width its baseline's runs trained at: timed again,
+    # the width would move with the machine's noise, and the run directory of the old width would be an error
+    kept = replace(baseline, hidden=baseline.hidden + 7, ffn={**baseline.ffn, "hidden": baseline.hidden + 7})
+    run_dir = compare.arm_run_config(cfg, kept, cfg.seeds[-1]).run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(compare.arm_run_config(cfg, kept, cfg.seeds[-1]).to_dict()))
+    logs = []
+    (again,) = [a for a in plan_arms(cfg, step_time=lambda ffn: pytest.fail("timed again"), log=logs.append)
+                if a.role == "baseline"]
+    assert again.hidden == again.ffn["hidden"] == kept.hidden and "not timed again" in logs[-1]
 
 
 def test_tiny_vit_compare(tmp_path):

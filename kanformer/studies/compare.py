@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
+from ..config import RunConfig, _build, check_reusable, load_yaml_config, read_yaml, run_config_from
 from ..layers.budget import ffn_flops, ffn_params, match_hidden
 from ..layers.registry import check_positive_int
 from ..tasks import StockFFN, stock_ffn, task_for
@@ -151,9 +151,10 @@ def _resolve_hidden(ffn: dict[str, Any], stock: StockFFN) -> int:
     return match_hidden(ffn["name"], stock.d_model, target=target, reference=reference, **kw)
 
 
-def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
+def plan_arms(cfg: CompareConfig, *, step_time=None, log=None) -> list[Arm]:
     """KAN arms as given, then baselines matched by params (to the stock MLP, which every KAN arm is matched to by
-    default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``)."""
+    default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``;
+    a time-matched baseline with a run in the comparison's directory keeps that run's width: ``_trained_width``)."""
     stock = stock_ffn(base_run_config(cfg))  # the stock model's own FFN: every width is matched to it
     d, reference = stock.d_model, STOCK_LABELS.get(stock.name, f"stock {stock.name}")
     arms = []
@@ -179,7 +180,7 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
                 if target == "flops":
                     h = match_hidden(base_ffn, d, target="flops", reference=kan.ffn_flops, **kw)
                 else:
-                    h = _match_time(base_ffn, kw, step_time(kan.ffn), step_time, d)
+                    h = _time_matched_width(cfg, base_ffn, kw, kan, step_time, d, log or print)
                 same = next((a for a in arms if a.role == "baseline" and a.ffn["name"] == base_ffn and a.hidden == h),
                             None)
                 if same is not None:  # e.g. the FLOPs-matched width equals the parameter-matched one: train it once
@@ -193,6 +194,35 @@ def plan_arms(cfg: CompareConfig, *, step_time=None) -> list[Arm]:
     if clash:
         raise ValueError(f"arms {clash} would share a run directory: rename the KAN arm(s)")
     return arms
+
+
+def _time_matched_width(cfg: CompareConfig, name: str, kw: dict[str, Any], kan: Arm, step_time, d: int,
+                        log) -> int:
+    """The width of FFN ``name`` whose training step takes ``kan``'s: its runs' own where it has some, else measured
+    (``_match_time``), and logged with the two step times."""
+    arm = f"{name}@time={kan.name}"
+    h = _trained_width(cfg, arm)
+    if h is not None:
+        log(f"{arm}: width {h}, as its runs trained (not timed again)")
+        return h
+    target = step_time(kan.ffn)
+    h = _match_time(name, kw, target, step_time, d)
+    got = step_time({"name": name, "match": None, "hidden": h, "kwargs": kw})
+    log(f"{arm}: width {h}, its training step {got * 1e3:.1f} ms against {kan.name}'s {target * 1e3:.1f} ms")
+    return h
+
+
+def _trained_width(cfg: CompareConfig, name: str) -> int | None:
+    """The width of a time-matched baseline ``name`` where a run of it (any seed) is in the comparison's directory: an
+    interrupted or repeated comparison goes on at that width. Timed again, the width would move with the machine's
+    noise, and the run directory, holding a run of another width, would be an error (``config.check_reusable``)."""
+    for seed in cfg.seeds:
+        path = cfg.root / "runs" / f"{_slug(name)}-s{seed}" / "config.yaml"
+        if path.is_file():
+            hidden = ((read_yaml(path.read_text()) or {}).get("ffn") or {}).get("hidden")
+            if isinstance(hidden, int) and hidden > 0:
+                return hidden
+    return None
 
 
 def _match_time(name: str, kw: dict[str, Any], target_s: float, step_time, d: int) -> int:
@@ -225,7 +255,7 @@ def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> 
     from ..train import train
 
     step_time = _step_timer(cfg) if "time" in cfg.baselines.match else None
-    arms = plan_arms(cfg, step_time=step_time)
+    arms = plan_arms(cfg, step_time=step_time, log=log)
     cfg.root.mkdir(parents=True, exist_ok=True)
     log(f"comparison {cfg.name}: {len(arms)} arms x {len(cfg.seeds)} seed(s) -> {cfg.root}")
     results: dict[str, list[dict[str, Any]]] = {}
