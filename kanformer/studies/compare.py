@@ -341,7 +341,9 @@ def _step_timer(cfg: CompareConfig):
             task, b = task_for(run_cfg), run_cfg.train.batch_size
             t = task.seq_len(run_cfg.model)
             batch = task.random_batch(run_cfg.model, vocab, b, torch.Generator().manual_seed(0))
-            cache[key] = measure_training(model, lambda: batch, b * t, steps=3, warmup=1)["train_step_s"]
+            # the steps alone (no memory or FFN-share passes, which this width's choice never reads)
+            cache[key] = measure_training(model, lambda: batch, b * t, steps=5, warmup=1,
+                                          details=False)["train_step_s"]
         return cache[key]
 
     return step_time
