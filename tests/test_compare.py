@@ -221,6 +221,23 @@ def test_time_matched_baseline_is_planned_from_measured_steps(tmp_path):
     assert again.hidden == again.ffn["hidden"] == kept.hidden and "not timed again" in logs[-1]
 
 
+def test_time_matched_widths_are_timed_in_turns_with_the_stock_model_so_a_drift_cancels():
+    """A machine slowing by 10 % a turn: timed one after the other, the second of two models read 1.1x slower per
+    turn between them; in turns, every other round reversed, the median ratio is the true one within 1 %."""
+    from kanformer.studies.time_match import in_turns
+
+    speed = [1.0]
+
+    def turn(cost):
+        def run():
+            speed[0] *= 1.1
+            return cost * speed[0]
+        return run
+
+    ratio, anchors = in_turns(turn(1.0), turn(2.0), rounds=6)
+    assert ratio == pytest.approx(2.0, rel=0.01) and len(anchors) == 6 and anchors[-1] > 2 * anchors[0]
+
+
 def test_tiny_vit_compare(tmp_path):
     path = tmp_path / "vit.yaml"
     path.write_text(f"""

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, _build, check_reusable, load_yaml_config, read_yaml, run_config_from
+from ..config import RunConfig, _build, check_reusable, load_yaml_config, run_config_from
 from ..layers.budget import ffn_flops, ffn_params, match_hidden
 from ..layers.registry import check_positive_int
-from ..tasks import StockFFN, stock_ffn, task_for
+from ..tasks import StockFFN, stock_ffn
+from .time_match import WIDEST, StepTimer, match_width, trained_width
 
 BASELINE_MATCHES = ("params", "flops", "time")
 STOCK_LABELS = {"mlp": "stock MLP", "swiglu": "stock SwiGLU"}  # what arms matched to the stock FFN say they match
@@ -154,7 +155,8 @@ def _resolve_hidden(ffn: dict[str, Any], stock: StockFFN) -> int:
 def plan_arms(cfg: CompareConfig, *, step_time=None, log=None) -> list[Arm]:
     """KAN arms as given, then baselines matched by params (to the stock MLP, which every KAN arm is matched to by
     default), by FLOPs per token (one per KAN arm) and, on request, by measured step time (``step_time(ffn) -> s``;
-    a time-matched baseline with a run in the comparison's directory keeps that run's width: ``_trained_width``)."""
+    a time-matched baseline with a run in the comparison's directory keeps that run's width:
+    ``time_match.trained_width``)."""
     stock = stock_ffn(base_run_config(cfg))  # the stock model's own FFN: every width is matched to it
     d, reference = stock.d_model, STOCK_LABELS.get(stock.name, f"stock {stock.name}")
     arms = []
@@ -199,44 +201,19 @@ def plan_arms(cfg: CompareConfig, *, step_time=None, log=None) -> list[Arm]:
 def _time_matched_width(cfg: CompareConfig, name: str, kw: dict[str, Any], kan: Arm, step_time, d: int,
                         log) -> int:
     """The width of FFN ``name`` whose training step takes ``kan``'s: its runs' own where it has some, else measured
-    (``_match_time``), and logged with the two step times."""
+    (studies/time_match.py), and logged with the two step times."""
     arm = f"{name}@time={kan.name}"
-    h = _trained_width(cfg, arm)
+    h = trained_width(cfg.root / "runs", _slug(arm), cfg.seeds)
     if h is not None:
         log(f"{arm}: width {h}, as its runs trained (not timed again)")
         return h
     target = step_time(kan.ffn)
-    h = _match_time(name, kw, target, step_time, d)
+    h = match_width(name, kw, target, step_time, d)
     got = step_time({"name": name, "match": None, "hidden": h, "kwargs": kw})
-    log(f"{arm}: width {h}, its training step {got * 1e3:.1f} ms against {kan.name}'s {target * 1e3:.1f} ms")
+    capped = "" if got >= target else (f": still faster at the widest width tried ({WIDEST} x d_model), so not "
+                                       "time-matched (at this model size the step's fixed costs outweigh the width)")
+    log(f"{arm}: width {h}, its training step {got * 1e3:.1f} ms against {kan.name}'s {target * 1e3:.1f} ms{capped}")
     return h
-
-
-def _trained_width(cfg: CompareConfig, name: str) -> int | None:
-    """The width of a time-matched baseline ``name`` where a run of it (any seed) is in the comparison's directory: an
-    interrupted or repeated comparison goes on at that width. Timed again, the width would move with the machine's
-    noise, and the run directory, holding a run of another width, would be an error (``config.check_reusable``)."""
-    for seed in cfg.seeds:
-        path = cfg.root / "runs" / f"{_slug(name)}-s{seed}" / "config.yaml"
-        if path.is_file():
-            hidden = ((read_yaml(path.read_text()) or {}).get("ffn") or {}).get("hidden")
-            if isinstance(hidden, int) and hidden > 0:
-                return hidden
-    return None
-
-
-def _match_time(name: str, kw: dict[str, Any], target_s: float, step_time, d: int) -> int:
-    """Bisection on the width whose measured training step takes ``target_s`` (time grows with width)."""
-    lo, hi = 1, 4 * d
-    while step_time({"name": name, "match": None, "hidden": hi, "kwargs": kw}) < target_s and hi < 64 * d:
-        lo, hi = hi, hi * 2
-    for _ in range(8):
-        if hi - lo <= max(1, d // 32):
-            break
-        mid = (lo + hi) // 2
-        t = step_time({"name": name, "match": None, "hidden": mid, "kwargs": kw})
-        lo, hi = (mid, hi) if t < target_s else (lo, mid)
-    return hi
 
 
 # -- running ----------------------------------------------------------------------------------------------------
@@ -322,31 +299,10 @@ def extra_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _step_timer(cfg: CompareConfig):
-    """Measured seconds of one training step of the base model with a given FFN (for time-matched baselines)."""
-    import torch
-
-    from ..evaluation.metrics import measure_training
-    from ..train.model_factory import build_model
-
-    base = base_run_config(cfg)
-    vocab = base.data.vocab_size
-    cache: dict[str, float] = {}
-
-    def step_time(ffn: dict[str, Any]) -> float:
-        key = json.dumps(ffn, sort_keys=True)
-        if key not in cache:
-            run_cfg = base_run_config(cfg, ffn=ffn)
-            model, _ = build_model(run_cfg, vocab_size=vocab, eos_token_id=0, labels=[str(i) for i in range(10)])
-            task, b = task_for(run_cfg), run_cfg.train.batch_size
-            t = task.seq_len(run_cfg.model)
-            batch = task.random_batch(run_cfg.model, vocab, b, torch.Generator().manual_seed(0))
-            # the steps alone (no memory or FFN-share passes, which this width's choice never reads)
-            cache[key] = measure_training(model, lambda: batch, b * t, steps=5, warmup=1,
-                                          details=False)["train_step_s"]
-        return cache[key]
-
-    return step_time
+def _step_timer(cfg: CompareConfig) -> StepTimer:
+    """Seconds of one training step of the base model with a given FFN, timed in turns with the stock model
+    (studies/time_match.py), for time-matched baselines."""
+    return StepTimer(lambda ffn: base_run_config(cfg) if ffn is None else base_run_config(cfg, ffn=ffn))
 
 
 # -- summarising ------------------------------------------------------------------------------------------------
