@@ -3,9 +3,11 @@
 Each candidate model is timed as its run would train (device, kernel path, mixed precision, ``train.compile``,
 AdamW, CPU allocator: studies/speed.py's set-up), in turns with the stock model (the anchor): its step time is the
 median of its same-round ratios to the anchor times the anchor's own step time as first measured. Timed one after the
-other, a machine's drift between the KAN arm's timing and a width's moved the width: a debug GPT-2's B-spline arm read
-22.3 ms a step in one process and 8.4 ms in the next, and the planned MLP widths 896, 1648 and 1700 in three
-processes. A comparison run again keeps the width its runs trained at (:func:`trained_width`).
+other, a machine's drift between the KAN arm's timing and a width's moved the width (2-core Zen 5, debug GPT-2,
+B-spline arm: its step read 22.3 ms in one process and 8.4 ms in the next; timed for about a second each, the planned
+MLP widths read 896, 1648 and 1700 in three processes; in turns 2044, 2048 and 2048, where 2048 is the widest tried;
+at the demo's size, d 128, in turns 660 and 644 in two). A comparison run again keeps the width its runs trained at
+(:func:`trained_width`).
 """
 
 from __future__ import annotations
