@@ -148,7 +148,7 @@ def _turn(final: Path, cfg: RunConfig, device: torch.device, task: Task, r: int,
     images = {} if task.text else {"channels": getattr(model.config, "num_channels", 1)}
     batch = batch_to_device(task.random_batch(m, vocab, batch_size, torch.Generator().manual_seed(r), **images),
                             device)
-    with _precision(cfg, device):
+    with run_precision(cfg, device):
         trained = measure_training(compile_for_training(model, t.compile), lambda b=batch: b, batch_size * seq,
                                    steps=steps, warmup=2 if r == 0 else 1, adamw=t.adamw, details=False)
         times["train"].append(trained["train_tokens_per_s"])
@@ -175,7 +175,7 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _precision(cfg: RunConfig, device: torch.device) -> contextlib.ExitStack:
+def run_precision(cfg: RunConfig, device: torch.device) -> contextlib.ExitStack:
     """The run's mixed precision, as its training took it (on a CPU without native products for it, widened)."""
     dtype = MIXED_PRECISION_DTYPES.get(cfg.train.mixed_precision)
     stack = contextlib.ExitStack()

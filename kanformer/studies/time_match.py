@@ -31,7 +31,7 @@ from ..tasks import task_for
 from ..train.allocator import configure as configure_malloc
 from ..train.model_factory import build_model, compile_for_training
 from ..train.optim import adamw as build_adamw
-from .speed import _precision
+from .speed import run_precision
 
 WIDEST = 64  # a time-matched width is sought up to this many times d_model
 
@@ -98,7 +98,7 @@ class StepTimer:
         opt = build_adamw(model.parameters(), impl=t.adamw, lr=1e-4)
 
         def step() -> None:
-            with _precision(cfg, self.device):
+            with run_precision(cfg, self.device):
                 trained(**batch).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
