@@ -1123,7 +1123,9 @@ def test_wavelet_tail_is_cut_to_zero_before_subnormals():
     """The wavelet's Gaussian factor is exact inside 10 scales of its translation and exactly zero beyond, on the
     reference, lean and compiled per-function forms alike: no value or slope, nor its product with a gradient of
     1e-10, is an fp32 subnormal (the compiled loops' clamped exponential left ~1e-38 there, and such products took
-    microcode assists)."""
+    microcode assists). There the exponential is unclamped: its argument out of range only where the cut drops it."""
+    from torch._inductor.utils import run_and_get_code
+
     basis = KANLinear(D, H, "wavelet").basis
     x = torch.linspace(-12, 12, 2000 * D).view(-1, D)  # with the initial scales (4/7), beyond 20 scales out
     state = basis.fused_state()
@@ -1133,7 +1135,9 @@ def test_wavelet_tail_is_cut_to_zero_before_subnormals():
 
     u = (x.double().unsqueeze(-1) - basis.translation.double()) * torch.exp(-basis.log_scale.double())  # (N, I, W)
     expected = torch.where(u * u > 100, 0.0, (1 - u * u) * torch.exp(-0.5 * u * u))
-    values, slopes = torch.compile(per_function)(x)  # the fused loops' form, inline exp
+    (values, slopes), code = run_and_get_code(torch.compile(per_function), x)  # the fused loops' form, inline exp
+    source = "".join(code)  # its exponential unclamped: the cut drops every value whose argument is out of range
+    assert "<<" in source and "maximum" not in source and "minimum" not in source
     forms = {"reference": basis(x), "lean": basis.lean_features(x).transpose(1, 2), "per-function": per_function(x)[0],
              "compiled per-function": values}
     tiny = torch.finfo(torch.float32).tiny

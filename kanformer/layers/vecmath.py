@@ -8,17 +8,19 @@ CPU) took 0.93 - 1.19 ms as generated and 0.43 - 0.51 ms with its one sigmoid ta
 1.45 - 1.82 ms, and 0.87 - 0.91 ms with the three in an inline form like this one (a degree-6 polynomial, the same
 exponent bits). In the FFN step: docs/speed_history.md, the paragraph marked ¶.
 
-``loop_exp`` is Cephes' ``expf``: x = k ln2 + r (ln2 in two parts, Cody-Waite), a degree-7 polynomial in r, and
-2^k made in the exponent bits. At most 0.99 ulp from the exact exponential over 5 million points of [-87.3, 88]
-(torch.exp: 0.56; the test bounds it); inputs are clamped to that range, so results below ~1.2e-38 are that value
-instead of 0 or a subnormal, and above e^88 (~1.7e38) that value instead of inf (NaN stays NaN). Everywhere else
+``loop_exp`` is Cephes' ``expf``: x = k ln2 + r (k the nearest integer to x / ln2, ln2 in two parts, Cody-Waite), a
+degree-7 polynomial in r, and 2^k made in the exponent bits. At most 0.99 ulp from the exact exponential over 5
+million points of [-87.3, 88] (torch.exp: 0.56; the test bounds it); inputs are clamped to that range, so results below
+~1.2e-38 are that value instead of 0 or a subnormal, and above e^88 (~1.7e38) that value instead of inf (NaN stays
+NaN). Everywhere else
 (eager, another device, another dtype, the reference path) these are torch's own. The polynomial's inner degree-5
 part is evaluated by Estrin's scheme (0.993 ulp at most over those points; Horner's, 0.982): a shorter chain of
 dependent operations in the loops that take it. The FFN step x the MLP's, 2-core Zen 5, a probe timing both in one
 process, pairs of processes: RBF at d 384 bf16 1.117 / 1.079 / 1.115 / 1.136 / 1.144 against Horner's 1.131 / 1.143
 / 1.138 / 1.137 / 1.142 (the B-spline level: medians 1.058 and 1.059); d 384 fp32, two pairs, B-spline 0.967 / 0.957
 against 1.004 / 1.039, RBF 0.982 / 1.012 against 1.026 / 1.020: small, and in this machine's noise, but not
-against it.
+against it. k is rounded by one instruction (``round``; ``floor(x / ln2 + 1/2)`` took an addition and a floor, and
+differs only at halves, where either r is in the polynomial's range): the wavelet's forward loop (wavelet.py) 0.97x.
 
 ``loop_tanh`` is Cephes' ``tanhf``: for |x| > 0.625, (1 - e^(-2|x|)) / (1 + e^(-2|x|)) with the sign of x
 (``loop_exp``), else an odd polynomial of degree 11. Within 9e-8 of the exact value over 2 million points of [-12,
@@ -59,7 +61,7 @@ def loop_exp(x: torch.Tensor, bounded: bool = False) -> torch.Tensor:
         return torch.exp(x)
     if not bounded:
         x = x.clamp(_LO, _HI)
-    k = torch.floor(x * _LOG2E + 0.5)
+    k = torch.round(x * _LOG2E)  # the nearest integer: one rounding instruction, as floor(x log2(e) + 1/2) is two
     r = x - k * _LN2_HI - k * _LN2_LO
     # the polynomial by Estrin's scheme, in pairs of terms, not Horner's one term after another: its chain of dependent
     # operations is 6 deep rather than 10 (the loops' compiler forms no multiply-adds and keeps the order as written)
