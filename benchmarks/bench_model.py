@@ -18,7 +18,8 @@ and out-of-range inputs, and a compiled model's path (torch.compile of B-spline,
 wavelet's as the graph's operator); the FFN benchmark at d_model 768, 16k tokens, bf16 autocast for each KAN path; this
 benchmark on GPT-2 small (12 x 768, 4 x 1024 tokens, bf16) for each path, eager, compiled, and compiled with CUDA
 graphs (``--compile-mode reduce-overhead``, every arm alike: where the host's launches rather than the GPU set a step's
-time, as they did for the eager KAN FFNs on the H200); the targets evaluated; one JSON.
+time, as they did for the eager KAN FFNs on the H200); the trainer's exact resume, and ``kanformer compare``'s
+time-matched baseline planned on the GPU (stage ``time_match``); the targets evaluated; one JSON.
 """
 
 from __future__ import annotations
@@ -391,8 +392,11 @@ def check_evaluation_choices(device: torch.device, ffn_shape: dict[str, int], na
 # synchronising operations a step makes
 # ffn_graphed: the FFN step of the MLP and each of GPU_TARGETS replayed as CUDA graphs (bench_ffn --cuda-graphs)
 # beside the plain step: what the kernels cost once the host's launches are gone
-GPU_STAGES = ("correctness", "train", "ffn", "model", "generate", "ffn_options", "ffn_graphed", "model_compiled",
-              "model_cudagraphs", "profile", "evaluation_auto")
+GPU_STAGES = ("correctness", "train", "time_match", "ffn", "model", "generate", "ffn_options", "ffn_graphed",
+              "model_compiled", "model_cudagraphs", "profile", "evaluation_auto")
+# the GPT-2 a time-matched baseline is planned for on a GPU (stage time_match; a CPU: the debug preset's): 16 x 256
+# tokens a step, wide enough that a step's time grows with the FFN's width there
+GPU_TIME_MATCH_MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 4, "block_size": 256}
 GPU_COMPILE_OPTIONS = ({"cpp_wrapper": True}, {"triton.cudagraphs": True})
 GPU_OPTION_FFNS = ["bspline", "rbf"]
 # torch.compile's modes the benchmark offers: reduce-overhead adds CUDA graphs (a CPU's graphs run as in default)
@@ -562,6 +566,15 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
         out["train"] = check_training(device)
         print(json.dumps({k: v for k, v in out["train"].items() if k != "losses"}), flush=True)
 
+    def time_matching() -> None:
+        from benchmarks.check_training import check_time_matching
+
+        gpu = device.type == "cuda"
+        out["time_match"] = check_time_matching(device, model=GPU_TIME_MATCH_MODEL if gpu else None,
+                                                batch_size=16 if gpu else 8,
+                                                kernel=None if "auto" in fast else order[0])  # as a run trains
+        print(json.dumps({k: v for k, v in out["time_match"].items() if k != "log"}), flush=True)
+
     def evaluation() -> None:  # last: it forgets this process's choices
         out["evaluation_auto"] = check_evaluation_choices(device, ffn_shape, GPU_TARGETS, evaluation_timeout_s)
         print(json.dumps({k: v and {"path": v["path"], "times_ms": v["times_ms"]}
@@ -569,6 +582,7 @@ def all_checks(args: argparse.Namespace, device: torch.device, ffn_shape: dict[s
 
     stage("correctness/paths", lambda: correctness(tuple(fast), ()))
     stage("train", training)
+    stage("time_match", time_matching)
     for mode in ("reference", *order):
         stage(f"ffn/{mode}", lambda mode=mode: ffn(mode))
     for mode in order:
@@ -660,7 +674,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --gpu: only these kinds of check, in their usual order (default: all; e.g. --gpu-stages "
                    "model for the whole-model benchmark alone, generate for the models' generation tokens/s, "
                    "model_compiled for it compiled whole, "
-                   "model_cudagraphs for it compiled with CUDA graphs, profile for where the FFN step's time goes)")
+                   "model_cudagraphs for it compiled with CUDA graphs, profile for where the FFN step's time goes, "
+                   "time_match for compare's time-matched baseline planned on the device)")
     p.add_argument("--gpu-kernels", nargs="+", choices=["auto", "lean", "fused", "triton"],
                    help="with --gpu: only these KAN paths (default: auto, lean, fused, and triton where it runs)")
     p.add_argument("--gpu-budget-s", type=float, metavar="S",

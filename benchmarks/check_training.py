@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,43 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
     out["ok"] = bool(out["finished"] and out["resume_max_abs_diff"] is not None
                      and out["resume_max_abs_diff"] <= tolerance and a[-1] < a[0])
     return out
+
+
+def check_time_matching(device: torch.device, ffn: str = "bspline", baseline: str = "mlp",
+                        model: dict[str, Any] | None = None, batch_size: int = 8, *, kernel: str | None = None,
+                        rounds: int = 3, turn_s: float = 0.05) -> dict[str, Any]:
+    """``kanformer compare``'s time-matched baseline planned on ``device`` (studies/time_match.py), as a comparison
+    with ``baselines.match: [time]`` plans it before training: the width of a ``baseline`` FFN whose training step
+    takes the ``ffn`` arm's time, the GPT-2 of the debug preset with ``model``'s settings over it, each width timed in
+    ``rounds`` turns of about ``turn_s`` with the stock model (run precision: bf16 on CUDA, as a GPU run trains;
+    ``kernel``: ``train.kernel``, default the run's ``auto``).
+    Returns the width, both step times, the widths timed, the seconds the planning took and its log; ``capped``: no
+    width up to ``time_match.WIDEST`` x d_model was as slow (a step of fixed costs, where the width weighs little)."""
+    from kanformer.studies import compare
+    from kanformer.studies.time_match import WIDEST
+
+    precision = "bf16" if device.type == "cuda" else "no"
+    base = {"preset": "debug", "model": dict(model or {}),
+            "train": {"batch_size": batch_size, "mixed_precision": precision,
+                      **({"kernel": kernel} if kernel else {})}, "log": {"wandb": "disabled"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "time.yaml"
+        path.write_text(json.dumps({"name": "time", "out_dir": tmp, "base": base, "seeds": [0],
+                                    "arms": [{"name": ffn, "ffn": {"name": ffn}}],
+                                    "baselines": {"ffns": [baseline], "match": ["time"]}}))
+        cfg = compare.load_compare_config(path)
+        timer, logs = compare.step_timer(cfg, rounds=rounds, turn_s=turn_s, device=device), []
+        t0 = time.perf_counter()
+        arms = compare.plan_arms(cfg, step_time=timer, log=logs.append)
+        seconds = time.perf_counter() - t0
+    kan, matched = arms[0], next(a for a in arms if a.role == "baseline")
+    kan_s, matched_s = timer(kan.ffn), timer(matched.ffn)
+    d = compare.stock_ffn(compare.base_run_config(cfg)).d_model
+    return {"device": str(device), "mixed_precision": precision, "kernel": kernel or "auto", "ffn": ffn,
+            "baseline": baseline, "d_model": d,
+            "width": matched.hidden, "kan_step_ms": kan_s * 1e3, "baseline_step_ms": matched_s * 1e3,
+            "capped": matched_s < kan_s and matched.hidden >= WIDEST * d, "widths_timed": len(timer.cache),
+            "seconds": seconds, "log": logs}
 
 
 def main(argv: list[str] | None = None) -> None:

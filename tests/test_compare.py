@@ -204,7 +204,7 @@ def test_time_matched_baseline_is_planned_from_measured_steps(tmp_path):
     (baseline,) = [a for a in plan_arms(cfg, step_time=step_time) if a.role == "baseline"]
     assert baseline.name == "mlp@time=bspline" and baseline.ffn["hidden"] == baseline.hidden
     assert kan_s <= step_time(baseline.ffn) < 1.01 * kan_s, baseline.hidden  # the first width at least as slow
-    timer, measured = compare._step_timer(cfg), []
+    timer, measured = compare.step_timer(cfg), []
     arms = plan_arms(cfg, step_time=lambda ffn: measured.append(ffn) or timer(ffn))
     (baseline,) = [a for a in arms if a.role == "baseline"]
     assert baseline.name == "mlp@time=bspline" and baseline.hidden >= 1

@@ -758,6 +758,14 @@ def test_the_gpu_check_script_runs_end_to_end_on_tiny_cpu_shapes():
     assert all(r["syncs"] is None for r in out["correctness"])  # counted on CUDA only
     # the trainer trained, resumed exactly; its synchronisations are counted on CUDA only
     assert out["train"]["ok"] and out["train"]["resume_max_abs_diff"] == 0 and "syncs_per_step" not in out["train"]
+    # compare's time-matched MLP planned on the device: a width, both steps timed on it (the debug GPT-2's steps are
+    # mostly fixed costs, so the width may be capped, and the log says so)
+    tm = out["time_match"]
+    assert tm["device"] == "cpu" and tm["kernel"] == "lean" and tm["width"] >= 1
+    assert tm["kan_step_ms"] > 0 and tm["baseline_step_ms"] > 0
+    assert tm["widths_timed"] >= 2 and len(tm["log"]) == 1
+    assert tm["log"][0].startswith(f"mlp@time=bspline: width {tm['width']},")
+    assert tm["capped"] == ("not time-matched" in tm["log"][0])
     # CUDA graphs need CUDA: each FFN's row says so, and the stage is no error
     graphed = out["ffn_graphed"]["rows"]
     assert [r["ffn"] for r in graphed] == ["mlp", *bench_model.GPU_TARGETS] and "ffn_graphed" not in out["errors"]

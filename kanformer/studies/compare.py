@@ -231,7 +231,7 @@ def run_compare(cfg: CompareConfig, *, report_only: bool = False, log=print) -> 
     from ..evaluation.validation import evaluate_checkpoint
     from ..train import train
 
-    step_time = _step_timer(cfg) if "time" in cfg.baselines.match else None
+    step_time = step_timer(cfg) if "time" in cfg.baselines.match else None
     arms = plan_arms(cfg, step_time=step_time, log=log)
     cfg.root.mkdir(parents=True, exist_ok=True)
     log(f"comparison {cfg.name}: {len(arms)} arms x {len(cfg.seeds)} seed(s) -> {cfg.root}")
@@ -299,10 +299,10 @@ def extra_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _step_timer(cfg: CompareConfig) -> StepTimer:
+def step_timer(cfg: CompareConfig, **timing: Any) -> StepTimer:
     """Seconds of one training step of the base model with a given FFN, timed in turns with the stock model
-    (studies/time_match.py), for time-matched baselines."""
-    return StepTimer(lambda ffn: base_run_config(cfg) if ffn is None else base_run_config(cfg, ffn=ffn))
+    (studies/time_match.py), for time-matched baselines; ``timing``: StepTimer's rounds, turn_s and device."""
+    return StepTimer(lambda ffn: base_run_config(cfg) if ffn is None else base_run_config(cfg, ffn=ffn), **timing)
 
 
 # -- summarising ------------------------------------------------------------------------------------------------

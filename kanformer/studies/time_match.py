@@ -52,13 +52,14 @@ def in_turns(anchor: Callable[[], float], candidate: Callable[[], float], rounds
 class StepTimer:
     """``timer(ffn)``: seconds of one training step of the run ``config_for(ffn)`` (``ffn``: an FFNConfig's fields;
     None: the stock model's own FFN), in turns with the stock model; ``rounds`` turns each, each turn about
-    ``turn_s`` of steps."""
+    ``turn_s`` of steps; on ``device`` (default: where the runs train)."""
 
     def __init__(self, config_for: Callable[[dict[str, Any] | None], RunConfig], *, rounds: int = 5,
-                 turn_s: float = 0.1) -> None:
+                 turn_s: float = 0.1, device: torch.device | None = None) -> None:
         self.config_for, self.rounds, self.turn_s = config_for, rounds, turn_s
         self.cfg = config_for(None)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # where the runs train: a GPU where there is one (as the trainer's accelerate picks)
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cache: dict[str, float] = {}
         self.anchor: Callable[[], float] | None = None
         self.anchor_s = 0.0
