@@ -908,6 +908,9 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
     monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [
         {"ffn": "rbf", "mode": "compiled" if compiled else modes[0], "ok": True}])
     monkeypatch.setattr(check_training, "check_training", lambda device: {"ok": True, "losses": [2.0, 1.0]})
+    matched = []
+    monkeypatch.setattr(check_training, "check_time_matching",
+                        lambda device, **kw: matched.append(kw) or {"width": 512, "log": []})
     monkeypatch.setattr(bench_ffn, "run", fake_ffn)
     monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
     monkeypatch.setattr(bench_model, "run_model_bench", broken_model)
@@ -915,11 +918,13 @@ def test_the_gpu_checks_record_a_failing_stage_run_the_rest_and_save_after_each(
                                  modes=("lean", "fused"), compiled=("rbf",),
                                  save=lambda r: saved.append(json.loads(json.dumps(r))))
     # eager paths first, then the ones that compile; every stage saved once, in that order
-    assert list(out["stage_seconds"]) == ["correctness/paths", "train", "ffn/reference", "ffn/lean", "ffn/fused",
-                                          "model/lean", "model/fused", "generate", "ffn_options", "ffn_graphed",
-                                          "correctness/compiled"]
-    assert len(saved) == 11 and set(saved[2]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
+    assert list(out["stage_seconds"]) == ["correctness/paths", "train", "time_match", "ffn/reference", "ffn/lean",
+                                          "ffn/fused", "model/lean", "model/fused", "generate", "ffn_options",
+                                          "ffn_graphed", "correctness/compiled"]
+    assert len(saved) == 12 and set(saved[3]["ffn"]) == {"reference"} and saved[-1]["errors"] == out["errors"]
     assert out["train"] == {"ok": True, "losses": [2.0, 1.0]}  # the trainer's check, early: it compiles nothing
+    # compare's time matching on the first path checked where auto is not (a pinned lean compiles nothing)
+    assert out["time_match"]["width"] == 512 and matched == [{"model": None, "batch_size": 8, "kernel": "lean"}]
     # the fused step under each set of compiler options the GPU's host may want, of the FFNs named for it, apart
     assert timed[-2] == (bench_model.GPU_OPTION_FFNS, list(bench_model.GPU_COMPILE_OPTIONS), False)
     assert timed[:-2] == [(None, [], False)] * 3 and "rows" in out["ffn_options"]
@@ -1000,6 +1005,7 @@ def test_the_gpu_checks_keep_their_time_budget_and_still_write_the_targets(monke
 
     monkeypatch.setattr(bench_model, "check_fast_paths", lambda device, modes, compiled, rows: [])
     monkeypatch.setattr(check_training, "check_training", lambda device: {"ok": True})
+    monkeypatch.setattr(check_training, "check_time_matching", lambda device, **kw: {"width": 512})
     monkeypatch.setattr(bench_ffn, "run", ffn)
     monkeypatch.setattr(bench_ffn, "format_table", lambda res: "")
     monkeypatch.setattr(bench_model, "run_model_bench", model)
