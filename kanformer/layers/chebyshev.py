@@ -14,38 +14,20 @@ from typing import Any
 
 import torch
 
-from .kan import KANFFN, TANH_SATURATION, Basis, register_basis
+from .kan import KANFFN, TanhPolynomialBasis, register_basis
 from .registry import check_positive_int, register_ffn
 from .vecmath import loop_tanh
 
 
 @register_basis("chebyshev")
-class ChebyshevBasis(Basis):
-    lean_paddable = True
-    lean_grad_always = True
-    default_base = False
-
+class ChebyshevBasis(TanhPolynomialBasis):
     def __init__(self, in_features: int, *, degree: int = 4) -> None:
         super().__init__(in_features)
         self.degree = check_positive_int("degree", degree, minimum=0)
 
     @classmethod
-    def n_basis_for(cls, *, degree: int, **_: Any) -> int:
-        return degree + 1
-
-    @classmethod
     def flops_per_element(cls, *, degree: int, **_: Any) -> int:
         return 1 + 3 * max(degree - 1, 0)  # tanh; then 2*t*T_{n-1} - T_{n-2}: 2 mul + 1 sub per n >= 2
-
-    @property
-    def n_basis(self) -> int:
-        return self.degree + 1
-
-    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._polynomials(torch.tanh(x)), dim=-1)  # (N, I, D+1)
 
     def _polynomials(self, t: torch.Tensor) -> list[torch.Tensor]:
         """T_0(t) .. T_degree(t) by the recurrence T_d = 2t T_{d-1} - T_{d-2}."""
@@ -66,9 +48,6 @@ class ChebyshevBasis(Basis):
         for d in range(2, self.degree + 1):  # slice assignment, not out= (which torch.compile cannot trace)
             out[:, d] = t2 * out[:, d - 1] - out[:, d - 2]
         return out
-
-    def fused_state(self) -> tuple[torch.Tensor, ...]:
-        return ()
 
     def fused_terms(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(T_d(t), d/dx T_d(t)) for d = 0..degree, t = tanh(x), T_d' = d U_{d-1}: both recurrences in one pass, so

@@ -20,9 +20,10 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .compile_options import get_compile_options
-from .dispatch import _global_hooks, _hooked, _kernel_fn, few_tokens_compiled, path_state, per_token
+from .dispatch import _global_hooks, _hooked, _kernel_fn, few_tokens_compiled, path_state, per_token, tuned_call
 from .gemm import mm
 from .lean import _channel_tables, _features, _low, _pre, _silu, _terms, node_products
+from .registry import FFN
 
 if TYPE_CHECKING:
     from .lean_ffn import Plan
@@ -302,3 +303,15 @@ def recall(ffn: Any, x: torch.Tensor, call: Callable[[torch.Tensor], torch.Tenso
         _RECALLED[ffn] = _Recall(state, get_compile_options(), modules, members, tensors, _versions(tensors),
                                  *served[2:])
     return y
+
+
+class PathFFN(FFN):
+    """An FFN whose calls take the kit's paths: a generation step's call as the one before it where it can be (the
+    kept call, :func:`recall`), else ``auto``'s choice for this FFN (``dispatch.tuned_call``) of the subclass's own
+    ``_forward``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return recall(self, x, self._call)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return tuned_call(self, x, self._forward)

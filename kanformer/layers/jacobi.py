@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .kan import KANFFN, TANH_SATURATION, Basis, register_basis
+from .kan import KANFFN, TanhPolynomialBasis, register_basis
 from .registry import check_positive_int, register_ffn
 from .vecmath import loop_tanh
 
@@ -35,11 +35,7 @@ def jacobi_recurrence(degree: int, alpha: float, beta: float) -> list[tuple[floa
 
 
 @register_basis("jacobi")
-class JacobiBasis(Basis):
-    lean_paddable = True
-    lean_grad_always = True
-    default_base = False
-
+class JacobiBasis(TanhPolynomialBasis):
     def __init__(self, in_features: int, *, degree: int = 4, alpha: float = 1.0, beta: float = 1.0) -> None:
         super().__init__(in_features)
         self.degree = check_positive_int("degree", degree, minimum=0)
@@ -50,23 +46,9 @@ class JacobiBasis(Basis):
         self._recurrence = jacobi_recurrence(degree, self.alpha, self.beta)
 
     @classmethod
-    def n_basis_for(cls, *, degree: int, **_: Any) -> int:
-        return degree + 1
-
-    @classmethod
     def flops_per_element(cls, *, degree: int, **_: Any) -> int:
         # tanh; P_1: 1 mul + 1 add; each n >= 2: (A t + B) P_{n-1} - C P_{n-2}: 3 mul, 1 add, 1 sub
         return 1 + (2 if degree >= 1 else 0) + 5 * max(degree - 1, 0)
-
-    @property
-    def n_basis(self) -> int:
-        return self.degree + 1
-
-    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._polynomials(torch.tanh(x)), dim=-1)  # (N, I, D+1)
 
     def _polynomials(self, t: torch.Tensor) -> list[torch.Tensor]:
         """P_0(t) .. P_degree(t) by the three-term recurrence."""
@@ -90,9 +72,6 @@ class JacobiBasis(Basis):
         for n, (A, B, C) in enumerate(self._recurrence, start=2):
             out[:, n] = (A * t + B) * out[:, n - 1] - C * out[:, n - 2]
         return out
-
-    def fused_state(self) -> tuple[torch.Tensor, ...]:
-        return ()
 
     def fused_terms(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(P_n(t), d/dx P_n(t)) for n = 0..degree, t = tanh(x): both recurrences (``lean_features``' and

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .dispatch import scoped_kernel, tuned_call, use_lean
-from .few_tokens import recall
+from .dispatch import scoped_kernel, use_lean
+from .few_tokens import PathFFN
 from .flops import SILU_FLOPS, linear_flops
 from .lean import lean_kan_linear
 from .lean_ffn import lean_kan_ffn
 from .lean_ffn import plan as ffn_plan
-from .registry import FFN, KANModule, check_last_dim, check_positive_int, rms
+from .registry import KANModule, check_last_dim, check_positive_int, rms
 
 _BASES: dict[str, type[Basis]] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -241,6 +241,36 @@ def refresh_checks(model: nn.Module) -> nn.Module:
 
 def _grid_bases() -> str:
     return ", ".join(n for n, c in sorted(_BASES.items()) if c.fit_grid_to is not Basis.fit_grid_to)
+
+
+class TanhPolynomialBasis(Basis):
+    """Polynomials P_0 .. P_degree of t = tanh(x) (Chebyshev's, Jacobi's), each input on its own. Out-of-range rule:
+    tanh squashes every input into (-1, 1), the polynomials' natural domain. Subclasses set ``degree`` and give
+    ``_polynomials(t)``, and their lean forms."""
+
+    lean_paddable = True
+    lean_grad_always = True
+    degree: int
+
+    @classmethod
+    def n_basis_for(cls, *, degree: int, **_: Any) -> int:
+        return degree + 1
+
+    @property
+    def n_basis(self) -> int:
+        return self.degree + 1
+
+    def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() > TANH_SATURATION  # tanh(x) within 0.5% of +-1: the polynomials barely vary there
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self._polynomials(torch.tanh(x)), dim=-1)  # (N, I, D+1)
+
+    def _polynomials(self, t: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def fused_state(self) -> tuple[torch.Tensor, ...]:
+        return ()
 
 
 def register_basis(name: str) -> Callable[[type[Basis]], type[Basis]]:
@@ -479,7 +509,7 @@ class KANLinear(KANModule):
                 f"n_basis={self.basis.n_basis}, base={self.use_base}, bias={self.bias is not None}")
 
 
-class KANFFN(FFN):
+class KANFFN(PathFFN):
     """A KAN feed-forward block: two KAN layers ``d_model -> hidden -> d_model`` on ``basis_cls``."""
 
     basis_cls: ClassVar[type[Basis]]
@@ -505,12 +535,6 @@ class KANFFN(FFN):
         a = KANLinear.count_flops(d_model, hidden, cls.basis_cls, **kw)
         b = KANLinear.count_flops(hidden, d_model, cls.basis_cls, **kw)
         return {k: a[k] + b[k] for k in a}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")

@@ -19,13 +19,12 @@ from typing import Any
 
 import torch
 
-from .dispatch import tuned_call
-from .few_tokens import recall
+from .few_tokens import PathFFN
 from .kan import KANLinear, get_basis_class, list_bases
 from .lean import node_products
 from .lean_ffn import lean_kan_ffn
 from .lean_ffn import plan as ffn_plan
-from .registry import FFN, check_last_dim, register_ffn
+from .registry import check_last_dim, register_ffn
 
 
 def _split(hidden: int, mult_fraction: Any) -> tuple[int, int]:
@@ -37,7 +36,7 @@ def _split(hidden: int, mult_fraction: Any) -> tuple[int, int]:
 
 
 @register_ffn("multkan")
-class MultKANFFN(FFN):
+class MultKANFFN(PathFFN):
     """KAN FFN with multiplication nodes in its hidden layer."""
 
     def __init__(self, d_model: int, hidden: int, *, basis: str = "bspline", mult_fraction: float = 0.5,
@@ -72,12 +71,6 @@ class MultKANFFN(FFN):
     def nodes(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden node values ``(..., H)``: sum nodes, then multiplication nodes."""
         return node_products(self.fc1(x), self.n_sum)  # (..., S + 2M) -> (..., H)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dispatch import tuned_call, use_lean
-from .few_tokens import recall
+from .dispatch import use_lean
+from .few_tokens import PathFFN
 from .flops import linear_flops
 from .lean import lean_rational_linear
 from .lean_rational import lean_rational_ffn, rational_chainable
@@ -190,7 +190,7 @@ class GroupRational(KANModule):
 
 
 @register_ffn("rational")
-class RationalFFN(FFN):
+class RationalFFN(PathFFN):
     """GR-KAN FFN: GroupRational(d) -> Linear(d, h) -> GroupRational(h) -> Linear(h, d)."""
 
     def __init__(self, d_model: int, hidden: int, *, groups: int = 8, num_degree: int = 5, den_degree: int = 4,
@@ -237,12 +237,6 @@ class RationalFFN(FFN):
         copy_units(self.fc2, native.fc2, cols=keep)
         self.act2.fit_to(self.fc1(self.act1(x)), native.activation)
         return "mimetic"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recall(self, x, self._call)  # a generation step's call as the one before it: kept (layers/few_tokens.py)
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return tuned_call(self, x, self._forward)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         check_last_dim(x, self.d_model, f"FFN {self.name!r}")
