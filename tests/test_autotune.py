@@ -722,3 +722,90 @@ def test_the_distributed_evaluation_benchmark_runs_a_rank_and_reports_its_path(a
     assert "rank 0 (local 0): reference from" in out and "max |y - reference| 0" in out
     (record,) = autotune.decisions().values()
     assert record["path"] == "reference" and record["dropped"] == {"fused": "failed: no compiler in this test"}
+
+
+def test_a_grid_update_or_extension_gives_the_ffn_keys_and_a_background_compile_of_its_own():
+    """``auto`` keys an FFN's choice and background compile on its layers' fused forms and shapes as they are now: a
+    grid fitted to data (the knot tables' graphs) and a grid extended in place (new shapes) each take keys of their
+    own (the FFN's repr, taken once, kept naming the old shapes), and the background compile builds its FFN in the
+    forms it is given, so it compiles the graphs this process will load."""
+    ffn, x = create_ffn("bspline", D, H), torch.randn(64, D)
+    uniform = autotune._keys(ffn, x)
+    assert "forms=" not in uniform[1] and "forms=" not in autotune._keys(create_ffn("chebyshev", D, H), x)[1]
+    ffn.update_grid(torch.randn(256, D) ** 3)
+    fitted = autotune._keys(ffn, x)
+    assert fitted[0] != uniform[0] and fitted[1] == uniform[1].replace(" | float32", " | forms=knots,knots | float32")
+    spec = autotune._ffn_spec(ffn, x)
+    assert spec["forms"] == ["knots", "knots"]
+    stand_in = create_ffn("bspline", D, H, **spec["kwargs"])
+    background_compile.take_forms(stand_in, spec["forms"])
+    assert autotune._keys(stand_in, x) == fitted
+    ffn.extend_grid(8)
+    extended = autotune._keys(ffn, x)[1]
+    assert extended != fitted[1] and "n_basis=11" in extended and "forms=knots,knots" in extended
+    with pytest.raises(ValueError, match="2 fused forms for the 1 KAN layers"):
+        background_compile.take_forms(torch.nn.Sequential(create_ffn("bspline", D, H).fc1), ["knots", ""])
+    order0 = create_ffn("bspline", D, H, spline_order=0).fc1.basis
+    assert order0.fused_form() == "knots"  # order 0 runs on its knots on any grid
+    with pytest.raises(ValueError, match="cannot take the fused form ''"):
+        order0.take_form("")
+    stand_in.fc1.basis.take_form("")
+    assert [form for _, form in autotune._forms(stand_in)] == ["", "knots"]
+
+
+def test_the_background_compile_builds_the_ffn_in_the_forms_of_its_spec(monkeypatch):
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def compiled_forward(ffn):  # the first thing it compiles: the FFN it built is what is looked at
+        built.append(ffn)
+        raise Built
+
+    monkeypatch.setattr(autotune, "compiled_forward", compiled_forward)
+    spec = {"name": "bspline", "d_model": D, "hidden": H, "kwargs": {"grid_size": 6}, "forms": ["knots", "knots"],
+            "dtype": "float32", "device": "cpu", "tokens": 8, "threads": torch.get_num_threads()}
+    with pytest.raises(Built):
+        background_compile.run({"warm": "w", "ffn": spec})
+    (ffn,) = built
+    assert [f for _, f in autotune._forms(ffn)] == ["knots", "knots"] and ffn.fc1.basis.grid_size == 6
+
+
+def test_grids_to_be_fitted_have_their_graphs_compiled_once_the_choice_is_made(auto, monkeypatch):
+    """A trainer that will fit grids to data (``kan.grid_update_every``) tells ``auto`` so: once an FFN's choice is
+    made, the background compile of its fitted form starts (once for a configuration: the FFNs after the first take
+    its choice as made), and the call after the grid update asks for that very compile's state."""
+    asked = []
+    monkeypatch.setattr(autotune, "_compile_state", lambda warm: asked.append(warm) or "failed: no compiler here")
+    model = torch.nn.Sequential(create_ffn("bspline", D, H), create_ffn("bspline", D, H), create_ffn("chebyshev", D, H))
+    assert autotune.expect_fitted_grids(model) == 2
+    x = torch.randn(64, D)
+    uniform = autotune._keys(model[0], x)[1]
+    _step(model[0], x)
+    fitted = uniform.replace(" | float32", " | forms=knots,knots | float32")
+    assert asked == [uniform, fitted] and autotune._pending_spec[fitted]["forms"] == ["knots", "knots"]
+    _step(model[0], x)
+    _step(model[1], x)  # the same configuration: the choice as made, nothing asked
+    _step(model[2], x)  # no grid: its own compile alone
+    assert asked[2:] == [autotune._keys(model[2], x)[1]] and len(autotune.decisions()) == 2
+    model[0].update_grid(torch.randn(256, D) ** 3)
+    _step(model[0], x)
+    assert asked[3:] == [fitted]  # its choice timed afresh, the compile of its form asked for
+    assert len(autotune.decisions()) == 3
+
+
+def test_the_background_compile_does_not_import_a_kanformer_from_its_working_directory(monkeypatch, tmp_path):
+    """``python -c`` puts the working directory first on the path: a process started from a checkout of another
+    version imported that one, which compiled other graphs than this process loads."""
+    decoy = tmp_path / "kanformer"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise RuntimeError('the decoy package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    spec = {"name": "no_such_ffn", "d_model": 8, "hidden": 8, "kwargs": {}, "dtype": "float32", "device": "cpu",
+            "tokens": 8, "threads": 1}
+    proc = background_compile.start("w", spec)
+    proc.wait(timeout=120)
+    proc.log.seek(0)
+    log = proc.log.read().decode()
+    assert proc.returncode != 0 and "Unknown FFN 'no_such_ffn'" in log and "decoy" not in log, log[-2000:]

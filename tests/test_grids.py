@@ -124,11 +124,17 @@ def _records(cfg, kind):
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
-def test_scheduled_grid_work_trains_on_and_resumes_exactly(tmp_path):
+def test_scheduled_grid_work_trains_on_and_resumes_exactly(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from kanformer.layers import autotune
+
+    expected = []  # auto told that the grids will be fitted (their graphs compiled in the background beforehand)
+    expect = autotune.expect_fitted_grids
+    monkeypatch.setattr(autotune, "expect_fitted_grids", lambda model: expected.append(expect(model)))
     straight = _cfg(tmp_path, "straight")
     train(straight)
+    assert expected == [straight.model.n_layer]
     grid = _records(straight, "grid")
     assert [(r["step"], r["event"]) for r in grid] == [(4, "update"), (6, "extend"), (8, "update")]
     assert grid[1]["grid_size"] == 8

@@ -75,6 +75,18 @@ def test_adapted_grids_chain_on_their_knot_tables(name, counted):
         torch.testing.assert_close(few, ffn(x[:3]), rtol=1e-9, atol=1e-10)
 
 
+def test_the_knot_form_compiles_in_a_copy_of_its_own():
+    """An adapted grid's graphs are tagged with the form (``lean.basis_tag``): met second by the uniform grid's
+    compiled copy, the knot tables compiled with their sizes symbolic, graphs no background compile had made."""
+    ffn = _ffn("bspline", torch.float32)
+    x = _inputs(torch.float32)
+    with kernel("fused"):
+        uniform = lean_ffn.plan(ffn, x).tag
+        ffn.fc2.update_grid(torch.randn(200, ffn.fc2.in_features) ** 3)
+        adapted = lean_ffn.plan(ffn, x).tag
+    assert "[" not in uniform and adapted == uniform.replace("/BSplineBasis(", "/BSplineBasis[knots]("), adapted
+
+
 @pytest.mark.slow
 def test_adapted_grids_compiled_equal_the_reference():
     """The knot form compiled (the fused mode's C++ loops), both layers adapted: fp32 within rounding; under bf16

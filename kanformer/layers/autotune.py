@@ -28,6 +28,10 @@ reason kept with the choice; a background process killed by a signal is started 
 tried again a day later, and a choice timed without ``fused`` for that reason is timed again once it compiles.
 ``KANFORMER_AUTOTUNE=0``: the fixed rule of dispatch.py instead (Triton where it applies, else fused).
 
+The FFN configuration is its layers as they are now: a grid fitted to data (a B-spline's knot tables, whose graphs
+differ) or extended in place has keys, a background compile and a timed choice of its own; a trainer that will fit
+grids (``expect_fitted_grids``) has that form compiled in the background once the FFN's first choice is made.
+
 Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
 the forward paths are timed and cached the same way, once the evaluation has lasted long enough for a background
 compile to pay (``inference_path``).
@@ -165,27 +169,57 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-_signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> its signature (asked every call)
+_signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (its forms, its signature)
+_forms_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (its bases, their versions, forms)
 
 
-def _signature(ffn: Any) -> str:
+def _forms(ffn: Any) -> tuple[tuple[int, str], ...]:
+    """Per KAN layer of ``ffn`` (module order): its basis' function count and fused form (``Basis.fused_form``), what
+    a grid update or extension changes in place; asked every call, read again where a basis' ``form_version`` moved
+    (a B-spline's ``refresh_checks``, which every grid change calls: reading the forms on every call cost ~3 us)."""
+    entry = _forms_of.get(ffn)
+    if entry is None:
+        bases = tuple(m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form"))
+        entry = (bases, None, ())
+    bases, versions, forms = entry
+    now = tuple(b.form_version for b in bases)
+    if now != versions:
+        forms = tuple((b.n_basis, b.fused_form()) for b in bases)
+        _forms_of[ffn] = (bases, now, forms)
+    return forms
+
+
+def _signature(ffn: Any, forms: tuple[tuple[int, str], ...] | None = None) -> str:
     """The FFN's configuration (its repr: kind, widths, options, every layer's shape; FSDP2's renaming of the classes
-    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration)."""
-    sig = _signatures.get(ffn)
-    if sig is None:
-        sig = _signatures[ffn] = re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split()))
-    return sig
+    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration), taken again where a layer's
+    function count changed in place (a grid extension: the repr taken before it named the old shapes, and ``auto``
+    kept the old shapes' choice and compiled the new ones' graphs in a training step). ``forms``: ``_forms(ffn)``
+    where the caller has them."""
+    forms = _forms(ffn) if forms is None else forms
+    cached = _signatures.get(ffn)
+    if cached is None or cached[0] != forms:
+        cached = _signatures[ffn] = (forms, re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split())))
+    return cached[1]
+
+
+def _form_tag(forms: tuple[tuple[int, str], ...]) -> str:
+    """The layers' fused forms (``_forms``) where one is not its basis' first (a B-spline's adapted grid: "knots"),
+    for the keys: an FFN whose grids were fitted to data has graphs, a background compile and timings of its own."""
+    return f" | forms={','.join(f or '-' for _, f in forms)}" if any(f for _, f in forms) else ""
 
 
 def _bucket(tokens: int) -> int:
     return 1 << max(0, (tokens - 1).bit_length())
 
 
-def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
-    """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic."""
+def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None = None) -> tuple[str, str]:
+    """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic.
+    ``forms``: the keys of ``ffn`` once its layers take these fused forms (``_forms``'s; the same shapes)."""
     tokens = x.numel() // x.shape[-1]
     dtype = _compute_dtype(x)
-    warm = f"{_signature(ffn)} | {str(dtype).removeprefix('torch.')} | {x.device.type}"
+    now = _forms(ffn)
+    warm = (f"{_signature(ffn, now)}{_form_tag(now if forms is None else forms)} | "
+            f"{str(dtype).removeprefix('torch.')} | {x.device.type}")
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
         if not loop_moves.active():  # and their moves as generated (layers/loop_moves.py)
@@ -196,6 +230,37 @@ def _keys(ffn: Any, x: torch.Tensor) -> tuple[str, str]:
     if options:  # the fused helpers compiled with these (layers/compile_options.py): graphs and timings of their own
         warm += f" | compile={options_tag(options)}"
     return f"{warm} | tokens<={_bucket(tokens)} | memory={kernel_memory()}", warm
+
+
+_expected: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> the forms its grids are to take
+
+
+def expect_fitted_grids(model: torch.nn.Module) -> int:
+    """Tell ``auto`` that the grids of ``model``'s KAN FFNs will be fitted to data in this process (the trainer's
+    ``kan.grid_update_every``): once an FFN's own choice is made, the graphs of the form its grids will then take
+    (``Basis.fitted_form``: a B-spline's knot tables) compile in the background, beside training, so the first call
+    after a grid update finds them compiled and is timed at once, instead of running ``lean`` (on an adapted grid
+    the reference's recursion under autograd: ~9x the fused step at d 128) until a compile started then is done.
+    Returns the number of FFNs whose forms change so."""
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "_forward") and hasattr(m, "ffn_kwargs"):  # an FFN (as ``decisions`` finds them)
+            forms = _forms(m)
+            fitted = tuple((b.n_basis, b.fitted_form()) for b in _forms_of[m][0])
+            if fitted != forms:
+                _expected[m] = fitted
+                n += 1
+    return n
+
+
+def _compile_expected(ffn: Any, x: torch.Tensor) -> None:
+    """Start the background compile of the forms ``ffn``'s grids are to take (``expect_fitted_grids``), once."""
+    fitted = _expected.pop(ffn, None)
+    if fitted is None or fitted == _forms(ffn):
+        return
+    warm = _keys(ffn, x, fitted)[1]
+    _pending_spec.setdefault(warm, {**_ffn_spec(ffn, x), "forms": [form for _, form in fitted]})
+    _compile_state(warm)
 
 
 def _inductor_dir() -> str:
@@ -350,6 +415,7 @@ def _launch(warm: str) -> str:
 
 def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
+            "forms": [form for _, form in _forms(ffn)],
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
             "tokens": warm_tokens(x.numel() // x.shape[-1]), "threads": torch.get_num_threads()}
 
@@ -568,7 +634,9 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         return _by_rule(ffn, x, key, warm, "lean", kernel_memory())
     cached = _load()["choices"].get(key)
     if cached and not _timed_without_a_compile_now_had(cached, warm):
-        return _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
+        path = _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
+        _compile_expected(ffn, x)
+        return path
     candidates = _candidates(ffn, x)
     state = _compile_state(warm)
     if state == "pending" or busy() or _following(key, warm):
@@ -590,10 +658,12 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
     fits = {p: t for p, t in m["times"].items() if p in eligible}
     if not fits:  # nothing measured fits: the lean path always runs and always fits
         fits = {"lean": m["times"].get("lean", 0.0)}
-    return _keep(ffn, key, min(fits, key=fits.get), m["times"], {
+    path = _keep(ffn, key, min(fits, key=fits.get), m["times"], {
         "saved_mb": {p: round(b / 2**20, 2) for p, b in m["saved"].items()},
         "mlp_saved_mb": round(m["mlp_saved"] / 2**20, 2), "dropped": dropped, "memory": kernel_memory(),
         "retimed": retimed})
+    _compile_expected(ffn, x)
+    return path
 
 
 _eval_since: dict[str, float] = {}  # warm key -> when this process's first evaluation call of it came

@@ -67,8 +67,11 @@ def start(warm: str, ffn_spec: dict[str, Any]) -> subprocess.Popen:
     root = str(Path(__file__).resolve().parents[len(package.split("."))])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
     log = tempfile.TemporaryFile()  # its messages, read when it ends (a pipe could fill and stall it)
-    # the module as the package imports it (``-m`` would run a second copy of it as ``__main__``, with a warning)
-    code = (f"import json, sys; from {package} import background_compile; "
+    # the module as the package imports it (``-m`` would run a second copy of it as ``__main__``, with a warning); the
+    # working directory, which ``-c`` puts first on the path, taken off it: a process started from a checkout of
+    # another version imported that one (its graphs missed this process's: 2 compiled again in the switching call)
+    code = ("import sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
+            f"import json; from {package} import background_compile; "
             "background_compile.run(json.loads(sys.argv[1]))")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=log,
                             env=env)
@@ -89,6 +92,17 @@ def warm_tokens(tokens: int) -> int:
     return min(tokens, 256) if tokens <= SUM_CHUNK else SUM_CHUNK + 1
 
 
+def take_forms(ffn: Any, forms: list[str]) -> None:
+    """Give the KAN layers of ``ffn``, a fresh FFN of the configuration compiled for, the fused forms ``forms`` (per
+    layer, in module order: autotune's ``_forms``): the process it compiles for may hold grids fitted to data, whose
+    graphs (the knot tables') differ from a fresh FFN's uniform grids."""
+    bases = [m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form")]
+    if forms and len(forms) != len(bases):
+        raise ValueError(f"{len(forms)} fused forms for the {len(bases)} KAN layers of {type(ffn).__name__}")
+    for basis, form in zip(bases, forms, strict=False):
+        basis.take_form(form)
+
+
 def run(spec: dict[str, Any]) -> None:
     """Compile the fused helpers of the FFN in ``spec`` into the compiler's on-disk cache (fwd + bwd, twice); with
     ``few`` in its FFN's spec, its graphs of few tokens without autograd instead (autotune.compiled_ready)."""
@@ -102,6 +116,7 @@ def run(spec: dict[str, Any]) -> None:
     torch.manual_seed(0)
     device = torch.device(f["device"])
     ffn = create_ffn(f["name"], f["d_model"], f["hidden"], **f["kwargs"]).to(device)
+    take_forms(ffn, f.get("forms", []))
     dtype = getattr(torch, f["dtype"])
     autocast = dtype in (torch.float16, torch.bfloat16)
     if f.get("few"):

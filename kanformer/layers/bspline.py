@@ -155,7 +155,8 @@ class BSplineBasis(Basis):
 
     def refresh_checks(self) -> None:
         """Whether the grid is uniform, checked now for the grid tensor in place (what ``fused_state`` reads inside a
-        compiled graph, which cannot read values back)."""
+        compiled graph, which cannot read values back); ``form_version`` moved (``fused_form``, the grid's size)."""
+        self.form_version += 1
         if not (self.grid.is_meta or is_fake(self.grid)):  # no values to read: no verdict (the reference path)
             self._uniform()
 
@@ -347,6 +348,33 @@ class BSplineBasis(Basis):
         if uniform is None:
             return None if torch.compiler.is_compiling() else self._knot_state()
         return uniform[0], self._inverse_step(uniform[1])
+
+    def fused_form(self) -> str:
+        """"knots" on an adapted grid (``fused_state``'s knot tables, graphs of their own), "" on a uniform one: a grid
+        update changes it in place (a grid extension, the configuration too)."""
+        return "" if self._uniform() is not None else "knots"
+
+    def fitted_form(self) -> str:
+        return "knots"  # quantiles of data make unequal steps
+
+    @torch.no_grad()
+    def take_form(self, form: str) -> None:
+        """"knots": the grid fitted to a standard normal sample (unequal steps); "": equal steps over the grid's
+        range (not for order 0, whose fused form is always the knots')."""
+        if form == self.fused_form():
+            return
+        if form == "knots":
+            sample = torch.randn(256, self.in_features, generator=torch.Generator().manual_seed(0))
+            self.fit_grid_to(sample.to(self.grid.device))
+        elif form == "" and self.spline_order >= 1:
+            interior = self.interior_knots().float()
+            steps = torch.linspace(0, 1, self.grid_size + 1, device=interior.device)
+            uniform = interior[:, :1] + (interior[:, -1:] - interior[:, :1]) * steps
+            self.grid.copy_(_extend_knots(uniform, self.spline_order).to(self.grid.dtype))
+            self.refresh_checks()
+        if form != self.fused_form():
+            raise ValueError(f"a B-spline basis of order {self.spline_order} cannot take the fused form {form!r} "
+                             "(the forms: 'knots' for an adapted grid, '' for a uniform one of order 1 or more)")
 
     def _knot_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``_knot_tables`` of the grid, made once per grid tensor and version (a grid update writes it in place)."""

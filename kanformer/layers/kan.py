@@ -195,6 +195,26 @@ class Basis(nn.Module):
         pads the inputs)."""
         return None
 
+    form_version = 0  # moved by every change in place of what ``fused_form`` or ``n_basis`` reads
+
+    def fused_form(self) -> str:
+        """Which of the basis' fused forms its state takes now, where it has more than one ("" where it has one): what
+        a change in place, which the basis' configuration does not show, changes in its compiled graphs. ``auto``
+        keys its choices and background compiles on it (layers/autotune.py), read again where ``form_version``
+        moved."""
+        return ""
+
+    def fitted_form(self) -> str:
+        """The fused form the state takes once fitted to data (``fit_grid_to``): the same as now for a basis without
+        a grid."""
+        return self.fused_form()
+
+    def take_form(self, form: str) -> None:
+        """Make the state take the fused form ``form`` (``fused_form``'s): a background compile's stand-in for a layer
+        whose state was changed in place (layers/background_compile.py)."""
+        if form != self.fused_form():
+            raise ValueError(f"{type(self).__name__} has one fused form, {self.fused_form()!r}; got {form!r}")
+
     def lean_spec(self) -> str:
         """With ``lean_params``: the basis as a string a compiled graph carries (layers/lean_ffn.py's operator, which
         builds a basis from it to run the lean forms, its parameters passed apart), ``name|in_features|key=value...``:

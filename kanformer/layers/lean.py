@@ -392,6 +392,17 @@ def _add_transposed(g_x: torch.Tensor | None, g_t: torch.Tensor) -> torch.Tensor
     return g_t.t().contiguous() if g_x is None else g_x + g_t.t()
 
 
+def basis_tag(basis: Any) -> str:
+    """The basis' part of a compiled copy's tag (``dispatch._kernel_fn``): its class, and its fused form where it has
+    more than one (``Basis.fused_form``: a B-spline's adapted grid). A form of its own gives the form a copy of its
+    own: met second by the copy of the first, the knot tables (2-d where the uniform grid's state is 1-d) compiled
+    with their sizes symbolic (dynamo's automatic dynamic shapes), a graph no background compile had made (it makes
+    the knots' first), so the call after a grid update compiled it (~20 s at d 128). Inside a compiled model, where
+    no copy is made (its graph compiles the helpers), the class alone: the form's check reads a value back."""
+    form = "" if torch.compiler.is_compiling() else basis.fused_form()
+    return f"{type(basis).__name__}[{form}]" if form else type(basis).__name__
+
+
 def _detached(*args: Any) -> tuple[Any, ...]:
     """The tensors (and tuples of tensors) in ``args`` detached, None as it is: for a compiled forward helper, whose
     graph is guarded on its inputs' ``requires_grad``. Detached, a training call (inputs that require grad) and an
@@ -419,7 +430,7 @@ class LeanKANFunction(torch.autograd.Function):
             ctx.pad = _input_pad(basis, basis.n_basis + (base is not None), x.shape[1], state, dtype, x.device)
             # a compiled copy per layer configuration and padding (which depends on the dtype: one copy meeting two
             # widths would recompile with the width symbolic)
-            ctx.tag = f"{type(basis).__name__}{tuple(coef.shape)}+{ctx.pad}"
+            ctx.tag = f"{basis_tag(basis)}{tuple(coef.shape)}+{ctx.pad}"
             x_, coef_, base_, bias_, pre_ = _detached(x, coef, base, bias, pre)
             xp, coef_p, base_p, state_p, pre_p = _pad_inputs(ctx.pad, x_, coef_, base_, state, pre_)
             per_token(xp)

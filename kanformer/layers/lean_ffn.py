@@ -86,6 +86,7 @@ from .lean import (
     _pad_per_input,
     _pad_weights,
     _unpad,
+    basis_tag,
     input_major_backward,
     node_products,
     node_products_backward,
@@ -182,7 +183,7 @@ def plan(ffn: Any, x: torch.Tensor, products: tuple[int, int] | None = None) -> 
     if products is None and pad2 not in (0, output_pad(fc1.out_features, x.device)):
         return None  # layer 2 pads to another width than layer 1's output has: no such rule today
     pre1, pre2 = b1.lean_pre_params(), b2.lean_pre_params()
-    tag = f"{type(b1).__name__}{tuple(fc1.coef.shape)}+{pad1}/{tuple(fc2.coef.shape)}+{pad2}"
+    tag = f"{basis_tag(b1)}{tuple(fc1.coef.shape)}+{pad1}/{basis_tag(b2)}{tuple(fc2.coef.shape)}+{pad2}"
     if products is not None:
         tag += f"*{products[0]},{products[1]}"
     return Plan(b1, b2, state1, state2, pad1, pad2, None if pre1 is None else len(pre1),

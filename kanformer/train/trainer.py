@@ -130,6 +130,8 @@ class Trainer:
         if resume_path is not None:  # grids extended before that checkpoint: rebuild their shapes to load it
             for _, size in cfg.kan.extensions_until(ckpt.read_state(resume_path)["step"]):
                 extend_grids(self.model, size)
+        if cfg.kan.grid_update_every:  # auto: the fitted grids' graphs compiled beside training, before the update
+            autotune.expect_fitted_grids(self.model)
         self.seq_len = self.task.seq_len(cfg.model)
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self._prepare(self.model)
