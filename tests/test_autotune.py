@@ -751,6 +751,8 @@ def test_a_grid_update_or_extension_gives_the_ffn_keys_and_a_background_compile_
         order0.take_form("")
     stand_in.fc1.basis.take_form("")
     assert [form for _, form in autotune._forms(stand_in)] == ["", "knots"]
+    with torch.device("meta"):  # no values to check: the form it was built in
+        assert autotune._forms(create_ffn("bspline", D, H)) == ((8, ""), (8, ""))
 
 
 def test_the_background_compile_builds_the_ffn_in_the_forms_of_its_spec(monkeypatch):

@@ -351,7 +351,10 @@ class BSplineBasis(Basis):
 
     def fused_form(self) -> str:
         """"knots" on an adapted grid (``fused_state``'s knot tables, graphs of their own), "" on a uniform one: a grid
-        update changes it in place (a grid extension, the configuration too)."""
+        update changes it in place (a grid extension, the configuration too). A grid without values (meta, fake): its
+        form as built, the uniform one's."""
+        if self.grid.is_meta or is_fake(self.grid):
+            return "" if self.spline_order >= 1 else "knots"
         return "" if self._uniform() is not None else "knots"
 
     def fitted_form(self) -> str:
