@@ -153,12 +153,17 @@ def _tuning() -> Iterator[None]:
         _compiling_inside[0] += compile_seconds() - c0
 
 
+def _ffns(model: torch.nn.Module) -> list[Any]:
+    """The kit's FFNs inside ``model``."""
+    return [m for m in model.modules() if hasattr(m, "_forward") and hasattr(m, "ffn_kwargs")]
+
+
 def decisions(model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
     """This process's choices: key -> {path, times_ms, saved_mb, mlp_saved_mb, dropped, source (timed|cache)};
     with ``model``, only those of its own FFNs."""
     if model is None:
         return {k: dict(v) for k, v in _decided.items()}
-    mine = {_signature(m) for m in model.modules() if hasattr(m, "_forward") and hasattr(m, "ffn_kwargs")}
+    mine = {_signature(m) for m in _ffns(model)}
     return {k: dict(v) for k, v in _decided.items() if k.split(" | ", 1)[0] in mine}
 
 
@@ -169,37 +174,36 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-_signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (its forms, its signature)
-_forms_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (its bases, their versions, forms)
+_forms_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (bases, their versions, forms, signature)
+
+
+def _entry(ffn: Any) -> tuple[Any, ...]:
+    """``ffn``'s KAN layers' bases, their ``form_version``s, their forms and the FFN's signature, taken again where a
+    version moved (a B-spline's ``refresh_checks``, which every grid change calls); asked every call (reading the
+    forms on every call cost ~3 us)."""
+    entry = _forms_of.get(ffn)
+    bases = (tuple(m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form"))
+             if entry is None else entry[0])
+    versions = tuple(b.form_version for b in bases)
+    if entry is None or entry[1] != versions:
+        forms = tuple((b.n_basis, b.fused_form()) for b in bases)
+        entry = _forms_of[ffn] = (bases, versions, forms,
+                                  re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split())))
+    return entry
 
 
 def _forms(ffn: Any) -> tuple[tuple[int, str], ...]:
     """Per KAN layer of ``ffn`` (module order): its basis' function count and fused form (``Basis.fused_form``), what
-    a grid update or extension changes in place; asked every call, read again where a basis' ``form_version`` moved
-    (a B-spline's ``refresh_checks``, which every grid change calls: reading the forms on every call cost ~3 us)."""
-    entry = _forms_of.get(ffn)
-    if entry is None:
-        bases = tuple(m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form"))
-        entry = (bases, None, ())
-    bases, versions, forms = entry
-    now = tuple(b.form_version for b in bases)
-    if now != versions:
-        forms = tuple((b.n_basis, b.fused_form()) for b in bases)
-        _forms_of[ffn] = (bases, now, forms)
-    return forms
+    a grid update or extension changes in place."""
+    return _entry(ffn)[2]
 
 
-def _signature(ffn: Any, forms: tuple[tuple[int, str], ...] | None = None) -> str:
+def _signature(ffn: Any) -> str:
     """The FFN's configuration (its repr: kind, widths, options, every layer's shape; FSDP2's renaming of the classes
-    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration), taken again where a layer's
-    function count changed in place (a grid extension: the repr taken before it named the old shapes, and ``auto``
-    kept the old shapes' choice and compiled the new ones' graphs in a training step). ``forms``: ``_forms(ffn)``
-    where the caller has them."""
-    forms = _forms(ffn) if forms is None else forms
-    cached = _signatures.get(ffn)
-    if cached is None or cached[0] != forms:
-        cached = _signatures[ffn] = (forms, re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split())))
-    return cached[1]
+    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration), taken again where a grid
+    changed (an extension: a repr taken once named the old shapes, and ``auto`` kept the old shapes' choice and
+    compiled the new ones' graphs in a training step)."""
+    return _entry(ffn)[3]
 
 
 def _form_tag(forms: tuple[tuple[int, str], ...]) -> str:
@@ -217,8 +221,8 @@ def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None =
     ``forms``: the keys of ``ffn`` once its layers take these fused forms (``_forms``'s; the same shapes)."""
     tokens = x.numel() // x.shape[-1]
     dtype = _compute_dtype(x)
-    now = _forms(ffn)
-    warm = (f"{_signature(ffn, now)}{_form_tag(now if forms is None else forms)} | "
+    _, _, now, signature = _entry(ffn)
+    warm = (f"{signature}{_form_tag(now if forms is None else forms)} | "
             f"{str(dtype).removeprefix('torch.')} | {x.device.type}")
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
@@ -243,13 +247,12 @@ def expect_fitted_grids(model: torch.nn.Module) -> int:
     the reference's recursion under autograd: ~9x the fused step at d 128) until a compile started then is done.
     Returns the number of FFNs whose forms change so."""
     n = 0
-    for m in model.modules():
-        if hasattr(m, "_forward") and hasattr(m, "ffn_kwargs"):  # an FFN (as ``decisions`` finds them)
-            forms = _forms(m)
-            fitted = tuple((b.n_basis, b.fitted_form()) for b in _forms_of[m][0])
-            if fitted != forms:
-                _expected[m] = fitted
-                n += 1
+    for ffn in _ffns(model):
+        bases, _, forms, _ = _entry(ffn)
+        fitted = tuple((b.n_basis, b.fitted_form()) for b in bases)
+        if fitted != forms:
+            _expected[ffn] = fitted
+            n += 1
     return n
 
 

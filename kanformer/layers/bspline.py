@@ -362,22 +362,15 @@ class BSplineBasis(Basis):
 
     @torch.no_grad()
     def take_form(self, form: str) -> None:
-        """"knots": the grid fitted to a standard normal sample (unequal steps); "": equal steps over the grid's
-        range (not for order 0, whose fused form is always the knots')."""
-        if form == self.fused_form():
-            return
-        if form == "knots":
+        """"knots": the grid fitted to a standard normal sample (unequal steps). A stand-in is built uniform (or, of
+        order 0, on its knots already), the form it keeps for ""."""
+        if form == "knots" and self.fused_form() != form:
             sample = torch.randn(256, self.in_features, generator=torch.Generator().manual_seed(0))
             self.fit_grid_to(sample.to(self.grid.device))
-        elif form == "" and self.spline_order >= 1:
-            interior = self.interior_knots().float()
-            steps = torch.linspace(0, 1, self.grid_size + 1, device=interior.device)
-            uniform = interior[:, :1] + (interior[:, -1:] - interior[:, :1]) * steps
-            self.grid.copy_(_extend_knots(uniform, self.spline_order).to(self.grid.dtype))
-            self.refresh_checks()
         if form != self.fused_form():
-            raise ValueError(f"a B-spline basis of order {self.spline_order} cannot take the fused form {form!r} "
-                             "(the forms: 'knots' for an adapted grid, '' for a uniform one of order 1 or more)")
+            raise ValueError(f"this B-spline basis (order {self.spline_order}, its form {self.fused_form()!r}) cannot "
+                             f"take the fused form {form!r}: the forms are 'knots' (an adapted grid) and '' (a uniform "
+                             "grid, as built)")
 
     def _knot_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``_knot_tables`` of the grid, made once per grid tensor and version (a grid update writes it in place)."""
