@@ -263,6 +263,31 @@ class KanConfig:
         """(step, grid_size) of every scheduled extension at or before ``step``."""
         return [(s, g) for s, g in self.grid_extend.items() if s <= step]
 
+    def updates_at(self, step: int, max_steps: int) -> bool:
+        """Whether the grids are fitted to data after ``step`` (an extension due then takes its place)."""
+        return (bool(self.grid_update_every) and step % self.grid_update_every == 0 and step < max_steps
+                and (self.grid_update_until is None or step <= self.grid_update_until)
+                and step not in self.grid_extend)
+
+    def grids_ahead(self, step: int, max_steps: int) -> list[tuple[int | None, bool]]:
+        """The configurations the grids take after ``step``, in the order they come: (grid size, None while the
+        size stays; whether they have been fitted to data by then), each once. Grids once fitted stay fitted (an
+        extension follows their spacing), so past the first update only the extensions add configurations."""
+        events = [(s, g) for s, g in self.grid_extend.items() if step < s < max_steps]
+        every = self.grid_update_every
+        first = (step // every + 1) * every if every else None
+        while first is not None and first in self.grid_extend:
+            first += every
+        if first is not None and self.updates_at(first, max_steps):
+            events.append((first, None))
+        ahead: list[tuple[int | None, bool]] = []
+        size, fitted = None, False
+        for _, g in sorted(events, key=lambda e: e[0]):
+            size, fitted = (g, fitted) if g is not None else (size, True)
+            if (size, fitted) not in ahead:
+                ahead.append((size, fitted))
+        return ahead
+
     @property
     def manages_grids(self) -> bool:
         return bool(self.grid_update_every or self.grid_extend)

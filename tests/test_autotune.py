@@ -774,27 +774,62 @@ def test_the_background_compile_builds_the_ffn_in_the_forms_of_its_spec(monkeypa
     assert [f for _, f in autotune._forms(ffn)] == ["knots", "knots"] and ffn.fc1.basis.grid_size == 6
 
 
-def test_grids_to_be_fitted_have_their_graphs_compiled_once_the_choice_is_made(auto, monkeypatch):
-    """A trainer that will fit grids to data (``kan.grid_update_every``) tells ``auto`` so: once an FFN's choice is
-    made, the background compile of its fitted form starts (once for a configuration: the FFNs after the first take
-    its choice as made), and the call after the grid update asks for that very compile's state."""
-    asked = []
-    monkeypatch.setattr(autotune, "_compile_state", lambda warm: asked.append(warm) or "failed: no compiler here")
+def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_time(auto, monkeypatch):
+    """A trainer that will fit grids to data and extend them tells ``auto`` the configurations to come: once an FFN's
+    choice is made, the background compile of the next one starts (once for a configuration: the FFNs after the first
+    take its choice as made), the one after it at the choice that follows (a grid update, an extension); one already
+    compiled is passed over; each compiles the very FFN whose keys the process will meet."""
+    states, asked = {}, []
+    monkeypatch.setattr(autotune, "_compile_state",
+                        lambda warm: asked.append(warm) or states.get(warm, "failed: no compiler here"))
     model = torch.nn.Sequential(create_ffn("bspline", D, H), create_ffn("bspline", D, H), create_ffn("chebyshev", D, H))
-    assert autotune.expect_fitted_grids(model) == 2
+    assert autotune.expect_grids(model, [(None, True), (8, True), (10, True)]) == 2
     x = torch.randn(64, D)
     uniform = autotune._keys(model[0], x)[1]
-    _step(model[0], x)
     fitted = uniform.replace(" | float32", " | forms=knots,knots | float32")
+    states[fitted] = "pending"
+    _step(model[0], x)
     assert asked == [uniform, fitted] and autotune._pending_spec[fitted]["forms"] == ["knots", "knots"]
     _step(model[0], x)
     _step(model[1], x)  # the same configuration: the choice as made, nothing asked
     _step(model[2], x)  # no grid: its own compile alone
     assert asked[2:] == [autotune._keys(model[2], x)[1]] and len(autotune.decisions()) == 2
     model[0].update_grid(torch.randn(256, D) ** 3)
+    states[fitted] = "failed: no compiler here"  # (timed without fused here)
+    (extended, spec), (further, _) = autotune._plans[model[0]][1:]
+    states[extended] = "pending"
     _step(model[0], x)
-    assert asked[3:] == [fitted]  # its choice timed afresh, the compile of its form asked for
-    assert len(autotune.decisions()) == 3
+    assert asked[3:] == [fitted, extended]  # its choice timed afresh, then the extension's compile started
+    assert spec["kwargs"]["grid_size"] == 8 and spec["forms"] == ["knots", "knots"] and "n_basis=11" in extended
+    stand_in = create_ffn(spec["name"], spec["d_model"], spec["hidden"], **spec["kwargs"])
+    background_compile.take_forms(stand_in, spec["forms"])
+    assert autotune._keys(stand_in, x)[1] == extended  # what the worker builds has the keys it compiles for
+    model[0].extend_grid(8, torch.randn(256, D))
+    assert autotune._keys(model[0], x)[1] == extended
+    _step(model[0], x)  # its compile still under way: lean, no choice made
+    states[extended] = "failed: no compiler here"
+    _step(model[0], x)
+    assert asked[5:] == [extended, extended, further] and "n_basis=13" in further
+    assert len(autotune.decisions()) == 4
+    # a configuration compiled already is passed over for the next one
+    ffn = create_ffn("bspline", D, H, grid_size=6)
+    assert autotune.expect_grids(torch.nn.Sequential(ffn), [(None, True), (8, False)]) == 1
+    own = autotune._keys(ffn, x)[1]
+    states[own.replace(" | float32", " | forms=knots,knots | float32")] = "ready"
+    uniform8 = autotune._keys(create_ffn("bspline", D, H, grid_size=8), x)[1]
+    states[uniform8] = "pending"
+    del asked[:]
+    _step(ffn, x)
+    assert asked == [own, own.replace(" | float32", " | forms=knots,knots | float32"), uniform8]
+    # an FFN with sharded units inside (FSDP per layer) takes the rule, untimed, and its grids' forms compile as well
+    monkeypatch.setattr(autotune, "_sharded_inside", lambda ffn: True)
+    sharded = create_ffn("bspline", D, H, grid_size=7)
+    autotune.expect_grids(torch.nn.Sequential(sharded), [(None, True)])
+    del asked[:]
+    _step(sharded, x)
+    own = autotune._keys(sharded, x)[1]
+    assert asked == [own, own.replace(" | float32", " | forms=knots,knots | float32")]
+    assert autotune.decisions()[autotune._keys(sharded, x)[0]]["source"].startswith("rule")
 
 
 def test_the_background_compile_does_not_import_a_kanformer_from_its_working_directory(monkeypatch, tmp_path):

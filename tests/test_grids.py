@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from kanformer import create_ffn, kanify
-from kanformer.config import load_config
+from kanformer.config import KanConfig, load_config
 from kanformer.interpret.telemetry import InputRecorder, kan_modules, layer_telemetry
 from kanformer.train import train
 from kanformer.train.grids import extend_grids, grid_layers, union_rows, update_grids
@@ -129,12 +129,12 @@ def test_scheduled_grid_work_trains_on_and_resumes_exactly(tmp_path, monkeypatch
 
     from kanformer.layers import autotune
 
-    expected = []  # auto told that the grids will be fitted (their graphs compiled in the background beforehand)
-    expect = autotune.expect_fitted_grids
-    monkeypatch.setattr(autotune, "expect_fitted_grids", lambda model: expected.append(expect(model)))
+    expected = []  # auto told the grids to come (their graphs compiled in the background beforehand)
+    expect = autotune.expect_grids
+    monkeypatch.setattr(autotune, "expect_grids", lambda model, ahead: expected.append((expect(model, ahead), ahead)))
     straight = _cfg(tmp_path, "straight")
     train(straight)
-    assert expected == [straight.model.n_layer]
+    assert expected == [(straight.model.n_layer, [(None, True), (8, True)])]
     grid = _records(straight, "grid")
     assert [(r["step"], r["event"]) for r in grid] == [(4, "update"), (6, "extend"), (8, "update")]
     assert grid[1]["grid_size"] == 8
@@ -150,8 +150,21 @@ def test_scheduled_grid_work_trains_on_and_resumes_exactly(tmp_path, monkeypatch
     parts = _cfg(tmp_path, "parts")
     train(parts, stop_at=7)
     train(parts, resume="auto")
+    assert expected[-1] == (parts.model.n_layer, [(None, True)])  # updated and extended by step 7: its next update
     resumed = [r["loss"] for r in _records(parts, "train")]
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(losses), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kan,step,ahead", [
+    ({"grid_extend": {200: 10, 400: 20}}, 0, [(10, False), (20, False)]),
+    ({"grid_extend": {200: 10, 400: 20}, "grid_update_every": 300}, 0, [(10, False), (10, True), (20, True)]),
+    ({"grid_extend": {100: 10}, "grid_update_every": 100}, 0, [(10, False), (10, True)]),  # no update at 100
+    ({"grid_extend": {200: 10}, "grid_update_every": 100}, 150, [(10, False), (10, True)]),  # a resumed run
+    ({"grid_update_every": 100, "grid_update_until": 50}, 0, []),
+    ({"grid_update_every": 1000, "grid_extend": {1000: 10}}, 0, []),  # nothing before the run's end
+])
+def test_the_grid_schedule_names_the_configurations_to_come(kan, step, ahead):
+    assert KanConfig(**kan).grids_ahead(step, 1000) == ahead
 
 
 def test_grid_schedule_without_a_grid_basis_is_an_error(tmp_path):

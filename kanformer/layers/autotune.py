@@ -30,7 +30,7 @@ tried again a day later, and a choice timed without ``fused`` for that reason is
 
 The FFN configuration is its layers as they are now: a grid fitted to data (a B-spline's knot tables, whose graphs
 differ) or extended in place has keys, a background compile and a timed choice of its own; a trainer that will fit
-grids (``expect_fitted_grids``) has that form compiled in the background once the FFN's first choice is made.
+grids or extend them (``expect_grids``) has the next configuration compiled in the background once a choice is made.
 
 Evaluation (no autograd): training's compiled choice where this process has one; in a process that only evaluates,
 the forward paths are timed and cached the same way, once the evaluation has lasted long enough for a background
@@ -216,13 +216,15 @@ def _bucket(tokens: int) -> int:
     return 1 << max(0, (tokens - 1).bit_length())
 
 
-def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None = None) -> tuple[str, str]:
+def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None = None,
+          signature: str | None = None) -> tuple[str, str]:
     """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic.
-    ``forms``: the keys of ``ffn`` once its layers take these fused forms (``_forms``'s; the same shapes)."""
+    ``forms`` and ``signature``: the keys of ``ffn`` once its layers take these fused forms (``_forms``'s) and it
+    this configuration (``_signature``'s: a grid extended)."""
     tokens = x.numel() // x.shape[-1]
     dtype = _compute_dtype(x)
-    _, _, now, signature = _entry(ffn)
-    warm = (f"{signature}{_form_tag(now if forms is None else forms)} | "
+    _, _, now, own = _entry(ffn)
+    warm = (f"{signature or own}{_form_tag(now if forms is None else forms)} | "
             f"{str(dtype).removeprefix('torch.')} | {x.device.type}")
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
         warm += f" | threads={torch.get_num_threads()}"
@@ -236,34 +238,69 @@ def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None =
     return f"{warm} | tokens<={_bucket(tokens)} | memory={kernel_memory()}", warm
 
 
-_expected: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> the forms its grids are to take
+_expected: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> the configurations its grids will take
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> [(warm key, compile spec)] of those to come
 
 
-def expect_fitted_grids(model: torch.nn.Module) -> int:
-    """Tell ``auto`` that the grids of ``model``'s KAN FFNs will be fitted to data in this process (the trainer's
-    ``kan.grid_update_every``): once an FFN's own choice is made, the graphs of the form its grids will then take
-    (``Basis.fitted_form``: a B-spline's knot tables) compile in the background, beside training, so the first call
-    after a grid update finds them compiled and is timed at once, instead of running ``lean`` (on an adapted grid
-    the reference's recursion under autograd: ~9x the fused step at d 128) until a compile started then is done.
-    Returns the number of FFNs whose forms change so."""
+def expect_grids(model: torch.nn.Module, ahead: list[tuple[int | None, bool]]) -> int:
+    """Tell ``auto`` the configurations the grids of ``model``'s KAN FFNs will take in this process, in the order
+    they come (the trainer's ``kan.grid_update_every`` and ``kan.grid_extend``: ``KanConfig.grids_ahead``): per
+    configuration its grid size (None: as now) and whether the grids have been fitted to data by then. Once an FFN's
+    choice is made, the graphs of the next configuration compile in the background, beside training (one at a time:
+    the next starts at the choice after it), so the first call after a grid update or extension finds them compiled
+    and is timed at once, instead of running ``lean`` (on an adapted grid the reference's recursion under autograd:
+    ~9x the fused step at d 128) until a compile started then is done. Returns the number of FFNs with grids."""
     n = 0
     for ffn in _ffns(model):
-        bases, _, forms, _ = _entry(ffn)
-        fitted = tuple((b.n_basis, b.fitted_form()) for b in bases)
-        if fitted != forms:
-            _expected[ffn] = fitted
+        if ahead and any(getattr(b, "has_grid", False) for b in _entry(ffn)[0]):
+            _expected[ffn] = list(ahead)
             n += 1
     return n
 
 
+def _stand_in(ffn: Any, grid_size: int | None) -> tuple[str, tuple[int, ...]] | None:
+    """(signature, the layers' function counts) of ``ffn`` with ``grid_size`` intervals (None: as it is), from a
+    copy of its configuration built without values; None where such a copy of it is not ``ffn``'s configuration
+    (an FFN its options do not rebuild)."""
+    if grid_size is None:
+        return _signature(ffn), tuple(n for n, _ in _forms(ffn))
+    from .registry import create_ffn
+
+    with torch.device("meta"):
+        built = [create_ffn(ffn.name, ffn.d_model, ffn.hidden, **{**ffn.ffn_kwargs, **size})
+                 for size in ({}, {"grid_size": grid_size})]
+    if _signature(built[0]) != _signature(ffn):
+        return None
+    return _signature(built[1]), tuple(n for n, _ in _forms(built[1]))
+
+
 def _compile_expected(ffn: Any, x: torch.Tensor) -> None:
-    """Start the background compile of the forms ``ffn``'s grids are to take (``expect_fitted_grids``), once."""
-    fitted = _expected.pop(ffn, None)
-    if fitted is None or fitted == _forms(ffn):
+    """After a choice of ``ffn``: its grids' configurations up to the present one (``expect_grids``) passed, the
+    background compile of the next one not yet compiled started (one at a time)."""
+    if ffn in _expected:  # the first time: each configuration's warm key and background compile spec
+        bases, plans = _entry(ffn)[0], []
+        for size, fitted in _expected.pop(ffn):
+            made = _stand_in(ffn, size)
+            if made is None:
+                continue
+            signature, counts = made
+            forms = tuple((n, b.fitted_form() if fitted else b.fused_form())
+                          for n, b in zip(counts, bases, strict=True))
+            warm = _keys(ffn, x, forms, signature)[1]
+            kwargs = ffn.ffn_kwargs if size is None else {**ffn.ffn_kwargs, "grid_size": size}
+            plans.append((warm, {**_ffn_spec(ffn, x), "kwargs": kwargs, "forms": [f for _, f in forms]}))
+        _plans[ffn] = plans
+    ahead = _plans.get(ffn)
+    if not ahead:
         return
-    warm = _keys(ffn, x, fitted)[1]
-    _pending_spec.setdefault(warm, {**_ffn_spec(ffn, x), "forms": [form for _, form in fitted]})
-    _compile_state(warm)
+    now, warms = _keys(ffn, x)[1], [w for w, _ in ahead]
+    del ahead[: warms.index(now) + 1 if now in warms else 0]
+    for warm, spec in ahead:
+        if warm == now:
+            continue
+        _pending_spec.setdefault(warm, spec)
+        if _compile_state(warm) == "pending":
+            return
 
 
 def _inductor_dir() -> str:
@@ -634,7 +671,10 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         return _choices[key]
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
     if _sharded_inside(ffn):
-        return _by_rule(ffn, x, key, warm, "lean", kernel_memory())
+        path = _by_rule(ffn, x, key, warm, "lean", kernel_memory())
+        if key in _choices:
+            _compile_expected(ffn, x)
+        return path
     cached = _load()["choices"].get(key)
     if cached and not _timed_without_a_compile_now_had(cached, warm):
         path = _adopt(key, cached, lambda path: _warm_up(ffn, x, path))

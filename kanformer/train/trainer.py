@@ -127,11 +127,11 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         self._check_kan_config()
         resume_path = self._resume_path(resume)
-        if resume_path is not None:  # grids extended before that checkpoint: rebuild their shapes to load it
-            for _, size in cfg.kan.extensions_until(ckpt.read_state(resume_path)["step"]):
-                extend_grids(self.model, size)
-        if cfg.kan.grid_update_every:  # auto: the fitted grids' graphs compiled beside training, before the update
-            autotune.expect_fitted_grids(self.model)
+        resumed_at = 0 if resume_path is None else ckpt.read_state(resume_path)["step"]
+        for _, size in cfg.kan.extensions_until(resumed_at):  # grids extended before that checkpoint: their shapes
+            extend_grids(self.model, size)
+        # auto: the graphs of the grids to come (fitted, extended) compiled beside training, before they come
+        autotune.expect_grids(self.model, cfg.kan.grids_ahead(resumed_at, t.max_steps))
         self.seq_len = self.task.seq_len(cfg.model)
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self._prepare(self.model)
@@ -586,8 +586,7 @@ class Trainer:
         k, s = self.cfg.kan, self.step
         telemetry = bool(k.telemetry_every) and s % k.telemetry_every == 0
         extend = k.grid_extend.get(s)
-        update = (bool(k.grid_update_every) and s % k.grid_update_every == 0
-                  and (k.grid_update_until is None or s <= k.grid_update_until) and s < self.cfg.train.max_steps)
+        update = k.updates_at(s, self.cfg.train.max_steps)
         if not (telemetry or extend or update):
             return
         model = unwrap(self.model)
