@@ -35,8 +35,9 @@ TEST_WORKERS ?= -n auto --maxprocesses 4 --dist worksteal
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q -m "not gpu" $(TEST_WORKERS) --durations=20
 
+# Every test, those marked gpu too (skipped without CUDA), on the same workers.
 test-all: setup
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q $(TEST_WORKERS) --durations=20
 
 # The main job: B-spline, Chebyshev and GR-KAN GPT-2s against GELU-MLP and SwiGLU at matched parameters.
 demo: setup

@@ -821,6 +821,13 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     del asked[:]
     _step(ffn, x)
     assert asked == [own, own.replace(" | float32", " | forms=knots,knots | float32"), uniform8]
+    # an FFN its options do not rebuild: its other sizes are not forecast (they compile when they come)
+    plain, odd, unknown = (create_ffn("bspline", D, H) for _ in range(3))
+    assert autotune._stand_in(plain, 8)[0] == autotune._signature(create_ffn("bspline", D, H, grid_size=8))
+    odd.fc1.extra = torch.nn.Identity()  # a module added after it was built
+    assert autotune._stand_in(odd, 8) is None and autotune._stand_in(odd, None)[0] == autotune._signature(odd)
+    unknown.ffn_kwargs["no_such_option"] = 1
+    assert autotune._stand_in(unknown, 8) is None
     # an FFN with sharded units inside (FSDP per layer) takes the rule, untimed, and its grids' forms compile as well
     monkeypatch.setattr(autotune, "_sharded_inside", lambda ffn: True)
     sharded = create_ffn("bspline", D, H, grid_size=7)

@@ -260,15 +260,18 @@ def expect_grids(model: torch.nn.Module, ahead: list[tuple[int | None, bool]]) -
 
 def _stand_in(ffn: Any, grid_size: int | None) -> tuple[str, tuple[int, ...]] | None:
     """(signature, the layers' function counts) of ``ffn`` with ``grid_size`` intervals (None: as it is), from a
-    copy of its configuration built without values; None where such a copy of it is not ``ffn``'s configuration
-    (an FFN its options do not rebuild)."""
+    copy of its configuration built without values; None where such a copy is not ``ffn``'s configuration or cannot
+    be built (an FFN its options do not rebuild): that size compiles when it comes."""
     if grid_size is None:
         return _signature(ffn), tuple(n for n, _ in _forms(ffn))
     from .registry import create_ffn
 
-    with torch.device("meta"):
-        built = [create_ffn(ffn.name, ffn.d_model, ffn.hidden, **{**ffn.ffn_kwargs, **size})
-                 for size in ({}, {"grid_size": grid_size})]
+    try:
+        with torch.device("meta"):
+            built = [create_ffn(ffn.name, ffn.d_model, ffn.hidden, **{**ffn.ffn_kwargs, **size})
+                     for size in ({}, {"grid_size": grid_size})]
+    except Exception:  # noqa: BLE001  (a forecast only: training goes on without it)
+        return None
     if _signature(built[0]) != _signature(ffn):
         return None
     return _signature(built[1]), tuple(n for n, _ in _forms(built[1]))
