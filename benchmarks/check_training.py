@@ -37,24 +37,34 @@ def _losses(run_dir: Path) -> list[float | None]:
     return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
+# the grid schedule the trained and resumed runs follow where the FFN has grids (the B-spline): updates from data
+# every 4 steps and an extension 5 -> 8 intervals at step 5, so the resumed part starts after both (an adapted,
+# extended grid in its checkpoint) and meets one more update
+GRID_SCHEDULE = {"kan.grid_update_every": 4, "kan.grid_extend": "{5: 8}"}
+GRID_EVENTS = [[4, "update"], [5, "extend"], [8, "update"]]
+
+
 def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, stop: int = 6,
                    kernel: str = "lean", precision: str | None = None) -> dict[str, Any]:
     """Train the debug GPT-2 with ``ffn`` FFNs for ``steps`` steps straight, and again stopped at ``stop`` and
     resumed from its checkpoint: whether the losses match (``resume_max_abs_diff``), the loss's fall, the throughput
-    of the straight run; and, on CUDA, the synchronising operations a training step makes (``syncs_per_step``: those
-    of a run of 2k steps less those of one of k, over k). ``kernel``: the KAN path (pinned, so that no choice is timed
-    inside the counted steps); ``precision``: ``train.mixed_precision`` (default: bf16 on CUDA, as a GPU run trains,
-    else no). The trainer picks its device as a run does (accelerate: a GPU where there is one); ``device`` says which
-    device's synchronisations to count."""
+    of the straight run, and for a B-spline FFN the grid work of ``GRID_SCHEDULE`` done on the device (``grid_events``:
+    fitted to data, extended, fitted again; the resumed part loads the adapted, extended grids); and, on CUDA, the
+    synchronising operations a training step makes (``syncs_per_step``: those of a run of 2k steps less those of one
+    of k, over k, without grid work). ``kernel``: the KAN path (pinned, so that no choice is timed inside the counted
+    steps); ``precision``: ``train.mixed_precision`` (default: bf16 on CUDA, as a GPU run trains, else no). The
+    trainer picks its device as a run does (accelerate: a GPU where there is one); ``device`` says which device's
+    synchronisations to count."""
     from kanformer.train import train
 
     precision = precision or ("bf16" if device.type == "cuda" else "no")
+    grids = GRID_SCHEDULE if ffn == "bspline" else {}
     out: dict[str, Any] = {"ffn": ffn, "kernel": kernel, "steps": steps, "mixed_precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        straight = _config(root, "straight", ffn, steps, kernel, **{"train.mixed_precision": precision})
+        straight = _config(root, "straight", ffn, steps, kernel, **{"train.mixed_precision": precision, **grids})
         summary = train(straight)
-        part = _config(root, "parts", ffn, steps, kernel, **{"train.mixed_precision": precision})
+        part = _config(root, "parts", ffn, steps, kernel, **{"train.mixed_precision": precision, **grids})
         train(part, stop_at=stop)
         train(part, resume="auto")
         a, b = _losses(straight.run_dir), _losses(part.run_dir)
@@ -62,6 +72,8 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
         out.update(finished=bool(summary.get("finished")), losses=a,
                    resume_max_abs_diff=max(abs(x - y) for x, y in zip(a, b, strict=True)) if finite else None)
         records = [json.loads(line) for line in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+        if grids:
+            out["grid_events"] = [[r["step"], r["event"]] for r in records if r["type"] == "grid"]
         last = [r for r in records if r["type"] == "train"][-1]
         out.update(tokens_per_s=last.get("tokens_per_s"), compile_s=last.get("compile_s"))
         counts = []
@@ -79,7 +91,8 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
     # 0.057 from the straight run in these 12 steps (development CPU, B-spline, fp32)
     out["resume_tolerance"] = tolerance = 1e-5 if device.type == "cpu" else 1e-2
     out["ok"] = bool(out["finished"] and out["resume_max_abs_diff"] is not None
-                     and out["resume_max_abs_diff"] <= tolerance and a[-1] < a[0])
+                     and out["resume_max_abs_diff"] <= tolerance and a[-1] < a[0]
+                     and out.get("grid_events", GRID_EVENTS) == GRID_EVENTS)
     return out
 
 

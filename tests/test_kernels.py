@@ -825,6 +825,19 @@ def test_the_ffn_benchmark_times_each_step_replayed_as_cuda_graphs(monkeypatch, 
     assert "--cuda-graphs replays CUDA graphs: it needs --device cuda (got cpu)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_the_gpu_checks_training_stage_trains_resumes_and_works_the_grids_on_cpu(monkeypatch):
+    """The GPU check's ``train`` stage (benchmarks/check_training.py) as it runs on a device, here on the CPU: the
+    B-spline GPT-2 trained with its grid schedule (fitted, extended, fitted again), resumed after the extension to
+    the same losses, the loss falling."""
+    from benchmarks.check_training import GRID_EVENTS, check_training
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = check_training(torch.device("cpu"))
+    assert out["ok"] and out["grid_events"] == GRID_EVENTS == [[4, "update"], [5, "extend"], [8, "update"]]
+    assert out["resume_max_abs_diff"] == 0.0 and out["losses"][-1] < out["losses"][0]
+
+
 def test_the_gpu_check_counts_each_pinned_paths_synchronising_operations(monkeypatch):
     """On CUDA every pinned path's correctness row counts the synchronising operations of a training step and a
     generation call (torch.cuda's sync debug mode, faked here: it warns from the line that synchronised), the mode
