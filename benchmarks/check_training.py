@@ -62,9 +62,10 @@ def check_training(device: torch.device, ffn: str = "bspline", steps: int = 12, 
     out: dict[str, Any] = {"ffn": ffn, "kernel": kernel, "steps": steps, "mixed_precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        straight = _config(root, "straight", ffn, steps, kernel, **{"train.mixed_precision": precision, **grids})
+        over = {"train.mixed_precision": precision, **grids}
+        straight = _config(root, "straight", ffn, steps, kernel, **over)
         summary = train(straight)
-        part = _config(root, "parts", ffn, steps, kernel, **{"train.mixed_precision": precision, **grids})
+        part = _config(root, "parts", ffn, steps, kernel, **over)
         train(part, stop_at=stop)
         train(part, resume="auto")
         a, b = _losses(straight.run_dir), _losses(part.run_dir)
