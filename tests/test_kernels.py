@@ -108,13 +108,17 @@ def test_lean_equals_reference_under_bf16_autocast(name):
 
 
 def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused(monkeypatch):
-    """An adapted (non-uniform) grid: eager lean runs the reference basis (autograd through it); fused, the Cox-de Boor
-    recursion elementwise on the knot tables, with analytic slopes, for every spline order (its helpers run as the
-    eager code they compile, exact in fp64; compiled: tests/test_lean_ffn.py)."""
+    """An adapted (non-uniform) grid: eager lean evaluates each input's k + 1 splines not zero at it, and their slopes,
+    from its knot interval's polynomials (``_piece_tables``), neither the reference's recursion nor autograd through
+    it; fused, the Cox-de Boor recursion elementwise on the knot tables, with analytic slopes, for every spline order
+    (its helpers run as the eager code they compile, exact in fp64; compiled: tests/test_lean_ffn.py)."""
     monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": fn)
-    knot_calls = []
-    knot_terms = BSplineBasis._knot_terms
+    knot_calls, piece_calls, reference_calls = [], [], []
+    knot_terms, piece_values, reference = BSplineBasis._knot_terms, BSplineBasis._piece_values, BSplineBasis.forward
     monkeypatch.setattr(BSplineBasis, "_knot_terms", lambda *a: knot_calls.append(1) or knot_terms(*a))
+    monkeypatch.setattr(BSplineBasis, "_piece_values",
+                        lambda *a, **kw: piece_calls.append(kw) or piece_values(*a, **kw))
+    monkeypatch.setattr(BSplineBasis, "forward", lambda *a: reference_calls.append(1) or reference(*a))
     for k in (0, 1, 3):
         layer = KANLinear(D, D, grid_size=5, spline_order=k).double()
         layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
@@ -124,8 +128,11 @@ def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when
         assert knots.shape == (m, D) and inv_spans.shape == (k * m - k * (k + 1) // 2, D)
         x = torch.cat([_inputs(torch.float64), layer.basis.grid.T[:, :D]])  # the knots themselves too
         ref = _run(layer, x, "reference")
+        reference_calls.clear()
         _close(_run(layer, x, "lean"), ref, rtol=1e-9, atol=1e-10)
-        assert not knot_calls
+        assert not knot_calls and not reference_calls
+        assert sorted(c["derivative"] for c in piece_calls) == [False, False, True]  # fwd; bwd: again, and slopes
+        piece_calls.clear()
         _close(_run(layer, x, "fused"), ref, rtol=1e-9, atol=1e-10)
         assert knot_calls, "the fused path did not take the knot form"
         knot_calls.clear()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch._subclasses.fake_tensor import is_fake
 
@@ -59,6 +60,46 @@ def _knot_tables(grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     spans = [_spans(grid, p) for p in range(1, k + 1)]
     inv = torch.cat([1.0 / s for s in spans], dim=1) if spans else grid.new_zeros(grid.shape[0], 0)
     return grid.T.contiguous(), inv.T.contiguous()
+
+
+def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
+    """The B splines of order ``k`` on the knot vectors ``grid`` (I, M) at ``x`` (N, I): (N, I, M - 1 - k)."""
+    x = x.unsqueeze(-1)  # (N, I, 1)
+    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)  # (N, I, M-1)
+    for p in range(1, k + 1):
+        spans = _spans(grid, p)  # (I, M-p); repeated knots: infinite, the term zero (0/0 = 0)
+        left = (x - grid[:, : -(p + 1)]) / spans[:, :-1]
+        right = (grid[:, p + 1:] - x) / spans[:, 1:]
+        bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, I, M-1-p)
+    return bases
+
+
+def _piece_tables(grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An adapted grid's splines interval by interval, for the eager lean path (``BSplineBasis._piece_values``): one
+    row per input i and knot interval m (of the M - 1), at row i (M-1) + m, holding its left knot t_m, its inverse
+    width (0 where knots repeat: an interval no input falls in) and, for the k + 1 splines not zero there (m - k ..
+    m; zero for one outside 0 .. B-1), the coefficients of t^0 .. t^k of each as a polynomial of the local coordinate
+    t = (x - t_m) / (t_m+1 - t_m) in [0, 1): (I (M-1), 2 + (k+1)(k+1)); and the same with their derivatives in x, (I
+    (M-1), 2 + (k+1) k). Fitted in fp64 to the recursion at k + 1 points inside each interval, which a polynomial of
+    degree k matches exactly; made on the CPU (the grid's device may lack fp64) and moved to the grid's."""
+    g = grid.detach().to("cpu", torch.float64)  # (I, M)
+    n_in, n_int = g.shape[0], g.shape[1] - 1
+    width = g[:, 1:] - g[:, :-1]  # (I, M-1)
+    at = (torch.arange(k + 1, dtype=torch.float64) + 0.5) / (k + 1)  # (k+1,) sample points of t
+    x = g[:, :-1, None] + width[..., None] * at  # (I, M-1, k+1)
+    values = _cox_de_boor(rearrange(x, "i m q -> (m q) i"), g, k)  # (M-1 * k+1, I, B)
+    values = F.pad(values, (k, k)).view(n_int, k + 1, n_in, -1)  # spline j at column j + k: (M-1, q, I, B+2k)
+    columns = (torch.arange(n_int)[:, None] + torch.arange(k + 1))  # interval m's splines m-k+r at column m+r
+    local = values.gather(3, columns[:, None, None, :].expand(n_int, k + 1, n_in, k + 1))  # (M-1, q, I, r)
+    vandermonde = at[:, None] ** torch.arange(k + 1, dtype=torch.float64)  # (q, power)
+    coef = torch.linalg.solve(vandermonde, local.reshape(n_int, k + 1, -1))  # (M-1, power, I * r)
+    coef = rearrange(coef, "m p (i r) -> i m r p", r=k + 1)
+    inv_width = torch.where(width > 0, 1.0 / width, torch.zeros_like(width))  # (I, M-1)
+    coef = coef * (inv_width > 0)[..., None, None]  # an interval of repeated knots: nothing
+    slopes = coef[..., 1:] * torch.arange(1, k + 1, dtype=torch.float64) * inv_width[..., None, None]
+    head = torch.stack([g[:, :-1], inv_width], dim=-1)  # (I, M-1, 2)
+    tables = [torch.cat([head, c.flatten(2)], dim=-1).flatten(0, 1) for c in (coef, slopes)]
+    return tables[0].to(grid.device, grid.dtype), tables[1].to(grid.device, grid.dtype)
 
 
 _POLYNOMIALS: dict[tuple[int, bool], list[list[float]]] = {}
@@ -186,15 +227,7 @@ class BSplineBasis(Basis):
         return self.grid_size + self.spline_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self.grid.to(x.dtype)  # (I, G+2k+1)
-        x = x.unsqueeze(-1)  # (N, I, 1)
-        bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)  # (N, I, G+2k)
-        for p in range(1, self.spline_order + 1):
-            spans = _spans(grid, p)  # (I, G+2k+1-p); repeated knots: infinite, the term zero (0/0 = 0)
-            left = (x - grid[:, : -(p + 1)]) / spans[:, :-1]
-            right = (grid[:, p + 1:] - x) / spans[:, 1:]
-            bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, I, G+2k-p)
-        return bases  # (N, I, G+k)
+        return _cox_de_boor(x, self.grid.to(x.dtype), self.spline_order)  # (N, I, G+k)
 
     def out_of_range(self, x: torch.Tensor) -> torch.Tensor:
         interior = self.interior_knots().to(x.dtype)
@@ -246,9 +279,10 @@ class BSplineBasis(Basis):
     # -- lean path (layers/lean.py) ---------------------------------------------------------------------------------
     # On a uniform knot vector (per input: start t_0, step h) only k+1 splines are non-zero at x: with s = (x - t_0)/h,
     # interval m = floor(s) and t = s - m they follow de Boor's local triangle (The NURBS Book, A2.2), whose knot
-    # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. Adapted
-    # (non-uniform) grids use the reference recursion here, differentiated by autograd in the backward; the fused mode
-    # compiles the recursion elementwise with its slopes instead (``_knot_terms``).
+    # differences are whole multiples of h. They are scattered into the (N, B, I) features at m-k..m. On an adapted
+    # (non-uniform) grid each interval's k+1 splines are polynomials of its own local coordinate, tabled once per grid
+    # (``_piece_tables``; ``_piece_values``), slopes included; the fused mode compiles the recursion elementwise with
+    # its slopes instead (``_knot_terms``), and a compiled model's graph takes the reference, which it fuses itself.
     def _uniform(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(t0, h) per input when every knot step is equal, else None. Cached per grid tensor and version: the check
         reads a value back from the device, which must not happen on every forward. Eagerly a cached verdict is read
@@ -385,6 +419,43 @@ class BSplineBasis(Basis):
                 cached = self._grid_cache("_knot_cache", _knot_tables(self.grid, self.spline_order))
         return cached
 
+    def _pieces(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The knots, knot-major (M, I), and ``_piece_tables`` in ``dtype``, made once per grid tensor and version
+        and dtype."""
+        cached = self._grid_cached("_piece_cache")
+        if cached is _MISS:
+            cached = self._grid_cache("_piece_cache", {})
+        if dtype not in cached:
+            with torch.no_grad():
+                if self.grid.dtype not in cached:
+                    cached[self.grid.dtype] = (self.grid.T.contiguous(), *_piece_tables(self.grid, self.spline_order))
+                cached[dtype] = tuple(t.to(dtype) for t in cached[self.grid.dtype])
+        return cached[dtype]
+
+    def _piece_values(self, x: torch.Tensor, derivative: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """On an adapted grid, the k + 1 splines not zero at each x (N, I), or their derivatives, (N, k+1, I), and
+        their indices into the B splines (N, k+1, I): x's knot interval m (its input's knots at or below it, counted),
+        then the interval's row of ``_piece_tables`` (one lookup of contiguous rows), its polynomials by Horner's rule
+        in the local coordinate; zero outside the grid. The reference recursion evaluates all G + 2k splines of every
+        order, and under autograd (its backward without slopes) keeps each order's."""
+        knots, values, slopes = self._pieces(x.dtype)
+        k, n_int = self.spline_order, knots.shape[0] - 1
+        m = (x.unsqueeze(-1) >= knots.T).sum(-1) - 1  # (N, I): t_m <= x < t_m+1; NaN: -1
+        inside = (m >= 0) & (m < n_int)
+        m = m.clamp_(0, n_int - 1)
+        idx = (m.unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, self.n_basis - 1)
+        degree = k - 1 if derivative else k
+        if degree < 0:  # order 0's derivative
+            return x.new_zeros(x.shape[0], 1, x.shape[1]), idx
+        rows = m + torch.arange(0, m.shape[1] * n_int, n_int, device=x.device)  # (N, I): row i (M-1) + m
+        row = (slopes if derivative else values)[rows]  # (N, I, 2 + (k+1)(degree+1))
+        t = (x - row[..., 0]) * row[..., 1]  # (N, I), in [0, 1)
+        c = row[..., 2:].unflatten(-1, (k + 1, degree + 1))  # (N, I, k+1, degree+1)
+        out = c[..., degree]
+        for p in range(degree - 1, -1, -1):
+            out = out * t.unsqueeze(-1) + c[..., p]
+        return (out * inside.unsqueeze(-1)).transpose(1, 2), idx  # (N, k+1, I)
+
     def _inverse_step(self, h: torch.Tensor) -> torch.Tensor:
         """1/h, computed once per step tensor the uniform check made (eagerly a division on every call, two kernel
         launches a layer on a GPU), in a compiled graph by the graph."""
@@ -455,7 +526,10 @@ class BSplineBasis(Basis):
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         uniform = self._uniform()
         if uniform is None:
-            return self(x).transpose(1, 2)  # (N, B, I)
+            if torch.compiler.is_compiling():  # inside a compiled model's graph: the reference, which it fuses
+                return self(x).transpose(1, 2)  # (N, B, I)
+            values, idx = self._piece_values(x, derivative=False)
+            return x.new_zeros(x.shape[0], self.n_basis, x.shape[1]).scatter_add_(1, idx, values)  # (N, B, I)
         k, b = self.spline_order, self.n_basis
         m, t, inside = self._interval(x, *uniform)
         values = self._local_values(t, k)  # (k+1, N, I)
@@ -473,7 +547,10 @@ class BSplineBasis(Basis):
     def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         uniform = self._uniform()
         if uniform is None:
-            return None
+            if torch.compiler.is_compiling():
+                return None  # autograd through the reference (``lean_features``)
+            slopes, idx = self._piece_values(x, derivative=True)
+            return (g.gather(1, idx) * slopes).sum(1)
         t0, h = uniform
         k, b = self.spline_order, self.n_basis
         m, t, inside = self._interval(x, t0, h)
