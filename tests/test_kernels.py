@@ -93,9 +93,12 @@ def test_lean_equals_reference_fp32(name):
     _close(_run(ffn, x, "lean"), _run(ffn, x, "reference"), rtol=1e-4, atol=1e-5)
 
 
-def _close_under_bf16_autocast(name, mode):
-    """Output and every gradient of ``mode`` within 2 % (relative norm) of the reference under bf16 autocast."""
+def _close_under_bf16_autocast(name, mode, adapted=False):
+    """Output and every gradient of ``mode`` within 2 % (relative norm) of the reference under bf16 autocast; with
+    ``adapted``, on grids fitted to data."""
     ffn = create_ffn(name, D, H)
+    if adapted:
+        ffn.update_grid(torch.randn(500, D) ** 3)
     x = _inputs(torch.float32)
     fast, ref = _run(ffn, x, mode, autocast=True), _run(ffn, x, "reference", autocast=True)
     for a, b in zip([fast[0], fast[1], *fast[2].values()], [ref[0], ref[1], *ref[2].values()], strict=True):
@@ -105,6 +108,10 @@ def _close_under_bf16_autocast(name, mode):
 @pytest.mark.parametrize("name", LEAN_FFNS)
 def test_lean_equals_reference_under_bf16_autocast(name):
     _close_under_bf16_autocast(name, "lean")
+
+
+def test_lean_on_adapted_grids_equals_reference_under_bf16_autocast():
+    _close_under_bf16_autocast("bspline", "lean", adapted=True)
 
 
 def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused(monkeypatch):

@@ -420,15 +420,14 @@ class BSplineBasis(Basis):
         return cached
 
     def _pieces(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """The knots, knot-major (M, I), and ``_piece_tables`` in ``dtype``, made once per grid tensor and version
-        and dtype."""
+        """The knots (I, M) and ``_piece_tables`` in ``dtype``, made once per grid tensor and version and dtype."""
         cached = self._grid_cached("_piece_cache")
         if cached is _MISS:
             cached = self._grid_cache("_piece_cache", {})
         if dtype not in cached:
             with torch.no_grad():
                 if self.grid.dtype not in cached:
-                    cached[self.grid.dtype] = (self.grid.T.contiguous(), *_piece_tables(self.grid, self.spline_order))
+                    cached[self.grid.dtype] = (self.grid, *_piece_tables(self.grid, self.spline_order))
                 cached[dtype] = tuple(t.to(dtype) for t in cached[self.grid.dtype])
         return cached[dtype]
 
@@ -439,8 +438,8 @@ class BSplineBasis(Basis):
         in the local coordinate; zero outside the grid. The reference recursion evaluates all G + 2k splines of every
         order, and under autograd (its backward without slopes) keeps each order's."""
         knots, values, slopes = self._pieces(x.dtype)
-        k, n_int = self.spline_order, knots.shape[0] - 1
-        m = (x.unsqueeze(-1) >= knots.T).sum(-1) - 1  # (N, I): t_m <= x < t_m+1; NaN: -1
+        k, n_int = self.spline_order, knots.shape[1] - 1
+        m = (x.unsqueeze(-1) >= knots).sum(-1) - 1  # (N, I): t_m <= x < t_m+1; NaN: -1
         inside = (m >= 0) & (m < n_int)
         m = m.clamp_(0, n_int - 1)
         idx = (m.unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, self.n_basis - 1)
