@@ -145,6 +145,17 @@ def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when
         knot_calls.clear()
 
 
+def test_adapted_grid_lean_features_differentiate_to_their_own_slopes():
+    """The adapted grid's eager features are differentiable in x (autograd through them, where a caller declines the
+    analytic input gradient) and give the slopes ``lean_input_grad`` takes from its own table."""
+    layer = KANLinear(D, 5, grid_size=6, spline_order=3).double()
+    layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)
+    x = (torch.randn(300, D, dtype=torch.float64) * 3).requires_grad_(True)
+    g = torch.randn(300, layer.basis.n_basis, D, dtype=torch.float64)
+    (layer.basis.lean_features(x) * g).sum().backward()
+    torch.testing.assert_close(x.grad, layer.basis.lean_input_grad(x.detach(), g), rtol=1e-9, atol=1e-10)
+
+
 def test_repeated_knots_make_zero_splines_on_every_path(monkeypatch):
     """Knots fitted to tied data without the uniform blend (``grid_eps=0``: half of the inputs exactly zero, as after a
     ReLU) repeat; the recursion's terms over an empty span are zero (0/0 = 0), not NaN, on the reference, the eager
