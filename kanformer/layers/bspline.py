@@ -442,7 +442,7 @@ class BSplineBasis(Basis):
         m = (x.unsqueeze(-1) >= knots).sum(-1) - 1  # (N, I): t_m <= x < t_m+1; NaN: -1
         inside = (m >= 0) & (m < n_int)
         m = m.clamp_(0, n_int - 1)
-        idx = (m.unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, self.n_basis - 1)
+        idx = self._spline_indices(m)
         degree = k - 1 if derivative else k
         if degree < 0:  # order 0's derivative
             return x.new_zeros(x.shape[0], 1, x.shape[1]), idx
@@ -533,9 +533,15 @@ class BSplineBasis(Basis):
         m, t, inside = self._interval(x, *uniform)
         values = self._local_values(t, k)  # (k+1, N, I)
         self._mask_partial(values, m, inside)
-        idx = (m.long().unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, b - 1)
+        idx = self._spline_indices(m)
         # masked (zero) values land on clamped duplicate slots, hence an add (N, k+1, I) -> (N, B, I)
         return x.new_zeros(x.shape[0], b, x.shape[1]).scatter_add_(1, idx, values.transpose(0, 1))
+
+    def _spline_indices(self, m: torch.Tensor) -> torch.Tensor:
+        """The indices m - k .. m of the splines not zero in interval m (N, I), clamped to the B real ones (those
+        outside carry zero values): (N, k+1, I)."""
+        k = self.spline_order
+        return (m.long().unsqueeze(1) + torch.arange(-k, 1, device=m.device)[:, None]).clamp_(0, self.n_basis - 1)
 
     def _mask_partial(self, values: torch.Tensor, m: torch.Tensor, inside: torch.Tensor) -> None:
         """Zero local value r unless spline m - k + r is one of the B real bases and x lies inside the grid."""
@@ -551,11 +557,10 @@ class BSplineBasis(Basis):
             slopes, idx = self._piece_values(x, derivative=True)
             return (g.gather(1, idx) * slopes).sum(1)
         t0, h = uniform
-        k, b = self.spline_order, self.n_basis
         m, t, inside = self._interval(x, t0, h)
-        deriv = self._local_values(t, k, derivative=True)  # (k+1, N, I)
+        deriv = self._local_values(t, self.spline_order, derivative=True)  # (k+1, N, I)
         self._mask_partial(deriv, m, inside)
-        idx = (m.long().unsqueeze(1) + torch.arange(-k, 1, device=x.device)[:, None]).clamp_(0, b - 1)
+        idx = self._spline_indices(m)
         return (g.gather(1, idx) * deriv.transpose(0, 1)).sum(1) / h.to(x.dtype)
 
 
