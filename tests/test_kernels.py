@@ -116,29 +116,32 @@ def test_lean_on_adapted_grids_equals_reference_under_bf16_autocast():
 
 def test_adapted_bspline_grid_takes_the_general_lean_path_and_the_knot_form_when_fused(monkeypatch):
     """An adapted (non-uniform) grid: eager lean evaluates each input's k + 1 splines not zero at it, and their slopes,
-    from its knot interval's polynomials (``_piece_tables``), neither the reference's recursion nor autograd through
-    it; fused, the Cox-de Boor recursion elementwise on the knot tables, with analytic slopes, for every spline order
-    (its helpers run as the eager code they compile, exact in fp64; compiled: tests/test_lean_ffn.py)."""
+    from its knot interval's polynomials (``_piece_tables``; the backward's values and slopes from one lookup), neither
+    the reference's recursion nor autograd through it; fused, the Cox-de Boor recursion elementwise on the knot tables,
+    with analytic slopes, for every spline order (its helpers run as the eager code they compile, exact in fp64;
+    compiled: tests/test_lean_ffn.py)."""
     monkeypatch.setattr(lean, "_kernel_fn", lambda fn, x=None, tag="": fn)
     knot_calls, piece_calls, reference_calls = [], [], []
     knot_terms, piece_values, reference = BSplineBasis._knot_terms, BSplineBasis._piece_values, BSplineBasis.forward
     monkeypatch.setattr(BSplineBasis, "_knot_terms", lambda *a: knot_calls.append(1) or knot_terms(*a))
     monkeypatch.setattr(BSplineBasis, "_piece_values",
-                        lambda *a, **kw: piece_calls.append(kw) or piece_values(*a, **kw))
+                        lambda self, x, *a: piece_calls.append(a) or piece_values(self, x, *a))
     monkeypatch.setattr(BSplineBasis, "forward", lambda *a: reference_calls.append(1) or reference(*a))
-    for k in (0, 1, 3):
-        layer = KANLinear(D, D, grid_size=5, spline_order=k).double()
+    # 40 intervals: more knots than the count's compare loop takes (``_count_knots``: a binary search instead)
+    for k, g in ((0, 5), (1, 5), (3, 5), (2, 40)):
+        layer = KANLinear(D, D, grid_size=g, spline_order=k).double()
         layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)  # quantile knots: non-uniform
         assert layer.basis._uniform() is None
         knots, inv_spans = layer.basis.fused_state()
-        m = 5 + 2 * k + 1
+        m = g + 2 * k + 1
         assert knots.shape == (m, D) and inv_spans.shape == (k * m - k * (k + 1) // 2, D)
         x = torch.cat([_inputs(torch.float64), layer.basis.grid.T[:, :D]])  # the knots themselves too
         ref = _run(layer, x, "reference")
         reference_calls.clear()
         _close(_run(layer, x, "lean"), ref, rtol=1e-9, atol=1e-10)
         assert not knot_calls and not reference_calls
-        assert sorted(c["derivative"] for c in piece_calls) == [False, False, True]  # fwd; bwd: again, and slopes
+        # (values, slopes) asked for: the forward's values; the backward's values and slopes in one lookup
+        assert sorted(piece_calls) == [(True, False), (True, True)]
         piece_calls.clear()
         _close(_run(layer, x, "fused"), ref, rtol=1e-9, atol=1e-10)
         assert knot_calls, "the fused path did not take the knot form"

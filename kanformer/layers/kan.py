@@ -148,6 +148,13 @@ class Basis(nn.Module):
         """The analytic ``sum_b g_b f_b'(x)`` of the lean backward, or None (autograd through the features)."""
         return None
 
+    def lean_features_and_input_grad(self, x: torch.Tensor, g: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(lean_features(x), lean_input_grad(x, g))`` from one pass, for the eager lean backward, which needs both
+        where it makes the weights' gradient: offered by a basis whose two forms share work (the B-spline's interval
+        and its lookup); None (the default, or where ``lean_input_grad`` would decline): asked for apart."""
+        return None
+
     def lean_pre_params(self) -> tuple[torch.Tensor, ...] | None:
         """Parameters of a pre-transform of the input (``lean_pre``: RBF's layer norm), or None without one."""
         return None

@@ -92,10 +92,11 @@ def _low_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
-              dtype: torch.dtype, values: list[torch.Tensor] | None = None) -> torch.Tensor:
+              dtype: torch.dtype, values: list[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
     """(N, B, I) basis values in ``dtype``, with ``silu(x)`` appended as basis B when ``x`` is given (the SiLU base
-    branch, so one matmul serves both branches). ``state`` (not None): from the basis' per-function form
-    (``_terms``; ``values``: already evaluated). Low-precision inputs are evaluated in fp32 (as the reference does)."""
+    branch, so one matmul serves both branches). ``state`` (not None): from the basis' per-function form (``_terms``);
+    ``values``: already evaluated (with ``state`` the per-function values, without it the (N, B, I) features of
+    ``lean_features_and_input_grad``). Low-precision inputs are evaluated in fp32 (as the reference does)."""
     uc = _low(u)
     if state is not None:
         values = values if values is not None else _terms(basis, uc, state)[0]
@@ -104,19 +105,20 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
         # one write of each value into its slot, in the matmul's dtype (stacked first, a bf16 matmul's features took
         # an fp32 tensor and a pass to cast it)
         return torch.stack([v.to(dtype) for v in values], dim=1)
-    feats = basis.lean_features(uc)
+    feats = values if values is not None else basis.lean_features(uc)
     if x is not None:
         feats = torch.cat([feats, _silu(x.to(feats.dtype)).unsqueeze(1)], dim=1)
     return feats.to(dtype)
 
 
 def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
-                 state: tuple[torch.Tensor, ...] | None, analytic: bool, fold: bool = False
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool, fold: bool = False, features: bool = False
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | torch.Tensor | None]:
     """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
-    the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one). Third, with a
-    per-function form (``state``), the basis values of the same pass (for ``_features``; a compiler drops them where
-    unused), else None.
+    the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one). Third, the basis
+    values of the same pass (for ``_features``), else None: with a per-function form (``state``) always (a compiler
+    drops them where unused); eagerly where the caller will recompute the features (``features``) and the basis makes
+    them with its input gradient in one pass (``lean_features_and_input_grad``).
 
     ``fold`` (u is x itself: no pre-transform between them): with a per-function form, the base branch's gradient is
     made first and the basis' terms are added to it, so the first result is the whole dL/dx and the second None. Added
@@ -138,7 +140,8 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
         if start is not None:
             g_x = None
     elif analytic:
-        g_u = basis.lean_input_grad(uc, g_basis)  # None: declined
+        both = basis.lean_features_and_input_grad(uc, g_basis) if features else None
+        kept, g_u = both if both is not None else (None, basis.lean_input_grad(uc, g_basis))  # g_u None: declined
     return g_u, g_x, kept
 
 
@@ -327,7 +330,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     else:
         g_feats = mm(gy, w).view(n, -1, i_in)  # (N, B[+1], I)
         g_basis = g_feats[:, :b]
-        g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic, fold=pre is None)
+        g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic, fold=pre is None, features=need_w)
     g_pre: tuple[torch.Tensor, ...] = ()
     if g_u is not None:
         if pre is not None:
