@@ -159,6 +159,25 @@ def test_adapted_grid_lean_features_differentiate_to_their_own_slopes():
     torch.testing.assert_close(x.grad, layer.basis.lean_input_grad(x.detach(), g), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["bspline", "bspline adapted", "rbf", "chebyshev", "jacobi", "fourier"])
+def test_one_pass_features_and_input_gradient_equal_the_two_forms(name):
+    """A basis that makes the lean backward's recomputed features and input gradient in one pass
+    (``lean_features_and_input_grad``) gives what its two forms give apart (fp64; inputs far outside the grids and
+    natural ranges included). That the lean backward takes it, the lean-against-reference tests above check (a wrong
+    gradient planted in it fails them)."""
+    basis = name.split()[0]
+    layer = KANLinear(D, 5, basis).double()
+    if name.endswith("adapted"):
+        layer.update_grid(torch.randn(500, D, dtype=torch.float64) ** 3)
+    b = layer.basis
+    assert type(b).lean_features_and_input_grad is not kan.Basis.lean_features_and_input_grad
+    x = _inputs(torch.float64, n=200)
+    g = torch.randn(200, b.n_basis, D, dtype=torch.float64)
+    feats, g_x = b.lean_features_and_input_grad(x, g)
+    torch.testing.assert_close(feats, b.lean_features(x), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_x, b.lean_input_grad(x, g), rtol=1e-12, atol=1e-14)
+
+
 def test_repeated_knots_make_zero_splines_on_every_path(monkeypatch):
     """Knots fitted to tied data without the uniform blend (``grid_eps=0``: half of the inputs exactly zero, as after a
     ReLU) repeat; the recursion's terms over an empty span are zero (0/0 = 0), not NaN, on the reference, the eager

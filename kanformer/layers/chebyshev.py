@@ -38,10 +38,9 @@ class ChebyshevBasis(TanhPolynomialBasis):
 
 
     # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
-    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x)  # (N, I)
-        t2 = 2 * t
-        out = x.new_empty(x.shape[0], self.degree + 1, x.shape[1])  # (N, D+1, I)
+    def _lean_values(self, t: torch.Tensor) -> torch.Tensor:
+        t2 = 2 * t  # t = tanh(x), (N, I)
+        out = t.new_empty(t.shape[0], self.degree + 1, t.shape[1])  # (N, D+1, I)
         out[:, 0] = 1
         if self.degree >= 1:
             out[:, 1] = t
@@ -65,15 +64,14 @@ class ChebyshevBasis(TanhPolynomialBasis):
         slopes = [None] + [(d * dt) * u[d - 1] for d in range(1, self.degree + 1)]
         return list(zip(values, slopes, strict=True))
 
-    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def _lean_slope_sum(self, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_d g_d T_d'(t) (1 - t^2), with T_d' = d U_{d-1} (Chebyshev polynomials of the second kind:
         U_0 = 1, U_1 = 2t, U_d = 2t U_{d-1} - U_{d-2})."""
-        t = torch.tanh(x)
         if self.degree == 0:
-            return torch.zeros_like(x)
+            return torch.zeros_like(t)
         t2 = 2 * t
         acc = g[:, 1].clone()  # T_1' = U_0 = 1
-        u_prev, u_cur = torch.ones_like(x), t2  # U_{d-2}, U_{d-1} for d = 2
+        u_prev, u_cur = torch.ones_like(t), t2  # U_{d-2}, U_{d-1} for d = 2
         for d in range(2, self.degree + 1):
             acc.add_(g[:, d] * u_cur, alpha=d)
             if d < self.degree:

@@ -62,10 +62,9 @@ class JacobiBasis(TanhPolynomialBasis):
 
 
     # -- lean path (layers/lean.py): (N, B, I) layout, analytic derivative -----------------------------------------
-    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x)  # (N, I)
-        a, b = self.alpha, self.beta
-        out = x.new_empty(x.shape[0], self.degree + 1, x.shape[1])  # (N, D+1, I)
+    def _lean_values(self, t: torch.Tensor) -> torch.Tensor:
+        a, b = self.alpha, self.beta  # t = tanh(x), (N, I)
+        out = t.new_empty(t.shape[0], self.degree + 1, t.shape[1])  # (N, D+1, I)
         out[:, 0] = 1
         if self.degree >= 1:
             out[:, 1] = 0.5 * (a - b) + 0.5 * (a + b + 2) * t
@@ -83,7 +82,7 @@ class JacobiBasis(TanhPolynomialBasis):
         dt = 1 - t * t
         a, b = self.alpha, self.beta
         values = self._polynomials(t)
-        # d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1), the latter by its own recurrence (see lean_input_grad)
+        # d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1), the latter by its own recurrence (see _lean_slope_sum)
         a1, b1 = a + 1, b + 1
         q = [torch.ones_like(t), 0.5 * (a1 - b1) + 0.5 * (a1 + b1 + 2) * t][: self.degree]
         for A, B, C in jacobi_recurrence(self.degree - 1, a1, b1):
@@ -91,16 +90,15 @@ class JacobiBasis(TanhPolynomialBasis):
         slopes = [None] + [q[n - 1] * ((n + a + b + 1) / 2) * dt for n in range(1, self.degree + 1)]
         return list(zip(values, slopes, strict=True))
 
-    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def _lean_slope_sum(self, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_n g_n P_n'(t) (1 - t^2), with d/dt P_n^(a,b) = (n + a + b + 1)/2 P_{n-1}^(a+1,b+1) (DLMF 18.9.15), the
         latter by its own three-term recurrence."""
-        t = torch.tanh(x)
         if self.degree == 0:
-            return torch.zeros_like(x)
+            return torch.zeros_like(t)
         a, b = self.alpha + 1, self.beta + 1
         scale = [(n + self.alpha + self.beta + 1) / 2 for n in range(self.degree + 1)]
         acc = g[:, 1] * scale[1]  # P_1' = (a + b + 2)/2 = scale[1] * Q_0
-        q_prev, q_cur = torch.ones_like(x), 0.5 * (a - b) + 0.5 * (a + b + 2) * t  # Q_0, Q_1 of (a+1, b+1)
+        q_prev, q_cur = torch.ones_like(t), 0.5 * (a - b) + 0.5 * (a + b + 2) * t  # Q_0, Q_1 of (a+1, b+1)
         recurrence = jacobi_recurrence(self.degree - 1, a, b)
         for n in range(2, self.degree + 1):
             acc.add_(g[:, n] * q_cur, alpha=scale[n])

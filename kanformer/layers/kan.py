@@ -299,6 +299,23 @@ class TanhPolynomialBasis(Basis):
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         return ()
 
+    # the lean forms, from t = tanh(x): subclasses give ``_lean_values(t)`` (N, B, I) and ``_lean_slope_sum(t, g)``
+    def lean_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._lean_values(torch.tanh(x))
+
+    def lean_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self._lean_slope_sum(torch.tanh(x), g)
+
+    def lean_features_and_input_grad(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.tanh(x)  # once for both
+        return self._lean_values(t), self._lean_slope_sum(t, g)
+
+    def _lean_values(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _lean_slope_sum(self, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
 
 def register_basis(name: str) -> Callable[[type[Basis]], type[Basis]]:
     def decorator(cls: type[Basis]) -> type[Basis]:

@@ -212,6 +212,14 @@ class RBFBasis(Basis):
             acc += g[:, j] * torch.exp(-_square_cut(d)) * d
         return acc * (-2 * self.inv_width)
 
+    def lean_features_and_input_grad(self, u: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features, and the input gradient from their own Gaussians (f_g'(u) = f_g(u) (d0 - g) (-2 / h)): G
+        exponentials an element for both, not 2G."""
+        feats = self.lean_features(u)  # (N, G, I)
+        steps = torch.arange(self.num_grids, dtype=u.dtype, device=u.device)[:, None]  # (G, 1)
+        d = self.widths(u).unsqueeze(1) - steps  # (N, G, I)
+        return feats, (g * feats * d).sum(1) * (-2 * self.inv_width)
+
 
 @register_ffn("rbf")
 class RBFFFN(KANFFN):
