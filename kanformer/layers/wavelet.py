@@ -109,25 +109,29 @@ class WaveletBasis(Basis):
     # vectors over W: the wavelet FFN step took 1.54 - 1.61x the GELU MLP's against 1.30 - 1.33x in this layout (d 384,
     # 2048 tokens; its parameter-gradient graph also needs fixed widths: the compiled helpers are static but for the
     # token count, dispatch.per_token).
-    def _term(self, x: torch.Tensor, t: torch.Tensor, inv_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _term(self, x: torch.Tensor, t: torch.Tensor, inv_scale: torch.Tensor, slope: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(psi(u), d psi(u) / dx) with u = (x - t) / s, for one wavelet's per-input t and 1/s: rows (I,) against x
-        (N, I), or columns (I, 1) against input-major x (I, N)."""
+        (N, I), or columns (I, 1) against input-major x (I, N). Without ``slope``, (psi(u), None): eager code runs
+        every operation written (a compiled graph drops the unused ones itself)."""
         inv_scale = inv_scale.to(x.dtype)
         u = (x - t.to(x.dtype)) * inv_scale
         u2 = u.square()
         # inline in a compiled CPU loop, unclamped: the cut drops every value whose argument is out of its range
         gauss = torch.where(u2 > _CUT, 0.0, loop_exp(-0.5 * u2, bounded=True))
+        if not slope:
+            return self._psi(u, u2, gauss), None
         if self.wavelet == "mexican_hat":
-            slope = (u2 - 3) * u
+            d_psi = (u2 - 3) * u
         elif self.wavelet == "morlet":
-            slope = -(5 * torch.sin(5 * u) + u * torch.cos(5 * u))
+            d_psi = -(5 * torch.sin(5 * u) + u * torch.cos(5 * u))
         else:  # dog
-            slope = u2 - 1
-        return self._psi(u, u2, gauss), slope * gauss * inv_scale
+            d_psi = u2 - 1
+        return self._psi(u, u2, gauss), d_psi * gauss * inv_scale
 
     def lean_features(self, x: torch.Tensor) -> torch.Tensor:
         t, inv_scale = self.fused_state_from(self.translation, self.log_scale)
-        return torch.stack([self._term(x, t[j], inv_scale[j])[0] for j in range(self.num_wavelets)], dim=1)
+        return torch.stack([self._term(x, t[j], inv_scale[j], slope=False)[0] for j in range(self.num_wavelets)], dim=1)
 
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         """The translations and inverse scales wavelet-major, (W, I) each: wavelet j's row for all inputs is contiguous
