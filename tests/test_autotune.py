@@ -21,8 +21,12 @@ D, H = 16, 12
 @pytest.fixture
 def auto(monkeypatch, tmp_path):
     """The process default is auto (the suite pins lean), with a private cache and no background compiles: the
-    compiler is reported failed unless a test says otherwise."""
+    compiler is reported failed unless a test says otherwise. The memory rule ``lean``, in a list of the test's own:
+    ``set_kernel_memory`` writes into the list in place, so a test that set ``fast`` and then patched the list (as the
+    memory rule's test does) left ``fast`` in the process's own list for the worker's later tests (a compiled wavelet
+    FFN then took the compiled reference, not its operator, and saved 8.7x the lean path's activations)."""
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setattr(autotune, "_memory", ["lean"])
     monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KANFORMER_AUTOTUNE", "1")
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "failed: no compiler in this test")
@@ -38,6 +42,7 @@ def auto_compiling(auto, monkeypatch):
     stand-in) and no background process of an earlier test."""
     monkeypatch.undo()
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
+    monkeypatch.setattr(autotune, "_memory", ["lean"])
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_pending_spec", {})
     monkeypatch.setattr(background_compile, "workers", {})
