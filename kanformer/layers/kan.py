@@ -152,7 +152,8 @@ class Basis(nn.Module):
                                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(lean_features(x), lean_input_grad(x, g))`` from one pass, for the eager lean backward, which needs both
         where it makes the weights' gradient: offered by a basis whose two forms share work (the B-spline's interval
-        and its lookup); None (the default, or where ``lean_input_grad`` would decline): asked for apart."""
+        and its lookup, RBF's Gaussians, Fourier's cosines and sines, tanh of the Chebyshev and Jacobi bases); None
+        (the default, or where ``lean_input_grad`` would decline): asked for apart."""
         return None
 
     def lean_pre_params(self) -> tuple[torch.Tensor, ...] | None:

@@ -14,7 +14,8 @@ call. In the fused mode the forward and the backward of a layer are one compiled
 
 A basis opts in by implementing ``lean_features(u) -> (N, B, I)`` (equal to its reference ``forward`` within dtype
 tolerance) and, for speed, ``lean_input_grad(u, g) -> (N, I)`` (the analytic ``sum_b g[:, b] * f_b'(u)``, or None
-to decline). Without an analytic derivative the recomputed basis is differentiated by autograd inside the backward
+to decline), and, where the two share work, ``lean_features_and_input_grad(u, g)`` (both from one pass, for the
+backward). Without an analytic derivative the recomputed basis is differentiated by autograd inside the backward
 (still lean: nothing was saved for it).
 A basis with a pre-transform of its input (RBF's LayerNorm) gives it as ``lean_pre(x, *p, stats=None) -> (u, stats)``
 with its parameters ``lean_pre_params()`` and the analytic ``lean_pre_backward(x, stats, g_u, *p) -> (g_x, *g_p)``:
