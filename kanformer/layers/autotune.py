@@ -248,7 +248,7 @@ def expect_grids(model: torch.nn.Module, ahead: list[tuple[int | None, bool]]) -
     configuration its grid size (None: as now) and whether the grids have been fitted to data by then. Once an FFN's
     choice is made, the graphs of the next configuration compile in the background, beside training (one at a time:
     the next starts at the choice after it), so the first call after a grid update or extension finds them compiled
-    and is timed at once, instead of running ``lean`` (on an adapted grid ~6x the fused step at d 128, 1024 tokens)
+    and is timed at once, instead of running ``lean`` (on an adapted grid ~4x the fused step at d 128, 1024 tokens)
     until a compile started then is done. Returns the number of FFNs with grids."""
     n = 0
     for ffn in _ffns(model):
