@@ -464,6 +464,62 @@ def test_no_timing_beside_another_ffns_background_compile(auto, monkeypatch):
     assert record["source"] == "timed" and set(record["times_ms"]) >= {"lean", "reference"}
 
 
+@pytest.fixture
+def two_threads(monkeypatch):
+    """A process on two threads (the suite's workers run one each), restored after, with no core lent yet."""
+    own = torch.get_num_threads()
+    monkeypatch.setattr(background_compile, "_lent", [])
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(own)
+
+
+@pytest.mark.parametrize("cpus, ranks, lends", [(2, "1", True), (4, "1", False), (4, "2", True)])
+def test_a_core_is_lent_to_the_background_compile_and_taken_back(auto_compiling, two_threads, monkeypatch, tmp_path,
+                                                                  cpus, ranks, lends):
+    """Where the process's threads (with its machine's other ranks') fill the cores, it runs on one thread fewer while
+    its background compile runs (two threads beside a compile ran eager lean 3x slower than one on the 2-core Zen 5:
+    each parallel region waited for the thread the compiler displaced), keeps its own count in the keys and in what it
+    asks the compile for, loads graphs on its own count, and times the candidates on it once the compile is done."""
+    monkeypatch.setattr(background_compile, "_cpus", lambda: cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    started, timed_on = [], []
+    monkeypatch.setattr(background_compile, "start", lambda warm, spec: started.append(spec) or Worker())  # running
+    monkeypatch.setattr(autotune, "_inductor_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(autotune, "_measure", lambda ffn, x, candidates, **kw: timed_on.append(
+        torch.get_num_threads()) or {"times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {},
+                                     "dropped": {}, "saved": dict.fromkeys(candidates, 0), "mlp_saved": 1})
+    ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
+    keys = autotune._keys(ffn, x)
+    assert "threads=2" in keys[1]
+    _step(ffn, x)  # the compile starts; lean meanwhile
+    assert [spec["threads"] for spec in started] == [2] and autotune.decisions() == {}
+    assert torch.get_num_threads() == (1 if lends else 2) and background_compile.lent() == lends
+    assert autotune._keys(ffn, x) == keys and autotune._ffn_spec(ffn, x)["threads"] == 2
+    with background_compile.own_threads():  # where graphs are loaded (a cached choice's warm-up)
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == (1 if lends else 2)
+    _step(ffn, x)
+    assert dispatch.resolve(ffn, x) == "lean" and not timed_on
+    (worker,) = background_compile.workers.values()
+    worker.returncode = 0  # done: the core back, then timed on the process's own threads
+    _step(ffn, x)
+    assert torch.get_num_threads() == 2 and not background_compile.lent() and timed_on == [2]
+    assert autotune.decisions()[keys[0]]["path"] == "fused"
+
+
+def test_one_thread_lends_nothing(auto_compiling, monkeypatch):
+    monkeypatch.setattr(background_compile, "_lent", [])
+    monkeypatch.setattr(background_compile, "_cpus", lambda: 1)
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        background_compile.lend()
+        assert torch.get_num_threads() == 1 and not background_compile.lent()
+    finally:
+        torch.set_num_threads(own)
+
+
 @pytest.mark.slow
 def test_cold_start_first_step_on_an_empty_compiler_cache(tmp_path):
     """A benchmark, not a timed unit test: a B-spline KAN GPT-2 (2 x 256, 4 x 128 tokens) trains its first steps in

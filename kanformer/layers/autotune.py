@@ -227,7 +227,7 @@ def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None =
     warm = (f"{signature or own}{_form_tag(now if forms is None else forms)} | "
             f"{str(dtype).removeprefix('torch.')} | {x.device.type}")
     if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
-        warm += f" | threads={torch.get_num_threads()}"
+        warm += f" | threads={background_compile.threads()}"
         if not loop_moves.active():  # and their moves as generated (layers/loop_moves.py)
             warm += " | loop_moves=off"
     if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
@@ -419,10 +419,13 @@ def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
     switch does not wait for them); until then, False. Once found so, remembered: reading the record (the compiler's
     directory, a stat of it) took ~28 us, which in a generation step of the demo's B-spline GPT-2 cost ~9 % of its
     tokens/s."""
+    background_compile.reclaim()
     warm = _keys(ffn, x)[1]
     few = warm + _FEW
     if few in _ready_keys:
         return True
+    if background_compile.lent() and x.device.type == "cpu":
+        return False  # its first call would load the graphs on a thread fewer (made, and keyed, for the process's own)
     compiled = _load()["compiled"]
     if _ready(compiled.get(few)):
         _ready_keys.add(few)
@@ -460,7 +463,7 @@ def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
             "forms": [form for _, form in _forms(ffn)],
             "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
-            "tokens": warm_tokens(x.numel() // x.shape[-1]), "threads": torch.get_num_threads()}
+            "tokens": warm_tokens(x.numel() // x.shape[-1]), "threads": background_compile.threads()}
 
 
 _ROUNDS = 5  # timed steps per candidate, taken in turns
@@ -607,7 +610,7 @@ def _adopt(key: str, cached: dict[str, Any], warm_up: Any) -> str:
     path = cached["path"]
     _choices[key], _decided[key] = path, {**cached, "source": "cache"}
     if path in ("fused", "triton", "compiled"):
-        with _tuning():
+        with _tuning(), background_compile.own_threads():
             warm_up(path)
     return path
 
@@ -669,6 +672,7 @@ def _waiting_for_first_rank(warm: str, record: Any) -> bool:
 
 def choice(ffn: Any, x: torch.Tensor) -> str:
     """The path for this training call of ``ffn`` on ``x`` under ``auto``."""
+    background_compile.reclaim()
     key, warm = _keys(ffn, x)
     if key in _choices:
         return _choices[key]
@@ -802,6 +806,7 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
     B-spline's reference 0.33, RBF's 0.20, Chebyshev's 0.14)."""
     if torch.is_inference_mode_enabled():
         return None
+    background_compile.reclaim()
     key, warm = _keys(ffn, x)
     evaluation = key.rsplit(" | ", 1)[0] + " | eval"
     if x.numel() <= x.shape[-1]:
@@ -817,8 +822,10 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
 
 
 def busy() -> bool:
-    """Whether a background compile of this process is still running."""
-    return any(proc.poll() is None for proc in background_compile.workers.values())
+    """Whether a background compile of this process is still running (or the core lent to it is not back yet: so
+    nothing is timed on a thread fewer)."""
+    background_compile.reclaim()
+    return background_compile.lent() or any(proc.poll() is None for proc in background_compile.workers.values())
 
 
 def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:
