@@ -30,10 +30,13 @@ def auto(monkeypatch, tmp_path):
     monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KANFORMER_AUTOTUNE", "1")
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "failed: no compiler in this test")
+    monkeypatch.setattr(background_compile, "_lent", [])
     autotune.forget()
     yield tmp_path / "cache" / "autotune.json"
     autotune.forget()
     autotune.set_kernel_memory("lean")
+    for own in background_compile._lent:  # a core a test's background compile was lent, back for the next tests
+        torch.set_num_threads(own)
 
 
 @pytest.fixture
@@ -46,6 +49,7 @@ def auto_compiling(auto, monkeypatch):
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_pending_spec", {})
     monkeypatch.setattr(background_compile, "workers", {})
+    monkeypatch.setattr(background_compile, "_lent", [])
     return auto
 
 
@@ -465,10 +469,9 @@ def test_no_timing_beside_another_ffns_background_compile(auto, monkeypatch):
 
 
 @pytest.fixture
-def two_threads(monkeypatch):
-    """A process on two threads (the suite's workers run one each), restored after, with no core lent yet."""
+def two_threads():
+    """A process on two threads (the suite's workers run one each), restored after."""
     own = torch.get_num_threads()
-    monkeypatch.setattr(background_compile, "_lent", [])
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(own)
@@ -506,6 +509,11 @@ def test_a_core_is_lent_to_the_background_compile_and_taken_back(auto_compiling,
     _step(ffn, x)
     assert torch.get_num_threads() == 2 and not background_compile.lent() and timed_on == [2]
     assert autotune.decisions()[keys[0]]["path"] == "fused"
+    if lends:  # a count the user sets meanwhile stands
+        background_compile.lend()
+        torch.set_num_threads(3)
+        background_compile.reclaim()
+        assert torch.get_num_threads() == 3 and not background_compile.lent()
 
 
 def test_one_thread_lends_nothing(auto_compiling, monkeypatch):

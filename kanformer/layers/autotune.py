@@ -22,7 +22,8 @@ and the trainer records them in the run's ``versions.json``.
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (background_compile.py)
 compiles them for this FFN configuration (and this process's thread count, for which the compiler makes its C++
-loops) while the FFN runs ``lean``; once it is done, the next training call loads them from that
+loops) while the FFN runs ``lean``, on a thread fewer where its threads fill the machine (a core lent to the compile:
+``background_compile.lend``); once it is done, the next training call takes the core back, loads the graphs from that
 cache (seconds), times the candidates and switches. A candidate that fails (no C++ compiler, say) is dropped and the
 reason kept with the choice; a background process killed by a signal is started once more first. A failed compile is
 tried again a day later, and a choice timed without ``fused`` for that reason is timed again once it compiles.

@@ -92,7 +92,9 @@ def reclaim() -> None:
     """The lent core back once none of this process's background compiles runs (asked by every call under
     ``auto`` while one is lent: a poll of each worker)."""
     if _lent and not any(proc.poll() is None for proc in workers.values()):
-        torch.set_num_threads(_lent.pop())
+        own = _lent.pop()
+        if torch.get_num_threads() == own - 1:  # else the user has set a count since: theirs stands
+            torch.set_num_threads(own)
 
 
 @atexit.register
