@@ -68,7 +68,8 @@ def lend() -> None:
     """One thread fewer for this process while its background compiles run, where its threads (with the machine's
     other local ranks', ``LOCAL_WORLD_SIZE``) fill the cores it may run on and it has more than one."""
     n = torch.get_num_threads()
-    if not _lent and n > 1 and n * int(os.environ.get("LOCAL_WORLD_SIZE", "1")) >= _cpus():
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")  # a launcher's (torchrun, accelerate); anything else: one rank
+    if not _lent and n > 1 and n * (int(ranks) if ranks.isdigit() else 1) >= _cpus():
         _lent.append(n)
         torch.set_num_threads(n - 1)
 
