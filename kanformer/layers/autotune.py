@@ -826,7 +826,7 @@ def busy() -> bool:
     """Whether a background compile of this process is still running (or the core lent to it is not back yet: so
     nothing is timed on a thread fewer)."""
     background_compile.reclaim()
-    return background_compile.lent() or any(proc.poll() is None for proc in background_compile.workers.values())
+    return background_compile.lent() or background_compile.running()
 
 
 def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:

@@ -89,10 +89,15 @@ def own_threads() -> Iterator[None]:
             torch.set_num_threads(_lent[0] - 1)
 
 
+def running() -> bool:
+    """Whether any of this process's background compiles still runs (a poll of each)."""
+    return any(proc.poll() is None for proc in workers.values())
+
+
 def reclaim() -> None:
     """The lent core back once none of this process's background compiles runs (asked by every call under
     ``auto`` while one is lent: a poll of each worker)."""
-    if _lent and not any(proc.poll() is None for proc in workers.values()):
+    if _lent and not running():
         own = _lent.pop()
         if torch.get_num_threads() == own - 1:  # else the user has set a count since: theirs stands
             torch.set_num_threads(own)
