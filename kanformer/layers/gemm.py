@@ -20,10 +20,12 @@ The library: :func:`set_library` or ``KANFORMER_GEMM``: ``auto`` (default), ``to
 GELU MLP's six products of a training step (d 384, 1536 hidden units, 2048 tokens: the benchmarks' reference shape)
 both ways, as :func:`mm` routes them under oneDNN against PyTorch's own, and keeps oneDNN where it is faster by more
 than the timing's noise (< 0.95x): the baseline's speed decides, for every FFN alike. Under oneDNN, products whose
-first operand is transposed with more rows than the product has columns go by class, each timed both ways at the same
-shape (``_transposed_products``): weight gradients (the MLP's first, ``gy^T @ x``: a long sum over the tokens) and
-input-major feature gradients (``W^T @ gy^T``: a short sum over a layer's outputs, the wavelet FFN's backward); each
-class stays on PyTorch's unless oneDNN ran it clearly faster, and a pinned ``onednn`` routes them by the same timing.
+first operand is transposed with more rows than the product has columns (weight gradients such as the MLP's first,
+``gy^T @ x``: a long sum over the tokens) are timed both ways at the same shape (``_transposed_products``) and stay on
+PyTorch's unless oneDNN ran them clearly faster; a pinned ``onednn`` routes them by the same timing. oneDNN copies a
+transposed first operand to row-major before it multiplies (PyTorch's eager copy, slow), so the kit's products take
+theirs row-major where they can (the wavelet's input-major backward, ``lean._feature_major``), and a compiled graph
+makes the copy in its own loop (``_product``).
 The choice is made once per machine, vector instructions (``ATEN_CPU_CAPABILITY``) and PyTorch version and kept in
 ``gemm.json`` beside the autotune cache (``KANFORMER_CACHE``), so every process on the machine, a resumed run's and a
 checkpoint's copy of these files included, runs its products the same way. It is made in eager code before anything
@@ -65,8 +67,9 @@ LIBRARIES = ("auto", "torch", "onednn")
 # (the demo's GPT-2, RBF x MLP in same-process A/Bs of the two libraries: 0.85 - 0.87 on PyTorch's products, 0.90 -
 # 0.92 on oneDNN's, the MLP's own step level)
 _CLEAR_WIN = 0.95
-_RULE = 4  # the version of the routing (_suits) and of the timing: a change is timed afresh (2: fp32 under autocast;
-# 3: the 0.95 threshold, small eager products on PyTorch's; 4: transposed products by class, timed)
+_RULE = 5  # the version of the routing (_suits) and of the timing: a change is timed afresh (2: fp32 under autocast;
+# 3: the 0.95 threshold, small eager products on PyTorch's; 4: transposed products by class, timed; 5: one class, the
+# weight gradients: the wavelet's input-major product takes its first operand row-major)
 _NS = re.sub(r"\W", "_", __name__)  # a checkpoint's copy of these files registers its own op
 
 _setting = [os.environ.get("KANFORMER_GEMM", "auto")]
@@ -75,7 +78,7 @@ _record: dict[str, Any] = {}  # how it was chosen: {library, source, times_ms?, 
 # under oneDNN, the library of each class of products with a transposed first operand of many rows (_transposed_class):
 # the machine's timing's, once chosen (read by compiled graphs: guarded); a class not in it stays on PyTorch's
 _routes: dict[str, str] = {}
-TRANSPOSED_CLASSES = ("weight_grad", "input_major")
+TRANSPOSED_CLASSES = ("weight_grad",)
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -227,13 +230,9 @@ def _resolve() -> str:
 
 def _transposed_products(width: int, tokens: int, g: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """One product of each class of :func:`_transposed_class` at the reference shape: the GELU MLP's first weight
-    gradient, (4 width, tokens) @ (tokens, width); and a parameter-matched KAN layer's input-major feature gradient (8
-    basis functions and the base branch on ``width`` inputs, 4 width / 9 outputs), (9 width, outputs) @ (outputs,
-    tokens), as the wavelet FFN's backward takes it."""
+    gradient, (4 width, tokens) @ (tokens, width)."""
     gy, x = torch.randn(tokens, 4 * width, generator=g), torch.randn(tokens, width, generator=g)
-    outputs = max(1, round(4 * width / 9))
-    w, g_out = torch.randn(outputs, 9 * width, generator=g), torch.randn(tokens, outputs, generator=g)
-    return {"weight_grad": (gy.t(), x), "input_major": (w.t(), g_out.t())}
+    return {"weight_grad": (gy.t(), x)}
 
 
 def _in_turns(runs: dict[str, Any], products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int
@@ -301,12 +300,14 @@ def _small(rows: int, inner: int, cols: int) -> bool:
 
 
 def _transposed_class(a: torch.Tensor, b: torch.Tensor) -> str | None:
-    """For ``a @ b`` with ``a`` transposed (column-major) and more rows than the product has columns, its class:
-    ``weight_grad`` where ``b`` is row-major (``gy^T @ x``: the sum runs over the tokens), else ``input_major``
-    (``W^T @ gy^T``: over a layer's outputs); None for every other product."""
-    if a.is_contiguous() or not a.t().is_contiguous() or a.shape[0] <= b.shape[1]:
+    """For ``a @ b`` with ``a`` transposed (column-major), ``b`` row-major and more rows than the product has columns,
+    its class: ``weight_grad`` (``gy^T @ x``: the sum runs over the tokens); None for every other product. Until the
+    routing's fifth version a second class, ``input_major`` (``b`` column-major: ``W^T @ gy^T``, the wavelet's
+    backward), was timed apart; that product now takes its first operand row-major, and no product of the kit has the
+    layout."""
+    if a.is_contiguous() or not a.t().is_contiguous() or a.shape[0] <= b.shape[1] or not b.is_contiguous():
         return None
-    return "weight_grad" if b.is_contiguous() else "input_major"
+    return "weight_grad"
 
 
 def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -317,7 +318,7 @@ def _suits(a: torch.Tensor, b: torch.Tensor) -> bool:
     1536 x 2048 @ 2048 x 384, slower than MKL (20.9 against 15.7 ms) and every other product of an MLP's or a KAN
     FFN's step faster (its second weight gradient 15.7 against 20.0 ms; a KAN layer's, 171 x 2048 @ 2048 x 3456, 15.6
     against 23.8; the six products of a d 384 step: MLP 0.76x, B-spline / RBF 0.67x); on a Zen 5 that weight gradient
-    took 7.2 against 11.7 ms, and the wavelet FFN's input-major product, 3456 x 171 @ 171 x 2048, 5.8 against 12.4."""
+    took 7.2 against 11.7 ms."""
     if not torch.compiler.is_compiling() and _small(a.shape[0], a.shape[1], b.shape[1]):
         return False
     kind = _transposed_class(a, b)
@@ -385,8 +386,15 @@ def _flops(x_shape: Any, w_shape: Any, bias_shape: Any, out_shape: Any = None, *
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b (+ bias)``, by oneDNN where it suits the operands (the library already chosen)."""
+    """``a @ b (+ bias)``, by oneDNN where it suits the operands (the library already chosen).
+
+    oneDNN copies a first operand that is not row-major (a weight gradient's ``gy^T``) inside its call, by PyTorch's
+    eager transposing copy, which is slow: 2.2 - 2.7 ms for the GELU MLP's (2048, 1536) ``gy`` at d 384, 0.23 ms for
+    a KAN layer's (1024, 512) at d 128, against 0.49 and 0.08 for the compiler's tiled loop (2-core Zen 5). So in a
+    compiled graph the copy is made before the call, in the compiler's loop (docs/speed.md, *Transposed operands*)."""
     if _suits(a, b):
+        if torch.compiler.is_compiling() and not a.is_contiguous():
+            a = a.contiguous()
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, b, bias)):
             return _Recorded.apply(a, b.t(), bias)
         return _onednn_linear(a, b.t(), bias)

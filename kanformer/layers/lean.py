@@ -161,6 +161,16 @@ def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dty
     return w.reshape(coef.shape[0], -1)
 
 
+def _feature_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``_basis_major`` transposed and laid out row-major, ((B[+1]) * I, O): the first operand of the input-major
+    ``W^T @ gy^T``. oneDNN's product copies a transposed first operand to row-major before it multiplies (each call,
+    outside the compiled graph's loops); made so here, the layout is written by the copy that gathers the weights."""
+    w = coef.to(dtype).permute(2, 1, 0)  # (B, I, O)
+    if base is not None:
+        w = torch.cat([w, base.to(dtype).T.unsqueeze(0)])
+    return w.reshape(-1, coef.shape[0])
+
+
 def _input_pad(basis: Any, per_input: int, width: int, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
                device: torch.device) -> int:
     """Zero inputs appended to the layer (so to each basis' segment of the features) where the features' width
@@ -321,15 +331,17 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     pad = output_pad(o, x.device) if gy.shape[1] == o and _aligned_rows(x.device) else 0
     if pad:  # the per-layer path's gradient, padded as the forward's output was
         gy = F.pad(gy, (0, pad))
-    w = _basis_major(coef, base, dtype)  # (O, B[+1]*I), with zero rows to gy's width
-    w = F.pad(w, (0, 0, 0, gy.shape[1] - o)) if gy.shape[1] > o else w
-    if input_major:  # the basis' part as (B*I, O) @ (O, N); the base branch's (N, I) apart
-        g_basis = mm(w[:, : b * i_in].T, gy.T).view(b, i_in, n)
+    extra = gy.shape[1] - o  # zero rows of weights to gy's width (a zero pad would still copy)
+    if input_major:  # the basis' part as (B*I, O) @ (O, N), its first operand row-major; the base branch's (N, I) apart
+        w_t = _feature_major(coef, None, dtype)  # (B*I, O)
+        g_basis = mm(F.pad(w_t, (0, extra)) if extra else w_t, gy.T).view(b, i_in, n)
         g_u, g_x, values = None, None, None
         if base is not None:
-            g_x = _input_grads(basis, u, xb, mm(gy, w[:, b * i_in:]).view(n, 1, i_in), None, False)[1]
+            w_base = F.pad(base.to(dtype), (0, 0, 0, extra)) if extra else base.to(dtype)
+            g_x = _input_grads(basis, u, xb, mm(gy, w_base).view(n, 1, i_in), None, False)[1]
     else:
-        g_feats = mm(gy, w).view(n, -1, i_in)  # (N, B[+1], I)
+        w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
+        g_feats = mm(gy, F.pad(w, (0, 0, 0, extra)) if extra else w).view(n, -1, i_in)  # (N, B[+1], I)
         g_basis = g_feats[:, :b]
         g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic, fold=pre is None, features=need_w)
     g_pre: tuple[torch.Tensor, ...] = ()
@@ -373,7 +385,7 @@ def input_major_backward(basis: Any, x_t: torch.Tensor, coef: torch.Tensor, base
     n_in, n = x_t.shape
     o, i_all, b = coef.shape
     x = _low(x_t)
-    g_all = mm(_basis_major(coef, base, dtype).T, gy_t).view(-1, i_all, n)[:, :n_in].to(x.dtype)  # (B[+1], I, N)
+    g_all = mm(_feature_major(coef, base, dtype), gy_t).view(-1, i_all, n)[:, :n_in].to(x.dtype)  # (B[+1], I, N)
     g_base_x = None if base is None else g_all[b] * _silu_grad(x)
     g_x, *g_own, values = basis.lean_params_backward(x, g_all[:b], *(p.to(x.dtype) for p in own), g_x=g_base_x)
     g_coef, g_base = None, None
@@ -381,10 +393,12 @@ def input_major_backward(basis: Any, x_t: torch.Tensor, coef: torch.Tensor, base
         if base is not None:
             values.append(_silu(x))
         feats_t = torch.stack([v.to(dtype) for v in values]).view(-1, n)  # ((B[+1]) * n_in, N)
-        g_w = mm(gy_t, feats_t.T).view(o, -1, n_in)  # (O, B[+1], n_in)
-        g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
+        # dL/dW transposed, ((B[+1]) * n_in, O): its first operand row-major whichever layout gy_t has (layer 2's
+        # arrives transposed, which oneDNN would copy as the first operand of gy_t @ feats_t^T)
+        g_w = mm(feats_t, gy_t.T).view(-1, n_in, o)  # (B[+1], n_in, O)
+        g_coef = g_w[:b].permute(2, 1, 0).contiguous().to(coef.dtype)
         if base is not None:
-            g_base = g_w[:, b].to(base.dtype)
+            g_base = g_w[b].T.to(base.dtype)
     return g_coef, g_base, g_x, tuple(g_own)
 
 
