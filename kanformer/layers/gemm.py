@@ -390,8 +390,8 @@ def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
 
     oneDNN copies a first operand that is not row-major (a weight gradient's ``gy^T``) inside its call, by PyTorch's
     eager transposing copy, which is slow: 2.2 - 2.7 ms for the GELU MLP's (2048, 1536) ``gy`` at d 384, 0.23 ms for
-    a KAN layer's (1024, 512) at d 128, against 0.49 and 0.08 for the compiler's tiled loop (2-core Zen 5). So in a
-    compiled graph the copy is made before the call, in the compiler's loop (docs/speed.md, *Transposed operands*)."""
+    its (1024, 512) at d 128, against 0.49 and 0.08 for the compiler's tiled loop (2-core Zen 5). So in a compiled
+    graph the copy is made before the call, in the compiler's loop (docs/speed.md, *Transposed operands*)."""
     if _suits(a, b):
         if torch.compiler.is_compiling() and not a.is_contiguous():
             a = a.contiguous()
