@@ -152,6 +152,34 @@ def test_kan_fast_paths_on_onednn_equal_reference(library, path, monkeypatch):
         assert ((8 * 12, 20), True) in calls and ((8 * 20, 12), True) in calls, calls
 
 
+@needs_onednn
+def test_a_compiled_graph_lays_a_transposed_first_operand_out_before_the_onednn_call(library, monkeypatch):
+    """oneDNN copies a first operand that is not row-major inside its call, by PyTorch's slow eager copy; traced into a
+    graph, the product is handed the operand made contiguous by the graph itself (the compiler's loop), with the same
+    values. Eagerly the operand goes as it is (oneDNN's copy is the only one)."""
+    library("onednn")
+    gemm.library()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    g = torch.Generator().manual_seed(0)
+    gy, x = torch.randn(33, 20, generator=g), torch.randn(33, 12, generator=g)  # a weight gradient, gy^T @ x
+    got = torch.compile(lambda gy, x: gemm.mm(gy.t(), x), backend=capture, fullgraph=True)(gy, x)
+    _close(got, gy.t() @ x)
+    (graph,) = graphs
+    (call,) = [n for n in graph.graph.nodes if n.target is gemm._onednn_linear]
+    first = call.args[0]
+    assert first.op == "call_method" and first.target == "contiguous", graph.code
+    eager = []
+    real = gemm._onednn_linear
+    monkeypatch.setattr(gemm, "_onednn_linear", lambda *a: eager.append(a[0].is_contiguous()) or real(*a))
+    gemm.mm(gy.t(), x)
+    assert eager == [False]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_without_native_products_is_multiplied_in_fp32(native, dtype):
     """A CPU without native bf16 / fp16 products (AVX2: PyTorch's fallback ran ~100x slower than fp32): the kit's
