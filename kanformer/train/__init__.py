@@ -1,8 +1,9 @@
 """Training: an accelerate loop with exact resume, atomic checkpoints and metrics.jsonl as the source of truth."""
 
 from .model_factory import build_model
+from .nonfinite import NonFiniteError
 from .optim import lr_at, param_groups
-from .trainer import NonFiniteError, Trainer
+from .trainer import Trainer
 
 __all__ = ["NonFiniteError", "Trainer", "build_model", "lr_at", "param_groups", "train"]
 

@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -29,46 +27,36 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, save_config
+from ..config import RunConfig
 from ..data.device import batch_to_device
 from ..data.order import example_indices, rank_positions
-from ..interpret.telemetry import InputRecorder, kan_modules, layer_telemetry, unwrap
 from ..layers import autotune, gemm
 from ..layers.budget import model_flops_per_token
-from ..layers.compile_options import get_compile_options
 from ..layers.dispatch import set_kernel
 from ..layers.widen import widened_autocast
 from ..tasks import task_for
 from . import checkpoint as ckpt
 from .allocator import configure as configure_malloc
-from .grids import extend_grids, grid_layers, union_rows, update_grids
-from .metrics import append_metrics, truncate_after
+from .grids import extend_grids
+from .kan_upkeep import KanUpkeep
+from .metrics import append_metrics
 from .model_factory import build_model, compile_for_training
+from .nonfinite import NonFiniteChecks
 from .optim import build_optimizer, lr_at, running_impl
-from .provenance import versions
+from .records import RunRecords
 from .runlock import RunLock
+from .saving import Saving
 
 logger = get_logger(__name__)
 READ_AHEAD = 64  # training micro-batches read from the data at a time ...
 READ_AHEAD_TOKENS = 1 << 22  # ... at most this many tokens (32 MB of int64 ids)
 
 
-class NonFiniteError(RuntimeError):
-    pass
+class Trainer(Saving, RunRecords, NonFiniteChecks, KanUpkeep):
+    """One run: its data, model, optimizer and loop (here); its checkpoints, resume and export (train/saving.py), its
+    run files and trackers (train/records.py), its handling of non-finite values (train/nonfinite.py) and its KAN
+    telemetry and grids (train/kan_upkeep.py)."""
 
-
-# What must not change between a checkpoint and the run that resumes it (without --adapt), and what changes if it does.
-RESUME_INVARIANTS = {
-    "world_size": "each rank's random state (dropout, augmentation) cannot be carried over: the run no longer "
-                  "reproduces an uninterrupted one",
-    "global_batch": "the data order continues from the checkpoint's position with the new batch (no sequence seen "
-                    "twice or skipped), but the steps and the schedule no longer match the run's first part",
-    "seq_len": "sequences are cut anew: the data position is kept in sequences, not tokens",
-    "data_key": "training continues on other data (or another tokenizer's tokens) from the same position",
-}
-
-
-class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: str | None = None, adapt: bool = False) -> None:
         """``resume``: None (a new run), ``"auto"`` (the newest verified checkpoint of this run, if any) or a
         checkpoint directory. ``adapt``: resume even where world size, global batch, sequence length or data differ
@@ -282,62 +270,7 @@ class Trainer:
                     list(map(str, self.images.labels))]
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
-    # -- run files, trackers, checkpoints --------------------------------------------------------------------------
-    def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        info = {**versions(), "world_size": self.world, "device": str(self.accelerator.device),
-                "flops_per_token": self.flops_per_token, "params": sum(p.numel() for p in self.model.parameters()),
-                "adamw": running_impl(self.optimizer),
-                "compile_options": get_compile_options()}  # the fused helpers' compiler options (usually none)
-        if self.is_text:
-            info["data"] = self.lm.meta
-        if self.kanify_report is not None:
-            info["kanify"] = {k: v for k, v in vars(self.kanify_report).items() if k != "ffn_kwargs"}
-        (self.run_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
-
-    def _record_kernel_choices(self) -> None:
-        """New choices of ``auto`` (layers/autotune.py) go into versions.json, with the compile time so far, and the
-        matmul library (layers/gemm.py)."""
-        choices = autotune.decisions(self.accelerator.unwrap_model(self.model))
-        library = gemm.chosen()  # the fp32 CPU products' library of every FFN, once the first FFN call chose it
-        news = len(choices) != self.kernel_choices or (library and not self.library_recorded)
-        if not news or not self.accelerator.is_main_process:
-            return
-        self.kernel_choices, self.library_recorded = len(choices), bool(library)
-        path = self.run_dir / "versions.json"
-        info = json.loads(path.read_text()) if path.is_file() else {}
-        info.update(kernel_choices=choices, kernel_memory=self.cfg.train.kernel_memory, compile_s=self.compile_s)
-        if library:
-            info["matmul_library"] = library
-        tmp = path.with_name(".versions.json.tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, path)
-
-    def _init_trackers(self) -> None:
-        """wandb (offline by default), TensorBoard (``<run>/<project>/``), MLflow: the same records as metrics.jsonl,
-        grouped by ``log.group`` (a comparison's or sweep's name) in each."""
-        log = self.cfg.log
-        self.wandb_id = self.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run continues it
-        kwargs: dict[str, Any] = {
-            "wandb": {"name": self.cfg.name, "group": log.group, "tags": log.tags, "dir": str(self.run_dir),
-                      "id": self.wandb_id, "resume": "allow"},
-            "mlflow": {"run_name": self.cfg.name, "run_id": self.mlflow_run_id,
-                       "tags": {"group": log.group or "", "tags": ",".join(log.tags)}}}
-        acc = self.accelerator
-        acc.init_trackers(log.project, init_kwargs={k: v for k, v in kwargs.items() if k in self.trackers})
-        if not acc.is_main_process:
-            return
-        nested = self.cfg.to_dict()
-        for tracker in acc.trackers:  # wandb keeps the config's sections; the others take flat scalar values
-            tracker.store_init_configuration(nested if tracker.name == "wandb" else _flat(nested))
-            if tracker.name == "wandb":
-                run = tracker.tracker
-                run.define_metric("flops")
-                run.define_metric("*", step_metric="flops")
-            if tracker.name == "mlflow":
-                self.mlflow_run_id = tracker.tracker.info.run_id
-
+    # -- optimizer, wrappers, logging ------------------------------------------------------------------------------
     def _prepare(self, model: torch.nn.Module, old_optimizer: torch.optim.Optimizer | None = None) -> None:
         """Optimizer, accelerate wrappers and compilation for ``model``; moment estimates of parameters that
         ``old_optimizer`` already tracked carry over (parameters replaced by a grid extension start fresh)."""
@@ -355,131 +288,6 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.model = compile_for_training(self.model, t.compile, self.accelerator.unwrap_model(self.model))
 
-    def _resume_path(self, resume: str | None) -> Path | None:
-        """The checkpoint to resume: the main process checks files against their digests (``auto``: the newest
-        that verifies) and tells the other ranks."""
-        from accelerate.utils import broadcast_object_list
-
-        if resume is None:
-            return None
-        found: list[str | None] = [None]
-        if self.accelerator.is_main_process:
-            if resume == "auto":
-                path = ckpt.latest_verified(self.ckpt_root, lambda m: logger.warning(m, main_process_only=True))
-                if path is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
-                    raise ValueError(f"no checkpoint under {self.ckpt_root} verifies (see the warnings above): "
-                                     f"nothing safe to resume from; move the directory away to start afresh")
-            else:
-                path = Path(resume)
-                problem = ckpt.verify(path)
-                if problem is not None:
-                    raise ValueError(f"--resume {resume}: {problem}")
-            found = [None if path is None else str(path)]
-        found = broadcast_object_list(found)
-        return None if found[0] is None else Path(found[0])
-
-    def _check_resume(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint from a run of another shape (or, with ``adapt``, say what continuing changes), and
-        any state that would not be restored."""
-        now = {"world_size": self.world, "global_batch": self.global_batch, "seq_len": self.seq_len,
-               "data_key": self._data_key()}
-        changed = {k: (state[k], v) for k, v in now.items() if state.get(k) is not None and state[k] != v}
-        rng = path / f"random_states_{self.rank}.pkl"
-        lost = [] if rng.is_file() else [f"rank {self.rank}'s random state ({rng.name} is missing): dropout and "
-                                         f"augmentation draw other numbers than the uninterrupted run"]
-        if not changed and not lost:
-            return
-        lines = [f"{k}: {old!r} in the checkpoint, {new!r} now ({RESUME_INVARIANTS[k]})"
-                 for k, (old, new) in changed.items()] + lost
-        if not self.adapt:
-            raise ValueError(f"{path} is from a run of another shape:\n  " + "\n  ".join(lines) +
-                             "\nResume with the same settings, or pass --adapt (Trainer(adapt=True)) to continue "
-                             "anyway with the consequences listed")
-        for line in lines:
-            logger.warning(f"resuming {path} with --adapt: {line}", main_process_only=False)
-        if "global_batch" in changed:  # the next sequence is the one after the checkpoint's last
-            self.data_offset = state["data_position"] - self.step * self.global_batch
-
-    def _maybe_resume(self, path: Path | None) -> Path | None:
-        if path is None:
-            if self.accelerator.is_main_process and self.run_dir.exists():
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            return None
-        state = ckpt.read_state(path)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.data_offset = state.get("data_offset", 0)
-        self._check_resume(path, state)
-        self.accelerator.load_state(str(path))
-        saved = running_impl(self.optimizer)  # the saved parameter groups bring their implementation's flags
-        if saved != self.adamw:
-            logger.warning(f"{path} was saved by a run whose AdamW ran {saved!r}: the resumed run continues so, where "
-                           f"train.adamw={self.cfg.train.adamw} runs {self.adamw!r} in a fresh run (the optimizer's "
-                           f"state is kept as that implementation keeps it)", main_process_only=True)
-        self.skipped_steps, self.wandb_id = state.get("skipped_steps", 0), state.get("wandb_id")
-        self.mlflow_run_id = state.get("mlflow_run_id")
-        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
-        self.wall_s, self.data_s = state.get("wall_s", 0.0), state.get("data_s", 0.0)
-        if self.stream is not None:
-            saved = state.get("stream") or {}
-            same_world = saved.get("world") == self.world
-            if not same_world:
-                logger.warning(f"{path} holds no stream position for {self.world} rank(s): each rank reads its share "
-                               f"from the start up to step {self.step} (slow, same blocks)", main_process_only=True)
-            self.stream.restore(self._stream_index(self.step), saved["positions"][self.rank] if same_world else None)
-        if self.accelerator.is_main_process:  # metrics logged after that checkpoint are replayed, so drop them
-            metrics = self.run_dir / "metrics.jsonl"
-            truncate_after(metrics, self.step, warn=lambda m: logger.warning(m, main_process_only=True))
-        self.accelerator.print(f"resumed from {path} at step {self.step}")
-        return path
-
-    def save_checkpoint(self) -> None:
-        acc = self.accelerator
-        self._check_finite_weights("saving a checkpoint")
-        tmp = ckpt.temp_dir(self.ckpt_root, self.step)
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        with _naming_write_errors(f"checkpoint {tmp}", tmp, self.ckpt_root):
-            self._save_checkpoint(tmp)
-        acc.wait_for_everyone()
-
-    def _save_checkpoint(self, tmp: Path) -> None:
-        acc = self.accelerator
-        acc.save_state(str(tmp))
-        stream = None
-        if self.stream is not None:  # where every rank's next block begins in its share of the source
-            from accelerate.utils import gather_object
-
-            stream = {"world": self.world,
-                      "positions": gather_object([list(self.stream.position(self._stream_index(self.step)))])}
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.finalize(self.ckpt_root, self.step, {
-                "step": self.step, "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen,
-                "skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row,
-                "wandb_id": self.wandb_id, "mlflow_run_id": self.mlflow_run_id, "wall_s": self.wall_s,
-                "data_s": self.data_s,
-                "world_size": self.world, "global_batch": self.global_batch, "seq_len": self.seq_len,
-                "data_key": self._data_key(), "data_offset": self.data_offset,
-                "data_position": self.step * self.global_batch + self.data_offset,  # sequences (or images) consumed
-                "stream": stream,
-            }, self.cfg.train.keep_last)
-
-    def _card_info(self) -> dict[str, Any]:
-        from ..data.sources import data_license
-
-        cfg, t = self.cfg, self.cfg.train
-        training = {"dataset": cfg.data.dataset, **({"tokenizer": cfg.data.tokenizer} if self.is_text else {}),
-                    "tokens": self.tokens_seen, "steps": self.step, "global batch": self.global_batch,
-                    "sequence length": self.seq_len, "learning rate": t.lr, "seed": t.seed, "processes": self.world}
-        info: dict[str, Any] = {"name": cfg.name, "path": str(self.run_dir / "final"), "training": training,
-                                "flops_per_token": self.flops_per_token}
-        known = data_license(cfg.data.dataset)
-        if known is not None:
-            info["license"], info["license_name"] = known
-        return info
-
     @property
     def flops_seen(self) -> int:
         return 3 * self.flops_per_token * self.tokens_seen  # training = forward + backward (2x forward)
@@ -489,137 +297,6 @@ class Trainer:
             append_metrics(self.run_dir / "metrics.jsonl", record)
         if self.trackers:
             self.accelerator.log({k: v for k, v in record.items() if k not in ("type",)}, step=self.step)
-
-    # -- non-finite diagnosis -----------------------------------------------------------------------------------
-    def _first_nonfinite_module(self, batch: dict[str, torch.Tensor]) -> str:
-        """Re-run the forward with hooks and name the first module (in execution order) with a non-finite output;
-        a deterministic fault reproduces, which is what makes the name worth having."""
-        found: list[str] = []
-        model = self.accelerator.unwrap_model(self.model)
-
-        def tensors(out: Any) -> list[torch.Tensor]:
-            items = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else [out]
-            return [t for t in items if torch.is_tensor(t) and t.is_floating_point()]
-
-        def hook(name: str):
-            def check(module: torch.nn.Module, args: Any, out: Any) -> None:
-                if not found and any(not torch.isfinite(t).all() for t in tensors(out)):
-                    found.append(name or "<model>")
-            return check
-
-        hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
-        try:
-            with torch.no_grad():
-                model(**batch)
-        finally:
-            for h in hooks:
-                h.remove()
-        return found[0] if found else "<none: non-finite only in the loss>"
-
-    def _nonfinite_ranks(self, value: torch.Tensor) -> list[int]:
-        """The ranks whose ``value`` is not finite, agreed by every rank (so all skip, or stop, together)."""
-        flags = torch.zeros(self.world, device=self.accelerator.device)
-        flags[self.rank] = float(not torch.isfinite(value).all())
-        if self.world > 1:
-            flags = self.accelerator.reduce(flags, reduction="sum")
-        return [r for r, f in enumerate(flags.tolist()) if f > 0]
-
-    def _nonfinite_loss(self, ranks: list[int], batch: dict[str, torch.Tensor]) -> None:
-        """Every rank re-runs its forward to find the first module with a non-finite output (all of them, so a
-        sharded model's collectives stay matched), and every rank learns what each found."""
-        where = self._first_nonfinite_module(batch)
-        if self.world > 1:
-            from accelerate.utils import gather_object
-
-            found = gather_object([where])
-            where = "; ".join(f"rank {r}: {found[r]}" for r in ranks)
-        self._nonfinite("loss", where, ranks)
-
-    def _nonfinite(self, what: str, where: str, ranks: list[int]) -> None:
-        """Skip the step (within train.max_*skipped) or stop, leaving the last good checkpoint untouched."""
-        t = self.cfg.train
-        on = f" on rank(s) {', '.join(map(str, ranks))}" if self.world > 1 else ""
-        msg = f"step {self.step}: non-finite {what}{on}; first at {where}"
-        if t.nonfinite == "stop":
-            raise NonFiniteError(msg + " (train.nonfinite=stop; the last good checkpoint is untouched)")
-        self.skipped_steps += 1
-        self.skipped_in_a_row += 1
-        logger.warning(msg + " -> step skipped (train.nonfinite=skip)", main_process_only=True)
-        limit = next((f"{n} steps skipped {how} (train.{key}={n})" for n, how, key in (
-            (self.skipped_in_a_row, "in a row", "max_consecutive_skipped"),
-            (self.skipped_steps, "in all", "max_skipped")) if n >= getattr(t, key)), None)
-        if limit is not None:
-            raise NonFiniteError(f"{msg}: stopping, {limit}. Training is diverging (lower train.lr, raise "
-                                 f"train.warmup_steps, or check the data); the last good checkpoint is untouched")
-
-    def _check_finite_weights(self, doing: str) -> None:
-        """Refuse to save weights that are not finite (every rank checks its own shards; all agree)."""
-        model = self.accelerator.unwrap_model(self.model)
-        bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()), None)
-        ranks = self._nonfinite_ranks(torch.tensor(float("nan") if bad else 0.0))
-        if ranks:
-            where = f"parameter {bad}" if bad else f"a parameter on rank(s) {ranks}"
-            raise NonFiniteError(f"step {self.step}: {where} holds non-finite values; refused {doing} (the last "
-                                 f"good checkpoint is untouched: resume from it with a lower train.lr)")
-
-    # -- KAN telemetry and grid management ------------------------------------------------------------------------
-    def _check_kan_config(self) -> None:
-        k = self.cfg.kan
-        if k.telemetry_every and not kan_modules(self.model):
-            raise ValueError(f"kan.telemetry_every is set, but ffn.name={self.cfg.ffn.name!r} has no KAN layers")
-        if not k.manages_grids:
-            return
-        if not grid_layers(self.model):
-            raise ValueError(f"kan.grid_update_every / kan.grid_extend need B-spline grids (ffn.name=bspline, or "
-                             f"multkan with basis=bspline); ffn.name={self.cfg.ffn.name!r} has none")
-        kind = str(self.accelerator.distributed_type)
-        fsdp2 = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2 if "FSDP" in kind else False
-        if "DEEPSPEED" in kind or ("FSDP" in kind and not fsdp2):
-            raise ValueError(f"grid management runs single-process, under DDP and under FSDP2 (updates only); "
-                             f"this run uses {kind}")
-        if fsdp2 and k.grid_extend:
-            raise ValueError("kan.grid_extend changes coefficient shapes, which FSDP2 shards cannot; "
-                             "extend under DDP, or only update grids (kan.grid_update_every)")
-
-    def _kan_maintenance(self) -> None:
-        """After step ``self.step``: telemetry, grid update or extension, on the batch the next step trains on."""
-        k, s = self.cfg.kan, self.step
-        telemetry = bool(k.telemetry_every) and s % k.telemetry_every == 0
-        extend = k.grid_extend.get(s)
-        update = k.updates_at(s, self.cfg.train.max_steps)
-        if not (telemetry or extend or update):
-            return
-        model = unwrap(self.model)
-        modules = kan_modules(model) if telemetry else grid_layers(model)
-        rows_wanted = max(k.telemetry_rows if telemetry else 1, k.grid_rows if (extend or update) else 1)
-        batch = self._train_batch(s, 0)
-        was_training = model.training
-        model.eval()  # no dropout: the recorded inputs are the function the grid must fit
-        with torch.no_grad(), InputRecorder(modules, max_rows=rows_wanted, seed=self.cfg.train.seed + s) as rec:
-            rec.mask(batch.get("attention_mask"))
-            model(**{key: v for key, v in batch.items() if key != "labels"})
-        model.train(was_training)
-        rows = rec.rows()
-        if telemetry:
-            start = time.perf_counter()
-            stats = layer_telemetry(modules, {n: r[: k.telemetry_rows] for n, r in rows.items()})
-            self._log({"type": "kan", "step": s, "flops": self.flops_seen,
-                       "telemetry_s": time.perf_counter() - start, **stats})
-        if extend or update:
-            names = sorted(grid_layers(model))
-            pooled = union_rows({n: r for n, r in rows.items() if n in names}, names)
-            if extend:
-                extend_grids(model, extend, pooled)
-                old = getattr(self.optimizer, "optimizer", self.optimizer)
-                step = self.accelerator.step
-                self.accelerator.free_memory()  # forget the old wrappers; the reshaped model is prepared anew
-                self.accelerator.step = step
-                self._prepare(model, old)
-            else:
-                update_grids(model, pooled, grid_eps=k.grid_eps)
-            self._log({"type": "grid", "step": s, "event": "extend" if extend else "update",
-                       "grid_size": extend or next(iter(grid_layers(model).values())).basis.grid_size,
-                       "layers": len(names)})
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def _widened(self) -> contextlib.AbstractContextManager[bool]:
@@ -816,66 +493,3 @@ class Trainer:
         if self.trackers:
             acc.end_training()
         return {"step": self.step, "finished": finished, **last}
-
-    def export(self) -> Path:
-        """The final model, loadable with ``from_pretrained``, with its tokenizer or image processor: written to a
-        temporary directory and renamed into place, so ``final/`` is never half-written."""
-        final = self.run_dir / "final"
-        out = self.run_dir / ".tmp_final"
-        acc = self.accelerator
-        self._check_finite_weights("exporting the final model")
-        acc.wait_for_everyone()
-        # every rank takes part in gathering a sharded (FSDP / DeepSpeed) state dict; torch.compile's wrapper adds
-        # an `_orig_mod.` prefix that the saved model must not carry
-        state = {k.replace("_orig_mod.", ""): v for k, v in acc.get_state_dict(self.model).items()}
-        if acc.is_main_process:
-            shutil.rmtree(out, ignore_errors=True)
-            with _naming_write_errors(f"the final model {final}", out, self.run_dir):
-                self._write_final(out, state)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(out, final)
-        acc.wait_for_everyone()
-        return final
-
-    def _write_final(self, out: Path, state: dict[str, torch.Tensor]) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        model = getattr(model, "_orig_mod", model)
-        model.card_info = self._card_info()  # what the model card says beyond the model itself
-        model.save_pretrained(out, state_dict=state)
-        if self.is_text:
-            self.tokenizer.save_pretrained(out)
-        else:
-            from transformers import ViTImageProcessor
-
-            size, ch = self.cfg.model.image_size, self.images.channels
-            ViTImageProcessor(size={"height": size, "width": size}, image_mean=[self.images.mean] * ch,
-                              image_std=[self.images.std] * ch, do_rescale=True,
-                              do_convert_rgb=ch == 3).save_pretrained(out)
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys and scalar values (lists and None as text): what TensorBoard's and MLflow's parameters take."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
-    return out
-
-
-@contextlib.contextmanager
-def _naming_write_errors(what: str, tmp: Path, root: Path):
-    """An error while writing ``what`` names it, the cause and the free space, and removes the partial copy: the
-    previous checkpoint (or export) is untouched. (A full disk surfaces from torch as ``basic_ios::clear``.)"""
-    try:
-        yield
-    except (OSError, RuntimeError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            free = f"{shutil.disk_usage(root).free / 2**30:.2f} GiB free on that filesystem"
-        except OSError:
-            free = "free space unknown"
-        raise OSError(f"could not write {what}: {type(e).__name__}: {e} ({free}). Nothing complete was replaced; "
-                      f"free space (or fix the cause) and continue with --resume auto") from e
