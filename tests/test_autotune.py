@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn, set_kernel
-from kanformer.layers import autotune, background_compile, dispatch, machine
+from kanformer.layers import autotune, autotune_cache, background_compile, dispatch, machine
 
 D, H = 16, 12
 
@@ -26,7 +26,7 @@ def auto(monkeypatch, tmp_path):
     memory rule's test does) left ``fast`` in the process's own list for the worker's later tests (a compiled wavelet
     FFN then took the compiled reference, not its operator, and saved 8.7x the lean path's activations)."""
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setattr(autotune, "_memory", ["lean"])
+    monkeypatch.setattr(autotune_cache, "_memory", ["lean"])
     monkeypatch.setenv("KANFORMER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KANFORMER_AUTOTUNE", "1")
     monkeypatch.setattr(autotune, "_compile_state", lambda warm: "failed: no compiler in this test")
@@ -45,7 +45,7 @@ def auto_compiling(auto, monkeypatch):
     stand-in) and no background process of an earlier test."""
     monkeypatch.undo()
     monkeypatch.setattr(dispatch, "_mode", ["auto"])
-    monkeypatch.setattr(autotune, "_memory", ["lean"])
+    monkeypatch.setattr(autotune_cache, "_memory", ["lean"])
     monkeypatch.setenv("KANFORMER_CACHE", str(auto.parent))
     monkeypatch.setattr(autotune, "_pending_spec", {})
     monkeypatch.setattr(background_compile, "workers", {})
@@ -176,7 +176,7 @@ def test_memory_rule_lean_keeps_activations_at_most_the_mlps_and_fast_takes_the_
     assert fast["path"] == "reference"
     with pytest.raises(ValueError, match="Unknown kernel memory rule 'small'. Allowed: lean, fast"):
         autotune.set_kernel_memory("small")
-    monkeypatch.setattr(autotune, "_memory", ["small"])  # KANFORMER_KERNEL_MEMORY=small, read at import
+    monkeypatch.setattr(autotune_cache, "_memory", ["small"])  # KANFORMER_KERNEL_MEMORY=small, read at import
     with pytest.raises(ValueError, match=r"'small' \(KANFORMER_KERNEL_MEMORY\). Allowed: lean, fast"):
         autotune.kernel_memory()
 
@@ -401,8 +401,8 @@ def test_a_later_local_rank_takes_the_first_ranks_choice_instead_of_timing(auto,
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
     _step(ffn, x)
     assert autotune.decisions() == {} and not timed
-    key, _ = autotune._keys(ffn, x)
-    autotune._store("choices", key, {"path": "reference", "times_ms": {}, "saved_mb": {}, "dropped": {},
+    key, _ = autotune_cache.keys(ffn, x)
+    autotune_cache.store("choices", key, {"path": "reference", "times_ms": {}, "saved_mb": {}, "dropped": {},
                                      "memory": "lean"})  # as local rank 0 would
     _step(ffn, x)
     assert [(r["path"], r["source"]) for r in autotune.decisions().values()] == [("reference", "cache")]
@@ -423,14 +423,15 @@ def test_a_later_local_rank_compiles_and_times_what_the_first_rank_never_compile
     ended = Worker(1, b"RuntimeError: no compiler in this test")
     monkeypatch.setattr(background_compile, "start", lambda warm, spec: started.append(warm) or ended)
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
-    warm = autotune._keys(ffn, x)[1]
+    warm = autotune_cache.keys(ffn, x)[1]
     _step(ffn, x)
     assert not started and autotune.decisions() == {}  # the first rank's compile awaited
     monkeypatch.setattr(autotune, "_FOLLOW_S", 0.0)
-    autotune._store("compiled", warm, {"state": "pending", "since": time.time()})  # as local rank 0 records its own
+    # as local rank 0 records its own
+    autotune_cache.store("compiled", warm, {"state": "pending", "since": time.time()})
     _step(ffn, x)
     assert not started  # awaited for as long as that rank is compiling it
-    autotune._store("compiled", warm, {"state": "pending", "since": time.time() - 2 * autotune._COMPILING_S})
+    autotune_cache.store("compiled", warm, {"state": "pending", "since": time.time() - 2 * autotune._COMPILING_S})
     _step(ffn, x)  # a record that old is a compile that ended without a word (its process killed)
     assert started == [warm] and autotune.decisions() == {}
     assert "no compile of" in capsys.readouterr().err
@@ -493,12 +494,12 @@ def test_a_core_is_lent_to_the_background_compile_and_taken_back(auto_compiling,
         torch.get_num_threads()) or {"times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {},
                                      "dropped": {}, "saved": dict.fromkeys(candidates, 0), "mlp_saved": 1})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
-    keys = autotune._keys(ffn, x)
+    keys = autotune_cache.keys(ffn, x)
     assert "threads=2" in keys[1]
     _step(ffn, x)  # the compile starts; lean meanwhile
     assert [spec["threads"] for spec in started] == [2] and autotune.decisions() == {}
     assert torch.get_num_threads() == (1 if lends else 2) and background_compile.lent() == lends
-    assert autotune._keys(ffn, x) == keys and autotune._ffn_spec(ffn, x)["threads"] == 2
+    assert autotune_cache.keys(ffn, x) == keys and autotune._ffn_spec(ffn, x)["threads"] == 2
     with background_compile.own_threads():  # where graphs are loaded (a cached choice's warm-up)
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == (1 if lends else 2)
@@ -566,11 +567,11 @@ def test_the_graphs_of_few_tokens_compile_apart_when_asked_and_are_remembered(au
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     (tmp_path / "inductor").mkdir()
     ffn, x = create_ffn("bspline", D, H), torch.randn(3, D)
-    warm = autotune._keys(ffn, x)[1]
+    warm = autotune_cache.keys(ffn, x)[1]
     started = []
     monkeypatch.setattr(background_compile, "start", lambda key, spec: started.append((key, spec)) or Worker())
     assert not autotune.compiled_ready(ffn, x) and not started  # the FFN's own compile not done: nothing starts
-    autotune._store("compiled", warm, {"state": "ready", "inductor_dir": autotune._inductor_dir(), "since": 0.0})
+    autotune_cache.store("compiled", warm, {"state": "ready", "inductor_dir": autotune._inductor_dir(), "since": 0.0})
     assert not autotune.compiled_ready(ffn, x) and not autotune.compiled_ready(ffn, x)
     ((key, spec),) = started  # started once
     assert key == warm + autotune._FEW and spec["few"] and spec["name"] == "bspline"
@@ -725,15 +726,16 @@ def test_a_failed_compile_is_tried_again_a_day_later_and_its_choice_timed_again(
         "times": {p: 0.5 if p == "fused" else 1.0 for p in candidates}, "samples": {}, "dropped": {},
         "saved": dict.fromkeys(candidates, 0), "mlp_saved": 1})
     ffn, x = create_ffn("chebyshev", D, H), torch.randn(64, D)
-    key, warm = autotune._keys(ffn, x)
-    autotune._store("choices", key, {"path": "lean", "times_ms": {"lean": 1.0, "reference": 2.0}, "saved_mb": {},
+    key, warm = autotune_cache.keys(ffn, x)
+    autotune_cache.store("choices", key, {"path": "lean", "times_ms": {"lean": 1.0, "reference": 2.0}, "saved_mb": {},
                                      "dropped": {"fused": "failed: no space left on device"}, "memory": "lean"})
-    autotune._store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 3600})
+    autotune_cache.store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 3600})
     _step(ffn, x)  # an hour old: kept, and the cached choice taken
     (record,) = autotune.decisions().values()
     assert record["source"] == "cache" and record["path"] == "lean" and not started and not timed
     autotune.forget()
-    autotune._store("compiled", warm, {"state": "failed: no space left on device", "since": time.time() - 2 * 86400})
+    autotune_cache.store("compiled", warm, {"state": "failed: no space left on device",
+                                            "since": time.time() - 2 * 86400})
     _step(ffn, x)  # two days old: compiled again, lean meanwhile, nothing decided
     assert started == [warm] and autotune.decisions() == {} and "trying it again" in capsys.readouterr().err
     background_compile.workers[warm].returncode = 0
@@ -799,18 +801,18 @@ def test_a_grid_update_or_extension_gives_the_ffn_keys_and_a_background_compile_
     own (the FFN's repr, taken once, kept naming the old shapes), and the background compile builds its FFN in the
     forms it is given, so it compiles the graphs this process will load."""
     ffn, x = create_ffn("bspline", D, H), torch.randn(64, D)
-    uniform = autotune._keys(ffn, x)
-    assert "forms=" not in uniform[1] and "forms=" not in autotune._keys(create_ffn("chebyshev", D, H), x)[1]
+    uniform = autotune_cache.keys(ffn, x)
+    assert "forms=" not in uniform[1] and "forms=" not in autotune_cache.keys(create_ffn("chebyshev", D, H), x)[1]
     ffn.update_grid(torch.randn(256, D) ** 3)
-    fitted = autotune._keys(ffn, x)
+    fitted = autotune_cache.keys(ffn, x)
     assert fitted[0] != uniform[0] and fitted[1] == uniform[1].replace(" | float32", " | forms=knots,knots | float32")
     spec = autotune._ffn_spec(ffn, x)
     assert spec["forms"] == ["knots", "knots"]
     stand_in = create_ffn("bspline", D, H, **spec["kwargs"])
     background_compile.take_forms(stand_in, spec["forms"])
-    assert autotune._keys(stand_in, x) == fitted
+    assert autotune_cache.keys(stand_in, x) == fitted
     ffn.extend_grid(8)
-    extended = autotune._keys(ffn, x)[1]
+    extended = autotune_cache.keys(ffn, x)[1]
     assert extended != fitted[1] and "n_basis=11" in extended and "forms=knots,knots" in extended
     with pytest.raises(ValueError, match="2 fused forms for the 1 KAN layers"):
         background_compile.take_forms(torch.nn.Sequential(create_ffn("bspline", D, H).fc1), ["knots", ""])
@@ -821,7 +823,7 @@ def test_a_grid_update_or_extension_gives_the_ffn_keys_and_a_background_compile_
     with pytest.raises(ValueError, match="cannot take the fused form ''"):
         stand_in.fc1.basis.take_form("")  # a stand-in is built uniform; nothing makes an adapted one uniform again
     with torch.device("meta"):  # no values to check: the form it was built in
-        assert autotune._forms(create_ffn("bspline", D, H)) == ((8, ""), (8, ""))
+        assert autotune_cache.layer_forms(create_ffn("bspline", D, H)) == ((8, ""), (8, ""))
 
 
 def test_the_background_compile_builds_the_ffn_in_the_forms_of_its_spec(monkeypatch):
@@ -840,7 +842,7 @@ def test_the_background_compile_builds_the_ffn_in_the_forms_of_its_spec(monkeypa
     with pytest.raises(Built):
         background_compile.run({"warm": "w", "ffn": spec})
     (ffn,) = built
-    assert [f for _, f in autotune._forms(ffn)] == ["knots", "knots"] and ffn.fc1.basis.grid_size == 6
+    assert [f for _, f in autotune_cache.layer_forms(ffn)] == ["knots", "knots"] and ffn.fc1.basis.grid_size == 6
 
 
 def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_time(auto, monkeypatch):
@@ -854,7 +856,7 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     model = torch.nn.Sequential(create_ffn("bspline", D, H), create_ffn("bspline", D, H), create_ffn("chebyshev", D, H))
     assert autotune.expect_grids(model, [(None, True), (8, True), (10, True)]) == 2
     x = torch.randn(64, D)
-    uniform = autotune._keys(model[0], x)[1]
+    uniform = autotune_cache.keys(model[0], x)[1]
     fitted = uniform.replace(" | float32", " | forms=knots,knots | float32")
     states[fitted] = "pending"
     _step(model[0], x)
@@ -862,7 +864,7 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     _step(model[0], x)
     _step(model[1], x)  # the same configuration: the choice as made, nothing asked
     _step(model[2], x)  # no grid: its own compile alone
-    assert asked[2:] == [autotune._keys(model[2], x)[1]] and len(autotune.decisions()) == 2
+    assert asked[2:] == [autotune_cache.keys(model[2], x)[1]] and len(autotune.decisions()) == 2
     model[0].update_grid(torch.randn(256, D) ** 3)
     states[fitted] = "failed: no compiler here"  # (timed without fused here)
     (extended, spec), (further, _) = autotune._plans[model[0]][1:]
@@ -872,9 +874,9 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     assert spec["kwargs"]["grid_size"] == 8 and spec["forms"] == ["knots", "knots"] and "n_basis=11" in extended
     stand_in = create_ffn(spec["name"], spec["d_model"], spec["hidden"], **spec["kwargs"])
     background_compile.take_forms(stand_in, spec["forms"])
-    assert autotune._keys(stand_in, x)[1] == extended  # what the worker builds has the keys it compiles for
+    assert autotune_cache.keys(stand_in, x)[1] == extended  # what the worker builds has the keys it compiles for
     model[0].extend_grid(8, torch.randn(256, D))
-    assert autotune._keys(model[0], x)[1] == extended
+    assert autotune_cache.keys(model[0], x)[1] == extended
     _step(model[0], x)  # its compile still under way: lean, no choice made
     states[extended] = "failed: no compiler here"
     _step(model[0], x)
@@ -883,18 +885,18 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     # a configuration compiled already is passed over for the next one
     ffn = create_ffn("bspline", D, H, grid_size=6)
     assert autotune.expect_grids(torch.nn.Sequential(ffn), [(None, True), (8, False)]) == 1
-    own = autotune._keys(ffn, x)[1]
+    own = autotune_cache.keys(ffn, x)[1]
     states[own.replace(" | float32", " | forms=knots,knots | float32")] = "ready"
-    uniform8 = autotune._keys(create_ffn("bspline", D, H, grid_size=8), x)[1]
+    uniform8 = autotune_cache.keys(create_ffn("bspline", D, H, grid_size=8), x)[1]
     states[uniform8] = "pending"
     del asked[:]
     _step(ffn, x)
     assert asked == [own, own.replace(" | float32", " | forms=knots,knots | float32"), uniform8]
     # an FFN its options do not rebuild: its other sizes are not forecast (they compile when they come)
     plain, odd, unknown = (create_ffn("bspline", D, H) for _ in range(3))
-    assert autotune._stand_in(plain, 8)[0] == autotune._signature(create_ffn("bspline", D, H, grid_size=8))
+    assert autotune._stand_in(plain, 8)[0] == autotune_cache.ffn_signature(create_ffn("bspline", D, H, grid_size=8))
     odd.fc1.extra = torch.nn.Identity()  # a module added after it was built
-    assert autotune._stand_in(odd, 8) is None and autotune._stand_in(odd, None)[0] == autotune._signature(odd)
+    assert autotune._stand_in(odd, 8) is None and autotune._stand_in(odd, None)[0] == autotune_cache.ffn_signature(odd)
     unknown.ffn_kwargs["no_such_option"] = 1
     assert autotune._stand_in(unknown, 8) is None
     # an FFN with sharded units inside (FSDP per layer) takes the rule, untimed, and its grids' forms compile as well
@@ -903,9 +905,9 @@ def test_the_grids_to_come_have_their_graphs_compiled_one_configuration_at_a_tim
     autotune.expect_grids(torch.nn.Sequential(sharded), [(None, True)])
     del asked[:]
     _step(sharded, x)
-    own = autotune._keys(sharded, x)[1]
+    own = autotune_cache.keys(sharded, x)[1]
     assert asked == [own, own.replace(" | float32", " | forms=knots,knots | float32")]
-    assert autotune.decisions()[autotune._keys(sharded, x)[0]]["source"].startswith("rule")
+    assert autotune.decisions()[autotune_cache.keys(sharded, x)[0]]["source"].startswith("rule")
 
 
 def test_the_background_compile_does_not_import_a_kanformer_from_its_working_directory(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import autotune, background_compile, compile_options, dispatch, lean_ffn
+from kanformer.layers import autotune_cache, background_compile, compile_options, dispatch, lean_ffn
 from kanformer.layers.compile_options import get_compile_options, options_tag, set_compile_options
 from kanformer.layers.dispatch import default_kernel, kernel
 
@@ -64,9 +64,9 @@ def test_each_set_of_options_compiles_copies_of_its_own_and_autotune_keys_on_it(
         log = None
 
     ffn, x = create_ffn("chebyshev", 8, 12), torch.randn(4, 8)
-    key, warm = autotune._keys(ffn, x)
+    key, warm = autotune_cache.keys(ffn, x)
     with compile_options.compile_options({"cpp_wrapper": True}):
-        key2, warm2 = autotune._keys(ffn, x)
+        key2, warm2 = autotune_cache.keys(ffn, x)
         started = {}
         monkeypatch.setattr(background_compile.subprocess, "Popen", lambda *a, env, **kw: started.update(env) or Proc())
         background_compile.start("w", {"threads": 1})

@@ -421,7 +421,7 @@ def test_autotune_keys_its_fp32_cpu_compiles_on_the_products_routing(monkeypatch
     """A compiled graph's fp32 CPU products are the library's as routed: another routing of the transposed products
     (a machine timed afresh) is another key for ``auto``'s background compile and timing, not graphs made for the
     other one."""
-    from kanformer.layers import autotune
+    from kanformer.layers import autotune_cache
 
     ffn, x = create_ffn("chebyshev", 12, 20), torch.randn(33, 12)
     monkeypatch.setattr(gemm, "_chosen", ["onednn"])
@@ -429,7 +429,7 @@ def test_autotune_keys_its_fp32_cpu_compiles_on_the_products_routing(monkeypatch
     both, one = {"weight_grad": "onednn"}, {"weight_grad": "torch"}
     for routes in (both, one):
         monkeypatch.setattr(gemm, "_routes", routes)
-        keys[gemm.routing()] = autotune._keys(ffn, x)[1]
+        keys[gemm.routing()] = autotune_cache.keys(ffn, x)[1]
     assert list(keys) == ["onednn", "onednn; weight_grad by torch"]
     assert [k.endswith(f"gemm={r}") for r, k in keys.items()] == [True, True]
     monkeypatch.setattr(gemm, "_chosen", ["torch"])

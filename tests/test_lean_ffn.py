@@ -855,7 +855,7 @@ def test_inside_a_compiled_graph_gr_kans_tables_are_buffers_of_their_own(monkeyp
     traced graph, under either memory rule: the compiler keeps them as buffers that its loops read directly. Left to
     it, the gather ran inside the loops, every element's loads indirect (d 128, 1024 tokens: 1.83 against 1.13x the
     MLP's step)."""
-    from kanformer.layers import autotune
+    from kanformer.layers import autotune_cache
 
     graphs = []
 
@@ -866,7 +866,7 @@ def test_inside_a_compiled_graph_gr_kans_tables_are_buffers_of_their_own(monkeyp
     torch._dynamo.reset()
     ffn = _ffn("rational", torch.float32)
     x = _inputs(torch.float32).requires_grad_(True)
-    monkeypatch.setattr(autotune, "_memory", ["fast"])  # no copies for the backward's recomputation
+    monkeypatch.setattr(autotune_cache, "_memory", ["fast"])  # no copies for the backward's recomputation
     with kernel("fused"):
         torch.compile(ffn, fullgraph=True, backend=record)(x).sum().backward()
     copies = [n for g in graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
@@ -911,7 +911,7 @@ def test_inside_a_compiled_graph_the_plan_takes_the_function_where_it_serves(mon
     auto and fused (traced as lean forms, its input-major backward in one graph with the rest ran slower than the
     compiled reference: d 128, 1024 tokens, 2.39 against 1.84x the MLP's step), the reference on lean, without
     autograd and under the fast memory rule."""
-    from kanformer.layers import autotune
+    from kanformer.layers import autotune_cache
 
     x = _inputs(torch.float32)
     ffn = _ffn("bspline", torch.float32)
@@ -925,7 +925,7 @@ def test_inside_a_compiled_graph_the_plan_takes_the_function_where_it_serves(mon
             with torch.no_grad():
                 assert lean_ffn.plan(wavelet, x) is None, mode
             with pytest.MonkeyPatch.context() as mp:  # the fast memory rule: the compiler's choice, the reference
-                mp.setattr(autotune, "_memory", ["fast"])
+                mp.setattr(autotune_cache, "_memory", ["fast"])
                 assert lean_ffn.plan(wavelet, x) is None, mode
             with pytest.MonkeyPatch.context() as mp:  # a basis that cannot name its configuration: the reference
                 mp.setattr(type(wavelet.fc1.basis), "lean_spec", kan.Basis.lean_spec)

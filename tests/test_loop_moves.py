@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from kanformer.layers import autotune, loop_moves
+from kanformer.layers import autotune, autotune_cache, loop_moves
 from kanformer.layers.vecmath import loop_exp
 
 _KERNEL = """
@@ -79,12 +79,12 @@ def test_autotune_keys_a_process_without_the_rewrite_apart(monkeypatch):
     ffn, x = create_ffn("rbf", 16, 24), torch.randn(8, 16)
     monkeypatch.setitem(loop_moves._state, "installed", False)  # as a new process starts
     monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
-    on = autotune._keys(ffn, x)[1]
+    on = autotune_cache.keys(ffn, x)[1]
     monkeypatch.setenv("KANFORMER_LOOP_MOVES", "0")
-    off = autotune._keys(ffn, x)[1]
+    off = autotune_cache.keys(ffn, x)[1]
     assert "loop_moves" not in on and off.replace(" | loop_moves=off", "") == on and off != on
     monkeypatch.setitem(loop_moves._state, "installed", True)
-    assert autotune._keys(ffn, x)[1] == on
+    assert autotune_cache.keys(ffn, x)[1] == on
 
 
 def _mixed(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:

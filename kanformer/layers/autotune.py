@@ -16,8 +16,9 @@ the fastest that fits the memory rule (``set_kernel_memory`` / ``train.kernel_me
 ``lean`` (default) admits a path only if its saved activations stay <= those of a GELU MLP of the same width and 4 d
 hidden units on the same tokens; ``fast`` admits every path. The choice is kept in ``<cache>/autotune.json``
 (``KANFORMER_CACHE``, default ``~/.cache/kanformer``) under a fingerprint of the machine, its vector instructions
-in force and the versions, so a later process reuses it without timing; ``decisions()`` lists this process's choices
-and the trainer records them in the run's ``versions.json``.
+in force and the versions, so a later process reuses it without timing (the keys, the memory rule and the cache
+file: autotune_cache.py); ``decisions()`` lists this process's choices and the trainer records them in the run's
+``versions.json``.
 
 Cold start: compiling the fused helpers takes minutes on a small CPU with an empty compiler cache, and ``auto`` never
 makes a step wait for it. Until the compiler's on-disk cache holds them, a background process (background_compile.py)
@@ -52,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import sys
 import tempfile
 import time
@@ -64,20 +64,28 @@ from typing import Any
 import torch
 
 from . import background_compile, gemm, loop_moves
+from .autotune_cache import MEMORY_RULES as MEMORY_RULES
+from .autotune_cache import (
+    bases,
+    clear,
+    compute_dtype,
+    ffn_signature,
+    keys,
+    layer_forms,
+    load,
+    refresh,
+    store,
+)
+from .autotune_cache import kernel_memory as kernel_memory
+from .autotune_cache import set_kernel_memory as set_kernel_memory
 from .background_compile import launch, warm_tokens  # (this form also tells a checkpoint's loader to copy the file)
-from .compile_options import get_compile_options, options_tag
-from .machine import fingerprint, fingerprint_id, locked_cache
 from .saved import saved_bytes
 
-MEMORY_RULES = ("lean", "fast")
-_memory = [os.environ.get("KANFORMER_KERNEL_MEMORY", "lean")]
 _choices: dict[str, str] = {}  # key -> path, this process
 _decided: dict[str, dict[str, Any]] = {}  # key -> record, for decisions()
 _seconds = [0.0]  # time spent timing candidates in this process (compiling from cache included)
 _compiling_inside = [0.0]  # the compiler's seconds within _seconds
 _compile_record = [0.0, 0.0]  # compile_seconds() so far, and the compiler's own record at that reading
-_disk: dict[str, Any] = {}  # this machine's section of the cache file (machine.py)
-_CACHE_FILE = "autotune.json"
 _compiled_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> torch.compile of its forward
 
 
@@ -100,21 +108,6 @@ def _on_reference(fn: Any, x: torch.Tensor) -> torch.Tensor:
 
 def enabled() -> bool:
     return os.environ.get("KANFORMER_AUTOTUNE", "1") not in ("0", "false", "off")
-
-
-def set_kernel_memory(rule: str) -> None:
-    """``lean``: only paths that save no more activations than the MLP; ``fast``: the fastest path."""
-    if rule not in MEMORY_RULES:
-        raise ValueError(f"Unknown kernel memory rule {rule!r}. Allowed: {', '.join(MEMORY_RULES)}")
-    _memory[0] = rule
-
-
-def kernel_memory() -> str:
-    """The memory rule in effect: ``set_kernel_memory``'s, else ``KANFORMER_KERNEL_MEMORY``, else ``lean``."""
-    if _memory[0] not in MEMORY_RULES:  # a bad environment value: set_kernel_memory checks its own
-        raise ValueError(f"Unknown kernel memory rule {_memory[0]!r} (KANFORMER_KERNEL_MEMORY). "
-                         f"Allowed: {', '.join(MEMORY_RULES)}")
-    return _memory[0]
 
 
 def tuning_seconds() -> float:
@@ -164,79 +157,8 @@ def decisions(model: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]
     with ``model``, only those of its own FFNs."""
     if model is None:
         return {k: dict(v) for k, v in _decided.items()}
-    mine = {_signature(m) for m in _ffns(model)}
+    mine = {ffn_signature(m) for m in _ffns(model)}
     return {k: dict(v) for k, v in _decided.items() if k.split(" | ", 1)[0] in mine}
-
-
-# -- keys and this machine's section of the disk cache (machine.py) ----------------------------------------------
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-_forms_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> (bases, their versions, forms, signature)
-
-
-def _entry(ffn: Any) -> tuple[Any, ...]:
-    """``ffn``'s KAN layers' bases, their ``form_version``s, their forms and the FFN's signature, taken again where a
-    version moved (a B-spline's ``refresh_checks``, which every grid change calls); asked every call (reading the
-    forms on every call cost ~3 us)."""
-    entry = _forms_of.get(ffn)
-    bases = (tuple(m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form"))
-             if entry is None else entry[0])
-    versions = tuple(b.form_version for b in bases)
-    if entry is None or entry[1] != versions:
-        forms = tuple((b.n_basis, b.fused_form()) for b in bases)
-        entry = _forms_of[ffn] = (bases, versions, forms,
-                                  re.sub(r"\bFSDP(?=[A-Z])", "", " ".join(repr(ffn).split())))
-    return entry
-
-
-def _forms(ffn: Any) -> tuple[tuple[int, str], ...]:
-    """Per KAN layer of ``ffn`` (module order): its basis' function count and fused form (``Basis.fused_form``), what
-    a grid update or extension changes in place."""
-    return _entry(ffn)[2]
-
-
-def _signature(ffn: Any) -> str:
-    """The FFN's configuration (its repr: kind, widths, options, every layer's shape; FSDP2's renaming of the classes
-    it wraps, ``FSDP<Name>``, left out: the same FFN sharded is the same configuration), taken again where a grid
-    changed (an extension: a repr taken once named the old shapes, and ``auto`` kept the old shapes' choice and
-    compiled the new ones' graphs in a training step)."""
-    return _entry(ffn)[3]
-
-
-def _form_tag(forms: tuple[tuple[int, str], ...]) -> str:
-    """The layers' fused forms (``_forms``) where one is not its basis' first (a B-spline's adapted grid: "knots"),
-    for the keys: an FFN whose grids were fitted to data has graphs, a background compile and timings of its own."""
-    return f" | forms={','.join(f or '-' for _, f in forms)}" if any(f for _, f in forms) else ""
-
-
-def _bucket(tokens: int) -> int:
-    return 1 << max(0, (tokens - 1).bit_length())
-
-
-def _keys(ffn: Any, x: torch.Tensor, forms: tuple[tuple[int, str], ...] | None = None,
-          signature: str | None = None) -> tuple[str, str]:
-    """(choice key, warm key): the warm key leaves out the token count, which the compiled helpers take as dynamic.
-    ``forms`` and ``signature``: the keys of ``ffn`` once its layers take these fused forms (``_forms``'s) and it
-    this configuration (``_signature``'s: a grid extended)."""
-    tokens = x.numel() // x.shape[-1]
-    dtype = _compute_dtype(x)
-    _, _, now, own = _entry(ffn)
-    warm = (f"{signature or own}{_form_tag(now if forms is None else forms)} | "
-            f"{str(dtype).removeprefix('torch.')} | {x.device.type}")
-    if x.device.type == "cpu":  # the compiled C++ loops are made for the process's thread count (background_compile)
-        warm += f" | threads={background_compile.threads()}"
-        if not loop_moves.active():  # and their moves as generated (layers/loop_moves.py)
-            warm += " | loop_moves=off"
-    if dtype == torch.float32 and x.device.type == "cpu":  # its graphs call the process's matmul library, so routed
-        warm += f" | gemm={gemm.routing()}"
-    options = get_compile_options()
-    if options:  # the fused helpers compiled with these (layers/compile_options.py): graphs and timings of their own
-        warm += f" | compile={options_tag(options)}"
-    return f"{warm} | tokens<={_bucket(tokens)} | memory={kernel_memory()}", warm
 
 
 _expected: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FFN -> the configurations its grids will take
@@ -253,7 +175,7 @@ def expect_grids(model: torch.nn.Module, ahead: list[tuple[int | None, bool]]) -
     until a compile started then is done. Returns the number of FFNs with grids."""
     n = 0
     for ffn in _ffns(model):
-        if ahead and any(getattr(b, "has_grid", False) for b in _entry(ffn)[0]):
+        if ahead and any(getattr(b, "has_grid", False) for b in bases(ffn)):
             _expected[ffn] = list(ahead)
             n += 1
     return n
@@ -264,7 +186,7 @@ def _stand_in(ffn: Any, grid_size: int | None) -> tuple[str, tuple[int, ...]] | 
     copy of its configuration built without values; None where such a copy is not ``ffn``'s configuration or cannot
     be built (an FFN its options do not rebuild): that size compiles when it comes."""
     if grid_size is None:
-        return _signature(ffn), tuple(n for n, _ in _forms(ffn))
+        return ffn_signature(ffn), tuple(n for n, _ in layer_forms(ffn))
     from .registry import create_ffn
 
     try:
@@ -273,31 +195,31 @@ def _stand_in(ffn: Any, grid_size: int | None) -> tuple[str, tuple[int, ...]] | 
                      for size in ({}, {"grid_size": grid_size})]
     except Exception:  # noqa: BLE001  (a forecast only: training goes on without it)
         return None
-    if _signature(built[0]) != _signature(ffn):
+    if ffn_signature(built[0]) != ffn_signature(ffn):
         return None
-    return _signature(built[1]), tuple(n for n, _ in _forms(built[1]))
+    return ffn_signature(built[1]), tuple(n for n, _ in layer_forms(built[1]))
 
 
 def _compile_expected(ffn: Any, x: torch.Tensor) -> None:
     """After a choice of ``ffn``: its grids' configurations up to the present one (``expect_grids``) passed, the
     background compile of the next one not yet compiled started (one at a time)."""
     if ffn in _expected:  # the first time: each configuration's warm key and background compile spec
-        bases, plans = _entry(ffn)[0], []
+        own_bases, plans = bases(ffn), []
         for size, fitted in _expected.pop(ffn):
             made = _stand_in(ffn, size)
             if made is None:
                 continue
             signature, counts = made
             forms = tuple((n, b.fitted_form() if fitted else b.fused_form())
-                          for n, b in zip(counts, bases, strict=True))
-            warm = _keys(ffn, x, forms, signature)[1]
+                          for n, b in zip(counts, own_bases, strict=True))
+            warm = keys(ffn, x, forms, signature)[1]
             kwargs = ffn.ffn_kwargs if size is None else {**ffn.ffn_kwargs, "grid_size": size}
             plans.append((warm, {**_ffn_spec(ffn, x), "kwargs": kwargs, "forms": [f for _, f in forms]}))
         _plans[ffn] = plans
     ahead = _plans.get(ffn)
     if not ahead:
         return
-    now, warms = _keys(ffn, x)[1], [w for w, _ in ahead]
+    now, warms = keys(ffn, x)[1], [w for w, _ in ahead]
     del ahead[: warms.index(now) + 1 if now in warms else 0]
     for warm, spec in ahead:
         if warm == now:
@@ -313,34 +235,6 @@ def _inductor_dir() -> str:
         return cache_dir()
     except Exception:  # an older layout: the documented default
         return os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "torchinductor"))
-
-
-def _section(data: dict[str, Any]) -> dict[str, Any]:
-    return data.setdefault(fingerprint_id(), {"fingerprint": fingerprint(), "choices": {}, "compiled": {}})
-
-
-def _load() -> dict[str, Any]:
-    if not _disk:
-        with locked_cache(_CACHE_FILE) as data:
-            _disk.update(_section(data))
-    return _disk
-
-
-_last_read = [0.0]
-
-
-def _refresh(every_s: float = 5.0) -> None:
-    """Re-read the disk cache (at most every ``every_s``): another process may have finished a compile."""
-    if time.monotonic() - _last_read[0] >= every_s:
-        _last_read[0] = time.monotonic()
-        _disk.clear()
-
-
-def _store(kind: str, key: str, value: Any) -> None:
-    with locked_cache(_CACHE_FILE) as data:
-        _section(data)[kind][key] = value
-        _disk.clear()
-        _disk.update(_section(data))
 
 
 # -- choosing ------------------------------------------------------------------------------------------------------
@@ -363,21 +257,21 @@ def _candidates(ffn: Any, x: torch.Tensor) -> list[str]:
 def _compile_state(warm: str) -> str:
     """``ready`` (the compiler cache holds this FFN's fused helpers), ``pending`` (a background process is compiling
     them) or ``failed: <why>``; starts that process the first time, and again once a failure is a day old."""
-    record = _load()["compiled"].get(warm)
+    record = load()["compiled"].get(warm)
     kept_failure = _failed(record) and time.time() - record.get("since", 0.0) < _RETRY_FAILED_S
     if kept_failure or _ready(record):
         return record["state"]
     proc = background_compile.workers.get(warm)
     if proc is None:
         if _waiting_for_first_rank(warm, record):  # one compile per machine: the first local rank's
-            _refresh()
+            refresh()
             return "pending"
         if _failed(record):  # a day old: the cause may have passed (a full disk, a compiler installed since)
             print(f"kanformer: the background compile of {warm} failed a day or more ago ({record['state']}); "
                   "trying it again", file=sys.stderr)
         state = _launch(warm)
         if state == "pending":
-            _store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
+            store("compiled", warm, {"state": "pending", "since": time.time()})  # the other local ranks wait for it
         return state
     if proc.poll() is None:
         return "pending"
@@ -396,7 +290,7 @@ def _compile_state(warm: str) -> str:
     why = f"killed by signal {-proc.returncode}, twice" if proc.returncode < 0 else (
         err[-1] if err else f"exit {proc.returncode}")
     state = "ready" if proc.returncode == 0 else f"failed: {why}"
-    _store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir(), "since": time.time()})
+    store("compiled", warm, {"state": state, "inductor_dir": _inductor_dir(), "since": time.time()})
     return state
 
 
@@ -421,13 +315,13 @@ def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
     directory, a stat of it) took ~28 us, which in a generation step of the demo's B-spline GPT-2 cost ~9 % of its
     tokens/s."""
     background_compile.reclaim()
-    warm = _keys(ffn, x)[1]
+    warm = keys(ffn, x)[1]
     few = warm + _FEW
     if few in _ready_keys:
         return True
     if background_compile.lent() and x.device.type == "cpu":
         return False  # its first call would load the graphs on a thread fewer (made, and keyed, for the process's own)
-    compiled = _load()["compiled"]
+    compiled = load()["compiled"]
     if _ready(compiled.get(few)):
         _ready_keys.add(few)
         return True
@@ -437,7 +331,7 @@ def compiled_ready(ffn: Any, x: torch.Tensor) -> bool:
         if _compile_state(few) == "ready":
             _ready_keys.add(few)
             return True
-        _refresh()
+        refresh()
     return False
 
 
@@ -462,8 +356,8 @@ def _launch(warm: str) -> str:
 
 def _ffn_spec(ffn: Any, x: torch.Tensor) -> dict[str, Any]:
     return {"name": ffn.name, "d_model": ffn.d_model, "hidden": ffn.hidden, "kwargs": ffn.ffn_kwargs,
-            "forms": [form for _, form in _forms(ffn)],
-            "dtype": str(_compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
+            "forms": [form for _, form in layer_forms(ffn)],
+            "dtype": str(compute_dtype(x)).removeprefix("torch."), "device": x.device.type,
             "tokens": warm_tokens(x.numel() // x.shape[-1]), "threads": background_compile.threads()}
 
 
@@ -620,7 +514,7 @@ def _keep(ffn: Any, key: str, path: str, times: dict[str, float], record: dict[s
     """Keep the timed choice ``path`` for ``key`` (on disk and in this process; ``record``: its other fields) and
     report it in a log line."""
     record = {"path": path, "times_ms": {p: round(t * 1e3, 3) for p, t in times.items()}, **record}
-    _store("choices", key, record)
+    store("choices", key, record)
     _choices[key], _decided[key] = path, {**record, "source": "timed"}
     measured = (", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items())
                 or f"fused: {record['dropped'].get('fused')}")
@@ -648,7 +542,7 @@ def _following(key: str, warm: str) -> bool:
     since = _follow_since.setdefault(key, time.monotonic())
     if time.monotonic() - since > _FOLLOW_S:
         return False
-    _refresh()
+    refresh()
     return True
 
 
@@ -674,7 +568,7 @@ def _waiting_for_first_rank(warm: str, record: Any) -> bool:
 def choice(ffn: Any, x: torch.Tensor) -> str:
     """The path for this training call of ``ffn`` on ``x`` under ``auto``."""
     background_compile.reclaim()
-    key, warm = _keys(ffn, x)
+    key, warm = keys(ffn, x)
     if key in _choices:
         return _choices[key]
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
@@ -683,7 +577,7 @@ def choice(ffn: Any, x: torch.Tensor) -> str:
         if key in _choices:
             _compile_expected(ffn, x)
         return path
-    cached = _load()["choices"].get(key)
+    cached = load()["choices"].get(key)
     if cached and not _timed_without_a_compile_now_had(cached, warm):
         path = _adopt(key, cached, lambda path: _warm_up(ffn, x, path))
         _compile_expected(ffn, x)
@@ -741,7 +635,7 @@ def _eval_candidates(ffn: Any, x: torch.Tensor, warm: str) -> tuple[list[str], d
     candidates, dropped = ["reference"], {}
     if _has_triton(ffn, x):
         candidates.append("triton")
-    record = _load()["compiled"].get(warm)
+    record = load()["compiled"].get(warm)
     started = warm in background_compile.workers or isinstance(record, dict)
     since = _eval_since.setdefault(warm, time.monotonic())  # read first: with 0 s to wait, the first call waits none
     if not started and time.monotonic() - since < eval_compile_after_s():
@@ -763,7 +657,7 @@ def _eval_choice(ffn: Any, x: torch.Tensor, key: str, warm: str) -> str:
     if key in _choices:
         return _choices[key]
     _pending_spec.setdefault(warm, _ffn_spec(ffn, x))
-    cached = _load()["choices"].get(key)
+    cached = load()["choices"].get(key)
     # a cached fused choice only with its helpers in the compiler's cache (else one call would compile for minutes)
     if cached and (cached["path"] != "fused" or _compile_state(warm) == "ready") and not (
             _timed_without_a_compile_now_had(cached, warm)):
@@ -808,7 +702,7 @@ def inference_path(ffn: Any, x: torch.Tensor) -> str | None:
     if torch.is_inference_mode_enabled():
         return None
     background_compile.reclaim()
-    key, warm = _keys(ffn, x)
+    key, warm = keys(ffn, x)
     evaluation = key.rsplit(" | ", 1)[0] + " | eval"
     if x.numel() <= x.shape[-1]:
         if evaluation not in _choices and not compiled_ready(ffn, x):
@@ -833,14 +727,14 @@ def settle(ffn: Any, x: torch.Tensor, timeout_s: float = 1800.0) -> str:
     """Block until ``auto`` has chosen ``ffn``'s path for inputs like ``x`` (waiting for the background compile,
     where one runs) and return it: for benchmarks, which must time the path auto settles on, not the interim."""
     deadline = time.monotonic() + timeout_s
-    key, _ = _keys(ffn, x)
+    key, _ = keys(ffn, x)
     while True:
         with torch.enable_grad():
             path = choice(ffn, x)
         if key in _choices or time.monotonic() > deadline:
             return path
         time.sleep(1.0)
-        _refresh(0.0)
+        refresh(0.0)
 
 
 def forget() -> None:
@@ -851,7 +745,7 @@ def forget() -> None:
     _choices.clear()
     _ready_keys.clear()
     _decided.clear()
-    _disk.clear()
+    clear()
     _pending_spec.clear()
     for since in (_follow_since, _compile_wait_since, _eval_since):
         since.clear()

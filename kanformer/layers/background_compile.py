@@ -5,7 +5,8 @@ fused helpers are not in the compiler's cache, it starts one such process (``lau
 meanwhile; the process (``run``) builds the same FFN, calls it on the fused path and on ``torch.compile`` of its
 reference at a few token counts, and exits. Once it is done the training process loads those graphs from the cache in
 seconds, times the candidates and switches. ``workers`` holds this process's background compiles by warm key (the
-FFN's configuration, dtype, device, thread count and matmul routing: ``autotune._keys``); none outlives the process.
+FFN's configuration, dtype, device, thread count and matmul routing: ``autotune_cache.keys``); none outlives the
+process.
 
 While one runs, a process whose threads fill the machine lends it a core (``lend``, ``reclaim``): its OpenMP threads
 and the compiler would otherwise share the cores, and every parallel region then waits for the thread the compiler
@@ -159,8 +160,8 @@ def warm_tokens(tokens: int) -> int:
 
 def take_forms(ffn: Any, forms: list[str]) -> None:
     """Give the KAN layers of ``ffn``, a fresh FFN of the configuration compiled for, the fused forms ``forms`` (per
-    layer, in module order: autotune's ``_forms``): the process it compiles for may hold grids fitted to data, whose
-    graphs (the knot tables') differ from a fresh FFN's uniform grids."""
+    layer, in module order: ``autotune_cache.layer_forms``): the process it compiles for may hold grids fitted to
+    data, whose graphs (the knot tables') differ from a fresh FFN's uniform grids."""
     bases = [m.basis for m in ffn.modules() if hasattr(getattr(m, "basis", None), "fused_form")]
     if forms and len(forms) != len(bases):
         raise ValueError(f"{len(forms)} fused forms for the {len(bases)} KAN layers of {type(ffn).__name__}")
