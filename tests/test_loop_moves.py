@@ -20,6 +20,8 @@ extern "C"  void  kernel(const at::BFloat16* in_ptr0, const float* in_ptr1, at::
     tmp3.store(out_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(16));
     tmp_acc0_vec.store(out_ptr1 + static_cast<int64_t>(x0));
     auto tmp75 = at::vec::convert<int32_t,2,float,2>(tmp38);
+    auto tmp76 = at::vec::convert<at::BFloat16>(tmp1);
+    auto tmp77 = at::vec::convert<at::BFloat16,1,float,2>(tmp39);
     auto tmp82 =
     [&]()
     {
@@ -49,6 +51,7 @@ def test_the_rewrite_moves_16_bit_vectors_through_the_helpers_and_leaves_the_res
     assert "kf_vec::store(tmp_acc0_vec, out_ptr1 + static_cast<int64_t>(x0));" in out
     assert ".store(" not in out.split("}  // namespace kf_vec")[1]  # every store of the kernel through the helper
     assert "auto tmp75 = kf_vec::to_int32<2>(tmp38);" in out
+    assert "auto tmp76 = kf_vec::to_bf16(tmp1);" in out and "auto tmp77 = kf_vec::to_bf16_2(tmp39);" in out
     assert "auto tmp82 =\n    kf_vec::bits_to_float(tmp81)\n    ;" in out  # the lambda through memory replaced
     assert "tmpbuf" not in out
     assert loop_moves.rewrite(out) is out  # rewritten once only
@@ -145,6 +148,48 @@ def test_a_rewritten_loop_gives_the_bits_of_the_loop_as_generated(monkeypatch, s
     eager = _mixed(a, b, c)
     for g, e in zip(got, eager, strict=True):
         torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)
+
+
+def _to_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16)
+
+
+def _native_bf16_conversion() -> bool:
+    """Whether this CPU's compiled loops are built for AVX-512 with AVX512-BF16 (the rewrite's conversion is then the
+    CPU's instruction)."""
+    from torch._inductor import cpu_vec_isa
+    isa = cpu_vec_isa.pick_vec_isa()
+    return bool(isa) and isa.bit_width() == 512 and bool(getattr(isa, "is_avx512_bf16_supported", lambda: False)())
+
+
+@pytest.mark.parametrize("simdlen", _vector_isas())
+def test_a_rewritten_conversion_to_bf16_rounds_as_aten_and_takes_subnormal_inputs_as_zero_where_native(
+        monkeypatch, simdlen):
+    """fp32 -> bf16 in a rewritten loop: ATen's bits for normal values (rounding ties to even), infinities and
+    overflow; a NaN stays a NaN; a subnormal input becomes a zero of its sign where the conversion is the CPU's
+    instruction (AVX512-BF16), and ATen's subnormal bf16 elsewhere (256-bit loops, CPUs without it)."""
+    monkeypatch.delenv("KANFORMER_LOOP_MOVES", raising=False)
+    assert loop_moves.install()
+    sources = []
+    rewrite = loop_moves.rewrite
+    monkeypatch.setattr(loop_moves, "rewrite", lambda src: sources.append(rewrite(src)) or sources[-1])
+    ties = torch.tensor([1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -(1.0 + 2 ** -8), 1.0 + 2 ** -8 + 2 ** -20])
+    special = torch.tensor([float("inf"), -float("inf"), 3.4e38, -3.4e38, 0.0, -0.0, 1.2e-38, -1.3e-38])
+    subnormal = torch.tensor([1e-39, -1e-39, 1e-45, -5e-41, -6e-39])
+    x = torch.cat([torch.randn(200) * 10, ties, special, subnormal, torch.tensor([float("nan")])])
+    got = _compiled_fresh(x, simdlen=simdlen, fn=_to_bf16)
+    torch._dynamo.reset()
+    assert any("kf_vec::to_bf16" in src for src in sources)  # the conversion went through the helper
+    want = x.to(torch.bfloat16)
+    n = len(x) - len(subnormal) - 1
+    assert torch.equal(got[:n].view(torch.int16), want[:n].view(torch.int16))  # ATen's bits
+    assert torch.isnan(got[-1])
+    sub = got[n: n + len(subnormal)]
+    if simdlen is None and _native_bf16_conversion():
+        assert torch.equal(sub.view(torch.int16), torch.zeros_like(subnormal).copysign(subnormal).to(
+            torch.bfloat16).view(torch.int16))  # zeros of the inputs' signs
+    else:
+        assert torch.equal(sub.view(torch.int16), want[n: n + len(subnormal)].view(torch.int16))
 
 
 def test_a_rewritten_kernel_that_fails_to_compile_falls_back_to_the_kernel_as_generated(monkeypatch):

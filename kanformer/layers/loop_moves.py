@@ -1,5 +1,6 @@
 """Compiled CPU loops' element-by-element moves made vector ones: half-vector bf16 / fp16 loads and stores, the inline
-exponential's float -> int32 conversion at bf16's loop width, and its bit cast at any width.
+exponential's float -> int32 conversion at bf16's loop width, and its bit cast at any width; and fp32 -> bf16 by the
+CPU's own instruction where it has one.
 
 PyTorch's C++ code generator gives a fused loop fp32's vector width (16 lanes on AVX-512) when any computation fused
 into it touches no low-precision value (``python -m benchmarks.profile_ffn --loop-widths`` lists such loops). Its
@@ -21,11 +22,24 @@ stores: a third of the samples of RBF's hottest fp32 loop fell on the instructio
 take the bit cast's rewrite too (the FFN step x the MLP's, d 384 fp32, there: B-spline 1.18 -> 1.15, RBF 1.25 -> 1.19,
 the wavelet 1.28 -> 1.19; docs/speed.md, *A fourth machine*).
 
+ATen converts fp32 to bf16 with integer arithmetic, about eight vector instructions for 16 values (its rounding to
+nearest even and its NaN made by hand), and every KAN loop of a bf16 step writes its features so, eight or nine values
+an input. A CPU with AVX512-BF16 (Zen 4 and 5, Intel from Cooper Lake) converts 16 or 32 values in one instruction,
+with the same rounding. Its loops' conversions take that instruction (per-loop times of the FFN steps' compiled loops,
+d 384, 2048 tokens, bf16 autocast, Zen 5, the sum of each step's loops, processes alternating: RBF 7.4 - 7.8 against
+8.1 - 8.8 ms, B-spline 4.4 - 5.5 against 6.3 - 7.8, Chebyshev 3.7 - 4.9 against 4.2 - 5.3; docs/speed.md). The one
+difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as zero, where ATen
+rounds it to a subnormal bf16, and a NaN stays a NaN with other payload bits. The bf16 values these loops write feed
+the CPU's bf16 products, whose dot-product instructions (AVX512-BF16's, AMX's) take subnormal inputs as zero in any
+case.
+
 :func:`install` rewrites each C++ kernel's source before it is compiled: every load of a 16-bit vector goes through
 ``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a 16-bit vector with
 one unmasked half-width instruction (AVX-512, AVX2) and hand everything else to ATen as before; the conversion and the
 bit cast of several vectors go through ``kf_vec::to_int32`` and ``kf_vec::bits_to_float``, one vector instruction per
-vector. The values are the same, so results are bit for bit those of the unrewritten loop (the tests compare them).
+vector, and fp32 -> bf16 through ``kf_vec::to_bf16`` (AVX512-BF16's instruction where the kernel is compiled for it,
+else ATen's). The values are the same (but for subnormal inputs to bf16, above), so results are bit for bit those of
+the unrewritten loop (the tests compare them).
 The compiler caches its graphs as generated and the rewrite is applied each time a kernel is loaded, so a process
 without it (``KANFORMER_LOOP_MOVES=0``) reads the same cache and compiles its own kernels. Installed for the process by
 the kit's compile sites (the fused helpers, the compiled reference, a compiled model): every C++ kernel compiled in
@@ -93,6 +107,26 @@ template <typename V, typename P> inline void store(V v, P p, int64_t count) {
   }
   v.store(p, count);
 }
+// fp32 -> bf16 by the CPU's own conversion where it has one (AVX512-BF16: one instruction for 16 or 32 values, where
+// ATen rounds with integer arithmetic, ~8 instructions a vector); elsewhere ATen's, as generated
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+inline at::vec::Vectorized<c10::BFloat16> to_bf16(const at::vec::Vectorized<float>& v) {
+  return at::vec::Vectorized<c10::BFloat16>(_mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(__m512(v))));
+}
+inline at::vec::VectorizedN<c10::BFloat16, 1> to_bf16_2(const at::vec::VectorizedN<float, 2>& v) {
+  at::vec::VectorizedN<c10::BFloat16, 1> r;
+  r[0] = at::vec::Vectorized<c10::BFloat16>((__m512i)_mm512_cvtne2ps_pbh(__m512(v[1]), __m512(v[0])));
+  return r;
+}
+#else
+inline at::vec::Vectorized<c10::BFloat16> to_bf16(const at::vec::Vectorized<float>& v) {
+  return at::vec::convert<at::BFloat16>(v);
+}
+inline at::vec::VectorizedN<c10::BFloat16, 1> to_bf16_2(const at::vec::VectorizedN<float, 2>& v) {
+  return at::vec::convert<at::BFloat16, 1, float, 2>(v);
+}
+#endif
+template <typename V> inline auto to_bf16(const V& v) { return at::vec::convert<at::BFloat16>(v); }  // not fp32
 }  // namespace kf_vec
 """
 _LOADS = {f"at::vec::Vectorized<{t}>::loadu(": f"kf_vec::loadu<{t}>(" for t in ("at::BFloat16", "at::Half")}
@@ -108,6 +142,9 @@ _BITCAST = re.compile(
     r"static_cast<int64_t>\(\3\)\);\s*\}\s*\(\)")
 # float -> int32 of several vectors, which ATen converts element by element
 _TO_INT32 = re.compile(r"at::vec::convert<int32_t,(\d+),float,\1>\(")
+# float -> bf16 of one vector and of two (a loop at bf16's width)
+_TO_BF16 = {"at::vec::convert<at::BFloat16>(": "kf_vec::to_bf16(",
+            "at::vec::convert<at::BFloat16,1,float,2>(": "kf_vec::to_bf16_2("}
 
 failures: list[str] = []  # kernels whose rewritten source failed to compile (the original compiled instead)
 _state: dict[str, Any] = {"installed": False, "rewritten": 0, "suspended": False}
@@ -132,7 +169,7 @@ def rewrite(source: str) -> str:
         return out.replace(_PREFIX, _PREFIX + _HELPERS, 1) if casts else source
     out, converts = _TO_INT32.subn(r"kf_vec::to_int32<\1>(", out)
     moves = casts + converts
-    for old, new in _LOADS.items():
+    for old, new in (*_LOADS.items(), *_TO_BF16.items()):
         moves += out.count(old)
         out = out.replace(old, new)
     out, stores = _STORE.subn(r"kf_vec::store(\1, ", out)
