@@ -25,10 +25,11 @@ the wavelet 1.28 -> 1.19; docs/speed.md, *A fourth machine*).
 ATen converts fp32 to bf16 with integer arithmetic, about eight vector instructions for 16 values (its rounding to
 nearest even and its NaN made by hand), and every KAN loop of a bf16 step writes its features so, eight or nine values
 an input. A CPU with AVX512-BF16 (Zen 4 and 5, Intel from Cooper Lake) converts 16 or 32 values in one instruction,
-with the same rounding. Its loops' conversions take that instruction (per-loop times of the FFN steps' compiled loops,
-d 384, 2048 tokens, bf16 autocast, Zen 5, the sum of each step's loops, processes alternating: RBF 7.4 - 7.8 against
-8.1 - 8.8 ms, B-spline 4.4 - 5.5 against 6.3 - 7.8, Chebyshev 3.7 - 4.9 against 4.2 - 5.3; docs/speed.md). The one
-difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as zero, where ATen
+with the same rounding. Its loops' conversions take that instruction: the compiled loops of an FFN step (d 384, 2048
+tokens, bf16 autocast, 2-core Zen 5; processes alternating, each loop's time under the profiler, summed) took RBF
+7.4 - 8.5 against 8.1 - 10.6 ms a step (four pairs), Chebyshev 3.7 - 4.9 against 4.2 - 5.3 (three), the B-spline
+4.1 - 6.6 against 4.7 - 7.8 (six; five in its favour); the steps, ~2 % (docs/speed.md, *The CPU's own conversion to
+bf16*). The one difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as zero, where ATen
 rounds it to a subnormal bf16, and a NaN stays a NaN with other payload bits. The bf16 values these loops write feed
 the CPU's bf16 products, whose dot-product instructions (AVX512-BF16's, AMX's) take subnormal inputs as zero in any
 case.
