@@ -29,10 +29,10 @@ with the same rounding. Its loops' conversions take that instruction: the compil
 tokens, bf16 autocast, 2-core Zen 5; processes alternating, each loop's time under the profiler, summed) took RBF
 7.4 - 8.5 against 8.1 - 10.6 ms a step (four pairs), Chebyshev 3.7 - 4.9 against 4.2 - 5.3 (three), the B-spline
 4.1 - 6.6 against 4.7 - 7.8 (six; five in its favour); the steps, ~2 % (docs/speed.md, *The CPU's own conversion to
-bf16*). The one difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as zero, where ATen
-rounds it to a subnormal bf16, and a NaN stays a NaN with other payload bits. The bf16 values these loops write feed
-the CPU's bf16 products, whose dot-product instructions (AVX512-BF16's, AMX's) take subnormal inputs as zero in any
-case.
+bf16*). The one difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as
+zero, where ATen rounds it to a subnormal bf16, and a NaN stays a NaN with other payload bits. The bf16 values these
+loops write feed the CPU's bf16 products, whose dot-product instructions (AVX512-BF16's, AMX's) take subnormal inputs
+as zero in any case.
 
 :func:`install` rewrites each C++ kernel's source before it is compiled: every load of a 16-bit vector goes through
 ``kf_vec::loadu`` and every store of a vector through ``kf_vec::store``, which move exactly half a 16-bit vector with
