@@ -28,7 +28,7 @@ an input. A CPU with AVX512-BF16 (Zen 4 and 5, Intel from Cooper Lake) converts 
 with the same rounding. Its loops' conversions take that instruction: the compiled loops of an FFN step (d 384, 2048
 tokens, bf16 autocast, 2-core Zen 5; processes alternating, each loop's time under the profiler, summed) took RBF
 7.4 - 8.5 against 8.1 - 10.6 ms a step (four pairs), Chebyshev 3.7 - 4.9 against 4.2 - 5.3 (three), the B-spline
-4.1 - 6.6 against 4.7 - 7.8 (six; five in its favour); the steps, ~2 % (docs/speed.md, *The CPU's own conversion to
+4.1 - 6.6 against 4.7 - 7.8 (seven; five in its favour); the steps, ~2 % (docs/speed.md, *The CPU's own conversion to
 bf16*). The one difference in value: the instruction takes a subnormal fp32 input (below 2^-126 in magnitude) as
 zero, where ATen rounds it to a subnormal bf16, and a NaN stays a NaN with other payload bits. The bf16 values these
 loops write feed the CPU's bf16 products, whose dot-product instructions (AVX512-BF16's, AMX's) take subnormal inputs
