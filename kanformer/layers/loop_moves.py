@@ -108,8 +108,11 @@ template <typename V, typename P> inline void store(V v, P p, int64_t count) {
   }
   v.store(p, count);
 }
-// fp32 -> bf16 by the CPU's own conversion where it has one (AVX512-BF16: one instruction for 16 or 32 values, where
-// ATen rounds with integer arithmetic, ~8 instructions a vector); elsewhere ATen's, as generated
+// fp32 -> bf16: ATen's conversion, as generated (the templates), but for the CPU's own where it has one (the
+// overloads, chosen over the templates: AVX512-BF16, one instruction for 16 or 32 values where ATen rounds with
+// integer arithmetic, ~8 instructions a vector)
+template <typename V> inline auto to_bf16(const V& v) { return at::vec::convert<at::BFloat16>(v); }
+template <typename V> inline auto to_bf16_2(const V& v) { return at::vec::convert<at::BFloat16, 1, float, 2>(v); }
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 inline at::vec::Vectorized<c10::BFloat16> to_bf16(const at::vec::Vectorized<float>& v) {
   return at::vec::Vectorized<c10::BFloat16>(_mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(__m512(v))));
@@ -119,15 +122,7 @@ inline at::vec::VectorizedN<c10::BFloat16, 1> to_bf16_2(const at::vec::Vectorize
   r[0] = at::vec::Vectorized<c10::BFloat16>((__m512i)_mm512_cvtne2ps_pbh(__m512(v[1]), __m512(v[0])));
   return r;
 }
-#else
-inline at::vec::Vectorized<c10::BFloat16> to_bf16(const at::vec::Vectorized<float>& v) {
-  return at::vec::convert<at::BFloat16>(v);
-}
-inline at::vec::VectorizedN<c10::BFloat16, 1> to_bf16_2(const at::vec::VectorizedN<float, 2>& v) {
-  return at::vec::convert<at::BFloat16, 1, float, 2>(v);
-}
 #endif
-template <typename V> inline auto to_bf16(const V& v) { return at::vec::convert<at::BFloat16>(v); }  // not fp32
 }  // namespace kf_vec
 """
 _LOADS = {f"at::vec::Vectorized<{t}>::loadu(": f"kf_vec::loadu<{t}>(" for t in ("at::BFloat16", "at::Half")}
