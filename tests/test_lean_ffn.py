@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kanformer import create_ffn
-from kanformer.layers import dispatch, few_tokens, gemm, kan, lean, lean_ffn, lean_rational, multkan, rational
+from kanformer.layers import dispatch, few_tokens, gemm, kan, lean, lean_ffn, lean_rational, multkan, rational, rbf
 from kanformer.layers.dispatch import kernel
 from tests.device_reads import DeviceReads
 from tests.test_kernels import _close, _run
@@ -605,6 +605,57 @@ def test_multkan_products_run_between_the_layers_and_layer_two_pads_the_nodes(co
         saved = []
         ffn(x_in)
     assert (len(x), 95) in saved and (len(x), 63) not in saved and (len(x), 64) not in saved
+
+
+def _saved_shapes(ffn, x, mode):
+    """Shapes of what autograd saves for ``ffn``'s backward on ``mode``, its parameters excluded."""
+    own = {t.data_ptr() for t in ffn.parameters()}
+    shapes = []
+    with kernel(mode), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: (t.data_ptr() not in own and shapes.append(tuple(t.shape))) or t, lambda t: t):
+        ffn(x.clone().requires_grad_(True))
+    return shapes
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_rbf_backward_reads_the_ratio_its_forward_kept(counted, monkeypatch, per_layer):
+    """Where RBF's forward keeps its recurrence's ratio (``fused_kept``: in a compiled CPU graph; forced here, the
+    helpers running as the eager code they compile), each layer saves one value per padded input more, every
+    ``fused_terms`` call of the step, the backward's included, takes it, and the results are bit for bit those of
+    the backward computing it again; on the two-layer Function and on the per-layer path."""
+    ffn = _ffn("rbf", torch.float64)
+    x = _inputs(torch.float64)
+    if per_layer:  # a hook on a layer: the per-layer path (lean.py's Function) serves
+        ffn.fc2.register_forward_hook(lambda *a: None)
+    again = _run(ffn, x, "fused")
+    without = sorted(_saved_shapes(ffn, x, "fused"))
+    taken = []
+    terms = rbf.RBFBasis.fused_terms
+    monkeypatch.setattr(rbf, "inline", lambda u: True)
+    monkeypatch.setattr(rbf.RBFBasis, "fused_terms", lambda self, u, kept=(): (
+        taken.append(tuple(tuple(k.shape) for k in kept)) or terms(self, u, kept=kept)))
+    kept = _run(ffn, x, "fused")
+    assert len(counted) == (0 if per_layer else 3)  # three steps on the two-layer Function, or none
+    n = len(x)
+    assert sorted(taken) == [((n, D + 1),)] * 2 + [((n, H + 1),)] * 2  # forward and backward, each layer (padded)
+    _close(kept, again, rtol=0, atol=0)
+    assert sorted(_saved_shapes(ffn, x, "fused")) == sorted([*without, (n, D + 1), (n, H + 1)])
+
+
+@pytest.mark.slow
+def test_compiled_rbf_keeps_the_ratio_and_equals_the_reference():
+    """Compiled for this CPU in fp32, RBF's fused FFN keeps the ratio of each layer (one fp32 value an input) beside
+    its input, hidden activations and LayerNorm statistics, and equals the reference."""
+    ffn = _ffn("rbf", torch.float32)
+    x = _inputs(torch.float32)
+    n = len(x)
+    with kernel("fused"):
+        p = lean_ffn.plan(ffn, x)
+    saved = sorted(_saved_shapes(ffn, x, "fused"))
+    # x, the hidden activations (layer 1's padded output), 2 x 2 statistics, then the two ratios
+    assert saved == sorted([(n, D), (n, H + p.pad2), *[(n, 1)] * 4, (n, D + p.pad1), (n, H + p.pad2)]), saved
+    # fp32: the sums over tokens run in another order (the base weights' gradient, ~0.1, differed by 2e-5)
+    _close(_run(ffn, x, "fused"), _run(ffn, x, "reference"), rtol=1e-4, atol=5e-5)
 
 
 def test_the_per_layer_path_serves_where_the_two_layer_function_cannot():

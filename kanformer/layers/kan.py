@@ -58,6 +58,8 @@ class Basis(nn.Module):
     # Whether ``lean_input_grad`` gives the input gradient for every input (never declines): then a basis without a
     # per-function form is chained with the FFN's other layer in one Function (layers/lean_ffn.py).
     lean_grad_always: ClassVar[bool] = False
+    # How many per-token statistics ``lean_pre`` returns, where the basis has a pre-transform (RBF's LayerNorm: 2).
+    lean_pre_stats: ClassVar[int] = 0
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
@@ -245,8 +247,16 @@ class Basis(nn.Module):
     def fused_terms(self, x: torch.Tensor, *state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(value, slope) of every basis function, ``fused_term`` for each j (slope None: a constant function); a basis
         whose functions share work overrides it to write the shared expressions once (what the compiler traces, op by
-        op, on every process's first call: the compiled loop is the same either way)."""
+        op, on every process's first call: the compiled loop is the same either way). A basis with ``fused_kept``
+        takes a keyword ``kept`` too: the forward's kept values, given where the forward kept them."""
         return [self.fused_term(x, j, *state) for j in range(self.n_basis)]
+
+    def fused_kept(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Values of the per-function form, each (N, I) like ``x``, that the fused path's forward keeps for the
+        backward, whose ``fused_terms(x, *state, kept=...)`` then takes them instead of computing them again: memory
+        traded for arithmetic, where that measured faster (RBF's exponential of the recurrence on a CPU). The default:
+        none, the backward computes everything again."""
+        return ()
 
     def triton_params(self) -> tuple[torch.Tensor, ...] | None:
         """What the Triton kernels need (B-spline on a uniform grid), or None where they do not apply."""

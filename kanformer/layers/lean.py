@@ -21,7 +21,9 @@ A basis with a pre-transform of its input (RBF's LayerNorm) gives it as ``lean_p
 with its parameters ``lean_pre_params()`` and the analytic ``lean_pre_backward(x, stats, g_u, *p) -> (g_x, *g_p)``:
 it runs inside the layer's forward and backward (recomputed there, in the same compiled graph), so u is not saved
 either; only its per-token ``stats`` (RBF: mean and 1 / std, 8 bytes a token) are, so the backward does not reduce
-over the inputs again.
+over the inputs again. In the fused mode a basis may keep a few per-input values of its per-function form for the
+backward beside them (``fused_kept``: RBF's exponential of the recurrence on a CPU, 4 bytes an input); a layer's
+forward returns both as one tuple, the statistics first (``_split_saved``).
 
 Which path runs (reference, eager lean, fused, Triton) is chosen in ``dispatch.py``.
 """
@@ -63,15 +65,18 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _terms(basis: Any, u: torch.Tensor, state: tuple[torch.Tensor, ...], g: torch.Tensor | None = None,
-           start: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+           start: torch.Tensor | None = None, kept: tuple[torch.Tensor, ...] = ()
+           ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """The basis' per-function form (``fused_terms(u, *state)``: (f_j(u), f_j'(u)) for each j, each (N, I); a slope
     None for a constant function, whose gradient slot is then not read): the values f_j(u), and with ``g`` (N, B, I)
     also ``start + sum_j g_j f_j'(u)`` (``start``: a gradient already made, None for none). Written as one expression
     per function, so a compiler evaluates each function once for its value and its slope, in one loop over (N, I) with
     the values stored as they come (the backward's recomputed features and input gradient in one pass). The sum ends on
-    the last function's term, which reads ``g``; why that order matters: ``_input_grads``."""
+    the last function's term, which reads ``g``; why that order matters: ``_input_grads``. ``kept``: the values
+    the forward kept (``fused_kept``), () where it kept none."""
     values, acc = [], start
-    for j, (value, slope) in enumerate(basis.fused_terms(u, *state)):
+    terms = basis.fused_terms(u, *state, kept=kept) if kept else basis.fused_terms(u, *state)
+    for j, (value, slope) in enumerate(terms):
         values.append(value)
         if g is not None and slope is not None:
             acc = g[:, j] * slope if acc is None else acc + g[:, j] * slope
@@ -93,14 +98,16 @@ def _low_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None,
-              dtype: torch.dtype, values: list[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+              dtype: torch.dtype, values: list[torch.Tensor] | torch.Tensor | None = None,
+              kept: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """(N, B, I) basis values in ``dtype``, with ``silu(x)`` appended as basis B when ``x`` is given (the SiLU base
     branch, so one matmul serves both branches). ``state`` (not None): from the basis' per-function form (``_terms``);
     ``values``: already evaluated (with ``state`` the per-function values, without it the (N, B, I) features of
-    ``lean_features_and_input_grad``). Low-precision inputs are evaluated in fp32 (as the reference does)."""
+    ``lean_features_and_input_grad``); ``kept``: the basis' kept values (``fused_kept``). Low-precision inputs are
+    evaluated in fp32 (as the reference does)."""
     uc = _low(u)
     if state is not None:
-        values = values if values is not None else _terms(basis, uc, state)[0]
+        values = values if values is not None else _terms(basis, uc, state, kept=kept)[0]
         if x is not None:
             values = [*values, _silu(x.to(uc.dtype))]
         # one write of each value into its slot, in the matmul's dtype (stacked first, a bf16 matmul's features took
@@ -113,7 +120,8 @@ def _features(basis: Any, u: torch.Tensor, x: torch.Tensor | None, state: tuple[
 
 
 def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.Tensor,
-                 state: tuple[torch.Tensor, ...] | None, analytic: bool, fold: bool = False, features: bool = False
+                 state: tuple[torch.Tensor, ...] | None, analytic: bool, fold: bool = False, features: bool = False,
+                 kept: tuple[torch.Tensor, ...] = ()
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | torch.Tensor | None]:
     """From dL/dfeatures ``g`` (N, B[+1], I): dL/du through the basis (the analytic ``sum_b g_b f_b'(u)``, None where
     the basis has none or ``analytic`` is off) and dL/dx through the base branch (None without one). Third, the basis
@@ -134,16 +142,16 @@ def _input_grads(basis: Any, u: torch.Tensor, x: torch.Tensor | None, g: torch.T
     if x is not None:
         xc = _low(x)
         g_x = g[:, -1].to(xc.dtype) * _silu_grad(xc)
-    g_u, kept = None, None
+    g_u, values = None, None
     if analytic and state is not None:
         start = g_x if fold else None
-        kept, g_u = _terms(basis, uc, state, g_basis, start)
+        values, g_u = _terms(basis, uc, state, g_basis, start, kept)
         if start is not None:
             g_x = None
     elif analytic:
         both = basis.lean_features_and_input_grad(uc, g_basis) if features else None
-        kept, g_u = both if both is not None else (None, basis.lean_input_grad(uc, g_basis))  # g_u None: declined
-    return g_u, g_x, kept
+        values, g_u = both if both is not None else (None, basis.lean_input_grad(uc, g_basis))  # g_u None: declined
+    return g_u, g_x, values
 
 
 def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None,
@@ -151,6 +159,14 @@ def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None,
     """The basis input u: the layer input through the basis' pre-transform (``lean_pre``; ``stats``: its per-token
     statistics from the forward), or x itself; and the statistics."""
     return (x, ()) if pre is None else basis.lean_pre(_low(x), *pre, stats=stats)
+
+
+def _split_saved(basis: Any, pre: tuple[torch.Tensor, ...] | None, saved: tuple[torch.Tensor, ...]
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """What a layer's forward kept beside its input (``_lean_forward``'s second result) as (the pre-transform's
+    per-token statistics, the basis' kept values)."""
+    n = 0 if pre is None else basis.lean_pre_stats
+    return saved[:n], saved[n:]
 
 
 def _basis_major(coef: torch.Tensor, base: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -279,19 +295,22 @@ def _lean_forward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.T
                   bias: torch.Tensor | None, state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype,
                   pre: tuple[torch.Tensor, ...] | None, keep_pad: bool = False
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input, and the pre-transform's statistics: the whole
+    """``y = F(u) @ W^T (+ bias)`` with u the pre-transformed input, and what the backward takes from the forward: the
+    pre-transform's statistics, then the basis' kept values (``fused_kept``, with a per-function form). The whole
     layer, one compiled graph in the fused mode (pre-transform, features, weight layout and the matmul; one call per
     layer, so the per-call overhead is paid once). ``keep_pad``: y with the zero columns of a padded output width
     (``output_pad``) kept."""
     u, stats = _pre(basis, x, pre)
-    feats = _features(basis, u, x if base is not None else None, state, dtype).reshape(x.shape[0], -1)  # (N, B[+1]*I)
+    kept = () if state is None else basis.fused_kept(_low(u), *state)
+    feats = _features(basis, u, x if base is not None else None, state, dtype,
+                      kept=kept).reshape(x.shape[0], -1)  # (N, B[+1]*I)
     o = coef.shape[0]
     pad = output_pad(o, x.device)
     w, b = _basis_major(coef, base, dtype), None if bias is None else bias.to(dtype)  # (O, B[+1]*I), (O,)
     if pad:  # zero rows of weights (a pad of nothing would copy them all the same)
         w, b = F.pad(w, (0, 0, 0, pad)), None if b is None else F.pad(b, (0, pad))
     y = mm(feats, w.T, b)  # (N, O + pad)
-    return (y[:, :o].contiguous() if pad and not keep_pad else y), stats
+    return (y[:, :o].contiguous() if pad and not keep_pad else y), (*stats, *kept)
 
 
 def output_pad(o: int, device: torch.device) -> int:
@@ -310,13 +329,14 @@ def _aligned_rows(device: torch.device) -> bool:
 
 def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.Tensor | None, gy: torch.Tensor,
                    state: tuple[torch.Tensor, ...] | None, dtype: torch.dtype, need_w: bool, analytic: bool,
-                   pre: tuple[torch.Tensor, ...] | None, stats: tuple[torch.Tensor, ...], input_major: bool = False
+                   pre: tuple[torch.Tensor, ...] | None, saved: tuple[torch.Tensor, ...], input_major: bool = False
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
                               tuple[torch.Tensor, ...], torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
     """dL/dcoef, dL/dbase (when ``need_w``), dL/dx and dL/d(pre-transform parameters) from dL/dy, the pre-transform and
-    the features recomputed. ``gy`` may come at the forward's padded output width (``output_pad``; the two-layer path
-    hands layer 1 its gradient so), its extra columns meeting zero rows of weights; on CUDA an unpadded one is padded
-    here, so the products' rows are aligned (``gemm.aligned_pad``). Where the basis has no analytic derivative, dL/dx
+    the features recomputed; ``saved``: what the forward kept beside x (``_lean_forward``). ``gy`` may come at the
+    forward's padded output width (``output_pad``; the two-layer path hands layer 1 its gradient so), its extra columns
+    meeting zero rows of weights; on CUDA an unpadded one is padded here, so the products' rows are aligned
+    (``gemm.aligned_pad``). Where the basis has no analytic derivative, dL/dx
     covers the base branch only (None without one), and the last result is dL/dfeatures of the basis (the caller
     differentiates the recomputed basis by autograd); else that is None. ``input_major`` (for the basis'
     ``lean_params_backward``): that result is the pair (dL/dfeatures of the basis (B, I, N), made so by the matmul
@@ -326,6 +346,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
     n, i_in = x.shape
     o, _, b = coef.shape
     xl = _low(x)  # the pre-transform and its backward evaluate low-precision inputs in fp32
+    stats, kept = _split_saved(basis, pre, saved)
     u, _ = _pre(basis, xl, pre, stats)
     xb = x if base is not None else None
     pad = output_pad(o, x.device) if gy.shape[1] == o and _aligned_rows(x.device) else 0
@@ -343,7 +364,8 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
         w = _basis_major(coef, base, dtype)  # (O, B[+1]*I)
         g_feats = mm(gy, F.pad(w, (0, 0, 0, extra)) if extra else w).view(n, -1, i_in)  # (N, B[+1], I)
         g_basis = g_feats[:, :b]
-        g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic, fold=pre is None, features=need_w)
+        g_u, g_x, values = _input_grads(basis, u, xb, g_feats, state, analytic, fold=pre is None, features=need_w,
+                                        kept=kept)
     g_pre: tuple[torch.Tensor, ...] = ()
     if g_u is not None:
         if pre is not None:
@@ -352,7 +374,7 @@ def _lean_backward(basis: Any, x: torch.Tensor, coef: torch.Tensor, base: torch.
         g_x = g_u if g_x is None else g_x + g_u
     g_coef, g_base = None, None
     if need_w:
-        feats = _features(basis, u, xb, state, dtype, values).reshape(n, -1)  # recomputed (N, B[+1]*I)
+        feats = _features(basis, u, xb, state, dtype, values, kept).reshape(n, -1)  # recomputed (N, B[+1]*I)
         g_w = mm(gy.T, feats).view(gy.shape[1], -1, i_in)[:o]  # (O, B[+1], I)
         g_coef = g_w[:, :b].permute(0, 2, 1).contiguous().to(coef.dtype)
         if base is not None:

@@ -28,7 +28,7 @@ from .bspline import _check_grid_range
 from .flops import LAYERNORM_FLOPS
 from .kan import KANFFN, Basis, register_basis
 from .registry import check_positive_int, register_ffn
-from .vecmath import loop_exp
+from .vecmath import inline, loop_exp
 
 _CUT = 50.0  # squared distances (in widths) beyond which a Gaussian is exactly zero
 _ROOT_CUT = math.sqrt(_CUT)
@@ -46,6 +46,7 @@ def _square_cut(d: torch.Tensor) -> torch.Tensor:
 @register_basis("rbf")
 class RBFBasis(Basis):
     default_base = True
+    lean_pre_stats = 2  # the LayerNorm's mean and 1 / std per token
 
     def __init__(self, in_features: int, *, num_grids: int = 8, grid_range: Sequence[float] = (-2.0, 2.0),
                  layernorm: bool = True) -> None:
@@ -148,7 +149,32 @@ class RBFBasis(Basis):
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         return ()
 
-    def fused_terms(self, u: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _nearer(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``fused_terms``' d0 = (u - lo) / h, whether u is nearer the first centre than the last, and t, the distance
+        in widths from the nearer outer centre counted towards the others, floored at -9."""
+        n = self.num_grids
+        d0 = self.widths(u)
+        up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
+        t = torch.where(up, d0, (n - 1) - d0)
+        return d0, up, torch.where(t < _T_FLOOR, _T_FLOOR, t)  # every centre cut below -9; NaN stays NaN
+
+    def fused_kept(self, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """In a compiled CPU graph, the recurrence's ratio exp(2t) (``fused_terms``), one fp32 value an input, which
+        the backward then reads instead of computing it (elsewhere: none). Computed again, the backward's compiled
+        loops took both exponentials a second time, and the compiler stored the chain's seven values per input in
+        fp32 between its loops (each too large to inline where several loops read it; docs/speed.md, *RBF's loops at
+        the demo's width*); with the ratio read, they store no chain. The same values, bit for bit. FFN step x the
+        MLP's, one process timing both (8 interleaved rounds), processes alternating with the code before, 2-core
+        Zen 5: d 384, 2048 tokens, bf16 autocast 1.075 - 1.133 (three runs) against 1.184 - 1.222; fp32 0.997 / 1.006
+        against 1.077 / 1.112; d 128, 1024 tokens, fp32 1.188 / 1.283 against 1.503 / 1.516. Keeping exp(-t^2) as well
+        measured no faster (bf16 1.072 - 1.120, fp32 0.977 / 0.992, d 128 1.172 / 1.254) for twice the bytes. The
+        cost: 4 bytes an input of each layer saved for the backward (the FFN's saved activations at d 384 0.33x the
+        MLP's in fp32, 0.51x in bf16, where they were 0.16x and 0.24x), and a store of them in a forward without
+        autograd."""
+        return (loop_exp(2 * self._nearer(u)[2], bounded=True),) if inline(u) else ()
+
+    def fused_terms(self, u: torch.Tensor, kept: tuple[torch.Tensor, ...] = ()
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(f_g(u), f_g'(u)) for every centre, the Gaussians by a recurrence: with t the distance in widths from the
         nearer outer centre, counted towards the others, the i-th centre from it has exp(-(t - i)^2) = exp(-(t - i +
         1)^2) exp(2t) e^(1 - 2i), two exponentials per element instead of G. t <= (G - 1) / 2, so every step's value
@@ -183,11 +209,9 @@ class RBFBasis(Basis):
         subnormal products in the backward; gains of 3, fp32, same process: 1.05x the step at gain 1 cut at e^-80,
         1.00x at e^-50."""
         n = self.num_grids
-        d0 = self.widths(u)
-        up = d0 <= (n - 1) / 2  # nearer the first centre: count up from it
-        t = torch.where(up, d0, (n - 1) - d0)
-        t = torch.where(t < _T_FLOOR, _T_FLOOR, t)  # every centre cut below it; NaN stays NaN
-        v, ratio = loop_exp(-(t * t), bounded=True), loop_exp(2 * t, bounded=True)  # inline in a compiled CPU loop
+        d0, up, t = self._nearer(u)
+        v = loop_exp(-(t * t), bounded=True)  # inline in a compiled CPU loop
+        ratio = kept[0] if kept else loop_exp(2 * t, bounded=True)  # the forward's (``fused_kept``), where it kept it
         chain = [torch.where(t < -_ROOT_CUT, 0.0, v)]
         for i in range(1, n):  # the i-th centre from the nearer end is cut where t < i - sqrt(cut) (|t - i| beyond):
             # the cut taken on the previous value before the product, so a product is exactly zero or at least
