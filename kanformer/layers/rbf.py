@@ -165,12 +165,13 @@ class RBFBasis(Basis):
         fp32 between its loops (each too large to inline where several loops read it; docs/speed.md, *RBF's loops at
         the demo's width*); with the ratio read, they store no chain. The same values, bit for bit. FFN step x the
         MLP's, one process timing both (8 interleaved rounds), processes alternating with the code before, 2-core
-        Zen 5: d 384, 2048 tokens, bf16 autocast 1.075 - 1.133 (three runs) against 1.184 - 1.222; fp32 0.997 / 1.006
-        against 1.077 / 1.112; d 128, 1024 tokens, fp32 1.188 / 1.283 against 1.503 / 1.516. Keeping exp(-t^2) as well
-        measured no faster (bf16 1.072 - 1.120, fp32 0.977 / 0.992, d 128 1.172 / 1.254) for twice the bytes. The
-        cost: 4 bytes an input of each layer saved for the backward (the FFN's saved activations at d 384 0.33x the
-        MLP's in fp32, 0.51x in bf16, where they were 0.16x and 0.24x), and a store of them in a forward without
-        autograd."""
+        Zen 5: d 384, 2048 tokens, bf16 autocast 1.075 - 1.133 (three runs) against 1.175 - 1.222 (five); fp32 0.997 /
+        1.006 against 1.037 - 1.112 (four); d 128, 1024 tokens, fp32 1.188 / 1.283 against 1.361 - 1.516 (four); d 768,
+        4096 tokens, bf16 1.005 / 1.026 against 1.070 / 1.087. Keeping exp(-t^2) as well measured no faster (bf16 1.070
+        - 1.120, fp32 0.977 - 1.020, d 128 1.172 - 1.257) for twice the bytes (docs/speed.md, *RBF keeps its
+        ratio*). The cost: 4 bytes an input of each layer saved for the backward (the FFN's saved activations at d 384
+        0.33x the MLP's in fp32, 0.51x in bf16, where they were 0.16x and 0.24x), and a store of them in a forward
+        without autograd."""
         return (loop_exp(2 * self._nearer(u)[2], bounded=True),) if inline(u) else ()
 
     def fused_terms(self, u: torch.Tensor, kept: tuple[torch.Tensor, ...] = ()
