@@ -642,6 +642,19 @@ def test_rbf_backward_reads_the_ratio_its_forward_kept(counted, monkeypatch, per
     assert sorted(_saved_shapes(ffn, x, "fused")) == sorted([*without, (n, D + 1), (n, H + 1)])
 
 
+def test_what_a_layer_kept_splits_into_statistics_and_kept_values():
+    """A basis with ``fused_kept`` (RBF) has its pre-transform's ``lean_pre_stats`` statistics first, then its kept
+    values; one without has all of it as statistics, however many its pre-transform makes (a basis of a user's own)."""
+    saved = tuple(torch.zeros(5, k) for k in (1, 1, 3))
+    layer = kan.KANLinear(3, 2, "rbf")
+    stats, kept = lean._split_saved(layer.basis, (layer.basis.norm.weight, layer.basis.norm.bias), saved)
+    assert [id(t) for t in stats] == [id(t) for t in saved[:2]] and [id(t) for t in kept] == [id(saved[2])]
+    plain = kan.KANLinear(3, 2, "chebyshev").basis
+    assert not plain.has_fused_kept and layer.basis.has_fused_kept
+    stats, kept = lean._split_saved(plain, (), saved)
+    assert [id(t) for t in stats] == [id(t) for t in saved] and kept == ()
+
+
 @pytest.mark.slow
 def test_compiled_rbf_keeps_the_ratio_and_equals_the_reference():
     """Compiled for this CPU in fp32, RBF's fused FFN keeps the ratio of each layer (one fp32 value an input) beside

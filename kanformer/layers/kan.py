@@ -58,7 +58,8 @@ class Basis(nn.Module):
     # Whether ``lean_input_grad`` gives the input gradient for every input (never declines): then a basis without a
     # per-function form is chained with the FFN's other layer in one Function (layers/lean_ffn.py).
     lean_grad_always: ClassVar[bool] = False
-    # How many per-token statistics ``lean_pre`` returns, where the basis has a pre-transform (RBF's LayerNorm: 2).
+    # How many per-token statistics ``lean_pre`` returns, for a basis with a pre-transform and ``fused_kept`` (the
+    # forward's kept values follow them: layers/lean.py's ``_split_saved``; RBF's LayerNorm: 2).
     lean_pre_stats: ClassVar[int] = 0
 
     def __init__(self, in_features: int) -> None:
@@ -184,6 +185,10 @@ class Basis(nn.Module):
     @property
     def has_lean_spec(self) -> bool:
         return type(self).lean_spec is not Basis.lean_spec
+
+    @property
+    def has_fused_kept(self) -> bool:
+        return type(self).fused_kept is not Basis.fused_kept
 
     @property
     def has_params_backward(self) -> bool:

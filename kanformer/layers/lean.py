@@ -164,7 +164,10 @@ def _pre(basis: Any, x: torch.Tensor, pre: tuple[torch.Tensor, ...] | None,
 def _split_saved(basis: Any, pre: tuple[torch.Tensor, ...] | None, saved: tuple[torch.Tensor, ...]
                  ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """What a layer's forward kept beside its input (``_lean_forward``'s second result) as (the pre-transform's
-    per-token statistics, the basis' kept values)."""
+    per-token statistics, the basis' kept values). A basis that keeps none has all of it as its statistics, however
+    many its pre-transform makes; one that keeps some says how many statistics come first (``lean_pre_stats``)."""
+    if not basis.has_fused_kept:
+        return saved, ()
     n = 0 if pre is None else basis.lean_pre_stats
     return saved[:n], saved[n:]
 
