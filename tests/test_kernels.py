@@ -3,6 +3,7 @@ and far-out-of-range inputs, fp64 / fp32 / bf16 autocast; gradchecks; no saved (
 dispatch switches; torch.compile(fullgraph=True) of a KAN GPT-2."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -254,19 +255,24 @@ def test_gradcheck_rational_float64(mode):
     assert torch.autograd.gradcheck(f, (x, *ffn.parameters()), eps=1e-6, atol=1e-5)
 
 
-def _saved_numels(module, x):
-    """Sizes of the tensors autograd saves for backward, parameters (and buffers) excluded."""
+def _saved_shapes(module, x):
+    """Shapes of the tensors autograd saves for backward, parameters (and buffers) excluded."""
     own = {t.data_ptr() for t in (*module.parameters(), *module.buffers())}
-    sizes = []
+    shapes = []
 
     def pack(t):
         if t.data_ptr() not in own:
-            sizes.append(t.numel())
+            shapes.append(tuple(t.shape))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x)
-    return sizes
+    return shapes
+
+
+def _saved_numels(module, x):
+    """Sizes of the tensors autograd saves for backward, parameters (and buffers) excluded."""
+    return [math.prod(shape) for shape in _saved_shapes(module, x)]
 
 
 @pytest.mark.parametrize("name", ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "wavelet"])

@@ -8,7 +8,7 @@ from kanformer import create_ffn
 from kanformer.layers import dispatch, few_tokens, gemm, kan, lean, lean_ffn, lean_rational, multkan, rational, rbf
 from kanformer.layers.dispatch import kernel
 from tests.device_reads import DeviceReads
-from tests.test_kernels import _close, _run
+from tests.test_kernels import _close, _run, _saved_shapes
 
 CHAINABLE = ["bspline", "rbf", "chebyshev", "jacobi", "fourier", "multkan", "wavelet"]
 # widths where every input pad applies: 9 * 31 and 9 * 63 features (8 B-splines + SiLU) are padded to 32 and 64
@@ -607,14 +607,10 @@ def test_multkan_products_run_between_the_layers_and_layer_two_pads_the_nodes(co
     assert (len(x), 95) in saved and (len(x), 63) not in saved and (len(x), 64) not in saved
 
 
-def _saved_shapes(ffn, x, mode):
-    """Shapes of what autograd saves for ``ffn``'s backward on ``mode``, its parameters excluded."""
-    own = {t.data_ptr() for t in ffn.parameters()}
-    shapes = []
-    with kernel(mode), torch.autograd.graph.saved_tensors_hooks(
-            lambda t: (t.data_ptr() not in own and shapes.append(tuple(t.shape))) or t, lambda t: t):
-        ffn(x.clone().requires_grad_(True))
-    return shapes
+def _fused_saved(ffn, x):
+    """Shapes of what autograd saves for ``ffn``'s backward on the fused path (``test_kernels._saved_shapes``)."""
+    with kernel("fused"):
+        return sorted(_saved_shapes(ffn, x.clone().requires_grad_(True)))
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
@@ -628,7 +624,7 @@ def test_rbf_backward_reads_the_ratio_its_forward_kept(counted, monkeypatch, per
     if per_layer:  # a hook on a layer: the per-layer path (lean.py's Function) serves
         ffn.fc2.register_forward_hook(lambda *a: None)
     again = _run(ffn, x, "fused")
-    without = sorted(_saved_shapes(ffn, x, "fused"))
+    without = _fused_saved(ffn, x)
     taken = []
     terms = rbf.RBFBasis.fused_terms
     monkeypatch.setattr(rbf, "inline", lambda u: True)
@@ -639,7 +635,7 @@ def test_rbf_backward_reads_the_ratio_its_forward_kept(counted, monkeypatch, per
     n = len(x)
     assert sorted(taken) == [((n, D + 1),)] * 2 + [((n, H + 1),)] * 2  # forward and backward, each layer (padded)
     _close(kept, again, rtol=0, atol=0)
-    assert sorted(_saved_shapes(ffn, x, "fused")) == sorted([*without, (n, D + 1), (n, H + 1)])
+    assert _fused_saved(ffn, x) == sorted([*without, (n, D + 1), (n, H + 1)])
 
 
 def test_what_a_layer_kept_splits_into_statistics_and_kept_values():
@@ -664,7 +660,7 @@ def test_compiled_rbf_keeps_the_ratio_and_equals_the_reference():
     n = len(x)
     with kernel("fused"):
         p = lean_ffn.plan(ffn, x)
-    saved = sorted(_saved_shapes(ffn, x, "fused"))
+    saved = _fused_saved(ffn, x)
     # x, the hidden activations (layer 1's padded output), 2 x 2 statistics, then the two ratios
     assert saved == sorted([(n, D), (n, H + p.pad2), *[(n, 1)] * 4, (n, D + p.pad1), (n, H + p.pad2)]), saved
     # fp32: the sums over tokens run in another order (the base weights' gradient, ~0.1, differed by 2e-5)
